@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+VENV    ?= .venv
+PYTHON  ?= python3
+BIN      = $(VENV)/bin
+INSTALL  = $(BIN)/uv pip install --quiet --python $(BIN)/python
+
+.PHONY: demo test lint format bench clean
+
+$(BIN)/uv:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet uv
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/uv
+	$(INSTALL) -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/uv
+	$(INSTALL) -e '.[dev]'
+	touch $@ $(VENV)/.installed
+
+demo: $(VENV)/.installed          ## install, then run the demo pipeline (one simulated day per run)
+	$(BIN)/mdstack run
+	$(BIN)/mdstack status
+
+test: $(VENV)/.installed-dev      ## install dev extras, lint, run the whole suite
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+
+format: $(VENV)/.installed-dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(VENV)/.installed-dev     ## benchmarks side by side with the peers
+	$(BIN)/python -m bench
+
+clean:                            ## remove the local warehouse and dbt build output
+	rm -rf warehouse dbt_project/target dbt_project/logs

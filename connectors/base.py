@@ -1,0 +1,171 @@
+"""The source protocol: spec / check / discover / read, in Airbyte's vocabulary.
+
+A source is configured with a plain, already-resolved mapping and knows no
+warehouse. ``read`` drives one stream and yields, in order:
+
+* :class:`Batch` — a ``pyarrow.RecordBatch`` of records (tens of thousands of
+  rows; never per-row dicts),
+* :class:`Deletes` — primary keys the source knows were deleted (CDC
+  tombstones), with their deletion time,
+* :class:`Checkpoint` — an opaque, JSON-serialisable state. Everything yielded
+  before a checkpoint is committed together with it, so a source must only
+  emit a checkpoint once the state covers every record before it.
+
+The next read receives the last committed state (``None`` on a first read or
+after a reset), for every sync mode: full-refresh streams may use it for the
+source's own bookkeeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, get_args, runtime_checkable
+
+import pyarrow as pa
+
+from connectors.errors import ConnectorError
+
+SyncMode = Literal[
+    "full_refresh_overwrite",
+    "full_refresh_append",
+    "incremental_append",
+    "incremental_deduped",
+]
+SYNC_MODES: tuple[str, ...] = get_args(SyncMode)
+
+State = dict[str, Any]
+"""A stream's state: JSON-serialisable, owned by the source that wrote it."""
+
+DELETED_AT = "_deleted_at"
+"""Column of a :class:`Deletes` batch holding when each key was deleted."""
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What ``discover`` says about one stream.
+
+    Attributes:
+        name: stream name, also the destination table name.
+        schema: Arrow schema of the records ``read`` yields.
+        primary_key: columns that identify a record (empty if none).
+        cursor: column that grows with every change (``updated_at``), if any.
+        sync_modes: the modes this stream supports.
+        emits_deletes: whether ``read`` yields :class:`Deletes` (CDC tombstones).
+    """
+
+    name: str
+    schema: pa.Schema
+    primary_key: tuple[str, ...] = ()
+    cursor: str | None = None
+    sync_modes: tuple[SyncMode, ...] = ("full_refresh_overwrite", "full_refresh_append")
+    emits_deletes: bool = False
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The streams a source offers, as ``discover`` returns them."""
+
+    streams: tuple[StreamSpec, ...]
+
+    def stream(self, name: str) -> StreamSpec:
+        for spec in self.streams:
+            if spec.name == name:
+                return spec
+        raise ConnectorError(
+            f"no stream named {name!r}; the source offers {sorted(self.names)}",
+            stream=name,
+            hint="fix the stream name in stack.yml or run `mdstack discover`",
+        )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.streams)
+
+
+@dataclass(frozen=True)
+class ConfiguredStream:
+    """A stream as the pipeline wants it read (Airbyte's configured catalog entry)."""
+
+    spec: StreamSpec
+    sync_mode: SyncMode
+    cursor: str | None = None
+    primary_key: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def incremental(self) -> bool:
+        return self.sync_mode.startswith("incremental")
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A block of records of one stream."""
+
+    stream: str
+    data: pa.RecordBatch
+
+
+@dataclass(frozen=True)
+class Deletes:
+    """Primary keys deleted at the source: the key columns plus ``_deleted_at``."""
+
+    stream: str
+    keys: pa.RecordBatch
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """State covering every record and delete yielded before it."""
+
+    stream: str
+    state: State = field(default_factory=dict)
+
+
+Message = Batch | Deletes | Checkpoint
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """Outcome of ``check``: whether the source can be read, and why not."""
+
+    ok: bool
+    message: str = ""
+
+
+@runtime_checkable
+class Source(Protocol):
+    """An Airbyte-style source. Implementations take their config in ``__init__``."""
+
+    name: str
+
+    def spec(self) -> dict[str, Any]:
+        """JSON Schema of the config this source accepts."""
+        ...
+
+    def check(self) -> CheckResult:
+        """Whether the config works (credentials, reachability), without reading data."""
+        ...
+
+    def discover(self) -> Catalog:
+        """The streams this source offers, with schemas, keys and cursors."""
+        ...
+
+    def read(self, stream: ConfiguredStream, state: State | None) -> Iterator[Message]:
+        """Read one stream from ``state`` on; see the module docstring for the order."""
+        ...
+
+
+def require(config: Mapping[str, Any], key: str, source: str) -> Any:
+    """Return ``config[key]`` or raise a ConnectorError naming the missing key."""
+    if key not in config:
+        raise ConnectorError(
+            f"missing config key {key!r}",
+            source=source,
+            key=key,
+            hint=f"add `{key}:` under the source's `config:` in stack.yml",
+        )
+    return config[key]

@@ -1,0 +1,86 @@
+"""The root of mdstack's error tree, kept in the bottom layer so connectors can raise it.
+
+::
+
+    MdstackError                    (retryable=False unless said otherwise)
+     └── ConnectorError             a source failed: config, network, bad data
+          └── SourceUnavailable     timeouts, 429, 5xx, resets (retryable)
+
+``stack/errors.py`` extends this tree (config, secret, schema, warehouse, check)
+and re-exports it. Retry policy reads only ``exc.retryable``.
+"""
+
+from __future__ import annotations
+
+
+class MdstackError(Exception):
+    """Base of every error mdstack raises on purpose.
+
+    The message is assembled from structured fields, so every error says what
+    failed, where (source / stream / model / key) and what to do (``hint``).
+    Errors stay picklable: Prefect moves them between processes.
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        stream: str | None = None,
+        model: str | None = None,
+        key: str | None = None,
+        hint: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        self.message = message
+        self.source = source
+        self.stream = stream
+        self.model = model
+        self.key = key
+        self.hint = hint
+        if retryable is not None:
+            self.retryable = retryable
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = ", ".join(
+            f"{label} {value!r}"
+            for label, value in (
+                ("source", self.source),
+                ("stream", self.stream),
+                ("model", self.model),
+                ("key", self.key),
+            )
+            if value
+        )
+        text = f"{self.message} ({where})" if where else self.message
+        return f"{text}\n  hint: {self.hint}" if self.hint else text
+
+    def __reduce__(self):  # keyword-only fields need an explicit pickle recipe
+        return (_rebuild, (type(self), self.message, self._fields()))
+
+    def _fields(self) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "stream": self.stream,
+            "model": self.model,
+            "key": self.key,
+            "hint": self.hint,
+            "retryable": self.retryable,
+        }
+
+
+def _rebuild(cls: type[MdstackError], message: str, fields: dict[str, object]) -> MdstackError:
+    return cls(message, **fields)
+
+
+class ConnectorError(MdstackError):
+    """A source failed: bad config, refused credentials, malformed data."""
+
+
+class SourceUnavailable(ConnectorError):
+    """The source could not be reached for now (timeout, 429, 5xx, reset); retry later."""
+
+    retryable = True

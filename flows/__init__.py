@@ -1,0 +1,1 @@
+"""Prefect flows: thin wrappers mapping engine calls to tasks, schedules and events."""

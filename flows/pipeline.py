@@ -1,0 +1,56 @@
+"""The pipeline flow: one task per stream, then dbt on what changed, then a summary.
+
+Thin by design: each task calls one engine function from :mod:`stack.pipeline`
+and passes ids and paths, never live connections. Streams of a DuckDB target
+run one after another (a DuckDB-file catalog has a single writer).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, task
+
+from stack import pipeline as engine
+from stack.config import config_path as default_config_path
+from stack.config import load_config
+
+
+@task(name="sync", task_run_name="sync {source}.{stream} [{region}]")
+def sync_stream(
+    config_path: str, target: str | None, region: str, source: str, stream: str, run_id: str
+) -> dict[str, Any]:
+    """Sync one stream; committed checkpoints survive a failure of this task."""
+    return engine.sync_streams(config_path, target, region, source, [stream], run_id)[0]
+
+
+@task(name="dbt", task_run_name="dbt [{region}]")
+def transform(
+    config_path: str, target: str | None, region: str, changed: dict[str, dict[str, bool]]
+) -> dict[str, Any] | None:
+    """Build and test the dbt models downstream of the streams that changed."""
+    return engine.transform_changes(config_path, target, region, changed)
+
+
+@flow(name="mdstack-pipeline", flow_run_name="{region}")
+def pipeline(
+    region: str | None = None,
+    sources: list[str] | None = None,
+    streams: list[str] | None = None,
+    target: str | None = None,
+    config_path: str | None = None,
+) -> dict[str, Any]:
+    """sources -> warehouse -> dbt for one region; returns the run summary."""
+    path = str(default_config_path(config_path))
+    config = load_config(path)
+    selection = engine.select(
+        config, region or config.region_names()[0], sources or (), streams or ()
+    )
+    summary = engine.RunSummary(engine.new_run_id(), selection.region)
+    for source in selection.sources:
+        for stream in selection.streams_of(config, source):
+            summary.streams.append(
+                sync_stream(path, target, selection.region, source, stream, summary.run_id)
+            )
+    summary.dbt = transform(path, target, selection.region, engine.changed_streams(summary.streams))
+    return summary.__dict__

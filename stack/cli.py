@@ -1,0 +1,292 @@
+"""The ``mdstack`` command line (Typer + Rich).
+
+Every command takes ``--config`` (default ``./stack.yml`` or ``$MDSTACK_CONFIG``)
+and ``--target``. Errors mdstack raises on purpose print as one paragraph
+(what, where, how to fix) with no traceback; the exit code is 2 for a bad
+config and 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, TaskID, TextColumn
+from rich.table import Table
+
+from stack import pipeline
+from stack.config import config_path, load_config
+from stack.errors import ConfigError, MdstackError
+from stack.sync import utcnow
+from stack.warehouse import connect
+
+app = typer.Typer(
+    help="mdstack: sources -> warehouse (DuckDB or Snowflake) -> dbt -> BI, run by Prefect.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="Path to stack.yml (default: ./stack.yml or $MDSTACK_CONFIG)."
+    ),
+]
+TargetOpt = Annotated[
+    str | None,
+    typer.Option("--target", "-t", help="Target from `targets:` (default: the file's `target:`)."),
+]
+RegionOpt = Annotated[
+    list[str] | None,
+    typer.Option("--region", "-r", help="Region to run (repeatable; default: every region)."),
+]
+SourceOpt = Annotated[
+    list[str] | None,
+    typer.Option("--source", "-s", help="Source to sync (repeatable; default: every source)."),
+]
+StreamOpt = Annotated[
+    list[str] | None,
+    typer.Option("--stream", help="Only these streams (repeatable; default: every stream)."),
+]
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Print mdstack's own errors as one paragraph; let real bugs show their traceback."""
+    try:
+        yield
+    except ConfigError as exc:
+        console.print(f"[bold red]config error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except MdstackError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def sync(
+    config: ConfigOpt = None,
+    target: TargetOpt = None,
+    region: RegionOpt = None,
+    source: SourceOpt = None,
+    stream: StreamOpt = None,
+) -> None:
+    """Sync sources into the warehouse with the engine alone (no Prefect, no dbt).
+
+    Each stream resumes from its last committed state; progress shows rows and
+    rows/s per stream, and a summary table follows.
+    """
+    with _errors():
+        path = config_path(config)
+        cfg = load_config(path)
+        for name in region or cfg.region_names():
+            selection = pipeline.select(cfg, name, source or (), stream or ())
+            with _progress() as progress:
+                summary = pipeline.run_pipeline(
+                    path, target, selection, progress=progress, transform=False
+                )
+            _print_summary(summary)
+
+
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    target: TargetOpt = None,
+    region: RegionOpt = None,
+    source: SourceOpt = None,
+    stream: StreamOpt = None,
+) -> None:
+    """Run the pipeline as a Prefect flow: sync every stream, then dbt, then a summary.
+
+    With no PREFECT_API_URL the flow runs in Prefect's ephemeral mode (no server
+    needed). One flow run per region.
+    """
+    with _errors():
+        path = config_path(config)
+        cfg = load_config(path)
+        regions = region or cfg.region_names()
+        for name in regions:
+            pipeline.select(cfg, name, source or (), stream or ())
+        _prefect_defaults()
+        from flows.pipeline import pipeline as flow
+
+        failed = False
+        for name in regions:
+            summary = flow(
+                region=name, sources=source, streams=stream, target=target, config_path=str(path)
+            )
+            _print_summary(pipeline.RunSummary(**summary))
+            failed |= not pipeline.RunSummary(**summary).ok
+        if failed:
+            raise typer.Exit(1)
+
+
+def _prefect_defaults() -> None:
+    """Route our loggers through Prefect and keep it from phoning home, unless set."""
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "stack,connectors")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+@app.command()
+def status(config: ConfigOpt = None, target: TargetOpt = None) -> None:
+    """Per stream and region: last run, mode, rows, state and freshness."""
+    with _errors():
+        rows = pipeline.status(config_path(config), target)
+    if not rows:
+        console.print("No runs yet: try `mdstack run`.")
+        return
+    table = Table(title="mdstack status")
+    for column in ("stream", "region", "mode", "last run", "status", "rows", "state", "freshness"):
+        table.add_column(column)
+    now = utcnow()
+    for r in rows:
+        table.add_row(
+            f"{r['source']}.{r['stream']}",
+            r["region"],
+            r["mode"],
+            _when(r["finished_at"] or r["started_at"]),
+            _status(r["status"]),
+            _num(r["rows"]),
+            _short(r["state"]),
+            _age(now, r["last_loaded_at"]),
+        )
+    out.print(table)
+
+
+@app.command("sql")
+def sql_command(
+    query: Annotated[str, typer.Argument(help="SQL to run on the active target.")],
+    config: ConfigOpt = None,
+    target: TargetOpt = None,
+    fmt: Annotated[
+        Literal["table", "csv", "json"], typer.Option("--format", "-f", help="Output format.")
+    ] = "table",
+) -> None:
+    """Run a query on the active target and print the result."""
+    with _errors():
+        cfg = load_config(config_path(config))
+        with connect(cfg, cfg.active_target(target)) as wh:
+            result = wh.query(query)
+    records = result.to_pylist()
+    if fmt == "json":
+        out.print_json(json.dumps(records, default=str))
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(result.schema.names)
+        writer.writerows([r.values() for r in records])
+    else:
+        table = Table(*result.schema.names)
+        for r in records:
+            table.add_row(*("" if v is None else str(v) for v in r.values()))
+        out.print(table)
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[str, int], None]]:
+    """A progress callback showing rows read and rows/s per stream."""
+    tasks: dict[str, tuple[TaskID, float]] = {}
+    with Progress(
+        TextColumn("{task.description}"),
+        TextColumn("{task.fields[rows]}"),
+        console=console,
+        transient=True,
+    ) as bar:
+
+        def update(stream: str, rows: int) -> None:
+            if stream not in tasks:
+                tasks[stream] = (bar.add_task(stream, rows=""), time.perf_counter())
+            task, started = tasks[stream]
+            rate = rows / max(time.perf_counter() - started, 1e-6)
+            bar.update(task, rows=f"{rows:,} rows  {rate:,.0f} rows/s")
+
+        yield update
+
+
+def _print_summary(summary: pipeline.RunSummary) -> None:
+    table = Table(title=f"run {summary.run_id} · region {summary.region}")
+    for column in (
+        "stream",
+        "mode",
+        "status",
+        "read",
+        "inserted",
+        "updated",
+        "deleted",
+        "seconds",
+        "rows/s",
+    ):
+        table.add_column(column, justify="right" if column not in ("stream", "mode") else "left")
+    for s in summary.streams:
+        rate = s["rows_read"] / s["seconds"] if s["seconds"] else 0
+        table.add_row(
+            f"{s['source']}.{s['stream']}",
+            s["mode"],
+            _status(s["status"]),
+            _num(s["rows_read"]),
+            _num(s["inserted"]),
+            _num(s["updated"]),
+            _num(s["deleted"]),
+            f"{s['seconds']:.2f}",
+            f"{rate:,.0f}",
+        )
+    out.print(table)
+    if summary.dbt is not None:
+        _print_dbt(summary.dbt)
+
+
+def _print_dbt(dbt: dict[str, Any]) -> None:
+    counts: dict[str, int] = {}
+    for node in dbt["nodes"]:
+        counts[node["status"]] = counts.get(node["status"], 0) + 1
+    tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    colour = "green" if dbt["success"] else "red"
+    out.print(f"dbt {' '.join(dbt['args'])}: [{colour}]{tally or 'nothing to do'}[/]")
+    for node in dbt["nodes"]:
+        if node["status"] not in ("success", "pass", "skipped"):
+            out.print(f"  [red]{node['status']}[/] {node['unique_id']}: {node['message']}")
+
+
+def _status(value: str) -> str:
+    colour = {"succeeded": "green", "failed": "red", "running": "yellow"}.get(value, "white")
+    return f"[{colour}]{value}[/]"
+
+
+def _num(value: int | None) -> str:
+    return "" if value is None else f"{value:,}"
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def _short(state: str | None, width: int = 40) -> str:
+    if not state:
+        return ""
+    return state if len(state) <= width else state[: width - 1] + "…"
+
+
+def _age(now: datetime, then: datetime | None) -> str:
+    if then is None:
+        return "never loaded"
+    seconds = max((now - then).total_seconds(), 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit} ago"
+    return f"{seconds:.0f}s ago"

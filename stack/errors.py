@@ -1,0 +1,85 @@
+"""The engine's errors, extending the root tree from :mod:`connectors.errors`.
+
+::
+
+    MdstackError
+     ├── ConnectorError ── SourceUnavailable (retryable)
+     ├── ConfigError        stack.yml is wrong: names file:line, key and a fix
+     ├── SecretError        a secret reference cannot be resolved
+     ├── SchemaError        the data does not fit the destination's schema
+     ├── WarehouseError     the warehouse refused a statement
+     │    └── WarehouseBusy another process holds the warehouse (retryable)
+     ├── SyncConflict       another run of the same stream is active
+     ├── TransformError     dbt failed to run, or its tests failed
+     └── CheckError         a data check of severity ``error`` failed
+
+Callers catch the level they mean; retry policy reads only ``exc.retryable``.
+"""
+
+from __future__ import annotations
+
+from connectors.errors import ConnectorError, MdstackError, SourceUnavailable
+
+__all__ = [
+    "CheckError",
+    "ConfigError",
+    "ConnectorError",
+    "MdstackError",
+    "SchemaError",
+    "SecretError",
+    "SourceUnavailable",
+    "SyncConflict",
+    "TransformError",
+    "WarehouseBusy",
+    "WarehouseError",
+]
+
+
+class ConfigError(MdstackError):
+    """``stack.yml`` (or a flag) is wrong. ``file`` and ``line`` point at the spot."""
+
+    def __init__(
+        self, message: str, *, file: str | None = None, line: int | None = None, **fields
+    ) -> None:
+        self.file = file
+        self.line = line
+        super().__init__(message, **fields)
+
+    def _render(self) -> str:
+        place = f"{self.file}:{self.line}" if self.file and self.line else self.file
+        text = f"{place}: " if place else ""
+        text += f"{self.key}: {self.message}" if self.key else self.message
+        return f"{text}\n  fix: {self.hint}" if self.hint else text
+
+    def _fields(self) -> dict[str, object]:
+        return {**super()._fields(), "file": self.file, "line": self.line}
+
+
+class SecretError(MdstackError):
+    """A secret reference could not be resolved. Never carries the value."""
+
+
+class SchemaError(MdstackError):
+    """Incoming data does not fit the destination (policy ``freeze``, bad keys, bad types)."""
+
+
+class WarehouseError(MdstackError):
+    """The warehouse refused or failed a statement."""
+
+
+class WarehouseBusy(WarehouseError):
+    """Another process holds the warehouse; retry when it is done."""
+
+    retryable = True
+
+
+class SyncConflict(MdstackError):
+    """Another run of the same (pipeline, region, stream) is in progress."""
+
+
+class TransformError(MdstackError):
+    """dbt could not run, or a model or test failed."""
+
+
+class CheckError(MdstackError):
+    """A data check with severity ``error`` failed."""

@@ -1,0 +1,179 @@
+"""The pipeline's steps as plain functions: sync one stream, transform, summarise.
+
+Each step opens and closes its own warehouse connection and takes only ids
+and paths, so a Prefect task (``flows/``) can wrap it in a few lines and run
+it in any worker process. :func:`run_pipeline` chains the steps without
+Prefect, for ``mdstack sync`` and for tests.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stack import ledger, sql
+from stack.config import StackConfig, load_config
+from stack.errors import ConfigError
+from stack.sync import Progress, RunContext, sync_source
+from stack.warehouse import Warehouse, connect
+
+FULL_REFRESH = "full_refresh_overwrite"
+
+
+def new_run_id() -> str:
+    """A sortable-enough, unique run id (shows in `_mds_run_id` and the ledger)."""
+    return uuid.uuid4().hex[:12]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a run covers: the region, the sources, optionally some streams."""
+
+    region: str
+    sources: tuple[str, ...]
+    streams: tuple[str, ...] = ()
+
+    def streams_of(self, config: StackConfig, source: str) -> list[str]:
+        declared = config.source(source).streams
+        return [s for s in declared if not self.streams or s in self.streams]
+
+
+def select(
+    config: StackConfig, region: str, sources: Iterable[str] = (), streams: Iterable[str] = ()
+) -> Selection:
+    """Validate a selection against ``stack.yml`` (unknown names raise ConfigError)."""
+    chosen = tuple(sources) or tuple(config.sources)
+    for name in chosen:
+        config.source(name)
+    wanted = tuple(streams)
+    known = {s for name in chosen for s in config.source(name).streams}
+    unknown = sorted(set(wanted) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown streams {unknown}",
+            key="--stream",
+            hint=f"declared streams: {', '.join(sorted(known))}",
+        )
+    return Selection(config.check_region(region), chosen, wanted)
+
+
+def sync_streams(
+    config_path: str | Path,
+    target: str | None,
+    region: str,
+    source: str,
+    streams: Iterable[str],
+    run_id: str,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Sync streams of one source for one region; returns their ledger entries as dicts."""
+    config = load_config(config_path)
+    with connect(config, config.active_target(target)) as wh:
+        ctx = RunContext(config.name, region, run_id)
+        entries = sync_source(wh, config, source, ctx, list(streams), progress)
+    return [asdict(e) for e in entries]
+
+
+def changed_streams(entries: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, bool]]:
+    """source -> {stream: was fully refreshed} for streams that wrote anything."""
+    changed: dict[str, dict[str, bool]] = {}
+    for e in entries:
+        if e["inserted"] or e["updated"] or e["deleted"] or e["mode"] == FULL_REFRESH:
+            changed.setdefault(e["source"], {})[e["stream"]] = e["mode"] == FULL_REFRESH
+    return changed
+
+
+@dataclass
+class RunSummary:
+    """What one pipeline run did, per stream and for dbt: printed at the end of a run."""
+
+    run_id: str
+    region: str
+    streams: list[dict[str, Any]] = field(default_factory=list)
+    dbt: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        streams_ok = all(s["status"] == "succeeded" for s in self.streams)
+        return streams_ok and (self.dbt is None or self.dbt["success"])
+
+
+def run_pipeline(
+    config_path: str | Path,
+    target: str | None,
+    selection: Selection,
+    run_id: str | None = None,
+    progress: Progress | None = None,
+    transform: bool = True,
+) -> RunSummary:
+    """Sync the selection, then run dbt on what changed — without Prefect."""
+    summary = RunSummary(run_id or new_run_id(), selection.region)
+    config = load_config(config_path)
+    for source in selection.sources:
+        summary.streams += sync_streams(
+            config_path,
+            target,
+            selection.region,
+            source,
+            selection.streams_of(config, source),
+            summary.run_id,
+            progress,
+        )
+    if transform:
+        summary.dbt = transform_changes(
+            config_path, target, selection.region, changed_streams(summary.streams)
+        )
+    return summary
+
+
+def transform_changes(
+    config_path: str | Path,
+    target: str | None,
+    region: str,
+    changed: Mapping[str, Mapping[str, bool]],
+) -> dict[str, Any] | None:
+    """Run dbt on the models downstream of the changed streams (nothing changed: skip)."""
+    config = load_config(config_path)
+    if config.dbt is None or not config.dbt.enabled or not changed:
+        return None
+    from stack import transform
+
+    args = transform.build_args(changed)
+    if args is None:
+        return None
+    warehouse = connect(config, config.active_target(target))
+    result = transform.run_dbt(
+        config.resolve_path(config.dbt.project_dir),
+        warehouse.dbt_output(),
+        args,
+        vars=config.dbt_vars(region),
+    )
+    return asdict(result)
+
+
+def status(config_path: str | Path, target: str | None) -> list[dict[str, Any]]:
+    """Per stream and region: the last run, its counts, the stored state, rows and freshness."""
+    config = load_config(config_path)
+    with connect(config, config.active_target(target)) as wh:
+        ledger.ensure_tables(wh)
+        runs = ledger.latest_runs(wh, config.name).to_pylist()
+        for run in runs:
+            schema = (
+                config.sources[run["source"]].schema_ if run["source"] in config.sources else None
+            )
+            run.update(_table_facts(wh, schema, run["stream"], run["region"]))
+    return runs
+
+
+def _table_facts(wh: Warehouse, schema: str | None, stream: str, region: str) -> dict[str, Any]:
+    if schema is None or wh.columns(schema, stream) is None:
+        return {"rows": None, "last_loaded_at": None}
+    facts = wh.query(
+        f"SELECT count(*) AS rows, max({sql.ident(sql.LOADED_AT)}) AS last_loaded_at "
+        f"FROM {sql.table(schema, stream)} WHERE {sql.ident(sql.REGION)} = ?",
+        [region],
+    )
+    return facts.to_pylist()[0]

@@ -1,0 +1,173 @@
+"""Pure SQL generators for the sync engine, written once in DuckDB's dialect.
+
+Every function returns statement text and touches no connection, so each is
+covered by golden tests and rendered for other warehouses by the adapter
+(sqlglot transpiles DuckDB to the target dialect). Identifiers always go
+through :func:`ident` / :func:`table`; values are bound parameters (``?``).
+
+Staged rows carry ``_mds_seq``, the position of their batch in the read, so
+that within one checkpoint the last event for a key wins: an upsert after a
+delete resurrects the row, a delete after an upsert removes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlglot import exp
+
+SEQ = "_mds_seq"
+REGION = "_mds_region"
+RUN_ID = "_mds_run_id"
+LOADED_AT = "_mds_loaded_at"
+DELETED_AT = "_mds_deleted_at"
+META_COLUMNS = (REGION, RUN_ID, LOADED_AT, DELETED_AT)
+"""Metadata columns on every loaded table."""
+
+
+def ident(name: str) -> str:
+    """A quoted identifier (names with spaces, case or quotes stay intact)."""
+    return exp.to_identifier(name, quoted=True).sql("duckdb")
+
+
+def table(schema: str, name: str) -> str:
+    """A quoted ``schema.table`` reference."""
+    return f"{ident(schema)}.{ident(name)}"
+
+
+def _cols(names: Sequence[str], prefix: str = "") -> str:
+    return ", ".join(f"{prefix}{ident(n)}" for n in names)
+
+
+def _key_match(keys: Sequence[str], left: str, right: str) -> str:
+    return " AND ".join(f"{left}.{ident(k)} = {right}.{ident(k)}" for k in (*keys, REGION))
+
+
+def _latest(source: str, keys: Sequence[str], order: Sequence[str]) -> str:
+    """Rows of ``source`` keeping the last one per key (ordered by ``order``, descending)."""
+    by = ", ".join(f"{ident(c)} DESC NULLS LAST" for c in order)
+    return (
+        f"SELECT * FROM {source} "
+        f"QUALIFY row_number() OVER (PARTITION BY {_cols(keys)} ORDER BY {by}) = 1"
+    )
+
+
+def prepare_upserts(
+    stage: str, deletes: str | None, keys: Sequence[str], cursor: str | None, columns: Sequence[str]
+) -> str:
+    """SELECT of the rows to merge: one per key, the last by (batch, cursor), with metadata.
+
+    Keys whose last event in the checkpoint is a delete are left out.
+    Parameters: region, run id, loaded-at.
+    """
+    order = [SEQ, cursor] if cursor else [SEQ]
+    latest = _latest(stage, keys, order)
+    meta = (
+        f"?::VARCHAR AS {ident(REGION)}, ?::VARCHAR AS {ident(RUN_ID)}, "
+        f"?::TIMESTAMP AS {ident(LOADED_AT)}"
+    )
+    body = f"SELECT {_cols(columns, 'u.')}, {meta} FROM ({latest}) AS u"
+    if deletes is None:
+        return body
+    later_delete = " AND ".join(f"d.{ident(k)} = u.{ident(k)}" for k in keys)
+    return (
+        f"{body} WHERE NOT EXISTS (SELECT 1 FROM {deletes} AS d "
+        f"WHERE {later_delete} AND d.{ident(SEQ)} > u.{ident(SEQ)})"
+    )
+
+
+def prepare_deletes(stage: str | None, deletes: str, keys: Sequence[str], deleted_at: str) -> str:
+    """SELECT of the keys to delete: the last tombstone per key, unless an upsert came after.
+
+    Parameters: region.
+    """
+    latest = _latest(deletes, keys, [SEQ])
+    body = (
+        f"SELECT {_cols(keys, 'd.')}, d.{ident(deleted_at)} AS {ident(DELETED_AT)}, "
+        f"?::VARCHAR AS {ident(REGION)} FROM ({latest}) AS d"
+    )
+    if stage is None:
+        return body
+    later_upsert = " AND ".join(f"u.{ident(k)} = d.{ident(k)}" for k in keys)
+    return (
+        f"{body} WHERE NOT EXISTS (SELECT 1 FROM {stage} AS u "
+        f"WHERE {later_upsert} AND u.{ident(SEQ)} > d.{ident(SEQ)})"
+    )
+
+
+def prepare_rows(stage: str, columns: Sequence[str]) -> str:
+    """SELECT of every staged row with metadata, for the append and overwrite modes.
+
+    Parameters: region, run id, loaded-at.
+    """
+    return (
+        f"SELECT {_cols(columns)}, ?::VARCHAR AS {ident(REGION)}, ?::VARCHAR AS {ident(RUN_ID)}, "
+        f"?::TIMESTAMP AS {ident(LOADED_AT)} FROM {stage}"
+    )
+
+
+def count_matches(target: str, prepared: str, keys: Sequence[str]) -> str:
+    """How many prepared rows already exist in the target (updates, not inserts)."""
+    return (
+        f"SELECT count(*) FROM {prepared} AS s "
+        f"WHERE EXISTS (SELECT 1 FROM {target} AS t WHERE {_key_match(keys, 't', 's')})"
+    )
+
+
+def merge_sql(
+    target: str, prepared: str, keys: Sequence[str], cursor: str | None, columns: Sequence[str]
+) -> str:
+    """MERGE prepared rows into the target by (region, key); a newer cursor wins.
+
+    A merged row is always live again: ``_mds_deleted_at`` is reset (undelete).
+    """
+    names = [*columns, REGION, RUN_ID, LOADED_AT]
+    newer = (
+        f" AND (t.{ident(cursor)} IS NULL OR s.{ident(cursor)} >= t.{ident(cursor)})"
+        if cursor
+        else ""
+    )
+    updates = ", ".join(f"{ident(c)} = s.{ident(c)}" for c in names if c != REGION)
+    return (
+        f"MERGE INTO {target} AS t USING (SELECT * FROM {prepared}) AS s "
+        f"ON {_key_match(keys, 't', 's')} "
+        f"WHEN MATCHED{newer} THEN UPDATE SET {updates}, {ident(DELETED_AT)} = NULL "
+        f"WHEN NOT MATCHED THEN INSERT ({_cols(names)}) VALUES ({_cols(names, 's.')})"
+    )
+
+
+def insert_sql(target: str, prepared: str, columns: Sequence[str]) -> str:
+    """Append every prepared row."""
+    names = [*columns, REGION, RUN_ID, LOADED_AT]
+    return f"INSERT INTO {target} ({_cols(names)}) SELECT {_cols(names)} FROM {prepared}"
+
+
+def clear_region_sql(target: str) -> str:
+    """Delete the region's rows (before a full refresh overwrite). Parameters: region."""
+    return f"DELETE FROM {target} WHERE {ident(REGION)} = ?"
+
+
+def count_deletes(target: str, prepared: str, keys: Sequence[str], soft: bool) -> str:
+    """How many target rows the prepared deletes will remove (or mark)."""
+    live = f" AND t.{ident(DELETED_AT)} IS NULL" if soft else ""
+    return (
+        f"SELECT count(*) FROM {target} AS t WHERE EXISTS "
+        f"(SELECT 1 FROM {prepared} AS s WHERE {_key_match(keys, 't', 's')}){live}"
+    )
+
+
+def hard_delete_sql(target: str, prepared: str, keys: Sequence[str]) -> str:
+    """Remove the rows whose keys were deleted at the source."""
+    return (
+        f"DELETE FROM {target} AS t WHERE EXISTS "
+        f"(SELECT 1 FROM {prepared} AS s WHERE {_key_match(keys, 't', 's')})"
+    )
+
+
+def soft_delete_sql(target: str, prepared: str, keys: Sequence[str]) -> str:
+    """Mark deleted rows with the deletion time, keeping them."""
+    return (
+        f"UPDATE {target} AS t SET {ident(DELETED_AT)} = s.{ident(DELETED_AT)} "
+        f"FROM {prepared} AS s WHERE {_key_match(keys, 't', 's')} "
+        f"AND t.{ident(DELETED_AT)} IS NULL"
+    )

@@ -1,0 +1,90 @@
+"""The ``Warehouse`` protocol every adapter implements, and its ``Capabilities``.
+
+The sync engine speaks to a warehouse only through this protocol and through
+the pure SQL generators in :mod:`stack.sql`, written once in DuckDB's
+dialect and rendered for the adapter's ``capabilities.dialect``. Optional
+features are capabilities, never ``hasattr`` checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an adapter can do, so callers branch on features, not on names.
+
+    Attributes:
+        dialect: sqlglot dialect the adapter's SQL is rendered in.
+        clone: zero-copy clones of tables, schemas and whole environments.
+        swap: atomic swap of two tables or schemas.
+        max_identifier_length: longest table or column name accepted.
+        concurrent_writers: several processes may write at the same time.
+    """
+
+    dialect: str
+    clone: bool = False
+    swap: bool = False
+    max_identifier_length: int = 255
+    concurrent_writers: bool = False
+
+
+class Warehouse(Protocol):
+    """A connection to one warehouse target, used as a context manager."""
+
+    capabilities: Capabilities
+    meta_schema: str
+    """Schema holding the ``_mds_state`` and ``_mds_runs`` tables."""
+
+    def __enter__(self) -> Warehouse: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        """Run one statement written in DuckDB's dialect (rendered for the target)."""
+        ...
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        """Run one query and return its result as an Arrow table."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Commit on success, roll back on any exception (and re-raise it)."""
+        ...
+
+    def columns(self, schema: str, table: str) -> dict[str, str] | None:
+        """Column name -> SQL type of an existing table, or ``None`` if it does not exist."""
+        ...
+
+    def create_table(self, schema: str, table: str, columns: pa.Schema) -> None:
+        """Create ``schema.table`` (and the schema) with columns typed from Arrow."""
+        ...
+
+    def add_columns(self, schema: str, table: str, columns: pa.Schema) -> None:
+        """Add columns to an existing table (schema evolution)."""
+        ...
+
+    def stage(self, name: str, batch: pa.RecordBatch, seq: int) -> None:
+        """Append a batch to a session-private staging table, creating it on first use.
+
+        Every staged row gets ``_mds_seq = seq``: the batch's position in the read.
+        """
+        ...
+
+    def stage_ref(self, name: str) -> str:
+        """SQL reference to the staging table ``name`` (for the SQL generators)."""
+        ...
+
+    def drop_stage(self, name: str) -> None:
+        """Drop a staging table if it exists."""
+        ...
+
+    def dbt_output(self) -> dict[str, Any]:
+        """The dbt profile output for this target (credentials as env references)."""
+        ...

@@ -1,0 +1,258 @@
+"""DuckDB on DuckLake: the embedded default warehouse.
+
+Layout of a warehouse folder ``W``::
+
+    W/catalog.ducklake   DuckLake catalog (a DuckDB file: one process at a time)
+    W/data/              Parquet data files (DuckLake DATA_PATH)
+    W/.extensions/       DuckDB extension directory, filled from the PyPI package
+
+The DuckLake extension is linked offline from ``duckdb-extension-ducklake``
+into ``W/.extensions`` (never into ``~/.duckdb``). Every commit is a DuckLake
+snapshot. Staging tables are DuckDB temp tables of this connection: batches
+land there outside any transaction, and one transaction then writes the lake
+(DuckDB allows one written database per transaction).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from stack.errors import WarehouseBusy, WarehouseError
+from stack.sql import SEQ, ident, table
+from stack.warehouse.base import Capabilities
+
+CATALOG_FILE = "catalog.ducklake"
+DATA_DIR = "data"
+EXTENSION_DIR = ".extensions"
+ALIAS = "lake"
+_BUSY_WAIT_SECONDS = 10.0
+
+
+def ducklake_extension_file() -> Path:
+    """The DuckLake extension binary shipped by the ``duckdb-extension-ducklake`` wheel."""
+    spec = importlib.util.find_spec("duckdb_extension_ducklake")
+    if spec is None or not spec.submodule_search_locations:
+        raise WarehouseError(
+            "the DuckLake extension package is not installed",
+            hint="pip install 'duckdb-extension-ducklake==1.5.5' (it must match duckdb's version)",
+        )
+    root = Path(next(iter(spec.submodule_search_locations)))
+    return root / "extensions" / f"v{duckdb.__version__}" / "ducklake.duckdb_extension"
+
+
+class DuckDBWarehouse:
+    """A short-lived connection to a DuckLake warehouse folder.
+
+    Open it with ``with``; a second process holding the catalog makes the
+    open wait up to ``busy_timeout`` seconds, then fail with
+    :class:`WarehouseBusy` (retryable).
+    """
+
+    capabilities = Capabilities(
+        dialect="duckdb",
+        clone=True,
+        swap=False,
+        max_identifier_length=255,
+        concurrent_writers=False,
+    )
+    meta_schema = "main"
+
+    def __init__(self, path: Path, threads: int = 4, busy_timeout: float = _BUSY_WAIT_SECONDS):
+        self.path = Path(path).resolve()
+        self.threads = threads
+        self.busy_timeout = busy_timeout
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    # -- connection ---------------------------------------------------------------------------
+    def __enter__(self) -> DuckDBWarehouse:
+        (self.path / DATA_DIR).mkdir(parents=True, exist_ok=True)
+        con = duckdb.connect(config=self._config())
+        self._install_extension(con)
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                con.execute(
+                    f"ATTACH 'ducklake:{self.catalog}' AS {ALIAS} (DATA_PATH '{self.data_path}')"
+                )
+                break
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower():
+                    con.close()
+                    raise WarehouseError(f"cannot open the warehouse: {exc}") from exc
+                if time.monotonic() >= deadline:
+                    con.close()
+                    raise WarehouseBusy(
+                        f"the warehouse {self.path} is in use by another process",
+                        hint="wait for the other mdstack (or dbt, or a BI tool) to finish; "
+                        "a DuckDB-file catalog allows one process at a time",
+                    ) from exc
+                time.sleep(0.2)
+        con.execute(f"USE {ALIAS}")
+        self._con = con
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    @property
+    def catalog(self) -> Path:
+        return self.path / CATALOG_FILE
+
+    @property
+    def data_path(self) -> str:
+        return f"{self.path / DATA_DIR}/"
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "extension_directory": str(self.path / EXTENSION_DIR),
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": True,
+            "threads": self.threads,
+        }
+
+    def _install_extension(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Link the packaged DuckLake binary into this warehouse's extension directory.
+
+        A symlink, not DuckDB's ``INSTALL`` (which copies 36 MB per warehouse), and
+        refreshed when the virtualenv moved.
+        """
+        platform = con.execute("PRAGMA platform").fetchone()[0]
+        link = self.path / EXTENSION_DIR / f"v{duckdb.__version__}" / platform
+        link = link / "ducklake.duckdb_extension"
+        packaged = ducklake_extension_file()
+        if link.is_symlink() and link.resolve() == packaged.resolve():
+            return
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.unlink(missing_ok=True)
+        link.symlink_to(packaged)
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            raise WarehouseError(
+                "the warehouse connection is not open",
+                hint="use the warehouse as a context manager (`with`)",
+            )
+        return self._con
+
+    # -- statements ---------------------------------------------------------------------------
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        with _translate(sql):
+            self.con.execute(sql, params)
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        with _translate(sql):
+            return self.con.execute(sql, params).to_arrow_table()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.execute("BEGIN TRANSACTION")
+        try:
+            yield
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        # DuckDB turns COMMIT of an aborted transaction into a silent rollback; any failed
+        # statement already raised above, so reaching here means every statement succeeded.
+        self.execute("COMMIT")
+
+    # -- tables -------------------------------------------------------------------------------
+    def columns(self, schema: str, table_name: str) -> dict[str, str] | None:
+        rows = self.con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_catalog = ? AND table_schema = ? AND table_name = ? "
+            "ORDER BY ordinal_position",
+            [ALIAS, schema, table_name],
+        ).fetchall()
+        return dict(rows) if rows else None
+
+    def create_table(self, schema: str, table_name: str, columns: pa.Schema) -> None:
+        self.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}")
+        with self._scan(columns.empty_table()) as empty:
+            self.execute(
+                f"CREATE TABLE IF NOT EXISTS {table(schema, table_name)} AS SELECT * FROM {empty}"
+            )
+
+    def add_columns(self, schema: str, table_name: str, columns: pa.Schema) -> None:
+        types = self._sql_types(columns)
+        for name, sql_type in types.items():
+            self.execute(
+                f"ALTER TABLE {table(schema, table_name)} ADD COLUMN IF NOT EXISTS "
+                f"{ident(name)} {sql_type}"
+            )
+
+    def _sql_types(self, columns: pa.Schema) -> dict[str, str]:
+        with self._scan(columns.empty_table()) as empty:
+            rows = self.con.execute(f"DESCRIBE SELECT * FROM {empty}").fetchall()
+        return {row[0]: row[1] for row in rows}
+
+    @contextmanager
+    def _scan(self, data: pa.Table | pa.RecordBatch) -> Iterator[str]:
+        """Expose Arrow data to SQL under a private view name, scanned in place (no copy)."""
+        name = "_mds_arrow_scan"
+        self.con.register(name, data)
+        try:
+            yield name
+        finally:
+            self.con.unregister(name)
+
+    # -- staging ------------------------------------------------------------------------------
+    def stage_ref(self, name: str) -> str:
+        return f"temp.main.{ident(name)}"
+
+    def stage(self, name: str, batch: pa.RecordBatch, seq: int) -> None:
+        ref = self.stage_ref(name)
+        with self._scan(batch) as incoming, _translate(f"staging into {name}"):
+            self.con.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {ident(name)} AS "
+                f"SELECT *, 0::BIGINT AS {ident(SEQ)} FROM {incoming} LIMIT 0"
+            )
+            self.con.execute(
+                f"INSERT INTO {ref} BY NAME SELECT *, ?::BIGINT AS {ident(SEQ)} FROM {incoming}",
+                [seq],
+            )
+
+    def drop_stage(self, name: str) -> None:
+        self.execute(f"DROP TABLE IF EXISTS {self.stage_ref(name)}")
+
+    # -- dbt ----------------------------------------------------------------------------------
+    def dbt_output(self) -> dict[str, Any]:
+        return {
+            "type": "duckdb",
+            "path": ":memory:",
+            "database": ALIAS,
+            "schema": "main",
+            "threads": self.threads,
+            "config_options": self._config() | {"threads": self.threads},
+            "attach": [
+                {
+                    "path": f"ducklake:{self.catalog}",
+                    "alias": ALIAS,
+                    "options": {"data_path": self.data_path},
+                }
+            ],
+        }
+
+
+@contextmanager
+def _translate(what: str) -> Iterator[None]:
+    """Translate DuckDB's errors into the mdstack tree at one boundary."""
+    try:
+        yield
+    except duckdb.TransactionException as exc:
+        raise WarehouseBusy(
+            f"write conflict: {exc}",
+            hint="rerun; the other writer finished",
+        ) from exc
+    except duckdb.Error as exc:
+        raise WarehouseError(f"{type(exc).__name__}: {exc}\n  while running: {what[:300]}") from exc

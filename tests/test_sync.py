@@ -1,0 +1,144 @@
+"""The sync engine: what lands in the warehouse, and what state is stored, per mode."""
+
+from __future__ import annotations
+
+import pytest
+
+from stack import ledger
+from stack.config import SourceConfig
+from stack.sync import RunContext, plan_stream, sync_stream
+from tests.scripted import ScriptedSource, checkpoint, deletes, rows
+
+
+def run(wh, source, mode="incremental_deduped", delete_mode="hard", region="eu", run_id="r1"):
+    cfg = SourceConfig.model_validate({"connector": "scripted", "schema": "raw", "streams": {
+        "items": {"sync": mode, "deletes": delete_mode}}})
+    plan = plan_stream("src", cfg, source.discover(), "items")
+    return sync_stream(wh, source, plan, RunContext("p", region, run_id))
+
+
+def table(wh, region="eu"):
+    result = wh.query("SELECT id, name, updated_at, _mds_deleted_at IS NOT NULL AS deleted "
+                      "FROM raw.items WHERE _mds_region = ? ORDER BY id, updated_at", [region])
+    return [tuple(r.values()) for r in result.to_pylist()]
+
+
+def state(wh, region="eu"):
+    return ledger.read_state(wh, ledger.StreamKey("p", "src", "items", region))
+
+
+def test_deduped_keeps_latest_cursor_per_key_and_stores_state(warehouse):
+    source = ScriptedSource([
+        rows((1, "a", 1), (2, "b", 1), (1, "a2", 3), (1, "a-old", 2)), checkpoint(),
+    ])
+    entry = run(warehouse, source)
+    assert table(warehouse) == [(1, "a2", 3, False), (2, "b", 1, False)]
+    assert state(warehouse) == {"position": 2}
+    assert (entry.rows_read, entry.inserted, entry.updated, entry.status) == (4, 2, 0, "succeeded")
+
+
+def test_second_run_resumes_from_committed_state_and_merges(warehouse):
+    script = [rows((1, "a", 1), (2, "b", 1)), checkpoint()]
+    source = ScriptedSource(script)
+    run(warehouse, source)
+    script += [rows((2, "b2", 5), (3, "c", 5)), checkpoint()]
+    entry = run(warehouse, source, run_id="r2")
+    assert source.states_seen == [None, {"position": 2}]
+    assert table(warehouse) == [(1, "a", 1, False), (2, "b2", 5, False), (3, "c", 5, False)]
+    assert (entry.rows_read, entry.inserted, entry.updated) == (2, 1, 1)
+
+
+def test_older_cursor_never_overwrites_newer_row(warehouse):
+    script = [rows((1, "new", 9)), checkpoint()]
+    run(warehouse, ScriptedSource(script))
+    entry = run(warehouse, ScriptedSource([*script, rows((1, "stale", 4)), checkpoint()]),
+                run_id="r2")
+    assert entry.rows_read == 1
+    assert table(warehouse) == [(1, "new", 9, False)]
+
+
+def test_hard_delete_removes_row_and_later_upsert_in_same_checkpoint_wins(warehouse):
+    source = ScriptedSource([
+        rows((1, "a", 1), (2, "b", 1), (3, "c", 1)), checkpoint(),
+        deletes(1, 2), rows((2, "b-again", 7)), checkpoint(),
+    ])
+    entry = run(warehouse, source)
+    assert table(warehouse) == [(2, "b-again", 7, False), (3, "c", 1, False)]
+    assert entry.deleted == 1
+
+
+def test_soft_delete_marks_and_reappearing_key_is_undeleted(warehouse):
+    script = [rows((1, "a", 1), (2, "b", 1)), checkpoint(), deletes(1, at=5), checkpoint()]
+    run(warehouse, ScriptedSource(script), delete_mode="soft")
+    assert table(warehouse) == [(1, "a", 1, True), (2, "b", 1, False)]
+    script += [rows((1, "back", 9)), checkpoint()]
+    run(warehouse, ScriptedSource(script), delete_mode="soft", run_id="r2")
+    assert table(warehouse) == [(1, "back", 9, False), (2, "b", 1, False)]
+
+
+def test_deletes_none_ignores_tombstones(warehouse):
+    run(warehouse, ScriptedSource([rows((1, "a", 1)), deletes(1), checkpoint()]),
+        delete_mode="none")
+    assert table(warehouse) == [(1, "a", 1, False)]
+
+
+def test_full_refresh_overwrite_replaces_only_its_region(warehouse):
+    run(warehouse, ScriptedSource([rows((1, "eu1", 1), (2, "eu2", 1))]),
+        "full_refresh_overwrite")
+    run(warehouse, ScriptedSource([rows((1, "us1", 1))]), "full_refresh_overwrite", region="us")
+    run(warehouse, ScriptedSource([rows((3, "eu3", 1))]), "full_refresh_overwrite", run_id="r2")
+    assert table(warehouse) == [(3, "eu3", 1, False)]
+    assert table(warehouse, "us") == [(1, "us1", 1, False)]
+
+
+def test_incremental_append_appends_only_new_records(warehouse):
+    script = [rows((1, "a", 1)), checkpoint()]
+    run(warehouse, ScriptedSource(script), "incremental_append")
+    script += [rows((1, "a", 2)), checkpoint()]
+    run(warehouse, ScriptedSource(script), "incremental_append", run_id="r2")
+    assert table(warehouse) == [(1, "a", 1, False), (1, "a", 2, False)]
+
+
+def test_full_refresh_append_adds_a_tagged_copy_per_run(warehouse):
+    for run_id in ("r1", "r2"):
+        run(warehouse, ScriptedSource([rows((1, "a", 1)), checkpoint()]), "full_refresh_append",
+            run_id=run_id)
+    copies = warehouse.query("SELECT _mds_run_id FROM raw.items ORDER BY 1").column(0)
+    assert copies.to_pylist() == ["r1", "r2"]
+
+
+def test_regions_keep_separate_rows_and_state(warehouse):
+    run(warehouse, ScriptedSource([rows((1, "eu", 1)), checkpoint()]))
+    run(warehouse, ScriptedSource([rows((1, "us", 1)), deletes(1), checkpoint()]), region="us")
+    assert table(warehouse) == [(1, "eu", 1, False)]
+    assert table(warehouse, "us") == []
+    assert state(warehouse) == {"position": 2} and state(warehouse, "us") == {"position": 3}
+
+
+def test_crash_keeps_committed_checkpoints_and_rerun_converges(warehouse):
+    script = [rows((1, "a", 1)), checkpoint(), rows((2, "b", 1)), checkpoint(),
+              rows((3, "c", 1)), checkpoint()]
+    with pytest.raises(RuntimeError, match="source died"):
+        run(warehouse, ScriptedSource(script, fail_at=4))
+    assert table(warehouse) == [(1, "a", 1, False), (2, "b", 1, False)]
+    assert state(warehouse) == {"position": 4}
+    runs = warehouse.query("SELECT status, error FROM _mds_runs").to_pylist()
+    assert runs == [{"status": "failed", "error": "RuntimeError: source died at message 4"}]
+    run(warehouse, ScriptedSource(script), run_id="r2")
+    assert table(warehouse) == [(1, "a", 1, False), (2, "b", 1, False), (3, "c", 1, False)]
+
+
+def test_null_primary_key_is_refused_with_the_column_named(warehouse):
+    import pyarrow as pa
+
+    from connectors.base import Batch
+    from stack.errors import SchemaError
+    from tests.scripted import SCHEMA
+
+    bad = Batch("items", pa.record_batch([pa.array([None], pa.int64()), pa.array(["x"]),
+                                          pa.array([1], pa.int64())], schema=SCHEMA))
+    with pytest.raises(SchemaError, match="null primary key") as err:
+        run(warehouse, ScriptedSource([bad, checkpoint()]))
+    assert err.value.key == "id"
+    assert warehouse.columns("raw", "items") is not None
+    assert table(warehouse) == []
