@@ -37,7 +37,7 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 ConfigOpt = Annotated[
     Path | None,
@@ -69,10 +69,10 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except ConfigError as exc:
-        console.print(f"[bold red]config error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]config error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except MdstackError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 

@@ -36,6 +36,7 @@ from connectors.base import (
 from stack import ledger, sql
 from stack.config import SourceConfig, StackConfig, StreamConfig
 from stack.errors import ConfigError, MdstackError, SchemaError
+from stack.staging import Stage
 from stack.warehouse.base import Warehouse
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,25 @@ def utcnow() -> datetime:
 
 
 @dataclass(frozen=True)
+class CommitPolicy:
+    """When a checkpoint is committed: once enough rows or time have piled up.
+
+    Committing at a later checkpoint is as exact as committing at every one (its
+    state covers everything before it); it only trades re-reading after a
+    crash for fewer, larger transactions (each is a DuckLake snapshot).
+    """
+
+    rows: int = 1_000_000
+    seconds: float = 60.0
+
+    def due(self, staged_rows: int, since: float) -> bool:
+        return staged_rows >= self.rows or time.perf_counter() - since >= self.seconds
+
+
+EVERY_CHECKPOINT = CommitPolicy(rows=0, seconds=0.0)
+
+
+@dataclass(frozen=True)
 class StreamPlan:
     """Everything the engine needs to know to write one stream."""
 
@@ -80,14 +100,6 @@ class StreamPlan:
     @property
     def target(self) -> str:
         return sql.table(self.schema, self.stream.name)
-
-    @property
-    def stage(self) -> str:
-        return f"_mds_stage_{self.stream.name}"
-
-    @property
-    def delete_stage(self) -> str:
-        return f"_mds_deletes_{self.stream.name}"
 
 
 def plan_stream(
@@ -122,14 +134,27 @@ def plan_stream(
     )
 
 
-@dataclass
-class _Staged:
-    """What has been staged since the last commit."""
+class _Pending:
+    """What has been read since the last commit: staged records, staged deletes, state."""
 
-    columns: list[str] = field(default_factory=list)
-    rows: int = 0
-    deletes: int = 0
-    seq: int = 0
+    def __init__(self, wh: Warehouse, plan: StreamPlan) -> None:
+        self.records = Stage(wh, f"_mds_stage_{plan.stream.name}")
+        self.deletes = Stage(wh, f"_mds_deletes_{plan.stream.name}")
+        self.state: State | None = None
+        self.seq = 0
+
+    @property
+    def rows(self) -> int:
+        return self.records.rows + self.deletes.rows
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def reset(self) -> None:
+        self.records.reset()
+        self.deletes.reset()
+        self.state = None
 
 
 def sync_stream(
@@ -138,6 +163,7 @@ def sync_stream(
     plan: StreamPlan,
     ctx: RunContext,
     progress: Progress | None = None,
+    policy: CommitPolicy = CommitPolicy(),
 ) -> ledger.RunEntry:
     """Read one stream from its last committed state and write it to the warehouse.
 
@@ -159,38 +185,36 @@ def sync_stream(
         status="running",
         started_at=utcnow(),
     )
-    started = time.perf_counter()
+    started = last_commit = time.perf_counter()
     ledger.ensure_tables(wh)
     _ensure_target(wh, plan, plan.stream.spec.schema)
-    staged, pending = _Staged(), None
+    pending = _Pending(wh, plan)
+    overwrite = plan.stream.sync_mode == "full_refresh_overwrite"
     try:
         for message in source.read(plan.stream, ledger.read_state(wh, key)):
             if isinstance(message, Batch):
-                _stage_batch(wh, plan, staged, message.data)
+                _stage_batch(wh, plan, pending, message.data)
                 entry.rows_read += message.data.num_rows
                 if progress:
                     progress(plan.stream.name, entry.rows_read)
             elif isinstance(message, Deletes):
-                _stage_deletes(wh, plan, staged, message.keys)
+                _stage_deletes(plan, pending, message.keys)
             elif isinstance(message, Checkpoint):
-                pending = message.state
-                if plan.stream.sync_mode != "full_refresh_overwrite":
-                    _commit(wh, plan, staged, key, pending, ctx, entry, started)
-                    pending = None
-        if plan.stream.sync_mode == "full_refresh_overwrite" or staged.rows or staged.deletes:
-            final = pending if pending is not None else ledger.read_state(wh, key)
-            entry.status = "succeeded"
-            _commit(wh, plan, staged, key, final, ctx, entry, started)
+                pending.state = message.state
+                if not overwrite and policy.due(pending.rows, last_commit):
+                    _commit(wh, plan, pending, key, ctx, entry, started)
+                    last_commit = time.perf_counter()
+        entry.status = "succeeded"
+        if overwrite or pending.rows or pending.state is not None:
+            _commit(wh, plan, pending, key, ctx, entry, started)
         else:
-            entry.status = "succeeded"
             _record(wh, entry, started)
     except Exception as exc:
         entry.status, entry.error = "failed", _describe(exc)
         _record_failure(wh, entry, started)
         raise
     finally:
-        wh.drop_stage(plan.stage)
-        wh.drop_stage(plan.delete_stage)
+        pending.reset()
     return entry
 
 
@@ -211,17 +235,13 @@ def _ensure_target(wh: Warehouse, plan: StreamPlan, schema: pa.Schema) -> None:
         wh.add_columns(plan.schema, plan.stream.name, pa.schema(missing))
 
 
-def _stage_batch(wh: Warehouse, plan: StreamPlan, staged: _Staged, batch: pa.RecordBatch) -> None:
+def _stage_batch(wh: Warehouse, plan: StreamPlan, pending: _Pending, batch: pa.RecordBatch) -> None:
     if batch.num_rows == 0:
         return
     _check_keys(plan, batch)
-    new = [name for name in batch.schema.names if name not in staged.columns]
-    if new:
+    if any(name not in pending.records.columns for name in batch.schema.names):
         _ensure_target(wh, plan, batch.schema)
-        staged.columns.extend(new)
-    wh.stage(plan.stage, batch, staged.seq)
-    staged.seq += 1
-    staged.rows += batch.num_rows
+    pending.records.add(batch, pending.next_seq())
 
 
 def _check_keys(plan: StreamPlan, batch: pa.RecordBatch) -> None:
@@ -245,7 +265,7 @@ def _check_keys(plan: StreamPlan, batch: pa.RecordBatch) -> None:
             )
 
 
-def _stage_deletes(wh: Warehouse, plan: StreamPlan, staged: _Staged, keys: pa.RecordBatch) -> None:
+def _stage_deletes(plan: StreamPlan, pending: _Pending, keys: pa.RecordBatch) -> None:
     if keys.num_rows == 0 or plan.deletes == "none" or not plan.stream.primary_key:
         return
     missing = [k for k in (*plan.stream.primary_key, DELETED_AT) if k not in keys.schema.names]
@@ -256,28 +276,27 @@ def _stage_deletes(wh: Warehouse, plan: StreamPlan, staged: _Staged, keys: pa.Re
             stream=plan.stream.name,
             hint=f"the source must send key columns and {DELETED_AT!r} with every delete",
         )
-    wh.stage(plan.delete_stage, keys, staged.seq)
-    staged.seq += 1
-    staged.deletes += keys.num_rows
+    pending.deletes.add(keys, pending.next_seq())
 
 
 def _commit(
     wh: Warehouse,
     plan: StreamPlan,
-    staged: _Staged,
+    pending: _Pending,
     key: ledger.StreamKey,
-    state: State | None,
     ctx: RunContext,
     entry: ledger.RunEntry,
     started: float,
 ) -> None:
-    """Apply what is staged and store ``state``, atomically; then empty the stage."""
-    rows, deletes = _prepare(wh, plan, staged, ctx)
+    """Apply what is staged and store the pending state, atomically; then empty the stage."""
+    pending.records.flush()
+    pending.deletes.flush()
+    prepared = _prepare(wh, plan, pending, ctx)
     now = utcnow()
     with wh.transaction():
-        _apply(wh, plan, staged.columns, rows, deletes, ctx, entry)
-        if state is not None:
-            ledger.write_state(wh, key, state, ctx.run_id, now)
+        _apply(wh, plan, pending.records.columns, *prepared, ctx, entry)
+        if pending.state is not None:
+            ledger.write_state(wh, key, pending.state, ctx.run_id, now)
         entry.checkpoints += 1
         _record(wh, entry, started)
     log.info(
@@ -288,28 +307,26 @@ def _commit(
         entry.checkpoints,
         entry.rows_read,
     )
-    for name in (plan.stage, plan.delete_stage, rows, deletes):
+    for name in prepared:
         if name:
             wh.drop_stage(name)
-    staged.rows = staged.deletes = 0
+    pending.reset()
 
 
 def _prepare(
-    wh: Warehouse, plan: StreamPlan, staged: _Staged, ctx: RunContext
+    wh: Warehouse, plan: StreamPlan, pending: _Pending, ctx: RunContext
 ) -> tuple[str | None, str | None]:
     """Build the rows to write and the keys to delete as staging tables (outside the txn)."""
     stream, meta = plan.stream, [ctx.region, ctx.run_id, ctx.loaded_at]
-    stage = wh.stage_ref(plan.stage) if staged.rows else None
-    dels = wh.stage_ref(plan.delete_stage) if staged.deletes else None
+    stage, dels = pending.records.ref, pending.deletes.ref
     rows = deletes = None
     if stage:
         rows = f"_mds_rows_{stream.name}"
+        columns = pending.records.columns
         if stream.sync_mode == "incremental_deduped":
-            select = sql.prepare_upserts(
-                stage, dels, stream.primary_key, stream.cursor, staged.columns
-            )
+            select = sql.prepare_upserts(stage, dels, stream.primary_key, stream.cursor, columns)
         else:
-            select = sql.prepare_rows(stage, staged.columns)
+            select = sql.prepare_rows(stage, columns)
         wh.execute(f"CREATE OR REPLACE TEMP TABLE {sql.ident(rows)} AS {select}", meta)
     if dels and stream.sync_mode != "full_refresh_overwrite":
         deletes = f"_mds_dels_{stream.name}"

@@ -6,20 +6,36 @@ import pytest
 
 from stack import ledger
 from stack.config import SourceConfig
-from stack.sync import RunContext, plan_stream, sync_stream
+from stack.sync import EVERY_CHECKPOINT, CommitPolicy, RunContext, plan_stream, sync_stream
 from tests.scripted import ScriptedSource, checkpoint, deletes, rows
 
 
-def run(wh, source, mode="incremental_deduped", delete_mode="hard", region="eu", run_id="r1"):
-    cfg = SourceConfig.model_validate({"connector": "scripted", "schema": "raw", "streams": {
-        "items": {"sync": mode, "deletes": delete_mode}}})
+def run(
+    wh,
+    source,
+    mode="incremental_deduped",
+    delete_mode="hard",
+    region="eu",
+    run_id="r1",
+    policy=EVERY_CHECKPOINT,
+):
+    cfg = SourceConfig.model_validate(
+        {
+            "connector": "scripted",
+            "schema": "raw",
+            "streams": {"items": {"sync": mode, "deletes": delete_mode}},
+        }
+    )
     plan = plan_stream("src", cfg, source.discover(), "items")
-    return sync_stream(wh, source, plan, RunContext("p", region, run_id))
+    return sync_stream(wh, source, plan, RunContext("p", region, run_id), policy=policy)
 
 
 def table(wh, region="eu"):
-    result = wh.query("SELECT id, name, updated_at, _mds_deleted_at IS NOT NULL AS deleted "
-                      "FROM raw.items WHERE _mds_region = ? ORDER BY id, updated_at", [region])
+    result = wh.query(
+        "SELECT id, name, updated_at, _mds_deleted_at IS NOT NULL AS deleted "
+        "FROM raw.items WHERE _mds_region = ? ORDER BY id, updated_at",
+        [region],
+    )
     return [tuple(r.values()) for r in result.to_pylist()]
 
 
@@ -28,9 +44,12 @@ def state(wh, region="eu"):
 
 
 def test_deduped_keeps_latest_cursor_per_key_and_stores_state(warehouse):
-    source = ScriptedSource([
-        rows((1, "a", 1), (2, "b", 1), (1, "a2", 3), (1, "a-old", 2)), checkpoint(),
-    ])
+    source = ScriptedSource(
+        [
+            rows((1, "a", 1), (2, "b", 1), (1, "a2", 3), (1, "a-old", 2)),
+            checkpoint(),
+        ]
+    )
     entry = run(warehouse, source)
     assert table(warehouse) == [(1, "a2", 3, False), (2, "b", 1, False)]
     assert state(warehouse) == {"position": 2}
@@ -51,17 +70,23 @@ def test_second_run_resumes_from_committed_state_and_merges(warehouse):
 def test_older_cursor_never_overwrites_newer_row(warehouse):
     script = [rows((1, "new", 9)), checkpoint()]
     run(warehouse, ScriptedSource(script))
-    entry = run(warehouse, ScriptedSource([*script, rows((1, "stale", 4)), checkpoint()]),
-                run_id="r2")
+    entry = run(
+        warehouse, ScriptedSource([*script, rows((1, "stale", 4)), checkpoint()]), run_id="r2"
+    )
     assert entry.rows_read == 1
     assert table(warehouse) == [(1, "new", 9, False)]
 
 
 def test_hard_delete_removes_row_and_later_upsert_in_same_checkpoint_wins(warehouse):
-    source = ScriptedSource([
-        rows((1, "a", 1), (2, "b", 1), (3, "c", 1)), checkpoint(),
-        deletes(1, 2), rows((2, "b-again", 7)), checkpoint(),
-    ])
+    source = ScriptedSource(
+        [
+            rows((1, "a", 1), (2, "b", 1), (3, "c", 1)),
+            checkpoint(),
+            deletes(1, 2),
+            rows((2, "b-again", 7)),
+            checkpoint(),
+        ]
+    )
     entry = run(warehouse, source)
     assert table(warehouse) == [(2, "b-again", 7, False), (3, "c", 1, False)]
     assert entry.deleted == 1
@@ -77,14 +102,14 @@ def test_soft_delete_marks_and_reappearing_key_is_undeleted(warehouse):
 
 
 def test_deletes_none_ignores_tombstones(warehouse):
-    run(warehouse, ScriptedSource([rows((1, "a", 1)), deletes(1), checkpoint()]),
-        delete_mode="none")
+    run(
+        warehouse, ScriptedSource([rows((1, "a", 1)), deletes(1), checkpoint()]), delete_mode="none"
+    )
     assert table(warehouse) == [(1, "a", 1, False)]
 
 
 def test_full_refresh_overwrite_replaces_only_its_region(warehouse):
-    run(warehouse, ScriptedSource([rows((1, "eu1", 1), (2, "eu2", 1))]),
-        "full_refresh_overwrite")
+    run(warehouse, ScriptedSource([rows((1, "eu1", 1), (2, "eu2", 1))]), "full_refresh_overwrite")
     run(warehouse, ScriptedSource([rows((1, "us1", 1))]), "full_refresh_overwrite", region="us")
     run(warehouse, ScriptedSource([rows((3, "eu3", 1))]), "full_refresh_overwrite", run_id="r2")
     assert table(warehouse) == [(3, "eu3", 1, False)]
@@ -101,8 +126,12 @@ def test_incremental_append_appends_only_new_records(warehouse):
 
 def test_full_refresh_append_adds_a_tagged_copy_per_run(warehouse):
     for run_id in ("r1", "r2"):
-        run(warehouse, ScriptedSource([rows((1, "a", 1)), checkpoint()]), "full_refresh_append",
-            run_id=run_id)
+        run(
+            warehouse,
+            ScriptedSource([rows((1, "a", 1)), checkpoint()]),
+            "full_refresh_append",
+            run_id=run_id,
+        )
     copies = warehouse.query("SELECT _mds_run_id FROM raw.items ORDER BY 1").column(0)
     assert copies.to_pylist() == ["r1", "r2"]
 
@@ -116,8 +145,14 @@ def test_regions_keep_separate_rows_and_state(warehouse):
 
 
 def test_crash_keeps_committed_checkpoints_and_rerun_converges(warehouse):
-    script = [rows((1, "a", 1)), checkpoint(), rows((2, "b", 1)), checkpoint(),
-              rows((3, "c", 1)), checkpoint()]
+    script = [
+        rows((1, "a", 1)),
+        checkpoint(),
+        rows((2, "b", 1)),
+        checkpoint(),
+        rows((3, "c", 1)),
+        checkpoint(),
+    ]
     with pytest.raises(RuntimeError, match="source died"):
         run(warehouse, ScriptedSource(script, fail_at=4))
     assert table(warehouse) == [(1, "a", 1, False), (2, "b", 1, False)]
@@ -135,10 +170,30 @@ def test_null_primary_key_is_refused_with_the_column_named(warehouse):
     from stack.errors import SchemaError
     from tests.scripted import SCHEMA
 
-    bad = Batch("items", pa.record_batch([pa.array([None], pa.int64()), pa.array(["x"]),
-                                          pa.array([1], pa.int64())], schema=SCHEMA))
+    bad = Batch(
+        "items",
+        pa.record_batch(
+            [pa.array([None], pa.int64()), pa.array(["x"]), pa.array([1], pa.int64())],
+            schema=SCHEMA,
+        ),
+    )
     with pytest.raises(SchemaError, match="null primary key") as err:
         run(warehouse, ScriptedSource([bad, checkpoint()]))
     assert err.value.key == "id"
     assert warehouse.columns("raw", "items") is not None
     assert table(warehouse) == []
+
+
+def test_coalesced_commits_land_the_same_rows_and_the_last_state(warehouse):
+    script = [
+        rows((1, "a", 1)),
+        checkpoint(),
+        deletes(1),
+        checkpoint(),
+        rows((2, "b", 2)),
+        checkpoint(),
+    ]
+    entry = run(warehouse, ScriptedSource(script), policy=CommitPolicy())
+    assert entry.checkpoints == 1
+    assert table(warehouse) == [(2, "b", 2, False)]
+    assert state(warehouse) == {"position": 6}

@@ -70,11 +70,8 @@ class Warehouse(Protocol):
         """Add columns to an existing table (schema evolution)."""
         ...
 
-    def stage(self, name: str, batch: pa.RecordBatch, seq: int) -> None:
-        """Append a batch to a session-private staging table, creating it on first use.
-
-        Every staged row gets ``_mds_seq = seq``: the batch's position in the read.
-        """
+    def stage(self, name: str, data: pa.Table) -> None:
+        """Append rows to a session-private staging table, creating it on first use."""
         ...
 
     def stage_ref(self, name: str) -> str:

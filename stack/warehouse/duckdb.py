@@ -26,7 +26,7 @@ import duckdb
 import pyarrow as pa
 
 from stack.errors import WarehouseBusy, WarehouseError
-from stack.sql import SEQ, ident, table
+from stack.sql import ident, table
 from stack.warehouse.base import Capabilities
 
 CATALOG_FILE = "catalog.ducklake"
@@ -210,17 +210,13 @@ class DuckDBWarehouse:
     def stage_ref(self, name: str) -> str:
         return f"temp.main.{ident(name)}"
 
-    def stage(self, name: str, batch: pa.RecordBatch, seq: int) -> None:
+    def stage(self, name: str, data: pa.Table) -> None:
         ref = self.stage_ref(name)
-        with self._scan(batch) as incoming, _translate(f"staging into {name}"):
+        with self._scan(data) as incoming, _translate(f"staging into {name}"):
             self.con.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {ident(name)} AS "
-                f"SELECT *, 0::BIGINT AS {ident(SEQ)} FROM {incoming} LIMIT 0"
+                f"CREATE TEMP TABLE IF NOT EXISTS {ident(name)} AS SELECT * FROM {incoming} LIMIT 0"
             )
-            self.con.execute(
-                f"INSERT INTO {ref} BY NAME SELECT *, ?::BIGINT AS {ident(SEQ)} FROM {incoming}",
-                [seq],
-            )
+            self.con.execute(f"INSERT INTO {ref} BY NAME SELECT * FROM {incoming}")
 
     def drop_stage(self, name: str) -> None:
         self.execute(f"DROP TABLE IF EXISTS {self.stage_ref(name)}")
