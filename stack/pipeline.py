@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stack import ledger, sql
+from stack import ledger, sql, transform
 from stack.config import StackConfig, load_config
 from stack.errors import ConfigError
 from stack.sync import Progress, RunContext, sync_source
@@ -135,23 +135,22 @@ def transform_changes(
     region: str,
     changed: Mapping[str, Mapping[str, bool]],
 ) -> dict[str, Any] | None:
-    """Run dbt on the models downstream of the changed streams (nothing changed: skip)."""
-    config = load_config(config_path)
-    if config.dbt is None or not config.dbt.enabled or not changed:
-        return None
-    from stack import transform
+    """``dbt build`` the models downstream of the changed streams; None when nothing changed.
 
-    args = transform.build_args(changed)
-    if args is None:
+    See :meth:`stack.transform.Selection.args` for how full refreshes are passed on.
+    """
+    config = load_config(config_path)
+    if config.dbt is None or not config.dbt.enabled:
         return None
-    warehouse = connect(config, config.active_target(target))
-    result = transform.run_dbt(
-        config.resolve_path(config.dbt.project_dir),
-        warehouse.dbt_output(),
-        args,
-        vars=config.dbt_vars(region),
+    picked = transform.selection(changed)
+    if picked is None:
+        return None
+    output = connect(config, config.active_target(target)).dbt_output()
+    project = config.resolve_path(config.dbt.project_dir)
+    run = transform.run_dbt(
+        project, output, ["build", *picked.args()], vars=config.dbt_vars(region)
     )
-    return asdict(result)
+    return asdict(run)
 
 
 def status(config_path: str | Path, target: str | None) -> list[dict[str, Any]]:

@@ -6,8 +6,9 @@ covered by golden tests and rendered for other warehouses by the adapter
 through :func:`ident` / :func:`table`; values are bound parameters (``?``).
 
 Staged rows carry ``_mds_seq``, the position of their batch in the read, so
-that within one checkpoint the last event for a key wins: an upsert after a
-delete resurrects the row, a delete after an upsert removes it.
+that within one commit the last event for a key wins: deletes are applied to
+the rows committed before, then the staged rows are written, minus (hard) or
+marked by (soft) the deletes that came after them.
 """
 
 from __future__ import annotations
@@ -52,57 +53,59 @@ def _latest(source: str, keys: Sequence[str], order: Sequence[str]) -> str:
     )
 
 
-def prepare_upserts(
-    stage: str, deletes: str | None, keys: Sequence[str], cursor: str | None, columns: Sequence[str]
-) -> str:
-    """SELECT of the rows to merge: one per key, the last by (batch, cursor), with metadata.
+_META_PARAMS = (
+    f"?::VARCHAR AS {ident(REGION)}, ?::VARCHAR AS {ident(RUN_ID)}, "
+    f"?::TIMESTAMP AS {ident(LOADED_AT)}"
+)
 
-    Keys whose last event in the checkpoint is a delete are left out.
+
+def prepare_rows(
+    stage: str,
+    deletes: str | None,
+    keys: Sequence[str],
+    cursor: str | None,
+    columns: Sequence[str],
+    *,
+    deleted_at: str,
+    dedupe: bool,
+    soft: bool,
+) -> str:
+    """SELECT of the staged rows to write, with metadata columns.
+
+    ``deletes`` is the staged tombstones, their time in column ``deleted_at``.
+    ``dedupe`` keeps one row per key, the last by (batch, cursor). A row followed
+    by a delete of its key in the same commit is dropped (hard) or written as
+    deleted (soft), so the last event per key always wins.
     Parameters: region, run id, loaded-at.
     """
-    order = [SEQ, cursor] if cursor else [SEQ]
-    latest = _latest(stage, keys, order)
-    meta = (
-        f"?::VARCHAR AS {ident(REGION)}, ?::VARCHAR AS {ident(RUN_ID)}, "
-        f"?::TIMESTAMP AS {ident(LOADED_AT)}"
+    rows = (
+        _latest(stage, keys, [SEQ, cursor] if cursor else [SEQ])
+        if dedupe
+        else (f"SELECT * FROM {stage}")
     )
-    body = f"SELECT {_cols(columns, 'u.')}, {meta} FROM ({latest}) AS u"
-    if deletes is None:
-        return body
-    later_delete = " AND ".join(f"d.{ident(k)} = u.{ident(k)}" for k in keys)
-    return (
-        f"{body} WHERE NOT EXISTS (SELECT 1 FROM {deletes} AS d "
-        f"WHERE {later_delete} AND d.{ident(SEQ)} > u.{ident(SEQ)})"
+    if deletes is None or not keys:
+        return (
+            f"SELECT {_cols(columns, 'u.')}, {_META_PARAMS}, NULL::TIMESTAMP AS "
+            f"{ident(DELETED_AT)} FROM ({rows}) AS u"
+        )
+    later = f"d.{ident(SEQ)} > u.{ident(SEQ)}"
+    marked = f"CASE WHEN {later} THEN d.{ident(deleted_at)} END" if soft else "NULL::TIMESTAMP"
+    body = (
+        f"SELECT {_cols(columns, 'u.')}, {_META_PARAMS}, {marked} AS {ident(DELETED_AT)} "
+        f"FROM ({rows}) AS u LEFT JOIN ({_latest(deletes, keys, [SEQ])}) AS d "
+        f"ON {' AND '.join(f'd.{ident(k)} = u.{ident(k)}' for k in keys)}"
     )
+    return body if soft else f"{body} WHERE d.{ident(SEQ)} IS NULL OR NOT ({later})"
 
 
-def prepare_deletes(stage: str | None, deletes: str, keys: Sequence[str], deleted_at: str) -> str:
-    """SELECT of the keys to delete: the last tombstone per key, unless an upsert came after.
+def prepare_deletes(deletes: str, keys: Sequence[str], deleted_at: str) -> str:
+    """SELECT of the last tombstone per key, applied to rows committed before.
 
     Parameters: region.
     """
-    latest = _latest(deletes, keys, [SEQ])
-    body = (
-        f"SELECT {_cols(keys, 'd.')}, d.{ident(deleted_at)} AS {ident(DELETED_AT)}, "
-        f"?::VARCHAR AS {ident(REGION)} FROM ({latest}) AS d"
-    )
-    if stage is None:
-        return body
-    later_upsert = " AND ".join(f"u.{ident(k)} = d.{ident(k)}" for k in keys)
     return (
-        f"{body} WHERE NOT EXISTS (SELECT 1 FROM {stage} AS u "
-        f"WHERE {later_upsert} AND u.{ident(SEQ)} > d.{ident(SEQ)})"
-    )
-
-
-def prepare_rows(stage: str, columns: Sequence[str]) -> str:
-    """SELECT of every staged row with metadata, for the append and overwrite modes.
-
-    Parameters: region, run id, loaded-at.
-    """
-    return (
-        f"SELECT {_cols(columns)}, ?::VARCHAR AS {ident(REGION)}, ?::VARCHAR AS {ident(RUN_ID)}, "
-        f"?::TIMESTAMP AS {ident(LOADED_AT)} FROM {stage}"
+        f"SELECT {_cols(keys)}, {ident(SEQ)}, {ident(deleted_at)} AS {ident(DELETED_AT)}, "
+        f"?::VARCHAR AS {ident(REGION)} FROM ({_latest(deletes, keys, [SEQ])})"
     )
 
 
@@ -119,9 +122,9 @@ def merge_sql(
 ) -> str:
     """MERGE prepared rows into the target by (region, key); a newer cursor wins.
 
-    A merged row is always live again: ``_mds_deleted_at`` is reset (undelete).
+    ``_mds_deleted_at`` comes from the prepared row: a key that reappears is undeleted.
     """
-    names = [*columns, REGION, RUN_ID, LOADED_AT]
+    names = [*columns, REGION, RUN_ID, LOADED_AT, DELETED_AT]
     newer = (
         f" AND (t.{ident(cursor)} IS NULL OR s.{ident(cursor)} >= t.{ident(cursor)})"
         if cursor
@@ -131,14 +134,14 @@ def merge_sql(
     return (
         f"MERGE INTO {target} AS t USING (SELECT * FROM {prepared}) AS s "
         f"ON {_key_match(keys, 't', 's')} "
-        f"WHEN MATCHED{newer} THEN UPDATE SET {updates}, {ident(DELETED_AT)} = NULL "
+        f"WHEN MATCHED{newer} THEN UPDATE SET {updates} "
         f"WHEN NOT MATCHED THEN INSERT ({_cols(names)}) VALUES ({_cols(names, 's.')})"
     )
 
 
 def insert_sql(target: str, prepared: str, columns: Sequence[str]) -> str:
     """Append every prepared row."""
-    names = [*columns, REGION, RUN_ID, LOADED_AT]
+    names = [*columns, REGION, RUN_ID, LOADED_AT, DELETED_AT]
     return f"INSERT INTO {target} ({_cols(names)}) SELECT {_cols(names)} FROM {prepared}"
 
 

@@ -319,18 +319,26 @@ def _prepare(
     """Build the rows to write and the keys to delete as staging tables (outside the txn)."""
     stream, meta = plan.stream, [ctx.region, ctx.run_id, ctx.loaded_at]
     stage, dels = pending.records.ref, pending.deletes.ref
+    overwrite = stream.sync_mode == "full_refresh_overwrite"
+    if overwrite:
+        dels = None  # a full snapshot already leaves out what was deleted
     rows = deletes = None
     if stage:
         rows = f"_mds_rows_{stream.name}"
-        columns = pending.records.columns
-        if stream.sync_mode == "incremental_deduped":
-            select = sql.prepare_upserts(stage, dels, stream.primary_key, stream.cursor, columns)
-        else:
-            select = sql.prepare_rows(stage, columns)
+        select = sql.prepare_rows(
+            stage,
+            dels,
+            stream.primary_key,
+            stream.cursor,
+            pending.records.columns,
+            deleted_at=DELETED_AT,
+            dedupe=stream.sync_mode == "incremental_deduped",
+            soft=plan.deletes == "soft",
+        )
         wh.execute(f"CREATE OR REPLACE TEMP TABLE {sql.ident(rows)} AS {select}", meta)
-    if dels and stream.sync_mode != "full_refresh_overwrite":
+    if dels:
         deletes = f"_mds_dels_{stream.name}"
-        select = sql.prepare_deletes(stage, dels, stream.primary_key, DELETED_AT)
+        select = sql.prepare_deletes(dels, stream.primary_key, DELETED_AT)
         wh.execute(f"CREATE OR REPLACE TEMP TABLE {sql.ident(deletes)} AS {select}", [ctx.region])
     return rows, deletes
 
@@ -344,25 +352,26 @@ def _apply(
     ctx: RunContext,
     entry: ledger.RunEntry,
 ) -> None:
+    """Write one commit: clear (overwrite), then deletes of earlier rows, then new rows."""
     stream, target = plan.stream, plan.target
     if stream.sync_mode == "full_refresh_overwrite":
         wh.execute(sql.clear_region_sql(target), [ctx.region])
-    if rows:
-        ref = wh.stage_ref(rows)
-        if stream.sync_mode == "incremental_deduped":
-            matched = _count(wh, sql.count_matches(target, ref, stream.primary_key))
-            wh.execute(sql.merge_sql(target, ref, stream.primary_key, stream.cursor, columns))
-            total = _count(wh, f"SELECT count(*) FROM {ref}")
-            entry.updated += matched
-            entry.inserted += total - matched
-        else:
-            wh.execute(sql.insert_sql(target, ref, columns))
-            entry.inserted += _count(wh, f"SELECT count(*) FROM {ref}")
     if deletes:
         ref, soft = wh.stage_ref(deletes), plan.deletes == "soft"
         entry.deleted += _count(wh, sql.count_deletes(target, ref, stream.primary_key, soft))
         make = sql.soft_delete_sql if soft else sql.hard_delete_sql
         wh.execute(make(target, ref, stream.primary_key))
+    if rows:
+        ref = wh.stage_ref(rows)
+        total = _count(wh, f"SELECT count(*) FROM {ref}")
+        if stream.sync_mode == "incremental_deduped":
+            matched = _count(wh, sql.count_matches(target, ref, stream.primary_key))
+            wh.execute(sql.merge_sql(target, ref, stream.primary_key, stream.cursor, columns))
+            entry.updated += matched
+            entry.inserted += total - matched
+        else:
+            wh.execute(sql.insert_sql(target, ref, columns))
+            entry.inserted += total
 
 
 def _count(wh: Warehouse, query: str) -> int:

@@ -89,7 +89,7 @@ def test_hard_delete_removes_row_and_later_upsert_in_same_checkpoint_wins(wareho
     )
     entry = run(warehouse, source)
     assert table(warehouse) == [(2, "b-again", 7, False), (3, "c", 1, False)]
-    assert entry.deleted == 1
+    assert (entry.deleted, entry.inserted) == (2, 4)  # key 2 was removed, then inserted again
 
 
 def test_soft_delete_marks_and_reappearing_key_is_undeleted(warehouse):
@@ -197,3 +197,9 @@ def test_coalesced_commits_land_the_same_rows_and_the_last_state(warehouse):
     assert entry.checkpoints == 1
     assert table(warehouse) == [(2, "b", 2, False)]
     assert state(warehouse) == {"position": 6}
+
+
+def test_soft_delete_in_the_same_commit_lands_the_row_marked(warehouse):
+    source = ScriptedSource([rows((1, "a", 1), (2, "b", 1)), deletes(1, at=5), checkpoint()])
+    run(warehouse, source, delete_mode="soft")
+    assert table(warehouse) == [(1, "a", 1, True), (2, "b", 1, False)]

@@ -15,6 +15,7 @@ land there outside any transaction, and one transaction then writes the lake
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import time
 from collections.abc import Iterator, Sequence
@@ -74,8 +75,8 @@ class DuckDBWarehouse:
     # -- connection ---------------------------------------------------------------------------
     def __enter__(self) -> DuckDBWarehouse:
         (self.path / DATA_DIR).mkdir(parents=True, exist_ok=True)
+        self._link_extension()
         con = duckdb.connect(config=self._config())
-        self._install_extension(con)
         deadline = time.monotonic() + self.busy_timeout
         while True:
             try:
@@ -120,14 +121,13 @@ class DuckDBWarehouse:
             "threads": self.threads,
         }
 
-    def _install_extension(self, con: duckdb.DuckDBPyConnection) -> None:
+    def _link_extension(self) -> None:
         """Link the packaged DuckLake binary into this warehouse's extension directory.
 
         A symlink, not DuckDB's ``INSTALL`` (which copies 36 MB per warehouse), and
         refreshed when the virtualenv moved.
         """
-        platform = con.execute("PRAGMA platform").fetchone()[0]
-        link = self.path / EXTENSION_DIR / f"v{duckdb.__version__}" / platform
+        link = self.path / EXTENSION_DIR / f"v{duckdb.__version__}" / _platform()
         link = link / "ducklake.duckdb_extension"
         packaged = ducklake_extension_file()
         if link.is_symlink() and link.resolve() == packaged.resolve():
@@ -223,13 +223,16 @@ class DuckDBWarehouse:
 
     # -- dbt ----------------------------------------------------------------------------------
     def dbt_output(self) -> dict[str, Any]:
+        self._link_extension()
         return {
             "type": "duckdb",
             "path": ":memory:",
             "database": ALIAS,
             "schema": "main",
-            "threads": self.threads,
-            "config_options": self._config() | {"threads": self.threads},
+            # One dbt thread: concurrent DuckLake commits from dbt's threads conflict
+            # (a view created by one thread was missing for another's tests).
+            "threads": 1,
+            "config_options": self._config(),
             "attach": [
                 {
                     "path": f"ducklake:{self.catalog}",
@@ -238,6 +241,13 @@ class DuckDBWarehouse:
                 }
             ],
         }
+
+
+@functools.cache
+def _platform() -> str:
+    """DuckDB's platform name (``linux_amd64``): the extension directory's sub-folder."""
+    with duckdb.connect() as con:
+        return con.execute("PRAGMA platform").fetchone()[0]
 
 
 @contextmanager

@@ -1,0 +1,12 @@
+-- One row per live product per region; soft-deleted rows are dropped.
+select
+    cast(_mds_region as {{ dbt.type_string() }}) as region,
+    cast(id as {{ dbt.type_bigint() }}) as product_id,
+    cast(name as {{ dbt.type_string() }}) as product_name,
+    cast(category as {{ dbt.type_string() }}) as category,
+    cast(price as {{ mdstack.type_money() }}) as price,
+    cast(updated_at as {{ dbt.type_timestamp() }}) as updated_at,
+    _mds_run_id,
+    _mds_loaded_at
+from {{ source('shop', 'products') }}
+where _mds_deleted_at is null
