@@ -14,8 +14,8 @@ from connectors.base import (
     DELETED_AT,
     Batch,
     Catalog,
-    CheckResult,
     Checkpoint,
+    CheckResult,
     ConfiguredStream,
     Deletes,
     Message,
@@ -24,22 +24,33 @@ from connectors.base import (
 )
 
 SCHEMA = pa.schema([("id", pa.int64()), ("name", pa.string()), ("updated_at", pa.int64())])
-ALL_MODES = ("full_refresh_overwrite", "full_refresh_append", "incremental_append",
-             "incremental_deduped")
+ALL_MODES = (
+    "full_refresh_overwrite",
+    "full_refresh_append",
+    "incremental_append",
+    "incremental_deduped",
+)
 
 
 def rows(*records: tuple[int, str, int]) -> Batch:
     ids, names, cursors = zip(*records, strict=True) if records else ((), (), ())
-    data = pa.record_batch([pa.array(ids, pa.int64()), pa.array(names, pa.string()),
-                            pa.array(cursors, pa.int64())], schema=SCHEMA)
+    data = pa.record_batch(
+        [pa.array(ids, pa.int64()), pa.array(names, pa.string()), pa.array(cursors, pa.int64())],
+        schema=SCHEMA,
+    )
     return Batch("items", data)
 
 
 def deletes(*keys: int, at: int = 0) -> Deletes:
-    return Deletes("items", pa.record_batch({
-        "id": pa.array(keys, pa.int64()),
-        DELETED_AT: pa.array([at] * len(keys), pa.timestamp("us")),
-    }))
+    return Deletes(
+        "items",
+        pa.record_batch(
+            {
+                "id": pa.array(keys, pa.int64()),
+                DELETED_AT: pa.array([at] * len(keys), pa.timestamp("us")),
+            }
+        ),
+    )
 
 
 def checkpoint() -> Checkpoint:
@@ -78,5 +89,8 @@ class ScriptedSource:
         for index, message in enumerate(self.script[start:], start):
             if index == self.fail_at:
                 raise RuntimeError(f"source died at message {index}")
-            yield Checkpoint("items", {"position": index + 1}) \
-                if isinstance(message, Checkpoint) else message
+            yield (
+                Checkpoint("items", {"position": index + 1})
+                if isinstance(message, Checkpoint)
+                else message
+            )
