@@ -139,6 +139,9 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "stack,connectors")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # The ephemeral server's start-up (a uvicorn subprocess plus migrations) takes 10-15 s on
+    # a busy laptop; Prefect's default 20 s limit turns a slow start into a failed run.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 @app.command()

@@ -13,14 +13,23 @@ import difflib
 import os
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from connectors.base import SyncMode
 from stack.errors import ConfigError
+from stack.schema import SchemaPolicy
 
 CONFIG_ENV = "MDSTACK_CONFIG"
 DEFAULT_CONFIG = "stack.yml"
@@ -28,8 +37,28 @@ DEFAULT_REGION = "default"
 """The region of a pipeline that declares none."""
 
 DeleteMode = Literal["hard", "soft", "none"]
+BadRecordPolicy = Literal["fail", "quarantine"]
 _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _TEMPLATE = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
+
+_DURATION = re.compile(r"^(\d+)\s*(s|m|h|d|w)$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _duration(value: Any) -> timedelta:
+    """``30d``, ``12h``, ``90m``, ``2w`` (or a number of seconds) as a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float):
+        return timedelta(seconds=value)
+    match = _DURATION.match(str(value).strip())
+    if not match:
+        raise ValueError("expected a duration such as 30d, 12h, 90m or 2w")
+    return timedelta(seconds=int(match.group(1)) * _SECONDS[match.group(2)])
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
 
 
 class _Model(BaseModel):
@@ -54,6 +83,11 @@ class StreamConfig(_Model):
     primary_key: tuple[str, ...] | None = None
     cursor: str | None = None
     deletes: DeleteMode = "hard"
+    delete_detection: Literal["snapshot"] | None = None
+    delete_window: Duration | None = None
+    columns: tuple[str, ...] | None = None
+    schema_policy: SchemaPolicy | None = None
+    on_bad_record: BadRecordPolicy = "fail"
 
 
 class SourceConfig(_Model):
@@ -62,6 +96,7 @@ class SourceConfig(_Model):
     connector: str
     config: dict[str, Any] = Field(default_factory=dict)
     schema_: str = Field(alias="schema", pattern=_IDENTIFIER)
+    schema_policy: SchemaPolicy = "evolve"
     streams: dict[str, StreamConfig]
 
     @field_validator("streams")

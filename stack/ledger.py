@@ -3,7 +3,9 @@
 ``_mds_state`` holds each stream's last committed state per region; it is
 written in the same transaction as the data it covers, so the warehouse alone
 says where the next run resumes. ``_mds_runs`` holds one row per run and
-stream: what was read, inserted, updated and deleted, and how it ended.
+stream: what was read, inserted, updated, deleted and quarantined, the schema
+changes applied, and how it ended. ``_mds_quarantine`` keeps records that
+could not be loaded (with ``on_bad_record: quarantine``), with the reason.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from stack.warehouse.base import Warehouse
 
 STATE_TABLE = "_mds_state"
 RUNS_TABLE = "_mds_runs"
+QUARANTINE_TABLE = "_mds_quarantine"
 
 _STATE_SCHEMA = pa.schema(
     [
@@ -64,8 +67,10 @@ class RunEntry:
     inserted: int = 0
     updated: int = 0
     deleted: int = 0
+    quarantined: int = 0
     checkpoints: int = 0
     seconds: float = 0.0
+    schema_changes: str | None = None
     error: str | None = None
 
 
@@ -84,8 +89,10 @@ _RUNS_SCHEMA = pa.schema(
         ("inserted", pa.int64()),
         ("updated", pa.int64()),
         ("deleted", pa.int64()),
+        ("quarantined", pa.int64()),
         ("checkpoints", pa.int64()),
         ("seconds", pa.float64()),
+        ("schema_changes", pa.string()),
         ("error", pa.string()),
     ]
 )
@@ -98,11 +105,52 @@ _KEY_WHERE = (
 )
 
 
+_QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("pipeline", pa.string()),
+        ("source", pa.string()),
+        ("stream", pa.string()),
+        ("region", pa.string()),
+        ("reason", pa.string()),
+        ("record", pa.string()),
+        ("quarantined_at", pa.timestamp("us")),
+    ]
+)
+QUARANTINE_COLUMNS = pa.schema([("reason", pa.string()), ("record", pa.string())])
+"""What the engine stages per bad record; the rest of a quarantine row is added at commit."""
+
+
 def ensure_tables(wh: Warehouse) -> None:
-    """Create the state and run tables if this warehouse has none yet."""
-    for name, schema in ((STATE_TABLE, _STATE_SCHEMA), (RUNS_TABLE, _RUNS_SCHEMA)):
-        if wh.columns(wh.meta_schema, name) is None:
+    """Create the state, run and quarantine tables, or add columns a newer version needs."""
+    tables = (
+        (STATE_TABLE, _STATE_SCHEMA),
+        (RUNS_TABLE, _RUNS_SCHEMA),
+        (QUARANTINE_TABLE, _QUARANTINE_SCHEMA),
+    )
+    for name, schema in tables:
+        existing = wh.columns(wh.meta_schema, name)
+        if existing is None:
             wh.create_table(wh.meta_schema, name, schema)
+        elif missing := [f for f in schema if f.name not in existing]:
+            wh.add_columns(wh.meta_schema, name, pa.schema(missing))
+
+
+def bad_records(rows: pa.Table, reason: str) -> pa.RecordBatch:
+    """Bad records as (reason, JSON record) rows: off the hot path, so plain JSON is fine."""
+    records = [json.dumps(r, default=str, sort_keys=True) for r in rows.to_pylist()]
+    return pa.record_batch(
+        [pa.array([reason] * len(records), pa.string()), pa.array(records, pa.string())],
+        schema=QUARANTINE_COLUMNS,
+    )
+
+
+def quarantine_sql(wh: Warehouse, staged: str) -> str:
+    """INSERT of staged bad records. Parameters: run id, pipeline, source, stream, region, now."""
+    return (
+        f"INSERT INTO {table(wh.meta_schema, QUARANTINE_TABLE)} "
+        f"SELECT ?, ?, ?, ?, ?, {ident('reason')}, {ident('record')}, ?::TIMESTAMP FROM {staged}"
+    )
 
 
 def read_state(wh: Warehouse, key: StreamKey) -> State | None:

@@ -174,3 +174,23 @@ def soft_delete_sql(target: str, prepared: str, keys: Sequence[str]) -> str:
         f"FROM {prepared} AS s WHERE {_key_match(keys, 't', 's')} "
         f"AND t.{ident(DELETED_AT)} IS NULL"
     )
+
+
+def stale_rows(target: str, prepared: str, keys: Sequence[str], cursor: str) -> str:
+    """WHERE clause (on alias ``s``) of prepared rows older than the row already loaded."""
+    return (
+        f"EXISTS (SELECT 1 FROM {target} AS t WHERE {_key_match(keys, 't', 's')} "
+        f"AND t.{ident(cursor)} > s.{ident(cursor)})"
+    )
+
+
+def missing_keys(target: str, present: str, keys: Sequence[str], cursor: str | None = None) -> str:
+    """WHERE clause (on alias ``t``) of the region's rows whose key is not in ``present``.
+
+    Parameters: region, then (with ``cursor``) the start of the window on the cursor.
+    """
+    window = f" AND t.{ident(cursor)} >= ?" if cursor else ""
+    match = " AND ".join(f"k.{ident(k)} = t.{ident(k)}" for k in keys)
+    return (
+        f"t.{ident(REGION)} = ?{window} AND NOT EXISTS (SELECT 1 FROM {present} AS k WHERE {match})"
+    )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from stack.sql import SEQ
+from stack.sql import SEQ, ident
 from stack.warehouse.base import Warehouse
 
 BUFFER_ROWS = 200_000
@@ -26,7 +26,9 @@ class Stage:
 
     def __init__(self, wh: Warehouse, name: str, max_rows: int = BUFFER_ROWS) -> None:
         self.wh = wh
+        self.base = name
         self.name = name
+        self._generation = 0
         self.max_rows = max_rows
         self.rows = 0
         """Rows staged since the last :meth:`reset` (buffered or written)."""
@@ -58,9 +60,31 @@ class Stage:
         self.wh.stage(self.name, pa.concat_tables(tables, promote_options="default"))
         self._buffer, self._buffered, self._written = [], 0, True
 
+    def migrate(self, schema: pa.Schema) -> None:
+        """The stream's schema changed: move what is staged to a table of the new schema.
+
+        Call before adding the first batch of the new schema. Rare (a schema change
+        in the middle of a commit), so a copy of the staged rows is fine.
+        """
+        self.flush()
+        if self._written:
+            old = self.wh.stage_ref(self.name)
+            kept = [*(n for n in self.columns if n in schema.names), SEQ]
+            self._generation += 1
+            self.name = f"{self.base}_{self._generation}"
+            empty = schema.append(pa.field(SEQ, pa.int64())).empty_table()
+            self.wh.stage(self.name, empty)
+            names = ", ".join(ident(n) for n in kept)
+            self.wh.execute(
+                f"INSERT INTO {self.wh.stage_ref(self.name)} ({names}) SELECT {names} FROM {old}"
+            )
+            self.wh.execute(f"DROP TABLE {old}")
+        self.columns = list(schema.names)
+
     def reset(self) -> None:
         """Forget everything staged (after a commit, or when the stream ends)."""
         self._buffer, self._buffered, self.rows = [], 0, 0
         if self._written:
             self.wh.drop_stage(self.name)
             self._written = False
+        self.name, self._generation = self.base, 0

@@ -64,14 +64,21 @@ class ScriptedSource:
     Each checkpoint carries ``{"position": i}``: the index of the next message
     to replay, so a resumed incremental read continues exactly after the last
     commit; a full refresh replays the whole script.
-    ``fail_at`` makes the read raise when it reaches that message.
+    ``fail_at`` makes the read raise when it reaches that message; ``snapshot``, if
+    given, is what a full-refresh read returns instead (the source's current rows).
     """
 
     name = "scripted"
 
-    def __init__(self, script: list[Message], fail_at: int | None = None) -> None:
+    def __init__(
+        self,
+        script: list[Message],
+        fail_at: int | None = None,
+        snapshot: list[Message] | None = None,
+    ) -> None:
         self.script = script
         self.fail_at = fail_at
+        self.snapshot = snapshot
         self.states_seen: list[State | None] = []
 
     def spec(self) -> dict:
@@ -85,6 +92,9 @@ class ScriptedSource:
 
     def read(self, stream: ConfiguredStream, state: State | None) -> Iterator[Message]:
         self.states_seen.append(state)
+        if self.snapshot is not None and not stream.incremental:
+            yield from self.snapshot
+            return
         start = state["position"] if state and stream.incremental else 0
         for index, message in enumerate(self.script[start:], start):
             if index == self.fail_at:

@@ -6,6 +6,7 @@ import pytest
 
 from stack import ledger
 from stack.config import SourceConfig
+from stack.errors import SchemaError
 from stack.sync import EVERY_CHECKPOINT, CommitPolicy, RunContext, plan_stream, sync_stream
 from tests.scripted import ScriptedSource, checkpoint, deletes, rows
 
@@ -18,12 +19,13 @@ def run(
     region="eu",
     run_id="r1",
     policy=EVERY_CHECKPOINT,
+    **stream,
 ):
     cfg = SourceConfig.model_validate(
         {
             "connector": "scripted",
             "schema": "raw",
-            "streams": {"items": {"sync": mode, "deletes": delete_mode}},
+            "streams": {"items": {"sync": mode, "deletes": delete_mode, **stream}},
         }
     )
     plan = plan_stream("src", cfg, source.discover(), "items")
@@ -67,14 +69,24 @@ def test_second_run_resumes_from_committed_state_and_merges(warehouse):
     assert (entry.rows_read, entry.inserted, entry.updated) == (2, 1, 1)
 
 
-def test_older_cursor_never_overwrites_newer_row(warehouse):
+def test_older_cursor_is_refused_or_quarantined_never_silently_dropped(warehouse):
     script = [rows((1, "new", 9)), checkpoint()]
     run(warehouse, ScriptedSource(script))
-    entry = run(
-        warehouse, ScriptedSource([*script, rows((1, "stale", 4)), checkpoint()]), run_id="r2"
-    )
-    assert entry.rows_read == 1
-    assert table(warehouse) == [(1, "new", 9, False)]
+    script += [rows((1, "stale", 4), (2, "b", 5)), checkpoint()]
+    with pytest.raises(SchemaError, match="cursor older than the row already loaded") as err:
+        run(warehouse, ScriptedSource(script), run_id="r2")
+    assert err.value.key == "updated_at"
+    entry = run(warehouse, ScriptedSource(script), run_id="r3", on_bad_record="quarantine")
+    assert (entry.rows_read, entry.inserted, entry.quarantined) == (2, 1, 1)
+    assert table(warehouse) == [(1, "new", 9, False), (2, "b", 5, False)]
+    kept = warehouse.query("SELECT run_id, reason, record FROM _mds_quarantine").to_pylist()
+    assert kept == [
+        {
+            "run_id": "r3",
+            "reason": "cursor went backwards: older than the row already loaded",
+            "record": '{"id": 1, "name": "stale", "updated_at": 4}',
+        }
+    ]
 
 
 def test_hard_delete_removes_row_and_later_upsert_in_same_checkpoint_wins(warehouse):

@@ -70,6 +70,14 @@ class Warehouse(Protocol):
         """Add columns to an existing table (schema evolution)."""
         ...
 
+    def widen_columns(self, schema: str, table: str, columns: pa.Schema) -> None:
+        """Change existing columns to wider types (schema evolution), keeping their values."""
+        ...
+
+    def lock(self, name: str) -> AbstractContextManager[None]:
+        """Hold a named lock for the block; raise ``SyncConflict`` if another run holds it."""
+        ...
+
     def stage(self, name: str, data: pa.Table) -> None:
         """Append rows to a session-private staging table, creating it on first use."""
         ...

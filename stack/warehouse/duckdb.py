@@ -15,6 +15,7 @@ land there outside any transaction, and one transaction then writes the lake
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import importlib.util
 import time
@@ -26,7 +27,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from stack.errors import WarehouseBusy, WarehouseError
+from stack.errors import SyncConflict, WarehouseBusy, WarehouseError
 from stack.sql import ident, table
 from stack.warehouse.base import Capabilities
 
@@ -190,6 +191,50 @@ class DuckDBWarehouse:
                 f"ALTER TABLE {table(schema, table_name)} ADD COLUMN IF NOT EXISTS "
                 f"{ident(name)} {sql_type}"
             )
+
+    def widen_columns(self, schema: str, table_name: str, columns: pa.Schema) -> None:
+        """Change column types to wider ones, keeping the values.
+
+        DuckLake promotes numeric types in place (int -> bigint -> double); any other
+        widening (to text, date to timestamp) rebuilds the column in one transaction.
+        """
+        target = table(schema, table_name)
+        for name, sql_type in self._sql_types(columns).items():
+            try:
+                self.execute(f"ALTER TABLE {target} ALTER COLUMN {ident(name)} TYPE {sql_type}")
+                continue
+            except WarehouseError as exc:
+                if "widening type promotions" not in str(exc):
+                    raise
+            spare = ident(f"{name}__mds_widen")
+            with self.transaction():
+                self.execute(f"ALTER TABLE {target} ADD COLUMN {spare} {sql_type}")
+                self.execute(f"UPDATE {target} SET {spare} = CAST({ident(name)} AS {sql_type})")
+                self.execute(f"ALTER TABLE {target} DROP COLUMN {ident(name)}")
+                self.execute(f"ALTER TABLE {target} RENAME COLUMN {spare} TO {ident(name)}")
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Hold a named lock for the block, across processes; raise SyncConflict if taken.
+
+        An OS file lock in ``W/.locks``: released by the OS when its holder dies, so a
+        killed run never leaves a stale lock behind.
+        """
+        folder = self.path / ".locks"
+        folder.mkdir(exist_ok=True)
+        with open(folder / f"{name}.lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise SyncConflict(
+                    f"another run holds {name!r}",
+                    hint="wait for it to finish; two runs of the same stream and region "
+                    "would race on its state",
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _sql_types(self, columns: pa.Schema) -> dict[str, str]:
         with self._scan(columns.empty_table()) as empty:

@@ -1,0 +1,233 @@
+"""Committing what a stream has staged: one transaction per commit, per sync mode.
+
+A commit prepares its rows and deletes as staging tables (outside the
+transaction: DuckDB writes one database per transaction), then in **one**
+transaction: clears the region (overwrite), applies deletes to the rows
+committed before, writes the new rows, moves quarantined records, stores the
+state and the ledger row. Either all of it lands or none of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from connectors.base import DELETED_AT, State
+from stack import ledger, sql
+from stack.errors import SchemaError
+from stack.plan import RunContext, StreamPlan, utcnow
+from stack.staging import Stage
+from stack.warehouse.base import Warehouse
+
+log = logging.getLogger(__name__)
+
+STALE = "cursor went backwards: older than the row already loaded"
+
+
+class Pending:
+    """What has been read since the last commit: staged records, deletes, bad records, state."""
+
+    def __init__(self, wh: Warehouse, plan: StreamPlan) -> None:
+        self.records = Stage(wh, f"_mds_stage_{plan.name}")
+        self.deletes = Stage(wh, f"_mds_deletes_{plan.name}")
+        self.bad = Stage(wh, f"_mds_bad_{plan.name}")
+        self.state: State | None = None
+        self.seq = 0
+
+    @property
+    def rows(self) -> int:
+        return self.records.rows + self.deletes.rows + self.bad.rows
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def reset(self) -> None:
+        for stage in (self.records, self.deletes, self.bad):
+            stage.reset()
+        self.state = None
+
+
+def commit(
+    wh: Warehouse,
+    plan: StreamPlan,
+    pending: Pending,
+    key: ledger.StreamKey,
+    ctx: RunContext,
+    entry: ledger.RunEntry,
+    record: Callable[[], None],
+) -> None:
+    """Apply what is staged and store the pending state, atomically; then empty the stage."""
+    for stage in (pending.records, pending.deletes):
+        stage.flush()
+    rows, deletes = _prepare(wh, plan, pending, ctx)
+    if rows and plan.mode == "incremental_deduped" and plan.stream.cursor:
+        _check_stale(wh, plan, pending, rows)
+    pending.bad.flush()
+    now = utcnow()
+    with wh.transaction():
+        _apply(wh, plan, pending.records.columns, rows, deletes, ctx, entry)
+        if pending.bad.ref:
+            wh.execute(
+                ledger.quarantine_sql(wh, pending.bad.ref),
+                [ctx.run_id, ctx.pipeline, plan.source, plan.name, ctx.region, now],
+            )
+            entry.quarantined += pending.bad.rows
+        if pending.state is not None:
+            ledger.write_state(wh, key, pending.state, ctx.run_id, now)
+        entry.checkpoints += 1
+        record()
+    log.info(
+        "%s/%s [%s]: committed checkpoint %d (%d rows read)",
+        plan.source,
+        plan.name,
+        ctx.region,
+        entry.checkpoints,
+        entry.rows_read,
+    )
+    for name in (rows, deletes):
+        if name:
+            wh.drop_stage(name)
+    pending.reset()
+
+
+def _prepare(
+    wh: Warehouse, plan: StreamPlan, pending: Pending, ctx: RunContext
+) -> tuple[str | None, str | None]:
+    """Build the rows to write and the keys to delete as staging tables."""
+    stage, dels = pending.records.ref, pending.deletes.ref
+    if plan.mode == "full_refresh_overwrite":
+        dels = None  # a full snapshot already leaves out what was deleted
+    rows = deletes = None
+    if stage:
+        rows = f"_mds_rows_{plan.name}"
+        select = sql.prepare_rows(
+            stage,
+            dels,
+            plan.keys,
+            plan.stream.cursor,
+            pending.records.columns,
+            deleted_at=DELETED_AT,
+            dedupe=_dedupes(plan),
+            soft=plan.soft,
+        )
+        wh.execute(
+            f"CREATE OR REPLACE TEMP TABLE {sql.ident(rows)} AS {select}",
+            [ctx.region, ctx.run_id, ctx.loaded_at],
+        )
+    if dels:
+        deletes = f"_mds_dels_{plan.name}"
+        select = sql.prepare_deletes(dels, plan.keys, DELETED_AT)
+        wh.execute(f"CREATE OR REPLACE TEMP TABLE {sql.ident(deletes)} AS {select}", [ctx.region])
+    return rows, deletes
+
+
+def _dedupes(plan: StreamPlan) -> bool:
+    """Merging by key: deduped streams, and soft-deleting full refreshes (which keep rows)."""
+    return plan.mode == "incremental_deduped" or _soft_overwrite(plan)
+
+
+def _soft_overwrite(plan: StreamPlan) -> bool:
+    return plan.mode == "full_refresh_overwrite" and plan.soft and bool(plan.keys)
+
+
+def _check_stale(wh: Warehouse, plan: StreamPlan, pending: Pending, rows: str) -> None:
+    """Rows older than the loaded version would be skipped by the merge: never silently."""
+    ref = wh.stage_ref(rows)
+    stale_where = sql.stale_rows(plan.target, ref, plan.keys, plan.stream.cursor)
+    stale = wh.query(f"SELECT * FROM {ref} AS s WHERE {stale_where}")
+    if not stale.num_rows:
+        return
+    if plan.on_bad_record == "fail":
+        example = {k: stale.column(k)[0].as_py() for k in plan.keys}
+        raise SchemaError(
+            f"{stale.num_rows} records have a cursor older than the row already loaded "
+            f"(first: {example})",
+            source=plan.source,
+            stream=plan.name,
+            key=plan.stream.cursor,
+            hint="the source's cursor went backwards; fix the source, or set "
+            "`on_bad_record: quarantine` to keep such records in _mds_quarantine",
+        )
+    data = stale.drop_columns([c for c in sql.META_COLUMNS if c in stale.schema.names])
+    pending.bad.add(ledger.bad_records(data, STALE), pending.next_seq())
+    wh.execute(f"DELETE FROM {ref} AS s WHERE {stale_where}")
+
+
+def _apply(
+    wh: Warehouse,
+    plan: StreamPlan,
+    columns: list[str],
+    rows: str | None,
+    deletes: str | None,
+    ctx: RunContext,
+    entry: ledger.RunEntry,
+) -> None:
+    """Write one commit: clear (overwrite), then deletes of earlier rows, then new rows."""
+    target = plan.target
+    if _soft_overwrite(plan):
+        if rows:
+            where = sql.missing_keys(target, wh.stage_ref(rows), plan.keys)
+            live = f" AND {sql.ident(sql.DELETED_AT)} IS NULL"
+            entry.deleted += _count(
+                wh, f"SELECT count(*) FROM {target} AS t WHERE {where}{live}", [ctx.region]
+            )
+            wh.execute(
+                f"UPDATE {target} AS t SET {sql.ident(sql.DELETED_AT)} = ? WHERE {where}{live}",
+                [ctx.loaded_at, ctx.region],
+            )
+    elif plan.mode == "full_refresh_overwrite":
+        wh.execute(sql.clear_region_sql(target), [ctx.region])
+    if deletes:
+        ref = wh.stage_ref(deletes)
+        entry.deleted += _count(wh, sql.count_deletes(target, ref, plan.keys, plan.soft))
+        make = sql.soft_delete_sql if plan.soft else sql.hard_delete_sql
+        wh.execute(make(target, ref, plan.keys))
+    if rows:
+        ref = wh.stage_ref(rows)
+        total = _count(wh, f"SELECT count(*) FROM {ref}")
+        if _dedupes(plan):
+            matched = _count(wh, sql.count_matches(target, ref, plan.keys))
+            wh.execute(sql.merge_sql(target, ref, plan.keys, plan.stream.cursor, columns))
+            entry.updated += matched
+            entry.inserted += total - matched
+        else:
+            wh.execute(sql.insert_sql(target, ref, columns))
+            entry.inserted += total
+
+
+def detect_deletes(
+    wh: Warehouse, plan: StreamPlan, keys: Stage, ctx: RunContext, entry: ledger.RunEntry
+) -> None:
+    """Delete (hard or soft) the region's rows whose keys the source no longer has.
+
+    ``keys`` holds the source's complete key set (from a full read). With a
+    ``delete_window``, only rows whose cursor falls inside it are candidates.
+    """
+    keys.flush()
+    if keys.ref is None:
+        log.warning(
+            "%s [%s]: the source returned no keys; not deleting every row", plan.name, ctx.region
+        )
+        return
+    since = ctx.loaded_at - plan.delete_window if plan.delete_window else None
+    cursor = plan.stream.cursor if since else None
+    where = sql.missing_keys(plan.target, keys.ref, plan.keys, cursor)
+    params = [ctx.region] + ([since] if since else [])
+    with wh.transaction():
+        live = f" AND {sql.ident(sql.DELETED_AT)} IS NULL" if plan.soft else ""
+        entry.deleted += _count(
+            wh, f"SELECT count(*) FROM {plan.target} AS t WHERE {where}{live}", params
+        )
+        if plan.soft:
+            wh.execute(
+                f"UPDATE {plan.target} AS t SET {sql.ident(sql.DELETED_AT)} = ? "
+                f"WHERE {where}{live}",
+                [ctx.loaded_at, *params],
+            )
+        else:
+            wh.execute(f"DELETE FROM {plan.target} AS t WHERE {where}", params)
+
+
+def _count(wh: Warehouse, query: str, params: list | None = None) -> int:
+    return int(wh.query(query, params).column(0)[0].as_py())
