@@ -73,7 +73,29 @@ class DuckDBTarget(_Model):
     threads: int = Field(default=4, ge=1)
 
 
-Target = DuckDBTarget
+class SnowflakeTarget(_Model):
+    """Snowflake through snowflake-connector-python. Credentials should be references
+    (``${vault:...}``, ``${env:...}``), resolved at run time, never written here."""
+
+    type: Literal["snowflake"]
+    account: str
+    user: str
+    password: str | None = None
+    private_key: str | None = None
+    """PEM text of the key-pair private key (usually a ``${vault:...}`` reference)."""
+    private_key_passphrase: str | None = None
+    authenticator: str | None = None
+    """``externalbrowser``, ``oauth`` (with ``token``), ``snowflake_jwt``…; default: password."""
+    token: str | None = None
+    role: str | None = None
+    warehouse: str | None = None
+    database: str
+    schema_: str = Field(default="PUBLIC", alias="schema")
+    threads: int = Field(default=4, ge=1)
+
+
+Target = Annotated[DuckDBTarget | SnowflakeTarget, Field(discriminator="type")]
+TARGET_TYPES = ("duckdb", "snowflake")
 
 
 class StreamConfig(_Model):
@@ -284,6 +306,8 @@ def _explain(exc: ValidationError, file: Path, node: yaml.Node | None) -> Config
     """Turn pydantic's first error into one actionable paragraph."""
     error = exc.errors()[0]
     loc = tuple(error["loc"])
+    if loc[:1] == ("targets",) and len(loc) > 2 and loc[2] in TARGET_TYPES:
+        loc = loc[:2] + loc[3:]  # drop the union's tag: targets.<name>.<type>.<key>
     key = ".".join(str(part) for part in loc) or "(top level)"
     message, hint = error["msg"], None
     if error["type"] == "extra_forbidden":

@@ -6,7 +6,7 @@ connector and the other way round.
 
 from __future__ import annotations
 
-from stack.config import StackConfig, Target
+from stack.config import DuckDBTarget, StackConfig, Target
 from stack.warehouse.base import Capabilities, Warehouse
 
 __all__ = ["Capabilities", "Warehouse", "connect"]
@@ -14,6 +14,10 @@ __all__ = ["Capabilities", "Warehouse", "connect"]
 
 def connect(config: StackConfig, target: Target) -> Warehouse:
     """An unopened warehouse for ``target``; open it with ``with``."""
-    from stack.warehouse.duckdb import DuckDBWarehouse
+    if isinstance(target, DuckDBTarget):
+        from stack.warehouse.duckdb import DuckDBWarehouse
 
-    return DuckDBWarehouse(config.resolve_path(target.path), threads=target.threads)
+        return DuckDBWarehouse(config.resolve_path(target.path), threads=target.threads)
+    from stack.warehouse.snowflake import SnowflakeWarehouse
+
+    return SnowflakeWarehouse(target)
