@@ -15,6 +15,7 @@ from connectors.errors import ConnectorError
 
 REGISTRY: dict[str, str] = {
     "demo": "connectors.demo:DemoSource",
+    "postgres": "connectors.postgres:PostgresSource",
 }
 """Connector name -> ``module:Class``; imported lazily so one source's driver never
 slows down or breaks another."""

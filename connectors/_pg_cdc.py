@@ -1,0 +1,490 @@
+"""Change data capture for :mod:`connectors.postgres`: logical replication through SQL.
+
+Design (one replication slot per stream, plugin ``pgoutput``, one publication per source):
+
+* **Prerequisites** are checked before anything else (:func:`check_prerequisites`):
+  ``wal_level = logical``, the publication exists, includes the table and publishes
+  inserts, updates and deletes, the table has a replica identity that carries the primary
+  key, and the user may use replication. Each failure is a ConnectorError whose hint is the
+  exact SQL to run.
+* **First read** (no state, :func:`begin_snapshot`): create the stream's slot (or, on a reset,
+  move the existing one to the current WAL position), call that position ``L0``, then wait
+  until every transaction that was running at ``L0`` has ended, so that the snapshot the
+  caller takes next sees every transaction committed before ``L0``. The caller streams the
+  table and checkpoints ``{"lsn": L0}``. Changes committed after ``L0`` may already be in the
+  snapshot and are replayed on the next read: rows are full images keyed by primary key, so
+  replaying them converges (a merge by key makes them harmless).
+* **Later reads** (:func:`read_changes`): the state's LSN was committed together with the
+  data, so the slot is first advanced to it (``pg_replication_slot_advance``). Changes are
+  then *peeked* (``pg_logical_slot_peek_binary_changes``, non-consuming) up to the WAL flush
+  position at the start of the read, decoded from pgoutput's binary protocol, and compacted
+  per window of at most ``batch_size`` keys: the last event per key wins, upserts become a
+  :class:`Batch`, deletes a :class:`Deletes` (key columns plus ``_deleted_at`` = commit
+  time, naive UTC). A :class:`Checkpoint` with the commit's end LSN follows the first
+  transaction boundary after a window is yielded, so a huge transaction is yielded in
+  bounded pieces and checkpointed once, at its commit. A read that fails or is not
+  committed leaves the slot where it was: re-reading from the same state yields the same
+  changes again (exactly-once).
+* Values arrive as PostgreSQL's text output (the session pins ``TimeZone=UTC``,
+  ``DateStyle=ISO``...) and are cast to the stream's Arrow types. An unchanged TOASTed value
+  (not sent by pgoutput) is taken from the old row image (``REPLICA IDENTITY FULL``) or
+  looked up by key. ``TRUNCATE`` cannot be expressed as deletes: the read fails and asks for
+  a re-snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+from psycopg import sql
+
+from connectors.base import DELETED_AT, Batch, Checkpoint, Deletes, Message
+from connectors.errors import ConnectorError, SourceUnavailable
+
+SNAPSHOT_WAIT_S = 300.0
+"""How long a first read waits for transactions running at the slot's start to end."""
+
+_PG_EPOCH = datetime(2000, 1, 1)
+_UNCHANGED = object()  # pgoutput's 'u': an unchanged TOASTed value that was not sent
+_FETCH = 5_000  # pgoutput messages per round trip
+
+
+@dataclass(frozen=True)
+class Target:
+    """What CDC needs to know about one table (built by the source from the catalog)."""
+
+    source: str
+    stream: str
+    schema: str
+    table: str
+    columns: tuple[tuple[str, pa.DataType, str], ...]  # name, Arrow type, format_type()
+    primary_key: tuple[str, ...]
+    replica_identity: str  # pg_class.relreplident: d(efault) n(othing) f(ull) i(ndex)
+
+    @property
+    def qualified(self) -> sql.Composed:
+        return sql.Identifier(self.schema, self.table)
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([(name, typ) for name, typ, _ in self.columns])
+
+    def error(self, message: str, hint: str, retryable: bool = False) -> ConnectorError:
+        cls = SourceUnavailable if retryable else ConnectorError
+        return cls(message, source=self.source, stream=self.stream, hint=hint)
+
+
+def slot_name(prefix: str, schema: str, table: str) -> str:
+    """The stream's slot: ``<prefix>_<schema>_<table>``, folded to [a-z0-9_], <= 63 chars."""
+    name = re.sub(r"[^a-z0-9_]", "_", f"{prefix}_{schema}_{table}".lower())
+    if len(name) > 63:
+        name = f"{name[:54]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name
+
+
+def lsn_int(lsn: str) -> int:
+    """``'16/B374D848'`` -> integer position."""
+    high, _, low = lsn.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def lsn_text(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+def _sql_text(conn: psycopg.Connection, statement: sql.Composable) -> str:
+    return statement.as_string(conn)
+
+
+def check_prerequisites(conn: psycopg.Connection, target: Target, publication: str) -> None:
+    """Raise a ConnectorError that names the SQL to run when CDC cannot work for ``target``."""
+    for problem in server_problems(conn, publication):
+        raise target.error(*problem)
+    row = conn.execute(
+        "SELECT pubinsert AND pubupdate AND pubdelete,"
+        " EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = p.pubname"
+        "         AND t.schemaname = %s AND t.tablename = %s)"
+        " FROM pg_publication p WHERE pubname = %s",
+        (target.schema, target.table, publication),
+    ).fetchone()
+    pub = sql.Identifier(publication)
+    if not row[1]:
+        fix = sql.SQL("ALTER PUBLICATION {} ADD TABLE {};").format(pub, target.qualified)
+        raise target.error(
+            f"table {target.schema}.{target.table} is not in publication {publication!r}",
+            f"run: {_sql_text(conn, fix)}",
+        )
+    if not row[0]:
+        fix = sql.SQL("ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate');")
+        raise target.error(
+            f"publication {publication!r} does not publish inserts, updates and deletes",
+            f"run: {_sql_text(conn, fix.format(pub))}",
+        )
+    if not target.primary_key:
+        raise target.error(
+            "CDC needs a primary key to merge changes and delete rows",
+            "add a PRIMARY KEY to the table or set `primary_key:` for the stream",
+        )
+    identity = _identity_columns(conn, target)
+    if identity is None or not set(target.primary_key) <= identity:
+        fix = sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL;").format(target.qualified)
+        raise target.error(
+            f"deletes and updates of {target.schema}.{target.table} do not carry the key "
+            f"{list(target.primary_key)} (replica identity {target.replica_identity!r})",
+            f"run: {_sql_text(conn, fix)}",
+        )
+
+
+def server_problems(conn: psycopg.Connection, publication: str) -> list[tuple[str, str]]:
+    """(message, hint with the SQL to run) for each server-wide CDC prerequisite missing."""
+    problems = []
+    wal_level = conn.execute("SHOW wal_level").fetchone()[0]
+    if wal_level != "logical":
+        problems.append(
+            (
+                f"logical replication needs wal_level = logical (it is {wal_level!r})",
+                "run: ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL",
+            )
+        )
+    row = conn.execute(
+        "SELECT rolsuper OR rolreplication, current_user FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    if not row[0]:
+        fix = sql.SQL("ALTER ROLE {} WITH REPLICATION;").format(sql.Identifier(row[1]))
+        problems.append(
+            (f"user {row[1]!r} may not use replication slots", f"run: {_sql_text(conn, fix)}")
+        )
+    if not conn.execute(
+        "SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)
+    ).fetchone():
+        fix = sql.SQL("CREATE PUBLICATION {} FOR TABLE <schema>.<table>, ...;")
+        problems.append(
+            (
+                f"publication {publication!r} does not exist",
+                f"run: {_sql_text(conn, fix.format(sql.Identifier(publication)))}"
+                " (or FOR ALL TABLES, as a superuser)",
+            )
+        )
+    return problems
+
+
+def _identity_columns(conn: psycopg.Connection, target: Target) -> set[str] | None:
+    """Columns an old row image carries on update/delete; None if it carries none."""
+    if target.replica_identity == "f":
+        return {name for name, _, _ in target.columns}
+    if target.replica_identity == "n":
+        return None
+    rows = conn.execute(
+        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
+        " AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass"
+        " AND CASE WHEN %s = 'd' THEN i.indisprimary ELSE i.indisreplident END",
+        (_sql_text(conn, target.qualified), target.replica_identity),
+    ).fetchall()
+    return {r[0] for r in rows} or None
+
+
+def begin_snapshot(conn: psycopg.Connection, target: Target, slot: str) -> str:
+    """Make ``slot`` start at the current WAL position and return that LSN (``L0``).
+
+    Waits (up to :data:`SNAPSHOT_WAIT_S`) until every transaction running at ``L0`` has
+    ended, so a snapshot taken after this call sees everything committed before ``L0``.
+    """
+    row = conn.execute(
+        "SELECT plugin FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+    ).fetchone()
+    if row is None:
+        start = conn.execute(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)
+        ).fetchone()[0]
+    else:
+        _check_plugin(target, slot, row[0])
+        start = conn.execute(
+            "SELECT COALESCE(end_lsn, pg_current_wal_flush_lsn())::text"
+            " FROM pg_replication_slot_advance(%s, pg_current_wal_flush_lsn())",
+            (slot,),
+        ).fetchone()[0]
+    xmax = conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()[0]
+    deadline, pause = time.monotonic() + SNAPSHOT_WAIT_S, 0.02
+    while not conn.execute(
+        "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= %s::xid8", (xmax,)
+    ).fetchone()[0]:
+        if time.monotonic() > deadline:
+            raise target.error(
+                f"transactions older than xid {xmax} are still running after "
+                f"{SNAPSHOT_WAIT_S:.0f} s; the initial snapshot must wait for them",
+                "find them in pg_stat_activity (state 'idle in transaction'), end them, retry",
+                retryable=True,
+            )
+        time.sleep(pause)
+        pause = min(pause * 2, 1.0)
+    return start
+
+
+def _check_plugin(target: Target, slot: str, plugin: str) -> None:
+    if plugin != "pgoutput":
+        raise target.error(
+            f"replication slot {slot!r} uses plugin {plugin!r}, not pgoutput",
+            f"run: SELECT pg_drop_replication_slot('{slot}'); then reset the stream's state",
+        )
+
+
+def resume(conn: psycopg.Connection, target: Target, slot: str, lsn: str) -> None:
+    """Advance ``slot`` to the committed ``lsn`` (the state proves the warehouse has it)."""
+    row = conn.execute(
+        "SELECT plugin, confirmed_flush_lsn::text, active_pid FROM pg_replication_slots"
+        " WHERE slot_name = %s",
+        (slot,),
+    ).fetchone()
+    reset = "reset the stream's state to take a new snapshot"
+    if row is None:
+        raise target.error(
+            f"replication slot {slot!r} is gone: changes since {lsn} are lost", reset
+        )
+    _check_plugin(target, slot, row[0])
+    if row[2] is not None:
+        raise target.error(
+            f"replication slot {slot!r} is in use by process {row[2]}",
+            "another read of this stream is running; retry when it has finished",
+            retryable=True,
+        )
+    confirmed = lsn_int(row[1])
+    if lsn_int(lsn) < confirmed:
+        raise target.error(
+            f"the state's LSN {lsn} is behind replication slot {slot!r} ({row[1]}): the changes"
+            " in between were consumed without being committed here",
+            reset,
+        )
+    if lsn_int(lsn) > confirmed:
+        conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (slot, lsn))
+
+
+def read_changes(
+    conn: psycopg.Connection, target: Target, slot: str, publication: str, lsn: str, size: int
+) -> Iterator[Message]:
+    """Peek the changes after ``lsn`` and yield them as Batch / Deletes / Checkpoint windows."""
+    upto = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0]
+    last = max(lsn_int(lsn), lsn_int(upto))
+    decoder, window = _Decoder(target), _Window(target)
+    pubs = _sql_text(conn, sql.Identifier(publication))  # pgoutput splits quoted identifiers
+    with conn.transaction(), conn.cursor(name=f"mds_cdc_{slot}", binary=True) as cur:
+        cur.itersize = _FETCH
+        cur.execute(
+            "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, NULL,"
+            " 'proto_version', '1', 'publication_names', %s)",
+            (slot, upto, pubs),
+        )
+        flushed = False  # data yielded since the last checkpoint
+        for (data,) in cur:
+            end = decoder.feed(bytes(data), window)
+            if end is not None and (flushed or window.size >= size):
+                yield from window.flush(conn)
+                yield Checkpoint(target.stream, {"lsn": lsn_text(end)})
+                flushed = False
+            elif window.size >= size:  # inside a big transaction: data now, checkpoint at commit
+                yield from window.flush(conn)
+                flushed = True
+        if decoder.last_commit is not None:
+            last = max(last, decoder.last_commit)
+    yield from window.flush(conn)
+    yield Checkpoint(target.stream, {"lsn": lsn_text(last)})
+
+
+class _Decoder:
+    """pgoutput protocol version 1 messages -> events on a :class:`_Window`."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.relations: dict[int, tuple[str, str, list[str]]] = {}
+        self.committed_at = _PG_EPOCH
+        self.last_commit: int | None = None
+
+    def feed(self, msg: bytes, window: _Window) -> int | None:
+        """Apply one message; returns the end LSN when it is a commit."""
+        kind = msg[:1]
+        if kind == b"B":
+            (_, ts, _) = struct.unpack_from(">QqI", msg, 1)
+            self.committed_at = _PG_EPOCH + timedelta(microseconds=ts)
+        elif kind == b"C":
+            (_, _, end, _) = struct.unpack_from(">BQQq", msg, 1)
+            self.last_commit = end
+            return end
+        elif kind == b"R":
+            self._relation(msg)
+        elif kind in (b"I", b"U", b"D"):
+            self._change(kind, msg, window)
+        elif kind == b"T":
+            (count, _) = struct.unpack_from(">IB", msg, 1)
+            ids = struct.unpack_from(f">{count}I", msg, 6)
+            if any(self._ours(rel) for rel in ids):
+                t = self.target
+                raise t.error(
+                    f"{t.schema}.{t.table} was truncated: its rows cannot be sent as deletes",
+                    "reset the stream's state to take a new snapshot",
+                )
+        return None  # 'Y' types, 'O' origins, 'M' messages: nothing to do
+
+    def _relation(self, msg: bytes) -> None:
+        (relid,) = struct.unpack_from(">I", msg, 1)
+        pos = 5
+        namespace, pos = _cstring(msg, pos)
+        name, pos = _cstring(msg, pos)
+        (_, ncols) = struct.unpack_from(">BH", msg, pos)
+        pos += 3
+        columns = []
+        for _ in range(ncols):
+            column, pos = _cstring(msg, pos + 1)
+            columns.append(column)
+            pos += 8  # type oid, typmod
+        self.relations[relid] = (namespace, name, columns)
+
+    def _ours(self, relid: int) -> bool:
+        rel = self.relations.get(relid)
+        return rel is not None and rel[:2] == (self.target.schema, self.target.table)
+
+    def _change(self, kind: bytes, msg: bytes, window: _Window) -> None:
+        (relid,) = struct.unpack_from(">I", msg, 1)
+        if not self._ours(relid):
+            return
+        columns = self.relations[relid][2]
+        pos, old, full = 5, None, msg[5:6] == b"O"  # 'O': the whole old row, 'K': its key
+        if msg[pos : pos + 1] in (b"K", b"O"):
+            old, pos = _tuple(msg, pos + 1, columns)
+        if kind == b"D":
+            window.delete(window.key(old or {}), self.committed_at)
+            return
+        new, _ = _tuple(msg, pos + 1, columns)  # skip 'N'
+        key = window.key(new)
+        if old is not None and window.key(old) != key:
+            window.delete(window.key(old), self.committed_at)
+        window.upsert(key, new, old if full else None)
+
+
+def _cstring(buf: bytes, pos: int) -> tuple[str, int]:
+    end = buf.index(b"\0", pos)
+    return buf[pos:end].decode(), end + 1
+
+
+def _tuple(buf: bytes, pos: int, columns: list[str]) -> tuple[dict[str, Any], int]:
+    (count,) = struct.unpack_from(">H", buf, pos)
+    pos += 2
+    values: dict[str, Any] = {}
+    for i in range(count):
+        kind = buf[pos : pos + 1]
+        pos += 1
+        if kind in (b"t", b"b"):
+            (length,) = struct.unpack_from(">I", buf, pos)
+            values[columns[i]] = buf[pos + 4 : pos + 4 + length].decode()
+            pos += 4 + length
+        else:
+            values[columns[i]] = _UNCHANGED if kind == b"u" else None
+    return values, pos
+
+
+class _Window:
+    """The changes since the last checkpoint, compacted: the last event per key wins."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.rows: dict[tuple, dict[str, Any]] = {}
+        self.deleted: dict[tuple, datetime] = {}
+
+    @property
+    def size(self) -> int:
+        return len(self.rows) + len(self.deleted)
+
+    def key(self, values: dict[str, Any]) -> tuple:
+        key = tuple(values.get(k) for k in self.target.primary_key)
+        if any(v is None or v is _UNCHANGED for v in key):
+            t = self.target
+            fix = sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL;").format(t.qualified)
+            raise t.error(
+                f"a change to {t.schema}.{t.table} lacks key columns {list(t.primary_key)}",
+                f"run: {fix.as_string()}",
+            )
+        return key
+
+    def upsert(self, key: tuple, new: dict[str, Any], old: dict[str, Any] | None) -> None:
+        for name, value in new.items():
+            if value is _UNCHANGED and old is not None:
+                new[name] = old.get(name, _UNCHANGED)
+        self.deleted.pop(key, None)
+        self.rows[key] = new
+
+    def delete(self, key: tuple, at: datetime) -> None:
+        self.rows.pop(key, None)
+        self.deleted[key] = at
+
+    def flush(self, conn: psycopg.Connection) -> Iterator[Message]:
+        t = self.target
+        if self.deleted:
+            keys = list(self.deleted)
+            arrays = [
+                to_arrow([k[i] for k in keys], typ, name, t)
+                for i, (name, typ) in enumerate(self._key_types())
+            ]
+            arrays.append(pa.array(list(self.deleted.values()), pa.timestamp("us")))
+            names = [*t.primary_key, DELETED_AT]
+            yield Deletes(t.stream, pa.RecordBatch.from_arrays(arrays, names=names))
+        if self.rows:
+            self._fill_unchanged(conn)
+            rows = list(self.rows.values())
+            arrays = [to_arrow([r.get(n) for r in rows], typ, n, t) for n, typ, _ in t.columns]
+            yield Batch(t.stream, pa.RecordBatch.from_arrays(arrays, schema=t.arrow_schema))
+        self.rows, self.deleted = {}, {}
+
+    def _key_types(self) -> list[tuple[str, pa.DataType]]:
+        types = {name: typ for name, typ, _ in self.target.columns}
+        return [(k, types[k]) for k in self.target.primary_key]
+
+    def _fill_unchanged(self, conn: psycopg.Connection) -> None:
+        """Look up TOASTed values pgoutput did not send; a row deleted since stays null."""
+        t = self.target
+        pg_types = {name: pg for name, _, pg in t.columns}
+        where = sql.SQL(" AND ").join(
+            sql.SQL("{} = %s::{}").format(sql.Identifier(k), sql.SQL(pg_types[k]))
+            for k in t.primary_key
+        )
+        for key, row in self.rows.items():
+            missing = [name for name, value in row.items() if value is _UNCHANGED]
+            if not missing:
+                continue
+            cols = sql.SQL(", ").join(
+                sql.SQL("{}::text").format(sql.Identifier(n)) for n in missing
+            )
+            query = sql.SQL("SELECT {} FROM {} WHERE {}").format(cols, t.qualified, where)
+            found = conn.execute(query, key).fetchone()
+            row.update(zip(missing, found or [None] * len(missing), strict=True))
+
+
+def to_arrow(values: list[str | None], typ: pa.DataType, column: str, target: Target) -> pa.Array:
+    """PostgreSQL text output (session in UTC, ISO dates) -> an Arrow array of ``typ``."""
+    pg_type = next(pg for name, _, pg in target.columns if name == column)
+    if pg_type in ("character", "bpchar") or pg_type.startswith("character("):
+        values = [v if v is None else v.rstrip(" ") for v in values]  # as ::text does
+    raw = pa.array(values, pa.string())
+    try:
+        if typ == pa.string():
+            return raw
+        if typ == pa.bool_():
+            return pc.equal(raw, "t")
+        if typ == pa.binary():
+            return pa.array([None if v is None else bytes.fromhex(v[2:]) for v in values], typ)
+        if pa.types.is_time(typ):
+            stamps = pc.binary_join_element_wise("1970-01-01 ", raw, "")
+            return pc.cast(pc.cast(stamps, pa.timestamp("us")), typ)
+        return pc.cast(raw, typ)
+    except (pa.ArrowInvalid, ValueError) as exc:
+        raise target.error(
+            f"column {column!r}: cannot read a changed value as {typ}: {exc}",
+            "values such as 'infinity' or BC dates have no Arrow equivalent; fix the row",
+        ) from exc

@@ -1,0 +1,505 @@
+"""PostgreSQL source: tables and views as Arrow batches, incremental by cursor, CDC with deletes.
+
+Config (see :data:`_SPEC`): ``host``, ``port`` (5432), ``database``, ``user``, ``password``,
+``schemas`` (``["public"]``), ``tables`` (include list: ``name`` or ``schema.name``),
+``batch_size`` (100 000 rows), ``lookback``, ``connect_timeout`` (10 s), ``sslmode``, and
+``replication: {slot, publication, plugin}`` to turn on CDC: ``slot`` (``mdstack``) prefixes
+one slot per stream, ``<slot>_<schema>_<table>``, so give each pipeline and region reading the
+same database its own (``slot: mds_{{ region }}``), and drop the slots of streams you remove
+(they hold WAL); ``publication`` (``mdstack``) must exist; ``plugin`` is ``pgoutput``.
+
+Streams: every table, view, materialized view and foreign table of the schemas (partitioned
+tables as one stream, their partitions left out), named after the table, or
+``<schema>_<table>`` when several schemas are read. Primary keys come from ``pg_index``;
+``cursor`` is ``None`` (``stack.yml`` sets it). ``full_refresh_*`` always; ``incremental_*``
+when the relation has a primary key; ``emits_deletes`` on tables when replication is set.
+
+Types -> Arrow: int2/int4/int8 -> int16/int32/int64, float4/float8 -> float32/float64,
+``numeric(p,s)`` with p <= 38 -> decimal128(p,s), any other numeric -> float64 (NaN and
+infinities kept, precision beyond ~15 digits lost), bool, text/varchar/char -> string, date ->
+date32, timestamp -> timestamp(us), timestamptz -> timestamp(us, UTC), time -> time64(us),
+bytea -> binary; json/jsonb, uuid, enums, arrays, intervals and every other type -> string in
+PostgreSQL's text form (arrays as ``{1,2}``: multi-dimensional arrays stay readable). Domains
+map as their base type.
+
+Reads:
+
+* **full refresh**: the whole relation, then ``Checkpoint({})``.
+* **incremental** by ``cursor``: ``WHERE cursor > state - lookback ORDER BY cursor``; state
+  ``{"cursor": "<last value as text>"}``. A checkpoint follows a batch only where the cursor
+  value changes between batches (never inside a run of equal values), so a resumed read
+  neither skips nor repeats rows. ``lookback`` (seconds as a number, or an ISO 8601 duration
+  such as ``"PT15M"``; for numeric cursors a number in cursor units) re-reads late rows; the
+  state never moves back. Rows whose cursor is NULL are read by the first read only.
+* **CDC** (``replication`` set and an incremental sync mode): a snapshot, then logical
+  replication changes as Batch / Deletes; see :mod:`connectors._pg_cdc`.
+
+Fetch path (:mod:`connectors._pg_fetch`): DuckDB's postgres scanner, streamed as Arrow. On a
+2 M-row, 10-column table (2 busy cores) a full read took 1.7-2.2 s, about what ``COPY ... TO
+STDOUT`` to /dev/null takes (1.9-3.0 s text, 1.4-2.0 s binary), at 178 MB peak RSS (145 MB of
+it the libraries; it grows with ``batch_size``, not with the table); an ordered incremental
+read 2.1-3.0 s. ADBC took 2.6-4.5 s, a psycopg server-side cursor into pyarrow 11 s (294 MB).
+
+Errors: unreachable server, timeouts, dropped connections -> SourceUnavailable (retryable);
+refused credentials, permissions, bad names -> ConnectorError. No message shows the password.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+import psycopg
+import pyarrow as pa
+from psycopg import sql
+
+from connectors import _pg_cdc as cdc
+from connectors import _pg_fetch as fetch
+from connectors.base import (
+    Batch,
+    Catalog,
+    Checkpoint,
+    CheckResult,
+    ConfiguredStream,
+    Message,
+    State,
+    StreamSpec,
+    require,
+)
+from connectors.errors import ConnectorError, SourceUnavailable
+
+_FULL = ("full_refresh_overwrite", "full_refresh_append")
+_ALL = (*_FULL, "incremental_append", "incremental_deduped")
+_TABLES = ("r", "p")  # relkinds with rows of their own: replicable
+_SESSION = (
+    "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres"
+    " -c extra_float_digits=3 -c bytea_output=hex"
+)  # the text output the CDC decoder and the query path's casts rely on
+_ISO_DURATION = re.compile(r"^P(?!$)(\d+[YMWD])*(T(?=\d)(\d+[HM])*(\d+(\.\d+)?S)?)?$")
+_LSN = re.compile(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}")
+_STR = {"type": "string", "minLength": 1}
+_INT = {"type": "integer", "minimum": 1}
+_SPEC: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "PostgreSQL",
+    "type": "object",
+    "required": ["host", "database", "user"],
+    "additionalProperties": False,
+    "properties": {
+        "host": _STR,
+        "port": {**_INT, "maximum": 65535, "default": 5432},
+        "database": _STR,
+        "user": _STR,
+        "password": {"type": ["string", "null"], "description": "e.g. ${vault:db#password}"},
+        "schemas": {"type": "array", "items": _STR, "minItems": 1, "default": ["public"]},
+        "tables": {"type": "array", "items": _STR, "description": "name or schema.name"},
+        "batch_size": {**_INT, "default": 100_000, "description": "rows per Arrow batch"},
+        "lookback": {
+            "oneOf": [{"type": "number", "minimum": 0}, {"type": "string", "format": "duration"}],
+            "description": "seconds or an ISO 8601 duration; cursor units for numeric cursors",
+        },
+        "connect_timeout": {**_INT, "default": 10, "description": "seconds"},
+        "sslmode": {
+            "enum": ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"],
+            "default": "prefer",
+        },
+        "replication": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "slot": {**_STR, "default": "mdstack", "description": "prefix of stream slots"},
+                "publication": {**_STR, "default": "mdstack"},
+                "plugin": {"enum": ["pgoutput"], "default": "pgoutput"},
+            },
+        },
+    },
+}
+
+
+@dataclass(frozen=True)
+class _Replication:
+    slot: str
+    publication: str
+
+
+@dataclass(frozen=True)
+class _Config:
+    host: str
+    port: int
+    database: str
+    user: str
+    password: str | None
+    schemas: tuple[str, ...]
+    tables: tuple[str, ...] | None
+    batch_size: int
+    lookback: float | str | None
+    connect_timeout: int
+    sslmode: str
+    replication: _Replication | None
+
+    def __repr__(self) -> str:  # never show the password
+        return f"_Config({self.user}@{self.host}:{self.port}/{self.database})"
+
+    def libpq(self, *, password: bool) -> dict[str, Any]:
+        params = {
+            "host": self.host,
+            "port": self.port,
+            "dbname": self.database,
+            "user": self.user,
+            "connect_timeout": self.connect_timeout,
+            "sslmode": self.sslmode,
+            "application_name": "mdstack",
+            "options": _SESSION,
+        }
+        return params | ({"password": self.password} if password and self.password else {})
+
+
+def _parse_config(source: str, config: Mapping[str, Any]) -> _Config:
+    """Validate ``config`` against :data:`_SPEC`, raising a ConnectorError naming the bad key."""
+    props = _SPEC["properties"]
+    for key in config:
+        if key not in props:
+            raise _bad(source, key, f"unknown config key {key!r}", f"valid keys: {sorted(props)}")
+    values = {k: p.get("default") for k, p in props.items()} | dict(config)
+    for key in ("host", "database", "user"):
+        if not isinstance(require(config, key, source), str) or not config[key]:
+            raise _bad(source, key, f"{key} must be a non-empty string", f"set `{key}:`")
+    password = values["password"]
+    if hasattr(password, "get_secret_value"):
+        password = password.get_secret_value()
+    if password is not None and not isinstance(password, str):
+        raise _bad(source, "password", "password must be a string", "e.g. ${vault:db#password}")
+    for key in ("port", "batch_size", "connect_timeout"):
+        value = values[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            msg, hint = f"{key} must be a positive integer, not {value!r}", f"e.g. {key}: 10"
+            raise _bad(source, key, msg, hint)
+    for key in ("schemas", "tables"):
+        value = values[key]
+        if value is not None and (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, str) and v for v in value)
+        ):
+            raise _bad(source, key, f"{key} must be a non-empty list of names", f"e.g. {key}: [x]")
+    if values["sslmode"] not in props["sslmode"]["enum"]:
+        raise _bad(source, "sslmode", "invalid sslmode", f"one of {props['sslmode']['enum']}")
+    lookback = values["lookback"]
+    if lookback is not None and not (
+        (isinstance(lookback, int | float) and not isinstance(lookback, bool) and lookback >= 0)
+        or (isinstance(lookback, str) and _ISO_DURATION.match(lookback))
+    ):
+        hint = 'seconds (lookback: 3600) or an ISO 8601 duration (lookback: "PT1H")'
+        raise _bad(source, "lookback", f"invalid lookback {lookback!r}", hint)
+    return _Config(
+        **{k: values[k] for k in ("host", "port", "database", "user", "batch_size", "sslmode")},
+        password=password or None,
+        schemas=tuple(values["schemas"]),
+        tables=tuple(values["tables"]) if values["tables"] is not None else None,
+        lookback=lookback,
+        connect_timeout=values["connect_timeout"],
+        replication=_parse_replication(source, values["replication"]),
+    )
+
+
+def _parse_replication(source: str, value: Any) -> _Replication | None:
+    if value is None:
+        return None
+    props = _SPEC["properties"]["replication"]["properties"]
+    if not isinstance(value, dict):
+        raise _bad(source, "replication", "replication must be a mapping", "e.g. {slot: mds}")
+    for key, item in value.items():
+        name = f"replication.{key}"
+        if key not in props:
+            raise _bad(source, name, f"unknown key {name}", f"valid keys: {sorted(props)}")
+        if not isinstance(item, str) or not item:
+            raise _bad(source, name, f"{name} must be a name", f"e.g. {key}: mdstack")
+    if value.get("plugin", "pgoutput") != "pgoutput":
+        hint = "use plugin: pgoutput (built into PostgreSQL 10+, needs no extension)"
+        raise _bad(
+            source, "replication.plugin", f"plugin {value['plugin']!r} is not supported", hint
+        )
+    return _Replication(value.get("slot", "mdstack"), value.get("publication", "mdstack"))
+
+
+def _bad(source: str, key: str, message: str, hint: str) -> ConnectorError:
+    return ConnectorError(message, source=source, key=key, hint=hint)
+
+
+_RETRYABLE_STATES = ("08", "53", "57P", "57014", "40001", "40P01", "55006")
+_RETRYABLE_TEXT = (
+    "connection refused",
+    "timeout expired",
+    "timed out",
+    "server closed the connection",
+    "could not receive data",
+    "could not send data",
+    "connection reset",
+    "the database system is",
+    "too many clients",
+    "temporary failure in name resolution",
+    "no route to host",
+    "network is unreachable",
+    "consuming input failed",
+    "ssl syscall",
+    "terminating connection",
+)
+
+
+def _translate_error(exc: Exception, cfg: _Config, source: str, stream: str | None):
+    """Map a psycopg or DuckDB error to ConnectorError / SourceUnavailable, password scrubbed."""
+    text = str(exc).strip()
+    if cfg.password:
+        text = text.replace(cfg.password, "***")
+    state = getattr(exc, "sqlstate", None) or ""
+    lower = text.lower()
+    where = f"PostgreSQL {cfg.host}:{cfg.port}/{cfg.database}"
+    if state != "53400" and (
+        state.startswith(_RETRYABLE_STATES) or any(p in lower for p in _RETRYABLE_TEXT)
+    ):
+        hint = "retry later; check that the server is up and reachable from here"
+        return SourceUnavailable(
+            f"{where} is unavailable: {text}", source=source, stream=stream, hint=hint
+        )
+    if state.startswith("28") or "authentication failed" in lower or "pg_hba.conf" in lower:
+        hint = f"check `user` ({cfg.user!r}) and `password`, and pg_hba.conf on the server"
+    elif state == "42501" or "permission denied" in lower:
+        hint = f"grant access, e.g. GRANT SELECT ON ALL TABLES IN SCHEMA <schema> TO {cfg.user};"
+    elif state == "53400":
+        hint = "raise max_replication_slots, or drop unused slots (pg_drop_replication_slot)"
+    elif "does not exist" in lower and "database" in lower:
+        hint = "check `database`"
+    elif "resolve host" in lower or "translate host name" in lower or "not known" in lower:
+        hint = "check `host`"
+    else:
+        hint = None
+    return ConnectorError(f"{where}: {text}", source=source, stream=stream, hint=hint)
+
+
+class PostgresSource:
+    """A PostgreSQL database as a :class:`~connectors.base.Source` (see the module docstring).
+
+    The config is validated on construction but a bad one only raises when the source is
+    used, so that :meth:`check` can report it.
+    """
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        self.name = name
+        self._cfg: _Config | None = None
+        self._error: ConnectorError | None = None
+        try:
+            self._cfg = _parse_config(name, config)
+        except ConnectorError as exc:
+            self._error = exc
+
+    def spec(self) -> dict[str, Any]:
+        """JSON Schema of the config; see :data:`_SPEC`."""
+        return copy.deepcopy(_SPEC)
+
+    def check(self) -> CheckResult:
+        """Connect and run ``SELECT 1``; with replication, check CDC's server prerequisites."""
+        try:
+            cfg = self._config()
+            with self._translate(None), self._connect(cfg) as conn:
+                conn.execute("SELECT 1").fetchone()
+                repl = cfg.replication
+                problems = cdc.server_problems(conn, repl.publication) if repl else []
+        except ConnectorError as exc:
+            return CheckResult(ok=False, message=str(exc))
+        where = f"connected to {cfg.user}@{cfg.host}:{cfg.port}/{cfg.database}"
+        if problems:
+            text = "; ".join(f"{message} ({hint})" for message, hint in problems)
+            return CheckResult(ok=False, message=f"{where}, but CDC cannot work: {text}")
+        return CheckResult(ok=True, message=where)
+
+    def discover(self) -> Catalog:
+        """Tables and views of the configured schemas, with Arrow schemas and primary keys.
+
+        Raises:
+            ConnectorError: invalid config, an unknown table in ``tables``, a refused login;
+                SourceUnavailable when the server cannot be reached.
+        """
+        cfg = self._config()
+        with self._translate(None), self._connect(cfg) as conn:
+            tables = fetch.tables(conn, cfg.schemas, cfg.tables, self.name)
+        cdc_on = cfg.replication is not None
+        return Catalog(
+            streams=tuple(
+                StreamSpec(
+                    name=t.stream,
+                    schema=t.arrow_schema,
+                    primary_key=t.primary_key,
+                    sync_modes=_ALL if t.primary_key else _FULL,
+                    emits_deletes=cdc_on and t.kind in _TABLES,
+                )
+                for t in tables
+            )
+        )
+
+    def read(self, stream: ConfiguredStream, state: State | None) -> Iterator[Message]:
+        """Full refresh, incremental by cursor, or CDC; see the module docstring.
+
+        Raises:
+            ConnectorError: bad config or state, a missing cursor or CDC prerequisite (the
+                hint says what SQL to run), a refused query.
+            SourceUnavailable: the server could not be reached or dropped the connection.
+        """
+        cfg = self._config()
+        with self._translate(stream.name), self._connect(cfg) as conn:
+            tables = fetch.tables(conn, cfg.schemas, cfg.tables, self.name)
+            table = next((t for t in tables if t.stream == stream.name), None)
+            if table is None:
+                hint = "the table was dropped or left out by `tables:`; run discover"
+                raise self._fail(stream, f"no table or view for stream {stream.name!r}", hint)
+            if not stream.incremental:
+                yield from self._scan(conn, cfg, table, stream)
+                yield Checkpoint(stream.name, {})
+            elif cfg.replication and table.kind in _TABLES:
+                yield from self._read_cdc(conn, cfg, table, stream, state)
+            else:
+                yield from self._read_cursor(conn, cfg, table, stream, state)
+
+    def _config(self) -> _Config:
+        if self._cfg is None:
+            raise self._error or ConnectorError("no config", source=self.name)
+        return self._cfg
+
+    def _fail(self, stream: ConfiguredStream, message: str, hint: str, key: str | None = None):
+        return ConnectorError(message, source=self.name, stream=stream.name, key=key, hint=hint)
+
+    @contextmanager
+    def _translate(self, stream: str | None) -> Iterator[None]:
+        """The one place driver errors become mdstack errors (never showing the password)."""
+        try:
+            yield
+        except (psycopg.Error, duckdb.Error) as exc:
+            cfg = self._config()
+            error = _translate_error(exc, cfg, self.name, stream)
+            if cfg.password and cfg.password in str(exc):
+                raise error from None  # the driver's text would show it in the traceback
+            raise error from exc
+
+    @staticmethod
+    def _connect(cfg: _Config) -> psycopg.Connection:
+        return psycopg.connect(**cfg.libpq(password=True), autocommit=True)
+
+    @contextmanager
+    def _scanner(self, cfg: _Config) -> Iterator[fetch.Scanner]:
+        scanner = fetch.Scanner(cfg.libpq(password=False), cfg.password, cfg.batch_size)
+        try:
+            yield scanner
+        finally:
+            scanner.close()
+
+    def _scan(self, conn, cfg: _Config, table: fetch.Table, stream: ConfiguredStream):
+        with self._scanner(cfg) as scanner:
+            for batch in fetch.batches(scanner.table(table, conn), table.arrow_schema):
+                yield Batch(stream.name, batch)
+
+    def _read_cursor(
+        self, conn, cfg: _Config, table: fetch.Table, stream: ConfiguredStream, state: State | None
+    ) -> Iterator[Message]:
+        """Rows after the saved cursor, in cursor order, checkpointed between cursor values."""
+        cursor = self._cursor(table, stream)
+        saved = (state or {}).get("cursor")
+        if saved is not None and not isinstance(saved, str):
+            hint = "reset the stream's state to read it again from the start"
+            raise self._fail(stream, f"state {state!r} has no valid cursor", hint)
+        where = None
+        if saved is not None:
+            bound = sql.SQL("{}::{}").format(sql.Literal(saved), sql.SQL(cursor.pg_type))
+            if cfg.lookback is not None:
+                bound = sql.SQL("({} - {})").format(bound, self._lookback(cfg, cursor, stream))
+            where = sql.SQL("{} > {}").format(sql.Identifier(cursor.name), bound)
+        high = _state_value(saved, cursor.arrow) if saved is not None else None
+        last, started = None, False
+        with self._scanner(cfg) as scanner:
+            reader = scanner.query(fetch.select(table, where, cursor.name), conn)
+            for batch in fetch.batches(reader, table.arrow_schema):
+                values = batch.column(cursor.name)
+                if started and last is not None and values[0].as_py() != last:
+                    high = last if high is None or last > high else high
+                    yield Checkpoint(stream.name, {"cursor": _state_text(high)})
+                yield Batch(stream.name, batch)
+                last, started = values[-1].as_py(), True
+        if last is not None and (high is None or last > high):
+            high = last
+        yield Checkpoint(stream.name, {} if high is None else {"cursor": _state_text(high)})
+
+    def _cursor(self, table: fetch.Table, stream: ConfiguredStream) -> fetch.Column:
+        column = table.column(stream.cursor) if stream.cursor else None
+        if column is None:
+            what = f"cursor {stream.cursor!r} is not a column" if stream.cursor else "no cursor"
+            hint = "set `cursor:` for the stream in stack.yml"
+            if not self._config().replication:
+                hint += ", or configure `replication:` for CDC"
+            elif table.kind not in _TABLES:
+                hint += " (views cannot be replicated)"
+            raise self._fail(stream, f"incremental read needs a cursor: {what}", hint, "cursor")
+        arrow = column.arrow
+        orderable = pa.types.is_integer(arrow) or pa.types.is_floating(arrow)
+        orderable |= pa.types.is_decimal(arrow) or pa.types.is_temporal(arrow)
+        if not orderable and not column.pg_type.startswith(("text", "character")):
+            hint = "use a timestamp, date, number or text column that grows with every change"
+            msg = f"cursor {column.name!r} ({column.pg_type}) cannot be ordered"
+            raise self._fail(stream, msg, hint, "cursor")
+        return column
+
+    def _lookback(self, cfg: _Config, cursor: fetch.Column, stream: ConfiguredStream):
+        arrow, lookback = cursor.arrow, cfg.lookback
+        if pa.types.is_timestamp(arrow) or pa.types.is_date(arrow):
+            text = lookback if isinstance(lookback, str) else f"{lookback} seconds"
+            return sql.SQL("{}::interval").format(sql.Literal(text))
+        numeric = pa.types.is_integer(arrow) or pa.types.is_floating(arrow)
+        if (numeric or pa.types.is_decimal(arrow)) and not isinstance(lookback, str):
+            return sql.Literal(lookback)
+        hint = "a duration for date/timestamp cursors, a number for numeric ones, none for text"
+        msg = f"lookback {lookback!r} does not fit cursor {cursor.name!r} ({cursor.pg_type})"
+        raise self._fail(stream, msg, hint, "lookback")
+
+    def _read_cdc(
+        self, conn, cfg: _Config, table: fetch.Table, stream: ConfiguredStream, state: State | None
+    ) -> Iterator[Message]:
+        """A snapshot on the first read, then logical replication changes from the state's LSN."""
+        repl = cfg.replication
+        assert repl is not None
+        target = cdc.Target(
+            source=self.name,
+            stream=stream.name,
+            schema=table.schema,
+            table=table.name,
+            columns=tuple((c.name, c.arrow, c.pg_type) for c in table.columns),
+            primary_key=stream.primary_key or table.primary_key,
+            replica_identity=table.replica_identity,
+        )
+        cdc.check_prerequisites(conn, target, repl.publication)
+        slot = cdc.slot_name(repl.slot, table.schema, table.name)
+        lsn = (state or {}).get("lsn")
+        if lsn is None:  # a first read, a reset, or a switch from cursor mode: snapshot
+            start = cdc.begin_snapshot(conn, target, slot)
+            yield from self._scan(conn, cfg, table, stream)
+            yield Checkpoint(stream.name, {"lsn": start})
+            return
+        if not isinstance(lsn, str) or not _LSN.fullmatch(lsn):
+            hint = "reset the stream's state to take a new snapshot"
+            raise self._fail(stream, f"state {state!r} has no valid LSN", hint)
+        cdc.resume(conn, target, slot, lsn)
+        yield from cdc.read_changes(conn, target, slot, repl.publication, lsn, cfg.batch_size)
+
+
+def _state_value(text: str, arrow: pa.DataType) -> Any:
+    """A saved cursor (text) as the Python value Arrow gives for the column."""
+    try:
+        return pa.array([text]).cast(arrow)[0].as_py()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return text
+
+
+def _state_text(value: Any) -> str:
+    """A cursor value as text that PostgreSQL casts back to the column's type."""
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)

@@ -1,0 +1,137 @@
+"""A throwaway PostgreSQL cluster for tests that need server settings (``wal_level=logical``).
+
+:class:`PgCluster` runs ``initdb`` and ``pg_ctl`` from the machine's PostgreSQL
+(``/usr/lib/postgresql/*/bin`` or ``$PATH``) in a fresh temporary folder, on a free
+loopback port, with trust authentication and unix sockets off. ``initdb`` refuses to
+run as root, so under root the cluster runs as the ``postgres`` system user.
+
+The pytest fixtures at the bottom start one cluster per test session and stop it at
+the end; they skip, naming the reason, when the binaries (or a user to run them) are
+missing. Never imported by product code.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+LOGICAL = {
+    "wal_level": "logical",
+    "max_replication_slots": "20",
+    "max_wal_senders": "20",
+    "fsync": "off",  # commits still move the flush position logical decoding reads up to
+    "full_page_writes": "off",
+    "shared_buffers": "32MB",
+}
+"""Server settings for CDC tests: logical decoding on, durability off (a throwaway)."""
+
+
+def find_bin_dir() -> Path | None:
+    """The folder holding ``initdb`` and ``pg_ctl``: the newest installed major, else PATH."""
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(Path(p).parent.name)
+    )
+    for folder in reversed(candidates):
+        if (Path(folder) / "initdb").exists() and (Path(folder) / "pg_ctl").exists():
+            return Path(folder)
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb and shutil.which("pg_ctl") else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class PgCluster:
+    """One initdb'd cluster in a temporary folder; ``start()`` / ``stop()`` it."""
+
+    def __init__(self, bin_dir: Path, settings: dict[str, str], hba: tuple[str, ...] = ()) -> None:
+        self.bin_dir = bin_dir
+        self.settings = settings
+        self.hba = hba  # pg_hba.conf lines put before initdb's trust lines
+        self.port = free_port()
+        self.user = "postgres"  # the database superuser initdb creates
+        self._run_as = "postgres" if os.geteuid() == 0 else None
+        self.root = Path(tempfile.mkdtemp(prefix="mdstack-pg-"))
+        self.data = self.root / "data"
+
+    @property
+    def dsn(self) -> dict[str, object]:
+        return {"host": "127.0.0.1", "port": self.port, "user": self.user, "database": "postgres"}
+
+    def _run(self, *args: str) -> None:
+        result = subprocess.run(
+            [str(self.bin_dir / args[0]), *args[1:]],
+            user=self._run_as,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=self.root,
+            check=False,
+        )
+        if result.returncode:
+            raise RuntimeError(f"{args[0]} failed ({result.returncode}): {result.stderr.strip()}")
+
+    def start(self) -> PgCluster:
+        if self._run_as:
+            owner = pwd.getpwnam(self._run_as)
+            os.chown(self.root, owner.pw_uid, owner.pw_gid)
+        self._run("initdb", "-D", str(self.data), "-U", self.user, "-A", "trust", "-E", "UTF8")
+        if self.hba:
+            hba = self.data / "pg_hba.conf"
+            hba.write_text("\n".join(self.hba) + "\n" + hba.read_text())
+        options = " ".join(f"-c {k}={v}" for k, v in self.settings.items())
+        options += f" -c port={self.port} -c listen_addresses=127.0.0.1"
+        options += " -c unix_socket_directories=''"
+        log = str(self.root / "server.log")
+        self._run("pg_ctl", "-D", str(self.data), "-l", log, "-o", options, "-w", "start")
+        return self
+
+    def stop(self) -> None:
+        try:
+            if self.data.exists():
+                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _cluster(settings: dict[str, str], hba: tuple[str, ...] = ()) -> Iterator[PgCluster]:
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found")
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and no 'postgres' user to run initdb as")
+    cluster = PgCluster(bin_dir, settings, hba)
+    try:
+        cluster.start()
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        cluster.stop()
+        pytest.skip(f"could not start a throwaway PostgreSQL cluster: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+PASSWORD_USER = "mds_pw"
+"""The one role the clusters authenticate by password (scram); every other role is trusted."""
+
+
+@pytest.fixture(scope="session")
+def pg_logical() -> Iterator[PgCluster]:
+    """A throwaway cluster with ``wal_level=logical`` for the whole test session."""
+    yield from _cluster(LOGICAL, (f"host all {PASSWORD_USER} 127.0.0.1/32 scram-sha-256",))
