@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import pyarrow as pa
 
 from connectors.base import DELETED_AT, State
 from stack import ledger, sql
@@ -24,75 +28,118 @@ log = logging.getLogger(__name__)
 STALE = "cursor went backwards: older than the row already loaded"
 
 
-class Pending:
-    """What has been read since the last commit: staged records, deletes, bad records, state."""
+@dataclass
+class LoadContext:
+    """What a load of one stream needs to know, shared by both ways of loading."""
 
-    def __init__(self, wh: Warehouse, plan: StreamPlan) -> None:
-        self.records = Stage(wh, f"_mds_stage_{plan.name}")
-        self.deletes = Stage(wh, f"_mds_deletes_{plan.name}")
-        self.bad = Stage(wh, f"_mds_bad_{plan.name}")
+    wh: Warehouse
+    plan: StreamPlan
+    ctx: RunContext
+    key: ledger.StreamKey
+    entry: ledger.RunEntry
+    record: Callable[[], None]
+    """Writes the stream's ledger row (inside the commit's transaction)."""
+
+
+class Load(Protocol):
+    """Receives a stream's records between commits; ``commit`` makes them and the state land."""
+
+    state: State | None
+
+    @property
+    def rows(self) -> int: ...
+
+    def add(self, batch: pa.RecordBatch) -> None: ...
+
+    def migrate(self, schema: pa.Schema) -> None: ...
+
+    def add_deletes(self, keys: pa.RecordBatch) -> None: ...
+
+    def add_bad(self, records: pa.RecordBatch) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class StagedLoad:
+    """Stage records, deletes and bad records; apply them with the state in one transaction.
+
+    Used where rows must be merged or deleted (deduped streams, deletes).
+    """
+
+    def __init__(self, lc: LoadContext) -> None:
+        self.lc = lc
+        name = lc.plan.name
+        self.records = Stage(lc.wh, f"_mds_stage_{name}")
+        self.deletes = Stage(lc.wh, f"_mds_deletes_{name}")
+        self.bad = Stage(lc.wh, f"_mds_bad_{name}")
         self.state: State | None = None
-        self.seq = 0
+        self._seq = 0
 
     @property
     def rows(self) -> int:
         return self.records.rows + self.deletes.rows + self.bad.rows
 
-    def next_seq(self) -> int:
-        self.seq += 1
-        return self.seq
+    def _next(self) -> int:
+        self._seq += 1
+        return self._seq
 
-    def reset(self) -> None:
+    def add(self, batch: pa.RecordBatch) -> None:
+        self.records.add(batch, self._next())
+
+    def migrate(self, schema: pa.Schema) -> None:
+        self.records.migrate(schema)
+
+    def add_deletes(self, keys: pa.RecordBatch) -> None:
+        self.deletes.add(keys, self._next())
+
+    def add_bad(self, records: pa.RecordBatch) -> None:
+        self.bad.add(records, self._next())
+
+    def close(self) -> None:
         for stage in (self.records, self.deletes, self.bad):
             stage.reset()
         self.state = None
 
-
-def commit(
-    wh: Warehouse,
-    plan: StreamPlan,
-    pending: Pending,
-    key: ledger.StreamKey,
-    ctx: RunContext,
-    entry: ledger.RunEntry,
-    record: Callable[[], None],
-) -> None:
-    """Apply what is staged and store the pending state, atomically; then empty the stage."""
-    for stage in (pending.records, pending.deletes):
-        stage.flush()
-    rows, deletes = _prepare(wh, plan, pending, ctx)
-    if rows and plan.mode == "incremental_deduped" and plan.stream.cursor:
-        _check_stale(wh, plan, pending, rows)
-    pending.bad.flush()
-    now = utcnow()
-    with wh.transaction():
-        _apply(wh, plan, pending.records.columns, rows, deletes, ctx, entry)
-        if pending.bad.ref:
-            wh.execute(
-                ledger.quarantine_sql(wh, pending.bad.ref),
-                [ctx.run_id, ctx.pipeline, plan.source, plan.name, ctx.region, now],
-            )
-            entry.quarantined += pending.bad.rows
-        if pending.state is not None:
-            ledger.write_state(wh, key, pending.state, ctx.run_id, now)
-        entry.checkpoints += 1
-        record()
-    log.info(
-        "%s/%s [%s]: committed checkpoint %d (%d rows read)",
-        plan.source,
-        plan.name,
-        ctx.region,
-        entry.checkpoints,
-        entry.rows_read,
-    )
-    for name in (rows, deletes):
-        if name:
-            wh.drop_stage(name)
-    pending.reset()
+    def commit(self) -> None:
+        """Apply what is staged and store the pending state, atomically; then empty the stage."""
+        wh, plan, ctx, entry = self.lc.wh, self.lc.plan, self.lc.ctx, self.lc.entry
+        for stage in (self.records, self.deletes):
+            stage.flush()
+        rows, deletes = _prepare(wh, plan, self, ctx)
+        if rows and plan.mode == "incremental_deduped" and plan.stream.cursor:
+            _check_stale(wh, plan, self, rows)
+        self.bad.flush()
+        now = utcnow()
+        with wh.transaction():
+            _apply(wh, plan, self.records.columns, rows, deletes, ctx, entry)
+            if self.bad.ref:
+                wh.execute(
+                    ledger.quarantine_sql(wh, self.bad.ref),
+                    [ctx.run_id, ctx.pipeline, plan.source, plan.name, ctx.region, now],
+                )
+                entry.quarantined += self.bad.rows
+            if self.state is not None:
+                ledger.write_state(wh, self.lc.key, self.state, ctx.run_id, now)
+            entry.checkpoints += 1
+            self.lc.record()
+        log.info(
+            "%s/%s [%s]: committed checkpoint %d (%d rows read)",
+            plan.source,
+            plan.name,
+            ctx.region,
+            entry.checkpoints,
+            entry.rows_read,
+        )
+        for name in (rows, deletes):
+            if name:
+                wh.drop_stage(name)
+        self.close()
 
 
 def _prepare(
-    wh: Warehouse, plan: StreamPlan, pending: Pending, ctx: RunContext
+    wh: Warehouse, plan: StreamPlan, pending: StagedLoad, ctx: RunContext
 ) -> tuple[str | None, str | None]:
     """Build the rows to write and the keys to delete as staging tables."""
     stage, dels = pending.records.ref, pending.deletes.ref
@@ -131,7 +178,7 @@ def _soft_overwrite(plan: StreamPlan) -> bool:
     return plan.mode == "full_refresh_overwrite" and plan.soft and bool(plan.keys)
 
 
-def _check_stale(wh: Warehouse, plan: StreamPlan, pending: Pending, rows: str) -> None:
+def _check_stale(wh: Warehouse, plan: StreamPlan, pending: StagedLoad, rows: str) -> None:
     """Rows older than the loaded version would be skipped by the merge: never silently."""
     ref = wh.stage_ref(rows)
     stale_where = sql.stale_rows(plan.target, ref, plan.keys, plan.stream.cursor)
@@ -150,7 +197,7 @@ def _check_stale(wh: Warehouse, plan: StreamPlan, pending: Pending, rows: str) -
             "`on_bad_record: quarantine` to keep such records in _mds_quarantine",
         )
     data = stale.drop_columns([c for c in sql.META_COLUMNS if c in stale.schema.names])
-    pending.bad.add(ledger.bad_records(data, STALE), pending.next_seq())
+    pending.add_bad(ledger.bad_records(data, STALE))
     wh.execute(f"DELETE FROM {ref} AS s WHERE {stale_where}")
 
 

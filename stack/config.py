@@ -71,6 +71,8 @@ class DuckDBTarget(_Model):
     type: Literal["duckdb"]
     path: Path = Path("warehouse")
     threads: int = Field(default=4, ge=1)
+    memory_limit: str = "1GB"
+    """DuckDB's memory limit; staged data beyond it spills to ``<path>/.tmp``."""
 
 
 class SnowflakeTarget(_Model):

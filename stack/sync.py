@@ -27,8 +27,9 @@ import pyarrow.compute as pc
 from connectors import load_source
 from connectors.base import DELETED_AT, Batch, Checkpoint, ConfiguredStream, Deletes, Source
 from stack import ledger, sql
-from stack.apply import Pending, commit, detect_deletes
+from stack.apply import Load, LoadContext, StagedLoad, detect_deletes
 from stack.config import StackConfig
+from stack.direct import DirectLoad
 from stack.errors import ConfigError, MdstackError, SchemaError
 from stack.plan import (
     EVERY_CHECKPOINT,
@@ -100,7 +101,6 @@ def _sync_locked(
     progress: Progress | None,
     policy: CommitPolicy,
 ) -> ledger.RunEntry:
-    key = ledger.StreamKey(ctx.pipeline, plan.source, plan.name, ctx.region)
     entry = ledger.RunEntry(
         run_id=ctx.run_id,
         pipeline=ctx.pipeline,
@@ -111,11 +111,8 @@ def _sync_locked(
         status="running",
         started_at=utcnow(),
     )
+    key = ledger.StreamKey(ctx.pipeline, plan.source, plan.name, ctx.region)
     started = last_commit = time.perf_counter()
-    ledger.ensure_tables(wh)
-    schema = _destination(wh, plan)
-    pending = Pending(wh, plan)
-    overwrite = plan.mode == "full_refresh_overwrite"
     changes: list[str] = []
 
     def record() -> None:
@@ -125,35 +122,49 @@ def _sync_locked(
             entry.finished_at = utcnow()
         ledger.record(wh, entry)
 
+    ledger.ensure_tables(wh)
+    schema = _destination(wh, plan)
+    lc = LoadContext(wh, plan, ctx, key, entry, record)
+    load: Load = DirectLoad(lc) if _direct(plan) else StagedLoad(lc)
+    overwrite = plan.mode == "full_refresh_overwrite"
     try:
         for message in source.read(plan.stream, ledger.read_state(wh, key)):
             if isinstance(message, Batch):
-                _stage_batch(wh, plan, schema, pending, message.data, changes)
+                _add_batch(wh, plan, schema, load, message.data, changes)
                 entry.rows_read += message.data.num_rows
                 if progress:
                     progress(plan.name, entry.rows_read)
             elif isinstance(message, Deletes):
-                _stage_deletes(plan, pending, message.keys)
+                _add_deletes(plan, load, message.keys)
             elif isinstance(message, Checkpoint):
-                pending.state = message.state
-                if not overwrite and policy.due(pending.rows, last_commit):
-                    commit(wh, plan, pending, key, ctx, entry, record)
+                load.state = message.state
+                if not overwrite and policy.due(load.rows, last_commit):
+                    load.commit()
                     last_commit = time.perf_counter()
-        if overwrite or pending.rows or pending.state is not None:
+        if overwrite or load.rows or load.state is not None:
             if not plan.snapshot_deletes:
                 entry.status = "succeeded"
-            commit(wh, plan, pending, key, ctx, entry, record)
+            load.commit()
         if plan.snapshot_deletes:
             _snapshot_deletes(wh, source, plan, ctx, entry)
         entry.status = "succeeded"
         record()
     except Exception as exc:
+        load.close()
         entry.status, entry.error = "failed", _describe(exc)
         _record_failure(record, entry)
         raise
     finally:
-        pending.reset()
+        load.close()
     return entry
+
+
+def _direct(plan: StreamPlan) -> bool:
+    """Whether rows can go straight into the table: nothing to merge, nothing to delete."""
+    deletes = plan.stream.spec.emits_deletes and plan.deletes != "none" and bool(plan.keys)
+    if plan.mode == "full_refresh_overwrite":
+        return not (plan.soft and plan.keys)
+    return plan.mode in ("full_refresh_append", "incremental_append") and not deletes
 
 
 def _describe(exc: BaseException) -> str:
@@ -181,25 +192,25 @@ def _destination(wh: Warehouse, plan: StreamPlan) -> StreamSchema:
     return StreamSchema(data, plan.schema_policy, plan.columns, required)
 
 
-def _stage_batch(
+def _add_batch(
     wh: Warehouse,
     plan: StreamPlan,
     schema: StreamSchema,
-    pending: Pending,
+    load: Load,
     batch: pa.RecordBatch,
     changes: list[str],
 ) -> None:
     if batch.num_rows == 0:
         return
     _check_keys(plan, batch)
-    batch = _quarantine_null_keys(plan, pending, batch)
+    batch = _quarantine_null_keys(plan, load, batch)
     before = schema.current
     fitted, found = schema.fit(batch)
     changes.extend(c.describe() for c in found)
     if schema.current != before:
+        load.migrate(schema.current)
         _evolve(wh, plan, before, schema.current)
-        pending.records.migrate(schema.current)
-    pending.records.add(fitted, pending.next_seq())
+    load.add(fitted)
 
 
 def _evolve(wh: Warehouse, plan: StreamPlan, before: pa.Schema, after: pa.Schema) -> None:
@@ -231,9 +242,7 @@ def _check_keys(plan: StreamPlan, batch: pa.RecordBatch) -> None:
             )
 
 
-def _quarantine_null_keys(
-    plan: StreamPlan, pending: Pending, batch: pa.RecordBatch
-) -> pa.RecordBatch:
+def _quarantine_null_keys(plan: StreamPlan, load: Load, batch: pa.RecordBatch) -> pa.RecordBatch:
     """Records with a null key cannot be merged: fail, or keep them in quarantine."""
     if not plan.keys:
         return batch
@@ -254,13 +263,11 @@ def _quarantine_null_keys(
             hint="fix the source data, choose another primary key, or set "
             "`on_bad_record: quarantine` to keep such records in _mds_quarantine",
         )
-    pending.bad.add(
-        ledger.bad_records(pa.Table.from_batches([batch.filter(bad)]), NULL_KEY), pending.next_seq()
-    )
+    load.add_bad(ledger.bad_records(pa.Table.from_batches([batch.filter(bad)]), NULL_KEY))
     return batch.filter(pc.invert(bad))
 
 
-def _stage_deletes(plan: StreamPlan, pending: Pending, keys: pa.RecordBatch) -> None:
+def _add_deletes(plan: StreamPlan, load: Load, keys: pa.RecordBatch) -> None:
     if keys.num_rows == 0 or plan.deletes == "none" or not plan.keys:
         return
     missing = [k for k in (*plan.keys, DELETED_AT) if k not in keys.schema.names]
@@ -271,7 +278,7 @@ def _stage_deletes(plan: StreamPlan, pending: Pending, keys: pa.RecordBatch) -> 
             stream=plan.name,
             hint=f"the source must send key columns and {DELETED_AT!r} with every delete",
         )
-    pending.deletes.add(keys.select([*plan.keys, DELETED_AT]), pending.next_seq())
+    load.add_deletes(keys.select([*plan.keys, DELETED_AT]))
 
 
 def _snapshot_deletes(

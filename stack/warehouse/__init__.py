@@ -17,7 +17,9 @@ def connect(config: StackConfig, target: Target) -> Warehouse:
     if isinstance(target, DuckDBTarget):
         from stack.warehouse.duckdb import DuckDBWarehouse
 
-        return DuckDBWarehouse(config.resolve_path(target.path), threads=target.threads)
+        return DuckDBWarehouse(
+            config.resolve_path(target.path), target.threads, target.memory_limit
+        )
     from stack.warehouse.snowflake import SnowflakeWarehouse
 
     return SnowflakeWarehouse(target)

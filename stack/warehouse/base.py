@@ -78,6 +78,10 @@ class Warehouse(Protocol):
         """Hold a named lock for the block; raise ``SyncConflict`` if another run holds it."""
         ...
 
+    def append(self, schema: str, table: str, data: pa.Table) -> None:
+        """Append Arrow rows to a table, matching columns by name (the bulk write path)."""
+        ...
+
     def stage(self, name: str, data: pa.Table) -> None:
         """Append rows to a session-private staging table, creating it on first use."""
         ...

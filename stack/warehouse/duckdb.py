@@ -67,11 +67,19 @@ class DuckDBWarehouse:
     )
     meta_schema = "main"
 
-    def __init__(self, path: Path, threads: int = 4, busy_timeout: float = _BUSY_WAIT_SECONDS):
+    def __init__(
+        self,
+        path: Path,
+        threads: int = 4,
+        memory_limit: str = "1GB",
+        busy_timeout: float = _BUSY_WAIT_SECONDS,
+    ):
         self.path = Path(path).resolve()
         self.threads = threads
+        self.memory_limit = memory_limit
         self.busy_timeout = busy_timeout
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._in_transaction = False
 
     # -- connection ---------------------------------------------------------------------------
     def __enter__(self) -> DuckDBWarehouse:
@@ -115,11 +123,16 @@ class DuckDBWarehouse:
         return f"{self.path / DATA_DIR}/"
 
     def _config(self) -> dict[str, Any]:
+        """Connection settings. Staging tables live in memory up to ``memory_limit`` and
+        spill to ``W/.tmp`` beyond it, so a table larger than RAM still loads."""
         return {
             "extension_directory": str(self.path / EXTENSION_DIR),
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": True,
             "threads": self.threads,
+            "memory_limit": self.memory_limit,
+            "temp_directory": str(self.path / ".tmp"),
+            "preserve_insertion_order": False,
         }
 
     def _link_extension(self) -> None:
@@ -157,12 +170,19 @@ class DuckDBWarehouse:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
+        """Commit on success, roll back on error; a nested call joins the open transaction."""
+        if self._in_transaction:
+            yield
+            return
         self.execute("BEGIN TRANSACTION")
+        self._in_transaction = True
         try:
             yield
         except BaseException:
+            self._in_transaction = False
             self.con.execute("ROLLBACK")
             raise
+        self._in_transaction = False
         # DuckDB turns COMMIT of an aborted transaction into a silent rollback; any failed
         # statement already raised above, so reaching here means every statement succeeded.
         self.execute("COMMIT")
@@ -262,6 +282,11 @@ class DuckDBWarehouse:
                 f"CREATE TEMP TABLE IF NOT EXISTS {ident(name)} AS SELECT * FROM {incoming} LIMIT 0"
             )
             self.con.execute(f"INSERT INTO {ref} BY NAME SELECT * FROM {incoming}")
+
+    def append(self, schema: str, table_name: str, data: pa.Table) -> None:
+        with self._scan(data) as incoming:
+            target = table(schema, table_name)
+            self.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {incoming}")
 
     def drop_stage(self, name: str) -> None:
         self.execute(f"DROP TABLE IF EXISTS {self.stage_ref(name)}")
