@@ -27,8 +27,9 @@ from rich.table import Table
 from stack import pipeline
 from stack.config import config_path, load_config
 from stack.errors import ConfigError, MdstackError
+from stack.redact import install_redaction
+from stack.secrets import ReferenceCheck, check_references
 from stack.sync import utcnow
-from stack.warehouse import connect
 
 app = typer.Typer(
     help="mdstack: sources -> warehouse (DuckDB or Snowflake) -> dbt -> BI, run by Prefect.",
@@ -61,6 +62,16 @@ StreamOpt = Annotated[
     list[str] | None,
     typer.Option("--stream", help="Only these streams (repeatable; default: every stream)."),
 ]
+
+
+secrets_app = typer.Typer(help="Secret references in stack.yml.", no_args_is_help=True)
+app.add_typer(secrets_app, name="secrets")
+
+
+@app.callback()
+def _main() -> None:
+    """mdstack: sources -> warehouse (DuckDB or Snowflake) -> dbt -> BI, run by Prefect."""
+    install_redaction()
 
 
 @contextmanager
@@ -182,7 +193,10 @@ def sql_command(
     """Run a query on the active target and print the result."""
     with _errors():
         cfg = load_config(config_path(config))
-        with connect(cfg, cfg.active_target(target)) as wh:
+        with (
+            pipeline.secrets_for(cfg) as resolver,
+            pipeline.open_target(cfg, target, resolver) as wh,
+        ):
             result = wh.query(query)
     records = result.to_pylist()
     if fmt == "json":
@@ -196,6 +210,35 @@ def sql_command(
         for r in records:
             table.add_row(*("" if v is None else str(v) for v in r.values()))
         out.print(table)
+
+
+@secrets_app.command("check")
+def secrets_check(config: ConfigOpt = None, region: RegionOpt = None) -> None:
+    """Resolve every secret reference in stack.yml and say which resolve — never a value.
+
+    Dynamic database credentials are really leased, then revoked at once.
+    """
+    with _errors():
+        cfg = load_config(config_path(config))
+        found: dict[tuple[str, str], ReferenceCheck] = {}
+        for name in region or cfg.region_names():
+            rendered = {
+                "targets": {t: v.model_dump(by_alias=True) for t, v in cfg.targets.items()},
+                "sources": {s: cfg.source_config(s, name) for s in cfg.sources},
+                "secrets": cfg.secrets.model_dump(),
+            }
+            for check in check_references(rendered, lambda: pipeline.secrets_for(cfg)):
+                found.setdefault((check.location, check.reference), check)
+    if not found:
+        out.print("No secret references in stack.yml.")
+        return
+    table = Table("where", "reference", "resolves")
+    for check in found.values():
+        verdict = "[green]yes[/]" if check.ok else f"[red]no[/]: {check.error}"
+        table.add_row(check.location, check.reference, verdict)
+    out.print(table)
+    if not all(c.ok for c in found.values()):
+        raise typer.Exit(1)
 
 
 # -- rendering ------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from pydantic import (
 from connectors.base import SyncMode
 from stack.errors import ConfigError
 from stack.schema import SchemaPolicy
+from stack.secrets import SecretsConfig
 
 CONFIG_ENV = "MDSTACK_CONFIG"
 DEFAULT_CONFIG = "stack.yml"
@@ -156,6 +157,7 @@ class StackConfig(_Model):
     regions: dict[str, RegionConfig] = Field(default_factory=dict)
     sources: dict[str, SourceConfig]
     dbt: DbtConfig | None = None
+    secrets: SecretsConfig = Field(default_factory=SecretsConfig)
     path: Path = Field(default=Path(DEFAULT_CONFIG), exclude=True)
 
     @property
@@ -324,6 +326,8 @@ def _explain(exc: ValidationError, file: Path, node: yaml.Node | None) -> Config
         hint = f"add `{loc[-1]}:` here"
     elif error["type"] in ("literal_error", "enum"):
         hint = "use one of the values listed"
+    elif loc[:1] in (("targets",), ("secrets",), ("sources",)):
+        hint = "change it to the expected type"  # never echo: the value may be a secret
     else:
         hint = f"got {error.get('input')!r}; change it to the expected type"
     line = _line(node, loc) or _line(node, loc[:-1])

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from stack import ledger, sql, transform
-from stack.config import StackConfig, load_config
+from stack.config import DuckDBTarget, StackConfig, load_config
 from stack.errors import ConfigError
+from stack.redact import install_redaction
+from stack.secrets import Resolver
 from stack.sync import Progress, RunContext, sync_source
 from stack.warehouse import Warehouse, connect
 
@@ -69,12 +71,35 @@ def sync_streams(
     run_id: str,
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
-    """Sync streams of one source for one region; returns their ledger entries as dicts."""
+    """Sync streams of one source for one region; returns their ledger entries as dicts.
+
+    Secrets are resolved here, inside the step that needs them, and their leases
+    are revoked when it ends (also on failure).
+    """
     config = load_config(config_path)
-    with connect(config, config.active_target(target)) as wh:
+    with secrets_for(config) as resolver, open_target(config, target, resolver) as wh:
         ctx = RunContext(config.name, region, run_id)
-        entries = sync_source(wh, config, source, ctx, list(streams), progress)
+        entries = sync_source(wh, config, source, ctx, list(streams), progress, resolver.resolve)
     return [asdict(e) for e in entries]
+
+
+def secrets_for(config: StackConfig) -> Resolver:
+    """A resolver for one run step; every value it resolves is redacted from logs."""
+    install_redaction()
+    return Resolver(config.secrets, base_dir=config.root)
+
+
+def open_target(config: StackConfig, name: str | None, resolver: Resolver) -> Warehouse:
+    """The warehouse for target ``name``, its credential references resolved (unopened)."""
+    target = config.active_target(name)
+    if isinstance(target, DuckDBTarget):
+        return connect(config, target)
+    resolved = resolver.resolve(
+        target.model_dump(by_alias=True), f"targets.{name or config.target}"
+    )
+    fields = type(target).model_fields
+    values = {field: resolved[info.alias or field] for field, info in fields.items()}
+    return connect(config, type(target).model_construct(**values))
 
 
 def changed_streams(entries: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, bool]]:
@@ -145,18 +170,22 @@ def transform_changes(
     picked = transform.selection(changed)
     if picked is None:
         return None
-    output = connect(config, config.active_target(target)).dbt_output()
-    project = config.resolve_path(config.dbt.project_dir)
-    run = transform.run_dbt(
-        project, output, ["build", *picked.args()], vars=config.dbt_vars(region)
-    )
+    with secrets_for(config) as resolver:
+        warehouse = open_target(config, target, resolver)
+        run = transform.run_dbt(
+            config.resolve_path(config.dbt.project_dir),
+            warehouse.dbt_output(),
+            ["build", *picked.args()],
+            vars=config.dbt_vars(region),
+            env=warehouse.dbt_env(),
+        )
     return asdict(run)
 
 
 def status(config_path: str | Path, target: str | None) -> list[dict[str, Any]]:
     """Per stream and region: the last run, its counts, the stored state, rows and freshness."""
     config = load_config(config_path)
-    with connect(config, config.active_target(target)) as wh:
+    with secrets_for(config) as resolver, open_target(config, target, resolver) as wh:
         ledger.ensure_tables(wh)
         runs = ledger.latest_runs(wh, config.name).to_pylist()
         for run in runs:

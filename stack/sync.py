@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -40,6 +41,7 @@ from stack.plan import (
     utcnow,
 )
 from stack.schema import StreamSchema
+from stack.secrets import reveal
 from stack.staging import Stage
 from stack.warehouse.base import Warehouse
 
@@ -305,15 +307,20 @@ def sync_source(
     ctx: RunContext,
     streams: Iterable[str] | None = None,
     progress: Progress | None = None,
+    resolve: Callable[[Any, str], Any] | None = None,
 ) -> list[ledger.RunEntry]:
     """Sync the selected streams (default: all) of one source for one region, in order.
 
-    The first failing stream stops the source; the streams before it stay committed.
+    ``resolve(value, where)`` turns secret references in the source's config into
+    values (see :class:`stack.secrets.Resolver`); they are revealed only here, where
+    the connector is built. The first failing stream stops the source; the streams
+    before it stay committed.
     """
     source_cfg = config.source(source_name)
-    source = load_source(
-        source_cfg.connector, source_name, config.source_config(source_name, ctx.region)
-    )
+    settings = config.source_config(source_name, ctx.region)
+    if resolve is not None:
+        settings = reveal(resolve(settings, f"sources.{source_name}.config"))
+    source = load_source(source_cfg.connector, source_name, settings)
     catalog = source.discover()
     names = list(streams) if streams else list(source_cfg.streams)
     unknown = [n for n in names if n not in source_cfg.streams]

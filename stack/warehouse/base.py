@@ -97,3 +97,7 @@ class Warehouse(Protocol):
     def dbt_output(self) -> dict[str, Any]:
         """The dbt profile output for this target (credentials as env references)."""
         ...
+
+    def dbt_env(self) -> dict[str, str]:
+        """``DBT_ENV_SECRET_*`` values the profile refers to (dbt scrubs them from its logs)."""
+        ...

@@ -292,6 +292,9 @@ class DuckDBWarehouse:
         self.execute(f"DROP TABLE IF EXISTS {self.stage_ref(name)}")
 
     # -- dbt ----------------------------------------------------------------------------------
+    def dbt_env(self) -> dict[str, str]:
+        return {}  # a local DuckLake needs no credentials
+
     def dbt_output(self) -> dict[str, Any]:
         self._link_extension()
         return {
