@@ -504,3 +504,52 @@ def test_short_values_are_not_registered():
     register_secret("abc")
     register_secret("long-enough-secret")
     assert redact("abc long-enough-secret") == "abc ***"
+
+
+@needs_postgres
+def test_postgres_source_syncs_as_a_leased_user_that_is_gone_after_the_run(
+    tmp_path: Path, env, monkeypatch
+):
+    import psycopg
+    import yaml
+
+    from stack import pipeline
+    from stack.warehouse.duckdb import DuckDBWarehouse
+
+    view = f"mdstack_whoami_{secrets.token_hex(4)}"
+    with psycopg.connect(PG, autocommit=True) as conn:
+        conn.execute(f"CREATE VIEW public.{view} AS SELECT 1 AS id, current_user::text AS who")
+    try:
+        config = {
+            "name": "leased",
+            "target": "local",
+            "targets": {"local": {"type": "duckdb", "path": str(tmp_path / "wh")}},
+            "secrets": {"vault": {"auth": {"method": "approle"}}},
+            "sources": {
+                "crm": {
+                    "connector": "postgres",
+                    "config": {
+                        "host": "127.0.0.1",
+                        "database": "test",
+                        "tables": [view],
+                        "user": "${vault-db:mdstack-readonly#username}",
+                        "password": "${vault-db:mdstack-readonly#password}",
+                    },
+                    "schema": "raw_crm",
+                    "streams": {view: {"sync": "full_refresh_overwrite"}},
+                }
+            },
+        }
+        path = tmp_path / "stack.yml"
+        path.write_text(yaml.safe_dump(config))
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        (entry,) = pipeline.sync_streams(path, None, "default", "crm", [view], "r1")
+        assert entry["status"] == "succeeded" and entry["inserted"] == 1
+        with DuckDBWarehouse(tmp_path / "wh") as wh:
+            who = wh.query(f"SELECT who FROM raw_crm.{view}").column(0)[0].as_py()
+    finally:
+        with psycopg.connect(PG, autocommit=True) as conn:
+            conn.execute(f"DROP VIEW public.{view}")
+    assert who.startswith("v-approle-mdstack-")  # the source ran as the leased user
+    assert pg_role(who) is None and not can_log_in(who)  # revoked when the step ended
