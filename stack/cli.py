@@ -306,7 +306,13 @@ def _print_dbt(dbt: dict[str, Any]) -> None:
     out.print(f"dbt {' '.join(dbt['args'])}: [{colour}]{tally or 'nothing to do'}[/]")
     for node in dbt["nodes"]:
         if node["status"] not in ("success", "pass", "skipped"):
-            out.print(f"  [red]{node['status']}[/] {node['unique_id']}: {node['message']}")
+            colour = "yellow" if node["status"] == "warn" else "red"
+            out.print(f"  [{colour}]{node['status']}[/] {node['unique_id']}: {node['message']}")
+    if dbt.get("published"):
+        out.print("[green]published[/]")
+    elif dbt.get("audit"):
+        out.print(f"[red]not published[/]: the published warehouse is unchanged; the audit "
+                  f"build is kept in environment {dbt['audit']!r} for debugging")
 
 
 def _status(value: str) -> str:

@@ -148,6 +148,12 @@ class DbtConfig(_Model):
     enabled: bool = True
 
 
+class PublishConfig(_Model):
+    """Write-audit-publish: build and test in a clone, publish atomically when green."""
+
+    audit: bool = False
+
+
 class StackConfig(_Model):
     """The whole of ``stack.yml``."""
 
@@ -157,6 +163,7 @@ class StackConfig(_Model):
     regions: dict[str, RegionConfig] = Field(default_factory=dict)
     sources: dict[str, SourceConfig]
     dbt: DbtConfig | None = None
+    publish: PublishConfig = Field(default_factory=PublishConfig)
     secrets: SecretsConfig = Field(default_factory=SecretsConfig)
     path: Path = Field(default=Path(DEFAULT_CONFIG), exclude=True)
 

@@ -162,7 +162,11 @@ def transform_changes(
 ) -> dict[str, Any] | None:
     """``dbt build`` the models downstream of the changed streams; None when nothing changed.
 
-    See :meth:`stack.transform.Selection.args` for how full refreshes are passed on.
+    With ``publish.audit`` (write-audit-publish), dbt builds and tests in a zero-copy
+    clone of the warehouse (environment ``audit-<region>``), and only a green build is
+    published, atomically; a red one leaves the published warehouse untouched and the
+    audit environment in place for debugging. See :meth:`stack.transform.Selection.args`
+    for how full refreshes are passed on.
     """
     config = load_config(config_path)
     if config.dbt is None or not config.dbt.enabled:
@@ -171,15 +175,24 @@ def transform_changes(
     if picked is None:
         return None
     with secrets_for(config) as resolver:
-        warehouse = open_target(config, target, resolver)
+        published = open_target(config, target, resolver)
+        audit_env = f"audit-{region}" if config.publish.audit else None
+        building = published.clone_into(audit_env) if audit_env else published
         run = transform.run_dbt(
             config.resolve_path(config.dbt.project_dir),
-            warehouse.dbt_output(),
+            building.dbt_output(),
             ["build", *picked.args()],
             vars=config.dbt_vars(region),
-            env=warehouse.dbt_env(),
+            env=building.dbt_env(),
         )
-    return asdict(run)
+        result = {**asdict(run), "published": False, "audit": audit_env}
+        if audit_env and run.success:
+            published.publish(audit_env)
+            published.drop_environment(audit_env)
+            result |= {"published": True, "audit": None}
+        elif not audit_env:
+            result["published"] = run.success
+    return result
 
 
 def status(config_path: str | Path, target: str | None) -> list[dict[str, Any]]:

@@ -94,6 +94,29 @@ class Warehouse(Protocol):
         """Drop a staging table if it exists."""
         ...
 
+    def environment(self, name: str) -> Warehouse:
+        """The (unopened) environment ``name`` of this target: a clone's home."""
+        ...
+
+    def clone_into(self, name: str) -> Warehouse:
+        """Zero-copy clone of this whole warehouse as environment ``name`` (replacing it).
+
+        Call with the warehouse closed. Writes to either side never show in the other.
+        """
+        ...
+
+    def publish(self, name: str) -> None:
+        """Atomically make environment ``name`` what this warehouse holds (write-audit-publish).
+
+        Readers see the old content or the new, never a mix. Raises ``WarehouseError``
+        if this warehouse changed after the environment was cloned from it.
+        """
+        ...
+
+    def drop_environment(self, name: str) -> None:
+        """Remove environment ``name`` (never touches this warehouse's data)."""
+        ...
+
     def dbt_output(self) -> dict[str, Any]:
         """The dbt profile output for this target (credentials as env references)."""
         ...

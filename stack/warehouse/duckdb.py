@@ -29,6 +29,12 @@ import pyarrow as pa
 
 from stack.errors import SyncConflict, WarehouseBusy, WarehouseError
 from stack.sql import ident, table
+from stack.warehouse._ducklake_envs import (
+    clone_lake,
+    drop_lake,
+    environment_path,
+    publish_lake,
+)
 from stack.warehouse.base import Capabilities
 
 CATALOG_FILE = "catalog.ducklake"
@@ -73,7 +79,9 @@ class DuckDBWarehouse:
         threads: int = 4,
         memory_limit: str = "1GB",
         busy_timeout: float = _BUSY_WAIT_SECONDS,
+        read_only: bool = False,
     ):
+        self.read_only = read_only
         self.path = Path(path).resolve()
         self.threads = threads
         self.memory_limit = memory_limit
@@ -89,8 +97,10 @@ class DuckDBWarehouse:
         deadline = time.monotonic() + self.busy_timeout
         while True:
             try:
+                mode = ", READ_ONLY" if self.read_only else ""
                 con.execute(
-                    f"ATTACH 'ducklake:{self.catalog}' AS {ALIAS} (DATA_PATH '{self.data_path}')"
+                    f"ATTACH 'ducklake:{self.catalog}' AS {ALIAS} "
+                    f"(DATA_PATH '{self.data_path}'{mode})"
                 )
                 break
             except duckdb.IOException as exc:
@@ -290,6 +300,22 @@ class DuckDBWarehouse:
 
     def drop_stage(self, name: str) -> None:
         self.execute(f"DROP TABLE IF EXISTS {self.stage_ref(name)}")
+
+    # -- environments -------------------------------------------------------------------------
+    def environment(self, name: str) -> DuckDBWarehouse:
+        return DuckDBWarehouse(
+            environment_path(self.path, name), self.threads, self.memory_limit, self.busy_timeout
+        )
+
+    def clone_into(self, name: str) -> DuckDBWarehouse:
+        clone_lake(self.path, environment_path(self.path, name))
+        return self.environment(name)
+
+    def publish(self, name: str) -> None:
+        publish_lake(environment_path(self.path, name), self.path)
+
+    def drop_environment(self, name: str) -> None:
+        drop_lake(environment_path(self.path, name))
 
     # -- dbt ----------------------------------------------------------------------------------
     def dbt_env(self) -> dict[str, str]:

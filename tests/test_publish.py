@@ -1,0 +1,184 @@
+"""Zero-copy clones and write-audit-publish on DuckDB (DuckLake)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stack import pipeline
+from stack.config import load_config
+from stack.errors import WarehouseError
+from stack.warehouse.duckdb import DuckDBWarehouse
+from tests.conftest import ROOT
+from tests.test_pipeline import SHOP
+
+
+def lake(path: Path, rows: int = 100_000) -> DuckDBWarehouse:
+    wh = DuckDBWarehouse(path)
+    with wh:
+        wh.execute("CREATE SCHEMA s")
+        wh.execute(f"CREATE TABLE s.t AS SELECT range AS id, 'v' || range AS v FROM range({rows})")
+    return wh
+
+
+def rows(wh: DuckDBWarehouse, sql: str = "SELECT count(*), sum(id) FROM s.t") -> tuple:
+    with wh:
+        return tuple(wh.query(sql).to_pylist()[0].values())
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes of the files under ``path`` that are not hard links shared with another place."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.stat().st_nlink == 1)
+
+
+def test_clone_is_zero_copy_and_isolated_both_ways(tmp_path):
+    source = lake(tmp_path / "wh", rows=2_000_000)
+    started = time.perf_counter()
+    clone = source.clone_into("dev")
+    seconds = time.perf_counter() - started
+    assert clone.path == tmp_path / "wh.dev"
+    assert disk_usage(clone.path) < 5_000_000  # the catalog; data files are shared links
+    assert rows(clone) == rows(source)
+    with clone:
+        clone.execute("DELETE FROM s.t WHERE id < 1000")
+        clone.execute("INSERT INTO s.t VALUES (-1, 'clone only')")
+    with source:
+        source.execute("UPDATE s.t SET v = 'source only' WHERE id = 5")
+    assert rows(source) == (2_000_000, sum(range(2_000_000)))
+    assert rows(clone) == (2_000_000 - 1000 + 1, sum(range(1000, 2_000_000)) - 1)
+    assert rows(clone, "SELECT count(*) FROM s.t WHERE v = 'source only'") == (0,)
+    print(f"clone of 2M rows: {seconds:.3f}s")
+
+
+def test_maintenance_on_one_side_never_breaks_the_other(tmp_path):
+    source = lake(tmp_path / "wh")
+    clone = source.clone_into("dev")
+    for side in (source, clone):
+        with side:
+            side.execute("DELETE FROM s.t WHERE id % 2 = 0")
+            side.execute("CALL ducklake_rewrite_data_files('lake')")
+            side.execute("CALL ducklake_merge_adjacent_files('lake')")
+            side.execute("CALL ducklake_expire_snapshots('lake', older_than => now())")
+            side.execute("CALL ducklake_cleanup_old_files('lake', cleanup_all => true)")
+            side.execute("CALL ducklake_delete_orphaned_files('lake', cleanup_all => true)")
+        other = clone if side is source else source
+        assert rows(other)[0] in (50_000, 100_000)  # the other side still reads all its files
+    source.drop_environment("dev")
+    assert not clone.path.exists() and rows(source) == (50_000, sum(range(1, 100_000, 2)))
+
+
+def test_publish_is_refused_when_the_published_side_changed_meanwhile(tmp_path):
+    source = lake(tmp_path / "wh")
+    source.clone_into("audit")
+    with source:
+        source.execute("INSERT INTO s.t VALUES (-5, 'late write')")
+    with pytest.raises(WarehouseError, match=r"changed while wh\.audit was being audited"):
+        source.publish("audit")
+    assert rows(source) == (100_001, sum(range(100_000)) - 5)
+
+
+# -- write-audit-publish through the pipeline --------------------------------------------------
+
+
+def project(folder: Path) -> Path:
+    """The demo pipeline with a copy of the dbt project that has an audit gate test."""
+    dbt = folder / "dbt_project"
+    shutil.copytree(ROOT / "dbt_project", dbt, ignore=shutil.ignore_patterns("target", "logs"))
+    (dbt / "tests" / "assert_audit_gate.sql").write_text(
+        "select 1 as failure from {{ ref('daily_revenue') }} where {{ var('fail_audit', false) }}\n"
+    )
+    config = yaml.safe_load((ROOT / "stack.yml").read_text())
+    config["targets"]["local"]["path"] = str(folder / "warehouse")
+    config["sources"]["shop"]["config"] |= SHOP
+    config["dbt"]["project_dir"] = str(dbt)
+    path = folder / "stack.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run(path: Path, region: str = "eu", **vars: object) -> pipeline.RunSummary:
+    if vars:
+        config = yaml.safe_load(path.read_text())
+        config["dbt"]["vars"] = vars
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return pipeline.run_pipeline(path, None, pipeline.select(load_config(path), region))
+
+
+MARTS = "SELECT * FROM marts.daily_revenue ORDER BY region, day"
+
+
+@pytest.mark.slow
+def test_failing_dbt_test_leaves_published_marts_unchanged_and_a_fix_publishes(tmp_path):
+    path = project(tmp_path)
+    assert run(path).dbt["published"]
+    published = DuckDBWarehouse(tmp_path / "warehouse")
+    before = rows_of(published, MARTS)
+
+    failed = run(path, fail_audit=True)
+    assert not failed.ok and not failed.dbt["published"]
+    assert [n["name"] for n in failed.dbt["nodes"] if n["status"] == "fail"] == [
+        "assert_audit_gate"
+    ]
+    assert rows_of(published, MARTS) == before  # dashboards still see yesterday's marts
+    audit = published.environment("audit-eu")
+    assert audit.path.exists() and rows_of(audit, MARTS) != before  # kept for debugging
+
+    fixed = run(path, fail_audit=False)
+    assert fixed.ok and fixed.dbt["published"]
+    after = rows_of(published, MARTS)
+    assert len(after) > len(before) and not audit.path.exists()
+
+
+def rows_of(wh: DuckDBWarehouse, sql: str) -> list[tuple]:
+    with wh:
+        return [tuple(r.values()) for r in wh.query(sql).to_pylist()]
+
+
+READER = textwrap.dedent(
+    """
+    import sys, time
+    from stack.errors import WarehouseBusy
+    from stack.warehouse.duckdb import DuckDBWarehouse
+    wh = DuckDBWarehouse(sys.argv[1], read_only=True, busy_timeout=30)
+    seen, deadline = set(), time.monotonic() + float(sys.argv[2])
+    while time.monotonic() < deadline:
+        with wh:
+            daily = wh.query("SELECT region, sum(revenue) AS r FROM marts.daily_revenue "
+                             "GROUP BY ALL ORDER BY 1").to_pylist()
+            roi = wh.query("SELECT region, sum(revenue) AS r FROM marts.marketing_roi "
+                           "GROUP BY ALL ORDER BY 1").to_pylist()
+        assert daily == roi, ("half-published", daily, roi)
+        seen.add(str(daily))
+        time.sleep(0.05)
+    print(len(seen))
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_reader_never_sees_a_half_published_state(tmp_path):
+    path = project(tmp_path)
+    run(path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(tmp_path / "warehouse"), "40"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        for _ in range(2):
+            assert run(path).dbt["published"]
+    finally:
+        out, err = reader.communicate(timeout=120)
+    assert reader.returncode == 0, err
+    assert int(out.strip()) >= 2  # it saw more than one published state, each consistent
