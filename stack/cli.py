@@ -212,6 +212,46 @@ def sql_command(
         out.print(table)
 
 
+EnvArg = Annotated[str, typer.Argument(help="Environment name (letters, digits, - and _).")]
+
+
+@app.command()
+def clone(env: EnvArg, config: ConfigOpt = None, target: TargetOpt = None) -> None:
+    """Zero-copy clone of the whole warehouse as environment ENV (replacing it).
+
+    Use it with `--target <target>@ENV` on any command; writes to the clone never
+    show in the original, and the other way round.
+    """
+    with _errors():
+        cfg = load_config(config_path(config))
+        with pipeline.secrets_for(cfg) as resolver:
+            made = pipeline.open_target(cfg, target, resolver).clone_into(env)
+    out.print(
+        f"cloned into environment [bold]{env}[/] ({made.path}); use "
+        f"--target {(target or cfg.target).partition('@')[0]}@{env}"
+    )
+
+
+@app.command()
+def publish(env: EnvArg, config: ConfigOpt = None, target: TargetOpt = None) -> None:
+    """Atomically replace the warehouse's content with environment ENV's."""
+    with _errors():
+        cfg = load_config(config_path(config))
+        with pipeline.secrets_for(cfg) as resolver:
+            pipeline.open_target(cfg, target, resolver).publish(env)
+    out.print(f"published environment [bold]{env}[/]")
+
+
+@app.command("drop-env")
+def drop_env(env: EnvArg, config: ConfigOpt = None, target: TargetOpt = None) -> None:
+    """Remove environment ENV (the warehouse it was cloned from is never touched)."""
+    with _errors():
+        cfg = load_config(config_path(config))
+        with pipeline.secrets_for(cfg) as resolver:
+            pipeline.open_target(cfg, target, resolver).drop_environment(env)
+    out.print(f"dropped environment [bold]{env}[/]")
+
+
 @secrets_app.command("check")
 def secrets_check(config: ConfigOpt = None, region: RegionOpt = None) -> None:
     """Resolve every secret reference in stack.yml and say which resolve — never a value.
@@ -311,8 +351,10 @@ def _print_dbt(dbt: dict[str, Any]) -> None:
     if dbt.get("published"):
         out.print("[green]published[/]")
     elif dbt.get("audit"):
-        out.print(f"[red]not published[/]: the published warehouse is unchanged; the audit "
-                  f"build is kept in environment {dbt['audit']!r} for debugging")
+        out.print(
+            f"[red]not published[/]: the published warehouse is unchanged; the audit "
+            f"build is kept in environment {dbt['audit']!r} for debugging"
+        )
 
 
 def _status(value: str) -> str:

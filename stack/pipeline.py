@@ -90,7 +90,17 @@ def secrets_for(config: StackConfig) -> Resolver:
 
 
 def open_target(config: StackConfig, name: str | None, resolver: Resolver) -> Warehouse:
-    """The warehouse for target ``name``, its credential references resolved (unopened)."""
+    """The warehouse for target ``name``, its credential references resolved (unopened).
+
+    ``name`` may be ``TARGET@ENV``: environment ENV of the target (a clone made with
+    ``mdstack clone``), for developer and CI sandboxes.
+    """
+    name, _, env = (name or "").partition("@")
+    warehouse = _target_warehouse(config, name or None, resolver)
+    return warehouse.environment(env) if env else warehouse
+
+
+def _target_warehouse(config: StackConfig, name: str | None, resolver: Resolver) -> Warehouse:
     target = config.active_target(name)
     if isinstance(target, DuckDBTarget):
         return connect(config, target)

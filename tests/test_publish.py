@@ -182,3 +182,26 @@ def test_a_reader_never_sees_a_half_published_state(tmp_path):
         out, err = reader.communicate(timeout=120)
     assert reader.returncode == 0, err
     assert int(out.strip()) >= 2  # it saw more than one published state, each consistent
+
+
+def test_clone_and_drop_env_from_the_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from stack.cli import app
+
+    source = lake(tmp_path / "warehouse", rows=10)
+    config = yaml.safe_load((ROOT / "stack.yml").read_text())
+    config["targets"]["local"]["path"] = str(source.path)
+    path = tmp_path / "stack.yml"
+    path.write_text(yaml.safe_dump(config))
+    cli = CliRunner()
+    made = cli.invoke(app, ["clone", "dev", "--config", str(path)])
+    assert made.exit_code == 0 and "--target local@dev" in made.output
+    wrote = cli.invoke(
+        app, ["sql", "INSERT INTO s.t VALUES (99, 'dev')", "-c", str(path), "-t", "local@dev"]
+    )
+    assert wrote.exit_code == 0, wrote.output
+    assert rows(source.environment("dev")) == (11, sum(range(10)) + 99)
+    assert rows(source) == (10, sum(range(10)))
+    assert cli.invoke(app, ["drop-env", "dev", "-c", str(path)]).exit_code == 0
+    assert not (tmp_path / "warehouse.dev").exists()
