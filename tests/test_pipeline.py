@@ -205,3 +205,22 @@ def test_make_demo_twice_through_the_prefect_flow(tmp_path):
     assert runs["rows_read"][1] == replay_changes("eu", "orders", day=SHOP["history_days"])
     marts = query(tmp_path, "SELECT count(*) AS n FROM marts.daily_revenue WHERE region = 'eu'")
     assert marts["n"][0] > 0
+
+
+def test_only_models_downstream_of_the_changed_stream_run_and_facts_stay_exact(tmp_path):
+    path = write_config(tmp_path)
+    run(path)
+    config = load_config(path)
+    summary = pipeline.run_pipeline(path, None, pipeline.select(config, "eu", streams=["orders"]))
+    assert summary.ok
+    ran = {n["name"] for n in summary.dbt["nodes"] if n["resource_type"] == "model"}
+    assert ran == {"stg_orders", "fct_orders", "daily_revenue", "marketing_roi"}
+    assert "--full-refresh" not in summary.dbt["args"]
+    facts = query(
+        tmp_path,
+        "SELECT count(*) AS n, sum(amount)::DOUBLE AS amount FROM "
+        "marts.fct_orders WHERE region = 'eu'",
+    )
+    live = replay("eu", "orders", last_day=SHOP["history_days"])
+    assert facts["n"][0] == live.height  # merged incrementally, deletes removed
+    assert facts["amount"][0] == pytest.approx(live["amount"].sum())
