@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, task
+from prefect.states import Failed, State
 
 from stack import pipeline as engine
 from stack.config import config_path as default_config_path
 from stack.config import load_config
+from stack.errors import TransformError
 
 
 @task(name="sync", task_run_name="sync {source}.{stream} [{region}]")
@@ -32,6 +34,17 @@ def transform(
     return engine.transform_changes(config_path, target, region, changed)
 
 
+@task(name="dbt-node", task_run_name="{node[resource_type]} {node[name]}")
+def report_node(node: dict[str, Any]) -> dict[str, Any]:
+    """One task per dbt node, so the Prefect UI shows what dbt built and tested."""
+    if node["status"] in engine.DBT_FAILED:
+        raise TransformError(
+            f"dbt {node['resource_type']} {node['name']} {node['status']}: {node['message']}",
+            model=node["name"],
+        )
+    return node
+
+
 @flow(name="mdstack-pipeline", flow_run_name="{region}")
 def pipeline(
     region: str | None = None,
@@ -39,8 +52,12 @@ def pipeline(
     streams: list[str] | None = None,
     target: str | None = None,
     config_path: str | None = None,
-) -> dict[str, Any]:
-    """sources -> warehouse -> dbt for one region; returns the run summary."""
+) -> dict[str, Any] | State:
+    """sources -> warehouse -> dbt for one region; returns the run summary.
+
+    A failed stream does not stop the others; the run ends Failed (with the
+    summary as its data) when any stream or dbt node failed.
+    """
     path = str(default_config_path(config_path))
     config = load_config(path)
     selection = engine.select(
@@ -49,8 +66,23 @@ def pipeline(
     summary = engine.RunSummary(engine.new_run_id(), selection.region)
     for source in selection.sources:
         for stream in selection.streams_of(config, source):
+            state = sync_stream(
+                path, target, selection.region, source, stream, summary.run_id, return_state=True
+            )
             summary.streams.append(
-                sync_stream(path, target, selection.region, source, stream, summary.run_id)
+                state.result()
+                if state.is_completed()
+                else engine.failed_entry(
+                    source,
+                    stream,
+                    selection.region,
+                    summary.run_id,
+                    state.result(raise_on_failure=False),
+                )
             )
     summary.dbt = transform(path, target, selection.region, engine.changed_streams(summary.streams))
-    return summary.__dict__
+    for node in (summary.dbt or {}).get("nodes", []):
+        report_node(node, return_state=True)
+    if summary.ok:
+        return summary.__dict__
+    return Failed(message=summary.failure(), data=summary.__dict__)

@@ -136,11 +136,22 @@ def run(
 
         failed = False
         for name in regions:
-            summary = flow(
-                region=name, sources=source, streams=stream, target=target, config_path=str(path)
+            state = flow(
+                region=name,
+                sources=source,
+                streams=stream,
+                target=target,
+                config_path=str(path),
+                return_state=True,
             )
-            _print_summary(pipeline.RunSummary(**summary))
-            failed |= not pipeline.RunSummary(**summary).ok
+            result = state.result(raise_on_failure=False)
+            if isinstance(result, BaseException):
+                raise result
+            summary = pipeline.RunSummary(**result)
+            _print_summary(summary)
+            if not summary.ok:
+                console.print(f"[bold red]run failed:[/] {summary.failure()}", soft_wrap=True)
+                failed = True
         if failed:
             raise typer.Exit(1)
 

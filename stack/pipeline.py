@@ -17,7 +17,7 @@ from typing import Any
 from stack import ledger, sql, transform
 from stack.config import DuckDBTarget, StackConfig, load_config
 from stack.errors import ConfigError
-from stack.redact import install_redaction
+from stack.redact import install_redaction, redact
 from stack.secrets import Resolver
 from stack.sync import Progress, RunContext, sync_source
 from stack.warehouse import Warehouse, connect
@@ -121,6 +121,30 @@ def changed_streams(entries: Iterable[Mapping[str, Any]]) -> dict[str, dict[str,
     return changed
 
 
+DBT_FAILED = ("error", "fail", "runtime error")
+
+
+def failed_entry(
+    source: str, stream: str, region: str, run_id: str, error: BaseException
+) -> dict[str, Any]:
+    """The summary row of a stream whose step died before returning its ledger entry."""
+    return {
+        "run_id": run_id,
+        "source": source,
+        "stream": stream,
+        "region": region,
+        "mode": "",
+        "status": "failed",
+        "rows_read": 0,
+        "inserted": 0,
+        "updated": 0,
+        "deleted": 0,
+        "quarantined": 0,
+        "seconds": 0.0,
+        "error": redact(str(error)),
+    }
+
+
 @dataclass
 class RunSummary:
     """What one pipeline run did, per stream and for dbt: printed at the end of a run."""
@@ -134,6 +158,21 @@ class RunSummary:
     def ok(self) -> bool:
         streams_ok = all(s["status"] == "succeeded" for s in self.streams)
         return streams_ok and (self.dbt is None or self.dbt["success"])
+
+    def failure(self) -> str:
+        """What failed, in one line: the streams, then the dbt nodes."""
+        failed = [
+            f"stream {s['source']}.{s['stream']}: {s['error']}"
+            for s in self.streams
+            if s["status"] != "succeeded"
+        ]
+        nodes = (self.dbt or {}).get("nodes", [])
+        failed += [
+            f"dbt {n['resource_type']} {n['name']} {n['status']}"
+            for n in nodes
+            if n["status"] in DBT_FAILED
+        ]
+        return "; ".join(failed) or "the run failed"
 
 
 def run_pipeline(

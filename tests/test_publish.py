@@ -104,11 +104,15 @@ def project(folder: Path) -> Path:
     return path
 
 
+def set_vars(path: Path, **vars: object) -> None:
+    config = yaml.safe_load(path.read_text())
+    config["dbt"]["vars"] = vars
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
 def run(path: Path, region: str = "eu", **vars: object) -> pipeline.RunSummary:
     if vars:
-        config = yaml.safe_load(path.read_text())
-        config["dbt"]["vars"] = vars
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        set_vars(path, **vars)
     return pipeline.run_pipeline(path, None, pipeline.select(load_config(path), region))
 
 
@@ -122,11 +126,26 @@ def test_failing_dbt_test_leaves_published_marts_unchanged_and_a_fix_publishes(t
     published = DuckDBWarehouse(tmp_path / "warehouse")
     before = rows_of(published, MARTS)
 
-    failed = run(path, fail_audit=True)
-    assert not failed.ok and not failed.dbt["published"]
-    assert [n["name"] for n in failed.dbt["nodes"] if n["status"] == "fail"] == [
-        "assert_audit_gate"
-    ]
+    set_vars(path, fail_audit=True)
+    failed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from stack.cli import app; app()",
+            "run",
+            "-c",
+            str(path),
+            "--region",
+            "eu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    said = " ".join((failed.stdout + failed.stderr).split())
+    assert "run failed: dbt test assert_audit_gate fail" in said
+    assert "not published" in said
     assert rows_of(published, MARTS) == before  # dashboards still see yesterday's marts
     audit = published.environment("audit-eu")
     assert audit.path.exists() and rows_of(audit, MARTS) != before  # kept for debugging
