@@ -223,6 +223,47 @@ def sql_command(
         out.print(table)
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def dbt(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    target: TargetOpt = None,
+    region: Annotated[
+        str | None, typer.Option("--region", "-r", help="Region whose vars dbt gets.")
+    ] = None,
+) -> None:
+    """Plain dbt against the active target: `mdstack dbt build -s stg_orders+`.
+
+    The profile is generated from stack.yml (nothing to edit when switching target);
+    credentials reach dbt only as DBT_ENV_SECRET_* variables, which dbt scrubs.
+    """
+    with _errors():
+        run = pipeline.dbt_passthrough(config_path(config), target, list(ctx.args), region)
+    if not run.success:
+        raise typer.Exit(1)
+
+
+@app.command()
+def docs(
+    config: ConfigOpt = None,
+    target: TargetOpt = None,
+    port: Annotated[int, typer.Option(help="Port to serve the docs on.")] = 8080,
+    serve: Annotated[bool, typer.Option(help="Serve after generating.")] = True,
+) -> None:
+    """Generate the dbt docs (models, tests, the lineage graph) and serve them."""
+    with _errors():
+        path = config_path(config)
+        run = pipeline.dbt_passthrough(path, target, ["docs", "generate"])
+        if not run.success:
+            raise typer.Exit(1)
+        if serve:
+            pipeline.dbt_passthrough(
+                path, target, ["docs", "serve", "--port", str(port), "--no-browser"]
+            )
+
+
 EnvArg = Annotated[str, typer.Argument(help="Environment name (letters, digits, - and _).")]
 
 

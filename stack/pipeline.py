@@ -244,6 +244,28 @@ def transform_changes(
     return result
 
 
+def dbt_passthrough(
+    config_path: str | Path, target: str | None, args: list[str], region: str | None = None
+) -> transform.DbtRun:
+    """Run any dbt command against the active target, with the generated profile."""
+    config = load_config(config_path)
+    if config.dbt is None:
+        raise ConfigError(
+            "no `dbt:` section in stack.yml",
+            key="dbt",
+            hint="add `dbt: {project_dir: dbt_project}`",
+        )
+    with secrets_for(config) as resolver:
+        warehouse = open_target(config, target, resolver)
+        return transform.run_dbt(
+            config.resolve_path(config.dbt.project_dir),
+            warehouse.dbt_output(),
+            args,
+            vars=config.dbt_vars(region or config.region_names()[0]),
+            env=warehouse.dbt_env(),
+        )
+
+
 def status(config_path: str | Path, target: str | None) -> list[dict[str, Any]]:
     """Per stream and region: the last run, its counts, the stored state, rows and freshness."""
     config = load_config(config_path)

@@ -6,6 +6,7 @@ change sets in polars (latest version per key, deleted keys dropped).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -224,3 +225,14 @@ def test_only_models_downstream_of_the_changed_stream_run_and_facts_stay_exact(t
     live = replay("eu", "orders", last_day=SHOP["history_days"])
     assert facts["n"][0] == live.height  # merged incrementally, deletes removed
     assert facts["amount"][0] == pytest.approx(live["amount"].sum())
+    # `mdstack docs` generates the dbt docs (manifest with the lineage graph, catalog).
+    from typer.testing import CliRunner
+
+    from stack.cli import app
+
+    result = CliRunner().invoke(app, ["docs", "--no-serve", "-c", str(path)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((ROOT / "dbt_project" / "target" / "manifest.json").read_text())
+    assert "model.mdstack.stg_orders" in manifest["parent_map"]["model.mdstack.fct_orders"]
+    catalog = json.loads((ROOT / "dbt_project" / "target" / "catalog.json").read_text())
+    assert "model.mdstack.fct_orders" in catalog["nodes"]
