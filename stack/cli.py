@@ -25,11 +25,12 @@ from rich.progress import Progress, TaskID, TextColumn
 from rich.table import Table
 
 from stack import pipeline
-from stack.config import config_path, load_config
+from stack.config import StackConfig, config_path, load_config
 from stack.errors import ConfigError, MdstackError
 from stack.redact import install_redaction
 from stack.secrets import ReferenceCheck, check_references
 from stack.sync import utcnow
+from stack.warehouse import Warehouse
 
 app = typer.Typer(
     help="mdstack: sources -> warehouse (DuckDB or Snowflake) -> dbt -> BI, run by Prefect.",
@@ -85,6 +86,15 @@ def _errors() -> Iterator[None]:
     except MdstackError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+
+
+@contextmanager
+def _warehouse(config: Path | None, target: str | None) -> Iterator[tuple[StackConfig, Warehouse]]:
+    """The loaded config and the (unopened) warehouse of ``--target``, secrets resolved."""
+    with _errors():
+        cfg = load_config(config_path(config))
+        with pipeline.secrets_for(cfg) as resolver:
+            yield cfg, pipeline.open_target(cfg, target, resolver)
 
 
 @app.command()
@@ -202,13 +212,8 @@ def sql_command(
     ] = "table",
 ) -> None:
     """Run a query on the active target and print the result."""
-    with _errors():
-        cfg = load_config(config_path(config))
-        with (
-            pipeline.secrets_for(cfg) as resolver,
-            pipeline.open_target(cfg, target, resolver) as wh,
-        ):
-            result = wh.query(query)
+    with _warehouse(config, target) as (_, warehouse), warehouse as wh:
+        result = wh.query(query)
     records = result.to_pylist()
     if fmt == "json":
         out.print_json(json.dumps(records, default=str))
@@ -274,10 +279,8 @@ def clone(env: EnvArg, config: ConfigOpt = None, target: TargetOpt = None) -> No
     Use it with `--target <target>@ENV` on any command; writes to the clone never
     show in the original, and the other way round.
     """
-    with _errors():
-        cfg = load_config(config_path(config))
-        with pipeline.secrets_for(cfg) as resolver:
-            made = pipeline.open_target(cfg, target, resolver).clone_into(env)
+    with _warehouse(config, target) as (cfg, warehouse):
+        made = warehouse.clone_into(env)
     out.print(
         f"cloned into environment [bold]{env}[/] ({made.path}); use "
         f"--target {(target or cfg.target).partition('@')[0]}@{env}"
@@ -287,20 +290,16 @@ def clone(env: EnvArg, config: ConfigOpt = None, target: TargetOpt = None) -> No
 @app.command()
 def publish(env: EnvArg, config: ConfigOpt = None, target: TargetOpt = None) -> None:
     """Atomically replace the warehouse's content with environment ENV's."""
-    with _errors():
-        cfg = load_config(config_path(config))
-        with pipeline.secrets_for(cfg) as resolver:
-            pipeline.open_target(cfg, target, resolver).publish(env)
+    with _warehouse(config, target) as (_, warehouse):
+        warehouse.publish(env)
     out.print(f"published environment [bold]{env}[/]")
 
 
 @app.command("drop-env")
 def drop_env(env: EnvArg, config: ConfigOpt = None, target: TargetOpt = None) -> None:
     """Remove environment ENV (the warehouse it was cloned from is never touched)."""
-    with _errors():
-        cfg = load_config(config_path(config))
-        with pipeline.secrets_for(cfg) as resolver:
-            pipeline.open_target(cfg, target, resolver).drop_environment(env)
+    with _warehouse(config, target) as (_, warehouse):
+        warehouse.drop_environment(env)
     out.print(f"dropped environment [bold]{env}[/]")
 
 
