@@ -45,6 +45,14 @@ def report_node(node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
+@task(name="bi", task_run_name="refresh dashboards [{region}]")
+def refresh_dashboards(
+    config_path: str, region: str, run_id: str, published: bool
+) -> list[dict[str, Any]]:
+    """Refresh the BI tools after a good publish (hooks retry and time out on their own)."""
+    return engine.refresh_dashboards(config_path, region, run_id, published)
+
+
 @flow(name="mdstack-pipeline", flow_run_name="{region}")
 def pipeline(
     region: str | None = None,
@@ -83,6 +91,8 @@ def pipeline(
     summary.dbt = transform(path, target, selection.region, engine.changed_streams(summary.streams))
     for node in (summary.dbt or {}).get("nodes", []):
         report_node(node, return_state=True)
+    published = bool(summary.dbt and summary.dbt["published"])
+    summary.dashboards = refresh_dashboards(path, selection.region, summary.run_id, published)
     if summary.ok:
         return summary.__dict__
     return Failed(message=summary.failure(), data=summary.__dict__)

@@ -28,7 +28,7 @@ from stack import pipeline
 from stack.config import StackConfig, config_path, load_config
 from stack.errors import ConfigError, MdstackError
 from stack.redact import install_redaction
-from stack.secrets import ReferenceCheck, check_references
+from stack.secrets import ReferenceCheck, check_references, reveal
 from stack.sync import utcnow
 from stack.warehouse import Warehouse
 
@@ -317,6 +317,7 @@ def secrets_check(config: ConfigOpt = None, region: RegionOpt = None) -> None:
                 "targets": {t: v.model_dump(by_alias=True) for t, v in cfg.targets.items()},
                 "sources": {s: cfg.source_config(s, name) for s in cfg.sources},
                 "secrets": cfg.secrets.model_dump(),
+                "bi": reveal([hook.model_dump() for hook in cfg.bi]),
             }
             for check in check_references(rendered, lambda: pipeline.secrets_for(cfg)):
                 found.setdefault((check.location, check.reference), check)
@@ -386,6 +387,12 @@ def _print_summary(summary: pipeline.RunSummary) -> None:
     out.print(table)
     if summary.dbt is not None:
         _print_dbt(summary.dbt)
+    for hook in summary.dashboards:
+        colour = {"succeeded": "green", "skipped": "yellow"}.get(hook["status"], "red")
+        out.print(
+            f"dashboard {hook['name']} ({hook['type']}): [{colour}]{hook['status']}[/] "
+            f"{hook['detail']}"
+        )
 
 
 def _print_dbt(dbt: dict[str, Any]) -> None:

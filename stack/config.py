@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from connectors.base import SyncMode
+from stack.bi.configuration import BI_TYPES, BiHook
 from stack.errors import ConfigError
 from stack.schema import SchemaPolicy
 from stack.secrets import SecretsConfig
@@ -164,6 +165,7 @@ class StackConfig(_Model):
     sources: dict[str, SourceConfig]
     dbt: DbtConfig | None = None
     publish: PublishConfig = Field(default_factory=PublishConfig)
+    bi: list[BiHook] = Field(default_factory=list)
     secrets: SecretsConfig = Field(default_factory=SecretsConfig)
     path: Path = Field(default=Path(DEFAULT_CONFIG), exclude=True)
 
@@ -319,6 +321,8 @@ def _explain(exc: ValidationError, file: Path, node: yaml.Node | None) -> Config
     loc = tuple(error["loc"])
     if loc[:1] == ("targets",) and len(loc) > 2 and loc[2] in TARGET_TYPES:
         loc = loc[:2] + loc[3:]  # drop the union's tag: targets.<name>.<type>.<key>
+    if loc[:1] == ("bi",) and len(loc) > 2 and loc[2] in BI_TYPES:
+        loc = loc[:2] + loc[3:]
     key = ".".join(str(part) for part in loc) or "(top level)"
     message, hint = error["msg"], None
     if error["type"] == "extra_forbidden":
@@ -333,7 +337,7 @@ def _explain(exc: ValidationError, file: Path, node: yaml.Node | None) -> Config
         hint = f"add `{loc[-1]}:` here"
     elif error["type"] in ("literal_error", "enum"):
         hint = "use one of the values listed"
-    elif loc[:1] in (("targets",), ("secrets",), ("sources",)):
+    elif loc[:1] in (("targets",), ("secrets",), ("sources",), ("bi",)):
         hint = "change it to the expected type"  # never echo: the value may be a secret
     else:
         hint = f"got {error.get('input')!r}; change it to the expected type"

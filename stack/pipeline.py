@@ -14,12 +14,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stack import ledger, sql, transform
+from stack import bi, ledger, sql, transform
 from stack.config import DuckDBTarget, StackConfig, load_config
 from stack.errors import ConfigError
 from stack.redact import install_redaction, redact
 from stack.secrets import Resolver
-from stack.sync import Progress, RunContext, sync_source
+from stack.sync import Progress, RunContext, sync_source, utcnow
 from stack.warehouse import Warehouse, connect
 
 FULL_REFRESH = "full_refresh_overwrite"
@@ -153,6 +153,7 @@ class RunSummary:
     region: str
     streams: list[dict[str, Any]] = field(default_factory=list)
     dbt: dict[str, Any] | None = None
+    dashboards: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -200,6 +201,10 @@ def run_pipeline(
         summary.dbt = transform_changes(
             config_path, target, selection.region, changed_streams(summary.streams)
         )
+        published = bool(summary.dbt and summary.dbt["published"])
+        summary.dashboards = refresh_dashboards(
+            config_path, selection.region, summary.run_id, published
+        )
     return summary
 
 
@@ -242,6 +247,24 @@ def transform_changes(
         elif not audit_env:
             result["published"] = run.success
     return result
+
+
+def refresh_dashboards(
+    config_path: str | Path, region: str, run_id: str, published: bool
+) -> list[dict[str, Any]]:
+    """Fire the ``bi:`` hooks — only after a good publish; never raises for a hook.
+
+    Secrets are resolved here, per hook, so only references travel as parameters.
+    """
+    config = load_config(config_path)
+    if not config.bi:
+        return []
+    if not published:
+        return [asdict(r) for r in bi.skip_all(config.bi, bi.NOT_PUBLISHED)]
+    run = bi.RunInfo(config.name, region, run_id, utcnow())
+    with secrets_for(config) as resolver:
+        hooks = [bi.resolve_hook(h, resolver.resolve, f"bi[{i}]") for i, h in enumerate(config.bi)]
+        return [asdict(bi.refresh(hook, run)) for hook in hooks]
 
 
 def dbt_passthrough(

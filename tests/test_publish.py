@@ -17,6 +17,7 @@ from stack import pipeline
 from stack.config import load_config
 from stack.errors import WarehouseError
 from stack.warehouse.duckdb import DuckDBWarehouse
+from tests.bi_servers import WEBHOOK_TOKEN, WebhookDouble, serve
 from tests.conftest import ROOT
 from tests.test_pipeline import SHOP
 
@@ -88,7 +89,7 @@ def test_publish_is_refused_when_the_published_side_changed_meanwhile(tmp_path):
 # -- write-audit-publish through the pipeline --------------------------------------------------
 
 
-def project(folder: Path) -> Path:
+def project(folder: Path, webhook: str | None = None) -> Path:
     """The demo pipeline with a copy of the dbt project that has an audit gate test."""
     dbt = folder / "dbt_project"
     shutil.copytree(ROOT / "dbt_project", dbt, ignore=shutil.ignore_patterns("target", "logs"))
@@ -99,6 +100,15 @@ def project(folder: Path) -> Path:
     config["targets"]["local"]["path"] = str(folder / "warehouse")
     config["sources"]["shop"]["config"] |= SHOP
     config["dbt"]["project_dir"] = str(dbt)
+    if webhook:
+        config["bi"] = [
+            {
+                "type": "webhook",
+                "url": webhook,
+                "timeout": 10,
+                "headers": {"Authorization": f"Bearer {WEBHOOK_TOKEN}"},
+            }
+        ]
     path = folder / "stack.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -121,8 +131,16 @@ MARTS = "SELECT * FROM marts.daily_revenue ORDER BY region, day"
 
 @pytest.mark.slow
 def test_failing_dbt_test_leaves_published_marts_unchanged_and_a_fix_publishes(tmp_path):
-    path = project(tmp_path)
-    assert run(path).dbt["published"]
+    with serve(WebhookDouble()) as dashboards:
+        dashboards.add("refresh")
+        wap_scenario(tmp_path, dashboards)
+
+
+def wap_scenario(tmp_path: Path, dashboards: WebhookDouble) -> None:
+    path = project(tmp_path, f"{dashboards.url}/hooks/refresh")
+    first = run(path)
+    assert first.dbt["published"] and first.dashboards[0]["status"] == "succeeded"
+    assert len(dashboards.received) == 1
     published = DuckDBWarehouse(tmp_path / "warehouse")
     before = rows_of(published, MARTS)
 
@@ -146,12 +164,15 @@ def test_failing_dbt_test_leaves_published_marts_unchanged_and_a_fix_publishes(t
     said = " ".join((failed.stdout + failed.stderr).split())
     assert "run failed: dbt test assert_audit_gate fail" in said
     assert "not published" in said
+    assert "dashboard webhook (webhook): skipped" in said
+    assert len(dashboards.received) == 1  # no refresh fired after the failed audit
     assert rows_of(published, MARTS) == before  # dashboards still see yesterday's marts
     audit = published.environment("audit-eu")
     assert audit.path.exists() and rows_of(audit, MARTS) != before  # kept for debugging
 
     fixed = run(path, fail_audit=False)
     assert fixed.ok and fixed.dbt["published"]
+    assert len(dashboards.received) == 2
     after = rows_of(published, MARTS)
     assert len(after) > len(before) and not audit.path.exists()
 
