@@ -41,7 +41,7 @@ CATALOG_FILE = "catalog.ducklake"
 DATA_DIR = "data"
 EXTENSION_DIR = ".extensions"
 ALIAS = "lake"
-_BUSY_WAIT_SECONDS = 10.0
+_BUSY_WAIT_SECONDS = 30.0
 
 
 def ducklake_extension_file() -> Path:
