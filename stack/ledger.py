@@ -62,6 +62,8 @@ class RunEntry:
     mode: str
     status: str
     started_at: datetime
+    deletes: str = "hard"
+    """How deletes were applied: hard, soft or none (``deleted`` counts them)."""
     finished_at: datetime | None = None
     rows_read: int = 0
     inserted: int = 0
@@ -84,6 +86,7 @@ _RUNS_SCHEMA = pa.schema(
         ("mode", pa.string()),
         ("status", pa.string()),
         ("started_at", pa.timestamp("us")),
+        ("deletes", pa.string()),
         ("finished_at", pa.timestamp("us")),
         ("rows_read", pa.int64()),
         ("inserted", pa.int64()),

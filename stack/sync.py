@@ -112,6 +112,7 @@ def _sync_locked(
         mode=plan.mode,
         status="running",
         started_at=utcnow(),
+        deletes=plan.deletes,
     )
     key = ledger.StreamKey(ctx.pipeline, plan.source, plan.name, ctx.region)
     started = last_commit = time.perf_counter()

@@ -215,3 +215,5 @@ def test_soft_delete_in_the_same_commit_lands_the_row_marked(warehouse):
     source = ScriptedSource([rows((1, "a", 1), (2, "b", 1)), deletes(1, at=5), checkpoint()])
     run(warehouse, source, delete_mode="soft")
     assert table(warehouse) == [(1, "a", 1, True), (2, "b", 1, False)]
+    ledger_row = warehouse.query("SELECT deletes, rows_read, inserted FROM _mds_runs").to_pylist()
+    assert ledger_row == [{"deletes": "soft", "rows_read": 2, "inserted": 2}]
