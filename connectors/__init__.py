@@ -16,6 +16,8 @@ from connectors.errors import ConnectorError
 REGISTRY: dict[str, str] = {
     "demo": "connectors.demo:DemoSource",
     "postgres": "connectors.postgres:PostgresSource",
+    "rest": "connectors.rest:RestSource",
+    "files": "connectors.files:FilesSource",
 }
 """Connector name -> ``module:Class``; imported lazily so one source's driver never
 slows down or breaks another."""

@@ -1,0 +1,210 @@
+"""JSON records (as orjson parsed them) into Arrow record batches, with a schema that widens.
+
+:class:`Columns` is one stream's running schema. :meth:`Columns.to_batch` turns a list of
+records (several pages' worth) into one ``RecordBatch``: the columns are gathered in one
+compiled pass per column (``RecordBatch.from_pylist`` behind a template row that lists every
+key seen in the batch) and each column's type is inferred by Arrow in C++. No Python code runs
+per value unless a column needs it (nested values, conflicting types).
+
+Type rules, per column, over the whole read:
+
+* JSON strings, integers, floats, booleans -> ``string``, ``int64``, ``float64``, ``bool``;
+* objects and lists -> ``string`` holding their JSON text (what warehouses load best);
+* integers then floats (or the reverse) -> ``float64``;
+* anything else that conflicts (a number then a string, integers beyond 64 bits, booleans
+  and numbers) -> ``string``; non-string values become their JSON text (``1``, ``true``);
+  float columns are scanned for booleans (Arrow would read ``true`` as ``1.0``);
+* a key seen for the first time -> a new column, after the known ones;
+* a column that is null in every record so far is left out until it has a value.
+
+A declared ``schema: {column: type}`` fixes those columns' types (``date`` and ``timestamp``
+parse ISO 8601 text; ``timestamp`` is UTC, offsets converted); a value that does not fit is a
+ConnectorError naming the column. Columns not declared are still inferred.
+
+Measured on 100 k records of 10 scalar fields (2 cores): ``orjson.loads`` of the pages 63 ms,
+this conversion ~110 ms (``pa.array`` over dicts 103-160 ms, a Python loop per column 112 ms,
+polars ``from_dicts`` 155 ms).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from connectors.errors import ConnectorError
+
+TIMESTAMP = pa.timestamp("us", "UTC")
+DECLARED: dict[str, pa.DataType] = {
+    "string": pa.string(),
+    "integer": pa.int64(),
+    "number": pa.float64(),
+    "boolean": pa.bool_(),
+    "date": pa.date32(),
+    "timestamp": TIMESTAMP,
+    "json": pa.string(),
+}
+_NO_FIELDS = pa.struct([])
+_CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError)
+
+
+class Columns:
+    """The running Arrow schema of one stream; see the module docstring for the rules."""
+
+    def __init__(
+        self, stream: str, declared: Mapping[str, str] | None = None, source: str | None = None
+    ) -> None:
+        self.stream = stream
+        self.source = source
+        self.declared = dict(declared or {})
+        self.types: dict[str, pa.DataType] = {
+            name: DECLARED[kind] for name, kind in self.declared.items()
+        }
+        self._text: set[str] = {n for n, kind in self.declared.items() if kind == "json"}
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema(list(self.types.items()))
+
+    def to_batch(self, records: Sequence[dict[str, Any]]) -> pa.RecordBatch:
+        """Convert ``records`` (JSON objects) and widen the running schema to cover them."""
+        names = self._names(records)
+        template = dict.fromkeys(names)
+        try:
+            raw = pa.RecordBatch.from_pylist([template, *records]).slice(1)
+            inferred = dict(zip(names, raw.columns, strict=True))
+        except _CONVERSION_ERRORS:  # some column mixes types: find which, one by one
+            inferred = {name: _infer([r.get(name) for r in records]) for name in names}
+        arrays: dict[str, pa.Array] = {}
+        for name in names:
+            array = self._fit(name, inferred[name], records)
+            if array is not None:
+                arrays[name] = array
+        ordered = [n for n in self.types if n in arrays]
+        if not ordered:  # records without a single value: rows of no columns, not no rows
+            return pa.RecordBatch.from_struct_array(pa.array([{}] * len(records), _NO_FIELDS))
+        return pa.RecordBatch.from_arrays(
+            [arrays[n] for n in ordered],
+            schema=pa.schema([(n, self.types[n]) for n in ordered]),
+        )
+
+    def _names(self, records: Sequence[dict[str, Any]]) -> list[str]:
+        """Known columns, then keys new in this batch in order of first appearance."""
+        seen = set().union(*records) if records else set()
+        new = seen - self.types.keys()
+        names = list(self.types)
+        if new:
+            for record in records:
+                for key in record:
+                    if key in new:
+                        names.append(key)
+                        new.discard(key)
+                if not new:
+                    break
+        return names
+
+    def _fit(
+        self, name: str, array: pa.Array | None, records: Sequence[dict[str, Any]]
+    ) -> pa.Array | None:
+        """``array`` in the column's running type, widening it if needed; None: all null."""
+        current = self.types.get(name)
+        if name in self.declared:
+            return self._declared(name, array, records)
+        incoming = array.type if array is not None else None
+        if incoming is not None and pa.types.is_null(incoming):
+            return None if current is None else pa.nulls(len(array), current)
+        if incoming is None or _nested(incoming) or self._bools_in_floats(name, incoming, records):
+            self._text.add(name)  # mixed, nested, or booleans among numbers: JSON text
+        if name in self._text or (current is not None and _conflict(current, incoming)):
+            self._text.add(name)
+            self.types[name] = pa.string()
+            return pa.array(_as_text([r.get(name) for r in records]), pa.string())
+        if current is None or current == incoming:
+            self.types[name] = incoming
+            return array
+        if pa.types.is_integer(incoming) and pa.types.is_floating(current):
+            return array.cast(current)
+        self.types[name] = pa.float64()  # integers so far, now floats
+        return array.cast(pa.float64())
+
+    def _bools_in_floats(
+        self, name: str, incoming: pa.DataType, records: Sequence[dict[str, Any]]
+    ) -> bool:
+        """Whether a float column holds booleans: Arrow reads [1.5, true] as [1.5, 1.0]."""
+        if not pa.types.is_floating(incoming) or name in self._text:
+            return False
+        return bool in set(map(type, [r.get(name) for r in records]))
+
+    def _declared(
+        self, name: str, array: pa.Array | None, records: Sequence[dict[str, Any]]
+    ) -> pa.Array:
+        target = self.types[name]
+        if name in self._text:
+            values = [None if (v := r.get(name)) is None else _json(v) for r in records]
+            return pa.array(values, pa.string())
+        try:
+            if array is None or _nested(array.type):
+                values = [r.get(name) for r in records]
+                array = pa.array(_as_text(values), pa.string())
+            if array.type == target:
+                return array
+            if pa.types.is_null(array.type):
+                return pa.nulls(len(array), target)
+            if target == pa.string():
+                return pa.array(_as_text([r.get(name) for r in records]), pa.string())
+            if target == TIMESTAMP and pa.types.is_string(array.type):
+                return _timestamps(array)
+            return array.cast(target)
+        except _CONVERSION_ERRORS as exc:
+            kind = self.declared[name]
+            raise ConnectorError(
+                f"values of column {name!r} do not fit the declared type {kind!r}: "
+                f"{str(exc)[:200]}",
+                source=self.source,
+                stream=self.stream,
+                key=f"streams.{self.stream}.schema.{name}",
+                hint="fix the declared type (or drop it to have it inferred)",
+            ) from None
+
+
+def _infer(values: list[Any]) -> pa.Array | None:
+    """One column's values as Arrow, or None if they mix types Arrow cannot unify."""
+    try:
+        return pa.array(values)
+    except _CONVERSION_ERRORS:
+        return None
+
+
+def _nested(t: pa.DataType) -> bool:
+    return pa.types.is_struct(t) or pa.types.is_list(t) or pa.types.is_map(t)
+
+
+def _conflict(current: pa.DataType, incoming: pa.DataType | None) -> bool:
+    if incoming is None or current == incoming:
+        return incoming is None
+    numbers = {current, incoming} <= {pa.int64(), pa.float64()}
+    return not numbers
+
+
+def _json(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # integers beyond 64 bits
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _as_text(values: list[Any]) -> list[str | None]:
+    """Strings as they are, other values as their JSON text (``1``, ``true``, ``{"a":1}``)."""
+    return [v if v is None or type(v) is str else _json(v) for v in values]
+
+
+def _timestamps(array: pa.Array) -> pa.Array:
+    """ISO 8601 text as UTC timestamps: offsets converted, values without one taken as UTC."""
+    try:
+        return array.cast(TIMESTAMP)
+    except pa.ArrowInvalid:
+        return pc.cast(array, pa.timestamp("us")).cast(TIMESTAMP)
