@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+import webbrowser
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -27,6 +28,7 @@ from rich.table import Table
 from stack import pipeline
 from stack.config import StackConfig, config_path, load_config
 from stack.errors import ConfigError, MdstackError
+from stack.lineage import write_lineage_page
 from stack.redact import install_redaction
 from stack.secrets import ReferenceCheck, check_references, reveal
 from stack.sync import utcnow
@@ -267,6 +269,62 @@ def docs(
             pipeline.dbt_passthrough(
                 path, target, ["docs", "serve", "--port", str(port), "--no-browser"]
             )
+
+
+@app.command("lineage")
+def lineage_command(
+    config: ConfigOpt = None,
+    target: TargetOpt = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="File to write (.html, or .svg for the drawing alone); "
+            "default: lineage.page, else lineage.html.",
+        ),
+    ] = None,
+    open_page: Annotated[bool, typer.Option("--open", help="Open it in a browser.")] = False,
+) -> None:
+    """Draw the lineage: sources -> streams -> raw tables -> dbt models -> dashboards,
+    coloured by the last run's status and freshness."""
+    with _errors():
+        path = config_path(config)
+        cfg = load_config(path)
+        page = output or cfg.resolve_path(cfg.lineage.page if cfg.lineage else Path("lineage.html"))
+        written = write_lineage_page(
+            page, cfg, None, pipeline.status(path, target), cfg.bi, target=target
+        )
+    out.print(f"lineage page: [bold]{written}[/]")
+    if open_page:
+        webbrowser.open(written.resolve().as_uri())
+
+
+@app.command()
+def check(config: ConfigOpt = None, target: TargetOpt = None, region: RegionOpt = None) -> None:
+    """Run stack.yml's data checks on the warehouse; exit 1 if one at severity error fails."""
+    with _errors():
+        path = config_path(config)
+        cfg = load_config(path)
+        run_id = pipeline.new_run_id()
+        results = [
+            r
+            for name in (region or cfg.region_names())
+            for r in pipeline.check_tables(path, target, cfg.check_region(name), run_id)
+        ]
+    table = Table(title="mdstack checks")
+    for column in ("check", "region", "severity", "result", "message"):
+        table.add_column(column)
+    for r in results:
+        mark = (
+            "[green]pass[/]"
+            if r["passed"]
+            else ("[red]FAIL[/]" if r["severity"] == "error" else "[yellow]warn[/]")
+        )
+        table.add_row(r["name"], r["region"], r["severity"], mark, r["message"])
+    out.print(table)
+    if any(not r["passed"] and r["severity"] == "error" for r in results):
+        raise typer.Exit(1)
 
 
 EnvArg = Annotated[str, typer.Argument(help="Environment name (letters, digits, - and _).")]

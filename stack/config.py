@@ -13,14 +13,12 @@ import difflib
 import os
 import re
 from collections.abc import Mapping
-from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -29,7 +27,10 @@ from pydantic import (
 
 from connectors.base import SyncMode
 from stack.bi.configuration import BI_TYPES, BiHook
+from stack.checks import CheckList
+from stack.durations import Duration
 from stack.errors import ConfigError
+from stack.lineage import LineageConfig
 from stack.schema import SchemaPolicy
 from stack.secrets import SecretsConfig
 
@@ -42,25 +43,6 @@ DeleteMode = Literal["hard", "soft", "none"]
 BadRecordPolicy = Literal["fail", "quarantine"]
 _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _TEMPLATE = re.compile(r"\{\{\s*(\w+)\s*\}\}")
-
-
-_DURATION = re.compile(r"^(\d+)\s*(s|m|h|d|w)$")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def _duration(value: Any) -> timedelta:
-    """``30d``, ``12h``, ``90m``, ``2w`` (or a number of seconds) as a timedelta."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, int | float):
-        return timedelta(seconds=value)
-    match = _DURATION.match(str(value).strip())
-    if not match:
-        raise ValueError("expected a duration such as 30d, 12h, 90m or 2w")
-    return timedelta(seconds=int(match.group(1)) * _SECONDS[match.group(2)])
-
-
-Duration = Annotated[timedelta, BeforeValidator(_duration)]
 
 
 class _Model(BaseModel):
@@ -166,6 +148,8 @@ class StackConfig(_Model):
     dbt: DbtConfig | None = None
     publish: PublishConfig = Field(default_factory=PublishConfig)
     bi: list[BiHook] = Field(default_factory=list)
+    checks: CheckList = ()
+    lineage: LineageConfig | None = None
     secrets: SecretsConfig = Field(default_factory=SecretsConfig)
     path: Path = Field(default=Path(DEFAULT_CONFIG), exclude=True)
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stack import bi, ledger, sql, transform
+from stack import bi, checks, ledger, lineage, sql, transform
 from stack.config import DuckDBTarget, StackConfig, load_config
 from stack.errors import ConfigError
 from stack.redact import install_redaction, redact
@@ -158,7 +158,8 @@ class RunSummary:
     @property
     def ok(self) -> bool:
         streams_ok = all(s["status"] == "succeeded" for s in self.streams)
-        return streams_ok and (self.dbt is None or self.dbt["success"])
+        dbt_ok = self.dbt is None or (self.dbt["success"] and not self.dbt.get("blocked"))
+        return streams_ok and dbt_ok
 
     def failure(self) -> str:
         """What failed, in one line: the streams, then the dbt nodes."""
@@ -199,7 +200,11 @@ def run_pipeline(
         )
     if transform:
         summary.dbt = transform_changes(
-            config_path, target, selection.region, changed_streams(summary.streams)
+            config_path,
+            target,
+            selection.region,
+            changed_streams(summary.streams),
+            summary.run_id,
         )
         published = bool(summary.dbt and summary.dbt["published"])
         summary.dashboards = refresh_dashboards(
@@ -213,14 +218,16 @@ def transform_changes(
     target: str | None,
     region: str,
     changed: Mapping[str, Mapping[str, bool]],
+    run_id: str = "",
 ) -> dict[str, Any] | None:
-    """``dbt build`` the models downstream of the changed streams; None when nothing changed.
+    """``dbt build`` the models downstream of the changed streams, then the data checks.
 
-    With ``publish.audit`` (write-audit-publish), dbt builds and tests in a zero-copy
-    clone of the warehouse (environment ``audit-<region>``), and only a green build is
-    published, atomically; a red one leaves the published warehouse untouched and the
-    audit environment in place for debugging. See :meth:`stack.transform.Selection.args`
-    for how full refreshes are passed on.
+    With ``publish.audit`` (write-audit-publish), dbt builds and tests, and the
+    ``checks:`` run, in a zero-copy clone of the warehouse (environment
+    ``audit-<region>``); only a green build with no failing ``error`` check is
+    published, atomically. A red one leaves the published warehouse untouched and the
+    audit environment in place for debugging. Returns None when nothing changed. See
+    :meth:`stack.transform.Selection.args` for how full refreshes are passed on.
     """
     config = load_config(config_path)
     if config.dbt is None or not config.dbt.enabled:
@@ -239,14 +246,62 @@ def transform_changes(
             vars=config.dbt_vars(region),
             env=building.dbt_env(),
         )
-        result = {**asdict(run), "published": False, "audit": audit_env}
-        if audit_env and run.success:
+        results: list[checks.CheckResult] = []
+        if config.checks:
+            with building as wh:  # the audit clone: dbt has released it
+                results = _data_checks(config, wh, region, run_id)
+        blocked = bool(checks.blocking(results))
+        result = {
+            **asdict(run),
+            "published": False,
+            "audit": audit_env,
+            "blocked": blocked,
+            "checks": [r.as_dict() for r in results],
+        }
+        if audit_env and run.success and not blocked:
             published.publish(audit_env)
             published.drop_environment(audit_env)
             result |= {"published": True, "audit": None}
+        elif audit_env and results:  # not published: keep the results where people look
+            with published as wh:
+                checks.record_results(wh, results, run_id, utcnow())
         elif not audit_env:
-            result["published"] = run.success
+            result["published"] = run.success and not blocked
     return result
+
+
+def _data_checks(
+    config: StackConfig, wh: Warehouse, region: str, run_id: str
+) -> list[checks.CheckResult]:
+    return checks.run_checks(
+        wh,
+        config.checks,
+        region,
+        run_id,
+        utcnow(),
+        source_count=checks.ledger_source_count(wh, config.name),
+        schemas={name: s.schema_ for name, s in config.sources.items()},
+    )
+
+
+def check_tables(
+    config_path: str | Path, target: str | None, region: str, run_id: str
+) -> list[dict[str, Any]]:
+    """``mdstack check``: the data checks on the (published) warehouse, for one region."""
+    config = load_config(config_path)
+    with secrets_for(config) as resolver, open_target(config, target, resolver) as wh:
+        return [r.as_dict() for r in _data_checks(config, wh, region, run_id)]
+
+
+def emit_lineage(config_path: str | Path, target: str | None, summary: RunSummary) -> int:
+    """Send the run's OpenLineage events (streams and dbt models); 0 when not configured."""
+    config = load_config(config_path)
+    if config.lineage is None:
+        return 0
+    with secrets_for(config) as resolver, open_target(config, target, resolver) as wh:
+        return lineage.emit_run(
+            config, summary, target=target, columns=wh.columns, resolve=resolver.resolve
+        )
 
 
 def refresh_dashboards(

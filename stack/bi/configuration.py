@@ -15,10 +15,11 @@ import :data:`BiHook` without a cycle.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from stack.durations import Seconds
 
 __all__ = [
     "BI_TYPES",
@@ -43,22 +44,6 @@ else retrying the trigger every ``poll_interval``), then trigger ours, since the
 running one may have started before the publish and read the old data. ``skip``:
 trigger nothing, report the target ``skipped``. Both within ``timeout``.
 """
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h)$")
-_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def _seconds(value: Any) -> Any:
-    """``30``, ``0.05``, ``"90s"``, ``"10m"``, ``"2h"`` as seconds (a float)."""
-    if isinstance(value, str):
-        match = _DURATION.match(value.strip())
-        if not match:
-            raise ValueError("expected seconds (a number) or a duration such as 90s, 10m or 2h")
-        return float(match.group(1)) * _UNIT[match.group(2)]
-    return value
-
-
-Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
 
 
 class HookBase(BaseModel):

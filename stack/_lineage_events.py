@@ -1,0 +1,253 @@
+"""OpenLineage ``RunEvent``s of one pipeline run (see :func:`stack.lineage.run_events`).
+
+openlineage-python is imported when a builder is made, not with this module.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stack.lineage import PipelineInfo
+
+PRODUCER = "https://github.com/mdstack/mdstack"
+"""The ``producer`` URI of every event and facet mdstack emits."""
+_DBT_JOBS = ("model", "snapshot", "seed")
+_ENDED = {"succeeded": "COMPLETE", "failed": "FAIL"}
+_DBT_ENDED = {"success": "COMPLETE", "pass": "COMPLETE", "skipped": "ABORT"}
+
+Columns = Callable[[str, str], "Mapping[str, str] | None"]
+"""``(schema, table) -> column name -> type`` (``Warehouse.columns`` of an open warehouse)."""
+
+
+@dataclass(frozen=True)
+class _Dataset:
+    """A dataset of an event; ``rows`` goes into the statistics facet of the final event."""
+
+    namespace: str
+    name: str
+    fields: tuple[tuple[str, str | None], ...] | None = None
+    rows: int | None = None
+
+
+@dataclass(frozen=True)
+class _Job:
+    name: str
+    run_id: str
+    job_type: str
+    integration: str
+    parent: _Job | None = None
+
+
+class _EventBuilder:
+    """Builds openlineage-python ``RunEvent``s for one pipeline run (imported lazily)."""
+
+    def __init__(self, namespace: str, region: str, run_id: str) -> None:
+        from openlineage.client import event_v2, facet_v2
+
+        self.ev, self.fc = event_v2, facet_v2
+        self.namespace, self.region, self.run_id = namespace, region, run_id
+
+    def job(self, name: str, job_type: str, integration: str, parent: _Job | None = None) -> _Job:
+        """A job, with a run id stable for (namespace, region, run, job): START and its end
+        share it, and emitting a run twice gives the same ids."""
+        key = f"mdstack:{self.namespace}/{self.region}/{self.run_id}/{name}"
+        return _Job(name, str(uuid.uuid5(uuid.NAMESPACE_URL, key)), job_type, integration, parent)
+
+    def event(
+        self,
+        state: str,
+        job: _Job,
+        when: datetime,
+        inputs: Sequence[_Dataset] = (),
+        outputs: Sequence[_Dataset] = (),
+        error: str | None = None,
+    ) -> Any:
+        ev, fc = self.ev, self.fc
+        final = state != "START"
+        run_facets: dict[str, Any] = {
+            "tags": fc.tags_run.TagsRunFacet(
+                tags=[
+                    fc.tags_run.TagsRunFacetFields("region", self.region, "mdstack"),
+                    fc.tags_run.TagsRunFacetFields("mdstack_run_id", self.run_id, "mdstack"),
+                ],
+                producer=PRODUCER,
+            )
+        }
+        if job.parent is not None:
+            pr = fc.parent_run
+            run_facets["parent"] = pr.ParentRunFacet(
+                run=pr.Run(runId=job.parent.run_id),
+                job=pr.Job(namespace=self.namespace, name=job.parent.name),
+                root=pr.Root(
+                    run=pr.RootRun(runId=job.parent.run_id),
+                    job=pr.RootJob(namespace=self.namespace, name=job.parent.name),
+                ),
+                producer=PRODUCER,
+            )
+        if error:
+            run_facets["errorMessage"] = fc.error_message_run.ErrorMessageRunFacet(
+                message=str(error)[:4000], programmingLanguage="python", producer=PRODUCER
+            )
+        job_type = fc.job_type_job.JobTypeJobFacet(
+            processingType="BATCH",
+            integration=job.integration,
+            jobType=job.job_type,
+            producer=PRODUCER,
+        )
+        return ev.RunEvent(
+            eventType=ev.RunState[state],
+            eventTime=when.replace(tzinfo=UTC).isoformat(),
+            producer=PRODUCER,
+            run=ev.Run(runId=job.run_id, facets=run_facets),
+            job=ev.Job(namespace=self.namespace, name=job.name, facets={"jobType": job_type}),
+            inputs=[self._input(d, final) for d in inputs],
+            outputs=[self._output(d, final) for d in outputs],
+        )
+
+    def _facets(self, dataset: _Dataset) -> dict[str, Any]:
+        if dataset.fields is None:
+            return {}
+        schema = self.fc.schema_dataset
+        fields = [schema.SchemaDatasetFacetFields(name=n, type=t) for n, t in dataset.fields]
+        return {"schema": schema.SchemaDatasetFacet(fields=fields, producer=PRODUCER)}
+
+    def _input(self, dataset: _Dataset, final: bool) -> Any:
+        stats = {}
+        if final and dataset.rows is not None:
+            stats["inputStatistics"] = (
+                self.fc.input_statistics_input_dataset.InputStatisticsInputDatasetFacet(
+                    rowCount=dataset.rows, producer=PRODUCER
+                )
+            )
+        return self.ev.InputDataset(
+            dataset.namespace, dataset.name, inputFacets=stats, facets=self._facets(dataset)
+        )
+
+    def _output(self, dataset: _Dataset, final: bool) -> Any:
+        stats = {}
+        if final and dataset.rows is not None:
+            stats["outputStatistics"] = (
+                self.fc.output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(
+                    rowCount=dataset.rows, producer=PRODUCER
+                )
+            )
+        return self.ev.OutputDataset(
+            dataset.namespace, dataset.name, outputFacets=stats, facets=self._facets(dataset)
+        )
+
+
+def _sync_events(
+    builder: _EventBuilder,
+    parent: _Job,
+    pipeline: PipelineInfo,
+    site: tuple[str, str],
+    entry: Mapping[str, Any],
+    columns: Columns | None,
+    default: datetime,
+) -> list[Any]:
+    source, stream = str(entry["source"]), str(entry["stream"])
+    declared = pipeline.sources.get(source) or {}
+    connector = str(declared.get("connector") or source)
+    schema = str(declared.get("schema") or source)
+    job = builder.job(f"sync.{source}.{stream}", "SYNC", "MDSTACK", parent)
+    found = columns(schema, stream) if columns is not None else None
+    written = int(entry.get("inserted") or 0) + int(entry.get("updated") or 0)
+    read = entry.get("rows_read")
+    source_in = _Dataset(
+        f"{connector}://{source}", stream, rows=None if read is None else int(read)
+    )
+    fields = tuple(found.items()) if found else None
+    table_out = _Dataset(site[0], f"{site[1]}.{schema}.{stream}", fields, written)
+    begun = _time(entry.get("started_at")) or default
+    ended = _time(entry.get("finished_at")) or begun
+    state = _ENDED.get(str(entry.get("status")), "FAIL")
+    error = entry.get("error") if state == "FAIL" else None
+    return [
+        builder.event("START", job, begun, [source_in], [table_out]),
+        builder.event(state, job, ended, [source_in], [table_out], error=error),
+    ]
+
+
+def _dbt_events(
+    builder: _EventBuilder,
+    parent: _Job,
+    manifest: Mapping[str, Any],
+    namespace: str,
+    node: Mapping[str, Any],
+    begun: datetime,
+    ended: datetime,
+) -> list[Any]:
+    unique_id = str(node["unique_id"])
+    found = (manifest.get("nodes") or {}).get(unique_id) or {}
+    kind = str(node["resource_type"]).upper()
+    job = builder.job(f"dbt.{unique_id.split('.', 1)[-1]}", kind, "DBT", parent)
+    inputs = [
+        _Dataset(namespace, relation)
+        for upstream in (found.get("depends_on") or {}).get("nodes") or []
+        if (relation := _relation(manifest, upstream)) is not None
+    ]
+    outputs = []
+    if (relation := _relation(manifest, unique_id)) is not None:
+        declared = tuple(
+            (name, column.get("data_type")) for name, column in (found.get("columns") or {}).items()
+        )
+        rows = node.get("rows_affected")
+        outputs.append(_Dataset(namespace, relation, declared or None, rows))
+    state = _DBT_ENDED.get(str(node.get("status")), "FAIL")
+    error = node.get("message") if state == "FAIL" else None
+    return [
+        builder.event("START", job, begun, inputs, outputs),
+        builder.event(state, job, ended, inputs, outputs, error=error),
+    ]
+
+
+def _relation(manifest: Mapping[str, Any], unique_id: str) -> str | None:
+    """``database.schema.name`` of a dbt node or source; None for tests and unknown ids."""
+    node = (manifest.get("sources") or {}).get(unique_id) or (manifest.get("nodes") or {}).get(
+        unique_id
+    )
+    if not node or node.get("resource_type") not in ("source", *_DBT_JOBS):
+        return None
+    name = node.get("identifier") or node.get("alias") or node["name"]
+    return ".".join(str(part) for part in (node.get("database"), node["schema"], name) if part)
+
+
+def _time(value: Any) -> datetime | None:
+    """A naive-UTC datetime from a datetime or ISO text (None stays None)."""
+    if value is None or value == "":
+        return None
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def build_events(
+    pipeline: PipelineInfo,
+    summary: Mapping[str, Any],
+    manifest: Mapping[str, Any],
+    columns: Columns | None,
+    now: datetime,
+) -> list[Any]:
+    """The events of :func:`stack.lineage.run_events`, for a config already read."""
+    builder = _EventBuilder(pipeline.namespace, str(summary["region"]), str(summary["run_id"]))
+    site = pipeline.site()
+    streams = list(summary.get("streams") or [])
+    dbt = summary.get("dbt") or {}
+    started = min((t for s in streams if (t := _time(s.get("started_at")))), default=now)
+    clock = max((t for s in streams if (t := _time(s.get("finished_at")))), default=started)
+    parent = builder.job("pipeline", "PIPELINE", "MDSTACK")
+    events = [builder.event("START", parent, started)]
+    for entry in streams:
+        events += _sync_events(builder, parent, pipeline, site, entry, columns, started)
+    for node in dbt.get("nodes") or []:
+        if node.get("resource_type") in _DBT_JOBS:
+            ends = clock + timedelta(seconds=float(node.get("seconds") or 0.0))
+            events += _dbt_events(builder, parent, manifest, site[0], node, clock, ends)
+            clock = ends
+    failed = any(s.get("status") != "succeeded" for s in streams) or dbt.get("success") is False
+    events.append(builder.event("FAIL" if failed else "COMPLETE", parent, max(clock, now)))
+    return events
