@@ -1,0 +1,428 @@
+"""Pure SQL and type mapping for the Snowflake adapter: no connection, golden-tested.
+
+* :func:`render` turns the engine's DuckDB-dialect statements into Snowflake's
+  (sqlglot), keeping DuckDB's identifier semantics: the engine creates every
+  object with a quoted, case-sensitive name, and DuckDB resolves unquoted names
+  case-insensitively, so an unquoted name is rendered as the quoted lower-case
+  name (``raw.items`` -> ``"raw"."items"``).
+* Arrow <-> Snowflake types: :func:`snowflake_type` for DDL, :func:`arrow_type`
+  for results, :func:`engine_type` for :meth:`columns` (named in the engine's
+  dialect, so both adapters answer in one vocabulary).
+* The statements the adapter owns (PUT, COPY, lock rows, column rebuilds), which
+  sqlglot does not model or which the engine never writes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pyarrow as pa
+import sqlglot
+from sqlglot import exp
+from sqlglot.tokens import Tokenizer, TokenType
+
+from stack.errors import SchemaError, WarehouseError
+from stack.sql import ident, table
+
+LOAD_STAGE = "_mds_load"
+"""The session's temporary internal stage that every bulk load goes through."""
+LOCKS_TABLE = "_mds_locks"
+
+_DDL = (exp.Create, exp.Drop, exp.Alter, exp.TruncateTable)
+
+
+# -- statements of the engine -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Rendered:
+    """An engine statement rendered for Snowflake.
+
+    Attributes:
+        sql: the statement text to send.
+        ddl: Snowflake commits an open transaction before and after it.
+        merge_parts: for a ``MERGE``, the same change as ``UPDATE`` + ``INSERT`` (used
+            where MERGE cannot run inside a transaction: fakesnow); else empty.
+    """
+
+    sql: str
+    ddl: bool
+    merge_parts: tuple[str, ...] = ()
+
+
+@functools.lru_cache(maxsize=2048)
+def render(sql: str) -> Rendered:
+    """Render one DuckDB-dialect statement (``?`` placeholders) for Snowflake.
+
+    >>> render('SELECT id FROM raw.items WHERE "Name" = ?').sql
+    'SELECT "id" FROM "raw"."items" WHERE "Name" = ?'
+
+    Raises:
+        WarehouseError: the statement cannot be parsed (names the statement).
+    """
+    try:
+        tree = sqlglot.parse_one(_split_placeholder_casts(sql), read="duckdb")
+    except sqlglot.errors.ParseError as exc:
+        raise WarehouseError(
+            f"cannot translate to Snowflake: {exc}\n  statement: {sql[:300]}"
+        ) from exc
+    for name in tree.find_all(exp.Identifier):  # DuckDB folds unquoted names to lower case
+        if not name.quoted:
+            name.set("this", name.this.lower())
+    parts = _merge_parts(tree) if isinstance(tree, exp.Merge) else ()
+    return Rendered(_sf(tree), isinstance(tree, _DDL), parts)
+
+
+def _sf(node: exp.Expression) -> str:
+    return node.sql("snowflake", identify=True)
+
+
+def _split_placeholder_casts(sql: str) -> str:
+    """``?::VARCHAR`` -> ``? ::VARCHAR``.
+
+    sqlglot (30.17) reads ``?::`` as one token (Databricks' try-cast operator) in
+    every dialect, so DuckDB's ``placeholder::type`` fails to parse without a space.
+    """
+    if "?::" not in sql:
+        return sql
+    out, last = [], 0
+    for token in Tokenizer().tokenize(sql):
+        if token.token_type == TokenType.QDCOLON:
+            out.append(sql[last : token.start + 1] + " ")
+            last = token.start + 1
+    return "".join(out) + sql[last:]
+
+
+def _merge_parts(merge: exp.Merge) -> tuple[str, ...]:
+    """``MERGE`` (one matched UPDATE, one not-matched INSERT) as ``UPDATE`` then ``INSERT``.
+
+    Equivalent when the UPDATE leaves the ON columns unchanged and the source has one
+    row per key, as in :func:`stack.sql.merge_sql`; other shapes give ``()``.
+    """
+    whens = merge.args["whens"].expressions
+    update = next((w for w in whens if w.args.get("matched")), None)
+    insert = next((w for w in whens if not w.args.get("matched")), None)
+    if len(whens) != 2 or update is None or insert is None:
+        return ()
+    if not isinstance(update.args["then"], exp.Update) or not isinstance(
+        insert.args["then"], exp.Insert
+    ):
+        return ()
+    target, source, on = merge.this, merge.args["using"], merge.args["on"]
+    where = exp.and_(on, update.args["condition"]) if update.args.get("condition") else on
+    sets = ", ".join(_sf(e) for e in update.args["then"].expressions)
+    first = f"UPDATE {_sf(target)} SET {sets} FROM {_sf(source)} WHERE {_sf(where)}"
+    then = insert.args["then"]
+    columns = ", ".join(_sf(c) for c in then.this.expressions)
+    values = ", ".join(_sf(v) for v in then.expression.expressions)
+    absent = f"NOT EXISTS (SELECT 1 FROM {_sf(target)} WHERE {_sf(on)})"
+    if insert.args.get("condition"):
+        absent += f" AND {_sf(insert.args['condition'])}"
+    bare = target.copy()
+    bare.set("alias", None)
+    second = (
+        f"INSERT INTO {_sf(bare)} ({columns}) SELECT {values} FROM {_sf(source)} WHERE {absent}"
+    )
+    return first, second
+
+
+# -- types ------------------------------------------------------------------------------------
+def snowflake_type(arrow: pa.DataType) -> str:
+    """The Snowflake column type for an Arrow type.
+
+    >>> snowflake_type(pa.int32()), snowflake_type(pa.timestamp("us", tz="UTC"))
+    ('NUMBER(38,0)', 'TIMESTAMP_TZ')
+
+    Raises:
+        SchemaError: no Snowflake type holds it (durations, intervals, decimals > 38 digits).
+    """
+    t = pa.types
+    if t.is_dictionary(arrow):
+        return snowflake_type(arrow.value_type)
+    if t.is_boolean(arrow):
+        return "BOOLEAN"
+    if t.is_integer(arrow):
+        return "NUMBER(38,0)"
+    if t.is_floating(arrow):
+        return "FLOAT"
+    if t.is_decimal(arrow):
+        if arrow.precision > 38:
+            raise SchemaError(
+                f"decimal precision {arrow.precision} exceeds Snowflake's 38 digits",
+                hint="cast the column to float64 or string in the source",
+            )
+        return f"NUMBER({arrow.precision},{arrow.scale})"
+    if t.is_string(arrow) or t.is_large_string(arrow) or t.is_null(arrow):
+        return "VARCHAR"
+    if t.is_string_view(arrow):
+        return "VARCHAR"
+    if t.is_binary(arrow) or t.is_large_binary(arrow) or t.is_fixed_size_binary(arrow):
+        return "BINARY"
+    if t.is_date(arrow):
+        return "DATE"
+    if t.is_time(arrow):
+        return "TIME"
+    if t.is_timestamp(arrow):
+        return "TIMESTAMP_TZ" if arrow.tz else "TIMESTAMP_NTZ"
+    if t.is_list(arrow) or t.is_large_list(arrow) or t.is_fixed_size_list(arrow):
+        return "VARIANT"
+    if t.is_struct(arrow) or t.is_map(arrow):
+        return "VARIANT"
+    raise SchemaError(
+        f"no Snowflake type for Arrow type {arrow}",
+        hint="cast the column to a supported type (number, string, timestamp...) in the source",
+    )
+
+
+_TEXT = {"TEXT", "VARCHAR", "STRING", "CHAR", "CHARACTER", "NCHAR", "NVARCHAR"}
+_NUMBER = {"NUMBER", "FIXED", "DECIMAL", "NUMERIC", "INT", "INTEGER", "BIGINT"}
+_FLOAT = {"FLOAT", "REAL", "DOUBLE", "DOUBLE PRECISION", "FLOAT4", "FLOAT8"}
+_SEMI = {"VARIANT", "OBJECT", "ARRAY"}
+
+
+def arrow_type(sf_type: str, precision: int | None = None, scale: int | None = None) -> pa.DataType:
+    """The Arrow type mdstack reads a Snowflake type as (the type in query results).
+
+    ``NUMBER(p,0)`` is an integer column (``int64``), ``NUMBER(p,s)`` a decimal;
+    timestamps are microseconds, as DuckDB returns them; semi-structured values
+    are JSON text.
+    """
+    name = sf_type.upper()
+    if name in _NUMBER:
+        if scale:
+            return pa.decimal128(precision or 38, scale)
+        return pa.int64()
+    if name in _FLOAT:
+        return pa.float64()
+    if name == "BOOLEAN":
+        return pa.bool_()
+    if name == "DATE":
+        return pa.date32()
+    if name == "TIME":
+        return pa.time64("us")
+    if name in ("TIMESTAMP_NTZ", "TIMESTAMP", "DATETIME"):
+        return pa.timestamp("us")
+    if name in ("TIMESTAMP_TZ", "TIMESTAMP_LTZ"):
+        return pa.timestamp("us", tz="UTC")
+    if name in ("BINARY", "VARBINARY"):
+        return pa.binary()
+    return pa.string()  # TEXT, VARIANT/OBJECT/ARRAY (JSON text), GEOGRAPHY...
+
+
+def result_schema(columns: Sequence[tuple[str, str, int | None, int | None]]) -> pa.Schema:
+    """The Arrow schema of a result from its columns' (name, Snowflake type, precision, scale)."""
+    return pa.schema([pa.field(name, arrow_type(*spec)) for name, *spec in columns])
+
+
+def conform(chunk: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A result chunk cast to ``schema``.
+
+    Snowflake sends integers in the narrowest width per chunk and timestamps in
+    nanoseconds; casting every chunk keeps results stable. A value the cast cannot
+    hold (a ``NUMBER(38,0)`` beyond int64) keeps the chunk's own type.
+    """
+    return pa.table([_cast(chunk.column(i), f.type) for i, f in enumerate(schema)], schema.names)
+
+
+def rows_table(rows: Sequence[tuple], schema: pa.Schema) -> pa.Table:
+    """A JSON result's rows (SHOW, DML counts) as Arrow, typed by ``schema`` where they fit."""
+    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in schema]
+    return pa.table([_array(v, f.type) for v, f in zip(columns, schema, strict=True)], schema.names)
+
+
+def _cast(column: pa.ChunkedArray, wanted: pa.DataType) -> pa.ChunkedArray:
+    if column.type == wanted:
+        return column
+    lossy = pa.types.is_timestamp(wanted) or pa.types.is_time(wanted)  # ns -> us truncates
+    try:
+        return column.cast(wanted, safe=not lossy)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return column
+
+
+def _array(values: Sequence[object], wanted: pa.DataType) -> pa.Array:
+    try:
+        return pa.array(values, wanted)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array(values)
+
+
+def engine_type(sf_type: str, precision: int | None = None, scale: int | None = None) -> str:
+    """A Snowflake column type named in the engine's (DuckDB's) dialect.
+
+    >>> engine_type("NUMBER", 38, 0), engine_type("TEXT"), engine_type("FLOAT")
+    ('BIGINT', 'VARCHAR', 'DOUBLE')
+    """
+    name = sf_type.upper()
+    if name in _SEMI:
+        return "JSON"
+    arrow = arrow_type(name, precision, scale)
+    if pa.types.is_decimal(arrow):
+        return f"DECIMAL({arrow.precision},{arrow.scale})"
+    if pa.types.is_timestamp(arrow):
+        return "TIMESTAMP WITH TIME ZONE" if arrow.tz else "TIMESTAMP"
+    return _ENGINE_NAMES.get(arrow, name)
+
+
+_ENGINE_NAMES = {
+    pa.int64(): "BIGINT",
+    pa.float64(): "DOUBLE",
+    pa.bool_(): "BOOLEAN",
+    pa.date32(): "DATE",
+    pa.time64("us"): "TIME",
+    pa.binary(): "BLOB",
+    pa.string(): "VARCHAR",
+}
+
+
+def native_type(sf_type: str, precision: int | None, scale: int | None) -> str:
+    """A column's type as :func:`snowflake_type` writes it (``TEXT`` -> ``VARCHAR``)."""
+    name = sf_type.upper()
+    if name in _NUMBER:
+        return f"NUMBER({precision or 38},{scale or 0})"
+    if name in _TEXT:
+        return "VARCHAR"
+    if name in _FLOAT:
+        return "FLOAT"
+    return name
+
+
+def alterable(current: str, wanted: str) -> bool:
+    """Whether ``ALTER COLUMN ... SET DATA TYPE`` can change ``current`` into ``wanted``.
+
+    Snowflake only widens in place: more digits for a NUMBER of the same scale, a
+    longer VARCHAR. Everything else (NUMBER -> FLOAT, anything -> VARCHAR) is rebuilt.
+    """
+    if current.startswith("NUMBER(") and wanted.startswith("NUMBER("):
+        (p1, s1), (p2, s2) = (_digits(current), _digits(wanted))
+        return s1 == s2 and p2 >= p1
+    return current.startswith("VARCHAR") and wanted == "VARCHAR"
+
+
+def _digits(number: str) -> tuple[int, int]:
+    precision, scale = number[len("NUMBER(") : -1].split(",")
+    return int(precision), int(scale)
+
+
+# -- statements of the adapter ----------------------------------------------------------------
+def column_defs(columns: pa.Schema) -> str:
+    """``"a" NUMBER(38,0), "b" VARCHAR`` for a CREATE TABLE."""
+    return ", ".join(f"{ident(f.name)} {snowflake_type(f.type)}" for f in columns)
+
+
+def create_table_sql(schema: str, name: str, columns: pa.Schema) -> str:
+    return f"CREATE TABLE IF NOT EXISTS {table(schema, name)} ({column_defs(columns)})"
+
+
+def create_stage_table_sql(name: str, columns: pa.Schema) -> str:
+    """A session-private staging table, in the session's current (meta) schema."""
+    return f"CREATE TEMPORARY TABLE IF NOT EXISTS {ident(name)} ({column_defs(columns)})"
+
+
+def create_load_stage_sql(meta_schema: str) -> str:
+    return f"CREATE TEMPORARY STAGE IF NOT EXISTS {table(meta_schema, LOAD_STAGE)}"
+
+
+def put_sql(path: str, meta_schema: str) -> str:
+    """Upload one local Parquet file to the load stage, as is (PUT would gzip it)."""
+    if "'" in path:
+        raise WarehouseError(f"a load file path cannot contain a quote: {path}")
+    return f"PUT 'file://{path}' @{table(meta_schema, LOAD_STAGE)} AUTO_COMPRESS=FALSE"
+
+
+def parquet_fields(columns: pa.Schema) -> list[str]:
+    """The field names a load file uses for ``columns``: ``c0``, ``c1``... (any name is safe)."""
+    return [f"c{i}" for i in range(len(columns))]
+
+
+def copy_sql(target: str, columns: pa.Schema, meta_schema: str, file: str | None) -> str:
+    """COPY one staged Parquet file into ``target``'s ``columns``, by name.
+
+    A transformation COPY (as the connector's ``write_pandas`` does): the file's
+    fields are named by :func:`parquet_fields`, each read and cast to its column's
+    Snowflake type, into the column list named like the Arrow schema.
+    ``file`` restricts the COPY to that file (``FILES=``); ``None`` loads the whole stage.
+    """
+    names = ", ".join(ident(f.name) for f in columns)
+    fields = ", ".join(
+        f"$1:{ident(field)}::{snowflake_type(f.type)}"
+        for field, f in zip(parquet_fields(columns), columns, strict=True)
+    )
+    files = f" FILES=('{file}')" if file else ""
+    if file and "'" in file:
+        raise WarehouseError(f"a load file name cannot contain a quote: {file}")
+    stage = table(meta_schema, LOAD_STAGE)
+    return (
+        f"COPY INTO {target} ({names}) FROM (SELECT {fields} FROM @{stage})"
+        f"{files} FILE_FORMAT=(TYPE=PARQUET USE_LOGICAL_TYPE=TRUE BINARY_AS_TEXT=FALSE) PURGE=TRUE"
+    )
+
+
+def add_column_sql(schema: str, name: str, column: str, sf_type: str) -> str:
+    return f"ALTER TABLE {table(schema, name)} ADD COLUMN IF NOT EXISTS {ident(column)} {sf_type}"
+
+
+def widen_sql(schema: str, name: str, column: str, current: str, wanted: str) -> list[str]:
+    """Statements changing a column's type to a wider one, keeping its values.
+
+    In place where Snowflake allows it; else a spare column is added, filled, and
+    renamed over the old one.
+    """
+    target = table(schema, name)
+    if alterable(current, wanted):
+        return [f"ALTER TABLE {target} ALTER COLUMN {ident(column)} SET DATA TYPE {wanted}"]
+    spare = ident(f"{column}__mds_widen")
+    value = f"TO_JSON({ident(column)})" if current in _SEMI and wanted == "VARCHAR" else None
+    return [
+        f"ALTER TABLE {target} ADD COLUMN {spare} {wanted}",
+        f"UPDATE {target} SET {spare} = {value or f'CAST({ident(column)} AS {wanted})'}",
+        f"ALTER TABLE {target} DROP COLUMN {ident(column)}",
+        f"ALTER TABLE {target} RENAME COLUMN {spare} TO {ident(column)}",
+    ]
+
+
+def locks_table_sql(meta_schema: str) -> str:
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table(meta_schema, LOCKS_TABLE)} "
+        f"({ident('name')} VARCHAR, {ident('holder')} VARCHAR, "
+        f"{ident('acquired_at')} TIMESTAMP_TZ, {ident('expires_at')} TIMESTAMP_TZ)"
+    )
+
+
+def lock_sql(meta_schema: str) -> dict[str, str]:
+    """The lock row's statements, by step. Parameters are listed per step.
+
+    * ``expire`` (name): drop the row of a lease that ran out. Its table lock also
+      serializes concurrent takers: the next step of a second taker runs after the
+      first one's COMMIT, and sees its row.
+    * ``holder`` (name): the current holder and lease end, if any.
+    * ``take`` (name, holder, ttl seconds): insert our row.
+    * ``renew`` (ttl seconds, name, holder): extend our lease; 0 rows means it was lost.
+    * ``release`` (name, holder): delete our row.
+    """
+    locks = table(meta_schema, LOCKS_TABLE)
+    name, holder, until = ident("name"), ident("holder"), ident("expires_at")
+    expiry = "DATEADD(second, ?, CURRENT_TIMESTAMP())"
+    return {
+        "expire": f"DELETE FROM {locks} WHERE {name} = ? AND {until} < CURRENT_TIMESTAMP()",
+        "holder": f"SELECT {holder}, {until} FROM {locks} WHERE {name} = ?",
+        "take": (
+            f"INSERT INTO {locks} ({name}, {holder}, {ident('acquired_at')}, {until}) "
+            f"SELECT ?, ?, CURRENT_TIMESTAMP(), {expiry}"
+        ),
+        "renew": f"UPDATE {locks} SET {until} = {expiry} WHERE {name} = ? AND {holder} = ?",
+        "release": f"DELETE FROM {locks} WHERE {name} = ? AND {holder} = ?",
+    }
+
+
+def columns_sql() -> str:
+    """A table's columns from ``information_schema`` (parameters: schema, table)."""
+    return (
+        "SELECT column_name, data_type, numeric_precision, numeric_scale "
+        "FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
+        "ORDER BY ordinal_position"
+    )
+
+
+def quoted(names: Sequence[str]) -> str:
+    return ", ".join(ident(n) for n in names)

@@ -1,0 +1,634 @@
+"""Snowflake through ``snowflake-connector-python``: the server warehouse.
+
+One :class:`SnowflakeWarehouse` is one Snowflake session, opened with ``with``.
+The engine's statements are DuckDB-dialect text; they are rendered for
+Snowflake by :mod:`stack.warehouse._snowflake_sql` (sqlglot, cached per text)
+and sent with ``?`` bind parameters (``paramstyle="qmark"``). Names keep
+DuckDB's meaning: quoted names are case-sensitive, unquoted ones are read as
+their quoted lower-case form (``raw.items`` is ``"raw"."items"``), which is
+how the engine creates them. Results come back as Arrow typed from the
+columns' Snowflake types (``NUMBER(p,0)`` -> int64, timestamps in us).
+
+Session layout
+    The session's current schema is the target's ``schema`` (the meta schema,
+    created if missing), named exactly as written: mdstack quotes every name, so
+    ``schema: MDSTACK`` is the usual Snowflake spelling. Staging tables are
+    ``TEMPORARY`` tables there (session-private, gone with the session), and
+    every bulk load goes through the session's ``TEMPORARY STAGE "_mds_load"``.
+
+Bulk loads (``stage``, ``append``)
+    Arrow -> one local Parquet file (fields ``c0``, ``c1``...) -> ``PUT ...
+    AUTO_COMPRESS=FALSE`` -> ``COPY INTO <table> (<columns>) FROM (SELECT
+    $1:"c0"::<type>, ... FROM @stage) FILES=('<file>') ... PURGE=TRUE``: the
+    Arrow columns land in the table's columns of the same names, never row by
+    row. The loaded row count is checked against the Arrow table.
+
+Transactions
+    ``BEGIN TRANSACTION`` / ``COMMIT`` / ``ROLLBACK``; a nested ``transaction()``
+    joins the open one. Snowflake commits the open transaction before and after
+    any DDL (even ``CREATE TEMPORARY TABLE``). The adapter makes that explicit:
+    DDL sent inside a transaction is preceded by ``COMMIT`` and followed by a new
+    ``BEGIN``, with a warning (the engine's direct load evolving a schema
+    mid-transaction is the one known case).
+
+Locks
+    One row per held lock in ``<meta>._mds_locks`` (name, holder, acquired_at,
+    expires_at), taken in a transaction (expired row deleted, then ours inserted if
+    no row is left). A lease lasts ``lock_ttl`` seconds (default one hour); the
+    holder renews it whenever it runs a statement outside a transaction and a
+    quarter of the lease has passed. A run that died frees its locks when their
+    lease runs out; deleting the row frees one at once.
+
+fakesnow (``fakesnow=True``, tests only)
+    fakesnow 0.11 (server mode) emulates most of the above; the flag enables
+    exactly these workarounds, each for a fakesnow limitation, not a Snowflake one:
+
+    * ``BEGIN`` runs, then fails describing its result (``002003 (42S02): Catalog
+      Error: Table with name BEGIN does not exist!``): that error is ignored.
+    * ``MERGE`` inside a transaction fails (``TransactionException: ... a single
+      transaction can only write to a single attached database``: fakesnow builds a
+      temporary table for it): inside a transaction, the engine's MERGE is sent as
+      the equivalent ``UPDATE ... FROM`` + ``INSERT ... WHERE NOT EXISTS``.
+    * ``COPY ... FILES=(...)`` fails for internal stages (``invalid URL prefix``):
+      the COPY loads the whole stage, which holds just the one file.
+
+    Real Snowflake gets the plain statements: MERGE in the transaction, FILES=.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import snowflake.connector
+from pydantic import SecretStr
+from snowflake.connector import errors as sf_errors
+from snowflake.connector.constants import FIELD_ID_TO_NAME
+
+from stack.config import SnowflakeTarget
+from stack.errors import SyncConflict, WarehouseBusy, WarehouseError
+from stack.redact import redact, register_secret
+from stack.sql import ident, table
+from stack.warehouse import _snowflake_sql as sfsql
+from stack.warehouse.base import Capabilities
+
+__all__ = ["DBT_ENV", "SnowflakeWarehouse", "connect_kwargs"]
+
+log = logging.getLogger(__name__)
+
+DBT_ENV = {
+    "password": "DBT_ENV_SECRET_SNOWFLAKE_PASSWORD",
+    "private_key": "DBT_ENV_SECRET_SNOWFLAKE_PRIVATE_KEY",
+    "private_key_passphrase": "DBT_ENV_SECRET_SNOWFLAKE_PRIVATE_KEY_PASSPHRASE",
+    "token": "DBT_ENV_SECRET_SNOWFLAKE_TOKEN",
+}
+"""Environment variables the dbt profile reads credentials from (dbt masks ``DBT_ENV_SECRET_*``)."""
+
+_LOCK_TTL = 3600.0
+
+
+class SnowflakeWarehouse:
+    """A Snowflake session for one target, used as a context manager.
+
+    Args:
+        target: the Snowflake target, its secrets already resolved (``str`` or
+            ``SecretStr``).
+        query_tag: fields added to the session's ``QUERY_TAG`` JSON (``{"app":
+            "mdstack"}``), e.g. ``{"run_id": ..., "pipeline": ...}``.
+        connect_args: extra keyword arguments for ``snowflake.connector.connect``
+            (``host``/``port``/``protocol`` of a test server, ``login_timeout``...).
+        fakesnow: enable the workarounds for fakesnow listed in the module docstring.
+        lock_ttl: seconds a lock's lease lasts without renewal.
+    """
+
+    capabilities = Capabilities(
+        dialect="snowflake",
+        clone=True,
+        swap=True,
+        max_identifier_length=255,
+        concurrent_writers=True,
+    )
+
+    def __init__(
+        self,
+        target: SnowflakeTarget,
+        *,
+        query_tag: Mapping[str, str] | None = None,
+        connect_args: Mapping[str, Any] | None = None,
+        fakesnow: bool = False,
+        lock_ttl: float = _LOCK_TTL,
+    ) -> None:
+        self.target = target
+        self.meta_schema: str = target.schema_
+        self.query_tag = {"app": "mdstack", **(query_tag or {})}
+        self.connect_args = dict(connect_args or {})
+        self.fakesnow = fakesnow
+        self.lock_ttl = lock_ttl
+        for field in DBT_ENV:
+            if value := _secret(getattr(target, field)):
+                register_secret(value)
+        self._con: Any = None
+        self._in_transaction = False
+        self._leases: dict[str, str] = {}
+        self._renewed = 0.0
+        self._renewing = False
+        self._locks_table = False
+
+    # -- connection ---------------------------------------------------------------------------
+    def __enter__(self) -> SnowflakeWarehouse:
+        kwargs = connect_kwargs(self.target, self.query_tag, self.connect_args)
+        log.debug("connecting to Snowflake: %s", _describe(kwargs))
+        with _translate(f"connecting to Snowflake account {self.target.account}"):
+            self._con = snowflake.connector.connect(**kwargs)
+        try:
+            self._use_meta_schema()
+            self._run(sfsql.create_load_stage_sql(self.meta_schema))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._con is not None:
+            con, self._con = self._con, None
+            self._in_transaction = False
+            with contextlib.suppress(sf_errors.Error):
+                con.close()  # temporary tables and the load stage end with the session
+
+    @property
+    def con(self) -> Any:
+        if self._con is None:
+            raise WarehouseError(
+                "the warehouse connection is not open",
+                hint="use the warehouse as a context manager (`with`)",
+            )
+        return self._con
+
+    def _use_meta_schema(self) -> None:
+        """Make the meta schema current (temporary objects live there), creating it if needed."""
+        use = f"USE SCHEMA {ident(self.meta_schema)}"
+        try:
+            self._run(use)
+        except WarehouseError:
+            self._run(f"CREATE SCHEMA IF NOT EXISTS {ident(self.meta_schema)}")
+            self._run(use)
+
+    # -- statements ---------------------------------------------------------------------------
+    def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        rendered = sfsql.render(sql)
+        if rendered.ddl and self._in_transaction:
+            self._ddl_in_transaction(rendered.sql, params)
+        elif rendered.merge_parts and self._in_transaction and self.fakesnow and not params:
+            for part in rendered.merge_parts:
+                self._run(part)
+        else:
+            self._run(rendered.sql, params)
+
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
+        rendered = sfsql.render(sql)
+        cursor = self._run(rendered.sql, params)
+        with _translate(rendered.sql):
+            return _fetch(cursor)
+
+    def _run(self, sql: str, params: Sequence[Any] | None = None) -> Any:
+        """Send one Snowflake statement; return its cursor."""
+        self._renew_leases()
+        cursor = self.con.cursor()
+        with _translate(sql):
+            cursor.execute(sql, list(params) if params else None)
+        return cursor
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Commit on success, roll back on error; a nested call joins the open transaction."""
+        if self._in_transaction:
+            yield
+            return
+        self._begin()
+        self._in_transaction = True
+        try:
+            yield
+        except BaseException:
+            self._in_transaction = False
+            try:
+                self._run("ROLLBACK")
+            except WarehouseError as exc:  # the original error matters more
+                log.warning("ROLLBACK failed: %s", exc)
+            raise
+        self._in_transaction = False
+        self._run("COMMIT")
+
+    def _begin(self) -> None:
+        try:
+            self._run("BEGIN TRANSACTION")
+        except WarehouseError as exc:
+            cause = exc.__cause__
+            fakesnow_bug = (
+                self.fakesnow
+                and isinstance(cause, sf_errors.ProgrammingError)
+                and "name BEGIN does not exist" in str(cause)
+            )
+            if not fakesnow_bug:
+                raise
+
+    def _ddl_in_transaction(self, sql: str, params: Sequence[Any] | None) -> None:
+        """DDL commits Snowflake's open transaction: say so, and carry on in a new one."""
+        log.warning(
+            "Snowflake commits the open transaction before DDL; what was written so far "
+            "is committed now: %s",
+            sql[:200],
+        )
+        self._run("COMMIT")
+        self._run(sql, params)
+        self._begin()
+
+    def _ddl(self, sql: str) -> None:
+        if self._in_transaction:
+            self._ddl_in_transaction(sql, None)
+        else:
+            self._run(sql)
+
+    # -- tables -------------------------------------------------------------------------------
+    def columns(self, schema: str, table_name: str) -> dict[str, str] | None:
+        """Column name -> type, named in the engine's (DuckDB's) dialect.
+
+        ``NUMBER(38,0)`` is ``BIGINT`` (mdstack's integer column, read as int64),
+        ``TEXT`` is ``VARCHAR``, ``FLOAT`` is ``DOUBLE``, ``TIMESTAMP_NTZ`` is
+        ``TIMESTAMP``, ``VARIANT`` is ``JSON``; see :func:`_snowflake_sql.engine_type`.
+        """
+        info = self._columns(schema, table_name)
+        if info is None:
+            return None
+        return {name: sfsql.engine_type(*spec) for name, spec in info.items()}
+
+    def _columns(self, schema: str, table_name: str) -> dict[str, tuple] | None:
+        rows = self._run(sfsql.columns_sql(), [schema, table_name]).fetchall()
+        return {row[0]: tuple(row[1:]) for row in rows} or None
+
+    def create_table(self, schema: str, table_name: str, columns: pa.Schema) -> None:
+        """Create the table; its schema too if that is what failed (one statement if not)."""
+        create = sfsql.create_table_sql(schema, table_name, columns)
+        try:
+            self._ddl(create)
+            return
+        except WarehouseError:
+            self._ddl(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}")
+        # CREATE SCHEMA makes the new schema current: temporary tables must stay in meta.
+        self._run(f"USE SCHEMA {ident(self.meta_schema)}")
+        self._ddl(create)
+
+    def add_columns(self, schema: str, table_name: str, columns: pa.Schema) -> None:
+        for field in columns:
+            sf_type = sfsql.snowflake_type(field.type)
+            self._ddl(sfsql.add_column_sql(schema, table_name, field.name, sf_type))
+
+    def widen_columns(self, schema: str, table_name: str, columns: pa.Schema) -> None:
+        """Change columns to wider types, keeping their values.
+
+        In place where Snowflake allows it (a NUMBER's precision, a VARCHAR's
+        length); a type that already holds the values (every integer width is
+        ``NUMBER(38,0)``) is left alone; anything else (NUMBER -> FLOAT, anything ->
+        VARCHAR) adds a spare column, fills it, drops the old one and renames the
+        spare. Snowflake commits each DDL statement on its own: a crash between the
+        DROP and the RENAME leaves the values in ``<column>__mds_widen``.
+        """
+        current = self._columns(schema, table_name) or {}
+        for field in columns:
+            if field.name not in current:
+                raise WarehouseError(
+                    f"cannot widen missing column {table(schema, table_name)}.{ident(field.name)}"
+                )
+            have = sfsql.native_type(*current[field.name])
+            want = sfsql.snowflake_type(field.type)
+            if have == want:
+                continue
+            for statement in sfsql.widen_sql(schema, table_name, field.name, have, want):
+                if statement.startswith("UPDATE"):
+                    self._run(statement)
+                else:
+                    self._ddl(statement)
+
+    # -- locks --------------------------------------------------------------------------------
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Hold a named lock for the block, across sessions; raise SyncConflict if taken.
+
+        The lease lasts :attr:`lock_ttl` seconds and is renewed while the holder works;
+        a holder that died frees the lock when its lease ends.
+        """
+        steps = sfsql.lock_sql(self.meta_schema)
+        if not self._locks_table:
+            self._ddl(sfsql.locks_table_sql(self.meta_schema))
+            self._locks_table = True
+        holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        if run_id := self.query_tag.get("run_id"):
+            holder += f":{run_id}"
+        with self.transaction():
+            self._run(steps["expire"], [name])
+            taken = self._run(steps["holder"], [name]).fetchone()
+            if taken is None:
+                self._run(steps["take"], [name, holder, int(self.lock_ttl)])
+        if taken is not None:
+            other, until = taken
+            raise SyncConflict(
+                f"another run holds {name!r} (holder {other}, lease until {until})",
+                hint="wait for it to finish; two runs of the same stream and region would "
+                "race on its state. If that run died, the lock frees itself when its lease "
+                f"ends, or delete its row from {table(self.meta_schema, sfsql.LOCKS_TABLE)}",
+            )
+        self._leases[name] = holder
+        self._renewed = time.monotonic()
+        try:
+            yield
+        finally:
+            del self._leases[name]
+            if self._con is not None:
+                try:
+                    self._run(steps["release"], [name, holder])
+                except WarehouseError as exc:
+                    log.warning("could not release lock %r (its lease will end): %s", name, exc)
+
+    def _renew_leases(self) -> None:
+        """Extend held leases every quarter lease, outside transactions; stop if one was lost."""
+        due = time.monotonic() - self._renewed > self.lock_ttl / 4
+        if not self._leases or self._renewing or self._in_transaction or not due:
+            return
+        self._renewing = True
+        try:
+            renew = sfsql.lock_sql(self.meta_schema)["renew"]
+            for name, holder in self._leases.items():
+                cursor = self._run(renew, [int(self.lock_ttl), name, holder])
+                if cursor.rowcount == 0:
+                    raise SyncConflict(
+                        f"lost the lock {name!r}: its lease ran out and another run may hold it",
+                        hint="the run stopped to avoid racing; rerun it, or raise lock_ttl",
+                    )
+            self._renewed = time.monotonic()
+        finally:
+            self._renewing = False
+
+    # -- bulk loads ---------------------------------------------------------------------------
+    def stage_ref(self, name: str) -> str:
+        """A temporary table of this session, in the current (meta) schema."""
+        return ident(name)
+
+    def stage(self, name: str, data: pa.Table) -> None:
+        self._ddl(sfsql.create_stage_table_sql(name, data.schema))
+        self._load(ident(name), data)
+
+    def append(self, schema: str, table_name: str, data: pa.Table) -> None:
+        self._load(table(schema, table_name), data)
+
+    def drop_stage(self, name: str) -> None:
+        self._ddl(f"DROP TABLE IF EXISTS {self.stage_ref(name)}")
+
+    def _load(self, target: str, data: pa.Table) -> None:
+        """PUT ``data`` as one Parquet file and COPY it into ``target`` by column name."""
+        if data.num_rows == 0:
+            return
+        with tempfile.TemporaryDirectory(prefix="mdstack-") as folder:
+            file = f"{uuid.uuid4().hex}.parquet"
+            path = Path(folder) / file
+            pq.write_table(data.rename_columns(sfsql.parquet_fields(data.schema)), path)
+            self._run(sfsql.put_sql(str(path), self.meta_schema))
+        only = None if self.fakesnow else file
+        cursor = self._run(sfsql.copy_sql(target, data.schema, self.meta_schema, only))
+        loaded = _rows_loaded(cursor)
+        if loaded != data.num_rows:
+            raise WarehouseError(
+                f"COPY INTO {target} loaded {loaded} of {data.num_rows} rows",
+                hint="check the load history of the table (COPY_HISTORY) for the file",
+            )
+
+    # -- dbt ----------------------------------------------------------------------------------
+    def dbt_output(self) -> dict[str, Any]:
+        """The dbt-snowflake profile output; credentials are ``env_var`` references.
+
+        Pass :meth:`dbt_env` to dbt's environment (``run_dbt(env=wh.dbt_env())``):
+        without it dbt cannot log in.
+        """
+        t = self.target
+        output: dict[str, Any] = {
+            "type": "snowflake",
+            "account": t.account,
+            "user": t.user,
+            "database": t.database,
+            "schema": t.schema_,
+            "threads": t.threads,
+            "query_tag": json.dumps(self.query_tag, sort_keys=True),
+            "client_session_keep_alive": False,
+        }
+        if t.role:
+            output["role"] = t.role
+        if t.warehouse:
+            output["warehouse"] = t.warehouse
+        if t.authenticator and not t.private_key:
+            output["authenticator"] = t.authenticator
+        for field in ("host", "port", "protocol"):  # a test server (fakesnow) or a proxy
+            if field in self.connect_args:
+                output[field] = self.connect_args[field]
+        for field in self._dbt_fields():
+            output[field] = "{{ env_var('" + DBT_ENV[field] + "') }}"
+        return output
+
+    def _dbt_fields(self) -> list[str]:
+        """The credential fields set on the target, in :data:`DBT_ENV` order."""
+        return [f for f in DBT_ENV if _secret(getattr(self.target, f))]
+
+    def dbt_env(self) -> dict[str, str]:
+        """Environment values for :meth:`dbt_output`'s ``env_var`` references (secrets)."""
+        return {DBT_ENV[f]: _secret(getattr(self.target, f)) for f in self._dbt_fields()}
+
+
+# -- connecting -------------------------------------------------------------------------------
+def _secret(value: object) -> str | None:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return value if isinstance(value, str) else None
+
+
+def connect_kwargs(
+    target: SnowflakeTarget,
+    query_tag: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for ``snowflake.connector.connect`` from a target.
+
+    Authentication: ``private_key`` (PEM text, passphrase optional) -> key pair
+    (``SNOWFLAKE_JWT``, the key passed as DER bytes); ``authenticator: oauth`` ->
+    ``token``; ``externalbrowser`` and others -> as named; else the password.
+
+    Raises:
+        WarehouseError: a credential is missing or the private key cannot be read.
+    """
+    tag = json.dumps({"app": "mdstack", **(query_tag or {})}, sort_keys=True)
+    if len(tag) > 2000:
+        raise WarehouseError("the Snowflake QUERY_TAG is longer than 2000 characters")
+    extra = dict(extra or {})
+    kwargs: dict[str, Any] = {
+        "account": target.account,
+        "user": target.user,
+        "database": target.database,
+        "application": "mdstack",
+        "paramstyle": "qmark",
+        "client_session_keep_alive": False,
+    }
+    if target.role:
+        kwargs["role"] = target.role
+    if target.warehouse:
+        kwargs["warehouse"] = target.warehouse
+    kwargs.update(_auth(target))
+    parameters = {**extra.pop("session_parameters", {}), "QUERY_TAG": tag}
+    return {**kwargs, **extra, "session_parameters": parameters}
+
+
+def _auth(target: SnowflakeTarget) -> dict[str, Any]:
+    authenticator = (target.authenticator or "").lower()
+    password, token = _secret(target.password), _secret(target.token)
+    if pem := _secret(target.private_key):
+        passphrase = _secret(target.private_key_passphrase)
+        return {"authenticator": "SNOWFLAKE_JWT", "private_key": private_key_der(pem, passphrase)}
+    if authenticator == "oauth":
+        if not token:
+            raise WarehouseError(
+                "authenticator oauth needs a token", hint="set `token` on the Snowflake target"
+            )
+        return {"authenticator": "oauth", "token": token}
+    if authenticator:
+        extra = {"password": password} if password else {}
+        return {
+            "authenticator": target.authenticator,
+            **extra,
+            **({"token": token} if token else {}),
+        }
+    if not password:
+        raise WarehouseError(
+            "no Snowflake credentials: the target has no password, private_key or authenticator",
+            hint="set `password`, `private_key` or `authenticator` (externalbrowser, oauth) "
+            "on the Snowflake target, as a secret reference",
+        )
+    return {"password": password}
+
+
+def private_key_der(pem: str, passphrase: str | None = None) -> bytes:
+    """The DER (PKCS#8, unencrypted) bytes of a PEM private key, as the connector takes them.
+
+    Raises:
+        WarehouseError: the key is not PEM, or the passphrase is wrong or missing.
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    if "\\n" in pem and "\n" not in pem:  # a PEM squeezed into one line (env vars)
+        pem = pem.replace("\\n", "\n")
+    try:
+        key = serialization.load_pem_private_key(
+            pem.strip().encode(), password=passphrase.encode() if passphrase else None
+        )
+    except (ValueError, TypeError) as exc:
+        raise WarehouseError(
+            f"cannot read the Snowflake private key: {type(exc).__name__}",
+            hint="private_key must be the PEM text of the key (-----BEGIN PRIVATE KEY-----); "
+            "an encrypted key needs private_key_passphrase",
+        ) from exc
+    return key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+_SECRET_KWARGS = ("password", "token", "private_key", "passcode")
+
+
+def _describe(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Connect arguments fit for a log line: credentials masked."""
+    return {k: ("***" if k in _SECRET_KWARGS else v) for k, v in kwargs.items()}
+
+
+# -- results ----------------------------------------------------------------------------------
+def _fetch(cursor: Any) -> pa.Table:
+    """The cursor's result as Arrow, typed by :func:`_snowflake_sql.result_schema`."""
+    schema = sfsql.result_schema(
+        [
+            (c.name, FIELD_ID_TO_NAME[c.type_code], c.precision, c.scale)
+            for c in cursor.description or []
+        ]
+    )
+    try:
+        chunks = [sfsql.conform(chunk, schema) for chunk in cursor.fetch_arrow_batches()]
+    except sf_errors.NotSupportedError:  # a JSON result (SHOW, DML counts): rows
+        return sfsql.rows_table(cursor.fetchall(), schema)
+    if not chunks:
+        return schema.empty_table()
+    return pa.concat_tables(chunks, promote_options="permissive")
+
+
+def _rows_loaded(cursor: Any) -> int:
+    """Total ``rows_loaded`` of a COPY result (one row per file)."""
+    names = [c.name.lower() for c in cursor.description or []]
+    if "rows_loaded" not in names:
+        return 0
+    index = names.index("rows_loaded")
+    return sum(int(row[index] or 0) for row in cursor.fetchall())
+
+
+# -- errors -----------------------------------------------------------------------------------
+_BUSY_ERRNOS = {625, 630, 390114}
+"""Too many lock waiters, lock wait timeout, session token expired."""
+_TRANSIENT_CLASSES = (
+    sf_errors.ServiceUnavailableError,
+    sf_errors.GatewayTimeoutError,
+    sf_errors.BadGatewayError,
+    sf_errors.TooManyRequests,
+    sf_errors.OtherHTTPRetryableError,
+    sf_errors.InternalServerError,
+    sf_errors.RequestTimeoutError,
+    sf_errors.RequestExceedMaxRetryError,
+)
+
+
+@contextmanager
+def _translate(what: str) -> Iterator[None]:
+    """Translate the connector's errors into the mdstack tree at one boundary.
+
+    Retryable: ``WarehouseBusy`` for contention and an overloaded or restarting
+    service (lock waits, transaction conflicts ``40001``, HTTP 429/5xx), and a
+    retryable ``WarehouseError`` for a dropped network connection. Refused logins
+    (``28000``, ``390xxx``), TLS failures and everything unknown are not retryable.
+    Messages go through :func:`stack.redact.redact`.
+    """
+    try:
+        yield
+    except sf_errors.Error as exc:
+        message = redact(_message(exc, what))
+        if (
+            isinstance(exc, _TRANSIENT_CLASSES)
+            or exc.errno in _BUSY_ERRNOS
+            or exc.sqlstate == "40001"
+        ):
+            raise WarehouseBusy(message, hint="Snowflake is busy or restarting; rerun") from exc
+        refused = exc.sqlstate == "28000" or 390000 <= (exc.errno or 0) < 391000
+        tls = isinstance(exc, sf_errors.RevocationCheckError | sf_errors.NonRetryableTlsError)
+        network = isinstance(exc, sf_errors.OperationalError) and not tls
+        if refused:
+            raise WarehouseError(message, hint="check the target's user and credentials") from exc
+        raise WarehouseError(message, retryable=network) from exc
+
+
+def _message(exc: sf_errors.Error, what: str) -> str:
+    code = f"{exc.errno:06d}" if exc.errno >= 0 else "-"
+    text = (exc.raw_msg or exc.msg or "").strip()
+    state = exc.sqlstate if exc.sqlstate != "n/a" else "-"
+    return f"{type(exc).__name__} {code} ({state}): {text}\n  while running: {what[:300]}"
