@@ -681,3 +681,49 @@ def test_types_round_trip_on_real_snowflake(real_snowflake):
     assert json.loads(first.pop("lst")) == [1, 2]
     assert first == {k: v for k, v in ALL_VALUES[0].items() if k != "lst"}
     assert second == ALL_VALUES[1]
+
+
+class _SilentCursor:
+    """Accepts any statement and answers nothing: for checking the exact SQL sent."""
+
+    def __init__(self, sent: list[str]) -> None:
+        self.sent = sent
+        self.description = []
+
+    def execute(self, sql: str, params: list | None = None) -> _SilentCursor:
+        self.sent.append(sql)
+        return self
+
+
+class _SilentConnection:
+    def __init__(self, sent: list[str]) -> None:
+        self.sent = sent
+
+    def cursor(self) -> _SilentCursor:
+        return _SilentCursor(self.sent)
+
+    def close(self) -> None:
+        pass
+
+
+def test_environments_are_database_clones_published_by_swap(monkeypatch):
+    """fakesnow cannot run CLONE of a database or SWAP WITH: check the exact SQL instead."""
+    import stack.warehouse.snowflake as adapter
+
+    sent: list[str] = []
+    monkeypatch.setattr(
+        adapter.snowflake.connector, "connect", lambda **kwargs: _SilentConnection(sent)
+    )
+    wh = adapter.SnowflakeWarehouse(fakesnow_target("ANALYTICS"))
+    clone = wh.clone_into("audit-eu")
+    assert clone.target.database == "ANALYTICS_audit-eu"
+    wh.publish("audit-eu")
+    wh.drop_environment("audit-eu")
+    statements = [s for s in sent if "DATABASE" in s]
+    assert statements == [
+        'CREATE OR REPLACE DATABASE "ANALYTICS_audit-eu" CLONE "ANALYTICS"',
+        'ALTER DATABASE "ANALYTICS" SWAP WITH "ANALYTICS_audit-eu"',
+        'DROP DATABASE IF EXISTS "ANALYTICS_audit-eu"',
+    ]
+    with pytest.raises(WarehouseError, match="invalid environment name"):
+        wh.environment("../x")

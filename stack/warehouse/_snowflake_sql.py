@@ -426,3 +426,26 @@ def columns_sql() -> str:
 
 def quoted(names: Sequence[str]) -> str:
     return ", ".join(ident(n) for n in names)
+
+
+def environment_database(database: str, env: str) -> str:
+    """The database holding environment ``env`` of ``database`` (a zero-copy clone)."""
+    if not env or not all(c.isalnum() or c in "-_" for c in env):
+        raise WarehouseError(
+            f"invalid environment name {env!r}", hint="use letters, digits, '-' and '_'"
+        )
+    return f"{database}_{env}"
+
+
+def clone_database_sql(source: str, target: str) -> str:
+    """Zero-copy clone of a whole database (Snowflake ``CLONE``), replacing the target."""
+    return f"CREATE OR REPLACE DATABASE {ident(target)} CLONE {ident(source)}"
+
+
+def swap_databases_sql(published: str, audited: str) -> str:
+    """Atomically exchange two databases' contents and names (``SWAP WITH``)."""
+    return f"ALTER DATABASE {ident(published)} SWAP WITH {ident(audited)}"
+
+
+def drop_database_sql(database: str) -> str:
+    return f"DROP DATABASE IF EXISTS {ident(database)}"

@@ -413,6 +413,40 @@ class SnowflakeWarehouse:
             )
 
     # -- dbt ----------------------------------------------------------------------------------
+    # -- environments (CLONE and SWAP WITH) ----------------------------------------------------
+    def environment(self, name: str) -> SnowflakeWarehouse:
+        database = sfsql.environment_database(self.target.database, name)
+        target = self.target.model_copy(update={"database": database})
+        return SnowflakeWarehouse(
+            target,
+            query_tag=self.query_tag,
+            connect_args=self.connect_args,
+            fakesnow=self.fakesnow,
+            lock_ttl=self.lock_ttl,
+        )
+
+    def clone_into(self, name: str) -> SnowflakeWarehouse:
+        clone = self.environment(name)
+        with self:
+            self._run(sfsql.clone_database_sql(self.target.database, clone.target.database))
+        return clone
+
+    def publish(self, name: str) -> None:
+        """``SWAP WITH``: one atomic exchange; the environment then holds the old content.
+
+        Unlike the DuckLake adapter this does not refuse when the published database
+        changed after the clone: Snowflake has no cheap snapshot id to compare, so
+        writes made to it meanwhile end up in the environment (dropped afterwards).
+        """
+        with self:
+            database = sfsql.environment_database(self.target.database, name)
+            self._run(sfsql.swap_databases_sql(self.target.database, database))
+
+    def drop_environment(self, name: str) -> None:
+        with self:
+            database = sfsql.environment_database(self.target.database, name)
+            self._run(sfsql.drop_database_sql(database))
+
     def dbt_output(self) -> dict[str, Any]:
         """The dbt-snowflake profile output; credentials are ``env_var`` references.
 
