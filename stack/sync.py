@@ -6,8 +6,9 @@ Batches are fitted to the destination's schema (:mod:`stack.schema`), checked
 stream's sync mode and the checkpoint's state is written **in one
 transaction** (:mod:`stack.apply`): a crash anywhere leaves the last
 committed state matching the data, and the next run resumes from it.
-``full_refresh_overwrite`` stages the whole read and replaces the region's
-rows in a single transaction at the end, so readers never see a half table.
+Full refreshes commit once, at the end: ``full_refresh_overwrite`` replaces the
+region's rows in a single transaction, so readers never see a half table, and
+a ``full_refresh_append`` run that dies leaves no partial copy.
 
 Every table is scoped by region (``_mds_region``): runs for different regions
 never see or touch each other's rows or state. Two runs of the same stream
@@ -125,12 +126,14 @@ def _sync_locked(
             entry.finished_at = utcnow()
         ledger.record(wh, entry)
 
-    ledger.ensure_tables(wh)
-    schema = _destination(wh, plan)
-    lc = LoadContext(wh, plan, ctx, key, entry, record)
-    load: Load = DirectLoad(lc) if _direct(plan) else StagedLoad(lc)
-    overwrite = plan.mode == "full_refresh_overwrite"
+    load: Load | None = None
+    # Full refreshes commit once, at the end: a run that dies leaves no partial copy.
+    whole_run = plan.mode in ("full_refresh_overwrite", "full_refresh_append")
     try:
+        ledger.ensure_tables(wh)
+        schema = _destination(wh, plan)
+        lc = LoadContext(wh, plan, ctx, key, entry, record)
+        load = DirectLoad(lc) if _direct(plan) else StagedLoad(lc)
         for message in source.read(plan.stream, ledger.read_state(wh, key)):
             if isinstance(message, Batch):
                 _add_batch(wh, plan, schema, load, message.data, changes)
@@ -141,10 +144,10 @@ def _sync_locked(
                 _add_deletes(plan, load, message.keys)
             elif isinstance(message, Checkpoint):
                 load.state = message.state
-                if not overwrite and policy.due(load.rows, last_commit):
+                if not whole_run and policy.due(load.rows, last_commit):
                     load.commit()
                     last_commit = time.perf_counter()
-        if overwrite or load.rows or load.state is not None:
+        if whole_run or load.rows or load.state is not None:
             if not plan.snapshot_deletes:
                 entry.status = "succeeded"
             load.commit()
@@ -153,12 +156,14 @@ def _sync_locked(
         entry.status = "succeeded"
         record()
     except Exception as exc:
-        load.close()
+        if load is not None:
+            load.close()  # roll back first: the failure row must not join the open transaction
         entry.status, entry.error = "failed", _describe(exc)
         _record_failure(record, entry)
         raise
     finally:
-        load.close()
+        if load is not None:
+            load.close()
     return entry
 
 
@@ -271,7 +276,10 @@ def _quarantine_null_keys(plan: StreamPlan, load: Load, batch: pa.RecordBatch) -
 
 
 def _add_deletes(plan: StreamPlan, load: Load, keys: pa.RecordBatch) -> None:
+    """Stage tombstones; a full refresh ignores them (its snapshot already lacks the rows)."""
     if keys.num_rows == 0 or plan.deletes == "none" or not plan.keys:
+        return
+    if plan.mode == "full_refresh_overwrite":
         return
     missing = [k for k in (*plan.keys, DELETED_AT) if k not in keys.schema.names]
     if missing:

@@ -1,7 +1,7 @@
 """The engine's contract suite: the adapters it runs against, and the reference model.
 
-Every test here drives :func:`stack.sync.sync_stream` with a
-:class:`tests.scripted.ScriptedSource` and compares what lands in the
+The engine tests (``test_engine_*``) drive :func:`stack.sync.sync_stream` with a
+:class:`tests.scripted.ScriptedSource` and compare what lands in the
 warehouse with :func:`expected_rows`, a plain-Python model of each sync mode
 written from ARCHITECTURE.md ("Sync modes and deletes"), never from the SQL:
 
