@@ -168,6 +168,89 @@ def run(
             raise typer.Exit(1)
 
 
+@app.command()
+def deploy(
+    config: ConfigOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only show what would change on the server.")
+    ] = False,
+) -> None:
+    """Create or update the Prefect deployments stack.yml declares, on PREFECT_API_URL.
+
+    One per region (and per source where `deployments:` says so), with cron schedules
+    in the region's time zone, at most one active run per deployment (later ones wait),
+    and event triggers; stale ones are deleted and prefect.yaml is rewritten to match.
+    """
+    with _errors():
+        _prefect_defaults()
+        from flows.deploy import deploy as apply_deployments
+
+        changes = apply_deployments(config_path(config), dry_run=dry_run)
+    for change in changes:
+        out.print(change.describe(), highlight=False, soft_wrap=True)
+    if dry_run:
+        console.print("dry run: nothing was changed")
+
+
+@app.command()
+def backfill(
+    start: Annotated[str, typer.Option("--start", help="First day, YYYY-MM-DD.")],
+    end: Annotated[str, typer.Option("--end", help="Last day, included, YYYY-MM-DD.")],
+    config: ConfigOpt = None,
+    target: TargetOpt = None,
+    region: RegionOpt = None,
+    source: SourceOpt = None,
+    stream: StreamOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Run partitions already done again.")
+    ] = False,
+) -> None:
+    """Reload history one partition (a day, or `backfill.grain`) at a time.
+
+    Each partition overwrites exactly its rows; partitions already done are skipped,
+    so running the same backfill again resumes it.
+    """
+    with _errors():
+        _prefect_defaults()
+        from flows.backfill import backfill as flow
+
+        state = flow(
+            start,
+            end,
+            regions=region,
+            sources=source,
+            streams=stream,
+            target=target,
+            config_path=str(config_path(config)),
+            force=force,
+            return_state=True,
+        )
+        outcome = state.result(raise_on_failure=False)
+        if isinstance(outcome, BaseException):
+            raise outcome
+    for kind in ("skipped", "succeeded", "failed"):
+        for partition in outcome.get(kind, []):
+            out.print(f"{_status(kind)} {partition}")
+    if outcome.get("failed"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def sensor(
+    config: ConfigOpt = None,
+    interval: Annotated[float, typer.Option(help="Seconds between two polls.")] = 10.0,
+) -> None:
+    """Watch the `on_file` folders of the deployments; emit an event per landed file."""
+    with _errors():
+        _prefect_defaults()
+        from flows.sensors import watch
+
+        try:
+            watch(config_path(config), interval)
+        except KeyboardInterrupt:
+            console.print("sensor stopped")
+
+
 def _prefect_defaults() -> None:
     """Route our loggers through Prefect and keep it from phoning home, unless set."""
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "stack,connectors")

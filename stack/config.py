@@ -31,6 +31,7 @@ from stack.checks import CheckList
 from stack.durations import Duration
 from stack.errors import ConfigError
 from stack.lineage import LineageConfig
+from stack.orchestration import Alert, BackfillConfig, DeploymentSpec, default_deployments
 from stack.schema import SchemaPolicy
 from stack.secrets import SecretsConfig
 
@@ -150,6 +151,9 @@ class StackConfig(_Model):
     bi: list[BiHook] = Field(default_factory=list)
     checks: CheckList = ()
     lineage: LineageConfig | None = None
+    deployments: dict[str, DeploymentSpec] = Field(default_factory=default_deployments)
+    alerts: list[Alert] = Field(default_factory=list)
+    backfill: BackfillConfig = Field(default_factory=BackfillConfig)
     secrets: SecretsConfig = Field(default_factory=SecretsConfig)
     path: Path = Field(default=Path(DEFAULT_CONFIG), exclude=True)
 
@@ -321,7 +325,7 @@ def _explain(exc: ValidationError, file: Path, node: yaml.Node | None) -> Config
         hint = f"add `{loc[-1]}:` here"
     elif error["type"] in ("literal_error", "enum"):
         hint = "use one of the values listed"
-    elif loc[:1] in (("targets",), ("secrets",), ("sources",), ("bi",)):
+    elif loc[:1] in (("targets",), ("secrets",), ("sources",), ("bi",), ("alerts",)):
         hint = "change it to the expected type"  # never echo: the value may be a secret
     else:
         hint = f"got {error.get('input')!r}; change it to the expected type"

@@ -1,0 +1,366 @@
+"""The deployments a ``stack.yml`` asks for, as a pure plan that can be tested and diffed.
+
+No Prefect here. :func:`plan_deployments` turns the config's ``deployments:``
+section into :class:`PlannedDeployment` records: names, cron schedule and time
+zone, default parameters (never secrets: references stay references inside
+``stack.yml``, which the run reads), tags, work pool, a concurrency limit with
+the ``ENQUEUE`` strategy, and event triggers. ``flows/deploy.py`` applies them
+to a Prefect server; :func:`prefect_yaml` renders the same plan as a readable
+``prefect.yaml``; :func:`diff` compares the plan with what a server holds
+(``mdstack deploy --dry-run``).
+
+::
+
+    deployments:
+      pipeline:   {per: region, work_pool: default}          # one per region
+      crm-hourly: {sources: [crm], schedule: "0 * * * *"}    # one per region, crm only
+      marts:      {after: [pipeline]}                        # when pipeline finished
+      landing:    {on_file: {path: "landing/{{ region }}", pattern: "*.csv"}}
+
+A deployment named ``<stack>-<key>-<region>`` (``-<source>`` with ``per:
+source``) runs flow ``mdstack-pipeline``. Its schedule is the spec's
+``schedule``, else the region's; its time zone the spec's, else the region's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from stack.config import StackConfig, render
+from stack.errors import ConfigError
+from stack.orchestration import (
+    DEFAULT_POOL_TYPE,
+    DeploymentSpec,
+    FileTrigger,
+    check_cron,
+    check_timezone,
+    default_deployments,
+)
+
+__all__ = [
+    "DeploymentSpec",
+    "FileTrigger",
+    "Landing",
+    "PlannedDeployment",
+    "check_cron",
+    "check_timezone",
+    "default_deployments",
+    "diff",
+    "plan_deployments",
+    "prefect_yaml",
+]
+
+FLOW_NAME = "mdstack-pipeline"
+"""The pipeline flow's name (``flows/pipeline.py``)."""
+ENTRYPOINT = "flows/pipeline.py:pipeline"
+MANAGED_TAG = "mdstack"
+"""Every deployment ``mdstack deploy`` makes carries this tag and ``mdstack:<stack name>``."""
+FILE_LANDED = "mdstack.file.landed"
+"""The event ``mdstack sensor`` emits for each file that lands in a watched folder."""
+FLOW_RUN_COMPLETED = "prefect.flow-run.Completed"
+COLLISION_STRATEGY = "ENQUEUE"
+"""A run that finds its deployment's slots taken waits for one; it never races."""
+
+_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+@dataclass(frozen=True)
+class Landing:
+    """A watched folder: absolute path and file-name glob."""
+
+    folder: str
+    pattern: str = "*"
+
+
+@dataclass(frozen=True)
+class PlannedDeployment:
+    """One deployment as it should exist on the server."""
+
+    key: str
+    name: str
+    region: str
+    parameters: Mapping[str, Any]
+    cron: str | None
+    timezone: str
+    work_pool: str
+    work_queue: str | None
+    concurrency: int
+    tags: tuple[str, ...]
+    paused: bool
+    description: str
+    work_pool_type: str = DEFAULT_POOL_TYPE
+    after: tuple[str, ...] = ()
+    """Full names (``flow/deployment``) whose completed runs start this one."""
+    landing: Landing | None = None
+    entrypoint: str = ENTRYPOINT
+    flow: str = FLOW_NAME
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.flow}/{self.name}"
+
+    def triggers(self) -> list[dict[str, Any]]:
+        """Event triggers, in the shape of Prefect's ``DeploymentEventTrigger`` fields."""
+        found = []
+        for upstream in self.after:
+            name = upstream.partition("/")[2]
+            found.append(
+                {
+                    "name": f"mdstack: after {upstream}",
+                    "enabled": True,
+                    "expect": [FLOW_RUN_COMPLETED],
+                    "match_related": {
+                        "prefect.resource.role": "deployment",
+                        "prefect.resource.name": name,
+                    },
+                }
+            )
+        if self.landing is not None:
+            found.append(
+                {
+                    "name": f"mdstack: file landed in {self.landing.folder}",
+                    "enabled": True,
+                    "expect": [FILE_LANDED],
+                    "match": {
+                        "prefect.resource.id": "mdstack.file.*",
+                        "mdstack.landing": self.landing.folder,
+                    },
+                }
+            )
+        return found
+
+    def facts(self) -> dict[str, Any]:
+        """What ``diff`` compares: the same shape :func:`flows.deploy` reads from a server."""
+        return {
+            "entrypoint": self.entrypoint,
+            "parameters": dict(self.parameters),
+            "schedules": [(self.cron, self.timezone, True)] if self.cron else [],
+            "tags": sorted(self.tags),
+            "work_pool": self.work_pool,
+            "work_queue": self.work_queue or "default",
+            "concurrency": (self.concurrency, COLLISION_STRATEGY),
+            "paused": self.paused,
+            "triggers": sorted(t["name"] for t in self.triggers()),
+            "description": self.description,
+        }
+
+
+def plan_deployments(
+    config: StackConfig, specs: Mapping[str, DeploymentSpec] | None = None
+) -> list[PlannedDeployment]:
+    """The deployments ``config`` asks for, in a stable order.
+
+    Args:
+        config: the loaded ``stack.yml``.
+        specs: the ``deployments:`` section; default: the config's own, else
+            :func:`default_deployments`.
+
+    Raises:
+        ConfigError: a key is not a slug, or names an unknown source, region or
+            ``after`` deployment, or two deployments would share a name.
+    """
+    specs = specs if specs is not None else configured(config)
+    plan: list[PlannedDeployment] = []
+    for key, spec in specs.items():
+        _check_spec(config, specs, key, spec)
+        for region in spec.regions or tuple(config.region_names()):
+            groups = [(s,) for s in spec.sources or config.sources] if spec.per == "source" else []
+            for sources in groups or [spec.sources]:
+                plan.append(_plan_one(config, specs, key, spec, region, sources))
+    names = [d.name for d in plan]
+    clash = sorted({n for n in names if names.count(n) > 1})
+    if clash:
+        raise ConfigError(f"deployment names clash: {clash}", key="deployments")
+    return plan
+
+
+def configured(config: StackConfig) -> Mapping[str, DeploymentSpec]:
+    """The config's ``deployments:`` section (the default one while StackConfig has none)."""
+    declared = getattr(config, "deployments", None)
+    return default_deployments() if declared is None else declared
+
+
+def _check_spec(
+    config: StackConfig, specs: Mapping[str, DeploymentSpec], key: str, spec: DeploymentSpec
+) -> None:
+    where = f"deployments.{key}"
+    if not _KEY.match(key):
+        raise ConfigError(
+            f"deployment key {key!r} is not a slug",
+            key=where,
+            hint="use lower-case letters, digits, - and _",
+        )
+    for source in spec.sources or ():
+        config.source(source)
+    for region in spec.regions or ():
+        config.check_region(region)
+    for upstream in spec.after:
+        if "/" not in upstream and upstream not in specs:
+            raise ConfigError(
+                f"`after` names {upstream!r}, which is not a deployment of this file",
+                key=f"{where}.after",
+                hint=f"use one of: {', '.join(specs)}, or a full `flow/deployment` name",
+            )
+
+
+def _plan_one(
+    config: StackConfig,
+    specs: Mapping[str, DeploymentSpec],
+    key: str,
+    spec: DeploymentSpec,
+    region: str,
+    sources: tuple[str, ...] | None,
+) -> PlannedDeployment:
+    declared = config.regions.get(region)
+    suffix = f"-{sources[0]}" if spec.per == "source" and sources else ""
+    parameters: dict[str, Any] = {"region": region, "config_path": str(config.path)}
+    if sources:
+        parameters["sources"] = list(sources)
+    if spec.target:
+        parameters["target"] = spec.target
+    tags = [MANAGED_TAG, f"{MANAGED_TAG}:{config.name}", f"region:{region}", f"deployment:{key}"]
+    tags += [f"source:{s}" for s in sources or ()] if spec.per == "source" else []
+    what = ", ".join(sources) if sources else "all sources"
+    return PlannedDeployment(
+        key=key,
+        name=f"{config.name}-{key}-{region}{suffix}",
+        region=region,
+        parameters=parameters,
+        cron=spec.schedule or (declared.schedule if declared else None),
+        timezone=spec.timezone or (declared.timezone if declared else "UTC"),
+        work_pool=spec.work_pool,
+        work_pool_type=spec.work_pool_type,
+        work_queue=spec.work_queue,
+        concurrency=spec.concurrency,
+        tags=tuple(dict.fromkeys([*tags, *spec.tags])),
+        paused=spec.paused,
+        description=spec.description or f"mdstack {config.name}: {key}, region {region} ({what})",
+        after=tuple(_upstreams(config, specs, spec.after, region)),
+        landing=_landing(config, spec.on_file, region),
+    )
+
+
+def _upstreams(
+    config: StackConfig, specs: Mapping[str, DeploymentSpec], after: Sequence[str], region: str
+) -> Iterable[str]:
+    for upstream in after:
+        if "/" in upstream:
+            yield upstream
+            continue
+        other = specs[upstream]
+        if other.regions and region not in other.regions:
+            continue
+        sources = other.sources or tuple(config.sources)
+        suffixes = [f"-{s}" for s in sources] if other.per == "source" else [""]
+        for suffix in suffixes:
+            yield f"{FLOW_NAME}/{config.name}-{upstream}-{region}{suffix}"
+
+
+def _landing(config: StackConfig, trigger: FileTrigger | None, region: str) -> Landing | None:
+    if trigger is None:
+        return None
+    folder = render(trigger.path, config.template_vars(region))
+    return Landing(str(config.resolve_path(Path(folder))), trigger.pattern)
+
+
+def landings(plan: Iterable[PlannedDeployment]) -> list[Landing]:
+    """The folders ``mdstack sensor`` watches: every planned deployment's ``on_file``."""
+    return list(dict.fromkeys(d.landing for d in plan if d.landing is not None))
+
+
+# -- diff and prefect.yaml ----------------------------------------------------------------
+
+Action = Literal["create", "update", "unchanged", "delete"]
+
+
+@dataclass(frozen=True)
+class Change:
+    """What ``mdstack deploy`` does (or, with ``--dry-run``, would do) to one deployment."""
+
+    action: Action
+    name: str
+    differences: tuple[str, ...] = field(default=())
+
+    def describe(self) -> str:
+        detail = f" ({'; '.join(self.differences)})" if self.differences else ""
+        return f"{self.action:<9} {self.name}{detail}"
+
+
+def diff(
+    plan: Sequence[PlannedDeployment], existing: Mapping[str, Mapping[str, Any]]
+) -> list[Change]:
+    """Compare the plan with the server's deployments of this stack (by name -> facts).
+
+    Returns one change per planned deployment, then ``delete`` for each deployment
+    the server has (tagged with this stack) that the plan no longer has.
+    """
+    changes = []
+    for planned in plan:
+        current = existing.get(planned.name)
+        if current is None:
+            changes.append(Change("create", planned.name))
+            continue
+        wanted = planned.facts()
+        differences = tuple(
+            f"{key}: {current.get(key)!r} -> {value!r}"
+            for key, value in wanted.items()
+            if _normal(current.get(key)) != _normal(value)
+        )
+        changes.append(Change("update" if differences else "unchanged", planned.name, differences))
+    planned_names = {d.name for d in plan}
+    changes += [Change("delete", name) for name in sorted(existing) if name not in planned_names]
+    return changes
+
+
+def _normal(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return [_normal(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _normal(v) for k, v in value.items()}
+    return value
+
+
+def prefect_yaml(plan: Sequence[PlannedDeployment], project_dir: Path, version: str) -> str:
+    """``prefect.yaml`` for the plan: no build or push step, the code is run in place.
+
+    ``prefect deploy --all`` from ``project_dir`` creates the same deployments as
+    ``mdstack deploy`` (which remains the source of truth and rewrites this file).
+    """
+    document = {
+        "name": "mdstack",
+        "prefect-version": version,
+        "build": None,
+        "push": None,
+        "pull": [
+            {"prefect.deployments.steps.set_working_directory": {"directory": str(project_dir)}}
+        ],
+        "deployments": [_yaml_deployment(d) for d in plan],
+    }
+    header = (
+        "# Generated by `mdstack deploy` from stack.yml: edit stack.yml, not this file.\n"
+        "# `prefect deploy --all` from this folder creates the same deployments.\n"
+    )
+    return header + yaml.safe_dump(document, sort_keys=False, width=100)
+
+
+def _yaml_deployment(d: PlannedDeployment) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": d.name,
+        "description": d.description,
+        "entrypoint": d.entrypoint,
+        "parameters": dict(d.parameters),
+        "tags": list(d.tags),
+        "schedules": ([{"cron": d.cron, "timezone": d.timezone, "active": True}] if d.cron else []),
+        "concurrency_limit": {"limit": d.concurrency, "collision_strategy": COLLISION_STRATEGY},
+        "paused": d.paused,
+        "work_pool": {"name": d.work_pool, "work_queue_name": d.work_queue},
+    }
+    if d.triggers():
+        entry["triggers"] = [{"type": "event", **t} for t in d.triggers()]
+    return entry

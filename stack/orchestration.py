@@ -1,0 +1,173 @@
+"""The orchestration sections of ``stack.yml``: ``deployments:``, ``alerts:``, ``backfill:``.
+
+Models only (pydantic, frozen, unknown keys refused), with no dependency on the
+rest of the engine, so that :mod:`stack.config` can declare them without an
+import cycle. What they drive lives in :mod:`stack.deployments`,
+:mod:`stack.alerts` and :mod:`stack.backfill`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEFAULT_POOL_TYPE = "process"
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?#LW-]+$")
+
+Outcome = Literal["failure", "success"]
+Grain = Literal["day", "week", "month"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileTrigger(_Model):
+    """Run when a file lands in a folder (watched by ``mdstack sensor``)."""
+
+    path: str
+    """The folder, relative to ``stack.yml``; may use ``{{ region }}`` and region vars."""
+    pattern: str = "*"
+    """Glob of the file names that count (``*.csv``)."""
+
+
+class DeploymentSpec(_Model):
+    """One entry of ``deployments:``: what to run, for which regions, when."""
+
+    per: Literal["region", "source"] = "region"
+    """``region``: one deployment per region; ``source``: one per region and source."""
+    sources: tuple[str, ...] | None = None
+    """Sources the runs sync (default: all)."""
+    regions: tuple[str, ...] | None = None
+    """Regions to deploy for (default: all)."""
+    schedule: str | None = None
+    """Cron (5 fields); default: the region's ``schedule``; none: runs only on demand."""
+    timezone: str | None = None
+    """Time zone of the cron; default: the region's ``timezone``."""
+    target: str | None = None
+    work_pool: str = "default"
+    work_pool_type: str = DEFAULT_POOL_TYPE
+    work_queue: str | None = None
+    concurrency: int = Field(default=1, ge=1)
+    """Runs of one deployment at a time; later runs wait (``ENQUEUE``)."""
+    tags: tuple[str, ...] = ()
+    paused: bool = False
+    after: tuple[str, ...] = ()
+    """Run when these finished: keys of this section (same region) or ``flow/deployment``."""
+    on_file: FileTrigger | None = None
+    description: str | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_cron(value)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_timezone(value)
+        return value
+
+
+def default_deployments() -> dict[str, DeploymentSpec]:
+    """With no ``deployments:`` section: one deployment per region, named ``pipeline``."""
+    return {"pipeline": DeploymentSpec()}
+
+
+def check_cron(expression: str) -> str:
+    """A five-field cron expression, or ValueError saying what is wrong."""
+    fields = expression.split()
+    if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+        raise ValueError(
+            f"{expression!r} is not a cron expression: expected 5 fields "
+            "(minute hour day-of-month month day-of-week), e.g. '0 6 * * *'"
+        )
+    return expression
+
+
+def check_timezone(name: str) -> str:
+    """An IANA time zone name, or ValueError."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        msg = f"unknown time zone {name!r}; use an IANA name such as Europe/Berlin"
+        raise ValueError(msg) from None
+    return name
+
+
+# -- alerts: ---------------------------------------------------------------------------------
+
+
+class _Alert(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    on: tuple[Outcome, ...] = ("failure",)
+    """Outcomes that send this alert."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        """YAML 1.1 reads an unquoted ``on:`` key as ``True``: take it back."""
+        if isinstance(data, Mapping) and True in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
+
+    @field_validator("on", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+
+class SlackAlert(_Alert):
+    """A Slack incoming webhook (``https://hooks.slack.com/services/...``)."""
+
+    type: Literal["slack"]
+    webhook: str
+
+
+class EmailAlert(_Alert):
+    """E-mail through SMTP. ``smtp`` is a URL: ``smtp[s]://user:password@host:port``."""
+
+    type: Literal["email"]
+    to: tuple[str, ...]
+    smtp: str
+    sender: str = Field(default="mdstack@localhost", alias="from")
+    starttls: bool = False
+    """Upgrade a plain ``smtp://`` connection with STARTTLS (``smtps://`` is TLS at once)."""
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _recipients(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+
+class WebhookAlert(_Alert):
+    """Any HTTP endpoint: the report is POSTed as JSON."""
+
+    type: Literal["webhook"]
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+Alert = Annotated[SlackAlert | EmailAlert | WebhookAlert, Field(discriminator="type")]
+
+
+# -- backfill: -------------------------------------------------------------------------------
+
+
+class BackfillConfig(_Model):
+    """The ``backfill:`` section of ``stack.yml``."""
+
+    grain: Grain = "day"
+    """Size of a partition: a calendar day, a week (from Monday) or a month."""
+    parallelism: int = Field(default=1, ge=1)
+    """Partitions run at once (warehouses with a single writer, DuckDB, run one)."""
+    partition_by: dict[str, str] = Field(default_factory=dict)
+    """``source.stream`` -> the column partitions are cut on (default: the stream's cursor)."""

@@ -1,0 +1,202 @@
+"""A real Prefect server and process worker for the orchestration tests, started once per run.
+
+The server listens on 127.0.0.1 on a free port with its own PREFECT_HOME; readiness is
+polled on ``/api/health``, never slept for. The worker is launched with SIGINT reset to
+its default (a worker started from a background shell inherits SIGINT ignored and then
+cannot stop itself) and in its own session, so that it and the flow-run processes it
+spawns are stopped by its process-group id at the end.
+
+Several test modules share one server: :func:`shared_server` counts its users and the
+last one to leave stops it (the fixtures are session-scoped, so that happens at the end
+of the run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+BIN = Path(sys.executable).parent
+START_TIMEOUT = 240.0
+"""Seconds to wait for the server (cold start ~11 s idle; far more on a loaded box)."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float = 0.25) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+class Process:
+    """A child process in its own session (process group), its output in a log file."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._handle = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=self._handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_default_sigint,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM, then SIGKILL to the process group (only the group this object started)."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            with suppress(subprocess.TimeoutExpired):
+                self.popen.wait(grace)
+        with suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)  # leftovers: flow-run or uvicorn children
+        if self.alive():
+            self.popen.wait(10)
+        self._handle.close()
+
+
+def _health(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+            return json.loads(response.read()) is True
+    except OSError:
+        return False
+
+
+class PrefectServer:
+    """``prefect server start`` on 127.0.0.1:<free port>, with its own PREFECT_HOME."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        env = {
+            **os.environ,
+            "PREFECT_HOME": str(home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "PREFECT_UI_ENABLED": "false",
+            # a run that finds its deployment's slot taken retries after this many seconds
+            "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
+            "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+        }
+        env.pop("PREFECT_API_URL", None)
+        argv = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1"]
+        self.process = Process([*argv, "--port", str(self.port)], env, home / "server.log")
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        def ready() -> bool:
+            if not self.process.alive():
+                raise RuntimeError(f"prefect server exited:\n{self.process.output()[-3000:]}")
+            return _health(self.url)
+
+        wait_for(ready, timeout, f"the Prefect server on {self.url}", every=0.5)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+class Worker:
+    """``prefect worker start`` for one pool, polling every second."""
+
+    def __init__(self, api_url: str, pool: str, home: Path, env: dict[str, str] | None = None):
+        home.mkdir(parents=True, exist_ok=True)
+        self.pool = pool
+        environ = {
+            **os.environ,
+            **(env or {}),
+            "PREFECT_API_URL": api_url,
+            "PREFECT_HOME": str(home),
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_PREFETCH_SECONDS": "2",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "PREFECT_LOGGING_EXTRA_LOGGERS": "stack,connectors",
+        }
+        argv = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"]
+        self.process = Process([*argv, "--name", f"test-{pool}"], environ, home / "worker.log")
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
+        def ready() -> bool:
+            if not self.process.alive():
+                raise RuntimeError(f"prefect worker exited:\n{self.process.output()[-3000:]}")
+            return "started!" in self.process.output()
+
+        wait_for(ready, timeout, f"the worker of pool {self.pool!r}", every=0.5)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+_lock = threading.Lock()
+_shared: dict[str, Any] = {"server": None, "users": 0}
+
+
+@contextmanager
+def shared_server(home: Path) -> Iterator[PrefectServer]:
+    """One server for the whole test run, whichever module asks first (``home`` then)."""
+    with _lock:
+        if _shared["server"] is None:
+            server = PrefectServer(home)
+            try:
+                server.wait_ready()
+            except BaseException:
+                server.stop()
+                raise
+            _shared["server"] = server
+        _shared["users"] += 1
+    try:
+        yield _shared["server"]
+    finally:
+        with _lock:
+            _shared["users"] -= 1
+            if _shared["users"] == 0:
+                _shared["server"].stop()
+                _shared["server"] = None
+
+
+@contextmanager
+def using_api(url: str) -> Iterator[None]:
+    """Point this process's Prefect client at ``url`` for the block."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield
