@@ -1,6 +1,6 @@
 """Scenario 4: Airbyte ``source-faker``, 200 k records (floor: the connector's own
 ``read`` to /dev/null; peer: PyAirbyte). Needs mdstack's Airbyte-connector adapter, which
-another engineer is building: until it exists the scenario says so and is skipped.
+is not built yet: until it exists the scenario says so and is skipped.
 """
 
 from __future__ import annotations

@@ -249,7 +249,7 @@ def test_reconcile_with_counts_from_the_run_ledger(shop):
 
 
 def test_results_can_be_recorded_in_another_warehouse(shop, tmp_path):
-    """After a blocked publish the lead records the audit's results in the published lake."""
+    """After a blocked publish the pipeline records the audit's results in the published lake."""
     from stack.warehouse.duckdb import DuckDBWarehouse
 
     results = run_checks(shop, GOOD[:3], "eu", "run-1", NOW, schemas={"shop": "raw_shop"})
