@@ -65,6 +65,7 @@ from connectors.base import (
     ConfiguredStream,
     Deletes,
     Message,
+    ParsedConfig,
     State,
     StreamSpec,
     require,
@@ -584,12 +585,7 @@ class DemoSource:
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         self.name = name
-        self._shop: _Shop | None = None
-        self._error: ConnectorError | None = None
-        try:
-            self._shop = _Shop(_parse_config(name, config))
-        except ConnectorError as exc:
-            self._error = exc
+        self._parsed = ParsedConfig(name, config, lambda n, c: _Shop(_parse_config(n, c)))
 
     def spec(self) -> dict[str, Any]:
         """JSON Schema of the config: seed, region, start, history_days, days, ...; see _SPEC."""
@@ -597,7 +593,8 @@ class DemoSource:
 
     def check(self) -> CheckResult:
         """ok unless the config is invalid (the simulator needs nothing else)."""
-        return CheckResult(ok=False, message=str(self._error)) if self._error else CheckResult(True)
+        error = self._parsed.error
+        return CheckResult(ok=False, message=str(error)) if error else CheckResult(True)
 
     def discover(self) -> Catalog:
         """The five streams; raises ConnectorError if the config is invalid."""
@@ -635,9 +632,7 @@ class DemoSource:
             yield Checkpoint(spec.name, {"day": day})
 
     def _model(self) -> _Shop:
-        if self._shop is None:
-            raise self._error or ConnectorError("no config", source=self.name)
-        return self._shop
+        return self._parsed.get()
 
     def _window(self, stream: str, state: State | None) -> tuple[int, int]:
         """First day to deliver and target day (the last one, or the snapshot's)."""

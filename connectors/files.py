@@ -88,6 +88,7 @@ from connectors.base import (
     CheckResult,
     ConfiguredStream,
     Message,
+    ParsedConfig,
     State,
     StreamSpec,
 )
@@ -127,13 +128,8 @@ class FilesSource:
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         self.name = name
-        self._cfg: Config | None = None
-        self._error: ConnectorError | None = None
+        self._parsed = ParsedConfig(name, config, parse_config)
         self._schemas: dict[tuple, pa.Schema] = {}  # per file version and parse options
-        try:
-            self._cfg = parse_config(name, config)
-        except ConnectorError as exc:
-            self._error = exc
 
     def spec(self) -> dict[str, Any]:
         """JSON Schema of the config; see :data:`connectors._files_config.SPEC`."""
@@ -187,9 +183,7 @@ class FilesSource:
 
     # -- internals ----------------------------------------------------------------------------
     def _config(self) -> Config:
-        if self._cfg is None:
-            raise self._error or ConnectorError("no config", source=self.name)
-        return self._cfg
+        return self._parsed.get()
 
     def _saved(self, stream: str, state: State | None) -> tuple[dict[str, Any], dict | None]:
         """The state's finished files, and the file in progress (``reading``) if any."""

@@ -67,6 +67,7 @@ from connectors.base import (
     CheckResult,
     ConfiguredStream,
     Message,
+    ParsedConfig,
     State,
     StreamSpec,
     require,
@@ -290,12 +291,7 @@ class PostgresSource:
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         self.name = name
-        self._cfg: _Config | None = None
-        self._error: ConnectorError | None = None
-        try:
-            self._cfg = _parse_config(name, config)
-        except ConnectorError as exc:
-            self._error = exc
+        self._parsed = ParsedConfig(name, config, _parse_config)
 
     def spec(self) -> dict[str, Any]:
         """JSON Schema of the config; see :data:`_SPEC`."""
@@ -365,9 +361,7 @@ class PostgresSource:
                 yield from self._read_cursor(conn, cfg, table, stream, state)
 
     def _config(self) -> _Config:
-        if self._cfg is None:
-            raise self._error or ConnectorError("no config", source=self.name)
-        return self._cfg
+        return self._parsed.get()
 
     def _fail(self, stream: ConfiguredStream, message: str, hint: str, key: str | None = None):
         return ConnectorError(message, source=self.name, stream=stream.name, key=key, hint=hint)

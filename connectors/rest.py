@@ -101,6 +101,7 @@ from connectors.base import (
     CheckResult,
     ConfiguredStream,
     Message,
+    ParsedConfig,
     State,
     StreamSpec,
 )
@@ -116,15 +117,10 @@ class RestSource:
 
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         self.name = name
-        self._cfg: RestConfig | None = None
-        self._error: ConnectorError | None = None
-        try:
-            self._cfg = parse_config(name, config)
-        except ConnectorError as exc:
-            self._error = exc
-        else:
-            self._credentials = Credentials(self._cfg)
-            self._pacer = pacer_for(self._cfg)
+        self._parsed = ParsedConfig(name, config, parse_config)
+        if self._parsed.error is None:
+            self._credentials = Credentials(self._parsed.get())
+            self._pacer = pacer_for(self._parsed.get())
 
     def spec(self) -> dict[str, Any]:
         """JSON Schema of the config (from :class:`~connectors._rest_config.RestConfig`)."""
@@ -230,9 +226,7 @@ class RestSource:
         yield Checkpoint(stream.name, final)
 
     def _config(self) -> RestConfig:
-        if self._cfg is None:
-            raise self._error or ConnectorError("no config", source=self.name)
-        return self._cfg
+        return self._parsed.get()
 
     @contextmanager
     def _reading(self) -> Iterator[Pager]:
