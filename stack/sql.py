@@ -88,24 +88,35 @@ def prepare_rows(
             f"SELECT {_cols(columns, 'u.')}, {_META_PARAMS}, NULL::TIMESTAMP AS "
             f"{ident(DELETED_AT)} FROM ({rows}) AS u"
         )
-    later = f"d.{ident(SEQ)} > u.{ident(SEQ)}"
-    marked = f"CASE WHEN {later} THEN d.{ident(deleted_at)} END" if soft else "NULL::TIMESTAMP"
-    body = (
-        f"SELECT {_cols(columns, 'u.')}, {_META_PARAMS}, {marked} AS {ident(DELETED_AT)} "
-        f"FROM ({rows}) AS u LEFT JOIN ({_latest(deletes, keys, [SEQ])}) AS d "
-        f"ON {' AND '.join(f'd.{ident(k)} = u.{ident(k)}' for k in keys)}"
+    after = (
+        f"FROM {deletes} AS d WHERE "
+        + " AND ".join(f"d.{ident(k)} = u.{ident(k)}" for k in keys)
+        + f" AND d.{ident(SEQ)} > u.{ident(SEQ)}"
     )
-    return body if soft else f"{body} WHERE d.{ident(SEQ)} IS NULL OR NOT ({later})"
+    if soft:  # marked with the first tombstone that followed the row
+        marked = f"(SELECT arg_min(d.{ident(deleted_at)}, d.{ident(SEQ)}) {after})"
+        return (
+            f"SELECT {_cols(columns, 'u.')}, {_META_PARAMS}, {marked} AS {ident(DELETED_AT)} "
+            f"FROM ({rows}) AS u"
+        )
+    return (
+        f"SELECT {_cols(columns, 'u.')}, {_META_PARAMS}, NULL::TIMESTAMP AS {ident(DELETED_AT)} "
+        f"FROM ({rows}) AS u WHERE NOT EXISTS (SELECT 1 {after})"
+    )
 
 
 def prepare_deletes(deletes: str, keys: Sequence[str], deleted_at: str) -> str:
-    """SELECT of the last tombstone per key, applied to rows committed before.
+    """SELECT of the first tombstone per key: the one that deleted the rows committed before.
 
     Parameters: region.
     """
+    first = (
+        f"SELECT * FROM {deletes} QUALIFY row_number() OVER "
+        f"(PARTITION BY {_cols(keys)} ORDER BY {ident(SEQ)}) = 1"
+    )
     return (
         f"SELECT {_cols(keys)}, {ident(SEQ)}, {ident(deleted_at)} AS {ident(DELETED_AT)}, "
-        f"?::VARCHAR AS {ident(REGION)} FROM ({_latest(deletes, keys, [SEQ])})"
+        f"?::VARCHAR AS {ident(REGION)} FROM ({first})"
     )
 
 

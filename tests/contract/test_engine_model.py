@@ -31,13 +31,6 @@ from tests.contract import (
 from tests.scripted import ScriptedSource, checkpoint
 from tests.strategies import Op, Script, records, scripts, tombstones
 
-APPEND_SOFT_DELETE_TIME = pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: incremental_append + soft marks every earlier row of a key with the "
-    "time of the key's LAST tombstone of the commit (stack/sql.py prepare_rows and "
-    "prepare_deletes keep only the latest tombstone per key), so a row's _mds_deleted_at "
-    "depends on where the commits fell",
-)
 CASES = [
     ("incremental_deduped", "hard"),
     ("incremental_deduped", "soft"),
@@ -195,9 +188,6 @@ LANDED = {
             landed,
             commits,
             id=f"{mode}-{commits}",
-            marks=[APPEND_SOFT_DELETE_TIME]
-            if mode == "incremental_append" and commits != "a commit per message"
-            else [],
         )
         for mode, landed in LANDED.items()
         for commits in COMMITS
