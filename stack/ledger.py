@@ -196,6 +196,25 @@ def record(wh: Warehouse, entry: RunEntry) -> None:
     )
 
 
+ABANDONED = (
+    "the run stopped before it finished (killed or crashed); its committed checkpoints stand"
+)
+
+
+def close_abandoned(wh: Warehouse, key: StreamKey, run_id: str) -> None:
+    """Mark earlier runs of this stream still ``running`` as ``aborted``.
+
+    Call while holding the stream's lock: no other run can be active, so a
+    ``running`` row left behind belongs to a process that died.
+    """
+    wh.execute(
+        f"UPDATE {table(wh.meta_schema, RUNS_TABLE)} SET {ident('status')} = 'aborted', "
+        f"{ident('error')} = ? WHERE {_KEY_WHERE} AND {ident('status')} = 'running' "
+        f"AND {ident('run_id')} <> ?",
+        [ABANDONED, *key.params(), run_id],
+    )
+
+
 def latest_runs(wh: Warehouse, pipeline: str) -> pa.Table:
     """The most recent ledger row per (source, stream, region), with the stored state."""
     runs = table(wh.meta_schema, RUNS_TABLE)

@@ -131,6 +131,7 @@ def _sync_locked(
     whole_run = plan.mode in ("full_refresh_overwrite", "full_refresh_append")
     try:
         ledger.ensure_tables(wh)
+        ledger.close_abandoned(wh, key, ctx.run_id)
         schema = _destination(wh, plan)
         lc = LoadContext(wh, plan, ctx, key, entry, record)
         load = DirectLoad(lc) if _direct(plan) else StagedLoad(lc)

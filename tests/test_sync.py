@@ -217,3 +217,15 @@ def test_soft_delete_in_the_same_commit_lands_the_row_marked(warehouse):
     assert table(warehouse) == [(1, "a", 1, True), (2, "b", 1, False)]
     ledger_row = warehouse.query("SELECT deletes, rows_read, inserted FROM _mds_runs").to_pylist()
     assert ledger_row == [{"deletes": "soft", "rows_read": 2, "inserted": 2}]
+
+
+def test_a_run_that_died_is_marked_aborted_by_the_next_run(warehouse):
+    script = [rows((1, "a", 1)), checkpoint()]
+    run(warehouse, ScriptedSource(script), run_id="killed")
+    warehouse.execute("UPDATE _mds_runs SET status = 'running', finished_at = NULL")  # as if -9
+    run(warehouse, ScriptedSource(script), run_id="next")
+    runs = warehouse.query("SELECT run_id, status FROM _mds_runs ORDER BY started_at").to_pylist()
+    assert runs == [
+        {"run_id": "killed", "status": "aborted"},
+        {"run_id": "next", "status": "succeeded"},
+    ]
