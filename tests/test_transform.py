@@ -49,6 +49,7 @@ MODELS = {
     "stg_marketing_spend",
     "daily_revenue",
     "marketing_roi",
+    "fct_orders",
 }
 
 
@@ -388,7 +389,7 @@ def test_selected_build_touches_only_downstream_of_changed_streams(
         "source:shop.orders+",
     )
     models = {n.name for n in failing_build.nodes if n.resource_type == "model"}
-    assert models == {"stg_customers", "stg_orders", "daily_revenue", "marketing_roi"}
+    assert models == {"stg_customers", "stg_orders", "daily_revenue", "marketing_roi", "fct_orders"}
 
 
 def test_skipped_marts_keep_the_last_good_build(
