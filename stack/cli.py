@@ -547,6 +547,12 @@ def _print_dbt(dbt: dict[str, Any]) -> None:
         if node["status"] not in ("success", "pass", "skipped"):
             colour = "yellow" if node["status"] == "warn" else "red"
             out.print(f"  [{colour}]{node['status']}[/] {node['unique_id']}: {node['message']}")
+    for check in dbt.get("checks", []):
+        if not check["passed"]:
+            colour = "red" if check["severity"] == "error" else "yellow"
+            out.print(
+                f"  check [{colour}]{check['severity']}[/] {check['name']}: {check['message']}"
+            )
     if dbt.get("published"):
         out.print("[green]published[/]")
     elif dbt.get("audit"):

@@ -162,7 +162,7 @@ class RunSummary:
         return streams_ok and dbt_ok
 
     def failure(self) -> str:
-        """What failed, in one line: the streams, then the dbt nodes."""
+        """What failed, in one line: the streams, the dbt nodes, then the blocking checks."""
         failed = [
             f"stream {s['source']}.{s['stream']}: {s['error']}"
             for s in self.streams
@@ -173,6 +173,11 @@ class RunSummary:
             f"dbt {n['resource_type']} {n['name']} {n['status']}"
             for n in nodes
             if n["status"] in DBT_FAILED
+        ]
+        failed += [
+            f"check {c['name']} failed at severity error: {c['message']}"
+            for c in (self.dbt or {}).get("checks", [])
+            if not c["passed"] and c["severity"] == "error"
         ]
         return "; ".join(failed) or "the run failed"
 

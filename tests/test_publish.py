@@ -250,3 +250,43 @@ def test_clone_and_drop_env_from_the_command_line(tmp_path):
     assert rows(source) == (10, sum(range(10)))
     assert cli.invoke(app, ["drop-env", "dev", "-c", str(path)]).exit_code == 0
     assert not (tmp_path / "warehouse.dev").exists()
+
+
+@pytest.mark.slow
+def test_an_error_check_blocks_the_publish_and_a_warn_check_does_not(tmp_path):
+    """A failing check at ``error`` keeps the published marts and the dashboards as they
+    were, and says which check failed; the same failure at ``warn`` is reported and the
+    run publishes and refreshes."""
+    with serve(WebhookDouble()) as dashboards:
+        dashboards.add("refresh")
+        path = project(tmp_path, f"{dashboards.url}/hooks/refresh")
+        config = yaml.safe_load(path.read_text())
+        impossible = {"table": "marts.daily_revenue", "region_column": "region"}
+        impossible["volume"] = {"max_rows": 0}
+        config["checks"] = [impossible | {"severity": "error"}]
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+        blocked = run(path)
+        assert not blocked.ok and not blocked.dbt["published"] and blocked.dbt["blocked"]
+        assert blocked.dbt["success"]  # dbt itself was green: the check alone blocked
+        assert "check volume:marts.daily_revenue failed at severity error" in blocked.failure()
+        assert [h["status"] for h in blocked.dashboards] == ["skipped"]
+        assert dashboards.received == []
+        published = DuckDBWarehouse(tmp_path / "warehouse")
+        with published as wh:
+            tables = wh.query("SELECT table_schema FROM information_schema.tables").to_pylist()
+            stored = wh.query("SELECT name, passed FROM _mds_checks").to_pylist()
+        assert "marts" not in {t["table_schema"] for t in tables}
+        assert stored == [{"name": "volume:marts.daily_revenue", "passed": False}]
+
+        config["checks"] = [impossible | {"severity": "warn"}]
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        warned = run(path)
+        assert warned.ok and warned.dbt["published"] and not warned.dbt["blocked"]
+        failed = [c for c in warned.dbt["checks"] if not c["passed"]]
+        assert [(c["name"], c["severity"]) for c in failed] == [
+            ("volume:marts.daily_revenue", "warn")
+        ]
+        assert [h["status"] for h in warned.dashboards] == ["succeeded"]
+        assert len(dashboards.received) == 1
+        assert rows_of(published, MARTS)  # the marts are published now
