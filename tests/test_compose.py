@@ -1,0 +1,42 @@
+"""docker-compose.yml is for users (no Docker engine here): check that it hangs together
+with mdstack's own defaults, since nothing else would notice it drifting."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from stack.orchestration import DeploymentSpec
+from tests.conftest import ROOT
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_every_named_volume_is_declared_and_every_dependency_exists():
+    spec = compose()
+    services, declared = spec["services"], set(spec["volumes"])
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if not source.startswith("."):
+                assert source in declared, f"{name}: volume {source} is not declared"
+        for dependency in service.get("depends_on", {}):
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            if service["depends_on"][dependency].get("condition") == "service_healthy":
+                assert "healthcheck" in services[dependency], f"{dependency}: no healthcheck"
+
+
+def test_worker_serves_the_default_pool_of_the_prefect_server_on_postgresql():
+    services = compose()["services"]
+    worker = " ".join(services["worker"]["command"])
+    pool = re.search(r"--pool (\S+)", worker)
+    assert pool and pool.group(1) == DeploymentSpec.model_fields["work_pool"].default
+    assert "--type process" in worker
+    assert services["worker"]["environment"]["PREFECT_API_URL"] == "http://prefect:4200/api"
+    database = services["prefect"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    host = re.search(r"@([\w-]+):5432/", database)
+    assert database.startswith("postgresql+asyncpg://") and host
+    assert host.group(1) in services
