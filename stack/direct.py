@@ -2,15 +2,21 @@
 
 Append and overwrite streams without deletes need no merge, so staging them
 would copy every row twice. Instead a transaction is opened at the first
-write of a commit, batches are appended to the destination as they arrive
-(buffered to ~200 k rows per statement), and the commit writes the state and
-the ledger row and then COMMITs: data and state still land together, and
-readers see the old table until then. Memory stays bounded by the buffer.
+write of a commit and the commit writes the state and the ledger row and then
+COMMITs: data and state still land together, and readers see the old table
+until then.
+
+A warehouse that pulls a stream of batches (``capabilities.stream_append``)
+gets the whole commit as one INSERT fed through a :class:`~stack.feed.Feed`:
+the source is read while the warehouse writes, and memory holds a few batches.
+Any other warehouse gets one append per ~200 k buffered rows.
 """
 
 from __future__ import annotations
 
 from contextlib import ExitStack
+from functools import partial
+from typing import TypeVar
 
 import pyarrow as pa
 
@@ -18,6 +24,7 @@ from connectors.base import State
 from stack import ledger, sql
 from stack.apply import LoadContext
 from stack.errors import SchemaError
+from stack.feed import Feed
 from stack.plan import utcnow
 from stack.staging import BUFFER_ROWS
 
@@ -34,20 +41,30 @@ class DirectLoad:
         self._buffered = 0
         self._bad: list[pa.RecordBatch] = []
         self._tx: ExitStack | None = None
+        self._feed: Feed | None = None
+        self._fed = 0
+        ctx = lc.ctx
+        self._meta = _Constants(
+            {sql.REGION: ctx.region, sql.RUN_ID: ctx.run_id, sql.LOADED_AT: ctx.loaded_at}
+        )
 
     @property
     def rows(self) -> int:
         return self._pending
 
     def add(self, batch: pa.RecordBatch) -> None:
+        self._pending += batch.num_rows
+        if self.lc.wh.capabilities.stream_append:
+            self._stream(batch)
+            return
         self._buffer.append(batch)
         self._buffered += batch.num_rows
-        self._pending += batch.num_rows
         if self._buffered >= self.max_rows:
             self._flush()
 
     def migrate(self, schema: pa.Schema) -> None:
         """The schema changed: write out the batches of the old schema first."""
+        self._end_feed()
         self._flush()
 
     def add_deletes(self, keys: pa.RecordBatch) -> None:
@@ -65,6 +82,7 @@ class DirectLoad:
     def commit(self) -> None:
         wh, plan, ctx, entry = self.lc.wh, self.lc.plan, self.lc.ctx, self.lc.entry
         self._begin()
+        self._end_feed()
         self._flush()
         now = utcnow()
         if self._bad:
@@ -77,7 +95,7 @@ class DirectLoad:
                 "region": ctx.region,
                 "quarantined_at": now,
             }
-            wh.append(wh.meta_schema, ledger.QUARANTINE_TABLE, _with_constants(bad, meta))
+            wh.append(wh.meta_schema, ledger.QUARANTINE_TABLE, _Constants(meta).add(bad))
             entry.quarantined += bad.num_rows
         if self.state is not None:
             ledger.write_state(wh, self.lc.key, self.state, ctx.run_id, now)
@@ -90,6 +108,9 @@ class DirectLoad:
     def close(self) -> None:
         """Roll back whatever was written since the last commit."""
         self._buffer, self._buffered, self._bad = [], 0, []
+        feed, self._feed, self._fed = self._feed, None, 0
+        if feed is not None:
+            feed.abort()
         if self._tx is not None:
             tx, self._tx = self._tx, None
             tx.__exit__(RuntimeError, RuntimeError("load aborted"), None)
@@ -103,22 +124,48 @@ class DirectLoad:
         if self.lc.plan.mode == "full_refresh_overwrite":
             self.lc.wh.execute(sql.clear_region_sql(self.lc.plan.target), [self.lc.ctx.region])
 
+    def _stream(self, batch: pa.RecordBatch) -> None:
+        """Hand the batch to the commit's INSERT, starting it with the first batch."""
+        if self._feed is None:
+            self._begin()
+            plan = self.lc.plan
+            write = partial(self.lc.wh.append, plan.schema, plan.name)
+            self._feed = Feed(self._meta.add(batch.slice(0, 0)).schema, write)
+        self._feed.put(self._meta.add(batch))
+        self._fed += batch.num_rows
+
+    def _end_feed(self) -> None:
+        """Wait for the INSERT to take the last batch and finish (or raise its error)."""
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            feed.finish()
+            self.lc.entry.inserted += self._fed
+            self._fed = 0
+
     def _flush(self) -> None:
         if not self._buffer:
             return
         self._begin()
         data = pa.Table.from_batches(self._buffer)  # one schema: migrate() flushed the old
-        ctx = self.lc.ctx
-        meta = {sql.REGION: ctx.region, sql.RUN_ID: ctx.run_id, sql.LOADED_AT: ctx.loaded_at}
-        self.lc.wh.append(self.lc.plan.schema, self.lc.plan.name, _with_constants(data, meta))
+        self.lc.wh.append(self.lc.plan.schema, self.lc.plan.name, self._meta.add(data))
         self.lc.entry.inserted += data.num_rows
         self._buffer, self._buffered = [], 0
 
 
-def _with_constants(data: pa.Table, values: dict[str, object]) -> pa.Table:
-    """Add columns holding one value each (vectorised: no per-row Python)."""
-    for name, value in values.items():
-        scalar = pa.scalar(value)
-        column = pa.repeat(scalar, data.num_rows) if data.num_rows else pa.array([], scalar.type)
-        data = data.append_column(name, column)
-    return data
+_Data = TypeVar("_Data", pa.Table, pa.RecordBatch)
+
+
+class _Constants:
+    """Columns holding one value each, built once per length and reused for every batch."""
+
+    def __init__(self, values: dict[str, object]) -> None:
+        self.values = values
+        self._columns: list[pa.Array] = []
+
+    def add(self, data: _Data) -> _Data:
+        rows = data.num_rows
+        if not self._columns or len(self._columns[0]) < rows:
+            self._columns = [pa.repeat(pa.scalar(v), rows) for v in self.values.values()]
+        for name, column in zip(self.values, self._columns, strict=True):
+            data = data.append_column(name, column.slice(0, rows))
+        return data

@@ -26,6 +26,9 @@ class Capabilities:
         swap: atomic swap of two tables or schemas.
         max_identifier_length: longest table or column name accepted.
         concurrent_writers: several processes may write at the same time.
+        stream_append: ``append`` also takes a ``pa.RecordBatchReader`` and pulls it in
+            one statement, inside the caller's open transaction, from another thread
+            than the one holding it (the caller then leaves the connection to it).
     """
 
     dialect: str
@@ -33,6 +36,7 @@ class Capabilities:
     swap: bool = False
     max_identifier_length: int = 255
     concurrent_writers: bool = False
+    stream_append: bool = False
 
 
 class Warehouse(Protocol):

@@ -70,6 +70,7 @@ class DuckDBWarehouse:
         swap=False,
         max_identifier_length=255,
         concurrent_writers=False,
+        stream_append=True,
     )
     meta_schema = "main"
 
@@ -272,7 +273,7 @@ class DuckDBWarehouse:
         return {row[0]: row[1] for row in rows}
 
     @contextmanager
-    def _scan(self, data: pa.Table | pa.RecordBatch) -> Iterator[str]:
+    def _scan(self, data: pa.Table | pa.RecordBatch | pa.RecordBatchReader) -> Iterator[str]:
         """Expose Arrow data to SQL under a private view name, scanned in place (no copy)."""
         name = "_mds_arrow_scan"
         self.con.register(name, data)
@@ -293,10 +294,22 @@ class DuckDBWarehouse:
             )
             self.con.execute(f"INSERT INTO {ref} BY NAME SELECT * FROM {incoming}")
 
-    def append(self, schema: str, table_name: str, data: pa.Table) -> None:
+    def append(self, schema: str, table_name: str, data: pa.Table | pa.RecordBatchReader) -> None:
+        """Append rows; a reader is pulled by one INSERT, in DuckDB's threads, batch by batch.
+
+        One statement for a whole load keeps memory flat and overlaps the source with
+        the Parquet writer; one INSERT per buffer instead made DuckLake hold native
+        memory for every statement until the connection closed. A reader runs on the
+        connection of the transaction its caller opened (the caller waits for it), so
+        it takes no write turn of its own (see :meth:`cursor`).
+        """
+        statement = f"INSERT INTO {table(schema, table_name)} BY NAME SELECT * FROM "
         with self._scan(data) as incoming:
-            target = table(schema, table_name)
-            self.execute(f"INSERT INTO {target} BY NAME SELECT * FROM {incoming}")
+            if isinstance(data, pa.RecordBatchReader):
+                with _translate(statement + incoming):
+                    self.con.execute(statement + incoming)
+            else:
+                self.execute(statement + incoming)
 
     def drop_stage(self, name: str) -> None:
         self.execute(f"DROP TABLE IF EXISTS {self.stage_ref(name)}")
