@@ -11,6 +11,9 @@ warehouse. ``read`` drives one stream and yields, in order:
   before a checkpoint is committed together with it, so a source must only
   emit a checkpoint once the state covers every record before it.
 
+A stream whose data another system loads (``StreamSpec.loaded_externally``)
+yields :class:`ExternalLoad` and checkpoints instead of records.
+
 The next read receives the last committed state (``None`` on a first read or
 after a reset), for every sync mode: full-refresh streams may use it for the
 source's own bookkeeping.
@@ -54,6 +57,8 @@ class StreamSpec:
         cursor: column that grows with every change (``updated_at``), if any.
         sync_modes: the modes this stream supports.
         emits_deletes: whether ``read`` yields :class:`Deletes` (CDC tombstones).
+        loaded_externally: another system (an Airbyte server) loads this stream into the
+            warehouse; ``read`` runs that load and yields :class:`ExternalLoad`, never records.
     """
 
     name: str
@@ -62,6 +67,7 @@ class StreamSpec:
     cursor: str | None = None
     sync_modes: tuple[SyncMode, ...] = ("full_refresh_overwrite", "full_refresh_append")
     emits_deletes: bool = False
+    loaded_externally: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,7 +133,23 @@ class Checkpoint:
     state: State = field(default_factory=dict)
 
 
-Message = Batch | Deletes | Checkpoint
+@dataclass(frozen=True)
+class ExternalLoad:
+    """Another system has loaded this stream into the warehouse (e.g. an Airbyte sync job).
+
+    The engine writes no rows for it: it records the load in the run ledger (``rows``,
+    when the system reports them) and marks the stream changed, so dbt rebuilds what is
+    downstream of it.
+    """
+
+    stream: str
+    rows: int | None = None
+    bytes: int | None = None
+    job: str = ""
+    """The external system's id of the load (shown in logs)."""
+
+
+Message = Batch | Deletes | Checkpoint | ExternalLoad
 
 
 @dataclass(frozen=True)

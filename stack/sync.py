@@ -33,6 +33,7 @@ from stack.apply import Load, LoadContext, StagedLoad, detect_deletes
 from stack.config import StackConfig
 from stack.direct import DirectLoad
 from stack.errors import ConfigError, MdstackError, SchemaError
+from stack.external import sync_external
 from stack.plan import (
     EVERY_CHECKPOINT,
     CommitPolicy,
@@ -93,6 +94,8 @@ def sync_stream(
             and committed checkpoints stay committed.
     """
     with wh.lock(f"{ctx.pipeline}.{ctx.region}.{plan.lock_name}"):
+        if plan.stream.spec.loaded_externally:
+            return sync_external(wh, source, plan, ctx)
         return _sync_locked(wh, source, plan, ctx, progress, policy)
 
 

@@ -1,0 +1,278 @@
+"""An Airbyte server (Cloud or self-hosted OSS) as a source: mdstack runs its connection's syncs.
+
+Airbyte's destination loads the tables; mdstack triggers the sync job, waits for it, and
+then runs dbt on what it loaded. Every stream of the connection is declared
+``loaded_externally``: ``read`` yields an :class:`ExternalLoad` with the job's counts and a
+checkpoint (``{"job_id": ...}``), never records. One source instance runs one job for all
+the streams it reads; a second run that finds a job already running (409) attaches to it
+(``on_running: wait``) or fails (``fail``).
+
+Config (see :data:`_SPEC`): ``connection_id``; ``api_url`` (Airbyte Cloud by default; a
+self-hosted server's is ``http://HOST:8000/api/public/v1``); auth by ``bearer`` token or
+``client_id`` + ``client_secret`` (an Airbyte application; the token comes from
+``token_url``, by default ``<api_url>/applications/token``); ``timeout`` and
+``poll_interval`` in seconds; ``on_running``.
+
+A job still running at ``timeout``, or when the read is interrupted, is cancelled if this
+source started it (a job it attached to belongs to someone else and is left alone).
+``failed`` is retryable (Airbyte's public API reports no failure reason: see the job's
+logs in Airbyte); ``cancelled`` is not.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from connectors._airbyte_api import ENDED, AirbyteClient, AlreadyRunning, Auth, Job
+from connectors.base import (
+    Catalog,
+    Checkpoint,
+    CheckResult,
+    ConfiguredStream,
+    ExternalLoad,
+    Message,
+    ParsedConfig,
+    State,
+    StreamSpec,
+    SyncMode,
+    require,
+)
+from connectors.errors import ConnectorError, MdstackError, SourceUnavailable
+
+log = logging.getLogger(__name__)
+
+CLOUD_API = "https://api.airbyte.com/v1"
+
+_SPEC: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "Airbyte server connection",
+    "type": "object",
+    "required": ["connection_id"],
+    "additionalProperties": False,
+    "properties": {
+        "connection_id": {"type": "string", "minLength": 1},
+        "api_url": {"type": "string", "default": CLOUD_API},
+        "bearer": {"type": "string", "description": "access token", "writeOnly": True},
+        "client_id": {"type": "string"},
+        "client_secret": {"type": "string", "writeOnly": True},
+        "token_url": {"type": "string", "description": "default: <api_url>/applications/token"},
+        "timeout": {"type": "number", "exclusiveMinimum": 0, "default": 21600},
+        "poll_interval": {"type": "number", "exclusiveMinimum": 0, "default": 10},
+        "on_running": {"enum": ["wait", "fail"], "default": "wait"},
+    },
+}
+
+_MODES: dict[str, SyncMode] = {
+    "full_refresh_overwrite": "full_refresh_overwrite",
+    "full_refresh_overwrite_deduped": "full_refresh_overwrite",
+    "full_refresh_append": "full_refresh_append",
+    "full_refresh_update": "full_refresh_append",
+    "full_refresh_soft_delete": "full_refresh_append",
+    "incremental_append": "incremental_append",
+    "incremental_deduped_history": "incremental_deduped",
+    "incremental_update": "incremental_append",
+    "incremental_soft_delete": "incremental_append",
+}
+"""Airbyte's sync modes, by what they mean for a table: the destination's mode (stack.yml's
+``sync``) must match, since a full refresh makes dbt rebuild its models in full."""
+
+
+@dataclass(frozen=True)
+class _Config:
+    connection_id: str
+    api_url: str
+    auth: Auth
+    timeout: float
+    poll_interval: float
+    on_running: str
+
+
+def _parse_config(source: str, config: Mapping[str, Any]) -> _Config:
+    """Validate ``config`` against :data:`_SPEC`, naming the bad key (never its value)."""
+    props = _SPEC["properties"]
+    for key in config:
+        if key not in props:
+            raise _bad(source, key, f"unknown config key {key!r}", f"valid keys: {sorted(props)}")
+    values = {k: p["default"] for k, p in props.items() if "default" in p} | dict(config)
+    connection_id = require(config, "connection_id", source)
+    for key in ("connection_id", "api_url", "bearer", "client_id", "client_secret", "token_url"):
+        if key in values and (not isinstance(values[key], str) or not values[key]):
+            raise _bad(source, key, f"{key} must be a non-empty string", f"set `{key}:`")
+    for key in ("timeout", "poll_interval"):
+        value = values[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise _bad(source, key, f"{key} must be a positive number of seconds", f"{key}: 60")
+    if values["on_running"] not in ("wait", "fail"):
+        raise _bad(source, "on_running", "on_running must be wait or fail", "on_running: wait")
+    client_keys = [k for k in ("client_id", "client_secret") if k in values]
+    if ("bearer" in values) == bool(client_keys) or len(client_keys) == 1:
+        raise _bad(
+            source,
+            "bearer",
+            "set either `bearer` or both `client_id` and `client_secret`",
+            "e.g. client_secret: ${env:AIRBYTE_CLIENT_SECRET} (a secret reference)",
+        )
+    api_url = values["api_url"].rstrip("/")
+    # absolute: the SDK would join a relative token_url onto the host, dropping /v1
+    token_url = values.get("token_url") or f"{api_url}/applications/token"
+    auth = Auth(
+        values.get("bearer"), values.get("client_id"), values.get("client_secret"), token_url
+    )
+    timing = (float(values["timeout"]), float(values["poll_interval"]))
+    return _Config(connection_id, api_url, auth, *timing, values["on_running"])
+
+
+def _bad(source: str, key: str, message: str, hint: str) -> ConnectorError:
+    return ConnectorError(message, source=source, key=key, hint=hint)
+
+
+class AirbyteServerSource:
+    """Runs the sync jobs of one Airbyte connection and reports what they loaded."""
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        self.name = name
+        self._parsed = ParsedConfig(name, config, _parse_config)
+        self._job: Job | None = None
+
+    def spec(self) -> dict[str, Any]:
+        """JSON Schema of the config; see :data:`_SPEC`."""
+        return copy.deepcopy(_SPEC)
+
+    def check(self) -> CheckResult:
+        """ok if the connection can be read with these credentials and is active."""
+        try:
+            connection = self._client().connection()
+        except MdstackError as exc:
+            return CheckResult(False, str(exc))
+        if connection.status.value != "active":
+            return CheckResult(
+                False, f"the Airbyte connection {connection.name!r} is {connection.status.value}"
+            )
+        return CheckResult(True)
+
+    def discover(self) -> Catalog:
+        """The connection's streams, with the sync mode, keys and cursor Airbyte uses.
+
+        Schemas hold only the key and cursor columns (as strings): Airbyte's destination
+        owns the tables' columns and types.
+        """
+        connection = self._client().connection()
+        streams = connection.configurations.streams or []
+        return Catalog(tuple(_stream_spec(s) for s in streams))
+
+    def read(self, stream: ConfiguredStream, state: State | None) -> Iterator[Message]:
+        """Run the connection's sync job (once per source instance) and report it.
+
+        Raises:
+            ConnectorError: the job failed (retryable), was cancelled, or timed out
+                (cancelled then); the API refused the credentials or the connection.
+        """
+        if self._job is None:
+            self._job = self._sync()
+        job = self._job
+        yield ExternalLoad(stream.name, job.rows, job.bytes, f"Airbyte job {job.id}")
+        yield Checkpoint(stream.name, {"job_id": job.id})
+
+    def _client(self) -> AirbyteClient:
+        cfg = self._parsed.get()
+        return AirbyteClient(self.name, cfg.api_url, cfg.connection_id, cfg.auth)
+
+    def _sync(self) -> Job:
+        """Start (or attach to) a sync job and wait for it to succeed."""
+        cfg = self._parsed.get()
+        client = self._client()
+        try:
+            job, ours = client.start_sync(), True
+        except AlreadyRunning as exc:
+            if cfg.on_running == "fail":
+                raise ConnectorError(
+                    f"a sync of the connection is already running (Airbyte: {exc})",
+                    source=self.name,
+                    key="on_running",
+                    hint="retry later, or set `on_running: wait` to wait for that job",
+                    retryable=True,
+                ) from None
+            job, ours = self._running(client), False
+        log.info("%s: Airbyte job %s %s", self.name, job.id, "started" if ours else "attached")
+        job = self._wait(client, job, ours)
+        if job.status == "succeeded":
+            log.info("%s: Airbyte job %s succeeded: %s rows", self.name, job.id, job.rows)
+            return job
+        raise ConnectorError(
+            f"Airbyte sync job {job.id} {job.status}"
+            + (f" after {job.duration}" if job.duration else ""),
+            source=self.name,
+            hint=f"see the job's logs in Airbyte (connection {cfg.connection_id})",
+            retryable=job.status == "failed",
+        )
+
+    def _running(self, client: AirbyteClient) -> Job:
+        job = client.running_job()
+        if job is not None:
+            return job
+        return client.start_sync()  # it ended between the 409 and the listing
+
+    def _wait(self, client: AirbyteClient, job: Job, ours: bool) -> Job:
+        """Poll until the job ends; cancel it (if ours) on timeout or interruption."""
+        cfg = self._parsed.get()
+        deadline = time.monotonic() + cfg.timeout
+        ended = False
+        try:
+            while job.status not in ENDED:  # unknown statuses too: keep polling
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ConnectorError(
+                        f"Airbyte job {job.id} did not finish within {cfg.timeout:g} s"
+                        + ("; it was cancelled" if ours else ""),
+                        source=self.name,
+                        key="timeout",
+                        hint="raise `timeout`, or look at the job in Airbyte",
+                    )
+                time.sleep(min(cfg.poll_interval, left))
+                job = self._poll(client, job)
+            ended = True
+        finally:
+            if not ended and ours:
+                self._cancel(client, job)
+        return job
+
+    def _poll(self, client: AirbyteClient, job: Job) -> Job:
+        """The job's new status; a network hiccup keeps the old one (the job runs on)."""
+        try:
+            polled = client.job(job.id)
+        except SourceUnavailable as exc:
+            log.warning("%s: polling Airbyte job %s failed, will retry: %s", self.name, job.id, exc)
+            return job
+        if polled.status != job.status:
+            log.info("%s: Airbyte job %s is %s", self.name, job.id, polled.status)
+        return polled
+
+    def _cancel(self, client: AirbyteClient, job: Job) -> None:
+        try:
+            client.cancel(job.id)
+            log.warning("%s: cancelled Airbyte job %s", self.name, job.id)
+        except MdstackError as exc:
+            log.error("%s: could not cancel Airbyte job %s: %s", self.name, job.id, exc)
+
+
+def _stream_spec(stream: Any) -> StreamSpec:
+    """One of the connection's streams (an SDK ``StreamConfiguration``) as a StreamSpec."""
+    keys = tuple(".".join(path) for path in stream.primary_key or [])
+    cursor = ".".join(stream.cursor_field) if stream.cursor_field else None
+    mode = _MODES.get(stream.sync_mode.value if stream.sync_mode else "", "full_refresh_append")
+    columns = dict.fromkeys([*keys, *([cursor] if cursor else [])])
+    return StreamSpec(
+        name=stream.name,
+        schema=pa.schema([(c, pa.string()) for c in columns]),
+        primary_key=keys,
+        cursor=cursor,
+        sync_modes=(mode,),
+        loaded_externally=True,
+    )
