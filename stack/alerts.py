@@ -61,11 +61,6 @@ MAX_ERROR_CHARS = 600
 """Error texts are cut to this length in alerts (the run's log has the whole text)."""
 
 
-def configured(config: StackConfig) -> Sequence[SlackAlert | EmailAlert | WebhookAlert]:
-    """The config's ``alerts:`` (none while StackConfig does not declare the section)."""
-    return getattr(config, "alerts", None) or []
-
-
 # -- the report ---------------------------------------------------------------------------
 
 
@@ -343,7 +338,7 @@ def notify_run(config_path: str | Path, summary: Mapping[str, Any], **where: Any
         One dict per channel tried (``channel``, ``ok``, ``error``).
     """
     config = load_config(config_path)
-    alerts = configured(config)
+    alerts = config.alerts
     if not alerts:
         return []
     report = report_for(config, summary, **where)

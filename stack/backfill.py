@@ -73,11 +73,6 @@ ONE_COMMIT = CommitPolicy(rows=1 << 62, seconds=float("inf"))
 """A partition lands in one commit: its rows appear together."""
 
 
-def configured(config: StackConfig) -> BackfillConfig:
-    """The config's ``backfill:`` section (the defaults while StackConfig has none)."""
-    return getattr(config, "backfill", None) or BackfillConfig()
-
-
 # -- which streams ------------------------------------------------------------------------
 
 
@@ -244,7 +239,7 @@ def pending_partitions(
     Parallelism is the configured one, or 1 on a warehouse with a single writer.
     """
     config = load_config(config_path)
-    settings = configured(config)
+    settings = config.backfill
     wanted = backfill_streams(config, sources, streams)
     windows = partitions(parse_day(first), parse_day(last), settings.grain)
     chosen = [config.check_region(r) for r in regions] or config.region_names()
@@ -276,7 +271,7 @@ def forget_partitions(
     """
     config = load_config(config_path)
     wanted = backfill_streams(config, sources, streams)
-    windows = partitions(parse_day(first), parse_day(last), configured(config).grain)
+    windows = partitions(parse_day(first), parse_day(last), config.backfill.grain)
     chosen = [config.check_region(r) for r in regions] or config.region_names()
     ref = f"{sql.ident('pipeline')} = ? AND {sql.ident('region')} = ? AND {sql.ident('source')} = ?"
     where = f"{ref} AND {sql.ident('stream')} = ? AND {sql.ident('partition_start')} = ?"
@@ -351,7 +346,7 @@ def _partition_source(
     settings = reveal(resolver.resolve(settings, f"sources.{source}.config"))
     inner = load_source(source_cfg.connector, source, settings)
     plan = plan_stream(source, source_cfg, inner.discover(), stream)
-    column = configured(config).partition_by.get(f"{source}.{stream}") or plan.stream.cursor
+    column = config.backfill.partition_by.get(f"{source}.{stream}") or plan.stream.cursor
     if not column:
         raise ConfigError(
             f"stream {source}.{stream} has no cursor to cut partitions on",

@@ -165,7 +165,7 @@ def plan_deployments(
         ConfigError: a key is not a slug, or names an unknown source, region or
             ``after`` deployment, or two deployments would share a name.
     """
-    specs = specs if specs is not None else configured(config)
+    specs = specs if specs is not None else config.deployments
     plan: list[PlannedDeployment] = []
     for key, spec in specs.items():
         _check_spec(config, specs, key, spec)
@@ -178,12 +178,6 @@ def plan_deployments(
     if clash:
         raise ConfigError(f"deployment names clash: {clash}", key="deployments")
     return plan
-
-
-def configured(config: StackConfig) -> Mapping[str, DeploymentSpec]:
-    """The config's ``deployments:`` section (the default one while StackConfig has none)."""
-    declared = getattr(config, "deployments", None)
-    return default_deployments() if declared is None else declared
 
 
 def _check_spec(

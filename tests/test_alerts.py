@@ -188,11 +188,11 @@ def test_a_flaky_endpoint_is_retried_and_a_dead_one_never_fails_the_run(tmp_path
 
 def test_notify_run_resolves_secrets_from_the_config(tmp_path, monkeypatch):
     path = tmp_path / "stack.yml"
-    path.write_text(yaml.safe_dump(config(tmp_path).model_dump(mode="json", by_alias=True)))
+    declared = config(tmp_path).model_dump(mode="json", by_alias=True)
+    declared["alerts"] = [{"type": "webhook", "url": "${env:HOOK_URL}"}]
+    path.write_text(yaml.safe_dump(declared))
     with WebhookServer() as hook:
         monkeypatch.setenv("HOOK_URL", f"{hook.url}/x")
-        channel = alerts.WebhookAlert(type="webhook", url="${env:HOOK_URL}")
-        monkeypatch.setattr(alerts, "configured", lambda config: [channel])
         delivered = alerts.notify_run(path, summary(), flow_run_url=URL)
         assert delivered == [{"channel": "alerts[0] webhook", "ok": True, "error": None}]
         assert hook.requests[0].body["flow_run_url"] == URL

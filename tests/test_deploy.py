@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 import connectors
-from stack import alerts, backfill
 from stack import deployments as plans
 from stack.config import StackConfig, load_config
 from stack.errors import ConfigError, ConnectorError, SourceUnavailable
@@ -193,30 +192,21 @@ backfill: {grain: week, partition_by: {shop.orders: ordered_at}}
 """
 
 
-def test_the_sections_fit_the_stack_config_fields_the_report_proposes(tmp_path):
-    from pydantic import Field
-
-    from stack.orchestration import Alert, BackfillConfig, DeploymentSpec, default_deployments
-
-    class WithOrchestration(StackConfig):  # the lines stack/config.py is to gain
-        deployments: dict[str, DeploymentSpec] = Field(default_factory=default_deployments)
-        alerts: list[Alert] = Field(default_factory=list)
-        backfill: BackfillConfig = Field(default_factory=BackfillConfig)
-
+def test_orchestration_sections_of_stack_yml_and_their_defaults(tmp_path):
     base = yaml.safe_load(stack(tmp_path).read_text()) | {"path": tmp_path / "stack.yml"}
-    config = WithOrchestration.model_validate(base | yaml.safe_load(SECTIONS))
+    config = StackConfig.model_validate(base | yaml.safe_load(SECTIONS))
     assert [d.name for d in plans.plan_deployments(config)] == [
         "shop-pipeline-us",
         "shop-pipeline-eu",
         "shop-shop-hourly-us",
         "shop-shop-hourly-eu",
     ]
-    assert [a.on for a in alerts.configured(config)] == [("failure",), ("failure", "success")]
-    assert backfill.configured(config).partition_by == {"shop.orders": "ordered_at"}
-    bare = WithOrchestration.model_validate(base)
+    assert [a.on for a in config.alerts] == [("failure",), ("failure", "success")]
+    assert config.backfill.partition_by == {"shop.orders": "ordered_at"}
+    bare = StackConfig.model_validate(base)
     assert [d.key for d in plans.plan_deployments(bare)] == ["pipeline", "pipeline"]
-    assert alerts.configured(bare) == [] and backfill.configured(bare).grain == "day"
-    none = WithOrchestration.model_validate(base | {"deployments": {}})
+    assert bare.alerts == [] and bare.backfill.grain == "day"
+    none = StackConfig.model_validate(base | {"deployments": {}})
     assert plans.plan_deployments(none) == []
 
 
@@ -499,8 +489,9 @@ def test_a_non_retryable_error_fails_at_once_and_a_rerun_redoes_only_that_stream
     path = counting_stack(tmp_path, {"stream": "events", "times": 1, "retryable": False})
     log = tmp_path / "reads.jsonl"
     with WebhookServer() as hook:
-        channel = alerts.WebhookAlert(type="webhook", url=f"{hook.url}/alerts")
-        monkeypatch.setattr(alerts, "configured", lambda config: [channel])
+        declared = yaml.safe_load(path.read_text())
+        declared["alerts"] = [{"type": "webhook", "url": f"{hook.url}/alerts"}]
+        path.write_text(yaml.safe_dump(declared))
         state, summary = run_flow(path, prefect_api)
         assert state.is_failed()
         assert len(reads(log, "events")) == 1  # not retried
