@@ -18,6 +18,7 @@ REGISTRY: dict[str, str] = {
     "postgres": "connectors.postgres:PostgresSource",
     "rest": "connectors.rest:RestSource",
     "files": "connectors.files:FilesSource",
+    "airbyte": "connectors.airbyte:AirbyteSource",
     "airbyte_server": "connectors.airbyte_server:AirbyteServerSource",
 }
 """Connector name -> ``module:Class``; imported lazily so one source's driver never

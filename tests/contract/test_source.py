@@ -165,12 +165,23 @@ def airbyte_server_case(tmp_path: Path) -> Iterator[Case]:
         yield Case(config, config | {"timeout": 0}, "timeout")
 
 
+@contextmanager
+def airbyte_case(tmp_path: Path) -> Iterator[Case]:
+    """The protocol-speaking fake in tests/airbyte_fake_source.py, run as a process."""
+    import sys
+
+    fake = Path(__file__).resolve().parent.parent / "airbyte_fake_source.py"
+    config = {"executable": [sys.executable, str(fake)], "config": {"count": 30, "state_every": 7}}
+    yield Case(config, config | {"config": {"count": "thirty"}}, "config.count")
+
+
 CASES: dict[str, Callable[[Path], AbstractContextManager[Case]]] = {
     "demo": demo_case,
     "postgres": postgres_case,
     "files": files_case,
     "rest": rest_case,
     "airbyte_server": airbyte_server_case,
+    "airbyte": airbyte_case,
 }
 
 

@@ -1,0 +1,162 @@
+"""RECORD lines of one Airbyte stream into an Arrow record batch, a block at a time.
+
+The reader hands over raw stdout lines (bytes), never parsed messages: a block of RECORD
+lines is parsed by Arrow's JSON reader in C++ (``pyarrow.json``) against the envelope
+``{"record": {"stream", "data": {<typed columns>}}}`` built from the stream's JSON Schema,
+so scalar columns (numbers, text, booleans, timestamps) cost no Python per row. Columns
+carried as JSON text (nested objects and arrays, untyped values; see
+:mod:`connectors._airbyte_types`) are the exception: Arrow would build structs, so those
+values are taken from one ``orjson`` pass over the block. Dates are read as text and cast.
+
+A block whose values do not fit the declared types (an integer column holding ``4.5``, a
+text column holding a number) is parsed again with orjson: each column is converted on its
+own and a column that does not fit becomes wider (integers -> float64) or text (values as
+their JSON text), with a warning; the engine's schema policy then decides about the change.
+Fields a record has beyond its stream's schema are dropped.
+
+Measured on 20 k ``source-faker`` users (17 columns, one nested): Arrow's reader 5 us per
+record without the nested column, 12 us with it; orjson + ``RecordBatch.from_pylist`` for
+every column 19 us. ``source-faker`` itself takes 100-200 us to produce a record.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from connectors._airbyte_types import is_json_text, json_schema_to_arrow
+from connectors._rest_arrow import _as_text, _json, _timestamps
+
+log = logging.getLogger("connectors.airbyte")
+
+_CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError)
+_MIN_BLOCK = 1 << 20
+
+
+class Records:
+    """Converts blocks of one stream's RECORD lines into batches of :attr:`schema`."""
+
+    def __init__(self, source: str, stream: str, json_schema: Mapping[str, Any]) -> None:
+        self.source, self.stream = source, stream
+        self.schema = json_schema_to_arrow(json_schema)
+        props = json_schema.get("properties") or {}
+        self._text = [name for name, prop in props.items() if is_json_text(prop)]
+        self._dates = {f.name for f in self.schema if pa.types.is_date(f.type)}
+        arrow_read = [
+            pa.field(f.name, pa.string() if f.name in self._dates else f.type)
+            for f in self.schema
+            if f.name not in self._text
+        ]
+        envelope = pa.struct([("stream", pa.string()), ("data", pa.struct(arrow_read))])
+        self._parse = pj.ParseOptions(
+            explicit_schema=pa.schema([("record", envelope)]),
+            unexpected_field_behavior="ignore",
+        )
+        self._warned: set[str] = set()
+
+    def to_batch(self, lines: Sequence[bytes], longest: int) -> pa.RecordBatch:
+        """The block's records of this stream (records of other streams are dropped).
+
+        Args:
+            lines: RECORD lines, each ending with a newline.
+            longest: the length of the longest line (Arrow's block size must hold it).
+        """
+        try:
+            return self._fast(lines, longest)
+        except _CONVERSION_ERRORS as exc:
+            log.debug("%s.%s: block re-read value by value: %s", self.source, self.stream, exc)
+            return self._slow(lines)
+
+    def _fast(self, lines: Sequence[bytes], longest: int) -> pa.RecordBatch:
+        block = max(_MIN_BLOCK, 2 * longest)
+        table = pj.read_json(
+            io.BytesIO(b"".join(lines)),
+            read_options=pj.ReadOptions(block_size=block),
+            parse_options=self._parse,
+        )
+        record = table.column("record").combine_chunks()
+        ours = pc.equal(record.field("stream"), self.stream)
+        everyone = pc.all(ours).as_py()
+        data = record.field("data")
+        parsed = {name: data.field(name) for name in (f.name for f in data.type)}
+        if self._text:
+            texts = self._text_columns(lines)
+            parsed.update(texts)
+        columns = []
+        for f in self.schema:
+            column = parsed[f.name]
+            if f.name in self._dates:
+                column = column.cast(pa.date32())
+            columns.append(column)
+        batch = pa.RecordBatch.from_arrays(columns, schema=self.schema)
+        return batch if everyone else batch.filter(ours)
+
+    def _text_columns(self, lines: Sequence[bytes]) -> dict[str, pa.Array]:
+        datas = [_data(orjson.loads(line)) for line in lines]
+        return {
+            name: pa.array(
+                [None if (v := d.get(name)) is None else _json(v) for d in datas], pa.string()
+            )
+            for name in self._text
+        }
+
+    def _slow(self, lines: Sequence[bytes]) -> pa.RecordBatch:
+        messages = [orjson.loads(line) for line in lines]
+        datas = [
+            _data(m)
+            for m in messages
+            if isinstance(m.get("record"), dict) and m["record"].get("stream") == self.stream
+        ]
+        columns, fields = [], []
+        for f in self.schema:
+            values = [d.get(f.name) for d in datas]
+            if f.name in self._text:
+                column = pa.array([None if v is None else _json(v) for v in values], pa.string())
+            else:
+                column = self._convert(f, values)
+            columns.append(column)
+            fields.append(pa.field(f.name, column.type))
+        return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields))
+
+    def _convert(self, f: pa.Field, values: list[Any]) -> pa.Array:
+        """One column's values as its declared type, else wider, else JSON text."""
+        try:
+            if pa.types.is_date(f.type):
+                return pa.array(values, pa.string()).cast(f.type)
+            if pa.types.is_timestamp(f.type):  # offsets converted to UTC, none taken as UTC
+                return _timestamps(pa.array(values, pa.string())).cast(f.type)
+            return pa.array(values, f.type)
+        except _CONVERSION_ERRORS:
+            pass
+        if pa.types.is_integer(f.type):
+            try:
+                return self._widened(f, pa.array(values, pa.float64()))
+            except _CONVERSION_ERRORS:
+                pass
+        return self._widened(f, pa.array(_as_text(values), pa.string()))
+
+    def _widened(self, f: pa.Field, column: pa.Array) -> pa.Array:
+        if f.name not in self._warned:
+            self._warned.add(f.name)
+            log.warning(
+                "%s.%s: values of %r do not fit its declared type %s; read as %s",
+                self.source,
+                self.stream,
+                f.name,
+                f.type,
+                column.type,
+            )
+        return column
+
+
+def _data(message: Any) -> dict[str, Any]:
+    record = message.get("record") if isinstance(message, dict) else None
+    data = record.get("data") if isinstance(record, dict) else None
+    return data if isinstance(data, dict) else {}

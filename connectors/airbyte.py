@@ -1,0 +1,361 @@
+"""Airbyte source: any Airbyte protocol connector (``source-faker``, ``source-file``...) run
+as a local process, no Docker needed::
+
+    fake:
+      connector: airbyte
+      config:
+        package: airbyte-source-faker     # from PyPI, into a virtualenv of its own
+        version: 7.2.1                    # optional: default the newest one installed
+        config: {count: 1000, seed: 42}   # the connector's own config
+      schema: raw_fake
+      streams:
+        users: {sync: incremental_deduped}
+        purchases: {sync: incremental_append}
+
+Exactly one of:
+
+* ``package`` (+ ``version``): a PyPI package, installed on first use into
+  ``$MDSTACK_CONNECTORS_DIR/<package>-<version>`` (default ``~/.cache/mdstack/connectors``;
+  see :mod:`connectors._airbyte_install`, and ``mdstack connector install``);
+* ``executable``: a command speaking the protocol, a path or an argv list
+  (``[python, my_source.py]``);
+* ``image``: a Docker image, only where a Docker engine answers (else a clear error).
+
+``config`` is the connector's own config. It is validated against the connector's spec
+first (an error names the key, ``config.count``), and handed to the connector as a file
+only the user can read (0600, in a 0700 folder), deleted when the command ends; it is never
+logged, and values the spec marks ``airbyte_secret`` are masked in whatever the connector
+says. ``batch_size`` (default 50 000) caps the records of one Arrow batch.
+
+``discover`` runs the connector's ``discover``: each stream's JSON Schema becomes an Arrow
+schema (:mod:`connectors._airbyte_types`); the source-defined primary key and cursor are the
+stream's (nested paths are not columns and are left out); ``full_refresh`` offers both
+full-refresh modes, ``incremental`` both incremental ones; a stream with an
+``_ab_cdc_deleted_at`` column and a key emits deletes.
+
+``read`` runs ``read`` with a configured catalog of the one stream (its sync mode, cursor
+and primary key as ``stack.yml`` chose them), and, for incremental modes, ``--state`` with
+the stored state. How its messages become batches, deletes and checkpoints:
+:mod:`connectors._airbyte_read`; the process and its cleanup:
+:mod:`connectors._airbyte_process`. Each stream is one connector process.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import closing
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+from connectors import _airbyte_install as install
+from connectors._airbyte_process import (
+    Connector,
+    Scrubber,
+    docker_problem,
+    messages,
+    private_files,
+    run,
+    spec_of,
+)
+from connectors._airbyte_read import CDC_DELETED_AT, States, read_messages
+from connectors._airbyte_records import Records
+from connectors._airbyte_types import json_schema_to_arrow
+from connectors.base import (
+    Catalog,
+    CheckResult,
+    ConfiguredStream,
+    Message,
+    ParsedConfig,
+    State,
+    StreamSpec,
+    SyncMode,
+)
+from connectors.errors import ConnectorError
+
+log = logging.getLogger("connectors.airbyte")
+
+SPEC: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "Airbyte protocol connector",
+    "type": "object",
+    "additionalProperties": False,
+    "oneOf": [{"required": ["package"]}, {"required": ["executable"]}, {"required": ["image"]}],
+    "properties": {
+        "package": {"type": "string", "description": "PyPI package, e.g. airbyte-source-faker"},
+        "version": {"type": "string", "description": "exact version of `package`"},
+        "executable": {
+            "description": "a command speaking the Airbyte protocol: a path or an argv list",
+            "oneOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            ],
+        },
+        "image": {"type": "string", "description": "Docker image (needs a Docker engine)"},
+        "config": {"type": "object", "description": "the connector's own config"},
+        "batch_size": {"type": "integer", "minimum": 1, "default": 50_000},
+    },
+}
+_WAYS = ("package", "executable", "image")
+_FULL: tuple[SyncMode, ...] = ("full_refresh_overwrite", "full_refresh_append")
+_INCREMENTAL: tuple[SyncMode, ...] = ("incremental_append", "incremental_deduped")
+_DESTINATION = {
+    "full_refresh_overwrite": "overwrite",
+    "full_refresh_append": "append",
+    "incremental_append": "append",
+    "incremental_deduped": "append_dedup",
+}
+
+
+@dataclass(frozen=True)
+class AirbyteConfig:
+    """The parsed config: how to run the connector, and its own config."""
+
+    package: str | None
+    version: str | None
+    executable: tuple[str, ...] | None
+    image: str | None
+    config: dict[str, Any]
+    batch_size: int
+
+
+def parse_config(source: str, config: Mapping[str, Any]) -> AirbyteConfig:
+    """Check the keys and their types; raises a ConnectorError naming the bad key."""
+
+    def bad(key: str, message: str, hint: str) -> ConnectorError:
+        return ConnectorError(message, source=source, key=key, hint=hint)
+
+    for key in config:
+        if key not in SPEC["properties"]:
+            raise bad(
+                key, f"unknown config key {key!r}", f"valid keys: {', '.join(SPEC['properties'])}"
+            )
+    ways = [way for way in _WAYS if config.get(way) is not None]
+    if len(ways) != 1:
+        found = f"got {', '.join(ways)}" if ways else "got none"
+        raise bad(
+            "package",
+            f"give exactly one of `package`, `executable` and `image` ({found})",
+            "e.g. `package: airbyte-source-faker`, or `executable: /path/to/source`",
+        )
+    for key in ("package", "version", "image"):
+        if config.get(key) is not None and not (isinstance(config[key], str) and config[key]):
+            raise bad(key, f"{key} must be a non-empty string", f"e.g. {key}: ...")
+    if config.get("version") is not None and config.get("package") is None:
+        raise bad("version", "`version` goes with `package`", "remove `version`, or add `package`")
+    executable = config.get("executable")
+    if isinstance(executable, str) and executable:
+        executable = (executable,)
+    elif (
+        isinstance(executable, list) and executable and all(isinstance(a, str) for a in executable)
+    ):
+        executable = tuple(executable)
+    elif executable is not None:
+        raise bad(
+            "executable", "executable must be a path or a list of words", "e.g. [python, x.py]"
+        )
+    inner = config.get("config", {})
+    if not isinstance(inner, Mapping):
+        raise bad("config", "config must be a mapping: the connector's own config", "config: {...}")
+    size = config.get("batch_size", 50_000)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise bad("batch_size", f"batch_size must be a positive integer, not {size!r}", "50000")
+    package = install.package_name(config["package"]) if config.get("package") else None
+    return AirbyteConfig(
+        package, config.get("version"), executable, config.get("image"), dict(inner), size
+    )
+
+
+class AirbyteSource:
+    """An Airbyte protocol connector as a :class:`~connectors.base.Source`; see the module
+    docstring. A bad config raises only when the source is used (``check`` reports it)."""
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        self.name = name
+        self._parsed = ParsedConfig(name, config, parse_config)
+        self._connector: Connector | None = None
+        self._spec: dict[str, Any] | None = None
+        self._streams: dict[str, dict[str, Any]] = {}
+        self._scrub = Scrubber()
+
+    def spec(self) -> dict[str, Any]:
+        """JSON Schema of this source's config (the connector's own is its ``spec``)."""
+        return copy.deepcopy(SPEC)
+
+    def check(self) -> CheckResult:
+        """Validate the connector's config against its spec, then run its ``check``."""
+        try:
+            status = None
+            for message in self._run("check"):
+                if message.get("type") == "CONNECTION_STATUS":
+                    status = message.get("connectionStatus") or {}
+        except ConnectorError as exc:
+            return CheckResult(ok=False, message=str(exc))
+        if status is None:
+            return CheckResult(ok=False, message="the connector's check printed no status")
+        text = self._scrub(str(status.get("message") or ""))
+        return CheckResult(ok=status.get("status") == "SUCCEEDED", message=text)
+
+    def discover(self) -> Catalog:
+        """The connector's streams (see the module docstring).
+
+        Raises:
+            ConnectorError: bad config (naming the key), the connector failed.
+        """
+        for message in self._run("discover"):
+            if message.get("type") == "CATALOG":
+                streams = (message.get("catalog") or {}).get("streams") or []
+                self._streams = {s["name"]: s for s in streams if isinstance(s, dict)}
+                return Catalog(tuple(_stream_spec(s) for s in self._streams.values()))
+        raise ConnectorError("the connector's discover printed no CATALOG", source=self.name)
+
+    def read(self, stream: ConfiguredStream, state: State | None) -> Iterator[Message]:
+        """Run the connector's ``read`` for this one stream; see :mod:`connectors._airbyte_read`.
+
+        Raises:
+            ConnectorError: bad config or state, an unknown stream, an incremental stream
+                without a cursor, the connector's ERROR trace (retryable if transient) or
+                non-zero exit.
+        """
+        cfg = self._config()
+        connector = self._ready()
+        if stream.name not in self._streams:
+            self.discover()
+        raw = self._streams.get(stream.name)
+        if raw is None:
+            raise ConnectorError(
+                f"the connector has no stream {stream.name!r}; it offers {sorted(self._streams)}",
+                source=self.name,
+                stream=stream.name,
+                hint="fix the stream name in stack.yml",
+            )
+        catalog = {"streams": [self._configured(raw, stream)]}
+        states = States(self.name, stream.name, state if stream.incremental else None)
+        prior = states.messages if stream.incremental and states.messages else None
+        keys = tuple(stream.primary_key or stream.spec.primary_key)
+        with (
+            private_files(config=cfg.config, catalog=catalog, state=prior) as files,
+            closing(run(connector, "read", files, self._scrub)) as lines,
+        ):
+            yield from read_messages(
+                lines,
+                Records(self.name, stream.name, raw.get("json_schema") or {}),
+                states,
+                keys=keys,
+                deletes=stream.spec.emits_deletes and bool(keys),
+                batch_size=cfg.batch_size,
+                scrub=self._scrub,
+            )
+
+    # -- internals ----------------------------------------------------------------------------
+    def _config(self) -> AirbyteConfig:
+        return self._parsed.get()
+
+    def _run(self, verb: str) -> Iterator[dict[str, Any]]:
+        connector = self._ready()
+        with private_files(config=self._config().config) as files:
+            yield from messages(connector, verb, files, self._scrub)
+
+    def _ready(self) -> Connector:
+        """The connector, installed if need be, its config validated against its spec."""
+        if self._connector is not None:
+            return self._connector
+        cfg = self._config()
+        spec = None
+        if cfg.package is not None:
+            done = install.ensure_installed(cfg.package, cfg.version)
+            connector = Connector(self.name, (str(done.executable),))
+            spec = done.spec
+        elif cfg.executable is not None:
+            connector = Connector(self.name, cfg.executable)
+        else:
+            problem = docker_problem()
+            if problem:
+                raise ConnectorError(
+                    f"`image:` runs the connector with Docker, and {problem}",
+                    source=self.name,
+                    key="image",
+                    hint="use `package:` (a PyPI connector) or `executable:` instead",
+                )
+            connector = Connector(self.name, image=cfg.image)
+        if spec is None:
+            spec = spec_of(connector)
+        self._scrub = Scrubber.for_config(cfg.config, spec)
+        _validate(self.name, cfg.config, spec, self._scrub)
+        self._connector, self._spec = connector, spec
+        return connector
+
+    def _configured(self, raw: dict[str, Any], stream: ConfiguredStream) -> dict[str, Any]:
+        """The stream's entry of Airbyte's configured catalog."""
+        entry: dict[str, Any] = {
+            "stream": raw,
+            "sync_mode": "incremental" if stream.incremental else "full_refresh",
+            "destination_sync_mode": _DESTINATION[stream.sync_mode],
+            "primary_key": [[k] for k in (stream.primary_key or stream.spec.primary_key)],
+        }
+        cursor = stream.cursor or stream.spec.cursor
+        if stream.incremental and cursor is None and not raw.get("source_defined_cursor"):
+            raise ConnectorError(
+                "an incremental read needs a cursor, and the connector defines none",
+                source=self.name,
+                stream=stream.name,
+                key="cursor",
+                hint=f"set `cursor:` under `streams: {stream.name}:` in stack.yml",
+            )
+        entry["cursor_field"] = [cursor] if cursor else list(raw.get("default_cursor_field") or [])
+        return entry
+
+
+def _validate(
+    source: str, config: dict[str, Any], spec: Mapping[str, Any], scrub: Scrubber
+) -> None:
+    """The connector's config against its spec: the first error, naming its key."""
+    try:
+        validator_cls = jsonschema.validators.validator_for(spec, jsonschema.Draft7Validator)
+        errors = sorted(validator_cls(spec).iter_errors(config), key=lambda e: list(e.path))
+    except jsonschema.SchemaError:
+        log.warning("%s: the connector's spec is not a valid JSON Schema; not checked", source)
+        return
+    if not errors:
+        return
+    error = errors[0]
+    path = [str(p) for p in error.path]
+    if error.validator == "required":
+        missing = next((str(p) for p in error.validator_value if p not in error.instance), None)
+        path += [missing] if missing else []
+    key = ".".join(["config", *path])
+    raise ConnectorError(
+        f"invalid connector config: {scrub(error.message)}",
+        source=source,
+        key=key,
+        hint=f"fix `{key}` under the source's `config:`; the connector's spec says what it takes",
+    )
+
+
+def _stream_spec(raw: dict[str, Any]) -> StreamSpec:
+    """An AirbyteStream (from discover) as a StreamSpec."""
+    json_schema = raw.get("json_schema") or {}
+    schema = json_schema_to_arrow(json_schema)
+    names = set(schema.names)
+    key_paths = raw.get("source_defined_primary_key") or []
+    flat = all(isinstance(p, list) and len(p) == 1 for p in key_paths)
+    primary_key = tuple(p[0] for p in key_paths) if flat else ()
+    if not set(primary_key) <= names:
+        primary_key = ()
+    default_cursor = raw.get("default_cursor_field") or []
+    cursor = default_cursor[0] if len(default_cursor) == 1 and default_cursor[0] in names else None
+    supported = raw.get("supported_sync_modes") or ["full_refresh"]
+    modes = (_FULL if "full_refresh" in supported else ()) + (
+        _INCREMENTAL if "incremental" in supported else ()
+    )
+    return StreamSpec(
+        name=raw["name"],
+        schema=schema,
+        primary_key=primary_key,
+        cursor=cursor,
+        sync_modes=modes or _FULL,
+        emits_deletes=CDC_DELETED_AT in names and bool(primary_key),
+    )

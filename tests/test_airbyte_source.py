@@ -1,0 +1,379 @@
+"""The airbyte source: Airbyte protocol connectors run as processes, into the warehouse.
+
+Most tests drive ``tests/airbyte_fake_source.py`` (a standard-library protocol source, fast
+to start) through the engine; the last one installs the real ``airbyte-source-faker`` from
+PyPI (once: cached in the default connectors folder) and syncs it twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from connectors import _airbyte_install, _airbyte_process, load_source
+from connectors.base import Batch, Checkpoint, ConfiguredStream
+from connectors.errors import ConnectorError
+from stack import ledger
+from stack.config import StackConfig
+from stack.sync import EVERY_CHECKPOINT, RunContext, plan_stream, sync_source, sync_stream
+
+FAKE = Path(__file__).resolve().parent / "airbyte_fake_source.py"
+CONNECTORS_DIR = Path(
+    os.environ.get(_airbyte_install.CACHE_ENV) or Path.home() / ".cache/mdstack/connectors"
+)
+"""The default connectors folder of the user running the tests (read at import, before the
+run-wide fixture points HOME elsewhere), so the faker install is reused between runs."""
+UV_CACHE = Path.home() / ".cache" / "uv"
+FAKER_VERSION = "7.2.1"
+
+
+def fake(**config: Any) -> dict[str, Any]:
+    return {"executable": [sys.executable, str(FAKE)], "config": config}
+
+
+def stack_config(tmp_path: Path, source: dict[str, Any], streams: dict[str, Any]) -> StackConfig:
+    return StackConfig.model_validate(
+        {
+            "name": "p",
+            "target": "local",
+            "targets": {"local": {"type": "duckdb"}},
+            "sources": {
+                "src": {
+                    "connector": "airbyte",
+                    "config": source,
+                    "schema": "raw",
+                    "streams": streams,
+                }
+            },
+            "path": tmp_path / "stack.yml",
+        }
+    )
+
+
+def sync(wh, tmp_path: Path, source: dict[str, Any], streams: dict[str, Any], run_id: str):
+    cfg = stack_config(tmp_path, source, streams)
+    return sync_source(wh, cfg, "src", RunContext("p", "default", run_id))
+
+
+def rows(wh, table: str = "items", columns: str = "id") -> list[tuple]:
+    result = wh.query(f"SELECT {columns} FROM raw.{table} ORDER BY ALL")
+    return [tuple(r.values()) for r in result.to_pylist()]
+
+
+def stored(wh, stream: str = "items") -> dict | None:
+    return ledger.read_state(wh, ledger.StreamKey("p", "src", stream, "default"))
+
+
+def received(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def items_state(last: int) -> dict:
+    descriptor = {"stream_descriptor": {"name": "items"}, "stream_state": {"id": last}}
+    return {"airbyte_state": [{"type": "STREAM", "stream": descriptor}]}
+
+
+def read_items(source, mode: str = "incremental_deduped", state=None) -> list:
+    spec = source.discover().stream("items")
+    return list(source.read(ConfiguredStream(spec, mode, "id", ("id",)), state))
+
+
+# -- discover ---------------------------------------------------------------------------------
+def test_discover_types_columns_from_the_json_schema_with_keys_cursors_and_modes() -> None:
+    catalog = load_source("airbyte", "src", fake(count=1)).discover()
+    items, events = catalog.stream("items"), catalog.stream("events")
+    assert dict(zip(items.schema.names, items.schema.types, strict=True)) == {
+        "id": pa.int64(),
+        "name": pa.string(),
+        "price": pa.float64(),
+        "day": pa.date32(),
+        "updated_at": pa.timestamp("us", "UTC"),
+        "tags": pa.string(),
+        "meta": pa.string(),
+        "_ab_cdc_deleted_at": pa.timestamp("us", "UTC"),
+    }
+    assert (items.primary_key, items.cursor, items.emits_deletes) == (("id",), "id", True)
+    assert "incremental_deduped" in items.sync_modes
+    assert events.sync_modes == ("full_refresh_overwrite", "full_refresh_append")
+    assert (events.primary_key, events.cursor, events.emits_deletes) == ((), None, False)
+
+
+# -- read: state, checkpoints, resume ---------------------------------------------------------
+def test_each_state_message_commits_the_records_before_it(tmp_path: Path) -> None:
+    messages = read_items(load_source("airbyte", "src", fake(count=12, state_every=5)))
+    shape = [
+        f"batch {m.data.column('id').to_pylist()}" if isinstance(m, Batch) else m.state
+        for m in messages
+    ]
+    assert shape == [
+        f"batch {list(range(1, 6))}",
+        items_state(5),
+        f"batch {list(range(6, 11))}",
+        items_state(10),
+        "batch [11, 12]",
+        items_state(12),
+        items_state(12),  # the end of the read repeats the last state
+    ]
+    first = messages[0].data.slice(0, 1).to_pylist()[0]
+    assert first["meta"] == '{"n":1,"even":false}' and first["tags"] == '["a","t1"]'
+    assert str(first["day"]) == "2026-01-02" and first["updated_at"].second == 1
+
+
+def test_incremental_sync_stores_replayable_state_and_resumes_from_it(
+    warehouse, tmp_path: Path
+) -> None:
+    log = tmp_path / "received.jsonl"
+    streams = {
+        "items": {"sync": "incremental_deduped"},
+        "events": {"sync": "full_refresh_overwrite"},
+    }
+    sync(warehouse, tmp_path, fake(count=25, state_every=10, record_to=str(log)), streams, "r1")
+    assert stored(warehouse) == items_state(25)
+    assert rows(warehouse) == [(i,) for i in range(1, 26)]
+    assert len(rows(warehouse, "events", "seq")) == 25
+    sync(warehouse, tmp_path, fake(count=30, state_every=10, record_to=str(log)), streams, "r2")
+    reads = [r for r in received(log) if r["verb"] == "read"]
+    # first read of each stream: no --state; then exactly what run 1 stored for items;
+    # full refresh streams never get a state
+    assert [r["state"] for r in reads] == [None, None, items_state(25)["airbyte_state"], None]
+    assert rows(warehouse, columns="id, _mds_run_id") == [
+        *((i, "r1") for i in range(1, 26)),
+        *((i, "r2") for i in range(26, 31)),
+    ]
+    assert stored(warehouse) == items_state(30)
+
+
+def test_a_connector_killed_after_a_state_resumes_from_the_committed_state(
+    warehouse, tmp_path: Path
+) -> None:
+    log = tmp_path / "received.jsonl"
+    config = {"count": 30, "state_every": 5, "record_to": str(log)}
+    cfg = stack_config(tmp_path, fake(**config, crash_after=17), {"items": {}})
+    source = load_source("airbyte", "src", cfg.sources["src"].config)
+    plan = plan_stream("src", cfg.sources["src"], source.discover(), "items")
+    with pytest.raises(ConnectorError, match="exited with code -9"):
+        sync_stream(
+            warehouse, source, plan, RunContext("p", "default", "r1"), None, EVERY_CHECKPOINT
+        )
+    assert stored(warehouse) == items_state(15)
+    assert rows(warehouse) == [(i,) for i in range(1, 16)]  # 16 and 17 were never committed
+    source = load_source("airbyte", "src", fake(**config))
+    sync_stream(warehouse, source, plan, RunContext("p", "default", "r2"), None, EVERY_CHECKPOINT)
+    assert received(log)[-1]["state"] == items_state(15)["airbyte_state"]
+    assert rows(warehouse) == [(i,) for i in range(1, 31)]
+    assert stored(warehouse) == items_state(30)
+
+
+def test_a_stored_state_that_is_not_airbyte_state_is_refused_with_a_reset_hint() -> None:
+    source = load_source("airbyte", "src", fake(count=3))
+    with pytest.raises(ConnectorError, match="reset the stream's state"):
+        read_items(source, state={"airbyte_state": {"id": 3}})
+
+
+# -- deletes ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("deletes", ["hard", "soft"])
+def test_cdc_deleted_records_become_deletes_in_stream_order(
+    warehouse, tmp_path: Path, deletes: str
+) -> None:
+    source = fake(count=6, state_every=100, deleted=[2, 4, 5], revived=[4])
+    messages = read_items(load_source("airbyte", "src", source))
+    kinds = [
+        (type(m).__name__, m.data.num_rows if isinstance(m, Batch) else None) for m in messages
+    ]
+    assert kinds[:4] == [("Batch", 6), ("Deletes", None), ("Batch", 1), ("Checkpoint", None)]
+    gone = messages[1].keys.to_pydict()
+    assert gone["id"] == [2, 4, 5] and str(gone["_deleted_at"][0]) == "2026-02-01 00:00:00"
+    streams = {"items": {"sync": "incremental_deduped", "deletes": deletes}}
+    sync(warehouse, tmp_path, source, streams, "r1")
+    if deletes == "hard":
+        assert rows(warehouse) == [(1,), (3,), (4,), (6,)]
+    else:
+        marked = rows(warehouse, columns="id, _mds_deleted_at IS NOT NULL")
+        assert marked == [(1, False), (2, True), (3, False), (4, False), (5, True), (6, False)]
+
+
+# -- errors, logs, types ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("failure", "retryable"), [("transient_error", True), ("system_error", False)]
+)
+def test_an_error_trace_raises_its_message_after_the_committed_checkpoints(
+    failure: str, retryable: bool
+) -> None:
+    source = load_source(
+        "airbyte", "src", fake(count=30, state_every=5, fail_after=12, failure_type=failure)
+    )
+    spec = source.discover().stream("items")
+    got = []
+    with pytest.raises(ConnectorError) as err:
+        for message in source.read(ConfiguredStream(spec, "incremental_append", "id"), None):
+            got.append(message)
+    assert "the API refused the request" in str(err.value) and "HTTP 503" in str(err.value)
+    assert err.value.retryable is retryable and err.value.stream == "items"
+    assert [m.state for m in got if isinstance(m, Checkpoint)] == [items_state(5), items_state(10)]
+    assert got[-1] == Checkpoint("items", items_state(10))  # records 11, 12 are not yielded
+
+
+def test_a_non_zero_exit_shows_the_stderr_tail_with_secrets_masked() -> None:
+    source = load_source("airbyte", "src", fake(count=9, exit_after=4, api_key="sk-live-9f8e7d"))
+    with pytest.raises(ConnectorError, match="exited with code 3") as err:
+        read_items(source)
+    assert "upstream went away" in str(err.value)
+    assert "sk-live-9f8e7d" not in str(err.value) and "login with key ***" in str(err.value)
+
+
+def test_log_messages_go_to_logging_at_their_level(caplog: pytest.LogCaptureFixture) -> None:
+    logs = [["WARN", "quota at 90%"], ["ERROR", "retrying page 3"], ["DEBUG", "GET /items"]]
+    source = load_source("airbyte", "src", fake(count=2, logs=logs, stray="not json"))
+    with caplog.at_level(logging.DEBUG, logger="connectors.airbyte"):
+        read_items(source)
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "connectors.airbyte"]
+    assert (logging.WARNING, "src: quota at 90%") in said
+    assert (logging.ERROR, "src: retrying page 3") in said
+    assert (logging.DEBUG, "src: GET /items") in said
+    assert (logging.INFO, "src: not json") in said
+
+
+def test_values_that_do_not_fit_their_declared_type_are_read_as_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    source = load_source("airbyte", "src", fake(count=3, bad_type=True))
+    batch = next(m for m in read_items(source) if isinstance(m, Batch)).data
+    assert batch.schema.field("price").type == pa.string()
+    assert batch.column("price").to_pylist() == ["1.5", "n/a", "4.5"]
+    assert batch.schema.field("day").type == pa.date32()  # the other columns keep their types
+    assert "values of 'price' do not fit its declared type double" in caplog.text
+
+
+# -- the process: files, cancellation ---------------------------------------------------------
+def test_the_config_file_is_private_and_deleted_after_the_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    seen: list[int] = []
+    real_run = _airbyte_process.run
+
+    def spy(connector, verb, files, scrub):
+        seen.extend(os.stat(p).st_mode & 0o777 for p in (files["config"], files["config"].parent))
+        yield from real_run(connector, verb, files, scrub)
+
+    monkeypatch.setattr("connectors.airbyte.run", spy)
+    read_items(load_source("airbyte", "src", fake(count=2)))
+    assert seen == [0o600, 0o700]
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["close", "interrupt"])
+def test_a_cancelled_read_leaves_no_connector_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    monkeypatch.setattr(_airbyte_process, "GRACE_SECONDS", 0.3)
+    pid_file = tmp_path / "pid"
+    config = fake(count=100, state_every=5, hang_after=7, pid_file=str(pid_file))
+    source = load_source("airbyte", "src", config)
+    spec = source.discover().stream("items")
+    reading = source.read(ConfiguredStream(spec, "incremental_append", "id"), None)
+    assert isinstance(next(reading), Batch)
+    assert isinstance(next(reading), Checkpoint)
+    for _ in range(100):  # the connector has sent 7 records and now ignores SIGTERM
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.05)
+    pid = int(pid_file.read_text())
+    if how == "close":
+        reading.close()
+    else:
+        with pytest.raises(KeyboardInterrupt):
+            reading.throw(KeyboardInterrupt)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+# -- bad config -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("config", "key", "text"),
+    [
+        (fake(count="ten"), "config.count", "'ten' is not of type 'integer'"),
+        (fake(state_every=3), "config.count", "'count' is a required property"),
+        (fake(count=1, options={"mode": "turbo"}), "config.options.mode", "is not one of"),
+        (fake(count=1) | {"package": "airbyte-source-faker"}, "package", "exactly one of"),
+        ({"executable": "/nonexistent/source-x", "config": {}}, "executable", "cannot start"),
+        ({"image": "airbyte/source-faker:6.2.1"}, "image", "Docker"),
+        (fake(count=1) | {"bogus": 1}, "bogus", "unknown config key"),
+    ],
+)
+def test_a_bad_config_is_refused_naming_the_key(config: dict, key: str, text: str) -> None:
+    source = load_source("airbyte", "src", config)
+    result = source.check()
+    assert not result.ok and f"key {key!r}" in result.message and text in result.message
+    with pytest.raises(ConnectorError) as err:
+        source.discover()
+    assert err.value.key == key
+
+
+def test_a_failed_connection_check_is_reported() -> None:
+    result = load_source("airbyte", "src", fake(count=1, check_fails=True)).check()
+    assert (result.ok, result.message) == (False, "bad key")
+    assert load_source("airbyte", "src", fake(count=1)).check().ok
+
+
+# -- the real thing: airbyte-source-faker from PyPI -------------------------------------------
+@pytest.fixture(scope="module")
+def faker_installed() -> Path:
+    """airbyte-source-faker in the default connectors folder (installed once, then reused)."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv(_airbyte_install.CACHE_ENV, str(CONNECTORS_DIR))
+    if UV_CACHE.is_dir():
+        patch.setenv("UV_CACHE_DIR", str(UV_CACHE))
+    try:
+        done = _airbyte_install.ensure_installed("source-faker", FAKER_VERSION)
+    except ConnectorError as exc:
+        patch.undo()
+        pytest.skip(f"airbyte-source-faker could not be installed: {exc}")
+    yield done.executable
+    patch.undo()
+
+
+def test_source_faker_syncs_incrementally_twice_into_duckdb(
+    faker_installed: Path, warehouse, tmp_path: Path
+) -> None:
+    """Run 1 through ``package:``; run 2 through a wrapper that logs the ``--state`` file.
+
+    Faker's incremental quirk: given a state holding ``updated_at`` and ``always_updated:
+    false``, it emits nothing; so run 2 must pass run 1's state and add no row.
+    """
+    log = tmp_path / "states.jsonl"
+    wrapper = tmp_path / "source-faker"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'state=null; prev=""\n'
+        'for a in "$@"; do [ "$prev" = --state ] && state=$(cat "$a"); prev=$a; done\n'
+        f'[ "$1" = read ] && echo "$state" >> {log}\n'
+        f'exec {faker_installed} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    config = {"count": 200, "seed": 7, "records_per_slice": 50, "always_updated": False}
+    streams = {"users": {"sync": "incremental_deduped"}}
+    source = {"package": "airbyte-source-faker", "version": FAKER_VERSION, "config": config}
+    sync(warehouse, tmp_path, source, streams, "r1")
+    users = stored(warehouse, "users")
+    assert users["airbyte_state"][0]["stream"]["stream_state"]["loop_offset"] == 200
+    first = rows(warehouse, "users", "id, email, address, _mds_run_id")
+    assert [r[0] for r in first] == list(range(1, 201))
+    assert json.loads(first[0][2])["country_code"] and {r[3] for r in first} == {"r1"}
+    (entry,) = sync(
+        warehouse, tmp_path, {"executable": str(wrapper), "config": config}, streams, "r2"
+    )
+    assert [json.loads(line) for line in log.read_text().splitlines()] == [users["airbyte_state"]]
+    assert entry.rows_read == 0
+    assert rows(warehouse, "users", "id, email, address, _mds_run_id") == first  # no duplicates
+    assert stored(warehouse, "users") == users
