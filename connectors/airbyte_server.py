@@ -3,9 +3,9 @@
 Airbyte's destination loads the tables; mdstack triggers the sync job, waits for it, and
 then runs dbt on what it loaded. Every stream of the connection is declared
 ``loaded_externally``: ``read`` yields an :class:`ExternalLoad` with the job's counts and a
-checkpoint (``{"job_id": ...}``), never records. One source instance runs one job for all
-the streams it reads; a second run that finds a job already running (409) attaches to it
-(``on_running: wait``) or fails (``fail``).
+checkpoint (``{"job_id": ...}``), never records. An Airbyte job syncs every stream of the
+connection, so the streams of a run share one job (:class:`_SharedJobs`); a run that finds
+a job already running (409) attaches to it (``on_running: wait``) or fails (``fail``).
 
 Config (see :data:`_SPEC`): ``connection_id``; ``api_url`` (Airbyte Cloud by default; a
 self-hosted server's is ``http://HOST:8000/api/public/v1``); auth by ``bearer`` token or
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -139,7 +140,6 @@ class AirbyteServerSource:
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         self.name = name
         self._parsed = ParsedConfig(name, config, _parse_config)
-        self._job: Job | None = None
 
     def spec(self) -> dict[str, Any]:
         """JSON Schema of the config; see :data:`_SPEC`."""
@@ -168,15 +168,19 @@ class AirbyteServerSource:
         return Catalog(tuple(_stream_spec(s) for s in streams))
 
     def read(self, stream: ConfiguredStream, state: State | None) -> Iterator[Message]:
-        """Run the connection's sync job (once per source instance) and report it.
+        """Run the connection's sync job, or share the one another stream ran, and report it.
 
         Raises:
             ConnectorError: the job failed (retryable), was cancelled, or timed out
                 (cancelled then); the API refused the credentials or the connection.
         """
-        if self._job is None:
-            self._job = self._sync()
-        job = self._job
+        cfg = self._parsed.get()
+        key = (cfg.api_url, cfg.connection_id)
+        with _SHARED.locked(key):
+            job = _SHARED.take(key, stream.name)
+            if job is None:
+                job = self._sync()
+                _SHARED.put(key, stream.name, job)
         yield ExternalLoad(stream.name, job.rows, job.bytes, f"Airbyte job {job.id}")
         yield Checkpoint(stream.name, {"job_id": job.id})
 
@@ -260,6 +264,40 @@ class AirbyteServerSource:
             log.warning("%s: cancelled Airbyte job %s", self.name, job.id)
         except MdstackError as exc:
             log.error("%s: could not cancel Airbyte job %s: %s", self.name, job.id, exc)
+
+
+class _SharedJobs:
+    """The latest succeeded job per connection, and the streams that have reported it.
+
+    Why: the engine builds a source per stream (each Prefect task does), but an Airbyte
+    job always syncs every stream of the connection. So a stream reports the latest job
+    of this process if it has not reported it yet, and starts a new one otherwise: the
+    streams of one run share one job, the next run starts the next job. A per-connection
+    lock makes streams synced in parallel threads wait for the job instead of racing it.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._latest: dict[tuple[str, str], tuple[Job, set[str]]] = {}
+
+    def locked(self, key: tuple[str, str]) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def take(self, key: tuple[str, str], stream: str) -> Job | None:
+        """The latest job if ``stream`` has not reported it yet (it reports it now)."""
+        job, reported = self._latest.get(key, (None, set()))
+        if job is None or stream in reported:
+            return None
+        reported.add(stream)
+        return job
+
+    def put(self, key: tuple[str, str], stream: str, job: Job) -> None:
+        self._latest[key] = (job, {stream})
+
+
+_SHARED = _SharedJobs()
 
 
 def _stream_spec(stream: Any) -> StreamSpec:

@@ -13,11 +13,12 @@ import logging
 import signal
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
 
-from connectors import load_source
+from connectors import airbyte_server, load_source
 from connectors.base import Checkpoint, ConfiguredStream, ExternalLoad, Source
 from connectors.errors import ConnectorError
 from stack import pipeline, transform
@@ -39,6 +40,12 @@ STREAMS = [
     },
     {"name": "customers", "syncMode": "full_refresh_overwrite", "primaryKey": [["id"]]},
 ]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_job_sharing(monkeypatch):
+    """Each test starts with no job shared from another test's server."""
+    monkeypatch.setattr(airbyte_server, "_SHARED", airbyte_server._SharedJobs())
 
 
 @pytest.fixture
@@ -87,10 +94,21 @@ def test_a_sync_is_triggered_polled_until_it_succeeds_and_reported(url, api):
     ]
     assert api.requests("POST") == ["/v1/jobs"]
     assert api.requests("GET").count("/v1/jobs/4242") == 5  # queued..succeeded, one per poll
-    # the other streams of the connection were loaded by the same job: no second one
-    again = _read(source, "customers")[0]
+    # the other streams of the connection were loaded by the same job: a source built for
+    # another stream (as each Prefect task builds one) reports it, and starts no second job
+    again = _read(_source(url), "customers")[0]
     assert again == ExternalLoad("customers", 1234, 56789, "Airbyte job 4242")
     assert api.requests("POST") == ["/v1/jobs"]
+    # a stream that has reported the job starts the next one (the next run)
+    assert _read(_source(url))[0].job == "Airbyte job 4243"
+
+
+def test_streams_synced_in_parallel_share_one_job(url, api):
+    api.script = ["running"] * 5 + ["succeeded"]
+    with ThreadPoolExecutor(2) as pool:
+        loads = list(pool.map(lambda s: _read(_source(url), s)[0], ["orders", "customers"]))
+    assert [load.job for load in loads] == ["Airbyte job 4242"] * 2
+    assert api.requests("POST") == ["/v1/jobs"] and len(api.jobs) == 1
 
 
 def test_statuses_the_sdk_does_not_know_keep_the_polling_going(url, api):
