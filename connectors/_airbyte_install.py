@@ -80,16 +80,17 @@ def package_name(name: str) -> str:
     return name if name.startswith("airbyte-") else f"airbyte-{name}"
 
 
-def installed(package: str) -> list[Installed]:
-    """The complete installs of ``package`` in the cache, newest version last."""
+def installed(package: str | None = None) -> list[Installed]:
+    """The complete installs in the cache (of ``package`` only, if given), by package, newest
+    version last."""
     found = []
     root = cache_dir()
     if root.is_dir():
-        for folder in root.glob(f"{package}-*"):
+        for folder in root.glob(f"{package}-*" if package else "*"):
             done = _read_marker(folder)
-            if done is not None and done.package == package:
+            if done is not None and package in (None, done.package):
                 found.append(done)
-    return sorted(found, key=lambda i: _version_key(i.version))
+    return sorted(found, key=lambda i: (i.package, _version_key(i.version)))
 
 
 def ensure_installed(
@@ -152,7 +153,7 @@ def _install(package: str, version: str, folder: Path) -> Installed:
         shutil.rmtree(folder)
     started = time.perf_counter()
     uv = _uv()
-    log.info(
+    log.warning(  # visible by default: it takes up to a minute, once per version
         "installing %s==%s into %s with %s (once per version) ...",
         package,
         version,

@@ -51,7 +51,13 @@ from typing import Any
 
 import jsonschema
 
-from connectors import _airbyte_install as install
+from connectors._airbyte_install import (
+    Installed,
+    cache_dir,
+    ensure_installed,
+    installed,
+    package_name,
+)
 from connectors._airbyte_process import (
     Connector,
     Scrubber,
@@ -75,6 +81,15 @@ from connectors.base import (
     SyncMode,
 )
 from connectors.errors import ConnectorError
+
+__all__ = [
+    "AirbyteSource",
+    "Installed",
+    "cache_dir",
+    "ensure_installed",
+    "installed",
+    "package_name",
+]
 
 log = logging.getLogger("connectors.airbyte")
 
@@ -163,7 +178,7 @@ def parse_config(source: str, config: Mapping[str, Any]) -> AirbyteConfig:
     size = config.get("batch_size", 50_000)
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise bad("batch_size", f"batch_size must be a positive integer, not {size!r}", "50000")
-    package = install.package_name(config["package"]) if config.get("package") else None
+    package = package_name(config["package"]) if config.get("package") else None
     return AirbyteConfig(
         package, config.get("version"), executable, config.get("image"), dict(inner), size
     )
@@ -266,7 +281,7 @@ class AirbyteSource:
         cfg = self._config()
         spec = None
         if cfg.package is not None:
-            done = install.ensure_installed(cfg.package, cfg.version)
+            done = ensure_installed(cfg.package, cfg.version)
             connector = Connector(self.name, (str(done.executable),))
             spec = done.spec
         elif cfg.executable is not None:

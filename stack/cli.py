@@ -69,6 +69,11 @@ StreamOpt = Annotated[
 
 secrets_app = typer.Typer(help="Secret references in stack.yml.", no_args_is_help=True)
 app.add_typer(secrets_app, name="secrets")
+connector_app = typer.Typer(
+    help="Airbyte protocol connectors from PyPI (`connector: airbyte` sources).",
+    no_args_is_help=True,
+)
+app.add_typer(connector_app, name="connector")
 
 
 @app.callback()
@@ -472,6 +477,39 @@ def secrets_check(config: ConfigOpt = None, region: RegionOpt = None) -> None:
     out.print(table)
     if not all(c.ok for c in found.values()):
         raise typer.Exit(1)
+
+
+@connector_app.command("install")
+def connector_install(
+    name: Annotated[
+        str, typer.Argument(help="source-faker, or the PyPI name airbyte-source-faker")
+    ],
+    version: Annotated[
+        str | None, typer.Option("--version", help="Exact version (default: the latest).")
+    ] = None,
+) -> None:
+    """Install an Airbyte connector into a virtualenv of its own (once per version).
+
+    The folder is $MDSTACK_CONNECTORS_DIR/<package>-<version> (default
+    ~/.cache/mdstack/connectors); an install that was interrupted is rebuilt.
+    """
+    from connectors import airbyte as install
+
+    with _errors():
+        console.print(f"installing {install.package_name(name)} {version or '(latest)'} ...")
+        done = install.ensure_installed(name, version, upgrade=version is None)
+    out.print(f"[bold]{done.package}[/] {done.version}: {done.executable}")
+
+
+@connector_app.command("list")
+def connector_list() -> None:
+    """The installed Airbyte connectors, their versions and commands."""
+    from connectors import airbyte as install
+
+    table = Table("package", "version", "command")
+    for done in install.installed():
+        table.add_row(done.package, done.version, str(done.executable))
+    out.print(table if table.row_count else f"no connectors installed in {install.cache_dir()}")
 
 
 # -- rendering ------------------------------------------------------------------------------

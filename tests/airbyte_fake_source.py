@@ -205,5 +205,10 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script of the fake when installed as a package (tests build a wheel)."""
     sys.exit(main(sys.argv))
+
+
+if __name__ == "__main__":
+    entry()

@@ -7,22 +7,27 @@ PyPI (once: cached in the default connectors folder) and syncs it twice.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import os
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
+from typer.testing import CliRunner
 
 from connectors import _airbyte_install, _airbyte_process, load_source
 from connectors.base import Batch, Checkpoint, ConfiguredStream
 from connectors.errors import ConnectorError
 from stack import ledger
+from stack.cli import app
 from stack.config import StackConfig
 from stack.sync import EVERY_CHECKPOINT, RunContext, plan_stream, sync_source, sync_stream
 
@@ -324,6 +329,58 @@ def test_a_failed_connection_check_is_reported() -> None:
     result = load_source("airbyte", "src", fake(count=1, check_fails=True)).check()
     assert (result.ok, result.message) == (False, "bad key")
     assert load_source("airbyte", "src", fake(count=1)).check().ok
+
+
+# -- installs ---------------------------------------------------------------------------------
+def tiny_wheel(folder: Path) -> None:
+    """A wheel of the fake as the package airbyte-source-tiny 0.1.0 (console script
+    ``source-tiny``), written into ``folder`` for an offline install."""
+    info = "airbyte_source_tiny-0.1.0.dist-info"
+    files = {
+        "airbyte_fake_source.py": FAKE.read_bytes(),
+        f"{info}/METADATA": b"Metadata-Version: 2.1\nName: airbyte-source-tiny\nVersion: 0.1.0\n",
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
+        f"{info}/entry_points.txt": b"[console_scripts]\nsource-tiny = airbyte_fake_source:entry\n",
+    }
+    record = [
+        f"{name},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode().rstrip('=')},"
+        f"{len(data)}"
+        for name, data in files.items()
+    ]
+    files[f"{info}/RECORD"] = ("\n".join([*record, f"{info}/RECORD,,"]) + "\n").encode()
+    with zipfile.ZipFile(folder / "airbyte_source_tiny-0.1.0-py3-none-any.whl", "w") as wheel:
+        for name, data in files.items():
+            wheel.writestr(name, data)
+
+
+def test_package_install_is_cached_per_version_and_rebuilt_when_unfinished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "wheels").mkdir()
+    tiny_wheel(tmp_path / "wheels")
+    monkeypatch.setenv("UV_FIND_LINKS", str(tmp_path / "wheels"))
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    monkeypatch.setenv(_airbyte_install.CACHE_ENV, str(tmp_path / "connectors"))
+    source = load_source("airbyte", "src", {"package": "source-tiny", "config": {"count": 3}})
+    assert source.check().ok  # installed on first use (the index's latest: 0.1.0)
+    assert "installing airbyte-source-tiny==0.1.0" in caplog.text
+    folder = tmp_path / "connectors" / "airbyte-source-tiny-0.1.0"
+    marker = folder / _airbyte_install.MARKER
+    assert json.loads(marker.read_text())["spec"]["required"] == ["count"]
+    before = marker.stat().st_mtime_ns
+    again = _airbyte_install.ensure_installed("airbyte-source-tiny", "0.1.0")
+    assert again.executable == folder / "bin" / "source-tiny"
+    assert marker.stat().st_mtime_ns == before  # nothing reinstalled
+    marker.unlink()  # as if the install had been killed before it finished
+    (folder / "leftover").write_text("x")
+    assert _airbyte_install.ensure_installed("airbyte-source-tiny", "0.1.0").spec is not None
+    assert marker.exists() and not (folder / "leftover").exists()
+    listed = CliRunner().invoke(app, ["connector", "list"])
+    assert listed.exit_code == 0 and "airbyte-source-tiny" in listed.output
+    assert "0.1.0" in listed.output
+    missing = CliRunner().invoke(app, ["connector", "install", "source-tiny", "--version", "9.9"])
+    assert missing.exit_code == 1 and "installing airbyte-source-tiny failed" in missing.output
 
 
 # -- the real thing: airbyte-source-faker from PyPI -------------------------------------------
