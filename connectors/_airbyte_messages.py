@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import io
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import polars as pl
 import pyarrow as pa
 
 from connectors._airbyte_types import arrow_to_json_schema
 from connectors.base import DELETED_AT, Catalog, State, StreamSpec
+
+if TYPE_CHECKING:
+    import polars as pl
 
 CDC_DELETED_AT = "_ab_cdc_deleted_at"
 """Airbyte's column for a CDC delete: the record carries the key and this time."""
@@ -124,6 +126,8 @@ def record_lines(stream: str, batch: pa.RecordBatch, emitted_at: int) -> bytes:
     """RECORD lines for every row of ``batch`` (no per-row Python objects)."""
     if batch.num_rows == 0:
         return b""
+    import polars as pl  # here: spec, check and discover need not load it
+
     buffer = io.BytesIO()
     _jsonable(pl.from_arrow(batch)).write_ndjson(buffer)
     lines = buffer.getvalue().rstrip(b"\n").split(b"\n")
@@ -149,6 +153,8 @@ def delete_lines(stream: str, keys: pa.RecordBatch, emitted_at: int) -> bytes:
 
 def _jsonable(frame: pl.DataFrame) -> pl.DataFrame:
     """Convert, per column, what JSON cannot hold: timestamps, binary, decimals."""
+    import polars as pl
+
     converted = []
     for name, dtype in frame.schema.items():
         column = pl.col(name)
