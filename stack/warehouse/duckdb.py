@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import importlib.util
+import os
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +43,10 @@ DATA_DIR = "data"
 EXTENSION_DIR = ".extensions"
 ALIAS = "lake"
 _BUSY_WAIT_SECONDS = 30.0
+_LAKE_OPTIONS = {"parquet_row_group_size": 30_000}
+"""DuckLake options set on a lake that has none of its own. Each writer thread buffers a
+whole Parquet row group: 30 k rows instead of 122,880 keeps a 2 M-row load near 300 MB
+of peak RSS instead of ~400 MB (measured), at no loss of speed."""
 
 
 def ducklake_extension_file() -> Path:
@@ -117,6 +122,8 @@ class DuckDBWarehouse:
                     ) from exc
                 time.sleep(0.2)
         con.execute(f"USE {ALIAS}")
+        if not self.read_only:
+            _set_default_options(con)
         self._con = con
         return self
 
@@ -140,7 +147,8 @@ class DuckDBWarehouse:
             "extension_directory": str(self.path / EXTENSION_DIR),
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": True,
-            "threads": self.threads,
+            # More threads than cores add nothing to a load, but each buffers a row group.
+            "threads": min(self.threads, os.cpu_count() or self.threads),
             "memory_limit": self.memory_limit,
             "temp_directory": str(self.path / ".tmp"),
             "preserve_insertion_order": False,
@@ -360,6 +368,14 @@ def _platform() -> str:
     """DuckDB's platform name (``linux_amd64``): the extension directory's sub-folder."""
     with duckdb.connect() as con:
         return con.execute("PRAGMA platform").fetchone()[0]
+
+
+def _set_default_options(con: duckdb.DuckDBPyConnection) -> None:
+    """Store :data:`_LAKE_OPTIONS` the lake lacks (persisted in the catalog; no snapshot)."""
+    found = {row[0] for row in con.execute(f"SELECT option_name FROM {ALIAS}.options()").fetchall()}
+    for name, value in _LAKE_OPTIONS.items():
+        if name not in found:
+            con.execute(f"CALL {ALIAS}.set_option(?, ?)", [name, value])
 
 
 @contextmanager
