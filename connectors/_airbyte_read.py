@@ -5,12 +5,14 @@ kept as bytes (a prefix test finds the usual compact ones without parsing them; 
 line is parsed with orjson and dispatched on its ``type``) and converted a block at a time
 by :class:`connectors._airbyte_records.Records`. Then:
 
-* **STATE** (per-stream for this stream, GLOBAL, or LEGACY): the records buffered so far are
-  yielded, then a :class:`~connectors.base.Checkpoint` of the new state, so everything up to
-  the STATE message commits with it. The stored state is ``{"airbyte_state": [...]}``: the
-  latest STATE message of each kind, exactly the list a ``--state`` file holds;
-* a block also goes out when it reaches ``batch_size`` records or :data:`MAX_BLOCK_BYTES`
-  (memory stays bounded however rarely the connector checkpoints), with no checkpoint;
+* **STATE** (per-stream for this stream, GLOBAL, or LEGACY) becomes a
+  :class:`~connectors.base.Checkpoint` that follows exactly the records before it, so they
+  commit with it. Records are converted in blocks of up to ``batch_size`` records (or
+  :data:`MAX_BLOCK_BYTES`: memory stays bounded however rarely the connector checkpoints);
+  a STATE closes the block when a second has passed since the last checkpoint, else it is
+  yielded with the records before it once the block is full (see :class:`_Blocks`). The
+  stored state is ``{"airbyte_state": [...]}``: the latest STATE message of each kind,
+  exactly the list a ``--state`` file holds;
 * records with ``_ab_cdc_deleted_at`` set (CDC sources) become
   :class:`~connectors.base.Deletes` of their primary key, in stream order with the rows;
 * **LOG** goes to logging at its level; a **TRACE** of type ERROR raises a ConnectorError
@@ -26,6 +28,7 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -44,6 +47,8 @@ CDC_DELETED_AT = "_ab_cdc_deleted_at"
 STATE_KEY = "airbyte_state"
 """mdstack's stored state of an Airbyte stream: ``{STATE_KEY: [STATE message, ...]}``."""
 MAX_BLOCK_BYTES = 64 << 20
+CHECKPOINT_SECONDS = 1.0
+"""A STATE closes the block being gathered once this long has passed since the last one."""
 _RECORD_PREFIXES = (b'{"type":"RECORD"', b'{"type": "RECORD"')
 
 
@@ -101,27 +106,14 @@ def read_messages(
 ) -> Iterator[Message]:
     """The connector's stdout lines as mdstack messages (see the module docstring)."""
     source, name = states.source, states.stream
-    block: list[bytes] = []
-    size = longest = 0
-
-    def flush() -> Iterator[Message]:
-        nonlocal block, size, longest
-        if block:
-            batch = records.to_batch(block, longest)
-            block, size, longest = [], 0, 0
-            if deletes:
-                yield from _split_deletes(name, batch, keys)
-            elif batch.num_rows:
-                yield Batch(name, batch)
-
+    blocks = _Blocks(records, name, keys if deletes else None)
     for line in lines:
         if not line.startswith(_RECORD_PREFIXES):
             message = parse_line(line, source, scrub)
             kind = message.get("type") if message else None
             if kind == "STATE":
                 if states.update(message.get("state")):
-                    yield from flush()
-                    yield Checkpoint(name, states.value())
+                    yield from blocks.state(states.value())
                 continue
             if kind == "LOG":
                 log_message(source, message.get("log"), scrub)
@@ -133,13 +125,59 @@ def read_messages(
                 if kind is not None:
                     log.info("%s: ignored a %s message", source, kind)
                 continue
-        block.append(line if line.endswith(b"\n") else line + b"\n")
-        size += len(line)
-        longest = max(longest, len(line))
-        if len(block) >= batch_size or size >= MAX_BLOCK_BYTES:
-            yield from flush()
-    yield from flush()
+        blocks.add(line)
+        if len(blocks.lines) >= batch_size or blocks.size >= MAX_BLOCK_BYTES:
+            yield from blocks.flush()
+    yield from blocks.flush()
     yield Checkpoint(name, states.value())
+
+
+class _Blocks:
+    """RECORD lines waiting to be converted, and the latest STATE among them.
+
+    A STATE's checkpoint must follow exactly the records before it. Converting a block per
+    STATE would make tiny batches (``source-faker`` sends one every 100 records), so a STATE
+    only closes the block when :data:`CHECKPOINT_SECONDS` have passed since the last one
+    went out; otherwise it waits, and the block, once full, is cut at the STATE: the records
+    before it, the checkpoint, and the rest stays for the next block.
+    """
+
+    def __init__(self, records: Records, stream: str, keys: tuple[str, ...] | None) -> None:
+        self.records, self.stream, self.keys = records, stream, keys
+        self.lines: list[bytes] = []
+        self.size = 0
+        self.pending: tuple[int, State] | None = None  # (records before it, state)
+        self.last = time.monotonic()
+
+    def add(self, line: bytes) -> None:
+        self.lines.append(line if line.endswith(b"\n") else line + b"\n")
+        self.size += len(line)
+
+    def state(self, state: State) -> Iterator[Message]:
+        self.pending = (len(self.lines), state)
+        if not self.lines or time.monotonic() - self.last >= CHECKPOINT_SECONDS:
+            yield from self.flush()
+
+    def flush(self) -> Iterator[Message]:
+        """Everything covered by the pending state, with its checkpoint; if there is none,
+        the whole block without one."""
+        cut, state = self.pending if self.pending else (len(self.lines), None)
+        self.pending = None
+        done, self.lines = self.lines[:cut], self.lines[cut:]
+        self.size = sum(map(len, self.lines))
+        yield from self._convert(done)
+        if state is not None:
+            yield Checkpoint(self.stream, state)
+        self.last = time.monotonic()
+
+    def _convert(self, lines: list[bytes]) -> Iterator[Message]:
+        if not lines:
+            return
+        batch = self.records.to_batch(lines, max(map(len, lines)))
+        if self.keys is not None:
+            yield from _split_deletes(self.stream, batch, self.keys)
+        elif batch.num_rows:
+            yield Batch(self.stream, batch)
 
 
 def _split_deletes(name: str, batch: pa.RecordBatch, keys: tuple[str, ...]) -> Iterator[Message]:

@@ -113,24 +113,44 @@ def test_discover_types_columns_from_the_json_schema_with_keys_cursors_and_modes
 
 
 # -- read: state, checkpoints, resume ---------------------------------------------------------
-def test_each_state_message_commits_the_records_before_it(tmp_path: Path) -> None:
-    messages = read_items(load_source("airbyte", "src", fake(count=12, state_every=5)))
-    shape = [
-        f"batch {m.data.column('id').to_pylist()}" if isinstance(m, Batch) else m.state
+def shape(messages: list) -> list:
+    return [
+        m.data.column("id").to_pylist() if isinstance(m, Batch) else m.state["airbyte_state"]
         for m in messages
     ]
-    assert shape == [
-        f"batch {list(range(1, 6))}",
-        items_state(5),
-        f"batch {list(range(6, 11))}",
-        items_state(10),
-        "batch [11, 12]",
-        items_state(12),
-        items_state(12),  # the end of the read repeats the last state
+
+
+def at(last: int) -> list:
+    return items_state(last)["airbyte_state"]
+
+
+def test_each_state_message_commits_exactly_the_records_before_it() -> None:
+    source = load_source("airbyte", "src", fake(count=12, state_every=5) | {"batch_size": 5})
+    messages = read_items(source)
+    assert shape(messages) == [
+        [1, 2, 3, 4, 5],
+        at(5),
+        [6, 7, 8, 9, 10],
+        at(10),
+        [11, 12],
+        at(12),
+        at(12),  # the end of the read repeats the last state
     ]
     first = messages[0].data.slice(0, 1).to_pylist()[0]
     assert first["meta"] == '{"n":1,"even":false}' and first["tags"] == '["a","t1"]'
     assert str(first["day"]) == "2026-01-02" and first["updated_at"].second == 1
+
+
+def test_frequent_states_wait_for_a_full_block_which_is_cut_at_the_last_state() -> None:
+    source = load_source("airbyte", "src", fake(count=12, state_every=5) | {"batch_size": 8})
+    # 1-8 fill the block: cut after state 5; states 10 and 12 wait until the end
+    assert shape(read_items(source)) == [
+        [1, 2, 3, 4, 5],
+        at(5),
+        [6, 7, 8, 9, 10, 11, 12],
+        at(12),
+        at(12),
+    ]
 
 
 def test_incremental_sync_stores_replayable_state_and_resumes_from_it(
@@ -162,7 +182,7 @@ def test_a_connector_killed_after_a_state_resumes_from_the_committed_state(
 ) -> None:
     log = tmp_path / "received.jsonl"
     config = {"count": 30, "state_every": 5, "record_to": str(log)}
-    cfg = stack_config(tmp_path, fake(**config, crash_after=17), {"items": {}})
+    cfg = stack_config(tmp_path, fake(**config, crash_after=17) | {"batch_size": 5}, {"items": {}})
     source = load_source("airbyte", "src", cfg.sources["src"].config)
     plan = plan_stream("src", cfg.sources["src"], source.discover(), "items")
     with pytest.raises(ConnectorError, match="exited with code -9"):
@@ -171,7 +191,7 @@ def test_a_connector_killed_after_a_state_resumes_from_the_committed_state(
         )
     assert stored(warehouse) == items_state(15)
     assert rows(warehouse) == [(i,) for i in range(1, 16)]  # 16 and 17 were never committed
-    source = load_source("airbyte", "src", fake(**config))
+    source = load_source("airbyte", "src", fake(**config) | {"batch_size": 5})
     sync_stream(warehouse, source, plan, RunContext("p", "default", "r2"), None, EVERY_CHECKPOINT)
     assert received(log)[-1]["state"] == items_state(15)["airbyte_state"]
     assert rows(warehouse) == [(i,) for i in range(1, 31)]
@@ -213,9 +233,8 @@ def test_cdc_deleted_records_become_deletes_in_stream_order(
 def test_an_error_trace_raises_its_message_after_the_committed_checkpoints(
     failure: str, retryable: bool
 ) -> None:
-    source = load_source(
-        "airbyte", "src", fake(count=30, state_every=5, fail_after=12, failure_type=failure)
-    )
+    config = fake(count=30, state_every=5, fail_after=12, failure_type=failure)
+    source = load_source("airbyte", "src", config | {"batch_size": 5})
     spec = source.discover().stream("items")
     got = []
     with pytest.raises(ConnectorError) as err:
@@ -284,6 +303,7 @@ def test_a_cancelled_read_leaves_no_connector_process(
     monkeypatch.setattr(_airbyte_process, "GRACE_SECONDS", 0.3)
     pid_file = tmp_path / "pid"
     config = fake(count=100, state_every=5, hang_after=7, pid_file=str(pid_file))
+    config["batch_size"] = 5
     source = load_source("airbyte", "src", config)
     spec = source.discover().stream("items")
     reading = source.read(ConfiguredStream(spec, "incremental_append", "id"), None)
