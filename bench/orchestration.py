@@ -5,7 +5,8 @@ A generated ``stack.yml`` (in the scratch folder) declares one source of 100 str
 ways to run it, each in its own process (``bench/workers/orchestration.py``):
 
 * engine: ``run_pipeline`` without dbt, as ``mdstack sync`` does;
-* per-stream steps: ``sync_streams`` once per stream, the body of each Prefect task;
+* per-stream steps: ``sync_run_stream`` once per stream, the body of each Prefect task
+  (sharing the run's config, warehouse and discovered source, as the tasks do);
 * Prefect flow: the flow ``mdstack run`` starts, ephemeral Prefect, one task per stream
   (then the dbt task, which has nothing to do: the config has no dbt section).
 
@@ -116,8 +117,8 @@ def run(ctx: Context) -> ScenarioResult:
             )
             result.notes.append(
                 f"Of the {per:.0f} ms per stream, {isolation:.0f} ms are the engine's own step "
-                "isolation (each step loads the config, opens and closes the warehouse, "
-                f"discovers the source), and {own}."
+                "isolation (one call per stream, on a warehouse handle of its own, within the "
+                f"run's shared scope), and {own}."
             )
         if ctx.profile:
             result.notes += _trace(ctx, tools[0], streams)

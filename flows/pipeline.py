@@ -1,8 +1,11 @@
 """The pipeline flow: one task per stream, then dbt on what changed, then a summary.
 
 Thin by design: each task calls one engine function from :mod:`stack.pipeline`
-and passes ids and paths, never live connections. Streams of a DuckDB target
-run one after another (a DuckDB-file catalog has a single writer).
+and passes ids and paths, never live connections. Stream tasks run in the
+flow's thread pool, as many at once as ``max_parallel_streams`` and each
+source's ``concurrency`` allow (:mod:`stack.parallel`); they share the run's
+warehouse and discovered sources through :mod:`stack.run_scope`. The run's
+summary is kept as a Markdown artifact (:mod:`stack.run_report`).
 """
 
 from __future__ import annotations
@@ -10,17 +13,19 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 
-from stack import alerts
+from stack import alerts, run_report
 from stack import backfill as partitions
 from stack import pipeline as engine
+from stack.config import StackConfig, load_config
 from stack.config import config_path as default_config_path
-from stack.config import load_config
 from stack.errors import TransformError
+from stack.parallel import Bounds, StreamJob, run_bounded
 
 SYNC_RETRIES = 3
 SYNC_BACKOFF_SECONDS = 10
@@ -59,7 +64,7 @@ def sync_stream(
         return partitions.sync_partition(
             config_path, target, region, source, stream, start, end, run_id
         )
-    return engine.sync_streams(config_path, target, region, source, [stream], run_id)[0]
+    return engine.sync_run_stream(config_path, target, region, source, stream, run_id)
 
 
 @task(name="dbt", task_run_name="dbt [{region}]", timeout_seconds=DBT_TIMEOUT_SECONDS)
@@ -117,30 +122,7 @@ def pipeline(
         config, region or config.region_names()[0], sources or (), streams or ()
     )
     summary = engine.RunSummary(engine.new_run_id(), selection.region)
-    for source in selection.sources:
-        for stream in selection.streams_of(config, source):
-            state = sync_stream(
-                path,
-                target,
-                selection.region,
-                source,
-                stream,
-                summary.run_id,
-                start,
-                end,
-                return_state=True,
-            )
-            summary.streams.append(
-                state.result()
-                if state.is_completed()
-                else engine.failed_entry(
-                    source,
-                    stream,
-                    selection.region,
-                    summary.run_id,
-                    state.result(raise_on_failure=False),
-                )
-            )
+    summary.streams = _sync_all(path, target, config, selection, summary.run_id, start, end)
     summary.dbt = transform(
         path, target, selection.region, engine.changed_streams(summary.streams), summary.run_id
     )
@@ -151,9 +133,51 @@ def pipeline(
     engine.emit_lineage(path, target, summary)
     where = {"target": target, "sources": sources, "start": start, "end": end}
     notify(path, summary.__dict__, where | _this_run(), return_state=True)
+    create_markdown_artifact(
+        run_report.run_markdown(summary, config.name),
+        key=run_report.report_key(config.name, selection.region),
+        description=f"mdstack run {summary.run_id}: streams, dbt, checks, dashboards",
+    )
     if summary.ok:
         return summary.__dict__
     return Failed(message=summary.failure(), data=summary.__dict__)
+
+
+def _sync_all(
+    path: str,
+    target: str | None,
+    config: StackConfig,
+    selection: engine.Selection,
+    run_id: str,
+    start: str | None,
+    end: str | None,
+) -> list[dict[str, Any]]:
+    """One task per stream, started within the run's bounds; entries in ``stack.yml`` order.
+
+    Backfill partitions open the warehouse per task, so they run one at a time.
+    """
+    bounds = Bounds(1, {}) if start and end else Bounds.of(config)
+    region = selection.region
+
+    def submit(job: StreamJob) -> Any:
+        args = (path, target, region, job.source, job.stream, run_id, start, end)
+        return sync_stream.submit(*args)
+
+    entries: dict[StreamJob, dict[str, Any]] = {}
+    try:
+        for job, future in run_bounded(selection.jobs(config), bounds, submit):
+            future.wait()  # done already: this only takes its final state
+            state = future.state
+            entries[job] = (
+                state.result()
+                if state.is_completed()
+                else engine.failed_entry(
+                    job.source, job.stream, region, run_id, state.result(raise_on_failure=False)
+                )
+            )
+    finally:
+        engine.end_syncs(path, target, region, run_id)  # dbt needs the warehouse next
+    return [entries[job] for job in selection.jobs(config)]
 
 
 @task(name="alerts", task_run_name="alerts [{summary[region]}]")

@@ -120,6 +120,7 @@ def sync(
     with _errors():
         path = config_path(config)
         cfg = load_config(path)
+        failed = False
         for name in region or cfg.region_names():
             selection = pipeline.select(cfg, name, source or (), stream or ())
             with _progress() as progress:
@@ -127,6 +128,11 @@ def sync(
                     path, target, selection, progress=progress, transform=False
                 )
             _print_summary(summary)
+            if not summary.ok:
+                console.print(f"[bold red]sync failed:[/] {summary.failure()}", soft_wrap=True)
+                failed = True
+        if failed:
+            raise typer.Exit(1)
 
 
 @app.command()

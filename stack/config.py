@@ -107,6 +107,9 @@ class SourceConfig(_Model):
     schema_: str = Field(alias="schema", pattern=_IDENTIFIER)
     schema_policy: SchemaPolicy = "evolve"
     streams: dict[str, StreamConfig]
+    concurrency: int = Field(default=1, ge=1)
+    """Streams of this source synced at once (one by default: an API's rate limit or a
+    database's connections are the source's to give; raise it where they allow more)."""
 
     @field_validator("streams")
     @classmethod
@@ -154,6 +157,9 @@ class StackConfig(_Model):
     deployments: dict[str, DeploymentSpec] = Field(default_factory=default_deployments)
     alerts: list[Alert] = Field(default_factory=list)
     backfill: BackfillConfig = Field(default_factory=BackfillConfig)
+    max_parallel_streams: int = Field(default=4, ge=1)
+    """Streams of a run synced at once, all sources together (each within its own
+    ``concurrency``)."""
     secrets: SecretsConfig = Field(default_factory=SecretsConfig)
     path: Path = Field(default=Path(DEFAULT_CONFIG), exclude=True)
 

@@ -1,15 +1,19 @@
 """The pipeline's steps as plain functions: sync one stream, transform, summarise.
 
-Each step opens and closes its own warehouse connection and takes only ids
-and paths, so a Prefect task (``flows/``) can wrap it in a few lines and run
-it in any worker process. :func:`run_pipeline` chains the steps without
-Prefect, for ``mdstack sync`` and for tests.
+Steps take only ids and paths, so a Prefect task (``flows/``) can wrap one in
+a few lines and run it in any worker process. The streams of one run share
+what is costly to open (config, secrets, warehouse, discovered sources) through
+:mod:`stack.run_scope`; the other steps open and close their own warehouse
+connection. :func:`run_pipeline` chains the steps without Prefect, for
+``mdstack sync`` and for tests, syncing streams in parallel threads within the
+bounds of :mod:`stack.parallel`.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,9 +21,11 @@ from typing import Any
 from stack import bi, checks, ledger, lineage, sql, transform
 from stack.config import DuckDBTarget, StackConfig, load_config
 from stack.errors import ConfigError
+from stack.parallel import Bounds, StreamJob, run_bounded
 from stack.redact import install_redaction, redact
+from stack.run_scope import RunScope, close_scope, shared_scope
 from stack.secrets import Resolver
-from stack.sync import Progress, RunContext, sync_source, utcnow
+from stack.sync import Progress, RunContext, utcnow
 from stack.warehouse import Warehouse, connect
 
 FULL_REFRESH = "full_refresh_overwrite"
@@ -41,6 +47,10 @@ class Selection:
     def streams_of(self, config: StackConfig, source: str) -> list[str]:
         declared = config.source(source).streams
         return [s for s in declared if not self.streams or s in self.streams]
+
+    def jobs(self, config: StackConfig) -> list[StreamJob]:
+        """Every stream of the selection, in the order of ``stack.yml``."""
+        return [StreamJob(src, s) for src in self.sources for s in self.streams_of(config, src)]
 
 
 def select(
@@ -71,16 +81,95 @@ def sync_streams(
     run_id: str,
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
-    """Sync streams of one source for one region; returns their ledger entries as dicts.
+    """Sync streams of one source for one region, one after another, in a scope of their
+    own; returns their ledger entries as dicts. The first failing stream raises.
 
     Secrets are resolved here, inside the step that needs them, and their leases
     are revoked when it ends (also on failure).
     """
+    scope = _open_scope(config_path, target, region, run_id)
+    try:
+        names = list(streams) or list(scope.config.source(source).streams)
+        return [scope.sync(source, name, progress) for name in names]
+    finally:
+        scope.close()
+
+
+def sync_run_stream(
+    config_path: str | Path,
+    target: str | None,
+    region: str,
+    source: str,
+    stream: str,
+    run_id: str,
+) -> dict[str, Any]:
+    """Sync one stream of run ``run_id``: the step of a Prefect task.
+
+    The run's streams in this process share one scope (:mod:`stack.run_scope`);
+    call :func:`end_syncs` when the last one finished.
+    """
+    return _shared(config_path, target, region, run_id).sync(source, stream)
+
+
+def end_syncs(config_path: str | Path, target: str | None, region: str, run_id: str) -> None:
+    """Close the run's shared scope in this process (warehouse, secret leases), if open."""
+    close_scope(_scope_key(config_path, target, region, run_id))
+
+
+def sync_selection(
+    config_path: str | Path,
+    target: str | None,
+    selection: Selection,
+    run_id: str,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Sync every stream of the selection in parallel threads, within ``stack.yml``'s bounds.
+
+    A stream that fails is reported in its entry (``status: failed``) and the others go
+    on; what each committed stays committed. Returns the entries in the order of
+    ``stack.yml``.
+    """
+    scope = _shared(config_path, target, selection.region, run_id)
+    bounds = Bounds.of(scope.config)
+    jobs = selection.jobs(scope.config)
+    entries: dict[StreamJob, dict[str, Any]] = {}
+    try:
+        with ThreadPoolExecutor(bounds.max_parallel, thread_name_prefix="mdstack-sync") as pool:
+
+            def start(job: StreamJob) -> Any:
+                return pool.submit(scope.sync, job.source, job.stream, progress)
+
+            for job, future in run_bounded(jobs, bounds, start):
+                error = future.exception()
+                entries[job] = (
+                    future.result()
+                    if error is None
+                    else failed_entry(job.source, job.stream, selection.region, run_id, error)
+                )
+    finally:
+        end_syncs(config_path, target, selection.region, run_id)
+    return [entries[job] for job in jobs]
+
+
+def _scope_key(config_path: str | Path, target: str | None, region: str, run_id: str) -> Hashable:
+    return (str(Path(config_path).resolve()), target, region, run_id)
+
+
+def _open_scope(config_path: str | Path, target: str | None, region: str, run_id: str) -> RunScope:
     config = load_config(config_path)
-    with secrets_for(config) as resolver, open_target(config, target, resolver) as wh:
-        ctx = RunContext(config.name, region, run_id)
-        entries = sync_source(wh, config, source, ctx, list(streams), progress, resolver.resolve)
-    return [asdict(e) for e in entries]
+    return RunScope(
+        config,
+        RunContext(config.name, region, run_id),
+        secrets_for(config),
+        lambda resolver: open_target(config, target, resolver),
+    )
+
+
+def _shared(config_path: str | Path, target: str | None, region: str, run_id: str) -> RunScope:
+    return shared_scope(
+        _scope_key(config_path, target, region, run_id),
+        lambda: _open_scope(config_path, target, region, run_id),
+    )
 
 
 def secrets_for(config: StackConfig) -> Resolver:
@@ -192,17 +281,7 @@ def run_pipeline(
 ) -> RunSummary:
     """Sync the selection, then run dbt on what changed — without Prefect."""
     summary = RunSummary(run_id or new_run_id(), selection.region)
-    config = load_config(config_path)
-    for source in selection.sources:
-        summary.streams += sync_streams(
-            config_path,
-            target,
-            selection.region,
-            source,
-            selection.streams_of(config, source),
-            summary.run_id,
-            progress,
-        )
+    summary.streams = sync_selection(config_path, target, selection, summary.run_id, progress)
     if transform:
         summary.dbt = transform_changes(
             config_path,

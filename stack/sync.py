@@ -53,6 +53,7 @@ __all__ = [
     "Progress",
     "RunContext",
     "StreamPlan",
+    "open_source",
     "plan_stream",
     "sync_source",
     "sync_stream",
@@ -313,6 +314,24 @@ def _snapshot_deletes(
         keys.reset()
 
 
+def open_source(
+    config: StackConfig,
+    source_name: str,
+    region: str,
+    resolve: Callable[[Any, str], Any] | None = None,
+) -> Source:
+    """The connector of a source, configured for a region, its secrets revealed.
+
+    ``resolve(value, where)`` turns secret references in the source's config into
+    values (see :class:`stack.secrets.Resolver`); they are revealed only here, where
+    the connector is built.
+    """
+    settings = config.source_config(source_name, region)
+    if resolve is not None:
+        settings = reveal(resolve(settings, f"sources.{source_name}.config"))
+    return load_source(config.source(source_name).connector, source_name, settings)
+
+
 def sync_source(
     wh: Warehouse,
     config: StackConfig,
@@ -324,16 +343,11 @@ def sync_source(
 ) -> list[ledger.RunEntry]:
     """Sync the selected streams (default: all) of one source for one region, in order.
 
-    ``resolve(value, where)`` turns secret references in the source's config into
-    values (see :class:`stack.secrets.Resolver`); they are revealed only here, where
-    the connector is built. The first failing stream stops the source; the streams
-    before it stay committed.
+    ``resolve`` reveals secrets as :func:`open_source` says. The first failing stream
+    stops the source; the streams before it stay committed.
     """
     source_cfg = config.source(source_name)
-    settings = config.source_config(source_name, ctx.region)
-    if resolve is not None:
-        settings = reveal(resolve(settings, f"sources.{source_name}.config"))
-    source = load_source(source_cfg.connector, source_name, settings)
+    source = open_source(config, source_name, ctx.region, resolve)
     catalog = source.discover()
     names = list(streams) if streams else list(source_cfg.streams)
     unknown = [n for n in names if n not in source_cfg.streams]

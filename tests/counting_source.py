@@ -12,11 +12,16 @@ Config:
     fail: ``{stream, times, retryable, after_days}``: the first ``times`` reads of
         ``stream`` raise (SourceUnavailable if ``retryable`` else ConnectorError)
         after yielding ``after_days`` days.
+    streams: the stream names (default ``events`` and ``items``).
+    overlap: a read waits (up to ``OVERLAP_TIMEOUT`` s, then raises) until ``overlap``
+        reads of the source run at once, or every stream has started: reads that run
+        one after another fail. :func:`peak` tells how many ran at once.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
@@ -39,6 +44,29 @@ from connectors.errors import ConnectorError, SourceUnavailable
 SCHEMA = pa.schema([("id", pa.int64()), ("day", pa.date32()), ("value", pa.int64())])
 STREAMS = ("events", "items")
 MODES = ("incremental_append", "incremental_deduped", "full_refresh_overwrite")
+OVERLAP_TIMEOUT = 30.0
+
+
+class _Gauge:
+    """Reads of one source (by log file) running at once, across the threads of a process."""
+
+    def __init__(self) -> None:
+        self.changed = threading.Condition()
+        self.running = self.started = self.peak = 0
+
+
+_GAUGES: dict[str, _Gauge] = {}
+_GAUGES_LOCK = threading.Lock()
+
+
+def _gauge(log: Path) -> _Gauge:
+    with _GAUGES_LOCK:
+        return _GAUGES.setdefault(str(log), _Gauge())
+
+
+def peak(log: Path) -> int:
+    """The most reads of the source (by its log file) that ran at once in this process."""
+    return _gauge(log).peak
 
 
 def reads(log: Path, stream: str | None = None) -> list[dict[str, Any]]:
@@ -58,6 +86,8 @@ class CountingSource:
         self.rows_per_day = int(config.get("rows_per_day", 3))
         self.version = int(config.get("version", 1))
         self.fail = config.get("fail") or {}
+        self.streams = tuple(config.get("streams", STREAMS))
+        self.overlap = int(config.get("overlap", 0))
 
     def spec(self) -> dict[str, Any]:
         return {"type": "object"}
@@ -66,12 +96,46 @@ class CountingSource:
         return CheckResult(ok=True)
 
     def discover(self) -> Catalog:
-        return Catalog(tuple(StreamSpec(s, SCHEMA, ("id",), "day", MODES) for s in STREAMS))
+        return Catalog(tuple(StreamSpec(s, SCHEMA, ("id",), "day", MODES) for s in self.streams))
 
     def read(self, stream: ConfiguredStream, state: State | None) -> Iterator[Message]:
         attempt = len(reads(self.log, stream.name)) + 1
         with self.log.open("a") as handle:
             handle.write(json.dumps({"stream": stream.name, "state": state}) + "\n")
+        if not self.overlap:
+            yield from self._read(stream, state, attempt)
+            return
+        gauge = _gauge(self.log)
+        self._arrive(gauge)
+        try:
+            yield from self._read(stream, state, attempt)
+        finally:
+            with gauge.changed:
+                gauge.running -= 1
+
+    def _arrive(self, gauge: _Gauge) -> None:
+        with gauge.changed:
+            if gauge.running == 0 and gauge.started >= len(self.streams):
+                gauge.started = 0  # a new run
+            gauge.running += 1
+            gauge.started += 1
+            gauge.peak = max(gauge.peak, gauge.running)
+            gauge.changed.notify_all()
+            met = gauge.changed.wait_for(
+                lambda: gauge.running >= self.overlap or gauge.started >= len(self.streams),
+                OVERLAP_TIMEOUT,
+            )
+        if not met:
+            with gauge.changed:
+                gauge.running -= 1
+            raise ConnectorError(
+                f"no other read ran at the same time within {OVERLAP_TIMEOUT:.0f} s",
+                source=self.name,
+            )
+
+    def _read(
+        self, stream: ConfiguredStream, state: State | None, attempt: int
+    ) -> Iterator[Message]:
         day = self.start
         if state and stream.incremental:
             day = date.fromisoformat(state["day"]) + timedelta(days=1)

@@ -442,11 +442,13 @@ def test_a_file_landing_starts_the_deployment_that_watches_its_folder(
 # -- retries and reruns, in process against the server ------------------------------------
 
 
-def counting_stack(folder: Path, fail: dict | None = None) -> Path:
+def counting_stack(folder: Path, fail: dict | None = None, overlap: int = 0) -> Path:
+    """The counting source; with ``overlap``, its streams must sync at the same time."""
     source = {
         "connector": "counting",
-        "config": {"log": str(folder / "reads.jsonl"), "fail": fail or {}},
+        "config": {"log": str(folder / "reads.jsonl"), "fail": fail or {}, "overlap": overlap},
         "schema": "raw_feed",
+        "concurrency": max(overlap, 1),
         "streams": {"events": {"sync": "incremental_deduped"}, "items": {}},
     }
     return stack(folder, {"feed": source}, {"us": {"timezone": "UTC"}})
@@ -470,6 +472,21 @@ def run_flow(path: Path, api: str):
     return state, state.result(raise_on_failure=False)
 
 
+def run_report(api: str, key: str = "mdstack-run-shop-us"):
+    """The flow's latest run report, read back from the server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactCollectionFilter,
+        ArtifactCollectionFilterKey,
+    )
+
+    with using_api(api), get_client(sync_client=True) as client:
+        (report,) = client.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=[key]))
+        )
+    return report
+
+
 @pytest.mark.slow
 def test_a_retryable_error_is_retried_until_the_third_attempt_succeeds(
     tmp_path, prefect_api, quick_retries
@@ -486,7 +503,9 @@ def test_a_retryable_error_is_retried_until_the_third_attempt_succeeds(
 def test_a_non_retryable_error_fails_at_once_and_a_rerun_redoes_only_that_stream(
     tmp_path, prefect_api, quick_retries, monkeypatch
 ):
-    path = counting_stack(tmp_path, {"stream": "events", "times": 1, "retryable": False})
+    path = counting_stack(
+        tmp_path, {"stream": "events", "times": 1, "retryable": False}, overlap=2
+    )  # overlap: the two stream tasks must run at the same time, or their reads fail
     log = tmp_path / "reads.jsonl"
     with WebhookServer() as hook:
         declared = yaml.safe_load(path.read_text())
@@ -497,6 +516,11 @@ def test_a_non_retryable_error_fails_at_once_and_a_rerun_redoes_only_that_stream
         assert len(reads(log, "events")) == 1  # not retried
         status = {s["stream"]: s["status"] for s in summary["streams"]}
         assert status == {"events": "failed", "items": "succeeded"}
+        report = run_report(prefect_api)
+        assert report.type == "markdown" and report.flow_run_id == state.state_details.flow_run_id
+        assert "**failed**" in report.data
+        assert "Failed: stream feed.events: scripted failure 1 of events" in report.data
+        assert "| feed.items | incremental_deduped | succeeded | 9 | 9 | 0 | 0 |" in report.data
 
         (alert,) = hook.requests
         body = alert.body
@@ -510,6 +534,7 @@ def test_a_non_retryable_error_fails_at_once_and_a_rerun_redoes_only_that_stream
 
         state, summary = run_flow(path, prefect_api)  # the rerun
         assert state.is_completed(), summary
+        assert ": succeeded" in run_report(prefect_api).data.splitlines()[0]
     items = reads(log, "items")
     assert len(items) == 2 and items[1]["state"] == {"day": "2026-01-03"}  # resumed: no rows
     rows = {s["stream"]: s["rows_read"] for s in summary["streams"]}

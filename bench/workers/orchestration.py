@@ -3,9 +3,10 @@
 Modes (all on the same generated ``stack.yml``, a fresh warehouse each process):
 
 * ``engine``: :func:`stack.pipeline.run_pipeline` without dbt (what ``mdstack sync`` runs):
-  one warehouse connection per source.
-* ``steps``: :func:`stack.pipeline.sync_streams` once per stream, the very call each
-  Prefect task makes (its own config load, secrets, warehouse open), without Prefect.
+  one warehouse connection per run, streams within the bounds of ``stack.yml``.
+* ``steps``: :func:`stack.pipeline.sync_run_stream` once per stream, the very call each
+  Prefect task makes (the run's shared scope: config, secrets, warehouse, discovered
+  source), without Prefect, then :func:`stack.pipeline.end_syncs`.
 * ``flow``: :func:`flows.pipeline.pipeline`, the Prefect flow ``mdstack run`` starts
   (ephemeral Prefect unless ``PREFECT_API_URL`` is set).
 
@@ -63,9 +64,12 @@ def main() -> None:
 
         def sync(names: list[str]) -> int:
             run_id = engine.new_run_id()
-            entries = [
-                engine.sync_streams(path, None, region, SOURCE, [n], run_id)[0] for n in names
-            ]
+            try:
+                entries = [
+                    engine.sync_run_stream(path, None, region, SOURCE, n, run_id) for n in names
+                ]
+            finally:
+                engine.end_syncs(path, None, region, run_id)
             return len(entries)
 
     else:

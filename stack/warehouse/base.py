@@ -82,6 +82,14 @@ class Warehouse(Protocol):
         """Hold a named lock for the block; raise ``SyncConflict`` if another run holds it."""
         ...
 
+    def cursor(self) -> AbstractContextManager[Warehouse]:
+        """A handle on this open warehouse for another thread, closed with the block.
+
+        It has its own transactions and staging tables, so streams sync in parallel
+        threads of one process; closing it leaves this warehouse open.
+        """
+        ...
+
     def append(self, schema: str, table: str, data: pa.Table) -> None:
         """Append Arrow rows to a table, matching columns by name (the bulk write path)."""
         ...

@@ -15,10 +15,12 @@ land there outside any transaction, and one transaction then writes the lake
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import functools
 import importlib.util
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -94,6 +96,8 @@ class DuckDBWarehouse:
         self.busy_timeout = busy_timeout
         self._con: duckdb.DuckDBPyConnection | None = None
         self._in_transaction = False
+        self._writes = threading.RLock()
+        """Held by the handle writing the lake (see :meth:`cursor`)."""
 
     # -- connection ---------------------------------------------------------------------------
     def __enter__(self) -> DuckDBWarehouse:
@@ -131,6 +135,23 @@ class DuckDBWarehouse:
         if self._con is not None:
             self._con.close()
             self._con = None
+
+    @contextmanager
+    def cursor(self) -> Iterator[DuckDBWarehouse]:
+        """A handle on this open warehouse for another thread (see :meth:`Warehouse.cursor`).
+
+        A DuckDB cursor: its own connection, transactions and staging tables on the same
+        database instance. Two DuckLake transactions that both delete from a table (every
+        commit replaces rows of ``_mds_state`` and ``_mds_runs``) conflict at COMMIT, so the
+        handles take turns writing the lake: reads, staging and the sources run in parallel.
+        """
+        twin = copy.copy(self)
+        twin._con, twin._in_transaction = self.con.cursor(), False
+        try:
+            twin._con.execute(f"USE {ALIAS}")
+            yield twin
+        finally:
+            twin._con.close()
 
     @property
     def catalog(self) -> Path:
@@ -180,7 +201,7 @@ class DuckDBWarehouse:
 
     # -- statements ---------------------------------------------------------------------------
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
-        with _translate(sql):
+        with self._writes, _translate(sql):
             self.con.execute(sql, params)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
@@ -193,18 +214,19 @@ class DuckDBWarehouse:
         if self._in_transaction:
             yield
             return
-        self.execute("BEGIN TRANSACTION")
-        self._in_transaction = True
-        try:
-            yield
-        except BaseException:
+        with self._writes:  # held to the end: see cursor()
+            self.execute("BEGIN TRANSACTION")
+            self._in_transaction = True
+            try:
+                yield
+            except BaseException:
+                self._in_transaction = False
+                self.con.execute("ROLLBACK")
+                raise
             self._in_transaction = False
-            self.con.execute("ROLLBACK")
-            raise
-        self._in_transaction = False
-        # DuckDB turns COMMIT of an aborted transaction into a silent rollback; any failed
-        # statement already raised above, so reaching here means every statement succeeded.
-        self.execute("COMMIT")
+            # DuckDB turns COMMIT of an aborted transaction into a silent rollback; any failed
+            # statement already raised above, so reaching here means every statement succeeded.
+            self.execute("COMMIT")
 
     # -- tables -------------------------------------------------------------------------------
     def columns(self, schema: str, table_name: str) -> dict[str, str] | None:

@@ -322,6 +322,20 @@ class SnowflakeWarehouse:
 
     # -- locks --------------------------------------------------------------------------------
     @contextmanager
+    def cursor(self) -> Iterator[SnowflakeWarehouse]:
+        """A session of its own for another thread (a session runs one statement at a time,
+        and owns its transaction and temporary tables)."""
+        twin = SnowflakeWarehouse(
+            self.target,
+            query_tag=self.query_tag,
+            connect_args=self.connect_args,
+            fakesnow=self.fakesnow,
+            lock_ttl=self.lock_ttl,
+        )
+        with twin:
+            yield twin
+
+    @contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """Hold a named lock for the block, across sessions; raise SyncConflict if taken.
 
