@@ -24,7 +24,8 @@ map as their base type.
 
 Reads:
 
-* **full refresh**: the whole relation, then ``Checkpoint({})``.
+* **full refresh**: the whole relation, then ``Checkpoint({})``; only the columns of the
+  configured stream's schema when it names fewer than the relation has.
 * **incremental** by ``cursor``: ``WHERE cursor > state - lookback ORDER BY cursor``; state
   ``{"cursor": "<last value as text>"}``. A checkpoint follows a batch only where the cursor
   value changes between batches (never inside a run of equal values), so a resumed read
@@ -49,6 +50,7 @@ refused credentials, permissions, bad names -> ConnectorError. No message shows 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -355,7 +357,7 @@ class PostgresSource:
                 hint = "the table was dropped or left out by `tables:`; run discover"
                 raise self._fail(stream, f"no table or view for stream {stream.name!r}", hint)
             if not stream.incremental:
-                yield from self._scan(conn, cfg, table, stream)
+                yield from self._scan(conn, cfg, _projected(table, stream), stream)
                 yield Checkpoint(stream.name, {})
             elif cfg.replication and table.kind in _TABLES:
                 yield from self._read_cdc(conn, cfg, table, stream, state)
@@ -486,6 +488,18 @@ class PostgresSource:
             raise self._fail(stream, f"state {state!r} has no valid LSN", hint)
         cdc.resume(conn, target, slot, lsn)
         yield from cdc.read_changes(conn, target, slot, repl.publication, lsn, cfg.batch_size)
+
+
+def _projected(table: fetch.Table, stream: ConfiguredStream) -> fetch.Table:
+    """The relation narrowed to the columns of the stream's schema, if it names fewer.
+
+    Reading a key set (snapshot delete detection) then moves the keys alone, not the rows.
+    """
+    wanted = set(stream.spec.schema.names)
+    columns = tuple(c for c in table.columns if c.name in wanted)
+    if not columns or len(columns) == len(table.columns):
+        return table
+    return dataclasses.replace(table, columns=columns)
 
 
 def _state_value(text: str, arrow: pa.DataType) -> Any:

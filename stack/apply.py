@@ -260,20 +260,26 @@ def detect_deletes(
     since = ctx.loaded_at - plan.delete_window if plan.delete_window else None
     cursor = plan.stream.cursor if since else None
     where = sql.missing_keys(plan.target, keys.ref, plan.keys, cursor)
-    params = [ctx.region] + ([since] if since else [])
-    with wh.transaction():
-        live = f" AND {sql.ident(sql.DELETED_AT)} IS NULL" if plan.soft else ""
-        entry.deleted += _count(
-            wh, f"SELECT count(*) FROM {plan.target} AS t WHERE {where}{live}", params
-        )
-        if plan.soft:
-            wh.execute(
-                f"UPDATE {plan.target} AS t SET {sql.ident(sql.DELETED_AT)} = ? "
-                f"WHERE {where}{live}",
-                [ctx.loaded_at, *params],
-            )
-        else:
-            wh.execute(f"DELETE FROM {plan.target} AS t WHERE {where}", params)
+    live = f" AND t.{sql.ident(sql.DELETED_AT)} IS NULL" if plan.soft else ""
+    # The anti-join runs once, into a staging table of the keys that went: it gives the
+    # count, and the delete is then a join with that (small) table.
+    gone = f"_mds_gone_{plan.name}"
+    columns = ", ".join(f"t.{sql.ident(c)}" for c in (*plan.keys, sql.REGION))
+    wh.execute(
+        f"CREATE OR REPLACE TEMP TABLE {sql.ident(gone)} AS SELECT {columns}, "
+        f"?::TIMESTAMP AS {sql.ident(sql.DELETED_AT)} FROM {plan.target} AS t WHERE {where}{live}",
+        [ctx.loaded_at, ctx.region, *([since] if since else [])],
+    )
+    try:
+        ref = wh.stage_ref(gone)
+        count = _count(wh, f"SELECT count(*) FROM {ref}")
+        if count:
+            make = sql.soft_delete_sql if plan.soft else sql.hard_delete_sql
+            with wh.transaction():
+                wh.execute(make(plan.target, ref, plan.keys))
+        entry.deleted += count
+    finally:
+        wh.drop_stage(gone)
 
 
 def _count(wh: Warehouse, query: str, params: list | None = None) -> int:

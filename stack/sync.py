@@ -17,6 +17,7 @@ and region are refused (a lock), never raced.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -152,14 +153,17 @@ def _sync_locked(
                 if not whole_run and policy.due(load.rows, last_commit):
                     load.commit()
                     last_commit = time.perf_counter()
+        # The last commit records the finished run in its own transaction: no extra commit.
+        recorded = False
         if whole_run or load.rows or load.state is not None:
             if not plan.snapshot_deletes:
-                entry.status = "succeeded"
+                entry.status, recorded = "succeeded", True
             load.commit()
         if plan.snapshot_deletes:
             _snapshot_deletes(wh, source, plan, ctx, entry)
         entry.status = "succeeded"
-        record()
+        if not recorded:
+            record()
     except Exception as exc:
         if load is not None:
             load.close()  # roll back first: the failure row must not join the open transaction
@@ -300,10 +304,16 @@ def _add_deletes(plan: StreamPlan, load: Load, keys: pa.RecordBatch) -> None:
 def _snapshot_deletes(
     wh: Warehouse, source: Source, plan: StreamPlan, ctx: RunContext, entry: ledger.RunEntry
 ) -> None:
-    """Read the source's full key set and delete what disappeared (no CDC needed)."""
-    full = ConfiguredStream(
-        plan.stream.spec, "full_refresh_overwrite", plan.stream.cursor, plan.keys
-    )
+    """Read the source's full key set and delete what disappeared (no CDC needed).
+
+    The read asks for the key columns alone; a source that reads only the columns of the
+    stream's schema moves just the keys.
+    """
+    spec = plan.stream.spec
+    if all(k in spec.schema.names for k in plan.keys):
+        fields = [spec.schema.field(k) for k in plan.keys]
+        spec = dataclasses.replace(spec, schema=pa.schema(fields))
+    full = ConfiguredStream(spec, "full_refresh_overwrite", plan.stream.cursor, plan.keys)
     keys = Stage(wh, f"_mds_keys_{plan.name}")
     try:
         for message in source.read(full, None):

@@ -7,6 +7,7 @@ a schema of their own; CDC tests use a cluster started by :mod:`tests.pg_server`
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time
@@ -196,6 +197,19 @@ def test_attached_scan_and_query_path_agree(all_types):
     assert one["t"] == "multi\nline \"q\" 's'" and one["ia"] == '{"a b",NULL,"c,d"}'
     assert one["jb"] == '{"k": {"n": 1.50}}' and one["by"] == b"\x00\xff" and one["m"] == "sad"
     assert one["tstz"] == datetime(2030, 6, 1, 19, 0, 0, 500000, tzinfo=UTC)
+
+
+def test_full_read_moves_only_the_columns_the_stream_names(all_types):
+    source = _source(all_types)
+    for name in ("t_all", "v_all"):  # the attached scan, and the query path
+        spec = source.discover().stream(name)
+        keys = dataclasses.replace(spec, schema=pa.schema([spec.schema.field("id")]))
+        messages = list(source.read(ConfiguredStream(keys, "full_refresh_overwrite"), None))
+        batches = [m.data for m in messages if isinstance(m, Batch)]
+        assert {tuple(b.schema.names) for b in batches} == {("id",)}
+        assert sorted(r["id"] for r in _rows(messages)) == sorted(
+            r["id"] for r in _rows(_read(source, name, "full_refresh_overwrite"))
+        )
 
 
 @pytest.fixture(scope="module")
