@@ -225,10 +225,11 @@ def _evaluate(
     if columns is None:
         missing = _Target(check, "", label, {}, None, region, run_id, now)
         return missing.result(False, None, "the table exists", f"table {label} does not exist")
-    scope = check.region_column or (REGION if REGION in columns else None)
+    wanted = check.region_column or (REGION if REGION in columns else None)
+    scope = _column(columns, wanted) if wanted else None
     target = _Target(check, table(schema, name), label, columns, scope, region, run_id, now)
-    if scope is not None and scope not in columns:
-        return target.result(False, None, f"a column {scope}", f"{label} has no column {scope}")
+    if wanted is not None and scope is None:
+        return target.result(False, None, f"a column {wanted}", f"{label} has no column {wanted}")
     try:
         return _EVALUATORS[check.kind](wh, target, source_count)
     except WarehouseBusy:
@@ -241,10 +242,11 @@ def _freshness(wh: Warehouse, t: _Target, _: SourceCount | None) -> CheckResult:
     spec: Freshness = t.check.freshness
     limit = _age(spec.max_age.total_seconds())
     expected = f"<= {limit} old"
-    if spec.column not in t.columns:
+    column = _column(t.columns, spec.column)
+    if column is None:
         return t.result(False, None, expected, f"{t.label} has no column {spec.column}")
     where, params = t.where()
-    newest = wh.query(f"SELECT max({ident(spec.column)}) FROM {t.ref}{where}", params)
+    newest = wh.query(f"SELECT max({ident(column)}) FROM {t.ref}{where}", params)
     value = newest.column(0)[0].as_py()
     if value is None:
         return t.result(False, None, expected, f"{t.label} has no rows with {spec.column}")
@@ -308,9 +310,10 @@ def _schema(wh: Warehouse, t: _Target, _: SourceCount | None) -> CheckResult:
 
 def _values(wh: Warehouse, t: _Target, _: SourceCount | None) -> CheckResult:
     spec: Values = t.check.values
-    if spec.column not in t.columns:
+    found = _column(t.columns, spec.column)
+    if found is None:
         return t.result(False, None, "the column exists", f"{t.label} has no column {spec.column}")
-    column = ident(spec.column)
+    column = ident(found)
     rules: list[tuple[str, str, list[Any]]] = []  # (description, violation predicate, params)
     if spec.between is not None:
         low, high = spec.between
@@ -379,6 +382,18 @@ _EVALUATORS: dict[str, Callable[[Warehouse, _Target, SourceCount | None], CheckR
     "values": _values,
     "reconcile": _reconcile,
 }
+
+
+def _column(columns: Mapping[str, str], name: str) -> str | None:
+    """``name`` as the table spells it: the exact name, else the one equal ignoring case.
+
+    dbt models on Snowflake have unquoted column names, which Snowflake stores upper-case
+    (``region`` is ``REGION``); raw tables keep the source's spelling.
+    """
+    if name in columns:
+        return name
+    same = [column for column in columns if column.lower() == name.lower()]
+    return same[0] if len(same) == 1 else None
 
 
 def _count(wh: Warehouse, t: _Target) -> int:

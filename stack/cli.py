@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.progress import Progress, TaskID, TextColumn
 from rich.table import Table
 
-from stack import pipeline
+from stack import ledger, pipeline
 from stack.config import StackConfig, config_path, load_config
 from stack.errors import ConfigError, MdstackError
 from stack.lineage import write_lineage_page
@@ -296,6 +296,30 @@ def status(config: ConfigOpt = None, target: TargetOpt = None) -> None:
             _age(now, r["last_loaded_at"]),
         )
     out.print(table)
+    with _warehouse(config, target) as (cfg, warehouse), warehouse as wh:
+        nodes = ledger.last_dbt_results(wh, cfg.name).to_pylist()
+    if nodes:
+        out.print(_dbt_results_table(nodes))
+
+
+def _dbt_results_table(nodes: list[dict[str, Any]]) -> Table:
+    """The last dbt run per region (``_mds_dbt_results``): counts by status per command,
+    then every node that did not pass, with dbt's message."""
+    table = Table(title="dbt, last run per region")
+    for column in ("region", "run", "command / node", "status", "message"):
+        table.add_column(column)
+    groups: dict[tuple[str, str, str], dict[str, int]] = {}
+    for n in nodes:
+        counts = groups.setdefault((n["region"], n["run_id"], n["command"]), {})
+        counts[n["status"]] = counts.get(n["status"], 0) + 1
+    for (region, run_id, command), counts in groups.items():
+        summary = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        table.add_row(region, run_id, command, summary, "")
+    for n in nodes:
+        if n["status"] not in ("success", "pass"):
+            label = f"{n['resource_type']} {n['name']}"
+            table.add_row(n["region"], n["run_id"], label, n["status"], _short(n["message"], 80))
+    return table
 
 
 @app.command("sql")

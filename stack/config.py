@@ -79,6 +79,13 @@ class SnowflakeTarget(_Model):
     database: str
     schema_: str = Field(default="PUBLIC", alias="schema")
     threads: int = Field(default=4, ge=1)
+    host: str | None = None
+    """Connect here instead of ``<account>.snowflakecomputing.com`` (a proxy, or fakesnow)."""
+    port: int | None = None
+    protocol: Literal["https", "http"] | None = None
+    fakesnow: bool = False
+    """The target is a fakesnow server (local development): turns on the adapter's
+    workarounds for what fakesnow cannot run (README, "The warehouse: Snowflake")."""
 
 
 Target = Annotated[DuckDBTarget | SnowflakeTarget, Field(discriminator="type")]

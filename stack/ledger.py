@@ -6,18 +6,25 @@ says where the next run resumes. ``_mds_runs`` holds one row per run and
 stream: what was read, inserted, updated, deleted and quarantined, the schema
 changes applied, and how it ended. ``_mds_quarantine`` keeps records that
 could not be loaded (with ``on_bad_record: quarantine``), with the reason.
+``_mds_dbt_results`` holds one row per run, region and dbt node: the status,
+timing, rows and message dbt reported, so the warehouse also says which model
+or test failed in which run.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 
 import pyarrow as pa
 
 from connectors.base import State
+from stack.redact import redact
 from stack.sql import ident, table
+from stack.transform import NodeResult
 from stack.warehouse.base import Warehouse
 
 STATE_TABLE = "_mds_state"
@@ -130,6 +137,7 @@ def ensure_tables(wh: Warehouse) -> None:
         (STATE_TABLE, _STATE_SCHEMA),
         (RUNS_TABLE, _RUNS_SCHEMA),
         (QUARANTINE_TABLE, _QUARANTINE_SCHEMA),
+        (DBT_RESULTS_TABLE, _DBT_RESULTS_SCHEMA),
     )
     for name, schema in tables:
         existing = wh.columns(wh.meta_schema, name)
@@ -224,5 +232,98 @@ def latest_runs(wh: Warehouse, pipeline: str) -> pa.Table:
         f"USING (pipeline, source, stream, region) WHERE r.pipeline = ? "
         f"QUALIFY row_number() OVER (PARTITION BY r.source, r.stream, r.region "
         f"ORDER BY r.started_at DESC) = 1 ORDER BY r.source, r.stream, r.region",
+        [pipeline],
+    )
+
+
+# -- dbt node results ------------------------------------------------------------------------
+DBT_RESULTS_TABLE = "_mds_dbt_results"
+_DBT_RESULTS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("pipeline", pa.string()),
+        ("region", pa.string()),
+        ("command", pa.string()),
+        ("unique_id", pa.string()),
+        ("name", pa.string()),
+        ("resource_type", pa.string()),
+        ("status", pa.string()),
+        ("seconds", pa.float64()),
+        ("rows_affected", pa.int64()),
+        ("message", pa.string()),
+        ("compiled_path", pa.string()),
+        ("recorded_at", pa.timestamp("us")),
+    ]
+)
+
+
+def record_dbt_results(
+    wh: Warehouse,
+    key: tuple[str, str, str],
+    command: str,
+    nodes: Sequence[NodeResult],
+    now: datetime,
+) -> None:
+    """Write one dbt invocation's node results to ``_mds_dbt_results``, in one commit.
+
+    Args:
+        key: ``(run_id, pipeline, region)`` of the run.
+        command: the dbt command (``build``, ``source freshness``); a run's earlier rows of
+            the same command are replaced, so a retried step leaves one row per node.
+        nodes: the invocation's results (``DbtRun.nodes``); messages are redacted.
+    """
+    run_id, pipeline, region = key
+    ref = table(wh.meta_schema, DBT_RESULTS_TABLE)
+    ensure_tables(wh)
+    names = ", ".join(ident(f.name) for f in _DBT_RESULTS_SCHEMA)
+    rows = pa.Table.from_pylist(
+        [
+            {
+                "run_id": run_id,
+                "pipeline": pipeline,
+                "region": region,
+                "command": command,
+                **{f: getattr(n, f) for f in _NODE_FIELDS},
+                "message": redact(n.message) if n.message else None,
+                "recorded_at": now,
+            }
+            for n in nodes
+        ],
+        schema=_DBT_RESULTS_SCHEMA,
+    )
+    stage = f"_mds_dbt_results_{uuid.uuid4().hex[:8]}"
+    wh.stage(stage, rows)  # staging is DDL on Snowflake: before the transaction
+    try:
+        with wh.transaction():
+            wh.execute(
+                f"DELETE FROM {ref} WHERE {ident('run_id')} = ? AND {ident('pipeline')} = ? "
+                f"AND {ident('region')} = ? AND {ident('command')} = ?",
+                [run_id, pipeline, region, command],
+            )
+            wh.execute(f"INSERT INTO {ref} ({names}) SELECT {names} FROM {wh.stage_ref(stage)}")
+    finally:
+        wh.drop_stage(stage)
+
+
+_NODE_FIELDS = (
+    "unique_id",
+    "name",
+    "resource_type",
+    "status",
+    "seconds",
+    "rows_affected",
+    "compiled_path",
+)
+
+
+def last_dbt_results(wh: Warehouse, pipeline: str) -> pa.Table:
+    """The dbt node results of the latest run that ran dbt, per region (failures first)."""
+    if wh.columns(wh.meta_schema, DBT_RESULTS_TABLE) is None:
+        return _DBT_RESULTS_SCHEMA.empty_table()
+    ref = table(wh.meta_schema, DBT_RESULTS_TABLE)
+    return wh.query(
+        f"SELECT * FROM {ref} WHERE pipeline = ? QUALIFY run_id = first_value(run_id) OVER "
+        f"(PARTITION BY region ORDER BY recorded_at DESC) "
+        f"ORDER BY region, status IN ('success', 'pass'), command, unique_id",
         [pipeline],
     )

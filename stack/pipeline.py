@@ -306,6 +306,10 @@ def transform_changes(
 ) -> dict[str, Any] | None:
     """``dbt build`` the models downstream of the changed streams, then the data checks.
 
+    ``dbt source freshness`` of the changed streams' sources runs after the build; each
+    source is a check result (dbt's ``warn`` a warning, ``error`` blocking the publish).
+    Every dbt node's result goes to the ``_mds_dbt_results`` ledger table.
+
     With ``publish.audit`` (write-audit-publish), dbt builds and tests, and the
     ``checks:`` run, in a zero-copy clone of the warehouse (environment
     ``audit-<region>``); only a green build with no failing ``error`` check is
@@ -323,17 +327,24 @@ def transform_changes(
         published = open_target(config, target, resolver)
         audit_env = f"audit-{region}" if config.publish.audit else None
         building = published.clone_into(audit_env) if audit_env else published
-        run = transform.run_dbt(
-            config.resolve_path(config.dbt.project_dir),
-            building.dbt_output(),
-            ["build", *picked.args()],
-            vars=config.dbt_vars(region),
-            env=building.dbt_env(),
+        run, freshness = (
+            transform.run_dbt(
+                config.resolve_path(config.dbt.project_dir),
+                building.dbt_output(),
+                args,
+                vars=config.dbt_vars(region),
+                env=building.dbt_env(),
+            )
+            for args in (
+                ["build", *picked.args()],
+                ["source", "freshness", *picked.freshness_args()],
+            )
         )
-        results: list[checks.CheckResult] = []
-        if config.checks:
-            with building as wh:  # the audit clone: dbt has released it
-                results = _data_checks(config, wh, region, run_id)
+        results = checks.freshness_from_nodes(freshness.nodes, region)
+        with building as wh:  # the audit clone: dbt has released it
+            checks.record_results(wh, results, run_id, utcnow())
+            if config.checks:
+                results += _data_checks(config, wh, region, run_id)
         blocked = bool(checks.blocking(results))
         result = {
             **asdict(run),
@@ -351,6 +362,11 @@ def transform_changes(
                 checks.record_results(wh, results, run_id, utcnow())
         elif not audit_env:
             result["published"] = run.success and not blocked
+        with published as wh:  # after the publish: the ledger of the published warehouse
+            for done in (run, freshness):
+                ledger.record_dbt_results(
+                    wh, (run_id, config.name, region), done.command, done.nodes, utcnow()
+                )
     return result
 
 

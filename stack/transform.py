@@ -20,6 +20,7 @@ No Prefect here: ``flows/`` wraps these calls in tasks.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -93,6 +94,12 @@ class DbtRun:
     nodes: tuple[NodeResult, ...]
 
     @property
+    def command(self) -> str:
+        """The dbt command without its options: ``build``, ``source freshness``."""
+        words = itertools.takewhile(lambda arg: not arg.startswith("-"), self.args)
+        return " ".join(words) or "dbt"
+
+    @property
     def failures(self) -> tuple[NodeResult, ...]:
         """Nodes that errored or failed (models, snapshots, tests at severity error)."""
         return tuple(node for node in self.nodes if node.failed)
@@ -128,6 +135,15 @@ class Selection:
         """
         args = ["--select", *sorted((*self.incremental, *self.full_refresh))]
         return [*args, "--full-refresh"] if self.full_refresh else args
+
+    def freshness_args(self) -> list[str]:
+        """dbt arguments to append to ``source freshness``: the changed streams' sources.
+
+        Returns:
+            e.g. ``["--select", "source:shop.orders", "source:shop.products"]``.
+        """
+        sources = (s.removesuffix("+") for s in (*self.incremental, *self.full_refresh))
+        return ["--select", *sorted(sources)]
 
 
 def selection(changed: Mapping[str, Mapping[str, bool]]) -> Selection | None:
@@ -307,6 +323,7 @@ def _node_result(item: Any) -> NodeResult:
     node = item.node
     response = item.adapter_response or {}
     rows = response.get("rows_affected")
+    age = getattr(item, "age", None)  # source freshness: seconds since the newest loaded_at
     return NodeResult(
         unique_id=node.unique_id,
         name=node.name,
@@ -314,7 +331,7 @@ def _node_result(item: Any) -> NodeResult:
         status=_text(item.status),
         seconds=float(item.execution_time or 0.0),
         rows_affected=rows if isinstance(rows, int) and rows >= 0 else None,
-        message=item.message,
+        message=item.message or (None if age is None else f"newest row {age:.0f}s old"),
         compiled_path=getattr(node, "compiled_path", None),
     )
 

@@ -133,8 +133,8 @@ class SnowflakeWarehouse:
         self.target = target
         self.meta_schema: str = target.schema_
         self.query_tag = {"app": "mdstack", **(query_tag or {})}
-        self.connect_args = dict(connect_args or {})
-        self.fakesnow = fakesnow
+        self.connect_args = {**_endpoint(target), **(connect_args or {})}
+        self.fakesnow = fakesnow or target.fakesnow
         self.lock_ttl = lock_ttl
         for field in DBT_ENV:
             if value := _secret(getattr(target, field)):
@@ -501,6 +501,12 @@ class SnowflakeWarehouse:
 
 
 # -- connecting -------------------------------------------------------------------------------
+def _endpoint(target: SnowflakeTarget) -> dict[str, Any]:
+    """``host``/``port``/``protocol`` set on the target (a proxy or a fakesnow server)."""
+    fields = {"host": target.host, "port": target.port, "protocol": target.protocol}
+    return {name: value for name, value in fields.items() if value is not None}
+
+
 def _secret(value: object) -> str | None:
     if isinstance(value, SecretStr):
         return value.get_secret_value()

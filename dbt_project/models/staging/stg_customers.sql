@@ -1,4 +1,15 @@
 -- One row per live customer per region; soft-deleted rows are dropped.
+with raw as (
+
+    select
+        {{ mdstack.raw_columns([
+            'id', 'name', 'email', 'segment', 'signup_day', 'updated_at',
+            '_mds_region', '_mds_run_id', '_mds_loaded_at', '_mds_deleted_at'
+        ]) }}
+    from {{ source('shop', 'customers') }}
+
+)
+
 select
     cast(_mds_region as {{ dbt.type_string() }}) as region,
     cast(id as {{ dbt.type_bigint() }}) as customer_id,
@@ -9,5 +20,5 @@ select
     cast(updated_at as {{ dbt.type_timestamp() }}) as updated_at,
     _mds_run_id,
     _mds_loaded_at
-from {{ source('shop', 'customers') }}
+from raw
 where _mds_deleted_at is null

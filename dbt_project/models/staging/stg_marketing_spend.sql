@@ -1,6 +1,17 @@
 -- One row per (region, day, channel). The raw table is append-only: when a day is restated,
 -- the latest load wins (ties broken by run id). Soft-deleted rows are dropped.
-with ranked as (
+with raw as (
+
+    select
+        {{ mdstack.raw_columns([
+            'day', 'channel', 'spend', 'impressions', 'clicks',
+            '_mds_region', '_mds_run_id', '_mds_loaded_at', '_mds_deleted_at'
+        ]) }}
+    from {{ source('shop', 'marketing_spend') }}
+
+),
+
+ranked as (
 
     select
         _mds_region,
@@ -15,7 +26,7 @@ with ranked as (
             partition by _mds_region, day, channel
             order by _mds_loaded_at desc, _mds_run_id desc
         ) as load_rank
-    from {{ source('shop', 'marketing_spend') }}
+    from raw
     where _mds_deleted_at is null
 
 )

@@ -5,14 +5,20 @@
       - unique_combination:
           arguments:
             combination: [region, order_id]
+            quote: true   # optional: the columns' names are case-sensitive (raw tables)
 #}
-{% test unique_combination(model, combination) %}
+{% test unique_combination(model, combination, quote=false) %}
+
+{%- set columns = [] -%}
+{%- for column in combination -%}
+    {%- do columns.append(adapter.quote(column) if quote else column) -%}
+{%- endfor %}
 
 select
-    {{ combination | join(', ') }},
+    {{ columns | join(', ') }},
     count(*) as n_rows
 from {{ model }}
-group by {{ combination | join(', ') }}
+group by {{ columns | join(', ') }}
 having count(*) > 1
 
 {% endtest %}
