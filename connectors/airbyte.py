@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass
@@ -192,7 +193,7 @@ class AirbyteSource:
         self.name = name
         self._parsed = ParsedConfig(name, config, parse_config)
         self._connector: Connector | None = None
-        self._spec: dict[str, Any] | None = None
+        self._lock = threading.Lock()
         self._streams: dict[str, dict[str, Any]] = {}
         self._scrub = Scrubber()
 
@@ -276,8 +277,12 @@ class AirbyteSource:
 
     def _ready(self) -> Connector:
         """The connector, installed if need be, its config validated against its spec."""
-        if self._connector is not None:
+        with self._lock:  # streams of one run may be read in parallel threads
+            if self._connector is None:
+                self._connector = self._prepare()
             return self._connector
+
+    def _prepare(self) -> Connector:
         cfg = self._config()
         spec = None
         if cfg.package is not None:
@@ -300,7 +305,6 @@ class AirbyteSource:
             spec = spec_of(connector)
         self._scrub = Scrubber.for_config(cfg.config, spec)
         _validate(self.name, cfg.config, spec, self._scrub)
-        self._connector, self._spec = connector, spec
         return connector
 
     def _configured(self, raw: dict[str, Any], stream: ConfiguredStream) -> dict[str, Any]:
