@@ -30,7 +30,6 @@ from stack.parallel import Bounds, StreamJob, run_bounded
 SYNC_RETRIES = 3
 SYNC_BACKOFF_SECONDS = 10
 """Retries wait 10, 20, 40 s, each plus up to 50 % jitter."""
-SYNC_TIMEOUT_SECONDS = 6 * 3600
 DBT_TIMEOUT_SECONDS = 2 * 3600
 
 
@@ -46,7 +45,6 @@ def retryable(task: Any, task_run: Any, state: State) -> bool:
     retry_delay_seconds=exponential_backoff(backoff_factor=SYNC_BACKOFF_SECONDS),
     retry_jitter_factor=0.5,
     retry_condition_fn=retryable,
-    timeout_seconds=SYNC_TIMEOUT_SECONDS,
 )
 def sync_stream(
     config_path: str,

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Hashable
 from contextlib import ExitStack
 from dataclasses import asdict
+from typing import Any
 
 from connectors.base import Catalog, Source
 from stack.config import StackConfig
@@ -53,17 +54,23 @@ class RunScope:
             self._stack.close()
             raise
         self._sources: dict[str, tuple[Source, Catalog]] = {}
+        self._discovering: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
     def source(self, name: str) -> tuple[Source, Catalog]:
-        """The source's connector and catalog, discovered on first use."""
+        """The source's connector and catalog, discovered on first use (once per source,
+        while other sources' streams go on)."""
         with self._lock:
+            discovering = self._discovering.setdefault(name, threading.Lock())
+        with discovering:
             if name not in self._sources:
                 source = open_source(self.config, name, self.ctx.region, self.resolver.resolve)
                 self._sources[name] = (source, source.discover())
             return self._sources[name]
 
-    def sync(self, source_name: str, stream: str, progress: Progress | None = None) -> dict:
+    def sync(
+        self, source_name: str, stream: str, progress: Progress | None = None
+    ) -> dict[str, Any]:
         """Sync one stream on a warehouse handle of its own; its ledger entry as a dict."""
         declared = self.config.source(source_name)
         if stream not in declared.streams:
