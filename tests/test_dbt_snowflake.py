@@ -25,8 +25,10 @@ from typing import Any
 import polars as pl
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from stack import pipeline, transform
+from stack.cli import app
 from stack.config import load_config
 from stack.errors import TransformError
 from stack.warehouse.duckdb import DuckDBWarehouse
@@ -275,6 +277,11 @@ def test_failing_test_is_in_the_ledger_and_a_stale_source_blocks_the_publish(
     duplicates = "test.mdstack.source_unique_combination_shop_orders_"
     assert any(uid.startswith(duplicates) for uid in failed["unique_id"].to_list())
     assert all("Got 1 result" in message for message in failed["message"].to_list())
+    shown = CliRunner().invoke(app, ["status", "-c", str(no_checks)], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    assert "dbt, last run per region" in shown.output
+    assert "duck-bad" in shown.output and "source orders" in shown.output
+    assert "test source_unique_combination_shop_orders" in shown.output
     stale = rows.filter(pl.col("command") == "source freshness").to_dicts()
     assert [(r["unique_id"], r["status"]) for r in stale] == [
         ("source.mdstack.shop.orders", "error")

@@ -8,6 +8,7 @@ two short ones check the errors (a profile that does not render, a lake held by 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -433,7 +434,11 @@ def test_source_freshness_and_env_are_restored(
         "order_items": "pass",
         "products": "warn",  # loaded 30 h ago: warn_after 26 h
     }
-    assert run.success
+    assert run.success and run.command == "source freshness"
+    products = next(n for n in run.nodes if n.name == "products")
+    assert re.fullmatch(r"newest row \d+s old", products.message)
+    age = int(products.message.split()[2].removesuffix("s"))
+    assert 30 * 3600 - 60 < age < 31 * 3600
 
 
 def test_dbt_crash_raises_transform_error(
@@ -501,6 +506,12 @@ def test_selection_builds_everything_changed_in_one_invocation() -> None:
         "source:shop.products+",
         "--full-refresh",
     ]
+
+
+def test_selection_checks_freshness_of_the_changed_sources_only() -> None:
+    picked = selection({"shop": {"products": True, "orders": False}})
+    assert picked.freshness_args() == ["--select", "source:shop.orders", "source:shop.products"]
+    assert DbtRun(("build", *picked.args()), True, ()).command == "build"
 
 
 def test_selection_only_incremental_or_only_full_refresh() -> None:
