@@ -5,7 +5,8 @@ process group of its own and yields its stdout line by line, as bytes, at the co
 pace. The files it reads live in a private temporary folder (0700; the config file 0600)
 that is deleted when the command ends, whatever the outcome. When the generator is closed
 early, or an exception or KeyboardInterrupt passes through it, the whole group gets SIGTERM
-and, after :data:`GRACE_SECONDS`, SIGKILL: a cancelled read leaves no process behind. A
+and, after :data:`GRACE_SECONDS`, SIGKILL: a cancelled read leaves no process behind; a
+read abandoned in another thread is stopped when mdstack exits. A
 non-zero exit is a ConnectorError carrying the tail of the connector's stderr.
 
 Connectors are commands (``argv`` lists): an installed package's console script, a local
@@ -18,6 +19,7 @@ messages, stderr.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -53,6 +55,8 @@ LEVELS = {
     "TRACE": logging.DEBUG,
 }
 _MOUNT = "/mdstack"
+_LIVE: set[subprocess.Popen] = set()
+"""Connector processes started and not yet finished or stopped."""
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,7 @@ def run(
             key="executable",
             hint="check the path and that the file is executable",
         ) from exc
+    _LIVE.add(proc)
     tail: deque[str] = deque(maxlen=STDERR_LINES)
     reader = threading.Thread(
         target=_drain, args=(proc.stderr, tail, connector.source, scrub), daemon=True
@@ -192,6 +197,7 @@ def run(
     finally:
         if not finished:
             stop(proc)
+        _LIVE.discard(proc)
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
@@ -204,9 +210,18 @@ def run(
         )
 
 
-def stop(proc: subprocess.Popen) -> None:
+@atexit.register
+def _stop_leftovers() -> None:
+    """Stop connectors still running when mdstack exits: a read abandoned in a thread
+    (blocked on a connector that went silent) never reaches its own cleanup."""
+    for proc in list(_LIVE):
+        stop(proc, grace=0.5)
+
+
+def stop(proc: subprocess.Popen, grace: float | None = None) -> None:
     """SIGTERM the process group, then SIGKILL it after the grace period; reap the child."""
-    for sig, wait in ((signal.SIGTERM, GRACE_SECONDS), (signal.SIGKILL, None)):
+    grace = GRACE_SECONDS if grace is None else grace
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)
         try:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -321,6 +322,38 @@ def test_a_cancelled_read_leaves_no_connector_process(
             reading.throw(KeyboardInterrupt)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its new parent to reap it does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_read_abandoned_in_a_thread_is_stopped_when_mdstack_exits(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    config = fake(count=100, hang_after=3, pid_file=str(pid_file)) | {"batch_size": 2}
+    script = f"""
+import sys, threading, time
+sys.path.insert(0, {str(FAKE.parent.parent)!r})
+from connectors import load_source
+from connectors.base import ConfiguredStream
+source = load_source("airbyte", "src", {config!r})
+spec = source.discover().stream("items")
+reading = source.read(ConfiguredStream(spec, "incremental_append", "id"), None)
+threading.Thread(target=lambda: list(reading), daemon=True).start()
+while not ({str(pid_file)!r} and open({str(pid_file)!r}, "a+").tell()):
+    time.sleep(0.05)
+"""  # the main thread returns while the reading thread waits on the silent connector
+    subprocess.run([sys.executable, "-c", script], timeout=60, check=True)
+    pid = int(pid_file.read_text())
+    for _ in range(40):
+        if not alive(pid):
+            break
+        time.sleep(0.05)
+    assert not alive(pid)
 
 
 # -- bad config -------------------------------------------------------------------------------
