@@ -57,6 +57,8 @@ LEVELS = {
 _MOUNT = "/mdstack"
 _LIVE: set[subprocess.Popen] = set()
 """Connector processes started and not yet finished or stopped."""
+_FOLDERS: set[Path] = set()
+"""Private folders of config files not yet deleted."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ def private_files(**contents: Any) -> Iterator[dict[str, Path]]:
     """JSON files (``config=...``, ``catalog=...``) in a private folder deleted afterwards;
     None values are left out."""
     folder = Path(tempfile.mkdtemp(prefix="mdstack-airbyte-"))  # mkdtemp makes it 0700
+    _FOLDERS.add(folder)
     try:
         paths = {}
         for name, value in contents.items():
@@ -151,6 +154,7 @@ def private_files(**contents: Any) -> Iterator[dict[str, Path]]:
         yield paths
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        _FOLDERS.discard(folder)
 
 
 def run(
@@ -212,10 +216,13 @@ def run(
 
 @atexit.register
 def _stop_leftovers() -> None:
-    """Stop connectors still running when mdstack exits: a read abandoned in a thread
-    (blocked on a connector that went silent) never reaches its own cleanup."""
+    """Stop connectors still running when mdstack exits, and delete their config files: a
+    read abandoned in a thread (blocked on a connector gone silent) never reaches its own
+    cleanup."""
     for proc in list(_LIVE):
         stop(proc, grace=0.5)
+    for folder in list(_FOLDERS):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def stop(proc: subprocess.Popen, grace: float | None = None) -> None:

@@ -333,7 +333,8 @@ def alive(pid: int) -> bool:
 
 
 def test_a_read_abandoned_in_a_thread_is_stopped_when_mdstack_exits(tmp_path: Path) -> None:
-    pid_file = tmp_path / "pid"
+    pid_file, scratch = tmp_path / "pid", tmp_path / "tmp"
+    scratch.mkdir()
     config = fake(count=100, hang_after=3, pid_file=str(pid_file)) | {"batch_size": 2}
     script = f"""
 import sys, threading, time
@@ -347,7 +348,9 @@ threading.Thread(target=lambda: list(reading), daemon=True).start()
 while not ({str(pid_file)!r} and open({str(pid_file)!r}, "a+").tell()):
     time.sleep(0.05)
 """  # the main thread returns while the reading thread waits on the silent connector
-    subprocess.run([sys.executable, "-c", script], timeout=60, check=True)
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    subprocess.run([sys.executable, "-c", script], timeout=60, check=True, env=env)
+    assert list(scratch.iterdir()) == []  # the config file went too
     pid = int(pid_file.read_text())
     for _ in range(40):
         if not alive(pid):
