@@ -73,7 +73,7 @@ def run_bounded(
     handles: dict[StreamJob, H] = {}
     finished: queue.SimpleQueue[StreamJob] = queue.SimpleQueue()
     while pending or running.total():
-        for job in [j for j in pending if bounds.fits(j, running)]:
+        for job in list(pending):
             if not bounds.fits(job, running):
                 continue
             pending.remove(job)
