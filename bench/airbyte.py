@@ -1,24 +1,184 @@
-"""Scenario 4: Airbyte ``source-faker``, 200 k records (floor: the connector's own
-``read`` to /dev/null; peer: PyAirbyte). Needs mdstack's Airbyte-connector adapter, which
-is not built yet: until it exists the scenario says so and is skipped.
+"""Scenario 4: Airbyte ``source-faker`` 7.2.1 (installed from PyPI into its own virtualenv,
+as ``mdstack connector install`` does), 200 k records.
+
+Table 1, one stream (``users``, ``count`` 200 000): the floor is the connector's own
+``read`` to /dev/null; mdstack syncs it through the airbyte source and ``sync_source``
+(``incremental_deduped``) into a fresh DuckLake folder, which costs one more connector
+process (``discover``); PyAirbyte (in its own virtualenv, offline, ``local_executable=``
+the same faker) reads it into its DuckDB cache.
+
+Table 2, two streams (``users`` and ``purchases``, ``count`` 100 000 each): mdstack reads
+each stream with a connector process of its own, where the floor reads both in one. A
+second floor runs what mdstack asks of the connector (``discover``, then one ``read`` per
+stream) with nothing reading the output: the difference between the two floors is the
+price of a process per stream, the rest is mdstack's.
+
+Target: mdstack ≤ 1.1x the floor.
 """
 
 from __future__ import annotations
 
-from bench._results import ScenarioResult
-from bench.scenarios import Context
-from connectors import REGISTRY
+import json
+import shutil
+import subprocess
+from pathlib import Path
 
-TITLE = "4. Airbyte source-faker, 200,000 records"
+from bench import _pg_tools, peers
+from bench._measure import Tool, interleave
+from bench._results import Row, ScenarioResult, Table, Target
+from bench.scenarios import Context
+
+TITLE = "4. Airbyte source-faker"
+VERSION = "7.2.1"
+LIMIT = 1.1
+PYAIRBYTE = peers.Peer("pyairbyte", ("airbyte==0.71.3",))
+"""PyAirbyte; it pins airbyte-cdk 7, which faker (cdk < 7) cannot share a virtualenv with."""
 
 
 def run(ctx: Context) -> ScenarioResult:
-    result = ScenarioResult("airbyte", TITLE)
-    if "airbyte" not in REGISTRY:
-        result.skipped = (
-            "not available yet: no `airbyte` connector in connectors.REGISTRY "
-            "(the adapter running Airbyte protocol connectors such as source-faker)"
-        )
-    else:
-        result.skipped = "not available yet: the airbyte connector exists; its bench is to come"
+    records = ctx.rows or (4_000 if ctx.quick else 200_000)
+    result = ScenarioResult("airbyte", f"{TITLE}, {records:,} records")
+    from connectors.airbyte import ensure_installed
+    from connectors.errors import MdstackError
+
+    try:
+        faker = ensure_installed("airbyte-source-faker", VERSION).executable
+    except MdstackError as exc:
+        result.skipped = f"airbyte-source-faker {VERSION} could not be installed: {exc}"
+        return result
+    folder = ctx.folder("airbyte")
+    pyairbyte = _pyairbyte(ctx)
+    one = _table(ctx, faker, folder / "one", {"count": records}, ["users"], pyairbyte)
+    result.tables.append(one)
+    result.targets.append(_target(one, "one stream"))
+    if not ctx.quick:
+        half = {"count": records // 2}
+        two = _table(ctx, faker, folder / "two", half, ["users", "purchases"], None)
+        result.tables.append(two)
+        result.targets.append(_target(two, "two streams"))
     return result
+
+
+def _table(
+    ctx: Context,
+    faker: Path,
+    folder: Path,
+    settings: dict,
+    streams: list[str],
+    pyairbyte: Path | None,
+) -> Table:
+    folder.mkdir(parents=True)
+    config = {**settings, "seed": 42}
+    config_file, catalog_file = folder / "config.json", folder / "catalog.json"
+    config_file.write_text(json.dumps(config))
+    catalog_file.write_text(json.dumps(_catalog(faker, config_file, streams)))
+    read = [str(faker), "read", "--config", str(config_file), "--catalog", str(catalog_file)]
+    floor = Tool("floor: connector read", lambda: (read, {}, None), discard_stdout=True)
+    tools = [floor]
+    if len(streams) > 1:
+        tools.append(_per_stream_floor(faker, folder, config_file, catalog_file))
+    warehouse = folder / "mdstack"
+    mds_argv = [ctx.python(), ctx.worker("mdstack_airbyte.py"), json.dumps(config)]
+    mds_argv += [str(warehouse), *streams]
+    tools.append(Tool("mdstack", lambda: (mds_argv, {}, None), before=_pg_tools.reset(warehouse)))
+    if pyairbyte is not None:
+        tools.append(_pyairbyte_tool(ctx, pyairbyte, faker, folder, config, streams))
+    interleave(tools, ctx.runs, ctx.log)
+    count = config["count"]
+    what = f"{' + '.join(streams)}, count {count:,}"
+    return Table(
+        what,
+        [Row.of(t, loaded=_loaded(t)) for t in tools],
+        floor="floor: connector read",
+        subject="mdstack",
+        extra_columns=("loaded",),
+    )
+
+
+def _catalog(faker: Path, config_file: Path, streams: list[str]) -> dict:
+    """The configured catalog mdstack would send: incremental, faker's cursor and key."""
+    out = subprocess.run(
+        [str(faker), "discover", "--config", str(config_file)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    found = next(
+        json.loads(line)["catalog"]["streams"]
+        for line in out.splitlines()
+        if line.startswith('{"type":"CATALOG"')
+    )
+    return {
+        "streams": [
+            {
+                "stream": s,
+                "sync_mode": "incremental",
+                "cursor_field": s["default_cursor_field"],
+                "destination_sync_mode": "append_dedup",
+                "primary_key": s["source_defined_primary_key"],
+            }
+            for s in found
+            if s["name"] in streams
+        ]
+    }
+
+
+def _per_stream_floor(faker: Path, folder: Path, config_file: Path, catalog_file: Path) -> Tool:
+    """``discover`` then one ``read`` per stream, output to /dev/null: mdstack's connector work."""
+    catalog = json.loads(catalog_file.read_text())
+    commands = [f"{faker} discover --config {config_file}"]
+    for entry in catalog["streams"]:
+        one = folder / f"catalog-{entry['stream']['name']}.json"
+        one.write_text(json.dumps({"streams": [entry]}))
+        commands.append(f"{faker} read --config {config_file} --catalog {one}")
+    script = " && ".join(commands)
+    return Tool(
+        "floor: discover + a read per stream",
+        lambda: (["sh", "-c", script], {}, None),
+        discard_stdout=True,
+        note="what mdstack runs of the connector",
+    )
+
+
+def _pyairbyte(ctx: Context) -> Path | None:
+    if not ctx.peers:
+        return None
+    try:
+        return peers.ensure(PYAIRBYTE, ctx.log)
+    except peers.PeerUnavailable as exc:
+        ctx.log(f"  PyAirbyte unavailable: {exc}")
+        return None
+
+
+def _pyairbyte_tool(
+    ctx: Context, python: Path, faker: Path, folder: Path, config: dict, streams: list[str]
+) -> Tool:
+    work = folder / "pyairbyte"
+    db = work / "cache.duckdb"
+    argv = [str(python), ctx.worker("pyairbyte_faker.py"), str(faker), json.dumps(config)]
+    argv += [str(db), *streams]
+    env = {
+        "AIRBYTE_OFFLINE_MODE": "1",  # no registry lookup (no network for it here)
+        "DO_NOT_TRACK": "1",
+        "AIRBYTE_LOGGING_ROOT": str(work / "logs"),
+    }
+
+    def before() -> None:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+
+    return Tool("PyAirbyte (DuckDB cache)", lambda: (argv, env, work), before=before)
+
+
+def _loaded(tool: Tool) -> str:
+    counts = {s.report.get("table_rows") for s in tool.samples if "table_rows" in s.report}
+    return ", ".join(f"{c:,}" for c in sorted(counts)) if counts else ""
+
+
+def _target(table: Table, what: str) -> Target:
+    mds, floor = table.row("mdstack"), table.row("floor: connector read")
+    label = f"{what}: ≤ {LIMIT}x the connector's own read"
+    if not (mds and floor):
+        return Target(label, "not measured", None)
+    x = mds.wall / floor.wall
+    return Target(label, f"{x:.2f}x", x <= LIMIT)
