@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 import connectors
 from stack import pipeline
+from stack.cli import app
 from stack.config import load_config
 from stack.parallel import Bounds, StreamJob
 from stack.warehouse.duckdb import DuckDBWarehouse
@@ -89,10 +91,15 @@ def test_three_streams_with_a_limit_of_two_never_run_three_at_once(tmp_path):
 def test_a_failed_stream_leaves_the_parallel_ones_committed(tmp_path):
     fail = {"stream": "events", "times": 1, "after_days": 1}
     path = stack(tmp_path, ["events", "items"], concurrency=2, overlap=2, fail=fail)
-    summary = run(path)
-    status = {s["stream"]: s["status"] for s in summary.streams}
-    assert status == {"events": "failed", "items": "succeeded"}
-    assert "scripted failure 1 of events" in summary.failure()
+    result = CliRunner().invoke(app, ["sync", "--config", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "sync failed" in result.output and "scripted failure 1 of events" in result.output
+    with DuckDBWarehouse(tmp_path / "warehouse") as wh:
+        runs = wh.query("SELECT stream, status FROM _mds_runs ORDER BY stream").to_pylist()
+    assert runs == [
+        {"stream": "events", "status": "failed"},
+        {"stream": "items", "status": "succeeded"},
+    ]
     assert counts(tmp_path, ["items"]) == {"items": 9}
     summary = run(path)  # the rerun completes events from its last commit
     assert summary.ok, summary.failure()
