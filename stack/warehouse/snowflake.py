@@ -39,7 +39,7 @@ Locks
     quarter of the lease has passed. A run that died frees its locks when their
     lease runs out; deleting the row frees one at once.
 
-fakesnow (``fakesnow=True``, tests only)
+fakesnow (``fakesnow: true`` on the target, or ``fakesnow=True``: tests, local development)
     fakesnow 0.11 (server mode) emulates most of the above; the flag enables
     exactly these workarounds, each for a fakesnow limitation, not a Snowflake one:
 
