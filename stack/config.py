@@ -58,6 +58,10 @@ class DuckDBTarget(_Model):
     threads: int = Field(default=4, ge=1)
     memory_limit: str = "1GB"
     """DuckDB's memory limit; staged data beyond it spills to ``<path>/.tmp``."""
+    busy_timeout: float = Field(default=600.0, gt=0)
+    """Seconds to wait for another process (e.g. another region's run) to let go of the
+    warehouse before failing as busy (retryable): one process writes a DuckDB file at a
+    time, so concurrent runs take turns rather than fail."""
 
 
 class SnowflakeTarget(_Model):

@@ -18,7 +18,10 @@ def connect(config: StackConfig, target: Target) -> Warehouse:
         from stack.warehouse.duckdb import DuckDBWarehouse
 
         return DuckDBWarehouse(
-            config.resolve_path(target.path), target.threads, target.memory_limit
+            config.resolve_path(target.path),
+            target.threads,
+            target.memory_limit,
+            busy_timeout=target.busy_timeout,
         )
     from stack.warehouse.snowflake import SnowflakeWarehouse
 
