@@ -69,8 +69,7 @@ from connectors._airbyte_process import (
     spec_of,
 )
 from connectors._airbyte_read import CDC_DELETED_AT, States, read_messages
-from connectors._airbyte_records import Records
-from connectors._airbyte_types import json_schema_to_arrow
+from connectors._airbyte_records import Records, record_schema
 from connectors.base import (
     Catalog,
     CheckResult,
@@ -357,7 +356,7 @@ def _validate(
 def _stream_spec(raw: dict[str, Any]) -> StreamSpec:
     """An AirbyteStream (from discover) as a StreamSpec."""
     json_schema = raw.get("json_schema") or {}
-    schema = json_schema_to_arrow(json_schema)
+    schema = record_schema(json_schema)
     names = set(schema.names)
     key_paths = raw.get("source_defined_primary_key") or []
     flat = all(isinstance(p, list) and len(p) == 1 for p in key_paths)

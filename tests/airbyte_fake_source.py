@@ -11,6 +11,7 @@ Streams:
   a per-stream STATE ``{"id": n}`` every ``state_every`` records and at the end; then a
   CDC delete record for each id of ``deleted`` (and ``revived`` ids emitted again after).
 * ``events``: ``seq``, ``kind``; full refresh only, no key; ``count`` records, no state.
+* ``blobs``: a JSON Schema without properties (any record); two records, full refresh.
 
 Config (the spec below): ``count`` (required), ``state_every``, ``deleted``, ``revived``,
 ``api_key`` (a secret), and behaviours for tests: ``fail_after`` (an ERROR trace after that
@@ -82,6 +83,11 @@ EVENTS = {
     },
     "supported_sync_modes": ["full_refresh"],
 }
+BLOBS = {
+    "name": "blobs",
+    "json_schema": {"type": "object"},
+    "supported_sync_modes": ["full_refresh"],
+}
 
 
 def emit(kind: str, key: str, body: dict) -> None:
@@ -151,6 +157,10 @@ def behave(config: dict, emitted: int) -> None:
 def read(config: dict, catalog: dict, saved: list) -> None:
     for configured in catalog["streams"]:
         name = configured["stream"]["name"]
+        if name == "blobs":
+            for i in range(1, 3):
+                record("blobs", {"k": i, "v": {"x": [i]}})
+            continue
         if name == "events":
             for i in range(1, config["count"] + 1):
                 record("events", {"seq": i, "kind": "click" if i % 2 else "view"})
@@ -199,7 +209,7 @@ def main(argv: list[str]) -> int:
         status = {"status": "SUCCEEDED"} if ok else {"status": "FAILED", "message": "bad key"}
         emit("CONNECTION_STATUS", "connectionStatus", status)
     elif verb == "discover":
-        emit("CATALOG", "catalog", {"streams": [ITEMS, EVENTS]})
+        emit("CATALOG", "catalog", {"streams": [ITEMS, EVENTS, BLOBS]})
     elif verb == "read":
         read(config, load(opts["catalog"]), saved)
     return 0

@@ -113,6 +113,15 @@ def test_discover_types_columns_from_the_json_schema_with_keys_cursors_and_modes
     assert (events.primary_key, events.cursor, events.emits_deletes) == ((), None, False)
 
 
+def test_a_stream_without_declared_properties_is_one_json_column_of_whole_records() -> None:
+    source = load_source("airbyte", "src", fake(count=1))
+    blobs = source.discover().stream("blobs")
+    assert blobs.schema == pa.schema([("_airbyte_data", pa.string())])
+    messages = source.read(ConfiguredStream(blobs, "full_refresh_append"), None)
+    batch = next(m for m in messages if isinstance(m, Batch))
+    assert batch.data.column(0).to_pylist() == ['{"k":1,"v":{"x":[1]}}', '{"k":2,"v":{"x":[2]}}']
+
+
 # -- read: state, checkpoints, resume ---------------------------------------------------------
 def shape(messages: list) -> list:
     return [
