@@ -2,7 +2,7 @@
 
 Config (see :data:`_SPEC`): ``host``, ``port`` (5432), ``database``, ``user``, ``password``,
 ``schemas`` (``["public"]``), ``tables`` (include list: ``name`` or ``schema.name``),
-``batch_size`` (25 000 rows), ``lookback``, ``connect_timeout`` (10 s), ``sslmode``, and
+``batch_size`` (16 384 rows), ``lookback``, ``connect_timeout`` (10 s), ``sslmode``, and
 ``replication: {slot, publication, plugin}`` to turn on CDC: ``slot`` (``mdstack``) prefixes
 one slot per stream, ``<slot>_<schema>_<table>``, so give each pipeline and region reading the
 same database its own (``slot: mds_{{ region }}``), and drop the slots of streams you remove
@@ -39,9 +39,9 @@ Fetch path (:mod:`connectors._pg_fetch`): DuckDB's postgres scanner, streamed as
 2 M-row, 10-column table (2 busy cores) a full read took 1.7-2.2 s, about what ``COPY ... TO
 STDOUT`` to /dev/null takes (1.9-3.0 s text, 1.4-2.0 s binary), at 178 MB peak RSS (145 MB of
 it the libraries; it grows with ``batch_size``, not with the table); an ordered incremental
-read 2.1-3.0 s. Batches of 25 k rows rather than 100 k cost no speed and keep a whole load
-(source, engine and the DuckLake writer) near 300 MB instead of ~350 MB. ADBC took 2.6-4.5 s,
-a psycopg server-side cursor into pyarrow 11 s (294 MB).
+read 2.1-3.0 s. Batches of 16 k rows (8 DuckDB vectors) rather than 100 k cost no speed and
+keep a whole load (source, engine and the DuckLake writer) under 300 MB instead of ~350 MB.
+ADBC took 2.6-4.5 s, a psycopg server-side cursor into pyarrow 11 s (294 MB).
 
 Errors: unreachable server, timeouts, dropped connections -> SourceUnavailable (retryable);
 refused credentials, permissions, bad names -> ConnectorError. No message shows the password.
@@ -103,7 +103,7 @@ _SPEC: dict[str, Any] = {
         "password": {"type": ["string", "null"], "description": "e.g. ${vault:db#password}"},
         "schemas": {"type": "array", "items": _STR, "minItems": 1, "default": ["public"]},
         "tables": {"type": "array", "items": _STR, "description": "name or schema.name"},
-        "batch_size": {**_INT, "default": 25_000, "description": "rows per Arrow batch"},
+        "batch_size": {**_INT, "default": 16_384, "description": "rows per Arrow batch"},
         "lookback": {
             "oneOf": [{"type": "number", "minimum": 0}, {"type": "string", "format": "duration"}],
             "description": "seconds or an ISO 8601 duration; cursor units for numeric cursors",
