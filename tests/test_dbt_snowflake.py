@@ -1,6 +1,6 @@
 """The demo pipeline on Snowflake (fakesnow's server, dbt-snowflake) and on DuckDB, side by side.
 
-One module-scoped run per adapter, of the same simulated day: the demo source syncs,
+Two module-scoped runs per adapter, of the same simulated days: the demo source syncs,
 dbt builds staging views, marts, the incremental fct_orders and the customers snapshot,
 tests them, checks source freshness, and records every node in ``_mds_dbt_results``.
 The marts must hold the same numbers on both. Write-audit-publish is off on Snowflake:
@@ -116,18 +116,19 @@ def dbt_files_and_output(folder: Path) -> Iterator[dict[str, Path]]:
 
 @pytest.fixture(scope="module")
 def snowflake_run(snowflake_config_path: Path, folder: Path) -> Iterator[dict[str, Any]]:
-    """`mdstack run --target snowflake --region eu` without Prefect, WAP off; dbt's files kept."""
+    """`mdstack run --target snowflake --region eu` twice (two simulated days) without
+    Prefect, WAP off; dbt's files kept. The second run merges into the snapshot."""
     config = load_config(snowflake_config_path)
     os.environ["MDSTACK_TEST_SF_PASSWORD"] = PASSWORD
     try:
         with dbt_files_and_output(folder / "sf") as files:
-            summary = pipeline.run_pipeline(
-                snowflake_config_path,
-                "snowflake",
-                pipeline.select(config, "eu"),
-                run_id="sf-run-1",
-            )
-        yield {"summary": summary, "files": files}
+            runs = [
+                pipeline.run_pipeline(
+                    snowflake_config_path, "snowflake", pipeline.select(config, "eu"), run_id=run
+                )
+                for run in ("sf-run-1", "sf-run-2")
+            ]
+        yield {"runs": runs, "summary": runs[-1], "files": files}
     finally:
         os.environ.pop("MDSTACK_TEST_SF_PASSWORD", None)
         stop_fakesnow_server()
@@ -135,11 +136,13 @@ def snowflake_run(snowflake_config_path: Path, folder: Path) -> Iterator[dict[st
 
 @pytest.fixture(scope="module")
 def duckdb_run(config_path: Path, folder: Path) -> pipeline.RunSummary:
-    """The same simulated day on the default DuckDB target (write-audit-publish on)."""
+    """The same two simulated days on the default DuckDB target (write-audit-publish on)."""
     config = load_config(config_path)
     with tempfile.TemporaryDirectory() as scratch, dbt_files_and_output(Path(scratch)):
+        first = pipeline.run_pipeline(config_path, None, pipeline.select(config, "eu"))
+        assert first.ok, first.failure()
         return pipeline.run_pipeline(
-            config_path, None, pipeline.select(config, "eu"), run_id="duck-run-1"
+            config_path, None, pipeline.select(config, "eu"), run_id="duck-run-2"
         )
 
 
@@ -180,7 +183,8 @@ def assert_frames_close(left: pl.DataFrame, right: pl.DataFrame) -> None:
 
 # -- Snowflake end to end ---------------------------------------------------------------------
 def test_pipeline_runs_end_to_end_on_snowflake(snowflake_run):
-    summary = snowflake_run["summary"]
+    first, summary = snowflake_run["runs"]
+    assert first.ok, first.failure()
     assert summary.ok, summary.failure()
     assert {s["stream"] for s in summary.streams if s["status"] == "succeeded"} == {
         "customers",
@@ -208,14 +212,22 @@ def test_snowflake_marts_hold_the_same_numbers_as_duckdb(snowflake_run, duckdb_r
     assert_frames_close(sf_query(ROI), duck_query(folder, ROI))
     orders = "SELECT count(*) AS n, CAST(sum(amount) AS DOUBLE) AS amount FROM marts.fct_orders"
     assert_frames_close(sf_query(orders), duck_query(folder, orders))
-    snapshot = "SELECT count(*) AS n FROM snapshots.customers_snapshot WHERE dbt_valid_to IS NULL"
-    assert sf_query(snapshot)["n"][0] == duck_query(folder, snapshot)["n"][0] > 0
+    history = (
+        "SELECT customer_id, count(*) AS versions, count(dbt_valid_to) AS closed "
+        "FROM snapshots.customers_snapshot WHERE region = 'eu' GROUP BY customer_id "
+        "ORDER BY customer_id"
+    )
+    snapshot = sf_query(history)
+    assert_frames_close(snapshot, duck_query(folder, history))
+    assert snapshot["closed"].sum() > 0  # the second run closed changed customers' versions
+    with open_fakesnow(DATABASE) as wh:  # the staging table of the merge is gone
+        assert wh.columns("snapshots", "customers_snapshot__dbt_tmp") is None
 
 
 def test_dbt_node_results_are_in_the_snowflake_ledger(snowflake_run):
     rows = sf_query(
         "SELECT command, resource_type, name, status, seconds FROM MDSTACK._mds_dbt_results "
-        "WHERE run_id = 'sf-run-1' AND region = 'eu'"
+        "WHERE run_id = 'sf-run-2' AND region = 'eu'"
     )
     build = rows.filter(pl.col("command") == "build")
     assert build.height == len(snowflake_run["summary"].dbt["nodes"])
