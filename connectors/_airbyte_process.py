@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import shutil
 import signal
 import subprocess
@@ -43,6 +44,8 @@ log = logging.getLogger("connectors.airbyte")
 
 GRACE_SECONDS = 5.0
 """How long a connector gets between SIGTERM and SIGKILL."""
+PIPE_CHUNKS = 64
+"""Chunks of stdout (up to 1 MiB each) read ahead of the conversion: memory stays bounded."""
 STDERR_LINES = 40
 """Lines of stderr kept for an error message."""
 LEVELS = {
@@ -163,7 +166,7 @@ def run(
     files: Mapping[str, Path],
     scrub: Scrubber,
 ) -> Iterator[bytes]:
-    """Start the connector and yield its stdout lines (bytes, with the newline).
+    """Start the connector and yield its stdout lines (bytes, without the newline).
 
     Raises:
         ConnectorError: it cannot be started, or it exits non-zero (with its stderr tail).
@@ -191,14 +194,25 @@ def run(
         target=_drain, args=(proc.stderr, tail, connector.source, scrub), daemon=True
     )
     reader.start()
+    chunks: queue.Queue[bytes | None] = queue.Queue(PIPE_CHUNKS)
+    stopped = threading.Event()
+    assert proc.stdout is not None
+    pump = threading.Thread(target=_pump, args=(proc.stdout.fileno(), chunks, stopped), daemon=True)
+    pump.start()
     finished = False
     try:
-        assert proc.stdout is not None
-        yield from proc.stdout
+        rest = b""
+        while (chunk := chunks.get()) is not None:
+            lines = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
+            rest = lines.pop()
+            yield from lines
+        if rest:
+            yield rest
         code = proc.wait()
         reader.join(timeout=GRACE_SECONDS)
         finished = True
     finally:
+        stopped.set()
         if not finished:
             stop(proc)
         _LIVE.discard(proc)
@@ -212,6 +226,30 @@ def run(
             source=connector.source,
             hint="see the connector's log lines above; fix the config or the connector",
         )
+
+
+def _pump(fd: int, chunks: queue.Queue[bytes | None], stopped: threading.Event) -> None:
+    """Move the connector's stdout into ``chunks`` as it comes (whatever one read returns,
+    up to 1 MiB), so the connector never waits on a full pipe while mdstack converts a
+    block or writes to the warehouse; at most :data:`PIPE_CHUNKS` chunks wait. None ends."""
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            while not stopped.is_set():
+                try:
+                    chunks.put(chunk, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if stopped.is_set():
+                return
+    except OSError:  # closed under us: the read was stopped
+        return
+    while not stopped.is_set():
+        try:
+            chunks.put(None, timeout=0.1)
+            return
+        except queue.Full:
+            continue
 
 
 @atexit.register

@@ -150,7 +150,7 @@ class _Blocks:
         self.last = time.monotonic()
 
     def add(self, line: bytes) -> None:
-        self.lines.append(line if line.endswith(b"\n") else line + b"\n")
+        self.lines.append(line)
         self.size += len(line)
 
     def state(self, state: State) -> Iterator[Message]:

@@ -68,7 +68,7 @@ class Records:
         """The block's records of this stream (records of other streams are dropped).
 
         Args:
-            lines: RECORD lines, each ending with a newline.
+            lines: RECORD lines, without their newline.
             longest: the length of the longest line (Arrow's block size must hold it).
         """
         try:
@@ -80,7 +80,7 @@ class Records:
     def _fast(self, lines: Sequence[bytes], longest: int) -> pa.RecordBatch:
         block = max(_MIN_BLOCK, 2 * longest)
         table = pj.read_json(
-            io.BytesIO(b"".join(lines)),
+            io.BytesIO(b"\n".join(lines)),
             read_options=pj.ReadOptions(block_size=block),
             parse_options=self._parse,
         )
