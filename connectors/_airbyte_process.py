@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import os
-import queue
 import shutil
 import signal
 import subprocess
@@ -44,8 +43,8 @@ log = logging.getLogger("connectors.airbyte")
 
 GRACE_SECONDS = 5.0
 """How long a connector gets between SIGTERM and SIGKILL."""
-PIPE_CHUNKS = 64
-"""Chunks of stdout (up to 1 MiB each) read ahead of the conversion: memory stays bounded."""
+READ_AHEAD_BYTES = 64 << 20
+"""Connector output read ahead of the conversion, at most: memory stays bounded."""
 STDERR_LINES = 40
 """Lines of stderr kept for an error message."""
 LEVELS = {
@@ -194,15 +193,12 @@ def run(
         target=_drain, args=(proc.stderr, tail, connector.source, scrub), daemon=True
     )
     reader.start()
-    chunks: queue.Queue[bytes | None] = queue.Queue(PIPE_CHUNKS)
-    stopped = threading.Event()
     assert proc.stdout is not None
-    pump = threading.Thread(target=_pump, args=(proc.stdout.fileno(), chunks, stopped), daemon=True)
-    pump.start()
+    ahead = _ReadAhead(proc.stdout.fileno())
     finished = False
     try:
         rest = b""
-        while (chunk := chunks.get()) is not None:
+        for chunk in ahead.chunks():
             lines = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
             rest = lines.pop()
             yield from lines
@@ -212,7 +208,7 @@ def run(
         reader.join(timeout=GRACE_SECONDS)
         finished = True
     finally:
-        stopped.set()
+        ahead.stop()
         if not finished:
             stop(proc)
         _LIVE.discard(proc)
@@ -228,28 +224,53 @@ def run(
         )
 
 
-def _pump(fd: int, chunks: queue.Queue[bytes | None], stopped: threading.Event) -> None:
-    """Move the connector's stdout into ``chunks`` as it comes (whatever one read returns,
-    up to 1 MiB), so the connector never waits on a full pipe while mdstack converts a
-    block or writes to the warehouse; at most :data:`PIPE_CHUNKS` chunks wait. None ends."""
-    try:
-        while chunk := os.read(fd, 1 << 20):
-            while not stopped.is_set():
-                try:
-                    chunks.put(chunk, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if stopped.is_set():
+class _ReadAhead:
+    """The connector's stdout, read as it comes by a thread of its own into memory (at most
+    :data:`READ_AHEAD_BYTES`), so the connector never waits on a full pipe while mdstack
+    converts a block or writes to the warehouse."""
+
+    def __init__(self, fd: int) -> None:
+        self._chunks: deque[bytes | None] = deque()
+        self._size = 0
+        self._stopped = False
+        self._changed = threading.Condition()
+        threading.Thread(target=self._pump, args=(fd,), daemon=True).start()
+
+    def chunks(self) -> Iterator[bytes]:
+        """What the connector wrote, in order, until it closed its stdout."""
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._chunks)
+                chunk = self._chunks.popleft()
+                if chunk is not None:
+                    self._size -= len(chunk)
+                self._changed.notify_all()
+            if chunk is None:
                 return
-    except OSError:  # closed under us: the read was stopped
-        return
-    while not stopped.is_set():
+            yield chunk
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
+
+    def _pump(self, fd: int) -> None:
         try:
-            chunks.put(None, timeout=0.1)
-            return
-        except queue.Full:
-            continue
+            while chunk := os.read(fd, 1 << 20):
+                with self._changed:
+                    self._changed.wait_for(
+                        lambda: self._stopped or self._size < READ_AHEAD_BYTES
+                    )
+                    if self._stopped:
+                        return
+                    self._chunks.append(chunk)
+                    self._size += len(chunk)
+                    self._changed.notify_all()
+        except OSError:  # closed under us: the read was stopped
+            pass
+        with self._changed:
+            self._chunks.append(None)
+            self._changed.notify_all()
 
 
 @atexit.register

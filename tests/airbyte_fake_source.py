@@ -16,12 +16,12 @@ Streams:
 Config (the spec below): ``count`` (required), ``state_every``, ``deleted``, ``revived``,
 ``api_key`` (a secret), and behaviours for tests: ``fail_after`` (an ERROR trace after that
 many records, ``failure_type``), ``crash_after`` (SIGKILL itself after that many records),
-``exit_after`` (exit 3 after that many records, writing the api_key and a message to
-stderr), ``hang_after`` (sleep forever after that many records; ``pid_file`` gets its
-pid), ``logs`` (LOG messages ``[[level, text], ...]`` emitted first), ``stray`` (a line of
-plain text on stdout), ``record_to`` (append ``{"verb", "state"}`` as a JSON line: the
-state file exactly as received), ``check_fails`` (check answers FAILED), ``bad_type`` (record 2's
-``price`` is the text ``"n/a"``).
+``exit_after`` (exit 3 after that many records, writing the api_key and a message to stderr),
+``hang_after`` (sleep forever after that many records, ignoring SIGTERM), ``pid_file`` (gets
+the pid of a read), ``logs`` (LOG messages ``[[level, text], ...]`` emitted first), ``stray``
+(a line of plain text on stdout), ``record_to`` (append ``{"verb", "state"}`` as a JSON line:
+the state file exactly as received), ``check_fails`` (check answers FAILED), ``bad_type``
+(record 2's ``price`` is the text ``"n/a"``).
 """
 
 from __future__ import annotations
@@ -146,15 +146,15 @@ def behave(config: dict, emitted: int) -> None:
         sys.stderr.write("RuntimeError: upstream went away\n")
         sys.exit(3)
     if config.get("hang_after") == emitted:
-        if config.get("pid_file"):
-            with open(config["pid_file"], "w") as handle:
-                handle.write(str(os.getpid()))
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # only SIGKILL stops it
         while True:
             time.sleep(1)
 
 
 def read(config: dict, catalog: dict, saved: list) -> None:
+    if config.get("pid_file"):
+        with open(config["pid_file"], "w") as handle:
+            handle.write(str(os.getpid()))
     for configured in catalog["streams"]:
         name = configured["stream"]["name"]
         if name == "blobs":

@@ -88,9 +88,13 @@ def items_state(last: int) -> dict:
     return {"airbyte_state": [{"type": "STREAM", "stream": descriptor}]}
 
 
-def read_items(source, mode: str = "incremental_deduped", state=None) -> list:
+def read_stream(source, mode: str = "incremental_deduped", state=None):
     spec = source.discover().stream("items")
-    return list(source.read(ConfiguredStream(spec, mode, "id", ("id",)), state))
+    return source.read(ConfiguredStream(spec, mode, "id", ("id",)), state)
+
+
+def read_items(source, mode: str = "incremental_deduped", state=None) -> list:
+    return list(read_stream(source, mode, state))
 
 
 # -- discover ---------------------------------------------------------------------------------
@@ -339,6 +343,21 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_the_connector_writes_ahead_while_mdstack_is_busy(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    config = fake(count=3000, state_every=1000, pid_file=str(pid_file)) | {"batch_size": 100}
+    reading = read_stream(load_source("airbyte", "src", config))
+    first = next(reading)  # then mdstack is busy: ~1 MB of records is more than a pipe holds
+    pid = int(pid_file.read_text())
+    for _ in range(200):
+        if not alive(pid):
+            break
+        time.sleep(0.05)
+    assert not alive(pid), "the connector waited for mdstack to read its output"
+    rows = sum(m.data.num_rows for m in [first, *reading] if isinstance(m, Batch))
+    assert rows == 3000
 
 
 def test_a_read_abandoned_in_a_thread_is_stopped_when_mdstack_exits(tmp_path: Path) -> None:
