@@ -1,13 +1,15 @@
 """Running an Airbyte protocol connector: one child process per command, never left behind.
 
 :func:`run` starts ``<connector> <verb> --config ... [--catalog ...] [--state ...]`` in a
-process group of its own and yields its stdout line by line, as bytes, at the connector's
-pace. The files it reads live in a private temporary folder (0700; the config file 0600)
-that is deleted when the command ends, whatever the outcome. When the generator is closed
-early, or an exception or KeyboardInterrupt passes through it, the whole group gets SIGTERM
-and, after :data:`GRACE_SECONDS`, SIGKILL: a cancelled read leaves no process behind; a
-read abandoned in another thread is stopped when mdstack exits. A
-non-zero exit is a ConnectorError carrying the tail of the connector's stderr.
+process group of its own and yields its stdout line by line, as bytes. A thread reads the
+output as it comes, up to :data:`READ_AHEAD_BYTES` ahead of the caller
+(:class:`_ReadAhead`): the connector, usually the slower side, never waits while mdstack
+converts or commits. The files it reads live in a private temporary folder (0700; the config
+file 0600) that is deleted when the command ends, whatever the outcome. When the generator
+is closed early, or an exception or KeyboardInterrupt passes through it, the whole group
+gets SIGTERM and, after :data:`GRACE_SECONDS`, SIGKILL: a cancelled read leaves no process
+behind; a read abandoned in another thread is stopped when mdstack exits. A non-zero exit is
+a ConnectorError carrying the tail of the connector's stderr.
 
 Connectors are commands (``argv`` lists): an installed package's console script, a local
 executable, or ``docker run`` of an image (only when a Docker engine answers).
@@ -258,9 +260,7 @@ class _ReadAhead:
         try:
             while chunk := os.read(fd, 1 << 20):
                 with self._changed:
-                    self._changed.wait_for(
-                        lambda: self._stopped or self._size < READ_AHEAD_BYTES
-                    )
+                    self._changed.wait_for(lambda: self._stopped or self._size < READ_AHEAD_BYTES)
                     if self._stopped:
                         return
                     self._chunks.append(chunk)
