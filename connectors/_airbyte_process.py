@@ -405,9 +405,12 @@ def spec_of(connector: Connector) -> dict[str, Any]:
     Raises:
         ConnectorError: the connector failed or printed no SPEC message.
     """
-    for message in messages(connector, "spec", {}, Scrubber()):
+    spec = None
+    for message in messages(connector, "spec", {}, Scrubber()):  # to the end: exit code
         if message.get("type") == "SPEC":
             spec = (message.get("spec") or {}).get("connectionSpecification")
-            if isinstance(spec, dict):
-                return spec
-    raise ConnectorError("the connector's `spec` printed no SPEC message", source=connector.source)
+    if not isinstance(spec, dict):
+        raise ConnectorError(
+            "the connector's `spec` printed no SPEC message", source=connector.source
+        )
+    return spec

@@ -220,12 +220,14 @@ class AirbyteSource:
         Raises:
             ConnectorError: bad config (naming the key), the connector failed.
         """
-        for message in self._run("discover"):
+        streams = None
+        for message in self._run("discover"):  # to the end: a failed exit must raise
             if message.get("type") == "CATALOG":
                 streams = (message.get("catalog") or {}).get("streams") or []
-                self._streams = {s["name"]: s for s in streams if isinstance(s, dict)}
-                return Catalog(tuple(_stream_spec(s) for s in self._streams.values()))
-        raise ConnectorError("the connector's discover printed no CATALOG", source=self.name)
+        if streams is None:
+            raise ConnectorError("the connector's discover printed no CATALOG", source=self.name)
+        self._streams = {s["name"]: s for s in streams if isinstance(s, dict)}
+        return Catalog(tuple(_stream_spec(s) for s in self._streams.values()))
 
     def read(self, stream: ConfiguredStream, state: State | None) -> Iterator[Message]:
         """Run the connector's ``read`` for this one stream; see :mod:`connectors._airbyte_read`.
