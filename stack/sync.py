@@ -28,16 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors import load_source
-from connectors.base import (
-    DELETED_AT,
-    Batch,
-    Checkpoint,
-    ConfiguredStream,
-    Deletes,
-    Message,
-    Source,
-    State,
-)
+from connectors.base import DELETED_AT, Batch, Checkpoint, ConfiguredStream, Deletes, Source
 from stack import ledger, sql
 from stack.apply import Load, LoadContext, StagedLoad, detect_deletes
 from stack.config import StackConfig
@@ -52,7 +43,6 @@ from stack.plan import (
     plan_stream,
     utcnow,
 )
-from stack.readahead import ReadAhead
 from stack.schema import StreamSchema
 from stack.secrets import reveal
 from stack.staging import Stage
@@ -142,19 +132,15 @@ def _sync_locked(
         ledger.record(wh, entry)
 
     load: Load | None = None
-    messages: ReadAhead[Message] | None = None
     # Full refreshes commit once, at the end: a run that dies leaves no partial copy.
     whole_run = plan.mode in ("full_refresh_overwrite", "full_refresh_append")
     try:
-        state = _stored_state(wh, key)
-        # The source starts now, while the warehouse is made ready below.
-        messages = ReadAhead(lambda: source.read(plan.stream, state))
         ledger.ensure_tables(wh)
         ledger.close_abandoned(wh, key, ctx.run_id)
         schema = _destination(wh, plan)
         lc = LoadContext(wh, plan, ctx, key, entry, record)
         load = DirectLoad(lc) if _direct(plan) else StagedLoad(lc)
-        for message in messages:
+        for message in source.read(plan.stream, ledger.read_state(wh, key)):
             if isinstance(message, Batch):
                 _add_batch(wh, plan, schema, load, message.data, changes)
                 entry.rows_read += message.data.num_rows
@@ -179,26 +165,15 @@ def _sync_locked(
         if not recorded:
             record()
     except Exception as exc:
-        if messages is not None:
-            messages.close()
         if load is not None:
             load.close()  # roll back first: the failure row must not join the open transaction
         entry.status, entry.error = "failed", _describe(exc)
         _record_failure(record, entry)
         raise
     finally:
-        if messages is not None:
-            messages.close()
         if load is not None:
             load.close()
     return entry
-
-
-def _stored_state(wh: Warehouse, key: ledger.StreamKey) -> State | None:
-    """The stream's committed state; none in a warehouse that has no state table yet."""
-    if wh.columns(wh.meta_schema, ledger.STATE_TABLE) is None:
-        return None
-    return ledger.read_state(wh, key)
 
 
 def _direct(plan: StreamPlan) -> bool:

@@ -17,7 +17,7 @@ import pytest
 
 from connectors.base import Batch, Checkpoint, ConfiguredStream, Message, State
 from stack.config import SourceConfig
-from stack.errors import WarehouseError
+from stack.errors import SchemaError, WarehouseError
 from stack.feed import Feed, FeedAborted
 from stack.sync import RunContext, plan_stream, sync_stream
 from stack.warehouse.duckdb import DuckDBWarehouse
@@ -153,3 +153,35 @@ def test_feed_finish_returns_after_the_write_took_every_batch():
         feed.put(rows(*[(i, "a", 1) for i in range(n)]).data)
     feed.finish()
     assert taken == [1, 2, 3]
+
+
+class EndlessSource(ScriptedSource):
+    """Good rows, then a row with a null key, then rows without end; notes its cleanup."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.closed = threading.Event()
+
+    def read(self, stream: ConfiguredStream, state: State | None) -> Iterator[Message]:
+        try:
+            yield rows((1, "a", 1))
+            null_key = [pa.array([None], pa.int64()), pa.array(["x"]), pa.array([1], pa.int64())]
+            yield Batch("items", pa.record_batch(null_key, schema=SCHEMA))
+            n = 2
+            while True:
+                yield rows((n, "b", 1))
+                yield Checkpoint("items", {"position": n})
+                n += 1
+        finally:
+            self.closed.set()
+
+
+@pytest.mark.parametrize("mode", ["full_refresh_overwrite", "incremental_deduped"])
+def test_an_engine_failure_closes_the_source_and_writes_nothing(warehouse, mode):
+    source = EndlessSource()
+    with pytest.raises(SchemaError, match="null primary key"):
+        run(warehouse, source, mode=mode)
+    assert source.closed.wait(10)
+    assert warehouse.query("SELECT count(*) AS n FROM raw.items").to_pylist() == [{"n": 0}]
+    status = warehouse.query("SELECT status FROM _mds_runs").to_pylist()
+    assert status == [{"status": "failed"}]
