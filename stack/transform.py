@@ -54,8 +54,6 @@ log = logging.getLogger(__name__)
 PROFILE_NAME = "mdstack"
 """Profile and target name the project's ``dbt_project.yml`` expects."""
 
-"""The name the DuckLake catalog is attached under; views store SQL that names it."""
-
 FAILED_STATUSES = frozenset({"error", "fail", "runtime error", "partial success"})
 """Node statuses that make a run fail (``warn`` and ``skipped`` do not count)."""
 
