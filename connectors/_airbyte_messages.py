@@ -15,14 +15,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pyarrow as pa
 
-from connectors._airbyte_types import arrow_to_json_schema
+from connectors._airbyte_types import CDC_DELETED_AT, arrow_to_json_schema
 from connectors.base import DELETED_AT, Catalog, State, StreamSpec
 
 if TYPE_CHECKING:
     import polars as pl
-
-CDC_DELETED_AT = "_ab_cdc_deleted_at"
-"""Airbyte's column for a CDC delete: the record carries the key and this time."""
 
 _ISO = "%Y-%m-%dT%H:%M:%S%.6f"
 

@@ -37,13 +37,12 @@ import pyarrow as pa
 
 from connectors._airbyte_process import Scrubber, log_message, parse_line, raise_for_trace
 from connectors._airbyte_records import Records
+from connectors._airbyte_types import CDC_DELETED_AT
 from connectors.base import DELETED_AT, Batch, Checkpoint, Deletes, Message, State
 from connectors.errors import ConnectorError
 
 log = logging.getLogger("connectors.airbyte")
 
-CDC_DELETED_AT = "_ab_cdc_deleted_at"
-"""The column Airbyte's CDC sources set on a record that was deleted."""
 STATE_KEY = "airbyte_state"
 """mdstack's stored state of an Airbyte stream: ``{STATE_KEY: [STATE message, ...]}``."""
 MAX_BLOCK_BYTES = 64 << 20
