@@ -213,6 +213,7 @@ def run(
         ahead.stop()
         if not finished:
             stop(proc)
+        ahead.join()  # before stdout closes: its descriptor must not be reused under the reader
         _LIVE.discard(proc)
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
@@ -236,7 +237,8 @@ class _ReadAhead:
         self._size = 0
         self._stopped = False
         self._changed = threading.Condition()
-        threading.Thread(target=self._pump, args=(fd,), daemon=True).start()
+        self._thread = threading.Thread(target=self._pump, args=(fd,), daemon=True)
+        self._thread.start()
 
     def chunks(self) -> Iterator[bytes]:
         """What the connector wrote, in order, until it closed its stdout."""
@@ -255,6 +257,10 @@ class _ReadAhead:
         with self._changed:
             self._stopped = True
             self._changed.notify_all()
+
+    def join(self) -> None:
+        """Wait for the reading thread, which ends at the connector's EOF once it is stopped."""
+        self._thread.join(timeout=GRACE_SECONDS)
 
     def _pump(self, fd: int) -> None:
         try:
