@@ -1,5 +1,5 @@
 {#
-  Cross-database helpers in dbt's dispatch style: a `default__` implementation that is
+  Cross-database macros in dbt's dispatch style: a `default__` implementation that is
   standard SQL, overridable per adapter (`<adapter>__<macro>`) without touching models.
 #}
 

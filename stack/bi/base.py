@@ -195,7 +195,7 @@ class Refresher(ABC, Generic[H]):
     def close(self) -> None:
         """Log out (best effort). HTTP clients made with :meth:`http` are closed anyway."""
 
-    # ---- helpers for tools --------------------------------------------------------------
+    # ---- for the tools to use -----------------------------------------------------------
 
     def http(
         self, base_url: str, headers: dict[str, str] | None = None, label: str | None = None
