@@ -127,7 +127,8 @@ def read_messages(
         blocks.add(line)
         if len(blocks.lines) >= batch_size or blocks.size >= MAX_BLOCK_BYTES:
             yield from blocks.flush()
-    yield from blocks.flush()
+    yield from blocks.flush()  # up to a waiting state, with its checkpoint
+    yield from blocks.flush()  # the records after it: the last checkpoint commits them
     yield Checkpoint(name, states.value())
 
 

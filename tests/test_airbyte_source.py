@@ -24,7 +24,10 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from connectors import _airbyte_install, _airbyte_process, load_source
+from connectors import _airbyte_install, _airbyte_process, _airbyte_read, load_source
+from connectors._airbyte_process import Scrubber
+from connectors._airbyte_read import States, read_messages
+from connectors._airbyte_records import Records
 from connectors.base import Batch, Checkpoint, ConfiguredStream
 from connectors.errors import ConnectorError
 from stack import ledger
@@ -165,6 +168,29 @@ def test_frequent_states_wait_for_a_full_block_which_is_cut_at_the_last_state() 
         at(12),
         at(12),
     ]
+
+
+def test_records_after_a_waiting_last_state_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_airbyte_read, "CHECKPOINT_SECONDS", 3600.0)  # every STATE waits
+
+    def record(i: int) -> bytes:
+        data = {"stream": "items", "emitted_at": 0, "data": {"id": i}}
+        return json.dumps({"type": "RECORD", "record": data}, separators=(",", ":")).encode()
+
+    state = json.dumps({"type": "STATE", "state": at(3)[0]}).encode()
+    # the STATE waits for more records; the connector then exits without another STATE
+    lines = [record(1), record(2), record(3), state, record(4), record(5)]
+    schema = {"type": "object", "properties": {"id": {"type": "integer"}}}
+    messages = read_messages(
+        lines,
+        Records("src", "items", schema),
+        States("src", "items", None),
+        keys=(),
+        deletes=False,
+        batch_size=1000,
+        scrub=Scrubber(),
+    )
+    assert shape(messages) == [[1, 2, 3], at(3), [4, 5], at(3)]
 
 
 def test_incremental_sync_stores_replayable_state_and_resumes_from_it(
