@@ -143,6 +143,14 @@ def _configured(catalog: Catalog, entry: Mapping[str, Any]) -> ConfiguredStream:
             hint=f"streams offered: {', '.join(catalog.names)}; run `discover`",
         )
     spec = catalog.stream(name)
+    if spec.loaded_externally:
+        raise ConnectorError(
+            f"stream {name!r} is loaded into the warehouse by another system: it has no "
+            "records to serve",
+            stream=name,
+            key="--catalog",
+            hint="serve a source that reads its own records",
+        )
     sync = entry.get("sync_mode", "full_refresh")
     wanted = _MODES.get((sync, entry.get("destination_sync_mode", "append")))
     family = [m for m in spec.sync_modes if m.startswith(sync)]

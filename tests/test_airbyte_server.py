@@ -9,6 +9,8 @@ that the streams Airbyte loaded select their dbt models.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import signal
 import uuid
@@ -18,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import yaml
 
-from connectors import airbyte_server, load_source
+from connectors import airbyte_serve, airbyte_server, load_source
 from connectors.base import Checkpoint, ConfiguredStream, ExternalLoad, Source
 from connectors.errors import ConnectorError
 from stack import pipeline, transform
@@ -317,3 +319,17 @@ def test_a_failed_airbyte_job_is_a_failed_run_in_the_ledger(url, api, warehouse)
         sync_stream(warehouse, source, plan, RunContext("p", "eu", "r1"))
     [run] = warehouse.query("SELECT status, error FROM _mds_runs").to_pylist()
     assert run["status"] == "failed" and "Airbyte sync job 4242 failed" in run["error"]
+
+
+def test_mdstack_source_refuses_to_serve_a_connection_and_starts_no_job(url, api, tmp_path):
+    config, catalog = tmp_path / "config.json", tmp_path / "catalog.json"
+    config.write_text(json.dumps({"api_url": url, "connection_id": CONN, "bearer": TOKEN}))
+    entry = {"stream": {"name": "orders"}, "sync_mode": "incremental"}
+    catalog.write_text(json.dumps({"streams": [entry]}))
+    out = io.BytesIO()
+    argv = ["airbyte_server", "read", "--config", str(config), "--catalog", str(catalog)]
+    assert airbyte_serve.main(argv, out) == 1
+    messages = [json.loads(line) for line in out.getvalue().splitlines()]
+    [trace] = [m["trace"] for m in messages if m["type"] == "TRACE"]
+    assert "loaded into the warehouse by another system" in trace["error"]["message"]
+    assert api.requests("POST") == []  # no Airbyte job was started
