@@ -72,29 +72,6 @@ def select(
     return Selection(config.check_region(region), chosen, wanted)
 
 
-def sync_streams(
-    config_path: str | Path,
-    target: str | None,
-    region: str,
-    source: str,
-    streams: Iterable[str],
-    run_id: str,
-    progress: Progress | None = None,
-) -> list[dict[str, Any]]:
-    """Sync streams of one source for one region, one after another, in a scope of their
-    own; returns their ledger entries as dicts. The first failing stream raises.
-
-    Secrets are resolved here, inside the step that needs them, and their leases
-    are revoked when it ends (also on failure).
-    """
-    scope = _open_scope(config_path, target, region, run_id)
-    try:
-        names = list(streams) or list(scope.config.source(source).streams)
-        return [scope.sync(source, name, progress) for name in names]
-    finally:
-        scope.close()
-
-
 def sync_run_stream(
     config_path: str | Path,
     target: str | None,

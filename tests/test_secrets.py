@@ -544,7 +544,8 @@ def test_postgres_source_syncs_as_a_leased_user_that_is_gone_after_the_run(
         path.write_text(yaml.safe_dump(config))
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        (entry,) = pipeline.sync_streams(path, None, "default", "crm", [view], "r1")
+        selection = pipeline.select(pipeline.load_config(path), "default", ["crm"], [view])
+        (entry,) = pipeline.sync_selection(path, None, selection, "r1")
         assert entry["status"] == "succeeded" and entry["inserted"] == 1
         with DuckDBWarehouse(tmp_path / "wh") as wh:
             who = wh.query(f"SELECT who FROM raw_crm.{view}").column(0)[0].as_py()
