@@ -227,11 +227,13 @@ def latest_runs(wh: Warehouse, pipeline: str) -> pa.Table:
     """The most recent ledger row per (source, stream, region), with the stored state."""
     runs = table(wh.meta_schema, RUNS_TABLE)
     states = table(wh.meta_schema, STATE_TABLE)
+    # Quoted: the columns are lower-case names, which Snowflake matches only when quoted.
+    key = ", ".join(f"r.{ident(c)}" for c in ("source", "stream", "region"))
     return wh.query(
-        f"SELECT r.*, s.state FROM {runs} AS r LEFT JOIN {states} AS s "
-        f"USING (pipeline, source, stream, region) WHERE r.pipeline = ? "
-        f"QUALIFY row_number() OVER (PARTITION BY r.source, r.stream, r.region "
-        f"ORDER BY r.started_at DESC) = 1 ORDER BY r.source, r.stream, r.region",
+        f"SELECT r.*, s.{ident('state')} FROM {runs} AS r LEFT JOIN {states} AS s "
+        f"USING ({ident('pipeline')}, {ident('source')}, {ident('stream')}, {ident('region')}) "
+        f"WHERE r.{ident('pipeline')} = ? QUALIFY row_number() OVER (PARTITION BY {key} "
+        f"ORDER BY r.{ident('started_at')} DESC) = 1 ORDER BY {key}",
         [pipeline],
     )
 
@@ -321,9 +323,12 @@ def last_dbt_results(wh: Warehouse, pipeline: str) -> pa.Table:
     if wh.columns(wh.meta_schema, DBT_RESULTS_TABLE) is None:
         return _DBT_RESULTS_SCHEMA.empty_table()
     ref = table(wh.meta_schema, DBT_RESULTS_TABLE)
+    run_id, region = ident("run_id"), ident("region")
     return wh.query(
-        f"SELECT * FROM {ref} WHERE pipeline = ? QUALIFY run_id = first_value(run_id) OVER "
-        f"(PARTITION BY region ORDER BY recorded_at DESC) "
-        f"ORDER BY region, status IN ('success', 'pass'), command, unique_id",
+        f"SELECT * FROM {ref} WHERE {ident('pipeline')} = ? "
+        f"QUALIFY {run_id} = first_value({run_id}) OVER "
+        f"(PARTITION BY {region} ORDER BY {ident('recorded_at')} DESC) "
+        f"ORDER BY {region}, {ident('status')} IN ('success', 'pass'), {ident('command')}, "
+        f"{ident('unique_id')}",
         [pipeline],
     )
