@@ -197,6 +197,8 @@ def record(wh: Warehouse, entry: RunEntry) -> None:
         [entry.run_id, entry.source, entry.stream, entry.region],
     )
     values = asdict(entry)
+    if values["error"]:  # an error text may quote a secret (a URL with its key, say)
+        values["error"] = redact(values["error"])
     placeholders = ", ".join("?" for _ in values)
     wh.execute(
         f"INSERT INTO {ref} ({', '.join(ident(c) for c in values)}) VALUES ({placeholders})",

@@ -13,12 +13,15 @@ import secrets
 import subprocess
 import sys
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
 import pytest
 import yaml
 
+from stack import ledger
+from stack.redact import register_secret
 from stack.warehouse.duckdb import DuckDBWarehouse
 
 pytest_plugins = ["tests.vault_server"]
@@ -116,6 +119,20 @@ def test_vault_password_appears_nowhere(tmp_path, vault, pg_schema):
     with DuckDBWarehouse(tmp_path / "warehouse") as wh:
         assert warehouse_hits(wh, "row 49") == ['"raw_crm"."items".note']  # the search works
         assert warehouse_hits(wh, password) == []
+
+
+NOW = datetime(2026, 1, 1)
+
+
+def test_a_secret_in_a_stream_error_is_masked_in_the_run_ledger(warehouse):
+    key = "key-" + secrets.token_hex(16)
+    register_secret(key)
+    ledger.ensure_tables(warehouse)
+    entry = ledger.RunEntry("r1", "p", "api", "items", "eu", "full_refresh_append", "failed", NOW)
+    entry.error = f"GET https://api.example.com/items?api_key={key} answered 503"
+    ledger.record(warehouse, entry)
+    assert warehouse_hits(warehouse, "answered 503") == ['"main"."_mds_runs".error']
+    assert warehouse_hits(warehouse, key) == []
 
 
 def prefect_database(env: dict[str, str]) -> bytes:
