@@ -30,12 +30,16 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import fakesnow
 import pyarrow as pa
 
 from stack.config import SnowflakeTarget
 from stack.warehouse.snowflake import SnowflakeWarehouse
 
 META_SCHEMA = "MDSTACK"
+_START_SERVER = fakesnow.server
+"""Taken at import: once a server has started, ``fakesnow.server`` names fakesnow's
+``server`` submodule instead of this function, so a second start would fail."""
 _server: dict[str, Any] | None = None
 _server_lock = threading.Lock()
 _stack = ExitStack()
@@ -46,12 +50,10 @@ def fakesnow_server() -> dict[str, Any]:
     global _server
     with _server_lock:
         if _server is None:
-            import fakesnow
-
             _fix_null_timestamps()
             for name in ("uvicorn.access", "uvicorn.error", "fakesnow.server"):
                 logging.getLogger(name).setLevel(logging.WARNING)  # a line per request
-            _server = _stack.enter_context(fakesnow.server())
+            _server = _stack.enter_context(_START_SERVER())
         return dict(_server)
 
 
