@@ -1,4 +1,4 @@
-"""mdstack's benchmarks against the floor and the peers (issue 11): ``python -m bench``.
+"""mdstack's benchmarks against the floor and the peers: ``python -m bench``.
 
 Scenarios are modules (:data:`bench.scenarios.SCENARIOS`); each runs its tools in
 their own subprocesses, interleaved, and returns a :class:`bench._results.ScenarioResult`.

@@ -1,6 +1,6 @@
 """``python -m bench``: run the scenarios, print the markdown, write ``bench/results/<date>.md``.
 
-Options: ``--scenario NAME`` (repeatable; a name or the issue's number 1-7; default
+Options: ``--scenario NAME`` (repeatable; a name or its number 1-7; default
 all), ``--runs N`` (rounds, default 3), ``--rows N`` (table size of scenarios 1-2,
 and the cap of scenario 7's sizes), ``--quick`` (a small smoke run for CI: one round,
 small tables, no peers, nothing written unless ``--out``), ``--out PATH``,

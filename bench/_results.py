@@ -1,7 +1,7 @@
 """Results: what a scenario measured, rendered as markdown and written to ``bench/results/``.
 
 A :class:`ScenarioResult` holds tables (one row per tool, medians of its samples),
-the issue's targets with met/missed, and notes. :func:`render` turns a whole bench run
+the targets with met/missed, and notes. :func:`render` turns a whole bench run
 into one markdown document; :func:`write` stores it as ``bench/results/<date>.md``.
 """
 
@@ -68,7 +68,7 @@ class Row:
 
 @dataclass
 class Target:
-    """One target of the issue, as measured here; ``met`` None when it could not be measured."""
+    """One target, as measured here; ``met`` None when it could not be measured."""
 
     goal: str
     measured: str

@@ -6,7 +6,7 @@ measures, each in its own process (``bench/workers/clone.py``): mdstack's zero-c
 ``clone_into`` (catalog copy + hard-linked data files) and, for contrast, a plain copy of
 the folder. New disk counts the bytes of files that are not hard links of the source's.
 
-Target (issue 11): clone < 0.5 s and < 10 MB.
+Target: clone < 0.5 s and < 10 MB.
 """
 
 from __future__ import annotations

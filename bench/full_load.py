@@ -7,7 +7,7 @@ backends. A second mdstack row loads the same table definition with no rows: the
 fixed cost of a sync (discover, warehouse open, ledger, commit) and the memory the
 libraries take before any data moves.
 
-Targets (issue 11): full load ≤ 1.5x the floor, ≥ 3x faster than dlt's best, peak
+Targets: full load ≤ 1.5x the floor, ≥ 3x faster than dlt's best, peak
 RSS ≤ 300 MB.
 """
 
@@ -75,7 +75,7 @@ def _loaded(tool) -> str:
 
 
 def targets(table: Table) -> list[Target]:
-    """The issue's full-load targets, from a table with floor, mdstack and dlt rows."""
+    """The full-load targets, from a table with floor, mdstack and dlt rows."""
     mds, floor = table.row("mdstack"), table.row(table.floor or "")
     dlts = [r for r in table.rows if r.tool.startswith("dlt") and r.ok]
     best = min(dlts, key=lambda r: r.wall) if dlts else None

@@ -11,7 +11,7 @@ never sees a deleted row); dlt ``sql_table`` with ``dlt.sources.incremental("upd
 and ``write_disposition="merge"`` (connectorx and pyarrow backends); for the percentages,
 each tool's full load of the same table, and the ``COPY`` floor.
 
-Target (issue 11): incremental 1 % ≤ 10 % of a full load.
+Target: incremental 1 % ≤ 10 % of a full load.
 """
 
 from __future__ import annotations

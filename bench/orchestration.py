@@ -14,7 +14,7 @@ Each process syncs one stream first (cold start: catalog, ledger, Prefect's serv
 then all 100, timed alone. Overhead per stream = (flow - engine) / streams, split into
 the cost of isolating steps (steps - engine) and Prefect's own (flow - steps).
 
-Target (issue 11): ≤ 50 ms orchestration overhead per stream.
+Target: ≤ 50 ms orchestration overhead per stream.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ httpx + orjson, 4 at a time), mdstack (``RestSource`` with page_number paginatio
 into DuckDB with its default load files and with Parquet load files.
 
 Needs ``connectors/rest.py`` (``RestSource``); skipped until it exists.
-Target (issue 11): REST ≤ 2x the floor.
+Target: REST ≤ 2x the floor.
 """
 
 from __future__ import annotations

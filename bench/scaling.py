@@ -6,7 +6,7 @@ each size; mdstack (``full_refresh_overwrite`` into a fresh DuckLake folder) and
 then is N). Linear cost shows as a flat seconds-per-million-rows column; flat memory
 as a flat peak RSS.
 
-Target (issue 11): peak RSS ≤ 300 MB at every size.
+Target: peak RSS ≤ 300 MB at every size.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The scenarios, in the issue's order, and what each is handed: a :class:`Context`.
+"""The scenarios, in their numbered order, and what each is handed: a :class:`Context`.
 
 Each scenario is a module with ``TITLE`` and ``run(ctx) -> ScenarioResult``, listed in
 :data:`SCENARIOS` and imported only when selected.
@@ -26,7 +26,7 @@ SCENARIOS: dict[str, str] = {
     "orchestration": "bench.orchestration",
     "scaling": "bench.scaling",
 }
-"""Scenario name -> module; the issue numbers them 1-7 in this order."""
+"""Scenario name -> module; numbered 1-7 in this order."""
 
 QUICK = ("full_load", "incremental", "orchestration")
 """What ``--quick`` runs: the mdstack rows of these, on small tables, once (scaling would
@@ -65,7 +65,7 @@ class Context:
 
 
 def resolve(name: str) -> str:
-    """A scenario by name or by the issue's number (``1``..``7``)."""
+    """A scenario by name or by its number (``1``..``7``)."""
     names = list(SCENARIOS)
     if name.isdigit() and 1 <= int(name) <= len(names):
         return names[int(name) - 1]
