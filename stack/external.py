@@ -13,7 +13,7 @@ import logging
 
 from connectors.base import Batch, Checkpoint, Deletes, ExternalLoad, Source, State
 from stack import ledger
-from stack.errors import MdstackError, SchemaError
+from stack.errors import SchemaError
 from stack.plan import RunContext, StreamPlan, utcnow
 from stack.warehouse.base import Warehouse
 
@@ -31,23 +31,11 @@ def sync_external(
     Raises:
         MdstackError: the load failed; the ledger records it as failed.
     """
-    entry = ledger.RunEntry(
-        run_id=ctx.run_id,
-        pipeline=ctx.pipeline,
-        source=plan.source,
-        stream=plan.name,
-        region=ctx.region,
-        mode=plan.mode,
-        status="running",
-        started_at=utcnow(),
-        deletes=plan.deletes,
-    )
-    key = ledger.StreamKey(ctx.pipeline, plan.source, plan.name, ctx.region)
-    ledger.ensure_tables(wh)
-    ledger.close_abandoned(wh, key, ctx.run_id)
-    ledger.record(wh, entry)
+    entry, key = ledger.new_run(plan, ctx)
     state: State | None = None
     try:
+        ledger.begin_run(wh, key, ctx.run_id)
+        ledger.record(wh, entry)
         for message in source.read(plan.stream, ledger.read_state(wh, key)):
             if isinstance(message, ExternalLoad):
                 entry.rows_read += message.rows or 0
@@ -77,10 +65,7 @@ def sync_external(
     except Exception as exc:
         entry.status, entry.finished_at = "failed", utcnow()
         entry.seconds = (entry.finished_at - entry.started_at).total_seconds()
-        entry.error = str(exc) if isinstance(exc, MdstackError) else f"{type(exc).__name__}: {exc}"
-        try:
-            ledger.record(wh, entry)
-        except MdstackError as err:
-            log.warning("could not record the failure of %s in the ledger: %s", plan.name, err)
+        entry.error = ledger.describe_error(exc)
+        ledger.record_failure(lambda: ledger.record(wh, entry), entry)
         raise
     return entry

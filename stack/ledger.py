@@ -14,18 +14,23 @@ or test failed in which run.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 
 import pyarrow as pa
 
 from connectors.base import State
+from stack.errors import MdstackError
+from stack.plan import RunContext, StreamPlan, utcnow
 from stack.redact import redact
 from stack.sql import ident, table
 from stack.transform import NodeResult
 from stack.warehouse.base import Warehouse
+
+log = logging.getLogger(__name__)
 
 STATE_TABLE = "_mds_state"
 RUNS_TABLE = "_mds_runs"
@@ -223,6 +228,52 @@ def close_abandoned(wh: Warehouse, key: StreamKey, run_id: str) -> None:
         f"AND {ident('run_id')} <> ?",
         [ABANDONED, *key.params(), run_id],
     )
+
+
+def new_run(plan: StreamPlan, ctx: RunContext) -> tuple[RunEntry, StreamKey]:
+    """A stream's ``running`` ledger entry for this run, and the key of its state.
+
+    Nothing is written: the caller records the entry when it has something to say,
+    and keeps it at hand to record a failure at any later step.
+    """
+    entry = RunEntry(
+        run_id=ctx.run_id,
+        pipeline=ctx.pipeline,
+        source=plan.source,
+        stream=plan.name,
+        region=ctx.region,
+        mode=plan.mode,
+        status="running",
+        started_at=utcnow(),
+        deletes=plan.deletes,
+    )
+    return entry, StreamKey(ctx.pipeline, plan.source, plan.name, ctx.region)
+
+
+def begin_run(wh: Warehouse, key: StreamKey, run_id: str) -> None:
+    """Make the ledger ready for a stream's run: tables created, dead runs closed.
+
+    Call holding the stream's lock (:func:`close_abandoned` relies on it).
+    """
+    ensure_tables(wh)
+    close_abandoned(wh, key, run_id)
+
+
+def describe_error(exc: BaseException) -> str:
+    """The ledger's error text: an ``MdstackError`` speaks for itself, others get their type."""
+    return str(exc) if isinstance(exc, MdstackError) else f"{type(exc).__name__}: {exc}"
+
+
+def record_failure(record_entry: Callable[[], None], entry: RunEntry) -> None:
+    """Write a failed run's entry through ``record_entry``, best effort.
+
+    The failure itself must surface even if the ledger cannot be written, so a
+    warehouse error here is logged, not raised.
+    """
+    try:
+        record_entry()
+    except MdstackError as exc:
+        log.warning("could not record the failure of %s in the ledger: %s", entry.stream, exc)
 
 
 def latest_runs(wh: Warehouse, pipeline: str) -> pa.Table:

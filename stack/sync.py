@@ -33,7 +33,7 @@ from stack import ledger, sql
 from stack.apply import Load, LoadContext, StagedLoad, detect_deletes
 from stack.config import StackConfig
 from stack.direct import DirectLoad
-from stack.errors import ConfigError, MdstackError, SchemaError
+from stack.errors import ConfigError, SchemaError
 from stack.external import sync_external
 from stack.plan import (
     EVERY_CHECKPOINT,
@@ -109,18 +109,7 @@ def _sync_locked(
     progress: Progress | None,
     policy: CommitPolicy,
 ) -> ledger.RunEntry:
-    entry = ledger.RunEntry(
-        run_id=ctx.run_id,
-        pipeline=ctx.pipeline,
-        source=plan.source,
-        stream=plan.name,
-        region=ctx.region,
-        mode=plan.mode,
-        status="running",
-        started_at=utcnow(),
-        deletes=plan.deletes,
-    )
-    key = ledger.StreamKey(ctx.pipeline, plan.source, plan.name, ctx.region)
+    entry, key = ledger.new_run(plan, ctx)
     started = last_commit = time.perf_counter()
     changes: list[str] = []
 
@@ -135,8 +124,7 @@ def _sync_locked(
     # Full refreshes commit once, at the end: a run that dies leaves no partial copy.
     whole_run = plan.mode in ("full_refresh_overwrite", "full_refresh_append")
     try:
-        ledger.ensure_tables(wh)
-        ledger.close_abandoned(wh, key, ctx.run_id)
+        ledger.begin_run(wh, key, ctx.run_id)
         schema = _destination(wh, plan)
         lc = LoadContext(wh, plan, ctx, key, entry, record)
         load = DirectLoad(lc) if _direct(plan) else StagedLoad(lc)
@@ -167,8 +155,8 @@ def _sync_locked(
     except Exception as exc:
         if load is not None:
             load.close()  # roll back first: the failure row must not join the open transaction
-        entry.status, entry.error = "failed", _describe(exc)
-        _record_failure(record, entry)
+        entry.status, entry.error = "failed", ledger.describe_error(exc)
+        ledger.record_failure(record, entry)
         raise
     finally:
         if load is not None:
@@ -182,18 +170,6 @@ def _direct(plan: StreamPlan) -> bool:
     if plan.mode == "full_refresh_overwrite":
         return not (plan.soft and plan.keys)
     return plan.mode in ("full_refresh_append", "incremental_append") and not deletes
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, MdstackError) else f"{type(exc).__name__}: {exc}"
-
-
-def _record_failure(record: Callable[[], None], entry: ledger.RunEntry) -> None:
-    """Best effort: the failure itself must surface even if the ledger cannot be written."""
-    try:
-        record()
-    except MdstackError as exc:
-        log.warning("could not record the failure of %s in the ledger: %s", entry.stream, exc)
 
 
 def _destination(wh: Warehouse, plan: StreamPlan) -> StreamSchema:
