@@ -33,13 +33,12 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from connectors._airbyte_types import is_json_text, json_schema_to_arrow
-from connectors._rest_arrow import _as_text, _json, _timestamps
+from connectors._json_arrow import CONVERSION_ERRORS, as_text, json_text, utc_timestamps
 
 log = logging.getLogger("connectors.airbyte")
 
 RAW_COLUMN = "_airbyte_data"
 """The one column of a stream whose JSON Schema declares no properties: the whole record."""
-_CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError)
 _MIN_BLOCK = 1 << 20
 
 
@@ -73,7 +72,7 @@ class Records:
         """
         try:
             return self._fast(lines, longest)
-        except _CONVERSION_ERRORS as exc:
+        except CONVERSION_ERRORS as exc:
             log.debug("%s.%s: block re-read value by value: %s", self.source, self.stream, exc)
             return self._slow(lines)
 
@@ -105,7 +104,7 @@ class Records:
         datas = [_data(orjson.loads(line)) for line in lines]
         return {
             name: pa.array(
-                [None if (v := _value(d, name)) is None else _json(v) for d in datas],
+                [None if (v := _value(d, name)) is None else json_text(v) for d in datas],
                 pa.string(),
             )
             for name in self._text
@@ -122,7 +121,9 @@ class Records:
         for f in self.schema:
             values = [_value(d, f.name) for d in datas]
             if f.name in self._text:
-                column = pa.array([None if v is None else _json(v) for v in values], pa.string())
+                column = pa.array(
+                    [None if v is None else json_text(v) for v in values], pa.string()
+                )
             else:
                 column = self._convert(f, values)
             columns.append(column)
@@ -135,16 +136,16 @@ class Records:
             if pa.types.is_date(f.type):
                 return pa.array(values, pa.string()).cast(f.type)
             if pa.types.is_timestamp(f.type):  # offsets converted to UTC, none taken as UTC
-                return _timestamps(pa.array(values, pa.string())).cast(f.type)
+                return utc_timestamps(pa.array(values, pa.string())).cast(f.type)
             return pa.array(values, f.type)
-        except _CONVERSION_ERRORS:
+        except CONVERSION_ERRORS:
             pass
         if pa.types.is_integer(f.type):
             try:
                 return self._widened(f, pa.array(values, pa.float64()))
-            except _CONVERSION_ERRORS:
+            except CONVERSION_ERRORS:
                 pass
-        return self._widened(f, pa.array(_as_text(values), pa.string()))
+        return self._widened(f, pa.array(as_text(values), pa.string()))
 
     def _widened(self, f: pa.Field, column: pa.Array) -> pa.Array:
         if f.name not in self._warned:

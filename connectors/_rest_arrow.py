@@ -28,17 +28,20 @@ polars ``from_dicts`` 155 ms).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from connectors._json_arrow import (
+    CONVERSION_ERRORS,
+    TIMESTAMP,
+    as_text,
+    json_text,
+    utc_timestamps,
+)
 from connectors.errors import ConnectorError
 
-TIMESTAMP = pa.timestamp("us", "UTC")
 DECLARED: dict[str, pa.DataType] = {
     "string": pa.string(),
     "integer": pa.int64(),
@@ -49,7 +52,6 @@ DECLARED: dict[str, pa.DataType] = {
     "json": pa.string(),
 }
 _NO_FIELDS = pa.struct([])
-_CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError)
 
 
 class Columns:
@@ -77,7 +79,7 @@ class Columns:
         try:
             raw = pa.RecordBatch.from_pylist([template, *records]).slice(1)
             inferred = dict(zip(names, raw.columns, strict=True))
-        except _CONVERSION_ERRORS:  # some column mixes types: find which, one by one
+        except CONVERSION_ERRORS:  # some column mixes types: find which, one by one
             inferred = {name: _infer([r.get(name) for r in records]) for name in names}
         arrays: dict[str, pa.Array] = {}
         for name in names:
@@ -122,7 +124,7 @@ class Columns:
         if name in self._text or (current is not None and _conflict(current, incoming)):
             self._text.add(name)
             self.types[name] = pa.string()
-            return pa.array(_as_text([r.get(name) for r in records]), pa.string())
+            return pa.array(as_text([r.get(name) for r in records]), pa.string())
         if current is None or current == incoming:
             self.types[name] = incoming
             return array
@@ -144,22 +146,22 @@ class Columns:
     ) -> pa.Array:
         target = self.types[name]
         if name in self._text:
-            values = [None if (v := r.get(name)) is None else _json(v) for r in records]
+            values = [None if (v := r.get(name)) is None else json_text(v) for r in records]
             return pa.array(values, pa.string())
         try:
             if array is None or _nested(array.type):
                 values = [r.get(name) for r in records]
-                array = pa.array(_as_text(values), pa.string())
+                array = pa.array(as_text(values), pa.string())
             if array.type == target:
                 return array
             if pa.types.is_null(array.type):
                 return pa.nulls(len(array), target)
             if target == pa.string():
-                return pa.array(_as_text([r.get(name) for r in records]), pa.string())
+                return pa.array(as_text([r.get(name) for r in records]), pa.string())
             if target == TIMESTAMP and pa.types.is_string(array.type):
-                return _timestamps(array)
+                return utc_timestamps(array)
             return array.cast(target)
-        except _CONVERSION_ERRORS as exc:
+        except CONVERSION_ERRORS as exc:
             kind = self.declared[name]
             raise ConnectorError(
                 f"values of column {name!r} do not fit the declared type {kind!r}: "
@@ -175,7 +177,7 @@ def _infer(values: list[Any]) -> pa.Array | None:
     """One column's values as Arrow, or None if they mix types Arrow cannot unify."""
     try:
         return pa.array(values)
-    except _CONVERSION_ERRORS:
+    except CONVERSION_ERRORS:
         return None
 
 
@@ -188,23 +190,3 @@ def _conflict(current: pa.DataType, incoming: pa.DataType | None) -> bool:
         return incoming is None
     numbers = {current, incoming} <= {pa.int64(), pa.float64()}
     return not numbers
-
-
-def _json(value: Any) -> str:
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:  # integers beyond 64 bits
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _as_text(values: list[Any]) -> list[str | None]:
-    """Strings as they are, other values as their JSON text (``1``, ``true``, ``{"a":1}``)."""
-    return [v if v is None or type(v) is str else _json(v) for v in values]
-
-
-def _timestamps(array: pa.Array) -> pa.Array:
-    """ISO 8601 text as UTC timestamps: offsets converted, values without one taken as UTC."""
-    try:
-        return array.cast(TIMESTAMP)
-    except pa.ArrowInvalid:
-        return pc.cast(array, pa.timestamp("us")).cast(TIMESTAMP)
