@@ -1,10 +1,16 @@
 {#
   Snapshots on Snowflake, in statements fakesnow can also run (real Snowflake runs both forms):
 
-  * The staging table of the changes is a transient table next to the snapshot
-    ("snapshots"."customers_snapshot__dbt_tmp"), dropped after the merge, instead of a
+  * The staging table of the changes is a transient table next to the snapshot, instead of a
     session-temporary table: fakesnow cannot qualify a temporary table's name nor DESCRIBE
-    one, and dbt reads the staging table's columns with DESCRIBE.
+    one, and dbt reads the staging table's columns with DESCRIBE. Not being session-private,
+    its name carries the dbt invocation id
+    ("snapshots"."customers_snapshot__dbt_tmp_<invocation id, dashes as underscores>"), so
+    two builds into one database at once (two regions) never share a staging table.
+    It is dropped after the merge. dbt's snapshot materialization has no cleanup step on
+    failure (Jinja has no try/finally), so a failed merge leaves its staging table behind;
+    being transient it has no fail-safe storage, and the name says which invocation left it
+    (dbt writes the invocation id into `target/run_results.json`).
   * The MERGE is one statement, not wrapped in `begin; ... commit;`: Snowflake runs a single
     MERGE atomically, and fakesnow cannot run MERGE inside an explicit transaction. Its
     source is a subquery and its inserted values are qualified, the forms fakesnow binds.
@@ -18,7 +24,7 @@
 {% endmacro %}
 
 {% macro snowflake__build_snapshot_staging_table(strategy, sql, target_relation) %}
-    {%- set staging = make_temp_relation(target_relation) -%}
+    {%- set staging = make_temp_relation(target_relation, '__dbt_tmp_' ~ invocation_id | replace('-', '_')) -%}
     {% call statement('build_snapshot_staging_relation') %}
         create or replace transient table {{ staging }} as (
             {{ snapshot_staging_table(strategy, sql, target_relation) }}
