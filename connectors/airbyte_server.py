@@ -232,13 +232,8 @@ class AirbyteServerSource:
             while job.status not in ENDED:  # unknown statuses too: keep polling
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise ConnectorError(
-                        f"Airbyte job {job.id} did not finish within {cfg.timeout:g} s"
-                        + ("; it was cancelled" if ours else ""),
-                        source=self.name,
-                        key="timeout",
-                        hint="raise `timeout`, or look at the job in Airbyte",
-                    )
+                    ended = True  # cancelled here, so that the error can say how that went
+                    raise self._timed_out(client, job, ours)
                 time.sleep(min(cfg.poll_interval, left))
                 job = self._poll(client, job)
             ended = True
@@ -258,12 +253,32 @@ class AirbyteServerSource:
             log.info("%s: Airbyte job %s is %s", self.name, job.id, polled.status)
         return polled
 
-    def _cancel(self, client: AirbyteClient, job: Job) -> None:
+    def _timed_out(self, client: AirbyteClient, job: Job, ours: bool) -> ConnectorError:
+        """The timeout error, once the job is cancelled if ours: it says what became of it."""
+        hint = "raise `timeout`, or look at the job in Airbyte"
+        if not ours:
+            fate = "; it was started outside this run and is left running"
+        elif (refused := self._cancel(client, job)) is None:
+            fate = "; it was cancelled"
+        else:
+            fate = f"; cancelling it failed too ({refused}), so it may still be running"
+            hint = f"cancel job {job.id} in Airbyte, then {hint}"
+        return ConnectorError(
+            f"Airbyte job {job.id} did not finish within {self._parsed.get().timeout:g} s{fate}",
+            source=self.name,
+            key="timeout",
+            hint=hint,
+        )
+
+    def _cancel(self, client: AirbyteClient, job: Job) -> str | None:
+        """Cancel a job of ours, best effort: None, or why Airbyte refused (also logged)."""
         try:
             client.cancel(job.id)
-            log.warning("%s: cancelled Airbyte job %s", self.name, job.id)
         except MdstackError as exc:
             log.error("%s: could not cancel Airbyte job %s: %s", self.name, job.id, exc)
+            return str(exc)
+        log.warning("%s: cancelled Airbyte job %s", self.name, job.id)
+        return None
 
 
 class _SharedJobs:

@@ -11,7 +11,7 @@ client-credentials token requests, ``Authorization: Bearer``. Endpoints:
   body Airbyte sends) while one of the connection's jobs has not ended;
 * ``GET /v1/jobs/{id}``: the job, one step further along its script at every call;
 * ``GET /v1/jobs?connectionId=&jobType=&orderBy=createdAt|DESC&limit=``: ``{"data": [...]}``;
-* ``DELETE /v1/jobs/{id}``: cancels the job.
+* ``DELETE /v1/jobs/{id}``: cancels the job (or refuses, 403, with ``refuse_cancel``).
 
 A job's script is the list of statuses it reports, one per ``GET``, staying on the last.
 Every request is logged (method, path, whether it was authorised) in ``calls``.
@@ -91,6 +91,7 @@ class AirbyteApi:
     connections: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: dict[int, Job] = field(default_factory=dict)
     script: list[str] = field(default_factory=lambda: ["running", "succeeded"])
+    refuse_cancel: bool = False
     rows: int = 1234
     bytes: int = 56789
     calls: list[tuple[str, str, bool]] = field(default_factory=list)
@@ -166,6 +167,8 @@ class AirbyteApi:
         if job is None:
             return 404, _problem(404, "resource-not-found", f"Could not find job {parts[2]}")
         if method == "DELETE":
+            if self.refuse_cancel:
+                return 403, _problem(403, "forbidden", f"Not allowed to cancel job {job.id}")
             job.cancelled = True
         elif method == "GET":
             job.step += 1

@@ -150,6 +150,18 @@ def test_a_job_still_running_at_the_timeout_is_cancelled(url, api):
     assert api.jobs[4242].status == "cancelled"
 
 
+def test_a_timeout_whose_cancel_is_refused_says_the_job_may_still_run(url, api):
+    api.script, api.refuse_cancel = ["running"], True
+    with pytest.raises(ConnectorError) as err:
+        _read(_source(url, timeout=0.2))
+    message = str(err.value)
+    assert "did not finish within 0.2 s; cancelling it failed too" in message
+    assert "Not allowed to cancel job 4242" in message and "may still be running" in message
+    assert "was cancelled" not in message and "cancel job 4242 in Airbyte" in message
+    assert api.requests("DELETE") == ["/v1/jobs/4242"]  # tried once, not again on the way out
+    assert api.jobs[4242].status == "running"
+
+
 def test_an_interrupted_read_cancels_its_job_but_not_a_job_it_attached_to(url, api):
     api.script = ["running"]
 
