@@ -15,6 +15,9 @@ some 6 000 modules, and where ``PYTHONDONTWRITEBYTECODE`` is set every start wou
 them all again (``source-faker`` 7.2.1: 4-5 s per process instead of about 1).
 
 The cache folder is ``$MDSTACK_CONNECTORS_DIR``, default ``~/.cache/mdstack/connectors``.
+Each ``uv``/``pip`` step is stopped after ``$MDSTACK_INSTALL_TIMEOUT`` seconds (default 900):
+an index that accepts connections but never answers would otherwise hang the run, holding
+the install lock.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from connectors.errors import ConnectorError, SourceUnavailable
 log = logging.getLogger("connectors.airbyte")
 
 CACHE_ENV = "MDSTACK_CONNECTORS_DIR"
+TIMEOUT_ENV = "MDSTACK_INSTALL_TIMEOUT"
+DEFAULT_TIMEOUT = 900.0
 MARKER = ".mdstack-installed.json"
 LAYOUT = 2
 """Version of the install recipe; an older install is rebuilt (2: bytecode compiled)."""
@@ -238,8 +243,41 @@ def _uv() -> str | None:
     return str(here) if here.exists() else shutil.which("uv")
 
 
+def install_timeout() -> float:
+    """Seconds one install step may take (``$MDSTACK_INSTALL_TIMEOUT``, default 900).
+
+    Raises:
+        ConnectorError: the variable is set but is not a positive number.
+    """
+    configured = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not configured:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(configured)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ConnectorError(
+            f"${TIMEOUT_ENV} is {configured!r}, not a number of seconds",
+            key=TIMEOUT_ENV,
+            hint=f"set it to a positive number (default {DEFAULT_TIMEOUT:g}), or unset it",
+        )
+    return seconds
+
+
 def _run(argv: list[str], package: str, stdin: str | None = None) -> str:
-    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    step, timeout = f"{Path(argv[0]).name} {argv[1]}", install_timeout()
+    try:
+        done = subprocess.run(
+            argv, input=stdin, capture_output=True, text=True, check=False, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        raise SourceUnavailable(
+            f"installing {package}: `{step}` did not finish within {timeout:g} s and was stopped",
+            key="package",
+            hint="check the network (or a PIP_INDEX_URL / UV_INDEX_URL mirror) and retry; "
+            f"on a slow link raise ${TIMEOUT_ENV} (seconds). The unfinished install is rebuilt",
+        ) from None
     if done.returncode == 0:
         return done.stdout
     tail = (done.stderr or done.stdout).strip()[-1500:]
@@ -251,7 +289,7 @@ def _run(argv: list[str], package: str, stdin: str | None = None) -> str:
             hint="check the network (or a PIP_INDEX_URL / UV_INDEX_URL mirror) and retry",
         )
     raise ConnectorError(
-        f"installing {package} failed ({Path(argv[0]).name} {argv[1]}): {tail}",
+        f"installing {package} failed ({step}): {tail}",
         key="package",
         hint="check the package name and `version:`",
     )

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +30,7 @@ from connectors._airbyte_process import Scrubber
 from connectors._airbyte_read import States, read_messages
 from connectors._airbyte_records import Records
 from connectors.base import Batch, Checkpoint, ConfiguredStream
-from connectors.errors import ConnectorError
+from connectors.errors import ConnectorError, SourceUnavailable
 from stack import ledger
 from stack.cli import app
 from stack.config import StackConfig
@@ -491,6 +492,27 @@ def test_package_install_is_cached_per_version_and_rebuilt_when_unfinished(
     assert "0.1.0" in listed.output
     missing = CliRunner().invoke(app, ["connector", "install", "source-tiny", "--version", "9.9"])
     assert missing.exit_code == 1 and "installing airbyte-source-tiny failed" in missing.output
+
+
+def test_an_install_that_hangs_is_stopped_with_an_error_naming_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(_airbyte_install.CACHE_ENV, str(tmp_path / "connectors"))
+    monkeypatch.setenv(_airbyte_install.TIMEOUT_ENV, "soon")
+    with pytest.raises(ConnectorError, match="MDSTACK_INSTALL_TIMEOUT is 'soon'"):
+        _airbyte_install.ensure_installed("airbyte-source-tiny", "0.1.0")
+    monkeypatch.setenv(_airbyte_install.TIMEOUT_ENV, "2")
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # connects, never answers
+        index = f"http://127.0.0.1:{silent.getsockname()[1]}/simple"
+        monkeypatch.setenv("UV_INDEX_URL", index)
+        monkeypatch.setenv("PIP_INDEX_URL", index)
+        with pytest.raises(SourceUnavailable) as err:
+            _airbyte_install.ensure_installed("airbyte-source-tiny", "0.1.0")
+    message = str(err.value)
+    assert "installing airbyte-source-tiny: `" in message and "within 2 s" in message
+    assert "MDSTACK_INSTALL_TIMEOUT" in message and err.value.retryable
+    folder = tmp_path / "connectors" / "airbyte-source-tiny-0.1.0"
+    assert not (folder / _airbyte_install.MARKER).exists()  # rebuilt at the next use
 
 
 # -- the real thing: airbyte-source-faker from PyPI -------------------------------------------
