@@ -5,7 +5,9 @@ process group of its own and yields its stdout line by line, as bytes. A thread 
 output as it comes, up to :data:`READ_AHEAD_BYTES` ahead of the caller
 (:class:`_ReadAhead`): the connector, usually the slower side, never waits while mdstack
 converts or commits. The files it reads live in a private temporary folder (0700; the config
-file 0600) that is deleted when the command ends, whatever the outcome. When the generator
+file 0600) that is deleted when the command ends, whatever the outcome; the folder's name
+carries mdstack's pid, so a folder that a killed process (SIGKILL skips every cleanup) left
+behind is deleted by the next use once that pid is gone. When the generator
 is closed early, or an exception or KeyboardInterrupt passes through it, the whole group
 gets SIGTERM and, after :data:`GRACE_SECONDS`, SIGKILL: a cancelled read leaves no process
 behind; a read abandoned in another thread is stopped when mdstack exits. A non-zero exit is
@@ -26,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -63,6 +66,9 @@ _LIVE: set[subprocess.Popen] = set()
 """Connector processes started and not yet finished or stopped."""
 _FOLDERS: set[Path] = set()
 """Private folders of config files not yet deleted."""
+_FOLDER_PREFIX = "mdstack-airbyte-"
+_FOLDER_NAME = re.compile(rf"^{_FOLDER_PREFIX}(\d+)-[a-z0-9_]+$")
+"""``mdstack-airbyte-<pid>-<random>``: mkdtemp's random part holds no dash."""
 
 
 @dataclass(frozen=True)
@@ -143,7 +149,8 @@ def _secret_names(schema: Any) -> set[str]:
 def private_files(**contents: Any) -> Iterator[dict[str, Path]]:
     """JSON files (``config=...``, ``catalog=...``) in a private folder deleted afterwards;
     None values are left out."""
-    folder = Path(tempfile.mkdtemp(prefix="mdstack-airbyte-"))  # mkdtemp makes it 0700
+    _remove_orphans()
+    folder = Path(tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{os.getpid()}-"))  # 0700
     _FOLDERS.add(folder)
     try:
         paths = {}
@@ -159,6 +166,37 @@ def private_files(**contents: Any) -> Iterator[dict[str, Path]]:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
         _FOLDERS.discard(folder)
+
+
+def _remove_orphans() -> None:
+    """Delete the private folders of processes that are gone (killed before their cleanup).
+
+    Only this user's folders, and only when their pid no longer runs: a recycled pid keeps
+    a folder a while longer, never deletes a live one.
+    """
+    uid = os.getuid()
+    try:
+        entries = list(os.scandir(tempfile.gettempdir()))
+    except OSError:
+        return
+    for entry in entries:
+        found = _FOLDER_NAME.match(entry.name)
+        if found is None or _alive(int(found.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False) and entry.stat().st_uid == uid:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                log.info("deleted %s, left behind by a process that was killed", entry.path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process (EPERM): alive
+        return True
+    return True
 
 
 def run(

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -335,6 +336,32 @@ def test_the_config_file_is_private_and_deleted_after_the_command(
     read_items(load_source("airbyte", "src", fake(count=2)))
     assert seen == [0o600, 0o700]
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_config_files_of_a_killed_process_are_deleted_at_the_next_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    killed = (  # SIGKILL inside the context: no finally, no atexit
+        "import os, signal, sys, tempfile\n"
+        f"tempfile.tempdir = {str(temp)!r}\n"
+        "from connectors._airbyte_process import private_files\n"
+        "with private_files(config={'api_key': 'sk-live-1'}) as files:\n"
+        "    print(files['config'].parent, flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    repo = Path(__file__).parents[1]
+    done = subprocess.run([sys.executable, "-c", killed], capture_output=True, text=True, cwd=repo)
+    assert done.returncode == -signal.SIGKILL
+    orphan = Path(done.stdout.strip())
+    assert (orphan / "config.json").exists()  # what a killed process leaves behind
+    live = Path(tempfile.mkdtemp(prefix=f"mdstack-airbyte-{os.getpid()}-"))  # a running peer
+    read_items(load_source("airbyte", "src", fake(count=2)))
+    assert not orphan.exists()
+    assert live.exists()
+    assert list(temp.iterdir()) == [live]  # and the read's own folder is gone too
 
 
 @pytest.mark.parametrize("how", ["close", "interrupt"])
