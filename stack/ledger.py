@@ -17,8 +17,10 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
+from functools import partial
 
 import pyarrow as pa
 
@@ -137,19 +139,29 @@ QUARANTINE_COLUMNS = pa.schema([("reason", pa.string()), ("record", pa.string())
 
 
 def ensure_tables(wh: Warehouse) -> None:
-    """Create the state, run and quarantine tables, or add columns a newer version needs."""
+    """Create the state, run and quarantine tables, or add columns a newer version needs.
+
+    Where DDL is transactional, all of it is one commit: on DuckLake every commit costs
+    tens of milliseconds, and this runs before every stream's sync.
+    """
     tables = (
         (STATE_TABLE, _STATE_SCHEMA),
         (RUNS_TABLE, _RUNS_SCHEMA),
         (QUARANTINE_TABLE, _QUARANTINE_SCHEMA),
         (DBT_RESULTS_TABLE, _DBT_RESULTS_SCHEMA),
     )
+    changes: list[Callable[[], None]] = []
     for name, schema in tables:
         existing = wh.columns(wh.meta_schema, name)
         if existing is None:
-            wh.create_table(wh.meta_schema, name, schema)
+            changes.append(partial(wh.create_table, wh.meta_schema, name, schema))
         elif missing := [f for f in schema if f.name not in existing]:
-            wh.add_columns(wh.meta_schema, name, pa.schema(missing))
+            changes.append(partial(wh.add_columns, wh.meta_schema, name, pa.schema(missing)))
+    if not changes:
+        return
+    with wh.transaction() if wh.capabilities.transactional_ddl else nullcontext():
+        for change in changes:
+            change()
 
 
 def bad_records(rows: pa.Table, reason: str) -> pa.RecordBatch:
@@ -222,12 +234,14 @@ def close_abandoned(wh: Warehouse, key: StreamKey, run_id: str) -> None:
     Call while holding the stream's lock: no other run can be active, so a
     ``running`` row left behind belongs to a process that died.
     """
-    wh.execute(
-        f"UPDATE {table(wh.meta_schema, RUNS_TABLE)} SET {ident('status')} = 'aborted', "
-        f"{ident('error')} = ? WHERE {_KEY_WHERE} AND {ident('status')} = 'running' "
-        f"AND {ident('run_id')} <> ?",
-        [ABANDONED, *key.params(), run_id],
-    )
+    dead = f"{_KEY_WHERE} AND {ident('status')} = 'running' AND {ident('run_id')} <> ?"
+    runs = table(wh.meta_schema, RUNS_TABLE)
+    # Looking first is cheaper than an UPDATE that matches nothing (a DuckLake commit).
+    if wh.query(f"SELECT 1 FROM {runs} WHERE {dead} LIMIT 1", [*key.params(), run_id]).num_rows:
+        wh.execute(
+            f"UPDATE {runs} SET {ident('status')} = 'aborted', {ident('error')} = ? WHERE {dead}",
+            [ABANDONED, *key.params(), run_id],
+        )
 
 
 def new_run(plan: StreamPlan, ctx: RunContext) -> tuple[RunEntry, StreamKey]:

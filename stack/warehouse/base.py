@@ -29,6 +29,8 @@ class Capabilities:
         stream_append: ``append`` also takes a ``pa.RecordBatchReader`` and pulls it in
             one statement, inside the caller's open transaction, from another thread
             than the one holding it (the caller then leaves the connection to it).
+        transactional_ddl: ``CREATE TABLE`` joins an open transaction instead of
+            committing it, so several tables can be created in one commit.
     """
 
     dialect: str
@@ -37,6 +39,7 @@ class Capabilities:
     max_identifier_length: int = 255
     concurrent_writers: bool = False
     stream_append: bool = False
+    transactional_ddl: bool = False
 
 
 class Warehouse(Protocol):

@@ -78,6 +78,7 @@ class DuckDBWarehouse:
         max_identifier_length=255,
         concurrent_writers=False,
         stream_append=True,
+        transactional_ddl=True,
     )
     meta_schema = "main"
 
