@@ -32,6 +32,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from connectors._json_arrow import (
     CONVERSION_ERRORS,
@@ -119,7 +120,7 @@ class Columns:
         incoming = array.type if array is not None else None
         if incoming is not None and pa.types.is_null(incoming):
             return None if current is None else pa.nulls(len(array), current)
-        if incoming is None or _nested(incoming) or self._bools_in_floats(name, incoming, records):
+        if incoming is None or _nested(incoming) or self._bools_in_floats(name, array, records):
             self._text.add(name)  # mixed, nested, or booleans among numbers: JSON text
         if name in self._text or (current is not None and _conflict(current, incoming)):
             self._text.add(name)
@@ -134,12 +135,17 @@ class Columns:
         return array.cast(pa.float64())
 
     def _bools_in_floats(
-        self, name: str, incoming: pa.DataType, records: Sequence[dict[str, Any]]
+        self, name: str, array: pa.Array, records: Sequence[dict[str, Any]]
     ) -> bool:
-        """Whether a float column holds booleans: Arrow reads [1.5, true] as [1.5, 1.0]."""
-        if not pa.types.is_floating(incoming) or name in self._text:
+        """Whether a float column holds booleans: Arrow reads [1.5, true] as [1.5, 1.0].
+
+        A boolean can only hide where the column holds exactly 0.0 or 1.0, so only those
+        rows' values are looked at (not a Python pass over every row).
+        """
+        if not pa.types.is_floating(array.type) or name in self._text:
             return False
-        return bool in set(map(type, [r.get(name) for r in records]))
+        suspects = pc.indices_nonzero(pc.is_in(array, pa.array([0.0, 1.0], array.type)))
+        return any(type(records[i].get(name)) is bool for i in suspects.to_pylist())
 
     def _declared(
         self, name: str, array: pa.Array | None, records: Sequence[dict[str, Any]]
