@@ -21,9 +21,15 @@ from typing import Any
 
 from connectors.base import Catalog, Source
 from stack.config import StackConfig
-from stack.errors import ConfigError
 from stack.secrets import Resolver
-from stack.sync import Progress, RunContext, open_source, plan_stream, sync_stream
+from stack.sync import (
+    Progress,
+    RunContext,
+    declared_streams,
+    open_source,
+    plan_stream,
+    sync_stream,
+)
 from stack.warehouse import Warehouse
 
 
@@ -72,13 +78,7 @@ class RunScope:
         self, source_name: str, stream: str, progress: Progress | None = None
     ) -> dict[str, Any]:
         """Sync one stream on a warehouse handle of its own; its ledger entry as a dict."""
-        declared = self.config.source(source_name)
-        if stream not in declared.streams:
-            raise ConfigError(
-                f"stream {stream!r} is not declared for source {source_name!r}",
-                key=f"sources.{source_name}.streams",
-                hint=f"declared: {', '.join(declared.streams)}",
-            )
+        declared = declared_streams(self.config, source_name, [stream])
         source, catalog = self.source(source_name)
         plan = plan_stream(source_name, declared, catalog, stream)
         with self.warehouse.cursor() as wh:

@@ -21,7 +21,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -31,7 +31,7 @@ from connectors import load_source
 from connectors.base import DELETED_AT, Batch, Checkpoint, ConfiguredStream, Deletes, Source
 from stack import ledger, sql
 from stack.apply import Load, LoadContext, StagedLoad, detect_deletes
-from stack.config import StackConfig
+from stack.config import SourceConfig, StackConfig
 from stack.direct import DirectLoad
 from stack.errors import ConfigError, SchemaError
 from stack.external import sync_external
@@ -318,6 +318,23 @@ def open_source(
     return load_source(config.source(source_name).connector, source_name, settings)
 
 
+def declared_streams(config: StackConfig, source_name: str, names: Sequence[str]) -> SourceConfig:
+    """The source's config, once every one of ``names`` is a stream it declares.
+
+    Raises:
+        ConfigError: a name is not declared under ``sources.<source>.streams``.
+    """
+    source_cfg = config.source(source_name)
+    unknown = [n for n in names if n not in source_cfg.streams]
+    if unknown:
+        raise ConfigError(
+            f"streams {unknown} are not declared for source {source_name!r}",
+            key=f"sources.{source_name}.streams",
+            hint=f"declared: {', '.join(source_cfg.streams)}",
+        )
+    return source_cfg
+
+
 def sync_source(
     wh: Warehouse,
     config: StackConfig,
@@ -333,15 +350,9 @@ def sync_source(
     stops the source; the streams before it stay committed.
     """
     source_cfg = config.source(source_name)
+    names = list(streams) if streams else list(source_cfg.streams)
+    declared_streams(config, source_name, names)
     source = open_source(config, source_name, ctx.region, resolve)
     catalog = source.discover()
-    names = list(streams) if streams else list(source_cfg.streams)
-    unknown = [n for n in names if n not in source_cfg.streams]
-    if unknown:
-        raise ConfigError(
-            f"streams {unknown} are not declared for source {source_name!r}",
-            key=f"sources.{source_name}.streams",
-            hint=f"declared: {', '.join(source_cfg.streams)}",
-        )
     plans = [plan_stream(source_name, source_cfg, catalog, n) for n in names]
     return [sync_stream(wh, source, plan, ctx, progress) for plan in plans]
