@@ -95,6 +95,71 @@ class Columns:
             schema=pa.schema([(n, self.types[n]) for n in ordered]),
         )
 
+    def parse_types(self) -> dict[str, pa.DataType]:
+        """The types a page's values must have to be read straight into this schema
+        (:mod:`connectors._rest_decode`): dates and timestamps arrive as text."""
+        return {
+            name: pa.string() if self.declared.get(name) in ("date", "timestamp") else t
+            for name, t in self.types.items()
+        }
+
+    def fit(self, raw: pa.RecordBatch) -> pa.RecordBatch | None:
+        """A page read against :meth:`parse_types` (maybe older ones) in the running schema;
+        None where only :meth:`to_batch` can say (a new column, a changed type, JSON text)."""
+        if not self.types:
+            return None
+        arrays: dict[str, pa.Array] = {}
+        for field in raw.schema:
+            name, kind = field.name, field.type
+            current = self.types.get(name)
+            if current is None or (name in self._text and self.declared.get(name) == "json"):
+                if pa.types.is_null(kind) and current is None:
+                    continue  # a column without a value so far stays out
+                return None
+            column = raw.column(name)
+            if pa.types.is_null(kind):
+                arrays[name] = pa.nulls(len(column), current)
+            elif name in self.declared and kind != current:
+                if not pa.types.is_string(kind):
+                    return None
+                arrays[name] = self._declared(name, column, ())
+            elif kind == current:
+                arrays[name] = column
+            elif pa.types.is_integer(kind) and pa.types.is_floating(current):
+                arrays[name] = column.cast(current)
+            else:
+                return None
+        return pa.RecordBatch.from_arrays(
+            [arrays.get(n, pa.nulls(raw.num_rows, t)) for n, t in self.types.items()],
+            schema=self.schema,
+        )
+
+    def conform(self, batches: Sequence[pa.RecordBatch]) -> pa.RecordBatch:
+        """Batches converted one page at a time, as one batch of the running schema.
+
+        A column that widened since an earlier page is widened there too: integers to
+        floats, anything to text (each value as its JSON text, as :meth:`to_batch` would).
+        """
+        names = {n for b in batches for n in b.schema.names}
+        schema = pa.schema([(n, t) for n, t in self.types.items() if n in names])
+        out = []
+        for batch in batches:
+            if batch.schema == schema:
+                out.append(batch)
+                continue
+            columns = []
+            for name, kind in zip(schema.names, schema.types, strict=True):
+                index = batch.schema.get_field_index(name)
+                if index < 0:
+                    columns.append(pa.nulls(batch.num_rows, kind))
+                    continue
+                column = batch.column(index)
+                if column.type != kind and pa.types.is_string(kind):
+                    column = pa.array(as_text(column.to_pylist()), pa.string())
+                columns.append(column.cast(kind))
+            out.append(pa.RecordBatch.from_arrays(columns, schema=schema))
+        return out[0] if len(out) == 1 else pa.concat_batches(out)
+
     def _names(self, records: Sequence[dict[str, Any]]) -> list[str]:
         """Known columns, then keys new in this batch in order of first appearance."""
         seen = set().union(*records) if records else set()

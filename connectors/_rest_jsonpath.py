@@ -71,6 +71,17 @@ class JsonPath:
     def is_root(self) -> bool:
         return not self._steps
 
+    def plain_keys(self) -> tuple[str, ...] | None:
+        """The keys of a path made of keys only, with at most a final ``[*]``; else None.
+
+        Such a path can be followed through a typed (Arrow) reading of the body as well as
+        through the parsed document: ``$.data`` and ``$.data[*]`` both give ``("data",)``.
+        """
+        steps = self._steps[:-1] if self._steps and self._steps[-1][0] == "all" else self._steps
+        if any(kind != "key" for kind, _ in steps):
+            return None
+        return tuple(arg for _, arg in steps)
+
     def find(self, doc: Any) -> list[Any]:
         """Every value the path matches, in document order."""
         nodes = [doc]

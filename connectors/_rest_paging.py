@@ -28,14 +28,16 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import orjson
+import pyarrow as pa
 
 from connectors._rest_config import (
     CursorPagination,
@@ -47,6 +49,7 @@ from connectors._rest_config import (
     RestConfig,
     StreamDef,
 )
+from connectors._rest_decode import PageDecoder
 from connectors._rest_http import Session, mask_url, response_message
 from connectors._rest_jsonpath import JsonPath
 from connectors.errors import ConnectorError
@@ -64,12 +67,33 @@ class Request:
 
 @dataclass
 class Page:
-    """One response: its records (JSON objects), body and response, for the paginator."""
+    """One response: its records, document and response, for the paginator.
+
+    The records are JSON objects (``records``), or, where the stream's
+    :class:`~connectors._rest_decode.PageDecoder` could read the page, Arrow columns
+    (``arrow``; ``records`` is then empty and ``doc`` holds only the page token).
+    ``decoded_with``: the column types a decoder tried the page against, if it did.
+    """
 
     request: Request
     records: list[dict[str, Any]]
     doc: Any
     response: httpx.Response
+    arrow: pa.RecordBatch | None = None
+    decoded_with: Mapping[str, pa.DataType] | None = None
+
+    @property
+    def count(self) -> int:
+        return self.arrow.num_rows if self.arrow is not None else len(self.records)
+
+    def ends(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The first and last records, without null fields (comparable across forms)."""
+        if self.arrow is not None:
+            edges = self.arrow.take([0, self.count - 1]).to_pylist()
+        else:
+            edges = [self.records[0], self.records[-1]]
+        first, last = ({k: v for k, v in r.items() if v is not None} for r in edges)
+        return first, last
 
 
 class Pager:
@@ -81,15 +105,22 @@ class Pager:
         self.pool = pool
         self.window = config.rate_limit.max_concurrency
 
-    def pages(self, name: str, params: dict[str, Any], limit: int | None = None) -> Iterator[Page]:
+    def pages(
+        self,
+        name: str,
+        params: dict[str, Any],
+        limit: int | None = None,
+        decoder: PageDecoder | None = None,
+    ) -> Iterator[Page]:
         """Every page of stream ``name`` (``params`` added to its first request), in order.
 
-        ``limit`` stops after that many pages (and, for a child, that many parents).
+        ``limit`` stops after that many pages (and, for a child, that many parents);
+        ``decoder`` reads pages straight into Arrow where it can (not for a child stream).
         """
         stream = self.config.streams[name]
         if stream.parent is None:
             first = Request(self._url(stream.path), self._params(stream, params))
-            yield from self._endpoint(name, stream, first, limit, self.pool, self.window)
+            yield from self._endpoint(name, stream, first, limit, self.pool, self.window, decoder)
             return
         yield from self._children(name, stream, params, limit)
 
@@ -108,16 +139,39 @@ class Pager:
     def _params(self, stream: StreamDef, extra: dict[str, Any]) -> dict[str, Any]:
         return {**self.config.params, **stream.params, **extra}
 
-    def fetch(self, name: str, stream: StreamDef, request: Request, beyond: bool = False) -> Page:
+    def fetch(
+        self,
+        name: str,
+        stream: StreamDef,
+        request: Request,
+        beyond: bool = False,
+        decoder: PageDecoder | None = None,
+    ) -> Page:
         """GET ``request``, parse the body, pick the records (runs in the pool's workers).
 
         ``beyond``: a numbered page after the first, which may be past the end; a 404 for it
-        (as Django REST framework answers) is an empty page.
+        (as Django REST framework answers) is an empty page. ``decoder``: try it first.
         """
         accept = frozenset({404}) if beyond else frozenset()
         response = self.session.send(name, "GET", request.url, params=request.params, accept=accept)
         if response.status_code == 404:
             return Page(request, [], None, response)
+        decoded = decoder.decode(response.content) if decoder is not None else None
+        if decoded is not None and decoded.batch is not None:
+            return Page(request, [], decoded.doc, response, decoded.batch, decoded.types)
+        records, doc = self.parse(name, stream, response)
+        return Page(request, records, doc, response, None, decoded and decoded.types)
+
+    def records_of(self, name: str, page: Page) -> list[dict[str, Any]]:
+        """A page's records as JSON objects, parsed again if it was read into Arrow."""
+        if page.arrow is None:
+            return page.records
+        return self.parse(name, self.config.streams[name], page.response)[0]
+
+    def parse(
+        self, name: str, stream: StreamDef, response: httpx.Response
+    ) -> tuple[list[dict[str, Any]], Any]:
+        """The records (JSON objects, picked by the stream's selector) and the document."""
         try:
             doc = orjson.loads(response.content)
         except orjson.JSONDecodeError:
@@ -139,7 +193,7 @@ class Pager:
                 key=f"streams.{name}.records",
                 hint="point `records:` at the list of objects, e.g. $.data",
             )
-        return Page(request, records, doc, response)
+        return records, doc
 
     def _endpoint(
         self,
@@ -149,12 +203,13 @@ class Pager:
         limit: int | None,
         executor: ThreadPoolExecutor | _Inline,
         window: int,
+        decoder: PageDecoder | None = None,
     ) -> Iterator[Page]:
         paging = self.config.pagination_of(stream)
         if isinstance(paging, PageNumberPagination | OffsetPagination):
-            yield from self._numbered(name, stream, first, paging, limit, executor, window)
+            yield from self._numbered(name, stream, first, paging, limit, executor, window, decoder)
         else:
-            yield from self._sequential(name, stream, first, paging, limit, executor)
+            yield from self._sequential(name, stream, first, paging, limit, executor, decoder)
 
     def _numbered(
         self,
@@ -165,6 +220,7 @@ class Pager:
         limit: int | None,
         executor: ThreadPoolExecutor | _Inline,
         window: int,
+        decoder: PageDecoder | None,
     ) -> Iterator[Page]:
         def request(k: int) -> Request:
             if isinstance(paging, PageNumberPagination):
@@ -181,19 +237,21 @@ class Pager:
         total = _total_pages(paging, page.doc)
         if limit is not None:
             total = min(total or limit, limit)
-        if not page.records or (size and len(page.records) < size):
+        if not page.count or (size and page.count < size):
             return
         pending: deque[Future[Page]] = deque()
         k = 1
         try:
             while True:
                 while len(pending) < window and (total is None or k < total):
-                    pending.append(executor.submit(self.fetch, name, stream, request(k), True))
+                    pending.append(
+                        executor.submit(self.fetch, name, stream, request(k), True, decoder)
+                    )
                     k += 1
                 if not pending:
                     return
                 previous, page = page, pending.popleft().result()
-                if page.records and _same(page.records, previous.records):
+                if page.count and page.ends() == previous.ends():
                     raise ConnectorError(
                         f"pagination does not advance: GET {mask_url(page.response.url)} "
                         "returned the records of the page before it",
@@ -201,11 +259,13 @@ class Pager:
                         stream=name,
                         hint="check the pagination's parameter names (`param`, `offset_param`)",
                     )
-                if not page.records or (size and len(page.records) < size):
+                if not page.count or (size and page.count < size):
                     yield page
                     return
                 if len(pending) < window and (total is None or k < total):  # keep one ahead
-                    pending.append(executor.submit(self.fetch, name, stream, request(k), True))
+                    pending.append(
+                        executor.submit(self.fetch, name, stream, request(k), True, decoder)
+                    )
                     k += 1
                 yield page
         finally:
@@ -220,15 +280,17 @@ class Pager:
         paging: Any,
         limit: int | None,
         executor: ThreadPoolExecutor | _Inline,
+        decoder: PageDecoder | None,
     ) -> Iterator[Page]:
-        future: Future[Page] | None = executor.submit(self.fetch, name, stream, first)
+        fetch = partial(self.fetch, name, stream, beyond=False, decoder=decoder)
+        future: Future[Page] | None = executor.submit(fetch, first)
         count = 0
         try:
             while future is not None:
                 page = future.result()
                 count += 1
                 following = None
-                if page.records and (limit is None or count < limit):
+                if page.count and (limit is None or count < limit):
                     following = _next_request(paging, page)
                 if following is not None and following == page.request:
                     raise ConnectorError(
@@ -240,7 +302,7 @@ class Pager:
                     )
                 future = None
                 if following is not None:
-                    future = executor.submit(self.fetch, name, stream, following)
+                    future = executor.submit(fetch, following)
                 yield page
         finally:
             if future is not None:
@@ -321,13 +383,6 @@ def _count(path: JsonPath, doc: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return None
     return int(value) if str(value).isdigit() or isinstance(value, int | float) else None
-
-
-def _same(records: list[dict[str, Any]], previous: list[dict[str, Any]]) -> bool:
-    """Whether a page repeats the page before it (an API ignoring the page parameter)."""
-    return (
-        len(records) == len(previous) and records[0] == previous[0] and records[-1] == previous[-1]
-    )
 
 
 def _field(record: dict[str, Any], dotted: str) -> Any:

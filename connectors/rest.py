@@ -85,13 +85,21 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from datetime import date, datetime, timedelta
-from itertools import chain, compress
+from itertools import compress
 from typing import Any
 
 import pyarrow as pa
 
 from connectors._rest_arrow import Columns
-from connectors._rest_config import RestConfig, StreamDef, iso_duration, parse_config
+from connectors._rest_config import (
+    CursorPagination,
+    NextUrlPagination,
+    RestConfig,
+    StreamDef,
+    iso_duration,
+    parse_config,
+)
+from connectors._rest_decode import PageDecoder
 from connectors._rest_http import Credentials, Session, mask_url, pacer_for
 from connectors._rest_paging import Page, Pager, prefetch
 from connectors.base import (
@@ -206,21 +214,24 @@ class RestSource:
                 params[definition.cursor_param] = cursor.low
         started, rows = time.perf_counter(), 0
         columns = Columns(stream.name, definition.schema_, self.name)
+        reader = _PageReader(stream.name, columns, cursor, _decoder(cfg, definition))
         with self._reading() as pager:
             depth = max(8, 2 * cfg.rate_limit.max_concurrency)
-            pages = closing(prefetch(pager.pages(stream.name, params), depth))
-            with pages as ahead:
-                for message in _batches(stream.name, ahead, columns, cursor, cfg.batch_size):
+            pages = pager.pages(stream.name, params, decoder=reader.decoder)
+            with closing(prefetch(pages, depth)) as ahead:
+                for message in reader.batches(pager, ahead, cfg.batch_size):
                     if isinstance(message, Batch):
                         rows += message.data.num_rows
                     yield message
         final = cursor.state() if cursor is not None else {}
         log.info(
-            "read %s.%s: %d rows in %.2f s, state %s",
+            "read %s.%s: %d rows in %.2f s (%d of %d pages read straight into Arrow), state %s",
             self.name,
             stream.name,
             rows,
             time.perf_counter() - started,
+            reader.decoded,
+            reader.pages,
             final,
         )
         yield Checkpoint(stream.name, final)
@@ -269,37 +280,84 @@ def _spec(name: str, stream: StreamDef, schema: pa.Schema, needed: list[str]) ->
     )
 
 
-def _batches(
-    name: str,
-    pages: Iterator[Page],
-    columns: Columns,
-    cursor: _Cursor | None,
-    batch_size: int,
-) -> Iterator[Message]:
-    """Accumulate pages into batches of about ``batch_size`` rows, checkpointing between them
-    where the cursor allows (see :class:`_Cursor`)."""
-    pending: list[list[dict[str, Any]]] = []
-    count = 0
+def _decoder(cfg: RestConfig, stream: StreamDef) -> PageDecoder | None:
+    """The stream's page decoder: none for a child stream (its records gain parent fields)."""
+    if stream.parent is not None:
+        return None
+    paging = cfg.pagination_of(stream)
+    token = None
+    if isinstance(paging, CursorPagination):
+        token = paging.cursor_path
+    elif isinstance(paging, NextUrlPagination):
+        token = paging.path
+    return PageDecoder.of(stream.records, token)
 
-    def flush() -> Iterator[Message]:
-        nonlocal pending, count
-        records = list(chain.from_iterable(pending))
-        pending, count = [], 0
-        if cursor is not None:
-            before = cursor.checkpoint_before_batch()
+
+class _PageReader:
+    """Pages into batches of about ``batch_size`` rows, checkpointing between them where the
+    cursor allows (see :class:`_Cursor`).
+
+    A page read into Arrow by the decoder is fitted to the running schema
+    (:meth:`Columns.fit`); any other page, or one that does not fit, is converted from its
+    JSON objects (:meth:`Columns.to_batch`). After each page the decoder is told the types
+    settled on, or turned off if a page it could not read left them as they were.
+    """
+
+    def __init__(
+        self, name: str, columns: Columns, cursor: _Cursor | None, decoder: PageDecoder | None
+    ) -> None:
+        self.name, self.columns, self.cursor, self.decoder = name, columns, cursor, decoder
+        self.pages = self.decoded = 0
+        if decoder is not None:
+            decoder.settle(columns.parse_types())
+
+    def batches(self, pager: Pager, pages: Iterator[Page], batch_size: int) -> Iterator[Message]:
+        pending: list[pa.RecordBatch] = []
+        count = 0
+        for page in pages:
+            batch = self._convert(pager, page)
+            if batch is not None and batch.num_rows:
+                pending.append(batch)
+                count += batch.num_rows
+            if count >= batch_size:
+                yield from self._flush(pending)
+                pending, count = [], 0
+        if count:
+            yield from self._flush(pending)
+
+    def _flush(self, pending: list[pa.RecordBatch]) -> Iterator[Message]:
+        if self.cursor is not None:
+            before = self.cursor.checkpoint_before_batch()
             if before is not None:
-                yield Checkpoint(name, before)
-        yield Batch(name, columns.to_batch(records))
+                yield Checkpoint(self.name, before)
+        yield Batch(self.name, self.columns.conform(pending))
 
-    for page in pages:
-        records = page.records if cursor is None else cursor.admit(page.records)
-        if records:
-            pending.append(records)
-            count += len(records)
-        if count >= batch_size:
-            yield from flush()
-    if count:
-        yield from flush()
+    def _convert(self, pager: Pager, page: Page) -> pa.RecordBatch | None:
+        self.pages += 1
+        if page.arrow is not None:
+            batch = self.columns.fit(page.arrow)
+            if batch is not None:
+                self.decoded += 1
+                if self.cursor is not None:
+                    values = _column(page.arrow, self.cursor.field)
+                    keep = self.cursor.admit_values(values)
+                    batch = batch if keep is None else batch.filter(keep)
+                return batch
+        records = pager.records_of(self.name, page)
+        if self.cursor is not None:
+            records = self.cursor.admit(records)
+        batch = self.columns.to_batch(records) if records else None
+        if self.decoder is not None:
+            settled = self.columns.parse_types()
+            if page.decoded_with is not None and settled == page.decoded_with:
+                self.decoder.disable()
+            self.decoder.settle(settled)
+        return batch
+
+
+def _column(batch: pa.RecordBatch, name: str) -> list[Any]:
+    index = batch.schema.get_field_index(name)
+    return batch.column(index).to_pylist() if index >= 0 else [None] * batch.num_rows
 
 
 class _Cursor:
@@ -335,18 +393,24 @@ class _Cursor:
 
     def admit(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The records of a page that are new; updates the high-water mark."""
+        keep = self.admit_values([r.get(self.field) for r in records])
+        return records if keep is None else list(compress(records, keep))
+
+    def admit_values(self, values: list[Any]) -> list[bool] | None:
+        """Which of a page's cursor values are new (None: all); updates the high-water mark."""
         field = self.field
-        values = [r.get(field) for r in records]
+        keep = None
         try:
             if self.low is not None:
                 low = self.low
                 keep = [v is not None and v > low for v in values]
-                if not all(keep):
-                    records = list(compress(records, keep))
+                if all(keep):
+                    keep = None
+                else:
                     values = list(compress(values, keep))
             present = [v for v in values if v is not None]
             if not present:
-                return records
+                return keep
             top = max(present)
             if self._ordered:
                 in_order = self._last is None or present[0] >= self._last
@@ -373,7 +437,7 @@ class _Cursor:
                 key="cursor",
                 hint="choose a cursor field with one type, or reset the stream's state",
             ) from None
-        return records
+        return keep
 
     def checkpoint_before_batch(self) -> State | None:
         """The state to commit before the batch just gathered, if it is safe; None if not."""

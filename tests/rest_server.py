@@ -191,6 +191,8 @@ class Api:
             return [r for r in rows if r["date"] >= kw.get("since", "")]
         if resource == "events":
             return [event(i) for i in range(1, self.events + 1)]
+        if resource == "bench":
+            return [bench_record(i) for i in range(self.bench_records)]
         raise KeyError(resource)
 
     @property

@@ -6,7 +6,9 @@ own. Records are compared with what the server holds, nested values as their JSO
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 
 from connectors import _rest_http, load_source
 from connectors._rest_arrow import Columns
+from connectors._rest_decode import PageDecoder
 from connectors._rest_jsonpath import JsonPath, JsonPathError
 from connectors.base import Batch, Checkpoint, ConfiguredStream, Source, StreamSpec
 from connectors.errors import ConnectorError, SourceUnavailable
@@ -259,6 +262,73 @@ def test_widening_never_loses_a_value_and_types_only_widen(records, size):
                     or (type(value) is int and type(got) is float and got == float(value))
                     or (isinstance(got, str) and got == text)
                 ), (key, value, got)
+
+
+_PAGE_VALUES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _TEXT
+    | st.sampled_from(["2026-01-02", "2026-01-02T03:04:05Z", "1.50"])
+    | st.dictionaries(_TEXT, st.integers(0, 9), max_size=2)
+    | st.lists(st.booleans(), max_size=2)
+)
+_PAGES = st.lists(
+    st.lists(st.dictionaries(st.sampled_from("abcd"), _PAGE_VALUES, max_size=4), max_size=6),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(pages=_PAGES, envelope=st.sampled_from(["data", "list", "nested"]), pretty=st.booleans())
+def test_pages_read_into_arrow_equal_the_json_path(pages, envelope, pretty):
+    """Whatever a page holds, reading it straight into Arrow gives exactly what orjson and
+    Columns.to_batch give (same values, same types), or declines and leaves it to them."""
+    selector = JsonPath(SELECTOR[envelope])
+    decoder = PageDecoder.of(selector)
+    assert decoder is not None
+    reference, fast = Columns("s"), Columns("s")
+    for records in pages:
+        doc: Any = {"data": records, "meta": {"n": 1}}
+        if envelope == "list":
+            doc = records
+        elif envelope == "nested":
+            doc = {"result": {"items": records}, "next": None}
+        body = json.dumps(doc, indent=2).encode() if pretty else orjson.dumps(doc)
+        expected = reference.to_batch(records)
+        decoded = decoder.decode(body)
+        got = None
+        if decoded is not None and decoded.batch is not None:
+            assert decoded.batch.num_rows == len(records)
+            got = fast.fit(decoded.batch)
+        if got is None:
+            got = fast.to_batch(records)
+        assert got.schema == expected.schema
+        assert got.equals(expected), (got.to_pylist(), expected.to_pylist())
+        assert fast.types == reference.types
+        decoder.settle(fast.parse_types())
+
+
+def test_flat_pages_are_read_straight_into_arrow_in_every_pagination(rest_server, caplog):
+    """Once the first page has settled the types, pages are read into Arrow: all but those
+    already fetched by then (at most the 8 prefetched, one held, 4 in flight, the first)."""
+    size = 10
+    for pagination in ("page_number", "cursor", "next_url"):
+        api = rest_server.mount(pagination=pagination, bench_records=400)
+        cfg = config(rest_server, api)
+        stream = {"path": "/bench", "records": "$.data", "primary_key": ["id"]}
+        cfg["streams"] = {"bench": stream | {"params": {"per_page": size, "limit": size}}}
+        if pagination == "page_number":
+            cfg["pagination"] = PAGINATION["page_number"] | {"size": size}
+        with caplog.at_level(logging.INFO, logger="connectors.rest"):
+            batches, _ = read(RestSource("ads", cfg), "bench")
+        assert rows(batches) == api.expected("bench")
+        line = next(r.getMessage() for r in caplog.records if "read ads.bench" in r.getMessage())
+        decoded, total = map(int, re.search(r"(\d+) of (\d+) pages read straight", line).groups())
+        assert total == 400 // size and decoded >= total - 14, line
+        caplog.clear()
 
 
 def test_declared_schema_needs_no_request_and_types_the_columns(rest_server):
