@@ -55,10 +55,13 @@ and parent columns costs no request and has the declared columns only (read stil
 others). Key and cursor columns nothing tells the type of (an empty first page) are text.
 ``full_refresh_*`` always; ``incremental_*`` when the stream has a cursor.
 
-Read: pages fetched and parsed with orjson in threads of their own, up to ``max(8, 2 *
-max_concurrency)`` pages ahead, while the reading thread converts records column-wise into
-Arrow batches of about ``batch_size`` rows, the schema widened as pages arrive
-(:mod:`connectors._rest_arrow`: nested objects and lists become JSON text). Full refresh
+Read: pages fetched in threads of their own, up to ``max(8, 2 * max_concurrency)`` pages
+ahead. Once the first page has settled the column types, those threads read each page
+straight into Arrow (:mod:`connectors._rest_decode`, C++ with the GIL released); a page that
+does not fit the settled types exactly (a new column, a wider type, nested values) is parsed
+with orjson and converted column-wise by the reading thread, the schema widened as pages
+arrive (:mod:`connectors._rest_arrow`: nested objects and lists become JSON text). Pages are
+gathered into Arrow batches of about ``batch_size`` rows. Full refresh
 ends with ``Checkpoint({})``. Incremental state is ``{"cursor": <the greatest cursor value
 delivered>}``, as the API wrote it (text or number); the next read sends
 ``cursor_param=<state - lookback>`` and keeps only records whose cursor is above it (so an
