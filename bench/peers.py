@@ -78,7 +78,8 @@ def ensure(peer: Peer, log=print) -> Path:
     log(f"installing {peer.name} into {peer.root} ({', '.join(peer.requirements)}) ...")
     steps = [
         [uv, "venv", "--quiet", "--python", sys.executable, str(peer.root)],
-        [uv, "pip", "install", "--quiet", "--python", str(peer.python), *peer.requirements],
+        [uv, "pip", "install", "--quiet", "--compile-bytecode", "--python", str(peer.python)]
+        + list(peer.requirements),
     ]
     for step in steps:
         done = subprocess.run(step, capture_output=True, text=True, check=False)
