@@ -78,9 +78,9 @@ def ensure(peer: Peer, log=print) -> Path:
     log(f"installing {peer.name} into {peer.root} ({', '.join(peer.requirements)}) ...")
     steps = [
         [uv, "venv", "--quiet", "--python", sys.executable, str(peer.root)],
-        [uv, "pip", "install", "--quiet", "--compile-bytecode", "--python", str(peer.python)]
-        + list(peer.requirements),
+        [uv, "pip", "install", "--quiet", "--compile-bytecode", "--python", str(peer.python)],
     ]
+    steps[-1] += peer.requirements
     for step in steps:
         done = subprocess.run(step, capture_output=True, text=True, check=False)
         if done.returncode:
