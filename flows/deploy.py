@@ -8,7 +8,9 @@ only talks to the server named by ``PREFECT_API_URL``:
   ``flow.from_source(<project dir>, "flows/pipeline.py:pipeline").deploy(...)``:
   no Docker image and no git, the worker runs the code where it is;
 * deployments of this stack (tag ``mdstack:<name>``) that the plan no longer has
-  are deleted, and ``prefect.yaml`` beside ``stack.yml`` is rewritten to match.
+  are deleted, and ``prefect.yaml`` beside ``stack.yml`` is rewritten to match;
+* each source gets a global concurrency limit of its ``concurrency`` slots
+  (:mod:`flows.limits`), so the bound holds across flow runs.
 
 Applying the same plan twice changes nothing (:func:`deploy` reports every
 deployment ``unchanged``); ``dry_run=True`` only reads the server and returns
@@ -37,6 +39,7 @@ from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL
 from prefect.workers.base import BaseWorker
 
+from flows.limits import ensure_source_limits
 from stack import deployments as plans
 from stack.config import load_config
 from stack.errors import ConfigError
@@ -76,6 +79,7 @@ def deploy(
         if dry_run:
             return changes
         _make_changes(client, plan, changes, {n: i for n, (i, _) in existing.items()}, project_dir)
+        ensure_source_limits(client, config)
     write_prefect_yaml(config.root / "prefect.yaml", plan, project_dir)
     return changes
 

@@ -3,7 +3,8 @@
 Thin by design: each task calls one engine function from :mod:`stack.pipeline`
 and passes ids and paths, never live connections. Stream tasks run in the
 flow's thread pool, as many at once as ``max_parallel_streams`` and each
-source's ``concurrency`` allow (:mod:`stack.parallel`); they share the run's
+source's ``concurrency`` allow (:mod:`stack.parallel`; across flow runs, the
+sources' global concurrency limits of :mod:`flows.limits`); they share the run's
 warehouse and discovered sources through :mod:`stack.run_scope`. The run's
 summary is kept as a Markdown artifact (:mod:`stack.run_report`).
 """
@@ -19,6 +20,7 @@ from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 
+from flows.limits import source_limits, source_slot
 from stack import alerts, run_report
 from stack import backfill as partitions
 from stack import pipeline as engine
@@ -55,14 +57,17 @@ def sync_stream(
     run_id: str,
     start: str | None = None,
     end: str | None = None,
+    limit: str | None = None,
 ) -> dict[str, Any]:
     """Sync one stream (resuming from its committed state), or overwrite the backfill
-    partition ``[start, end)`` of it; committed work survives a failure of this task."""
-    if start and end:
-        return partitions.sync_partition(
-            config_path, target, region, source, stream, start, end, run_id
-        )
-    return engine.sync_run_stream(config_path, target, region, source, stream, run_id)
+    partition ``[start, end)`` of it; committed work survives a failure of this task.
+    ``limit``: the source's global concurrency limit, a slot of which is held meanwhile."""
+    with source_slot(limit):
+        if start and end:
+            return partitions.sync_partition(
+                config_path, target, region, source, stream, start, end, run_id
+            )
+        return engine.sync_run_stream(config_path, target, region, source, stream, run_id)
 
 
 @task(name="dbt", task_run_name="dbt [{region}]", timeout_seconds=DBT_TIMEOUT_SECONDS)
@@ -152,14 +157,17 @@ def _sync_all(
 ) -> list[dict[str, Any]]:
     """One task per stream, started within the run's bounds; entries in ``stack.yml`` order.
 
-    Backfill partitions open the warehouse per task, so they run one at a time.
+    Backfill partitions open the warehouse per task, so they run one at a time. Each task
+    also holds a slot of its source's global limit, where the server has one
+    (:mod:`flows.limits`), so a source's ``concurrency`` holds across flow runs too.
     """
     bounds = Bounds(1, {}) if start and end else Bounds.of(config)
     region = selection.region
+    limits = source_limits(config.name, (job.source for job in selection.jobs(config)))
 
     def submit(job: StreamJob) -> Any:
         args = (path, target, region, job.source, job.stream, run_id, start, end)
-        return sync_stream.submit(*args)
+        return sync_stream.submit(*args, limit=limits.get(job.source))
 
     entries: dict[StreamJob, dict[str, Any]] = {}
     try:

@@ -7,6 +7,9 @@ are stopped by pid at the end of the run.
 
 from __future__ import annotations
 
+import threading
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -323,11 +326,15 @@ def test_a_changed_plan_updates_and_deletes_stale_deployments(tmp_path, prefect_
     path = stack(tmp_path)
     config = yaml.safe_load(path.read_text())
     config["name"] = "shop2"  # a stack of its own on the shared server
+    config["sources"]["outlet"] = config["sources"]["shop"]
     path.write_text(yaml.safe_dump(config))
     specs = {"pipeline": spec(work_pool=POOL)}
     with using_api(prefect_api), get_client(sync_client=True) as client:
         deploy(path, specs=specs)
+        assert slots(client, "shop2") == {"outlet": 1, "shop": 1}  # each source's concurrency
         config["regions"] = {"us": {"timezone": "America/Chicago", "schedule": "15 4 * * *"}}
+        del config["sources"]["outlet"]
+        config["sources"]["shop"]["concurrency"] = 3
         path.write_text(yaml.safe_dump(config))
         dry = deploy(path, dry_run=True, specs=specs)
         assert [(c.action, c.name) for c in dry] == [
@@ -342,6 +349,7 @@ def test_a_changed_plan_updates_and_deletes_stale_deployments(tmp_path, prefect_
         ]
         names = {d.name for d in client.read_deployments()}
         assert "shop2-pipeline-eu" not in names
+        assert slots(client, "shop2") == {"shop": 3}  # resized; a removed source's limit gone
         assert [c.action for c in deploy(path, dry_run=True, specs=specs)] == ["unchanged"]
         manual = {"pipeline": spec(work_pool=POOL, schedule=None)}
         config["regions"] = {"us": {"timezone": "America/Chicago"}}
@@ -349,6 +357,13 @@ def test_a_changed_plan_updates_and_deletes_stale_deployments(tmp_path, prefect_
         deploy(path, specs=manual)
         us = client.read_deployment_by_name("mdstack-pipeline/shop2-pipeline-us")
         assert us.schedules == []
+
+
+def slots(client, stack: str) -> dict[str, int]:
+    """The global concurrency limits of a stack's sources on the server: source -> slots."""
+    prefix = f"mdstack-{stack}-source-"
+    found = client.read_global_concurrency_limits(limit=200)
+    return {g.name.removeprefix(prefix): g.limit for g in found if g.name.startswith(prefix)}
 
 
 @pytest.mark.slow
@@ -546,3 +561,47 @@ def test_a_non_retryable_error_fails_at_once_and_a_rerun_redoes_only_that_stream
             "(SELECT count(*) FROM raw_feed.items) AS items"
         ).to_pylist()
     assert counts == [{"events": 9, "items": 9}]
+
+
+@pytest.mark.slow
+def test_a_source_slot_held_by_another_run_holds_the_stream_tasks_back(
+    tmp_path, prefect_api, quick_retries
+):
+    """The source's global limit has one slot and someone else (here, the test) holds it:
+    the flow's stream tasks start and wait, and read only once the slot is released."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        TaskRunFilter,
+        TaskRunFilterName,
+        TaskRunFilterStartTime,
+    )
+    from prefect.concurrency.sync import concurrency
+
+    from flows.limits import ensure_source_limits, limit_name
+
+    path = counting_stack(tmp_path)
+    log = tmp_path / "reads.jsonl"
+    outcome: dict[str, Any] = {}
+    started = datetime.now(UTC)
+    with using_api(prefect_api), get_client(sync_client=True) as client:
+        ensure_source_limits(client, load_config(path))
+
+        def waiting_task() -> bool:
+            runs = client.read_task_runs(
+                task_run_filter=TaskRunFilter(
+                    name=TaskRunFilterName(any_=["sync feed.events [us]"]),
+                    start_time=TaskRunFilterStartTime(after_=started),
+                )
+            )
+            return any(r.state and r.state.is_running() for r in runs)
+
+        with concurrency(limit_name("shop", "feed"), occupy=1, strict=True):
+            flow = threading.Thread(target=lambda: outcome.update(run=run_flow(path, prefect_api)))
+            flow.start()
+            wait_for(waiting_task, RUN_TIMEOUT, "the stream task to start")
+            time.sleep(1.0)
+            assert not log.exists() or reads(log) == []  # started, but waiting for the slot
+        flow.join(RUN_TIMEOUT)
+    state, summary = outcome["run"]
+    assert state.is_completed(), summary
+    assert {r["stream"] for r in reads(log)} == {"events", "items"}
