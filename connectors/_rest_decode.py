@@ -13,7 +13,7 @@ that schema exactly (a number in a text column, ``4.5`` in an integer column, a 
 numbers, an object, a duplicate key, a record that is not an object), and fields beyond it
 are read as Arrow infers them (the reading thread then decides, see :meth:`Columns.fit`). So
 the decoder answers only where orjson + :class:`Columns` would give the same values; anywhere
-else :meth:`PageDecoder.decode` returns None and the page is parsed with orjson as before.
+else (:attr:`Decoded.batch` is None) the page is parsed with orjson as before.
 
 It is not used before the reading thread knows any column (the first pages), and it is turned
 off for a stream where a page it could not decode left the types as they were (nested objects
@@ -21,7 +21,8 @@ on every page, say): the next pages would not fit either, and reading them twice
 
 Measured on the bench API's pages (1,000 records of 10 scalar fields, 2 cores): orjson 0.95 ms
 + conversion 0.86 ms a page, all under the GIL; Arrow's reader 2.0-2.7 ms a page on one core
-but 1.3 ms a page with 4 threads on 2 cores, leaving the GIL to the HTTP client.
+but 1.3 ms a page with 4 threads on 2 cores, leaving the GIL to the HTTP client. A read of
+500 pages went from 2.1-2.8 s to 1.7-1.8 s (fetching and parsing alone: 1.5-1.7 s).
 """
 
 from __future__ import annotations
