@@ -27,7 +27,7 @@ demo: $(VENV)/.installed          ## install, then run the demo pipeline (one si
 test: $(VENV)/.installed-dev      ## install dev extras, lint, run the whole suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, datetime
@@ -135,8 +136,14 @@ def read_pipeline(config: Any, target: str | None = None) -> PipelineInfo:
         sources=dict(data.get("sources") or {}),
         target=dict(targets.get(chosen) or {}),
         lineage=LineageConfig.model_validate(lineage) if lineage else None,
-        manifest=project / "target" / "manifest.json" if project else None,
+        manifest=_target_dir(project) / "manifest.json" if project else None,
     )
+
+
+def _target_dir(project: Path) -> Path:
+    """Where dbt writes its artifacts: ``$DBT_TARGET_PATH`` (relative to the project, as
+    dbt reads it) or the project's ``target/``."""
+    return project / os.environ.get("DBT_TARGET_PATH", "target")
 
 
 def load_manifest(path: Path | None) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Run-wide fixtures: isolated HOME/PREFECT_HOME, warehouses in tmp folders."""
+"""Run-wide fixtures: isolated HOME/PREFECT_HOME/dbt target, warehouses in tmp folders."""
 
 from __future__ import annotations
 
@@ -12,12 +12,19 @@ from stack.warehouse.duckdb import DuckDBWarehouse
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def dbt_target(project: Path) -> Path:
+    """Where dbt writes the artifacts of ``project`` in this test process."""
+    return project / os.environ.get("DBT_TARGET_PATH", "target")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Keep tools from writing into the real home (Prefect, dbt, DuckDB all like to)."""
     home = tmp_path_factory.mktemp("home")
     os.environ["HOME"] = str(home)
     os.environ["PREFECT_HOME"] = str(home / ".prefect")
+    os.environ["DBT_TARGET_PATH"] = str(home / "dbt-target")  # one per test process, so
+    os.environ["DBT_LOG_PATH"] = str(home / "dbt-logs")  # parallel workers never share them
     os.environ["DO_NOT_TRACK"] = "1"
     os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     os.environ.pop("MDSTACK_CONFIG", None)

@@ -68,9 +68,10 @@ def test_a_long_load_keeps_only_a_few_batches_alive(tmp_path):
     assert entry.inserted == count == BATCHES * ROWS_PER_BATCH
     one_batch = ROWS_PER_BATCH * (len(PAYLOAD) + 4 + 16)
     # Alive at once: the queue's two batches, and what each of DuckDB's two threads holds
-    # of the Parquet row group it is filling (30 k rows, read in place). Holding on to
+    # of Parquet row groups (30 k rows = 6 batches, read in place): the one it fills and,
+    # on a busy machine, the one still being written (27 batches seen). Holding on to
     # written batches until the commit would reach all 100.
-    assert source.peak_bytes < 20 * one_batch
+    assert source.peak_bytes < (2 + 2 * 2 * 6 + 4) * one_batch
 
 
 @pytest.mark.parametrize("streaming", [True, False])

@@ -35,7 +35,7 @@ from stack.lineage import (
     write_lineage_page,
 )
 from stack.warehouse.duckdb import DuckDBWarehouse
-from tests.conftest import ROOT
+from tests.conftest import ROOT, dbt_target
 from tests.test_pipeline import write_config
 
 STREAMS = ("customers", "orders", "order_items", "products", "marketing_spend")
@@ -65,7 +65,7 @@ def demo(tmp_path_factory):
         "path": path,
         "config": {**config, "path": str(path)},
         "summary": summary,
-        "manifest": project / "target" / "manifest.json",
+        "manifest": dbt_target(project) / "manifest.json",
         "ledger": pipeline.status(path, None),
         "warehouse": folder / "warehouse",
     }

@@ -21,7 +21,7 @@ from connectors.demo import DemoSource
 from stack import pipeline
 from stack.config import load_config
 from stack.warehouse.duckdb import DuckDBWarehouse
-from tests.conftest import ROOT
+from tests.conftest import ROOT, dbt_target
 
 pytestmark = pytest.mark.slow
 
@@ -232,7 +232,7 @@ def test_only_models_downstream_of_the_changed_stream_run_and_facts_stay_exact(t
 
     result = CliRunner().invoke(app, ["docs", "--no-serve", "-c", str(path)])
     assert result.exit_code == 0, result.output
-    manifest = json.loads((ROOT / "dbt_project" / "target" / "manifest.json").read_text())
+    manifest = json.loads((dbt_target(ROOT / "dbt_project") / "manifest.json").read_text())
     assert "model.mdstack.stg_orders" in manifest["parent_map"]["model.mdstack.fct_orders"]
-    catalog = json.loads((ROOT / "dbt_project" / "target" / "catalog.json").read_text())
+    catalog = json.loads((dbt_target(ROOT / "dbt_project") / "catalog.json").read_text())
     assert "model.mdstack.fct_orders" in catalog["nodes"]
