@@ -10,7 +10,8 @@ the types the reading thread has settled on so far (:meth:`Columns.parse_types`)
 place the record selector names (``$.data``, ``$.result.items[*]``, ``$``), plus the page
 token of a cursor or next-URL pagination as text. Arrow's reader refuses what does not fit
 that schema exactly (a number in a text column, ``4.5`` in an integer column, a boolean among
-numbers, an object, a duplicate key, a record that is not an object), and fields beyond it
+numbers, an object, a duplicate key, a record that is not an object; NaN, Infinity, text
+that is not UTF-8 and ``-0`` in a float column are checked after it), and fields beyond it
 are read as Arrow infers them (the reading thread then decides, see :meth:`Columns.fit`). So
 the decoder answers only where orjson + :class:`Columns` would give the same values; anywhere
 else (:attr:`Decoded.batch` is None) the page is parsed with orjson as before.
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from connectors._json_arrow import CONVERSION_ERRORS
@@ -112,6 +114,9 @@ class PageDecoder:
         if settled is None:
             return None
         types, options = settled
+        declined = Decoded(None, {}, types)
+        if body.lstrip()[:1] != (b"[" if self._wrap else b"{"):
+            return declined  # null, a BOM, not JSON: orjson's path answers (Arrow may crash)
         if self._wrap:
             body = b'{"' + _ROOT.encode() + b'":' + body + b"}"
         try:
@@ -121,16 +126,19 @@ class PageDecoder:
                 parse_options=options,
             )
         except CONVERSION_ERRORS:
-            return Decoded(None, {}, types)
-        if table.num_rows != 1:  # several JSON values: not one document
-            return Decoded(None, {}, types)
+            return declined
+        if table.num_rows != 1 or (self._wrap and table.column_names != [_ROOT]):
+            return declined  # several JSON values, or text after the list: not one document
         lists = _follow(table, self._records)
         if lists is None or lists.null_count:
             return Decoded(pa.RecordBatch.from_pydict({}), self._doc(table), types)
         records = lists.flatten()
         if records.null_count:  # a null among the records: orjson's path names the error
-            return Decoded(None, {}, types)
-        return Decoded(pa.RecordBatch.from_struct_array(records), self._doc(table), types)
+            return declined
+        batch = pa.RecordBatch.from_struct_array(records)
+        if not _as_orjson_reads(batch):
+            return declined
+        return Decoded(batch, self._doc(table), types)
 
     def _doc(self, table: pa.Table) -> dict[str, Any]:
         if self._token is None:
@@ -140,6 +148,23 @@ class PageDecoder:
         for key in reversed(self._token):
             value = {key: value}
         return value
+
+
+def _as_orjson_reads(batch: pa.RecordBatch) -> bool:
+    """Whether orjson would read these values alike: Arrow's reader also takes NaN and
+    Infinity (not JSON), text that is not UTF-8, and reads the integer ``-0`` as -0.0."""
+    try:
+        batch.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    for column in batch.columns:
+        if pa.types.is_floating(column.type) and column.null_count < len(column):
+            if not pc.all(pc.is_finite(column)).as_py():
+                return False
+            zeros = column.filter(pc.equal(column, 0.0))
+            if len(zeros) and pc.any(pc.less(pc.divide(1.0, zeros), 0.0)).as_py():
+                return False
+    return True
 
 
 def _nest(keys: tuple[str, ...], leaf: pa.DataType) -> pa.Field:

@@ -86,14 +86,15 @@ class Page:
     def count(self) -> int:
         return self.arrow.num_rows if self.arrow is not None else len(self.records)
 
-    def ends(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The first and last records, without null fields (comparable across forms)."""
+    def ends(self) -> tuple[int, dict[str, Any], dict[str, Any]]:
+        """The record count, first and last records without null fields (comparable across
+        forms): equal for a page that repeats the page before it."""
         if self.arrow is not None:
             edges = self.arrow.take([0, self.count - 1]).to_pylist()
         else:
             edges = [self.records[0], self.records[-1]]
         first, last = ({k: v for k, v in r.items() if v is not None} for r in edges)
-        return first, last
+        return self.count, first, last
 
 
 class Pager:

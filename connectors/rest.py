@@ -337,7 +337,7 @@ class _PageReader:
 
     def _convert(self, pager: Pager, page: Page) -> pa.RecordBatch | None:
         self.pages += 1
-        if page.arrow is not None:
+        if page.arrow is not None and not self._float_cursor(page.arrow):
             batch = self.columns.fit(page.arrow)
             if batch is not None:
                 self.decoded += 1
@@ -356,6 +356,13 @@ class _PageReader:
                 self.decoder.disable()
             self.decoder.settle(settled)
         return batch
+
+    def _float_cursor(self, raw: pa.RecordBatch) -> bool:
+        """Whether the cursor is read as floats, which would turn its integers (the state
+        the next read sends) into floats: such pages take orjson's path."""
+        if self.cursor is None or self.cursor.field not in raw.schema.names:
+            return False
+        return pa.types.is_floating(raw.schema.field(self.cursor.field).type)
 
 
 def _column(batch: pa.RecordBatch, name: str) -> list[Any]:

@@ -311,6 +311,39 @@ def test_pages_read_into_arrow_equal_the_json_path(pages, envelope, pretty):
         decoder.settle(fast.parse_types())
 
 
+@pytest.mark.parametrize(
+    ("selector", "body"),
+    [
+        ("$.data", b"null"),  # pyarrow's reader crashes the process on this one
+        ("$.data", b" null\n{}"),
+        ("$.data", b'\xef\xbb\xbf{"data": [{"id": 1}]}'),  # a BOM: orjson refuses it
+        ("$.data", b'{"data": [{"id": 1, "v": NaN}]}'),
+        ("$.data", b'{"data": [{"id": 1, "v": -Infinity}]}'),
+        ("$.data", b'{"data": [{"id": 1, "s": "\xff"}]}'),  # not UTF-8
+        ("$.data", b'{"data": [{"id": 1, "v": -0}]}'),  # orjson: the integer 0
+        ("$", b'[{"id": 1}], "z": 1'),  # not one JSON document once wrapped
+    ],
+)
+def test_bodies_orjson_would_refuse_or_read_otherwise_are_left_to_it(selector, body):
+    decoder = PageDecoder.of(JsonPath(selector))
+    decoder.settle({"id": pa.int64(), "v": pa.float64(), "s": pa.string()})
+    decoded = decoder.decode(body)
+    assert decoded is not None and decoded.batch is None
+
+
+def test_an_integer_cursor_in_a_float_column_is_saved_as_an_integer(rest_server):
+    api = rest_server.mount(pagination="page_number", bench_records=30)
+    cfg = config(rest_server, api)
+    cfg["pagination"] = PAGINATION["page_number"] | {"size": 5}
+    declared = {"id": "number"}  # read as floats: the cursor's state must stay an integer
+    stream = {"path": "/bench", "records": "$.data", "primary_key": ["id"], "cursor": "id"}
+    cfg["streams"] = {"bench": stream | {"schema": declared}}
+    source = RestSource("ads", cfg)
+    batches, states = read(source, "bench", "incremental_append")
+    assert sum(b.num_rows for b in batches) == 30
+    assert states[-1] == {"cursor": 29} and type(states[-1]["cursor"]) is int
+
+
 def test_flat_pages_are_read_straight_into_arrow_in_every_pagination(rest_server, caplog):
     """Once the first page has settled the types, pages are read into Arrow: all but those
     already fetched by then (at most the 8 prefetched, one held, 4 in flight, the first)."""
