@@ -138,7 +138,10 @@ class Columns:
         """Batches converted one page at a time, as one batch of the running schema.
 
         A column that widened since an earlier page is widened there too: integers to
-        floats, anything to text (each value as its JSON text, as :meth:`to_batch` would).
+        floats, anything to text (each value as its JSON text). Values an earlier page had
+        already read as floats stay floats in text (``5.0`` where the API wrote ``5``), as
+        rows of earlier batches do when the warehouse widens the column; a new column that
+        was null on an earlier page takes its place where it first had a value.
         """
         names = {n for b in batches for n in b.schema.names}
         schema = pa.schema([(n, t) for n, t in self.types.items() if n in names])
