@@ -108,12 +108,16 @@ class StagedLoad:
         for stage in (self.records, self.deletes):
             stage.flush()
         rows, deletes = _prepare(wh, plan, self, ctx)
-        if rows and plan.mode == "incremental_deduped" and plan.stream.cursor:
+        # The region's first rows (a first load, a new region): nothing to match, so no
+        # stale check, no match count and an INSERT instead of a MERGE (a 2 M-row first
+        # load spent 1.1 s of 5.5 s in those three statements).
+        merge = bool(rows) and _dedupes(plan) and _region_has_rows(wh, plan.target, ctx.region)
+        if merge and plan.mode == "incremental_deduped" and plan.stream.cursor:
             _check_stale(wh, plan, self, rows)
         self.bad.flush()
         now = utcnow()
         with wh.transaction():
-            _apply(wh, plan, self.records.columns, rows, deletes, ctx, entry)
+            _apply(wh, plan, self.records.columns, rows, deletes, ctx, entry, merge)
             if self.bad.ref:
                 wh.execute(
                     ledger.quarantine_sql(wh, self.bad.ref),
@@ -209,8 +213,10 @@ def _apply(
     deletes: str | None,
     ctx: RunContext,
     entry: ledger.RunEntry,
+    merge: bool,
 ) -> None:
-    """Write one commit: clear (overwrite), then deletes of earlier rows, then new rows."""
+    """Write one commit: clear (overwrite), then deletes of earlier rows, then new rows
+    (merged by key where ``merge``, else inserted)."""
     target = plan.target
     if _soft_overwrite(plan):
         if rows:
@@ -233,7 +239,7 @@ def _apply(
     if rows:
         ref = wh.stage_ref(rows)
         total = _count(wh, f"SELECT count(*) FROM {ref}")
-        if _dedupes(plan):
+        if merge:
             matched = _count(wh, sql.count_matches(target, ref, plan.keys))
             wh.execute(sql.merge_sql(target, ref, plan.keys, plan.stream.cursor, columns))
             entry.updated += matched
@@ -280,6 +286,12 @@ def detect_deletes(
         entry.deleted += count
     finally:
         wh.drop_stage(gone)
+
+
+def _region_has_rows(wh: Warehouse, target: str, region: str) -> bool:
+    """Whether the target holds any row of ``region``, deleted (soft) rows included."""
+    found = wh.query(f"SELECT 1 FROM {target} WHERE {sql.ident(sql.REGION)} = ? LIMIT 1", [region])
+    return found.num_rows > 0
 
 
 def _count(wh: Warehouse, query: str, params: list | None = None) -> int:
