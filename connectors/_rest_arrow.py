@@ -112,9 +112,9 @@ class Columns:
         for field in raw.schema:
             name, kind = field.name, field.type
             current = self.types.get(name)
-            if current is None or (name in self._text and self.declared.get(name) == "json"):
-                if pa.types.is_null(kind) and current is None:
-                    continue  # a column without a value so far stays out
+            if current is None and pa.types.is_null(kind):
+                continue  # a column without a value so far stays out
+            if current is None or self.declared.get(name) == "json":
                 return None
             column = raw.column(name)
             if pa.types.is_null(kind):

@@ -79,7 +79,7 @@ class PageDecoder:
         if token is not None:
             token_keys = token.plain_keys()
             shared = min(len(keys), len(token_keys or ()))
-            if not token_keys or not keys or keys[:shared] == token_keys[:shared]:
+            if not token_keys or keys[:shared] == token_keys[:shared]:
                 return None  # the token at the root, among the records, or holding them
         return cls(keys, token_keys)
 

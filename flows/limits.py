@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.responses import GlobalConcurrencyLimitResponse
 from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectNotFound
 
 from stack.config import StackConfig
 
@@ -44,17 +43,12 @@ def ensure_source_limits(client: SyncPrefectClient, config: StackConfig) -> None
 
 
 def source_limits(stack: str, sources: Iterable[str]) -> dict[str, str]:
-    """Source -> its limit's name, for the sources that have a limit on the server."""
-    found = {}
+    """Source -> its limit's name, for the sources that have a limit on the server (one
+    listing of the limits, not a request per source)."""
     with get_client(sync_client=True) as client:
-        for source in dict.fromkeys(sources):
-            name = limit_name(stack, source)
-            try:
-                client.read_global_concurrency_limit_by_name(name)
-            except ObjectNotFound:
-                continue
-            found[source] = name
-    return found
+        existing = {limit.name for limit in _all_limits(client)}
+    names = {source: limit_name(stack, source) for source in sources}
+    return {source: name for source, name in names.items() if name in existing}
 
 
 @contextmanager
