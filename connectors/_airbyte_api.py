@@ -9,11 +9,18 @@ job has a status its enum lacks.
 
 With client credentials, the SDK caches the access token until shortly before it expires
 and drops it on a 401; each call is then retried once, with a fresh token.
+
+Every request, the token request included, has a connect, read, write and pool timeout
+(``request_timeout``, 30 s by default): the SDK is given its own ``httpx`` client with that
+timeout, and each operation's ``timeout_ms`` too. A request that times out, fails to
+connect, or is answered 429 / 5xx is retried with backoff for up to twice the timeout
+(then :class:`SourceUnavailable`, naming the server and the request that timed out).
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,10 +40,16 @@ RUNNING = ("pending", "queued", "running", "incomplete")
 """Job statuses to keep polling (``incomplete``: an attempt failed, Airbyte retries)."""
 ENDED = ("succeeded", "failed", "cancelled")
 
-_REQUEST_TIMEOUT_MS = 30_000
-_RETRY = airbyte_api.utils.RetryConfig(
-    "backoff", airbyte_api.utils.BackoffStrategy(500, 10_000, 2.0, 60_000), True
-)
+REQUEST_TIMEOUT = 30.0
+"""Seconds a request may take to connect, and then between bytes of the answer (default)."""
+
+
+def _retry(timeout_ms: int) -> airbyte_api.utils.RetryConfig:
+    """Backoff (0.5 s, doubling, up to 10 s, plus up to 0.5 s jitter) on network errors,
+    timeouts, 429 and 5xx, for up to twice the request timeout: a request that times out
+    is tried about twice, not for minutes."""
+    backoff = airbyte_api.utils.BackoffStrategy(500, 10_000, 2.0, 2 * timeout_ms, jitter_ms=500)
+    return airbyte_api.utils.RetryConfig("backoff", backoff, True)
 
 
 @dataclass(frozen=True)
@@ -77,11 +90,19 @@ class AlreadyRunning(Exception):
 class AirbyteClient:
     """Airbyte API calls about one connection, errors translated."""
 
-    def __init__(self, source: str, api_url: str, connection_id: str, auth: Auth) -> None:
+    def __init__(
+        self,
+        source: str,
+        api_url: str,
+        connection_id: str,
+        auth: Auth,
+        request_timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
         self.source = source
         self.api_url = api_url
         self.connection_id = connection_id
         self.auth = auth
+        self.request_timeout = request_timeout
         if auth.bearer:
             security = models.Security(bearer_auth=auth.bearer)
         else:
@@ -92,11 +113,17 @@ class AirbyteClient:
                     token_url=auth.token_url,
                 )
             )
+        # our own client: the token request, which the SDK sends without a timeout_ms, gets
+        # the client's timeout (the SDK leaves a client it was given open: closed here)
+        http = httpx.Client(follow_redirects=True, timeout=httpx.Timeout(request_timeout))
+        weakref.finalize(self, http.close)
+        timeout_ms = max(1, round(request_timeout * 1000))
         self.sdk = airbyte_api.AirbyteAPI(
             server_url=api_url,
             security=security,
-            retry_config=_RETRY,
-            timeout_ms=_REQUEST_TIMEOUT_MS,
+            client=http,
+            retry_config=_retry(timeout_ms),
+            timeout_ms=timeout_ms,
         )
 
     def connection(self) -> models.ConnectionResponse:
@@ -177,6 +204,15 @@ class AirbyteClient:
             ) from None
         except errors.SDKError as exc:
             raise self._http_error(exc.raw_response) from None
+        except httpx.TimeoutException as exc:
+            raise SourceUnavailable(
+                f"{_request_of(exc)} to the Airbyte API at {self.api_url} timed out after "
+                f"{self.request_timeout:g} s, retried ({type(exc).__name__})",
+                **where,
+                key="request_timeout",
+                hint="check that the Airbyte server is up and answering; retrying later may "
+                "help; raise `request_timeout` if it is only slow",
+            ) from None
         except (httpx.TransportError, errors.NoResponseError) as exc:
             raise SourceUnavailable(
                 f"cannot reach the Airbyte API at {self.api_url}: {type(exc).__name__}",
@@ -216,6 +252,15 @@ class AirbyteClient:
         if status == 429 or status >= 500:
             return SourceUnavailable(text, **where, hint="Airbyte is busy or down; retry later")
         return ConnectorError(text, **where)
+
+
+def _request_of(exc: httpx.TimeoutException) -> str:
+    """``METHOD /path`` of the request that timed out."""
+    try:
+        request = exc.request
+    except RuntimeError:  # httpx raised it before the request was attached
+        return "a request"
+    return f"{request.method} {request.url.path}"
 
 
 def airbyte_message(response: httpx.Response) -> str:

@@ -11,10 +11,15 @@ Config (see :data:`_SPEC`): ``connection_id``; ``api_url`` (Airbyte Cloud by def
 self-hosted server's is ``http://HOST:8000/api/public/v1``); auth by ``bearer`` token or
 ``client_id`` + ``client_secret`` (an Airbyte application; the token comes from
 ``token_url``, by default ``<api_url>/applications/token``); ``timeout`` and
-``poll_interval`` in seconds; ``on_running``.
+``poll_interval`` in seconds; ``request_timeout`` (seconds, 30 by default): how long one API
+request may take to connect, and then to answer; ``on_running``.
 
-A job still running at ``timeout``, or when the read is interrupted, is cancelled if this
-source started it (a job it attached to belongs to someone else and is left alone).
+A request that times out is retried for up to twice ``request_timeout``, then fails the
+call with a retryable :class:`SourceUnavailable` naming the server and the request. A poll
+that fails so is retried at the next poll; after :data:`_POLL_TRIES` failed polls in a row
+the read gives up (retryable). A job still running at ``timeout``, when the polls give up,
+or when the read is interrupted, is cancelled if this source started it (a job it attached
+to belongs to someone else and is left alone).
 ``failed`` is retryable (Airbyte's public API reports no failure reason: see the job's
 logs in Airbyte); ``cancelled`` is not.
 """
@@ -31,7 +36,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from connectors._airbyte_api import ENDED, AirbyteClient, AlreadyRunning, Auth, Job
+from connectors._airbyte_api import (
+    ENDED,
+    REQUEST_TIMEOUT,
+    AirbyteClient,
+    AlreadyRunning,
+    Auth,
+    Job,
+)
 from connectors.base import (
     Catalog,
     Checkpoint,
@@ -51,6 +63,9 @@ log = logging.getLogger(__name__)
 
 CLOUD_API = "https://api.airbyte.com/v1"
 
+_POLL_TRIES = 3
+"""Polls failing in a row (each after its own retries) before the read gives up on the job."""
+
 _SPEC: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "Airbyte server connection",
@@ -64,8 +79,19 @@ _SPEC: dict[str, Any] = {
         "client_id": {"type": "string"},
         "client_secret": {"type": "string", "writeOnly": True},
         "token_url": {"type": "string", "description": "default: <api_url>/applications/token"},
-        "timeout": {"type": "number", "exclusiveMinimum": 0, "default": 21600},
+        "timeout": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "default": 21600,
+            "description": "seconds the job may run; it is cancelled then (if started here)",
+        },
         "poll_interval": {"type": "number", "exclusiveMinimum": 0, "default": 10},
+        "request_timeout": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "default": REQUEST_TIMEOUT,
+            "description": "seconds one API request may take to connect, then to answer",
+        },
         "on_running": {"enum": ["wait", "fail"], "default": "wait"},
     },
 }
@@ -93,6 +119,7 @@ class _Config:
     timeout: float
     poll_interval: float
     on_running: str
+    request_timeout: float
 
 
 def _parse_config(source: str, config: Mapping[str, Any]) -> _Config:
@@ -106,7 +133,7 @@ def _parse_config(source: str, config: Mapping[str, Any]) -> _Config:
     for key in ("connection_id", "api_url", "bearer", "client_id", "client_secret", "token_url"):
         if key in values and (not isinstance(values[key], str) or not values[key]):
             raise _bad(source, key, f"{key} must be a non-empty string", f"set `{key}:`")
-    for key in ("timeout", "poll_interval"):
+    for key in ("timeout", "poll_interval", "request_timeout"):
         value = values[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise _bad(source, key, f"{key} must be a positive number of seconds", f"{key}: 60")
@@ -127,7 +154,8 @@ def _parse_config(source: str, config: Mapping[str, Any]) -> _Config:
         values.get("bearer"), values.get("client_id"), values.get("client_secret"), token_url
     )
     timing = (float(values["timeout"]), float(values["poll_interval"]))
-    return _Config(connection_id, api_url, auth, *timing, values["on_running"])
+    request_timeout = float(values["request_timeout"])
+    return _Config(connection_id, api_url, auth, *timing, values["on_running"], request_timeout)
 
 
 def _bad(source: str, key: str, message: str, hint: str) -> ConnectorError:
@@ -186,7 +214,9 @@ class AirbyteServerSource:
 
     def _client(self) -> AirbyteClient:
         cfg = self._parsed.get()
-        return AirbyteClient(self.name, cfg.api_url, cfg.connection_id, cfg.auth)
+        return AirbyteClient(
+            self.name, cfg.api_url, cfg.connection_id, cfg.auth, cfg.request_timeout
+        )
 
     def _sync(self) -> Job:
         """Start (or attach to) a sync job and wait for it to succeed."""
@@ -224,10 +254,12 @@ class AirbyteServerSource:
         return client.start_sync()  # it ended between the 409 and the listing
 
     def _wait(self, client: AirbyteClient, job: Job, ours: bool) -> Job:
-        """Poll until the job ends; cancel it (if ours) on timeout or interruption."""
+        """Poll until the job ends; cancel it (if ours) on timeout, when the polls give up,
+        or on interruption."""
         cfg = self._parsed.get()
         deadline = time.monotonic() + cfg.timeout
         ended = False
+        failed = 0  # polls failed in a row
         try:
             while job.status not in ENDED:  # unknown statuses too: keep polling
                 left = deadline - time.monotonic()
@@ -235,7 +267,16 @@ class AirbyteServerSource:
                     ended = True  # cancelled here, so that the error can say how that went
                     raise self._timed_out(client, job, ours)
                 time.sleep(min(cfg.poll_interval, left))
-                job = self._poll(client, job)
+                try:
+                    job, failed = self._poll(client, job), 0
+                except SourceUnavailable as exc:
+                    failed += 1
+                    if failed >= _POLL_TRIES:
+                        ended = True
+                        raise self._unreachable(client, job, ours, exc) from None
+                    log.warning(
+                        "%s: polling Airbyte job %s failed, will retry: %s", self.name, job.id, exc
+                    )
             ended = True
         finally:
             if not ended and ours:
@@ -243,32 +284,47 @@ class AirbyteServerSource:
         return job
 
     def _poll(self, client: AirbyteClient, job: Job) -> Job:
-        """The job's new status; a network hiccup keeps the old one (the job runs on)."""
-        try:
-            polled = client.job(job.id)
-        except SourceUnavailable as exc:
-            log.warning("%s: polling Airbyte job %s failed, will retry: %s", self.name, job.id, exc)
-            return job
+        """The job's new status.
+
+        Raises:
+            SourceUnavailable: the API did not answer (the job may run on: poll again).
+        """
+        polled = client.job(job.id)
         if polled.status != job.status:
             log.info("%s: Airbyte job %s is %s", self.name, job.id, polled.status)
         return polled
 
     def _timed_out(self, client: AirbyteClient, job: Job, ours: bool) -> ConnectorError:
         """The timeout error, once the job is cancelled if ours: it says what became of it."""
-        hint = "raise `timeout`, or look at the job in Airbyte"
-        if not ours:
-            fate = "; it was started outside this run and is left running"
-        elif (refused := self._cancel(client, job)) is None:
-            fate = "; it was cancelled"
-        else:
-            fate = f"; cancelling it failed too ({refused}), so it may still be running"
-            hint = f"cancel job {job.id} in Airbyte, then {hint}"
+        fate, hint = self._fate(client, job, ours, "raise `timeout`, or look at the job in Airbyte")
         return ConnectorError(
             f"Airbyte job {job.id} did not finish within {self._parsed.get().timeout:g} s{fate}",
             source=self.name,
             key="timeout",
             hint=hint,
         )
+
+    def _unreachable(
+        self, client: AirbyteClient, job: Job, ours: bool, last: SourceUnavailable
+    ) -> SourceUnavailable:
+        """The error when the polls give up, once the job is cancelled if ours (retryable)."""
+        fate, hint = self._fate(client, job, ours, last.hint or "retry later")
+        return SourceUnavailable(
+            f"gave up waiting for Airbyte job {job.id}: {_POLL_TRIES} polls in a row failed, "
+            f"the last with: {last.message}{fate}",
+            source=self.name,
+            key=last.key,
+            hint=hint,
+        )
+
+    def _fate(self, client: AirbyteClient, job: Job, ours: bool, hint: str) -> tuple[str, str]:
+        """Cancel the job if ours: what became of it (for a message), and the hint to give."""
+        if not ours:
+            return "; it was started outside this run and is left running", hint
+        if (refused := self._cancel(client, job)) is None:
+            return "; it was cancelled", hint
+        fate = f"; cancelling it failed too ({refused}), so it may still be running"
+        return fate, f"cancel job {job.id} in Airbyte, then {hint}"
 
     def _cancel(self, client: AirbyteClient, job: Job) -> str | None:
         """Cancel a job of ours, best effort: None, or why Airbyte refused (also logged)."""

@@ -14,7 +14,12 @@ client-credentials token requests, ``Authorization: Bearer``. Endpoints:
 * ``DELETE /v1/jobs/{id}``: cancels the job (or refuses, 403, with ``refuse_cancel``).
 
 A job's script is the list of statuses it reports, one per ``GET``, staying on the last.
-Every request is logged (method, path, whether it was authorised) in ``calls``.
+Every request is logged (method, path, whether it was authorised) in ``calls``. With
+``silent_polls``, a ``GET /v1/jobs/{id}`` is read and logged but never answered: its handler
+holds the connection until the server stops (a server that hangs).
+
+Each connection is served by its own daemon thread, so a handler that hangs never holds up
+another request.
 """
 
 from __future__ import annotations
@@ -92,6 +97,7 @@ class AirbyteApi:
     jobs: dict[int, Job] = field(default_factory=dict)
     script: list[str] = field(default_factory=lambda: ["running", "succeeded"])
     refuse_cancel: bool = False
+    silent_polls: bool = False
     rows: int = 1234
     bytes: int = 56789
     calls: list[tuple[str, str, bool]] = field(default_factory=list)
@@ -110,7 +116,8 @@ class AirbyteApi:
         return [path for m, path, _ in self.calls if m == method]
 
     # -- request handling (under the lock) ----------------------------------------------------
-    def handle(self, method: str, url: str, headers: Any, body: bytes) -> tuple[int, Any]:
+    def handle(self, method: str, url: str, headers: Any, body: bytes) -> tuple[int, Any] | None:
+        """The status and JSON body to answer, or None to leave the request unanswered."""
         with self._lock:
             parts = urlsplit(url)
             if method == "POST" and parts.path == "/v1/applications/token":
@@ -120,6 +127,8 @@ class AirbyteApi:
             self.calls.append((method, parts.path, authorised))
             if not authorised:
                 return 401, {"message": "Unauthorized", "status": 401}
+            if self.silent_polls and method == "GET" and parts.path.startswith("/v1/jobs/"):
+                return None
             return self._route(method, parts.path, parse_qs(parts.query), body)
 
     def _token(self, body: bytes) -> tuple[int, Any]:
@@ -205,7 +214,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        status, payload = self.server.api.handle(self.command, self.path, self.headers, body)
+        answer = self.server.api.handle(self.command, self.path, self.headers, body)
+        if answer is None:  # hang: hold the connection, unanswered, until the server stops
+            self.server.stopping.wait()
+            self.close_connection = True
+            return
+        status, payload = answer
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -225,6 +239,7 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, api: AirbyteApi) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.api = api
+        self.stopping = threading.Event()
 
 
 @contextmanager
@@ -239,6 +254,7 @@ def serving(api: AirbyteApi) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     finally:
+        server.stopping.set()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)

@@ -2,9 +2,10 @@
 
 Real HTTP through the real ``airbyte-api`` SDK: job lifecycles (queued -> running ->
 succeeded, incomplete attempts, statuses the SDK does not know), failures with Airbyte's
-message, a job already running (409), timeouts and interruptions that cancel the job,
-bearer and client-credentials auth (token fetch and refresh), and a pipeline-level check
-that the streams Airbyte loaded select their dbt models.
+message, a job already running (409), timeouts and interruptions that cancel the job, a
+server that stops answering (request timeouts), bearer and client-credentials auth (token
+fetch and refresh), and a pipeline-level check that the streams Airbyte loaded select
+their dbt models.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import io
 import json
 import logging
-import signal
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,8 +23,9 @@ import pytest
 import yaml
 
 from connectors import airbyte_serve, airbyte_server, load_source
+from connectors._airbyte_api import AirbyteClient
 from connectors.base import Checkpoint, ConfiguredStream, ExternalLoad, Source
-from connectors.errors import ConnectorError
+from connectors.errors import ConnectorError, SourceUnavailable
 from stack import pipeline, transform
 from stack.config import SourceConfig
 from stack.plan import RunContext
@@ -162,27 +165,68 @@ def test_a_timeout_whose_cancel_is_refused_says_the_job_may_still_run(url, api):
     assert api.jobs[4242].status == "running"
 
 
-def test_an_interrupted_read_cancels_its_job_but_not_a_job_it_attached_to(url, api):
+def test_an_interrupted_read_cancels_its_job_but_not_a_job_it_attached_to(url, api, monkeypatch):
     api.script = ["running"]
+    polled: list[int] = []
+    poll = AirbyteClient.job
 
-    def interrupt(*_):
-        raise KeyboardInterrupt
+    def poll_then_interrupt(client: AirbyteClient, job_id: int):
+        """Ctrl-C while the job is waited for: as every 2nd poll's answer arrives."""
+        job = poll(client, job_id)
+        polled.append(job.id)
+        if len(polled) % 2 == 0:
+            raise KeyboardInterrupt
+        return job
 
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.3)
-        with pytest.raises(KeyboardInterrupt):
-            _read(_source(url))
-        assert api.requests("DELETE") == ["/v1/jobs/4242"]
+    monkeypatch.setattr(AirbyteClient, "job", poll_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _read(_source(url))
+    assert polled == [4242, 4242]  # interrupted while job 4242 (started here) was running
+    assert api.requests("DELETE") == ["/v1/jobs/4242"]
+    assert api.jobs[4242].status == "cancelled"
 
-        theirs = api.add_job(CONN, ["running"])
-        signal.setitimer(signal.ITIMER_REAL, 0.3)
-        with pytest.raises(KeyboardInterrupt):
-            _read(_source(url))
-        assert api.jobs[theirs.id].status == "running"
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    theirs = api.add_job(CONN, ["running"])
+    with pytest.raises(KeyboardInterrupt):
+        _read(_source(url))
+    assert polled[2:] == [theirs.id] * 2  # attached to it (409), interrupted while it ran
+    assert api.requests("DELETE") == ["/v1/jobs/4242"]  # no cancel of theirs
+    assert api.jobs[theirs.id].status == "running"
+
+
+def test_a_server_that_stops_answering_fails_the_poll_within_the_timeout(url, api):
+    api.script, api.silent_polls = ["running"], True  # GET /v1/jobs/{id}: never answered
+    started = time.monotonic()
+    with pytest.raises(SourceUnavailable) as err:
+        _read(_source(url, request_timeout=0.2))
+    took = time.monotonic() - started
+    message = str(err.value)
+    assert err.value.retryable and err.value.key == "request_timeout"
+    assert f"GET /v1/jobs/4242 to the Airbyte API at {url} timed out after 0.2 s" in message
+    assert "gave up waiting for Airbyte job 4242: 3 polls in a row failed" in message
+    # each poll is retried for up to twice the timeout (one retry here); then the job is
+    # cancelled, answered while the unanswered polls still hold their connections
+    assert 3 <= api.requests("GET").count("/v1/jobs/4242") <= 6
+    assert "; it was cancelled" in message and api.jobs[4242].status == "cancelled"
+    assert took < 10, f"took {took:.1f} s"
+
+
+@pytest.mark.parametrize("auth", ["bearer", "client credentials"])
+def test_a_server_that_accepts_but_never_answers_fails_check_within_the_timeout(auth):
+    credentials = {"bearer": TOKEN}
+    if auth == "client credentials":
+        credentials = {"client_id": "cid-silent", "client_secret": SECRET}
+    # connections complete in the listen queue, and nothing ever reads or answers them
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as silent:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+        config = {"api_url": url, "connection_id": CONN, "request_timeout": 0.2}
+        started = time.monotonic()
+        result = load_source("airbyte_server", "ab", config | credentials).check()
+        took = time.monotonic() - started
+    request = "GET /v1/connections/" + CONN if auth == "bearer" else "POST /v1/applications/token"
+    assert not result.ok
+    assert f"{request} to the Airbyte API at {url} timed out after 0.2 s" in result.message
+    assert "request_timeout" in result.message and SECRET not in result.message
+    assert took < 5, f"took {took:.1f} s"
 
 
 def test_a_refused_token_is_a_clear_error_without_the_token(url, api, caplog):
@@ -236,6 +280,7 @@ def test_an_expiring_token_is_fetched_again(url, api):
         ({"connection_id": CONN}, "bearer"),
         ({"connection_id": CONN, "bearer": TOKEN, "client_id": "x"}, "bearer"),
         ({"connection_id": CONN, "bearer": TOKEN, "timeout": -1}, "timeout"),
+        ({"connection_id": CONN, "bearer": TOKEN, "request_timeout": 0}, "request_timeout"),
         ({"connection_id": CONN, "bearer": TOKEN, "on_running": "queue"}, "on_running"),
         ({"connection_id": CONN, "bearer": TOKEN, "api_key": "x"}, "api_key"),
     ],
