@@ -59,6 +59,9 @@ class StreamSpec:
         emits_deletes: whether ``read`` yields :class:`Deletes` (CDC tombstones).
         loaded_externally: another system (an Airbyte server) loads this stream into the
             warehouse; ``read`` runs that load and yields :class:`ExternalLoad`, never records.
+        immutable: columns whose value never changes once a record exists (a creation
+            time; a cursor of records that are never updated). A backfill may cut a
+            deduped stream into partitions on them.
     """
 
     name: str
@@ -68,6 +71,7 @@ class StreamSpec:
     sync_modes: tuple[SyncMode, ...] = ("full_refresh_overwrite", "full_refresh_append")
     emits_deletes: bool = False
     loaded_externally: bool = False
+    immutable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

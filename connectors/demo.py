@@ -140,17 +140,27 @@ _LINES_GONE = _schema(f"order_id:int64 line_no:int64 {DELETED_AT}:ts")
 _SPEND_MODES = ("incremental_append", "incremental_deduped", *_FULL)
 
 
-def _cdc(name: str, schema: pa.Schema, key: tuple[str, ...]) -> StreamSpec:
-    return StreamSpec(name, schema, key, "updated_at", SYNC_MODES, emits_deletes=True)
+def _cdc(name: str, schema: pa.Schema, key: tuple[str, ...], immutable: str) -> StreamSpec:
+    return StreamSpec(
+        name, schema, key, "updated_at", SYNC_MODES, emits_deletes=True, immutable=(*key, immutable)
+    )
 
 
 _CATALOG = Catalog(
     streams=(
-        _cdc("customers", CUSTOMERS, ("id",)),
+        _cdc("customers", CUSTOMERS, ("id",), "signup_day"),
         StreamSpec("products", PRODUCTS, ("id",), "updated_at", _FULL),
-        _cdc("orders", ORDERS, ("id",)),
-        _cdc("order_items", ORDER_ITEMS, ("order_id", "line_no")),
-        StreamSpec("marketing_spend", MARKETING_SPEND, ("day", "channel"), "day", _SPEND_MODES),
+        _cdc("orders", ORDERS, ("id",), "ordered_at"),
+        # An order's lines never change: their updated_at is the order's time, for good.
+        _cdc("order_items", ORDER_ITEMS, ("order_id", "line_no"), "updated_at"),
+        StreamSpec(
+            "marketing_spend",
+            MARKETING_SPEND,
+            ("day", "channel"),
+            "day",
+            _SPEND_MODES,
+            immutable=("day", "channel"),
+        ),
     )
 )
 

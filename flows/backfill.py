@@ -62,6 +62,7 @@ def backfill(
     """
     path = str(default_config_path(config_path))
     selection = (regions or (), sources or (), streams or ())
+    engine.check_partitioning(path, start, end, *selection)
     if force:
         engine.forget_partitions(path, target, start, end, *selection)
     plan = engine.pending_partitions(path, target, start, end, *selection)

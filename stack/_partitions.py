@@ -17,7 +17,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.base import Batch, Catalog, CheckResult, ConfiguredStream, Message, Source, State
+from connectors.base import (
+    Batch,
+    Catalog,
+    Checkpoint,
+    CheckResult,
+    ConfiguredStream,
+    Message,
+    Source,
+    State,
+)
 from stack.errors import ConfigError, SchemaError
 from stack.orchestration import Grain
 
@@ -97,8 +106,9 @@ class WindowSource:
     """A source read from scratch and cut to one partition on ``column``.
 
     It never passes the stream's saved state on (a partition is reloaded whole) and
-    keeps only the records whose ``column`` falls in ``[start, end)``. Deletes and
-    checkpoints pass through.
+    keeps only the records whose ``column`` falls in ``[start, end)``. Deletes pass
+    through; checkpoints do not (a partition commits once, and its position in the
+    source is of no use to the stream's next regular sync).
     """
 
     def __init__(self, inner: Source, column: str, window: Partition) -> None:
@@ -120,7 +130,7 @@ class WindowSource:
         for message in self.inner.read(stream, None):
             if isinstance(message, Batch):
                 yield Batch(message.stream, cut(message.data, self.column, self.window))
-            else:
+            elif not isinstance(message, Checkpoint):
                 yield message
 
 

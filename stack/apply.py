@@ -2,17 +2,19 @@
 
 A commit prepares its rows and deletes as staging tables (outside the
 transaction: DuckDB writes one database per transaction), then in **one**
-transaction: clears the region (overwrite), applies deletes to the rows
-committed before, writes the new rows, moves quarantined records, stores the
-state and the ledger row. Either all of it lands or none of it.
+transaction: clears the region (overwrite) or the window a :class:`Replacement`
+names (a backfill partition), applies deletes to the rows committed before,
+writes the new rows, moves quarantined records, stores the state and the
+ledger row. Either all of it lands or none of it: nothing is destroyed before
+what replaces it is ready.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import pyarrow as pa
 
@@ -39,6 +41,41 @@ class LoadContext:
     entry: ledger.RunEntry
     record: Callable[[], None]
     """Writes the stream's ledger row (inside the commit's transaction)."""
+    replace: Replacement | None = None
+    """Rows the load replaces as a whole (a backfill partition); the load commits once."""
+
+
+@dataclass
+class Replacement:
+    """The region's rows whose ``column`` lies in ``[low, high)``, replaced by a load's rows.
+
+    They are deleted inside the transaction that writes their replacement, never
+    before: a load that fails (the source, a bad record, a kill) leaves them as they
+    were, and readers see the old rows or the new ones, never neither.
+    """
+
+    column: str
+    low: Any
+    high: Any
+    settle: Callable[[ledger.RunEntry], None] = field(default=lambda entry: None)
+    """Runs last in the replacing transaction, with the load's counts (a backfill writes
+    its ledger row there)."""
+    replaced: int = 0
+    """How many rows were deleted (set by :meth:`clear`)."""
+
+    @property
+    def bounds(self) -> list[Any]:
+        return [self.low, self.high]
+
+    def clear(self, wh: Warehouse, target: str, region: str) -> None:
+        """Delete the window's rows of ``region``; call inside the replacing transaction."""
+        inside = sql.in_window(self.column)
+        where = f"t.{sql.ident(sql.REGION)} = ? AND {inside}"
+        self.replaced = _count(
+            wh, f"SELECT count(*) FROM {target} AS t WHERE {where}", [region, *self.bounds]
+        )
+        if self.replaced:
+            wh.execute(f"DELETE FROM {target} AS t WHERE {where}", [region, *self.bounds])
 
 
 class Load(Protocol):
@@ -119,7 +156,10 @@ class StagedLoad:
             _check_stale(wh, plan, self, rows)
         self.bad.flush()
         now = utcnow()
+        replace = self.lc.replace
         with wh.transaction():
+            if replace is not None:
+                replace.clear(wh, plan.target, ctx.region)
             _apply(wh, plan, self.records.columns, rows, deletes, ctx, entry, merge)
             if self.bad.ref:
                 wh.execute(
@@ -131,6 +171,8 @@ class StagedLoad:
                 ledger.write_state(wh, self.lc.key, self.state, ctx.run_id, now)
             entry.checkpoints += 1
             self.lc.record()
+            if replace is not None:
+                replace.settle(entry)
         if rows:
             self._region_filled = True
         log.info(
@@ -193,10 +235,16 @@ def _soft_overwrite(plan: StreamPlan) -> bool:
 
 
 def _check_stale(wh: Warehouse, plan: StreamPlan, pending: StagedLoad, rows: str) -> None:
-    """Rows older than the loaded version would be skipped by the merge: never silently."""
+    """Rows older than the loaded version would be skipped by the merge: never silently.
+
+    Loaded rows a :class:`Replacement` deletes in the same commit are no obstacle.
+    """
     ref = wh.stage_ref(rows)
-    stale_where = sql.stale_rows(plan.target, ref, plan.keys, plan.stream.cursor)
-    stale = wh.query(f"SELECT * FROM {ref} AS s WHERE {stale_where}")
+    replace = pending.lc.replace
+    outside = None if replace is None else sql.in_window(replace.column)
+    params = None if replace is None else replace.bounds
+    stale_where = sql.stale_rows(plan.target, ref, plan.keys, plan.stream.cursor, outside)
+    stale = wh.query(f"SELECT * FROM {ref} AS s WHERE {stale_where}", params)
     if not stale.num_rows:
         return
     if plan.on_bad_record == "fail":
@@ -212,7 +260,7 @@ def _check_stale(wh: Warehouse, plan: StreamPlan, pending: StagedLoad, rows: str
         )
     data = stale.drop_columns([c for c in sql.META_COLUMNS if c in stale.schema.names])
     pending.add_bad(ledger.bad_records(data, STALE))
-    wh.execute(f"DELETE FROM {ref} AS s WHERE {stale_where}")
+    wh.execute(f"DELETE FROM {ref} AS s WHERE {stale_where}", params)
 
 
 def _apply(

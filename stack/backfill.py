@@ -5,19 +5,27 @@ No Prefect here. A partition run of one stream (:func:`sync_partition`):
 1. renders the source's config with ``{{ start }}`` and ``{{ end }}`` (ISO dates;
    ``end`` is exclusive) on top of the region's variables, so a source can read
    just that window;
-2. deletes the region's rows whose partition column (the stream's cursor, or
-   ``backfill.partition_by``) falls in the window, and marks the partition
-   ``running`` in ``_mds_backfills`` — one transaction;
-3. reads the source from scratch (never from the stream's saved state, which
-   it leaves alone), keeps only the rows inside the window, and loads them with
-   the stream's sync mode through the normal sync engine, in one commit;
-4. marks the partition ``succeeded`` with its counts.
+2. reads the source from scratch (never from the stream's saved state, which
+   it leaves alone), keeps only the rows whose partition column (the stream's
+   cursor, or ``backfill.partition_by``) falls inside the window, and stages them
+   like any load (bounded memory, spilling to disk);
+3. in **one** transaction deletes the region's rows of the window, writes the
+   staged rows with the stream's sync mode, and marks the partition
+   ``succeeded`` in ``_mds_backfills``.
 
-So each partition overwrites exactly its own rows, the warehouse alone says
-which partitions are done (``_mds_backfills``), a rerun skips those
-(:func:`pending_partitions`) and redoes the rest, and running a partition twice
-leaves the same rows. Between steps 2 and 4 readers see the partition
-incomplete; build into a clone and publish it when that matters.
+So each partition overwrites exactly its own rows, atomically: a failure
+anywhere (the source, a bad record, a frozen schema, a kill) leaves the
+warehouse as it was, and readers never see a partition empty or half loaded.
+The warehouse alone says which partitions are done (``_mds_backfills``); a
+rerun skips those (:func:`pending_partitions`) and redoes the rest, and running
+a partition twice leaves the same rows.
+
+A partition must hold the same rows whenever it is read, so its column must
+never change for a record. A deduped stream cut on a column that changes (its
+``updated_at`` cursor) would lose every record updated since: its old row is
+deleted with the window, and its current version lies outside it. Such a
+backfill is refused before anything is read (:func:`check_partitioning`)
+unless the source declares the column immutable (``StreamSpec.immutable``).
 
 Only incremental streams are backfilled; full-refresh streams have no history
 to cut into partitions and are skipped.
@@ -27,7 +35,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import date, datetime
 from itertools import product
 from pathlib import Path
@@ -39,11 +47,12 @@ from connectors import load_source
 from connectors.base import Source
 from stack import ledger, sql
 from stack._partitions import Partition, WindowSource, cut, midnight, parse_day, partitions
+from stack.apply import Replacement
 from stack.config import StackConfig, load_config, render
 from stack.errors import ConfigError, MdstackError
 from stack.orchestration import BackfillConfig
 from stack.pipeline import failed_entry, new_run_id, open_target, secrets_for
-from stack.plan import CommitPolicy, RunContext, StreamPlan, plan_stream, utcnow
+from stack.plan import RunContext, StreamPlan, plan_stream, utcnow
 from stack.redact import redact
 from stack.secrets import Resolver, reveal
 from stack.sync import sync_stream
@@ -56,6 +65,7 @@ __all__ = [
     "PartitionRun",
     "WindowSource",
     "backfill_streams",
+    "check_partitioning",
     "cut",
     "done_partitions",
     "forget_partitions",
@@ -69,8 +79,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BACKFILLS_TABLE = "_mds_backfills"
-ONE_COMMIT = CommitPolicy(rows=1 << 62, seconds=float("inf"))
-"""A partition lands in one commit: its rows appear together."""
 
 
 # -- which streams ------------------------------------------------------------------------
@@ -176,9 +184,14 @@ def _record(wh: Warehouse, entry: PartitionEntry) -> None:
 
 
 def _record_failure(wh: Warehouse, entry: PartitionEntry) -> None:
-    """Best effort: the failure itself must surface even if the ledger cannot be written."""
+    """Best effort: the failure itself must surface even if the ledger cannot be written.
+
+    A partition whose transaction committed (a step after it failed) stays succeeded.
+    """
     try:
-        _record(wh, entry)
+        done = done_partitions(wh, entry.pipeline, entry.region)
+        if (entry.source, entry.stream, entry.partition_start) not in done:
+            _record(wh, entry)
     except MdstackError as exc:
         log.warning("could not record the failed partition in the ledger: %s", exc)
 
@@ -338,22 +351,87 @@ def _partition_source(
     source: str,
     stream: str,
     window: Partition,
-) -> tuple[Source, StreamPlan]:
-    """The source configured for the window, cut to it, and the stream's plan."""
+) -> tuple[WindowSource, StreamPlan]:
+    """The source configured for the window, cut to it, and the stream's plan.
+
+    Raises:
+        ConfigError: the partition column is ill-defined (:func:`partition_column`).
+    """
+    inner = _window_source(config, resolver, region, source, window)
+    plan = plan_stream(source, config.source(source), inner.discover(), stream)
+    # The window's own rows are its whole truth: a snapshot of its keys must not delete
+    # the rows of every other window.
+    plan = replace(plan, snapshot_deletes=False)
+    return WindowSource(inner, partition_column(config, plan), window), plan
+
+
+def _window_source(
+    config: StackConfig, resolver: Resolver, region: str, source: str, window: Partition
+) -> Source:
+    """The source's connector, its config rendered for the region and the window."""
     source_cfg = config.source(source)
     variables = config.template_vars(region) | window.template_vars()
     settings = render(source_cfg.config, variables)
     settings = reveal(resolver.resolve(settings, f"sources.{source}.config"))
-    inner = load_source(source_cfg.connector, source, settings)
-    plan = plan_stream(source, source_cfg, inner.discover(), stream)
-    column = config.backfill.partition_by.get(f"{source}.{stream}") or plan.stream.cursor
+    return load_source(source_cfg.connector, source, settings)
+
+
+def partition_column(config: StackConfig, plan: StreamPlan) -> str:
+    """The column ``plan``'s stream is cut into partitions on.
+
+    Raises:
+        ConfigError: there is none, or the stream is deduped and the column is its
+            cursor, which changes, unless the source declares it immutable.
+    """
+    name = f"{plan.source}.{plan.name}"
+    column = config.backfill.partition_by.get(name) or plan.stream.cursor
     if not column:
         raise ConfigError(
-            f"stream {source}.{stream} has no cursor to cut partitions on",
+            f"stream {name} has no cursor to cut partitions on",
             key="backfill.partition_by",
-            hint=f'add `backfill: {{partition_by: {{"{source}.{stream}": <date column>}}}}`',
+            hint=f'add `backfill: {{partition_by: {{"{name}": <date column>}}}}`',
         )
-    return WindowSource(inner, column, window), plan
+    changes = column == plan.stream.cursor and column not in plan.stream.spec.immutable
+    if plan.mode == "incremental_deduped" and changes:
+        raise ConfigError(
+            f"stream {name} is deduped and would be cut into partitions on its cursor "
+            f"{column!r}, which changes: a record updated after the window would be deleted "
+            "with it and not loaded again",
+            key="backfill.partition_by",
+            hint=f"partition on a column that never changes for a record (its creation time): "
+            f'`backfill: {{partition_by: {{"{name}": <column>}}}}`',
+        )
+    return column
+
+
+def check_partitioning(
+    config_path: str | Path,
+    first: str | date,
+    last: str | date,
+    regions: Sequence[str] = (),
+    sources: Sequence[str] = (),
+    streams: Sequence[str] = (),
+) -> None:
+    """Refuse an ill-defined backfill before anything is written: bad days, unknown
+    streams, a partition column that changes (:func:`partition_column`).
+
+    Asks each selected source for its catalog once (for the first region); opens no
+    warehouse.
+
+    Raises:
+        ConfigError: naming the key and the fix.
+    """
+    config = load_config(config_path)
+    picked = backfill_streams(config, sources, streams)
+    window = partitions(parse_day(first), parse_day(last), config.backfill.grain)[0]
+    region = next(iter([config.check_region(r) for r in regions] or config.region_names()))
+    with secrets_for(config) as resolver:
+        for source in dict.fromkeys(s for s, _ in picked):
+            catalog = _window_source(config, resolver, region, source, window).discover()
+            for stream in (t for s, t in picked if s == source):
+                partition_column(
+                    config, plan_stream(source, config.source(source), catalog, stream)
+                )
 
 
 def _load_partition(
@@ -372,26 +450,27 @@ def _load_partition(
         config.name, region, plan.source, plan.name, window.start, window.end, "running", run_id
     )
     entry.started_at = utcnow()
-    state_key = ledger.StreamKey(backfill_pipeline(config), plan.source, plan.name, region)
-    with wh.transaction():
-        entry.replaced = _clear_partition(wh, plan, reader.column, region, window)
-        _record(wh, entry)
+    columns = wh.columns(plan.schema, plan.name) or {}
+    low, high = _bounds(columns.get(reader.column, ""), window)
+    swap = Replacement(reader.column, low, high)
     ctx = RunContext(backfill_pipeline(config), region, run_id)
+
+    def settle(loaded: ledger.RunEntry) -> None:  # last in the replacing transaction
+        entry.status, entry.finished_at, entry.replaced = "succeeded", utcnow(), swap.replaced
+        entry.rows_read, entry.inserted, entry.updated = (
+            loaded.rows_read,
+            loaded.inserted,
+            loaded.updated,
+        )
+        _record(wh, entry)
+
+    swap.settle = settle
     try:
-        loaded = sync_stream(wh, reader, plan, ctx, policy=ONE_COMMIT)
+        loaded = sync_stream(wh, reader, plan, ctx, replace=swap)
     except Exception as exc:
         entry.status, entry.error, entry.finished_at = "failed", redact(str(exc)), utcnow()
         _record_failure(wh, entry)
         raise
-    entry.status, entry.finished_at = "succeeded", utcnow()
-    entry.rows_read, entry.inserted, entry.updated = (
-        loaded.rows_read,
-        loaded.inserted,
-        loaded.updated,
-    )
-    with wh.transaction():
-        ledger.reset_state(wh, state_key)  # the partition's checkpoints are of no further use
-        _record(wh, entry)
     log.info(
         "%s.%s [%s] partition %s: %d rows replaced by %d",
         plan.source,
@@ -407,20 +486,6 @@ def _load_partition(
         "replaced": entry.replaced,
         "skipped": False,
     }
-
-
-def _clear_partition(
-    wh: Warehouse, plan: StreamPlan, column: str, region: str, window: Partition
-) -> int:
-    """Delete the region's rows of the partition; returns how many there were."""
-    columns = wh.columns(plan.schema, plan.name)
-    if columns is None:
-        return 0
-    where = f"{sql.ident(sql.REGION)} = ? AND {sql.ident(column)} >= ? AND {sql.ident(column)} < ?"
-    params = [region, *_bounds(columns.get(column, ""), window)]
-    count = wh.query(f"SELECT count(*) FROM {plan.target} WHERE {where}", params)
-    wh.execute(f"DELETE FROM {plan.target} WHERE {where}", params)
-    return int(count.column(0)[0].as_py())
 
 
 def _bounds(sql_type: str, window: Partition) -> list:
@@ -484,6 +549,7 @@ def run_backfill(
     Returns:
         The summary entries of the streams run (failed ones with ``status: failed``).
     """
+    check_partitioning(config_path, first, last, regions, sources, streams)
     if force:
         forget_partitions(config_path, target, first, last, regions, sources, streams)
     plan = pending_partitions(config_path, target, first, last, regions, sources, streams)

@@ -26,6 +26,7 @@ from rich.progress import Progress, TaskID, TextColumn
 from rich.table import Table
 
 from stack import ledger, pipeline
+from stack.backfill import check_partitioning
 from stack.config import StackConfig, config_path, load_config
 from stack.errors import ConfigError, MdstackError
 from stack.lineage import write_lineage_page
@@ -222,6 +223,10 @@ def backfill(
     so running the same backfill again resumes it.
     """
     with _errors():
+        # Refused before Prefect starts: an ill-defined backfill must not touch anything.
+        check_partitioning(
+            config_path(config), start, end, region or (), source or (), stream or ()
+        )
         _prefect_defaults()
         from flows.backfill import backfill as flow
 

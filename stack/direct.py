@@ -4,7 +4,8 @@ Append and overwrite streams without deletes need no merge, so staging them
 would copy every row twice. Instead a transaction is opened at the first
 write of a commit and the commit writes the state and the ledger row and then
 COMMITs: data and state still land together, and readers see the old table
-until then.
+until then. Rows the load replaces (a region on overwrite, a backfill window)
+are deleted first thing in that transaction.
 
 A warehouse that pulls a stream of batches (``capabilities.stream_append``)
 gets the whole commit as one INSERT fed through a :class:`~stack.feed.Feed`:
@@ -101,6 +102,8 @@ class DirectLoad:
             ledger.write_state(wh, self.lc.key, self.state, ctx.run_id, now)
         entry.checkpoints += 1
         self.lc.record()
+        if self.lc.replace is not None:
+            self.lc.replace.settle(entry)
         tx, self._tx = self._tx, None
         tx.close()  # COMMIT
         self._bad, self._pending, self.state = [], 0, None
@@ -121,8 +124,11 @@ class DirectLoad:
         tx = ExitStack()
         tx.enter_context(self.lc.wh.transaction())
         self._tx = tx
+        wh, target, region = self.lc.wh, self.lc.plan.target, self.lc.ctx.region
         if self.lc.plan.mode == "full_refresh_overwrite":
-            self.lc.wh.execute(sql.clear_region_sql(self.lc.plan.target), [self.lc.ctx.region])
+            wh.execute(sql.clear_region_sql(target), [region])
+        if self.lc.replace is not None:
+            self.lc.replace.clear(wh, target, region)
 
     def _stream(self, batch: pa.RecordBatch) -> None:
         """Hand the batch to the commit's INSERT, starting it with the first batch."""

@@ -187,12 +187,24 @@ def soft_delete_sql(target: str, prepared: str, keys: Sequence[str]) -> str:
     )
 
 
-def stale_rows(target: str, prepared: str, keys: Sequence[str], cursor: str) -> str:
-    """WHERE clause (on alias ``s``) of prepared rows older than the row already loaded."""
+def stale_rows(
+    target: str, prepared: str, keys: Sequence[str], cursor: str, replaced: str | None = None
+) -> str:
+    """WHERE clause (on alias ``s``) of prepared rows older than the row already loaded.
+
+    ``replaced``: a condition (on alias ``t``, with its own parameters) of loaded rows
+    the same commit deletes first; they do not count.
+    """
+    spared = f" AND NOT ({replaced})" if replaced else ""
     return (
         f"EXISTS (SELECT 1 FROM {target} AS t WHERE {_key_match(keys, 't', 's')} "
-        f"AND t.{ident(cursor)} > s.{ident(cursor)})"
+        f"AND t.{ident(cursor)} > s.{ident(cursor)}{spared})"
     )
+
+
+def in_window(column: str, alias: str = "t") -> str:
+    """Condition (on ``alias``) that ``column`` lies in ``[?, ?)``: parameters low, high."""
+    return f"{alias}.{ident(column)} >= ? AND {alias}.{ident(column)} < ?"
 
 
 def missing_keys(target: str, present: str, keys: Sequence[str], cursor: str | None = None) -> str:

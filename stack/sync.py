@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 from connectors import load_source
 from connectors.base import DELETED_AT, Batch, Checkpoint, ConfiguredStream, Deletes, Source
 from stack import ledger, sql
-from stack.apply import Load, LoadContext, StagedLoad, detect_deletes
+from stack.apply import Load, LoadContext, Replacement, StagedLoad, detect_deletes
 from stack.config import SourceConfig, StackConfig
 from stack.direct import DirectLoad
 from stack.errors import ConfigError, SchemaError
@@ -84,8 +84,12 @@ def sync_stream(
     ctx: RunContext,
     progress: Progress | None = None,
     policy: CommitPolicy = CommitPolicy(),
+    replace: Replacement | None = None,
 ) -> ledger.RunEntry:
     """Read one stream from its last committed state and write it to the warehouse.
+
+    With ``replace`` the rows it names are replaced by what the read yields, in the
+    one commit of the load (a backfill partition); ``policy`` does not apply.
 
     Returns:
         The stream's run-ledger entry (also stored in ``_mds_runs``).
@@ -98,7 +102,7 @@ def sync_stream(
     with wh.lock(f"{ctx.pipeline}.{ctx.region}.{plan.lock_name}"):
         if plan.stream.spec.loaded_externally:
             return sync_external(wh, source, plan, ctx)
-        return _sync_locked(wh, source, plan, ctx, progress, policy)
+        return _sync_locked(wh, source, plan, ctx, progress, policy, replace)
 
 
 def _sync_locked(
@@ -108,6 +112,7 @@ def _sync_locked(
     ctx: RunContext,
     progress: Progress | None,
     policy: CommitPolicy,
+    replace: Replacement | None,
 ) -> ledger.RunEntry:
     entry, key = ledger.new_run(plan, ctx)
     started = last_commit = time.perf_counter()
@@ -121,12 +126,16 @@ def _sync_locked(
         ledger.record(wh, entry)
 
     load: Load | None = None
-    # Full refreshes commit once, at the end: a run that dies leaves no partial copy.
-    whole_run = plan.mode in ("full_refresh_overwrite", "full_refresh_append")
+    # Full refreshes and replacements commit once, at the end: a run that dies leaves no
+    # partial copy, and the rows replaced stay until their replacement lands.
+    whole_run = replace is not None or plan.mode in (
+        "full_refresh_overwrite",
+        "full_refresh_append",
+    )
     try:
         ledger.begin_run(wh, key, ctx.run_id)
         schema = _destination(wh, plan)
-        lc = LoadContext(wh, plan, ctx, key, entry, record)
+        lc = LoadContext(wh, plan, ctx, key, entry, record, replace)
         load = DirectLoad(lc) if _direct(plan) else StagedLoad(lc)
         for message in source.read(plan.stream, ledger.read_state(wh, key)):
             if isinstance(message, Batch):

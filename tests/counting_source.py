@@ -45,6 +45,8 @@ SCHEMA = pa.schema([("id", pa.int64()), ("day", pa.date32()), ("value", pa.int64
 STREAMS = ("events", "items")
 MODES = ("incremental_append", "incremental_deduped", "full_refresh_overwrite")
 OVERLAP_TIMEOUT = 30.0
+IMMUTABLE = ("id", "day")
+"""A row's id and day never change (its value does, with the version)."""
 
 
 class _Gauge:
@@ -96,7 +98,12 @@ class CountingSource:
         return CheckResult(ok=True)
 
     def discover(self) -> Catalog:
-        return Catalog(tuple(StreamSpec(s, SCHEMA, ("id",), "day", MODES) for s in self.streams))
+        return Catalog(
+            tuple(
+                StreamSpec(s, SCHEMA, ("id",), "day", MODES, immutable=IMMUTABLE)
+                for s in self.streams
+            )
+        )
 
     def read(self, stream: ConfiguredStream, state: State | None) -> Iterator[Message]:
         attempt = len(reads(self.log, stream.name)) + 1
