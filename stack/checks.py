@@ -9,9 +9,9 @@ Provides:
   :class:`CheckResult` in the ``_mds_checks`` table of the warehouse's meta schema, which is
   also where a volume check finds the row count of the last run.
 - :func:`blocking` picks the failures that must block the publish (severity ``error``).
-- :func:`ledger_source_count` is a :data:`SourceCount` for reconciliation built from the run
-  ledger; :func:`freshness_from_sources_json` / :func:`freshness_from_nodes` turn dbt's
-  ``source freshness`` results into check results.
+- :func:`freshness_from_sources_json` / :func:`freshness_from_nodes` turn dbt's
+  ``source freshness`` results into check results. A :data:`SourceCount` for reconciliation
+  comes from the run ledger (:func:`stack.ledger.ledger_source_count`).
 
 A check never raises for bad data: a missing table or column is a failed result. Only the
 warehouse being busy (:class:`~stack.errors.WarehouseBusy`, retryable) propagates. SQL is
@@ -71,7 +71,6 @@ __all__ = [
     "ensure_checks_table",
     "freshness_from_nodes",
     "freshness_from_sources_json",
-    "ledger_source_count",
     "record_results",
     "run_checks",
 ]
@@ -184,7 +183,7 @@ def run_checks(
         run_id: the run's id, recorded with each result.
         now: the run's time, naive UTC (``stack.sync.utcnow()``), for freshness.
         source_count: counts rows at the source, for ``reconcile`` checks; without it
-            they are skipped. :func:`ledger_source_count` makes one from the run ledger.
+            they are skipped. :func:`stack.ledger.ledger_source_count` makes one.
         schemas: source name -> warehouse schema, for checks declared with ``stream:``.
         record: write the results to ``_mds_checks`` (see :func:`record_results`).
 
@@ -500,40 +499,6 @@ def record_results(
                     *(r.expected, r.message, now),
                 ],
             )
-
-
-# -- reconciliation from the run ledger ------------------------------------------------------
-
-
-def ledger_source_count(wh: Warehouse, pipeline: str) -> SourceCount:
-    """A :data:`SourceCount` reading what the run ledger says each stream delivered.
-
-    Rows = the last successful ``full_refresh_overwrite`` load's inserts, plus every later
-    run's inserts minus its deletes. Exact for the sync modes and hard deletes; a soft-deleted
-    row that reappears counts as an update, not an insert, so soft-delete streams may drift.
-    Checkpoints of failed runs count (their data was committed with them).
-    """
-    from stack.ledger import RUNS_TABLE
-
-    def count(source: str, stream: str, region: str) -> int | None:
-        rows = wh.query(
-            f"SELECT {ident('mode')}, {ident('status')}, {ident('inserted')}, "
-            f"{ident('deleted')} FROM {table(wh.meta_schema, RUNS_TABLE)} "
-            f"WHERE {ident('pipeline')} = ? AND {ident('source')} = ? AND {ident('stream')} = ? "
-            f"AND {ident('region')} = ? ORDER BY {ident('started_at')}",
-            [pipeline, source, stream, region],
-        ).to_pylist()
-        if not rows:
-            return None
-        total = 0
-        for row in rows:
-            if row["mode"] == "full_refresh_overwrite":
-                total = row["inserted"] if row["status"] == "succeeded" else total
-            else:
-                total += (row["inserted"] or 0) - (row["deleted"] or 0)
-        return total
-
-    return count
 
 
 # -- dbt source freshness --------------------------------------------------------------------

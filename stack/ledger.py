@@ -4,8 +4,10 @@
 written in the same transaction as the data it covers, so the warehouse alone
 says where the next run resumes. ``_mds_runs`` holds one row per run and
 stream: what was read, inserted, updated, deleted and quarantined, the schema
-changes applied, and how it ended. ``_mds_quarantine`` keeps records that
-could not be loaded (with ``on_bad_record: quarantine``), with the reason.
+changes applied, and how it ended; :func:`ledger_source_count` reads back from it
+the rows each stream delivered, for reconcile checks. ``_mds_quarantine`` keeps
+records that could not be loaded (with ``on_bad_record: quarantine``), with the
+reason.
 ``_mds_dbt_results`` holds one row per run, region and dbt node: the status,
 timing, rows and message dbt reported, so the warehouse also says which model
 or test failed in which run.
@@ -303,6 +305,38 @@ def latest_runs(wh: Warehouse, pipeline: str) -> pa.Table:
         f"ORDER BY r.{ident('started_at')} DESC) = 1 ORDER BY {key}",
         [pipeline],
     )
+
+
+def ledger_source_count(wh: Warehouse, pipeline: str) -> Callable[[str, str, str], int | None]:
+    """``(source, stream, region) -> rows``: what the run ledger says each stream delivered
+    (a ``SourceCount`` for reconcile checks, :func:`stack.checks.run_checks`).
+
+    Rows = the last successful ``full_refresh_overwrite`` load's inserts, plus every later
+    run's inserts minus its deletes. Exact for the sync modes and hard deletes; a soft-deleted
+    row that reappears counts as an update, not an insert, so soft-delete streams may drift.
+    Checkpoints of failed runs count (their data was committed with them). ``None``: the
+    ledger holds no run of the stream.
+    """
+
+    def count(source: str, stream: str, region: str) -> int | None:
+        rows = wh.query(
+            f"SELECT {ident('mode')}, {ident('status')}, {ident('inserted')}, "
+            f"{ident('deleted')} FROM {table(wh.meta_schema, RUNS_TABLE)} "
+            f"WHERE {ident('pipeline')} = ? AND {ident('source')} = ? AND {ident('stream')} = ? "
+            f"AND {ident('region')} = ? ORDER BY {ident('started_at')}",
+            [pipeline, source, stream, region],
+        ).to_pylist()
+        if not rows:
+            return None
+        total = 0
+        for row in rows:
+            if row["mode"] == "full_refresh_overwrite":
+                total = row["inserted"] if row["status"] == "succeeded" else total
+            else:
+                total += (row["inserted"] or 0) - (row["deleted"] or 0)
+        return total
+
+    return count
 
 
 # -- dbt node results ------------------------------------------------------------------------

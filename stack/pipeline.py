@@ -356,7 +356,7 @@ def _data_checks(
         region,
         run_id,
         utcnow(),
-        source_count=checks.ledger_source_count(wh, config.name),
+        source_count=ledger.ledger_source_count(wh, config.name),
         schemas={name: s.schema_ for name, s in config.sources.items()},
     )
 

@@ -20,7 +20,6 @@ from stack.checks import (
     blocking,
     freshness_from_nodes,
     freshness_from_sources_json,
-    ledger_source_count,
     record_results,
     run_checks,
 )
@@ -231,7 +230,7 @@ def test_reconcile_with_counts_from_the_run_ledger(shop):
                 NOW + timedelta(hours=i), inserted=inserted,
             ),
         )  # fmt: skip
-    counted = ledger_source_count(shop, "shop")
+    counted = ledger.ledger_source_count(shop, "shop")
     assert counted("shop", "orders", "eu") == 10
     assert counted("shop", "products", "eu") == 5  # the failed overwrite was never swapped in
     assert counted("shop", "orders", "us") is None

@@ -23,8 +23,9 @@ import pytest
 import yaml
 
 from stack import pipeline
-from stack.checks import Check, ledger_source_count, run_checks
+from stack.checks import Check, run_checks
 from stack.config import load_config
+from stack.ledger import ledger_source_count
 from stack.lineage import (
     Dashboard,
     LineageConfig,
