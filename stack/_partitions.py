@@ -27,8 +27,8 @@ from connectors.base import (
     Source,
     State,
 )
+from stack.config.orchestration import Grain
 from stack.errors import ConfigError, SchemaError
-from stack.orchestration import Grain
 
 
 @dataclass(frozen=True, order=True)

@@ -37,7 +37,7 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from stack.config import StackConfig, load_config
-from stack.orchestration import Alert, EmailAlert, Outcome, SlackAlert, WebhookAlert
+from stack.config.orchestration import Alert, EmailAlert, Outcome, SlackAlert, WebhookAlert
 from stack.pipeline import DBT_FAILED, secrets_for
 from stack.redact import redact
 from stack.secrets import reveal

@@ -49,8 +49,8 @@ from stack import ledger, sql
 from stack._partitions import Partition, WindowSource, cut, midnight, parse_day, partitions
 from stack.apply import Replacement
 from stack.config import StackConfig, load_config, render
+from stack.config.orchestration import BackfillConfig
 from stack.errors import ConfigError, MdstackError
-from stack.orchestration import BackfillConfig
 from stack.pipeline import failed_entry, new_run_id, open_target, secrets_for
 from stack.plan import RunContext, StreamPlan, plan_stream, utcnow
 from stack.redact import redact

@@ -2,12 +2,11 @@
 
 Provides:
 
-- :class:`Check` (the ``checks:`` entries of ``stack.yml``): one table (``raw_shop.orders``)
-  or stream (``shop.orders``), one kind (``freshness``, ``volume``, ``schema``, ``values``,
-  ``reconcile``) and a ``severity`` (``warn`` or ``error``).
-- :func:`run_checks` evaluates checks on an open warehouse for one region and records each
-  :class:`CheckResult` in the ``_mds_checks`` table of the warehouse's meta schema, which is
-  also where a volume check finds the row count of the last run.
+- :func:`run_checks` evaluates checks (the ``checks:`` of ``stack.yml``, each a
+  :class:`stack.config.checks.Check`: one table or stream, one kind, a severity) on an open
+  warehouse for one region and records each :class:`CheckResult` in the ``_mds_checks``
+  table of the warehouse's meta schema, which is also where a volume check finds the row
+  count of the last run.
 - :func:`blocking` picks the failures that must block the publish (severity ``error``).
 - :func:`freshness_from_sources_json` / :func:`freshness_from_nodes` turn dbt's
   ``source freshness`` results into check results. A :data:`SourceCount` for reconciliation
@@ -16,8 +15,6 @@ Provides:
 A check never raises for bad data: a missing table or column is a failed result. Only the
 warehouse being busy (:class:`~stack.errors.WarehouseBusy`, retryable) propagates. SQL is
 written in DuckDB's dialect with quoted identifiers and bound values; adapters render it.
-This module imports nothing from :mod:`stack.config` so that ``stack.config`` can import
-:class:`Check` without a cycle.
 """
 
 from __future__ import annotations
@@ -33,11 +30,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 from sqlglot import exp
 
-from stack._checks_config import (
-    CHECK_KINDS,
+from stack.config.checks import (
     Check,
-    CheckKind,
-    CheckList,
     Freshness,
     Reconcile,
     SchemaExpectation,
@@ -55,18 +49,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKS_TABLE",
-    "CHECK_KINDS",
-    "Check",
-    "CheckKind",
-    "CheckList",
     "CheckResult",
-    "Freshness",
-    "Reconcile",
-    "SchemaExpectation",
-    "Severity",
     "SourceCount",
-    "Values",
-    "Volume",
     "blocking",
     "ensure_checks_table",
     "freshness_from_nodes",

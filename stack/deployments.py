@@ -33,8 +33,7 @@ from typing import Any, Literal
 import yaml
 
 from stack.config import StackConfig, render
-from stack.errors import ConfigError
-from stack.orchestration import (
+from stack.config.orchestration import (
     DEFAULT_POOL_TYPE,
     DeploymentSpec,
     FileTrigger,
@@ -42,6 +41,7 @@ from stack.orchestration import (
     check_timezone,
     default_deployments,
 )
+from stack.errors import ConfigError
 
 __all__ = [
     "DeploymentSpec",

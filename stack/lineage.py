@@ -2,9 +2,6 @@
 
 Provides:
 
-- :class:`LineageConfig`, the ``lineage:`` section of ``stack.yml``: where events go
-  (``transport: file`` with a JSON-lines ``path``, or ``transport: http`` to a Marquez-style
-  ``url``), and where ``mdstack lineage`` writes its page.
 - :func:`run_events` builds OpenLineage ``RunEvent``s (START, then COMPLETE, FAIL or ABORT)
   from a run summary (``dataclasses.asdict(RunSummary)``): one job run per stream sync
   (input ``<connector>://<source>`` / ``<stream>``, output the warehouse table with schema
@@ -14,9 +11,9 @@ Provides:
   page: source -> stream -> raw table -> dbt models -> dashboards, coloured by the last run.
 
 Event sending never fails a run: a transport error is logged and the count of events
-delivered is returned. openlineage-python is imported only when events are built. This
-module imports nothing from :mod:`stack.config` so that ``stack.config`` can import
-:class:`LineageConfig` without a cycle; configs are read as models or plain dicts.
+delivered is returned. openlineage-python is imported only when events are built. Where
+events go is the ``lineage:`` section of ``stack.yml``
+(:class:`stack.config.lineage.LineageConfig`); configs are read as models or plain dicts.
 """
 
 from __future__ import annotations
@@ -28,18 +25,18 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, SecretStr
 
 from stack._lineage_events import PRODUCER, Columns, build_events
 from stack._lineage_html import Dashboard, lineage_graph, render_page, render_svg
+from stack.config.lineage import LineageConfig
 from stack.errors import ConfigError
 
 __all__ = [
     "PRODUCER",
     "Dashboard",
-    "LineageConfig",
     "emit_events",
     "emit_run",
     "lineage_graph",
@@ -53,38 +50,6 @@ log = logging.getLogger(__name__)
 
 DUCKDB_DATABASE = "lake"
 """The name the DuckLake catalog is attached under (dbt's ``database`` for DuckDB)."""
-
-
-class LineageConfig(BaseModel):
-    """The ``lineage:`` section of ``stack.yml``.
-
-    Examples::
-
-        lineage: {transport: file, path: lineage.jsonl}
-        lineage: {transport: http, url: "http://marquez:5000", api_key: "${vault:kv/ol#key}"}
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    transport: Literal["file", "http"]
-    path: Path = Path("lineage.jsonl")
-    """``file``: the JSON-lines file events are appended to (relative to stack.yml)."""
-    url: str | None = None
-    """``http``: the OpenLineage endpoint's base URL (Marquez: ``http://host:5000``)."""
-    endpoint: str = "api/v1/lineage"
-    api_key: SecretStr | None = None
-    """``http``: sent as ``Authorization: Bearer``; a ``${vault:...}`` reference is fine."""
-    timeout: float = Field(default=5.0, gt=0)
-    namespace: str | None = None
-    """Namespace of mdstack's jobs (default: the pipeline's ``name``)."""
-    page: Path = Path("lineage.html")
-    """Where ``mdstack lineage`` writes the page (relative to stack.yml)."""
-
-    @model_validator(mode="after")
-    def _http_needs_url(self) -> LineageConfig:
-        if self.transport == "http" and not self.url:
-            raise ValueError("transport http needs `url:` (e.g. http://marquez:5000)")
-        return self
 
 
 # -- reading a config given as a model or a dict ----------------------------------------------

@@ -169,13 +169,13 @@ def open_target(config: StackConfig, name: str | None, resolver: Resolver) -> Wa
 def _target_warehouse(config: StackConfig, name: str | None, resolver: Resolver) -> Warehouse:
     target = config.active_target(name)
     if isinstance(target, DuckDBTarget):
-        return connect(config, target)
+        return connect(target, config.root)
     resolved = resolver.resolve(
         target.model_dump(by_alias=True), f"targets.{name or config.target}"
     )
     fields = type(target).model_fields
     values = {field: resolved[info.alias or field] for field, info in fields.items()}
-    return connect(config, type(target).model_construct(**values))
+    return connect(type(target).model_construct(**values), config.root)
 
 
 def changed_streams(entries: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, bool]]:

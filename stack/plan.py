@@ -12,9 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 from connectors.base import Catalog, ConfiguredStream
 from stack import sql
-from stack.config import BadRecordPolicy, DeleteMode, SourceConfig
+from stack.config.sources import BadRecordPolicy, DeleteMode, SchemaPolicy, SourceConfig
 from stack.errors import ConfigError
-from stack.schema import SchemaPolicy
 
 
 def utcnow() -> datetime:

@@ -24,9 +24,8 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from stack.config.sources import SchemaPolicy
 from stack.errors import SchemaError
-
-SchemaPolicy = Literal["evolve", "freeze", "discard"]
 
 
 @dataclass(frozen=True)

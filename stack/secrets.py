@@ -47,18 +47,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, SecretStr
 
+from stack.config.secrets import SecretsConfig
 from stack.errors import SecretError
 from stack.redact import redact, register_secret
-from stack.vault import VaultConfig, VaultSession
+from stack.vault import VaultSession
 
 __all__ = [
     "DbCredentials",
     "Reference",
     "ReferenceCheck",
     "Resolver",
-    "SecretsConfig",
     "check_references",
     "find_references",
     "parse_reference",
@@ -84,14 +84,6 @@ _SYNTAX = {
     "env": "${env:NAME}",
     "file": "${file:path}",
 }
-
-
-class SecretsConfig(BaseModel):
-    """The ``secrets:`` block of ``stack.yml``. Without ``vault:``, only env/file resolve."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    vault: VaultConfig | None = None
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """One authenticated Vault (or OpenBao) session per run, through hvac.
 
-Provides the ``secrets.vault`` settings (:class:`VaultConfig` and its four
-auth methods) and :class:`VaultSession`, which :class:`stack.secrets.Resolver`
-drives: it logs in (token, AppRole, Kubernetes, JWT), reads KV v2 secrets
+Provides :class:`VaultSession`, which :class:`stack.secrets.Resolver` drives
+(its settings, ``secrets.vault``, are :class:`stack.config.secrets.VaultConfig`):
+it logs in (token, AppRole, Kubernetes, JWT), reads KV v2 secrets
 (any version), leases dynamic database credentials, keeps the token and the
 leases alive while the run lasts, and at close revokes the leases and the
 token it logged in with.
@@ -32,23 +32,18 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import hvac
 import hvac.exceptions as hvac_errors
 import requests
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from stack.config.secrets import AppRoleAuth, JwtAuth, KubernetesAuth, TokenAuth, VaultConfig
 from stack.errors import SecretError
 from stack.redact import redact, register_secret
 
 __all__ = [
-    "AppRoleAuth",
-    "JwtAuth",
-    "KubernetesAuth",
     "Lease",
-    "TokenAuth",
-    "VaultConfig",
     "VaultSession",
 ]
 
@@ -58,83 +53,7 @@ RENEW_AT = 0.5
 """Renew once this fraction of the granted TTL has passed."""
 _RETRY_SECONDS = 5.0
 _IDLE_SECONDS = 300.0
-_K8S_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 POLICY_HINT = "see secrets/policy.hcl for the policy the pipeline needs"
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TokenAuth(_Model):
-    """A token given explicitly, e.g. ``token: ${env:VAULT_TOKEN}``. Never implied."""
-
-    method: Literal["token"]
-    token: str = Field(repr=False)
-
-
-class AppRoleAuth(_Model):
-    """AppRole login; ``secret_id: null`` for a role bound without secret ids."""
-
-    method: Literal["approle"]
-    role_id: str = "${env:VAULT_ROLE_ID}"
-    secret_id: str | None = Field(default="${env:VAULT_SECRET_ID}", repr=False)
-    mount: str = "approle"
-
-
-class KubernetesAuth(_Model):
-    """Kubernetes login with the pod's service-account token (re-read at each login)."""
-
-    method: Literal["kubernetes"]
-    role: str
-    jwt: str = Field(default=f"${{file:{_K8S_TOKEN}}}", repr=False)
-    mount: str = "kubernetes"
-
-
-class JwtAuth(_Model):
-    """JWT/OIDC login with a token the platform hands the run (e.g. a CI job's JWT)."""
-
-    method: Literal["jwt"]
-    role: str
-    jwt: str = Field(repr=False)
-    mount: str = "jwt"
-
-
-VaultAuth = Annotated[
-    TokenAuth | AppRoleAuth | KubernetesAuth | JwtAuth, Field(discriminator="method")
-]
-
-
-class VaultConfig(_Model):
-    """``secrets.vault``: where Vault is, how to log in, where the engines are mounted.
-
-    ``url`` and the auth fields may be ``${env:...}`` or ``${file:...}``
-    references (not ``${vault:...}``: they are needed to reach Vault).
-    """
-
-    url: str = "${env:VAULT_ADDR}"
-    auth: VaultAuth
-    kv_mount: str = "secret"
-    database_mount: str = "database"
-    namespace: str | None = None
-    verify: bool | str | None = None
-    """TLS: ``true``, ``false`` or a CA bundle path; unset uses VAULT_CACERT/VAULT_CAPATH."""
-    timeout: float = Field(default=10.0, gt=0)
-
-    @model_validator(mode="after")
-    def _no_vault_references_in_login(self) -> VaultConfig:
-        fields = {"url": self.url, **self.auth.model_dump()}
-        for name, value in fields.items():
-            if isinstance(value, str) and "${vault" in value:
-                raise ValueError(
-                    f"`{name}` cannot use a ${{vault...}} reference (it is needed to reach "
-                    "Vault); use ${env:NAME} or ${file:path}"
-                )
-        return self
-
-    def login_fields(self) -> dict[str, str | None]:
-        """The auth fields that are sent to Vault (references not yet expanded)."""
-        return self.auth.model_dump(exclude={"method", "mount", "role"})
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ from stack.bi import (
     NOT_PUBLISHED,
     REFRESHERS,
     BiError,
-    BiHook,
     HookResult,
     RunInfo,
     refresh,
@@ -37,6 +36,7 @@ from stack.bi import (
 )
 from stack.bi._http import Deadline, RetryPolicy, parse_retry_after
 from stack.bi.webhook import render_body
+from stack.config.bi import BiHook
 from stack.secrets import Resolver
 from tests.bi_servers import (
     LOOKER_CLIENT,

@@ -7,7 +7,7 @@ import re
 
 import yaml
 
-from stack.orchestration import DeploymentSpec
+from stack.config.orchestration import DeploymentSpec
 from tests.conftest import ROOT
 
 

@@ -25,10 +25,10 @@ import yaml
 from stack import pipeline
 from stack.checks import Check, run_checks
 from stack.config import load_config
+from stack.config.lineage import LineageConfig
 from stack.ledger import ledger_source_count
 from stack.lineage import (
     Dashboard,
-    LineageConfig,
     emit_events,
     emit_run,
     lineage_graph,

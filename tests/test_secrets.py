@@ -27,12 +27,12 @@ import hvac.exceptions
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from stack.config.secrets import SecretsConfig
 from stack.errors import SecretError
 from stack.redact import install_redaction, redact, register_secret
 from stack.secrets import (
     DbCredentials,
     Resolver,
-    SecretsConfig,
     check_references,
     parse_reference,
     reveal,

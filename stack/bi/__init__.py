@@ -1,7 +1,7 @@
 """BI refresh hooks: after a good publish, tell the dashboards to pick up the new data.
 
-One hook per entry of ``bi:`` in ``stack.yml`` (:data:`BiHook`, told apart by
-``type``): ``tableau``, ``powerbi``, ``metabase``, ``superset``, ``looker``,
+One hook per entry of ``bi:`` in ``stack.yml`` (:data:`stack.config.bi.BiHook`, told
+apart by ``type``): ``tableau``, ``powerbi``, ``metabase``, ``superset``, ``looker``,
 ``webhook``. Each triggers its refreshes, polls them to completion within its
 ``timeout``, retries transient HTTP failures, and handles "already refreshing"
 per ``on_conflict``; see :mod:`stack.bi.base` for the template they share and
@@ -27,43 +27,20 @@ from typing import Any, TypeVar
 from pydantic import SecretStr
 
 from stack.bi.base import HookResult, HookStatus, Refresher, RunInfo, TargetResult
-from stack.bi.configuration import (
-    BI_TYPES,
-    HOOK_MODELS,
-    BiHook,
-    HookBase,
-    LookerHook,
-    LookerPdt,
-    MetabaseHook,
-    PowerBIHook,
-    SupersetHook,
-    TableauHook,
-    WebhookHook,
-)
 from stack.bi.exceptions import BiAuthError, BiDeadline, BiError, BiUnavailable
+from stack.config.bi import HookBase
 
 __all__ = [
-    "BI_TYPES",
-    "HOOK_MODELS",
     "NOT_PUBLISHED",
     "REFRESHERS",
     "BiAuthError",
     "BiDeadline",
     "BiError",
-    "BiHook",
     "BiUnavailable",
-    "HookBase",
     "HookResult",
     "HookStatus",
-    "LookerHook",
-    "LookerPdt",
-    "MetabaseHook",
-    "PowerBIHook",
     "RunInfo",
-    "SupersetHook",
-    "TableauHook",
     "TargetResult",
-    "WebhookHook",
     "refresh",
     "refresh_all",
     "refresher",

@@ -36,8 +36,8 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, SecretStr
 
 from stack.bi._http import Deadline, HttpClient, RetryPolicy
-from stack.bi.configuration import HookBase
 from stack.bi.exceptions import BiDeadline, BiError
+from stack.config.bi import HookBase
 from stack.redact import MASK, redact
 
 __all__ = [

@@ -32,8 +32,8 @@ from urllib.parse import quote
 
 from stack.bi._http import HttpClient, error_text
 from stack.bi.base import Busy, Done, Outcome, Refresher, Running, reveal
-from stack.bi.configuration import LookerHook, LookerPdt
 from stack.bi.exceptions import BiAuthError, BiError
+from stack.config.bi import LookerHook, LookerPdt
 
 __all__ = ["LookerRefresher"]
 

@@ -31,8 +31,8 @@ import httpx
 
 from stack.bi._http import HttpClient, error_text
 from stack.bi.base import Busy, Done, Outcome, Refresher, Running, reveal
-from stack.bi.configuration import MetabaseHook
 from stack.bi.exceptions import BiAuthError, BiError
+from stack.config.bi import MetabaseHook
 
 __all__ = ["MetabaseRefresher"]
 

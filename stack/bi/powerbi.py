@@ -35,8 +35,8 @@ import httpx
 
 from stack.bi._http import HttpClient, error_text
 from stack.bi.base import Busy, Done, Outcome, Refresher, Running, reveal
-from stack.bi.configuration import PowerBIHook
 from stack.bi.exceptions import BiAuthError, BiError
+from stack.config.bi import PowerBIHook
 
 __all__ = ["SCOPE", "PowerBIRefresher"]
 

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 
 from stack.bi._http import HttpClient, error_text
 from stack.bi.base import Busy, Done, Outcome, Refresher, reveal
-from stack.bi.configuration import SupersetHook
 from stack.bi.exceptions import BiAuthError, BiError
+from stack.config.bi import SupersetHook
 
 __all__ = ["SupersetRefresher"]
 

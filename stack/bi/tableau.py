@@ -33,8 +33,8 @@ from tableauserverclient.server.endpoint.exceptions import (
 
 from stack.bi._http import RetryingSession
 from stack.bi.base import Busy, Done, Outcome, Refresher, Running, reveal
-from stack.bi.configuration import TableauHook
 from stack.bi.exceptions import BiAuthError, BiError
+from stack.config.bi import TableauHook
 
 __all__ = ["TableauRefresher"]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from stack.bi._http import error_text
 from stack.bi.base import Busy, Done, Outcome, Refresher, reveal
-from stack.bi.configuration import WebhookHook
+from stack.config.bi import WebhookHook
 
 __all__ = ["WebhookRefresher", "render_body"]
 

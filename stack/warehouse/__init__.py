@@ -6,19 +6,27 @@ connector and the other way round.
 
 from __future__ import annotations
 
-from stack.config import DuckDBTarget, StackConfig, Target
+from pathlib import Path
+
+from stack.config.targets import DuckDBTarget, Target
 from stack.warehouse.base import Capabilities, Warehouse
 
 __all__ = ["Capabilities", "Warehouse", "connect"]
 
 
-def connect(config: StackConfig, target: Target) -> Warehouse:
-    """An unopened warehouse for ``target``; open it with ``with``."""
+def connect(target: Target, root: Path) -> Warehouse:
+    """An unopened warehouse for ``target``; open it with ``with``.
+
+    Args:
+        target: the chosen entry of ``targets:``.
+        root: the folder a relative DuckDB ``path`` is relative to (``stack.yml``'s).
+    """
     if isinstance(target, DuckDBTarget):
         from stack.warehouse.duckdb import DuckDBWarehouse
 
+        path = target.path if target.path.is_absolute() else (root / target.path).resolve()
         return DuckDBWarehouse(
-            config.resolve_path(target.path),
+            path,
             target.threads,
             target.memory_limit,
             busy_timeout=target.busy_timeout,

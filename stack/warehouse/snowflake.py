@@ -77,7 +77,7 @@ from pydantic import SecretStr
 from snowflake.connector import errors as sf_errors
 from snowflake.connector.constants import FIELD_ID_TO_NAME
 
-from stack.config import SnowflakeTarget
+from stack.config.targets import SnowflakeTarget
 from stack.errors import SyncConflict, WarehouseBusy, WarehouseError
 from stack.redact import redact, register_secret
 from stack.sql import ident, table

@@ -1,10 +1,12 @@
 """Load and validate ``stack.yml``: one declarative file for the whole pipeline.
 
-Validation is pydantic's; what this module adds is the error a user can act
-on: every problem names the file, the line, the key path and a fix, in one
-paragraph, instead of a traceback. Region templating (``{{ region }}``) is
-applied per run by :meth:`StackConfig.for_region`, never at load time, so one
-loaded config serves every region.
+:class:`StackConfig` is the file; its sections are the models of the other
+modules of :mod:`stack.config`. Validation is pydantic's; what this module adds
+is the error a user can act on: every problem names the file, the line, the key
+path and a fix, in one paragraph, instead of a traceback. Region templating
+(``{{ region }}``) is applied per run (:meth:`StackConfig.source_config`,
+:meth:`StackConfig.dbt_vars`), never at load time, so one loaded config serves
+every region.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import (
@@ -22,112 +24,32 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
 )
 
-from connectors.base import SyncMode
-from stack.bi.configuration import BI_TYPES, BiHook
-from stack.checks import CheckList
-from stack.durations import Duration
+from stack.config.bi import BI_TYPES, BiHook
+from stack.config.checks import CheckList
+from stack.config.lineage import LineageConfig
+from stack.config.orchestration import (
+    Alert,
+    BackfillConfig,
+    DeploymentSpec,
+    default_deployments,
+)
+from stack.config.secrets import SecretsConfig
+from stack.config.sources import IDENTIFIER, SourceConfig
+from stack.config.targets import TARGET_TYPES, Target
 from stack.errors import ConfigError
-from stack.lineage import LineageConfig
-from stack.orchestration import Alert, BackfillConfig, DeploymentSpec, default_deployments
-from stack.schema import SchemaPolicy
-from stack.secrets import SecretsConfig
 
 CONFIG_ENV = "MDSTACK_CONFIG"
 DEFAULT_CONFIG = "stack.yml"
 DEFAULT_REGION = "default"
 """The region of a pipeline that declares none."""
 
-DeleteMode = Literal["hard", "soft", "none"]
-BadRecordPolicy = Literal["fail", "quarantine"]
-_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _TEMPLATE = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DuckDBTarget(_Model):
-    """DuckDB on DuckLake: a catalog plus a folder of Parquet files, no server."""
-
-    type: Literal["duckdb"]
-    path: Path = Path("warehouse")
-    threads: int = Field(default=4, ge=1)
-    memory_limit: str = "1GB"
-    """DuckDB's memory limit; staged data beyond it spills to ``<path>/.tmp``."""
-    busy_timeout: float = Field(default=600.0, gt=0)
-    """Seconds to wait for another process (e.g. another region's run) to let go of the
-    warehouse before failing as busy (retryable): one process writes a DuckDB file at a
-    time, so concurrent runs take turns rather than fail."""
-
-
-class SnowflakeTarget(_Model):
-    """Snowflake through snowflake-connector-python. Credentials should be references
-    (``${vault:...}``, ``${env:...}``), resolved at run time, never written here."""
-
-    type: Literal["snowflake"]
-    account: str
-    user: str
-    password: str | None = None
-    private_key: str | None = None
-    """PEM text of the key-pair private key (usually a ``${vault:...}`` reference)."""
-    private_key_passphrase: str | None = None
-    authenticator: str | None = None
-    """``externalbrowser``, ``oauth`` (with ``token``), ``snowflake_jwt``…; default: password."""
-    token: str | None = None
-    role: str | None = None
-    warehouse: str | None = None
-    database: str
-    schema_: str = Field(default="PUBLIC", alias="schema")
-    threads: int = Field(default=4, ge=1)
-    host: str | None = None
-    """Connect here instead of ``<account>.snowflakecomputing.com`` (a proxy, or fakesnow)."""
-    port: int | None = None
-    protocol: Literal["https", "http"] | None = None
-    fakesnow: bool = False
-    """The target is a fakesnow server (local development): turns on the adapter's
-    workarounds for what fakesnow cannot run (README, "The warehouse: Snowflake")."""
-
-
-Target = Annotated[DuckDBTarget | SnowflakeTarget, Field(discriminator="type")]
-TARGET_TYPES = ("duckdb", "snowflake")
-
-
-class StreamConfig(_Model):
-    """How one stream is synced. Keys and cursor default to what the source declares."""
-
-    sync: SyncMode = "incremental_deduped"
-    primary_key: tuple[str, ...] | None = None
-    cursor: str | None = None
-    deletes: DeleteMode = "hard"
-    delete_detection: Literal["snapshot"] | None = None
-    delete_window: Duration | None = None
-    columns: tuple[str, ...] | None = None
-    schema_policy: SchemaPolicy | None = None
-    on_bad_record: BadRecordPolicy = "fail"
-
-
-class SourceConfig(_Model):
-    """A source: which connector, its config, the schema it lands in, its streams."""
-
-    connector: str
-    config: dict[str, Any] = Field(default_factory=dict)
-    schema_: str = Field(alias="schema", pattern=_IDENTIFIER)
-    schema_policy: SchemaPolicy = "evolve"
-    streams: dict[str, StreamConfig]
-    concurrency: int = Field(default=1, ge=1)
-    """Streams of this source synced at once (one by default: an API's rate limit or a
-    database's connections are the source's to give; raise it where they allow more)."""
-
-    @field_validator("streams")
-    @classmethod
-    def _some_streams(cls, streams: dict[str, StreamConfig]) -> dict[str, StreamConfig]:
-        if not streams:
-            raise ValueError("a source needs at least one stream")
-        return streams
 
 
 class RegionConfig(_Model):
@@ -155,7 +77,7 @@ class PublishConfig(_Model):
 class StackConfig(_Model):
     """The whole of ``stack.yml``."""
 
-    name: str = Field(pattern=_IDENTIFIER)
+    name: str = Field(pattern=IDENTIFIER)
     target: str
     targets: dict[str, Target]
     regions: dict[str, RegionConfig] = Field(default_factory=dict)

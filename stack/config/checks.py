@@ -1,7 +1,6 @@
-"""The ``checks:`` section of ``stack.yml``: one :class:`Check` per entry (see :mod:`stack.checks`).
+"""The ``checks:`` section of ``stack.yml``: one :class:`Check` per entry.
 
-Imports nothing from :mod:`stack.config` or :mod:`stack.warehouse`, so ``stack.config`` can
-import :class:`Check` without a cycle.
+:mod:`stack.checks` evaluates them on the warehouse.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from stack.durations import Duration
+from stack.config.durations import Duration
 from stack.errors import ConfigError
 from stack.sql import LOADED_AT
 

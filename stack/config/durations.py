@@ -1,8 +1,7 @@
 """Durations as people write them in ``stack.yml``: ``90s``, ``10m``, ``26h``, ``30d``, ``2w``.
 
 One parser for every place a config takes a duration (delete windows, check
-ages, hook timeouts). It imports nothing of mdstack, so any config module can
-use it without an import cycle.
+ages, hook timeouts).
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """The orchestration sections of ``stack.yml``: ``deployments:``, ``alerts:``, ``backfill:``.
 
-Models only (pydantic, frozen, unknown keys refused), with no dependency on the
-rest of the engine, so that :mod:`stack.config` can declare them without an
-import cycle. What they drive lives in :mod:`stack.deployments`,
-:mod:`stack.alerts` and :mod:`stack.backfill`.
+Models only (pydantic, frozen, unknown keys refused). What they drive lives in
+:mod:`stack.deployments`, :mod:`stack.alerts` and :mod:`stack.backfill`.
 """
 
 from __future__ import annotations

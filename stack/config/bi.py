@@ -7,10 +7,8 @@ Every hook shares the knobs of :class:`HookBase` (``timeout``, ``poll_interval``
 (what :class:`stack.secrets.Resolver` makes of ``${vault:...}``), never show in a
 repr, and are unwrapped only at the HTTP edge.
 
-Durations are seconds (``30``, ``0.05``) or ``90s`` / ``10m`` / ``2h``.
-
-This module imports nothing from :mod:`stack.config`, so ``stack.config`` can
-import :data:`BiHook` without a cycle.
+Durations are seconds (``30``, ``0.05``) or ``90s`` / ``10m`` / ``2h``. What the hooks
+do with these settings lives in :mod:`stack.bi`.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from stack.durations import Seconds
+from stack.config.durations import Seconds
 
 __all__ = [
     "BI_TYPES",
