@@ -2,7 +2,7 @@
 
 Without ``vault:``, only ``${env:...}`` and ``${file:...}`` references resolve. The
 references themselves, and the Vault session that resolves them, are :mod:`stack.secrets`
-and :mod:`stack.vault`.
+and :mod:`stack.secrets.vault`.
 """
 
 from __future__ import annotations

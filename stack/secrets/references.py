@@ -32,7 +32,7 @@ are revoked and the login token revoked at exit, also on failure).
 :func:`reveal` unwraps at the very edge, where a connector needs its plain
 config. :func:`check_references` tries every reference of a config and says
 which resolve, never showing a value. Vault access itself is
-:class:`stack.vault.VaultSession`.
+:class:`stack.secrets.vault.VaultSession`.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from pydantic import BaseModel, SecretStr
 from stack.config.secrets import SecretsConfig
 from stack.errors import SecretError
 from stack.redact import redact, register_secret
-from stack.vault import VaultSession
+from stack.secrets.vault import VaultSession
 
 __all__ = [
     "DbCredentials",

@@ -47,7 +47,7 @@ __all__ = [
     "VaultSession",
 ]
 
-log = logging.getLogger("stack.vault")
+log = logging.getLogger("stack.secrets.vault")
 
 RENEW_AT = 0.5
 """Renew once this fraction of the granted TTL has passed."""
