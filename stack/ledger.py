@@ -31,7 +31,7 @@ from stack.errors import MdstackError
 from stack.plan import RunContext, StreamPlan, utcnow
 from stack.redact import redact
 from stack.sql import ident, table
-from stack.transform import NodeResult
+from stack.transform.dbt import NodeResult
 from stack.warehouse.base import Warehouse
 
 log = logging.getLogger(__name__)
@@ -309,7 +309,7 @@ def latest_runs(wh: Warehouse, pipeline: str) -> pa.Table:
 
 def ledger_source_count(wh: Warehouse, pipeline: str) -> Callable[[str, str, str], int | None]:
     """``(source, stream, region) -> rows``: what the run ledger says each stream delivered
-    (a ``SourceCount`` for reconcile checks, :func:`stack.checks.run_checks`).
+    (a ``SourceCount`` for reconcile checks, :func:`stack.transform.checks.run_checks`).
 
     Rows = the last successful ``full_refresh_overwrite`` load's inserts, plus every later
     run's inserts minus its deletes. Exact for the sync modes and hard deletes; a soft-deleted

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stack import bi, checks, ledger, lineage, sql, transform
+from stack import bi, ledger, lineage, sql, transform
 from stack.config import DuckDBTarget, StackConfig, load_config
 from stack.errors import ConfigError
 from stack.parallel import Bounds, StreamJob, run_bounded
@@ -26,6 +26,7 @@ from stack.redact import install_redaction, redact
 from stack.run_scope import RunScope, close_scope, shared_scope
 from stack.secrets import Resolver
 from stack.sync import Progress, RunContext, utcnow
+from stack.transform import checks
 from stack.warehouse import Warehouse, connect
 
 FULL_REFRESH = "full_refresh_overwrite"

@@ -12,7 +12,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from stack import ledger
-from stack.checks import (
+from stack.config.checks import Check, CheckList
+from stack.errors import ConfigError
+from stack.transform.checks import (
     CHECKS_TABLE,
     CheckResult,
     blocking,
@@ -21,9 +23,7 @@ from stack.checks import (
     record_results,
     run_checks,
 )
-from stack.config.checks import Check, CheckList
-from stack.errors import ConfigError
-from stack.transform import NodeResult
+from stack.transform.dbt import NodeResult
 from tests.conftest import ROOT
 
 NOW = datetime(2026, 3, 2, 12, 0, 0)
@@ -345,7 +345,7 @@ def test_checks_and_lineage_import_light():
     """Checks and lineage import no warehouse driver, no pipeline, and dbt and
     openlineage-python only when they run."""
     probe = (
-        "import sys, stack.checks, stack.lineage; "
+        "import sys, stack.transform, stack.lineage; "
         "print(sorted(m for m in sys.modules if m.startswith(('stack.warehouse', "
         "'stack.pipeline', 'openlineage', 'dbt'))))"
     )

@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from stack import pipeline
-from stack.checks import Check, run_checks
 from stack.config import load_config
+from stack.config.checks import Check
 from stack.config.lineage import LineageConfig
 from stack.ledger import ledger_source_count
 from stack.lineage import (
@@ -35,6 +35,7 @@ from stack.lineage import (
     run_events,
     write_lineage_page,
 )
+from stack.transform.checks import run_checks
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.conftest import ROOT, dbt_target
 from tests.test_pipeline import write_config

@@ -1,6 +1,6 @@
 """The ``checks:`` section of ``stack.yml``: one :class:`Check` per entry.
 
-:mod:`stack.checks` evaluates them on the warehouse.
+:mod:`stack.transform.checks` evaluates them on the warehouse.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from stack.config.checks import (
 )
 from stack.errors import ConfigError, MdstackError, WarehouseBusy, WarehouseError
 from stack.sql import DELETED_AT, REGION, ident, table
-from stack.transform import NodeResult
+from stack.transform.dbt import NodeResult
 
 if TYPE_CHECKING:
     from stack.warehouse.base import Warehouse

@@ -1,0 +1,32 @@
+"""The transform step: dbt builds the models, then checks verify the data.
+
+- ``dbt.py``: the dbt project run in-process (profile, node selection from the
+  streams that changed, per-node results); its public names are re-exported here.
+- ``checks.py``: data checks (freshness, volume, schema, values, reconcile) run on
+  the warehouse before a publish, and dbt's source freshness as check results.
+
+Nothing here reads the run ledger: what a reconcile check compares with is passed in
+(:func:`stack.load.ledger.ledger_source_count` makes it).
+"""
+
+from stack.transform.dbt import (
+    FAILED_STATUSES,
+    PROFILE_NAME,
+    DbtRun,
+    NodeResult,
+    Selection,
+    TransformError,
+    run_dbt,
+    selection,
+)
+
+__all__ = [
+    "FAILED_STATUSES",
+    "PROFILE_NAME",
+    "DbtRun",
+    "NodeResult",
+    "Selection",
+    "TransformError",
+    "run_dbt",
+    "selection",
+]
