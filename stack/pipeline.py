@@ -18,14 +18,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stack import bi, ledger, lineage, sql, transform
+from stack import bi, lineage, sql, transform
 from stack.config import DuckDBTarget, StackConfig, load_config
 from stack.errors import ConfigError
+from stack.load import Progress, RunContext, ledger, utcnow
 from stack.parallel import Bounds, StreamJob, run_bounded
 from stack.redact import install_redaction, redact
 from stack.run_scope import RunScope, close_scope, shared_scope
 from stack.secrets import Resolver
-from stack.sync import Progress, RunContext, utcnow
 from stack.transform import checks
 from stack.warehouse import Warehouse, connect
 

@@ -9,28 +9,86 @@ threads. Steps still take only ids and paths: a step that lands in another
 process opens that process's own scope. :func:`close_scope` ends a run's
 scope (revoking secret leases and releasing the warehouse) before dbt needs
 the warehouse.
+
+:func:`open_source` is where a source's connector is built for a region, its
+secrets revealed; :func:`sync_source` syncs the streams of one source in order,
+without a scope (for scripts and benchmarks).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict
 from typing import Any
 
+from connectors import load_source
 from connectors.base import Catalog, Source
-from stack.config import StackConfig
-from stack.secrets import Resolver
-from stack.sync import (
-    Progress,
-    RunContext,
-    declared_streams,
-    open_source,
-    plan_stream,
-    sync_stream,
-)
+from stack.config import SourceConfig, StackConfig
+from stack.errors import ConfigError
+from stack.load import Progress, RunContext, plan_stream, sync_stream
+from stack.load.ledger import RunEntry
+from stack.secrets import Resolver, reveal
 from stack.warehouse import Warehouse
+
+
+def open_source(
+    config: StackConfig,
+    source_name: str,
+    region: str,
+    resolve: Callable[[Any, str], Any] | None = None,
+) -> Source:
+    """The connector of a source, configured for a region, its secrets revealed.
+
+    ``resolve(value, where)`` turns secret references in the source's config into
+    values (see :class:`stack.secrets.Resolver`); they are revealed only here, where
+    the connector is built.
+    """
+    settings = config.source_config(source_name, region)
+    if resolve is not None:
+        settings = reveal(resolve(settings, f"sources.{source_name}.config"))
+    return load_source(config.source(source_name).connector, source_name, settings)
+
+
+def declared_streams(config: StackConfig, source_name: str, names: Sequence[str]) -> SourceConfig:
+    """The source's config, once every one of ``names`` is a stream it declares.
+
+    Raises:
+        ConfigError: a name is not declared under ``sources.<source>.streams``.
+    """
+    source_cfg = config.source(source_name)
+    unknown = [n for n in names if n not in source_cfg.streams]
+    if unknown:
+        raise ConfigError(
+            f"streams {unknown} are not declared for source {source_name!r}",
+            key=f"sources.{source_name}.streams",
+            hint=f"declared: {', '.join(source_cfg.streams)}",
+        )
+    return source_cfg
+
+
+def sync_source(
+    wh: Warehouse,
+    config: StackConfig,
+    source_name: str,
+    ctx: RunContext,
+    streams: Iterable[str] | None = None,
+    progress: Progress | None = None,
+    resolve: Callable[[Any, str], Any] | None = None,
+) -> list[RunEntry]:
+    """Sync the selected streams (default: all) of one source for one region, in order.
+
+    ``resolve`` reveals secrets as :func:`open_source` says. The first failing stream
+    stops the source; the streams before it stay committed.
+    """
+    source_cfg = config.source(source_name)
+    names = list(streams) if streams else list(source_cfg.streams)
+    declared_streams(config, source_name, names)
+    source = open_source(config, source_name, ctx.region, resolve)
+    catalog = source.discover()
+    plans = [plan_stream(source_name, source_cfg, catalog, n) for n in names]
+    return [sync_stream(wh, source, plan, ctx, progress) for plan in plans]
 
 
 class RunScope:

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from connectors.base import Message
-from stack.sync import EVERY_CHECKPOINT
+from stack.load import EVERY_CHECKPOINT
 from tests.contract import ADAPTERS, sync
 from tests.scripted import ScriptedSource
 from tests.strategies import change_rounds

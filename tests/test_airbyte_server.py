@@ -28,8 +28,8 @@ from connectors.base import Checkpoint, ConfiguredStream, ExternalLoad, Source
 from connectors.errors import ConnectorError, SourceUnavailable
 from stack import pipeline, transform
 from stack.config import SourceConfig
-from stack.plan import RunContext
-from stack.sync import plan_stream, sync_stream
+from stack.load import plan_stream, sync_stream
+from stack.load.plan import RunContext
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.airbyte_api_server import AirbyteApi, connection, serving
 

@@ -32,10 +32,10 @@ from connectors._airbyte_read import States, read_messages
 from connectors._airbyte_records import Records
 from connectors.base import Batch, Checkpoint, ConfiguredStream
 from connectors.errors import ConnectorError, SourceUnavailable
-from stack import ledger
 from stack.cli import app
 from stack.config import StackConfig
-from stack.sync import EVERY_CHECKPOINT, RunContext, plan_stream, sync_source, sync_stream
+from stack.load import EVERY_CHECKPOINT, RunContext, ledger, plan_stream, sync_stream
+from stack.run_scope import sync_source
 
 FAKE = Path(__file__).resolve().parent / "airbyte_fake_source.py"
 CONNECTORS_DIR = Path(

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from stack import ledger
 from stack.config.checks import Check, CheckList
 from stack.errors import ConfigError
+from stack.load import ledger
 from stack.transform.checks import (
     CHECKS_TABLE,
     CheckResult,

@@ -18,8 +18,8 @@ import pytest
 from connectors.base import Batch, Checkpoint, ConfiguredStream, Message, State
 from stack.config import SourceConfig
 from stack.errors import SchemaError, WarehouseError
-from stack.feed import Feed, FeedAborted
-from stack.sync import RunContext, plan_stream, sync_stream
+from stack.load import RunContext, plan_stream, sync_stream
+from stack.load.feed import Feed, FeedAborted
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.scripted import SCHEMA, ScriptedSource, checkpoint, rows
 

@@ -27,7 +27,7 @@ from connectors.base import Batch, Checkpoint, ConfiguredStream, Source
 from connectors.errors import ConnectorError
 from connectors.files import FilesSource
 from stack.config import SourceConfig
-from stack.sync import CommitPolicy, RunContext, plan_stream, sync_stream
+from stack.load import CommitPolicy, RunContext, plan_stream, sync_stream
 
 ROWS = [
     {"id": 1, "name": "ada", "amount": 1.5, "day": date(2026, 1, 1)},

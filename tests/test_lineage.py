@@ -26,7 +26,6 @@ from stack import pipeline
 from stack.config import load_config
 from stack.config.checks import Check
 from stack.config.lineage import LineageConfig
-from stack.ledger import ledger_source_count
 from stack.lineage import (
     Dashboard,
     emit_events,
@@ -35,6 +34,7 @@ from stack.lineage import (
     run_events,
     write_lineage_page,
 )
+from stack.load.ledger import ledger_source_count
 from stack.transform.checks import run_checks
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.conftest import ROOT, dbt_target

@@ -27,8 +27,8 @@ from connectors.base import Batch, Checkpoint, ConfiguredStream, Source, StreamS
 from connectors.errors import ConnectorError, SourceUnavailable
 from connectors.rest import RestSource
 from stack.config import SourceConfig
-from stack.plan import RunContext, plan_stream
-from stack.sync import EVERY_CHECKPOINT, sync_stream
+from stack.load import EVERY_CHECKPOINT, sync_stream
+from stack.load.plan import RunContext, plan_stream
 from tests.rest_server import FAULTS, Api, RestServer, serving
 
 SECRET = "tok-5up3r-s3cr3t-v4lu3"

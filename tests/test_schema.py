@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from stack.errors import SchemaError
-from stack.schema import StreamSchema, supertype
+from stack.load.schema import StreamSchema, supertype
 
 BASE = pa.schema([("id", pa.int64()), ("qty", pa.int32()), ("day", pa.date32())])
 

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 import yaml
 
-from stack import ledger
+from stack.load import ledger
 from stack.redact import register_secret
 from stack.warehouse.duckdb import DuckDBWarehouse
 

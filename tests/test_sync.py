@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from stack import ledger
 from stack.config import SourceConfig
 from stack.errors import SchemaError
-from stack.sync import EVERY_CHECKPOINT, CommitPolicy, RunContext, plan_stream, sync_stream
+from stack.load import EVERY_CHECKPOINT, CommitPolicy, RunContext, ledger, plan_stream, sync_stream
 from tests.scripted import ScriptedSource, checkpoint, deletes, rows
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from connectors.base import Batch
 from stack.errors import SchemaError, SyncConflict
-from stack.sync import CommitPolicy
+from stack.load import CommitPolicy
 from tests.scripted import ScriptedSource, checkpoint, rows
 from tests.test_sync import run, state, table
 

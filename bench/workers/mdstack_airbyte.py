@@ -18,7 +18,8 @@ from pathlib import Path
 from _report import Stopwatch, emit
 
 from stack.config import StackConfig
-from stack.sync import RunContext, sync_source
+from stack.load import RunContext
+from stack.run_scope import sync_source
 from stack.warehouse.duckdb import DuckDBWarehouse
 
 

@@ -1,7 +1,7 @@
 """mdstack: one PostgreSQL table into a DuckDB (DuckLake) warehouse, through the engine.
 
 Runs what ``mdstack sync`` runs for one stream: :class:`connectors.postgres.PostgresSource`,
-:func:`stack.sync.plan_stream` and :func:`stack.sync.sync_stream` into a
+:func:`stack.load.plan_stream` and :func:`stack.load.sync_stream` into a
 :class:`stack.warehouse.duckdb.DuckDBWarehouse` with its default settings (4 threads,
 1 GB memory limit). Timed: opening the warehouse, discover, the sync and its commit.
 
@@ -23,7 +23,7 @@ from _report import Stopwatch, emit
 
 from connectors.postgres import PostgresSource
 from stack.config import SourceConfig
-from stack.sync import RunContext, plan_stream, sync_stream
+from stack.load import RunContext, plan_stream, sync_stream
 from stack.warehouse.duckdb import DuckDBWarehouse
 
 SCHEMA = "raw"

@@ -17,7 +17,7 @@ from _report import Stopwatch, emit
 
 from connectors.rest import RestSource
 from stack.config import SourceConfig
-from stack.sync import RunContext, plan_stream, sync_stream
+from stack.load import RunContext, plan_stream, sync_stream
 from stack.warehouse.duckdb import DuckDBWarehouse
 
 

@@ -1,7 +1,7 @@
 """The ``sources:`` section of ``stack.yml``: a connector, its config, and how each stream syncs.
 
 Also the vocabularies a stream's settings choose from: :data:`SchemaPolicy` (what a
-schema change does, applied by :mod:`stack.schema`), :data:`DeleteMode` and
+schema change does, applied by :mod:`stack.load.schema`), :data:`DeleteMode` and
 :data:`BadRecordPolicy`.
 """
 

@@ -10,7 +10,7 @@ Provides:
 - :func:`blocking` picks the failures that must block the publish (severity ``error``).
 - :func:`freshness_from_sources_json` / :func:`freshness_from_nodes` turn dbt's
   ``source freshness`` results into check results. A :data:`SourceCount` for reconciliation
-  comes from the run ledger (:func:`stack.ledger.ledger_source_count`).
+  comes from the run ledger (:func:`stack.load.ledger.ledger_source_count`).
 
 A check never raises for bad data: a missing table or column is a failed result. Only the
 warehouse being busy (:class:`~stack.errors.WarehouseBusy`, retryable) propagates. SQL is
@@ -165,9 +165,9 @@ def run_checks(
         checks: the ``checks:`` of ``stack.yml``.
         region: the run's region; rows are scoped to it (see ``Check.region_column``).
         run_id: the run's id, recorded with each result.
-        now: the run's time, naive UTC (``stack.sync.utcnow()``), for freshness.
+        now: the run's time, naive UTC (``stack.load.utcnow()``), for freshness.
         source_count: counts rows at the source, for ``reconcile`` checks; without it
-            they are skipped. :func:`stack.ledger.ledger_source_count` makes one.
+            they are skipped. :func:`stack.load.ledger.ledger_source_count` makes one.
         schemas: source name -> warehouse schema, for checks declared with ``stream:``.
         record: write the results to ``_mds_checks`` (see :func:`record_results`).
 

@@ -1,6 +1,6 @@
 """The engine's contract suite: the adapters it runs against, and the reference model.
 
-The engine tests (``test_engine_*``) drive :func:`stack.sync.sync_stream` with a
+The engine tests (``test_engine_*``) drive :func:`stack.load.sync.sync_stream` with a
 :class:`tests.scripted.ScriptedSource` and compare what lands in the
 warehouse with :func:`expected_rows`, a plain-Python model of each sync mode
 written from ARCHITECTURE.md ("Sync modes and deletes"), never from the SQL:
@@ -36,18 +36,18 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 
 from connectors.base import DELETED_AT, Batch, Deletes, Message, Source
-from stack import ledger
 from stack.config import SourceConfig
-from stack.ledger import RunEntry
-from stack.sql import ident, table
-from stack.sync import (
+from stack.load import (
     EVERY_CHECKPOINT,
     CommitPolicy,
     Progress,
     RunContext,
+    ledger,
     plan_stream,
     sync_stream,
 )
+from stack.load.ledger import RunEntry
+from stack.sql import ident, table
 from stack.warehouse.base import Warehouse
 from stack.warehouse.duckdb import DuckDBWarehouse
 

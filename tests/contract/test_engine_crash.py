@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from connectors.base import Checkpoint, Message
 from stack.errors import WarehouseError
-from stack.sync import EVERY_CHECKPOINT
+from stack.load import EVERY_CHECKPOINT
 from stack.warehouse.base import Warehouse
 from tests import crash_worker
 from tests.contract import (

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from stack.sync import CommitPolicy
+from stack.load import CommitPolicy
 from tests import scripted
 from tests.contract import (
     POLICIES,

@@ -17,7 +17,7 @@ The promises (``connectors/base.py``):
   Batch / Deletes / Checkpoint of that stream (a stream ``loaded_externally`` yields
   ExternalLoad instead of records) and ends with a Checkpoint; every batch carries
   each discovered column with the discovered type or one the engine can fit or widen to
-  (:func:`stack.schema.supertype`); Deletes only where declared, with exactly the key columns
+  (:func:`stack.load.schema.supertype`); Deletes only where declared, with exactly the key columns
   and ``_deleted_at``; checkpoints survive a JSON round trip;
 * an incremental read resumed from a checkpoint (the middle one and the last one) yields no
   record that was yielded before that checkpoint.
@@ -53,7 +53,7 @@ from connectors.base import (
     StreamSpec,
 )
 from connectors.errors import ConnectorError
-from stack.schema import supertype
+from stack.load.schema import supertype
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from connectors.base import State
 from stack.errors import MdstackError
-from stack.plan import RunContext, StreamPlan, utcnow
+from stack.load.plan import RunContext, StreamPlan, utcnow
 from stack.redact import redact
 from stack.sql import ident, table
 from stack.transform.dbt import NodeResult

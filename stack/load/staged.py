@@ -19,10 +19,11 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from connectors.base import DELETED_AT, State
-from stack import ledger, sql
+from stack import sql
 from stack.errors import SchemaError
-from stack.plan import RunContext, StreamPlan, utcnow
-from stack.staging import Stage
+from stack.load import ledger
+from stack.load.plan import RunContext, StreamPlan, utcnow
+from stack.load.staging import Stage
 from stack.warehouse.base import Warehouse
 
 log = logging.getLogger(__name__)

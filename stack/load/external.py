@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 
 from connectors.base import Batch, Checkpoint, Deletes, ExternalLoad, Source, State
-from stack import ledger
 from stack.errors import SchemaError
-from stack.plan import RunContext, StreamPlan, utcnow
+from stack.load import ledger
+from stack.load.plan import RunContext, StreamPlan, utcnow
 from stack.warehouse.base import Warehouse
 
 log = logging.getLogger(__name__)

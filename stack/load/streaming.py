@@ -8,7 +8,7 @@ until then. Rows the load replaces (a region on overwrite, a backfill window)
 are deleted first thing in that transaction.
 
 A warehouse that pulls a stream of batches (``capabilities.stream_append``)
-gets the whole commit as one INSERT fed through a :class:`~stack.feed.Feed`:
+gets the whole commit as one INSERT fed through a :class:`~stack.load.feed.Feed`:
 the source is read while the warehouse writes, and memory holds a few batches.
 Any other warehouse gets one append per ~200 k buffered rows.
 """
@@ -22,12 +22,13 @@ from typing import TypeVar
 import pyarrow as pa
 
 from connectors.base import State
-from stack import ledger, sql
-from stack.apply import LoadContext
+from stack import sql
 from stack.errors import SchemaError
-from stack.feed import Feed
-from stack.plan import utcnow
-from stack.staging import BUFFER_ROWS
+from stack.load import ledger
+from stack.load.feed import Feed
+from stack.load.plan import utcnow
+from stack.load.staged import LoadContext
+from stack.load.staging import BUFFER_ROWS
 
 
 class DirectLoad:

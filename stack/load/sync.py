@@ -1,10 +1,10 @@
 """The sync engine: one stream of one source into one warehouse table.
 
-Batches are fitted to the destination's schema (:mod:`stack.schema`), checked
+Batches are fitted to the destination's schema (:mod:`stack.load.schema`), checked
 (primary keys), and staged as they arrive, in bounded memory
-(:mod:`stack.staging`). At a checkpoint the staged rows are applied with the
+(:mod:`stack.load.staging`). At a checkpoint the staged rows are applied with the
 stream's sync mode and the checkpoint's state is written **in one
-transaction** (:mod:`stack.apply`): a crash anywhere leaves the last
+transaction** (:mod:`stack.load.staged`): a crash anywhere leaves the last
 committed state matching the data, and the next run resumes from it.
 Full refreshes commit once, at the end: ``full_refresh_overwrite`` replaces the
 region's rows in a single transaction, so readers never see a half table, and
@@ -21,45 +21,24 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors import load_source
 from connectors.base import DELETED_AT, Batch, Checkpoint, ConfiguredStream, Deletes, Source
-from stack import ledger, sql
-from stack.apply import Load, LoadContext, Replacement, StagedLoad, detect_deletes
-from stack.config import SourceConfig, StackConfig
-from stack.direct import DirectLoad
-from stack.errors import ConfigError, SchemaError
-from stack.external import sync_external
-from stack.plan import (
-    EVERY_CHECKPOINT,
-    CommitPolicy,
-    RunContext,
-    StreamPlan,
-    plan_stream,
-    utcnow,
-)
-from stack.schema import StreamSchema
-from stack.secrets import reveal
-from stack.staging import Stage
+from stack import sql
+from stack.errors import SchemaError
+from stack.load import ledger
+from stack.load.external import sync_external
+from stack.load.plan import CommitPolicy, RunContext, StreamPlan, utcnow
+from stack.load.schema import StreamSchema
+from stack.load.staged import Load, LoadContext, Replacement, StagedLoad, detect_deletes
+from stack.load.staging import Stage
+from stack.load.streaming import DirectLoad
 from stack.warehouse.base import Warehouse
 
-__all__ = [
-    "EVERY_CHECKPOINT",
-    "CommitPolicy",
-    "Progress",
-    "RunContext",
-    "StreamPlan",
-    "open_source",
-    "plan_stream",
-    "sync_source",
-    "sync_stream",
-    "utcnow",
-]
+__all__ = ["Progress", "sync_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -307,61 +286,3 @@ def _snapshot_deletes(
         detect_deletes(wh, plan, keys, ctx, entry)
     finally:
         keys.reset()
-
-
-def open_source(
-    config: StackConfig,
-    source_name: str,
-    region: str,
-    resolve: Callable[[Any, str], Any] | None = None,
-) -> Source:
-    """The connector of a source, configured for a region, its secrets revealed.
-
-    ``resolve(value, where)`` turns secret references in the source's config into
-    values (see :class:`stack.secrets.Resolver`); they are revealed only here, where
-    the connector is built.
-    """
-    settings = config.source_config(source_name, region)
-    if resolve is not None:
-        settings = reveal(resolve(settings, f"sources.{source_name}.config"))
-    return load_source(config.source(source_name).connector, source_name, settings)
-
-
-def declared_streams(config: StackConfig, source_name: str, names: Sequence[str]) -> SourceConfig:
-    """The source's config, once every one of ``names`` is a stream it declares.
-
-    Raises:
-        ConfigError: a name is not declared under ``sources.<source>.streams``.
-    """
-    source_cfg = config.source(source_name)
-    unknown = [n for n in names if n not in source_cfg.streams]
-    if unknown:
-        raise ConfigError(
-            f"streams {unknown} are not declared for source {source_name!r}",
-            key=f"sources.{source_name}.streams",
-            hint=f"declared: {', '.join(source_cfg.streams)}",
-        )
-    return source_cfg
-
-
-def sync_source(
-    wh: Warehouse,
-    config: StackConfig,
-    source_name: str,
-    ctx: RunContext,
-    streams: Iterable[str] | None = None,
-    progress: Progress | None = None,
-    resolve: Callable[[Any, str], Any] | None = None,
-) -> list[ledger.RunEntry]:
-    """Sync the selected streams (default: all) of one source for one region, in order.
-
-    ``resolve`` reveals secrets as :func:`open_source` says. The first failing stream
-    stops the source; the streams before it stay committed.
-    """
-    source_cfg = config.source(source_name)
-    names = list(streams) if streams else list(source_cfg.streams)
-    declared_streams(config, source_name, names)
-    source = open_source(config, source_name, ctx.region, resolve)
-    catalog = source.discover()
-    plans = [plan_stream(source_name, source_cfg, catalog, n) for n in names]
-    return [sync_stream(wh, source, plan, ctx, progress) for plan in plans]
