@@ -1,18 +1,30 @@
-"""OpenLineage ``RunEvent``s of one pipeline run (see :func:`stack.lineage.run_events`).
+"""OpenLineage ``RunEvent``s of one pipeline run, and what lineage reads from ``stack.yml``.
+
+- :class:`PipelineInfo` / :func:`read_pipeline`: the name, sources, target and dbt
+  manifest of a ``StackConfig`` (or of the dict of a ``stack.yml``), read once.
+- :func:`run_events` builds the events (START, then COMPLETE, FAIL or ABORT) from a run
+  summary (``dataclasses.asdict(RunSummary)``): one job run per stream sync (input
+  ``<connector>://<source>`` / ``<stream>``, output the warehouse table with schema and
+  row-count facets) and per dbt model or snapshot (inputs and outputs from the dbt
+  manifest), each a child of one pipeline run.
 
 openlineage-python is imported when a builder is made, not with this module.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
-if TYPE_CHECKING:
-    from stack.lineage import PipelineInfo
+from pydantic import BaseModel
+
+from stack.config.lineage import LineageConfig
 
 PRODUCER = "https://github.com/mdstack/mdstack"
 """The ``producer`` URI of every event and facet mdstack emits."""
@@ -22,6 +34,79 @@ _DBT_ENDED = {"success": "COMPLETE", "pass": "COMPLETE", "skipped": "ABORT"}
 
 Columns = Callable[[str, str], "Mapping[str, str] | None"]
 """``(schema, table) -> column name -> type`` (``Warehouse.columns`` of an open warehouse)."""
+
+
+DUCKDB_DATABASE = "lake"
+"""The name the DuckLake catalog is attached under (dbt's ``database`` for DuckDB)."""
+
+
+# -- reading a config given as a model or a dict ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    """What lineage needs from ``stack.yml``."""
+
+    name: str
+    root: Path
+    sources: dict[str, dict[str, Any]]
+    target: dict[str, Any]
+    lineage: LineageConfig | None
+    manifest: Path | None
+
+    @property
+    def namespace(self) -> str:
+        return (self.lineage.namespace if self.lineage else None) or self.name
+
+    def site(self) -> tuple[str, str]:
+        """(dataset namespace, database) of warehouse tables, per OpenLineage's naming."""
+        if self.target.get("type") == "snowflake":
+            account = str(self.target.get("account", ""))
+            return f"snowflake://{account.lower()}", str(self.target.get("database", ""))
+        path = Path(self.target.get("path", "warehouse"))
+        folder = (path if path.is_absolute() else self.root / path).resolve()
+        return f"duckdb://{folder}", DUCKDB_DATABASE
+
+
+def read_pipeline(config: Any, target: str | None = None) -> PipelineInfo:
+    """Normalise a ``StackConfig`` (or the dict of a ``stack.yml``) for lineage."""
+    if isinstance(config, BaseModel):
+        data = config.model_dump(by_alias=True)
+        root = Path(getattr(config, "path", "stack.yml")).resolve().parent
+    else:
+        data = dict(config)
+        root = Path(data.get("path") or "stack.yml").resolve().parent
+    targets = data.get("targets") or {}
+    chosen = (target or data.get("target") or "").partition("@")[0]
+    lineage = data.get("lineage")
+    dbt = data.get("dbt") or {}
+    project = Path(dbt.get("project_dir") or "dbt_project") if dbt else None
+    if project is not None and not project.is_absolute():
+        project = root / project
+    return PipelineInfo(
+        name=str(data.get("name", "mdstack")),
+        root=root,
+        sources=dict(data.get("sources") or {}),
+        target=dict(targets.get(chosen) or {}),
+        lineage=LineageConfig.model_validate(lineage) if lineage else None,
+        manifest=_target_dir(project) / "manifest.json" if project else None,
+    )
+
+
+def _target_dir(project: Path) -> Path:
+    """Where dbt writes its artifacts: ``$DBT_TARGET_PATH`` (relative to the project, as
+    dbt reads it) or the project's ``target/``."""
+    return project / os.environ.get("DBT_TARGET_PATH", "target")
+
+
+def load_manifest(path: Path | None) -> dict[str, Any]:
+    """The dbt manifest at ``path``, or an empty one when there is none yet."""
+    if path is None or not Path(path).exists():
+        return {"nodes": {}, "sources": {}, "exposures": {}}
+    return json.loads(Path(path).read_text())
+
+
+# -- building the events ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -232,7 +317,7 @@ def build_events(
     columns: Columns | None,
     now: datetime,
 ) -> list[Any]:
-    """The events of :func:`stack.lineage.run_events`, for a config already read."""
+    """The events of :func:`run_events`, for a config already read."""
     builder = _EventBuilder(pipeline.namespace, str(summary["region"]), str(summary["run_id"]))
     site = pipeline.site()
     streams = list(summary.get("streams") or [])
@@ -251,3 +336,42 @@ def build_events(
     failed = any(s.get("status") != "succeeded" for s in streams) or dbt.get("success") is False
     events.append(builder.event("FAIL" if failed else "COMPLETE", parent, max(clock, now)))
     return events
+
+
+def run_events(
+    config: Any,
+    summary: Mapping[str, Any],
+    *,
+    target: str | None = None,
+    manifest: Mapping[str, Any] | None = None,
+    columns: Columns | None = None,
+    now: datetime | None = None,
+) -> list[Any]:
+    """OpenLineage ``RunEvent``s of one pipeline run, in time order.
+
+    Job runs: ``pipeline`` (the parent), ``sync.<source>.<stream>`` per stream and
+    ``dbt.<project>.<model>`` per dbt model, snapshot or seed, in the job namespace
+    ``lineage.namespace`` (default: the pipeline's name). The region and mdstack's run id
+    are tags of every run. Warehouse tables are datasets named ``database.schema.table`` in
+    namespace ``duckdb://<warehouse folder>`` or ``snowflake://<account>``, as dbt's are, so
+    a sync's output is the input of the models that read it.
+
+    Args:
+        config: the ``StackConfig`` (or the dict of a ``stack.yml``).
+        summary: a ``RunSummary`` or its ``asdict``: ``run_id``, ``region``, ``streams``
+            (ledger entries), ``dbt`` (``{"success", "nodes": [NodeResult dicts]}`` or None).
+        target: the ``--target`` the run used (default: the file's ``target:``).
+        manifest: the dbt manifest (default: ``<dbt project>/target/manifest.json``).
+        columns: column types of warehouse tables, for the schema facets of sync outputs
+            (``Warehouse.columns``); dbt outputs take the manifest's declared columns.
+        now: when the run ended (naive UTC), for what the summary has no time for.
+
+    Returns:
+        ``openlineage.client.event_v2.RunEvent`` objects.
+    """
+    pipeline = read_pipeline(config, target)
+    manifest = manifest if manifest is not None else load_manifest(pipeline.manifest)
+    now = now or datetime.now(UTC).replace(tzinfo=None)
+    if is_dataclass(summary) and not isinstance(summary, type):
+        summary = asdict(summary)
+    return build_events(pipeline, summary, manifest, columns, now)

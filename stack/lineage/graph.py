@@ -1,18 +1,13 @@
-"""The lineage page: a pipeline's graph, laid out in columns, as one self-contained HTML file.
+"""The lineage graph of a pipeline, with a status on every node; drawing it is :mod:`.page`.
 
 :func:`lineage_graph` builds the graph source -> stream -> raw table -> dbt models (one
 column per depth: staging, then marts) -> dashboards from ``stack.yml``'s sources, the dbt
 manifest, the run ledger and dbt's ``run_results.json``; every node gets a status (``ok``,
 ``warn``, ``error``, ``running``, ``unknown``) from the last run and the tables' freshness.
-:func:`render_page` draws it as inline SVG (no CDN, no external file), with a small script
-that highlights a node's upstream and downstream chain on hover, and embeds the graph as
-JSON in ``<script type="application/json" id="lineage">`` for machines.
 """
 
 from __future__ import annotations
 
-import html
-import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,14 +16,6 @@ from typing import Any, Literal
 
 Status = Literal["ok", "warn", "error", "running", "unknown"]
 _RANK = {"unknown": 0, "ok": 1, "running": 2, "warn": 3, "error": 4}
-_COLOURS = {  # status -> (bar, card tint)
-    "ok": ("#1f9d63", "#ecf8f2"),
-    "warn": ("#e09b00", "#fff6df"),
-    "error": ("#d93f36", "#fdeceb"),
-    "running": ("#3b7ddd", "#e9f1fd"),
-    "unknown": ("#a3abb7", "#f2f4f7"),
-}
-_WORDS = {"ok": "ok", "warn": "warning", "error": "failed", "running": "running", "unknown": "—"}
 _DBT_NODES = ("model", "snapshot", "seed")
 _DBT_STATUS: dict[str, Status] = {
     "success": "ok",
@@ -40,8 +27,6 @@ _DBT_STATUS: dict[str, Status] = {
     "runtime error": "error",
 }
 _PERIODS = {"minute": 60, "hour": 3600, "day": 86400}
-
-NODE_W, NODE_H, COL_GAP, ROW_GAP, PAD, TOP = 204, 50, 66, 14, 28, 64
 
 
 @dataclass(frozen=True)
@@ -90,7 +75,7 @@ class Graph:
         }
 
 
-# -- building the graph ----------------------------------------------------------------------
+# -- building the graph -----------------------------------------------------------------------
 
 
 def lineage_graph(
@@ -102,7 +87,7 @@ def lineage_graph(
     dashboards: Sequence[Dashboard | str] = (),
     now: datetime | None = None,
 ) -> Graph:
-    """The lineage graph with statuses, laid out (``Node.x``/``Node.y`` set).
+    """The lineage graph with statuses (``Node.x``/``Node.y`` are set when it is drawn).
 
     Args:
         title: the pipeline's name.
@@ -152,7 +137,6 @@ def lineage_graph(
     if any(n.kind == "dashboard" for n in nodes.values()):
         columns.append("Dashboards")
     graph = Graph(title, columns, list(nodes.values()), edges, now.replace(tzinfo=UTC))
-    _layout(graph)
     return graph
 
 
@@ -349,210 +333,3 @@ def _ago(now: datetime, then: datetime) -> str:
         if seconds >= size:
             return f"{seconds / size:.0f}{unit} ago"
     return "now"
-
-
-# -- layout ----------------------------------------------------------------------------------
-
-
-def _layout(graph: Graph) -> None:
-    """Columns left to right; rows ordered to keep edges short (barycentre sweeps)."""
-    columns: dict[int, list[Node]] = defaultdict(list)
-    for node in graph.nodes:
-        columns[node.column].append(node)
-    ups: dict[str, list[str]] = defaultdict(list)
-    downs: dict[str, list[str]] = defaultdict(list)
-    for a, b in graph.edges:
-        downs[a].append(b)
-        ups[b].append(a)
-    order = {n.id: i for i, n in enumerate(graph.nodes)}
-    for sweep in range(4):
-        forward = sweep % 2 == 0
-        for col in sorted(columns, reverse=not forward):
-            links = ups if forward else downs
-
-            def centre(node: Node, links: dict[str, list[str]] = links) -> float:
-                near = [order[m] for m in links[node.id] if m in order]
-                return sum(near) / len(near) if near else order[node.id]
-
-            columns[col].sort(key=centre)
-            for i, node in enumerate(columns[col]):
-                order[node.id] = i
-    tallest = max((len(c) for c in columns.values()), default=1)
-    height = tallest * (NODE_H + ROW_GAP)
-    for col, members in columns.items():
-        top = TOP + (height - len(members) * (NODE_H + ROW_GAP)) / 2
-        for i, node in enumerate(members):
-            node.x = PAD + col * (NODE_W + COL_GAP)
-            node.y = top + i * (NODE_H + ROW_GAP)
-
-
-# -- rendering -------------------------------------------------------------------------------
-
-
-def render_svg(graph: Graph) -> str:
-    """The graph as a standalone SVG document (well-formed XML)."""
-    width = PAD * 2 + len(graph.columns) * (NODE_W + COL_GAP) - COL_GAP
-    height = max((n.y for n in graph.nodes), default=TOP) + NODE_H + PAD
-    where = {n.id: n for n in graph.nodes}
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" '
-        f'width="{width:.0f}" height="{height:.0f}" role="img" font-family="{_FONT}" '
-        f'aria-label="lineage of {_e(graph.title)}">'
-    ]
-    for i, header in enumerate(graph.columns):
-        x = PAD + i * (NODE_W + COL_GAP)
-        parts.append(
-            f'<text class="header" x="{x + 2}" y="{TOP - 22}" font-size="12" font-weight="600" '
-            f'fill="#6b7280" letter-spacing="0.06em">{_e(header.upper())}</text>'
-        )
-    parts.append('<g class="edges">')
-    for a, b in graph.edges:
-        if a not in where or b not in where:
-            continue
-        s, t = where[a], where[b]
-        x1, y1, x2, y2 = s.x + NODE_W, s.y + NODE_H / 2, t.x, t.y + NODE_H / 2
-        bend = max((x2 - x1) / 2, 30)
-        # Red from a failure downstream; a source's own status sums up its streams'.
-        broken = s.status == "error" and (s.kind != "source" or t.status == "error")
-        colour = "#e4a19c" if broken else "#c3cad4"
-        parts.append(
-            f'<path class="edge" data-from="{_e(a)}" data-to="{_e(b)}" fill="none" '
-            f'stroke="{colour}" stroke-width="1.6" d="M{x1:.1f},{y1:.1f} C{x1 + bend:.1f},'
-            f'{y1:.1f} {x2 - bend:.1f},{y2:.1f} {x2:.1f},{y2:.1f}"/>'
-        )
-    parts.append('</g><g class="nodes">')
-    for n in graph.nodes:
-        bar, tint = _COLOURS[n.status]
-        tip = "\n".join(filter(None, [n.label, _WORDS[n.status], n.detail, n.tip]))
-        parts.append(
-            f'<g class="node" data-id="{_e(n.id)}" data-kind="{n.kind}" data-status="{n.status}" '
-            f'transform="translate({n.x:.1f},{n.y:.1f})"><title>{_e(tip)}</title>'
-            f'<rect width="{NODE_W}" height="{NODE_H}" rx="8" fill="{tint}" stroke="{bar}" '
-            f'stroke-opacity="0.45"/>'
-            f'<rect width="6" height="{NODE_H}" rx="3" fill="{bar}"/>'
-            f'<circle cx="{NODE_W - 13}" cy="14" r="4.5" fill="{bar}"/>'
-            f'<text x="16" y="21" font-size="{13 if len(n.label) <= 22 else 12}" '
-            f'font-weight="600" fill="#1f2937">{_e(_fit(n.label, 25))}</text>'
-            f'<text x="16" y="38" font-size="11" fill="#5b6472">{_e(_fit(n.detail, 32))}</text>'
-            "</g>"
-        )
-    parts.append("</g></svg>")
-    return "".join(parts)
-
-
-def render_page(graph: Graph) -> str:
-    """A self-contained HTML page: header, legend, the SVG, the graph as JSON, a script."""
-    counts = Counter(n.kind for n in graph.nodes)
-    own = [n for n in graph.nodes if n.kind != "source"]  # a source sums up its streams
-    failing = sum(n.status == "error" for n in own)
-    stale = sum(n.status == "warn" for n in own)
-    summary = " · ".join(
-        f"{counts[k]} {k}s"
-        for k in ("source", "stream", "table", "model", "dashboard")
-        if counts[k]
-    )
-    legend = "".join(
-        f'<span class="chip"><i style="background:{_COLOURS[s][0]}"></i>{w}</span>'
-        for s, w in _LEGEND
-    )
-    health = (
-        f'<b class="bad">{failing} failing</b>' if failing else '<b class="good">all green</b>'
-    ) + (f' · <b class="warn">{stale} warning</b>' if stale else "")
-    data = json.dumps(graph.as_json(), default=str).replace("</", "<\\/")
-    return _PAGE.format(
-        title=_e(graph.title),
-        when=f"{graph.generated_at:%Y-%m-%d %H:%M} UTC",
-        summary=_e(summary),
-        health=health,
-        legend=legend,
-        svg=render_svg(graph),
-        data=data,
-        script=_SCRIPT,
-    )
-
-
-def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _fit(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-_LEGEND = (
-    ("ok", "ok"),
-    ("warn", "stale / warning"),
-    ("error", "failed"),
-    ("running", "running"),
-    ("unknown", "not run"),
-)
-_FONT = "Inter, 'Segoe UI', 'Helvetica Neue', Arial, sans-serif"
-_SCRIPT = """
-const data = JSON.parse(document.getElementById('lineage').textContent);
-const svg = document.querySelector('svg');
-const up = {}, down = {};
-for (const e of data.edges) {
-  (down[e.from] = down[e.from] || []).push(e.to);
-  (up[e.to] = up[e.to] || []).push(e.from);
-}
-function reach(start, links) {
-  const seen = new Set([start]), todo = [start];
-  while (todo.length) for (const m of links[todo.pop()] || [])
-    if (!seen.has(m)) { seen.add(m); todo.push(m); }
-  return seen;
-}
-let pinned = null;
-function focus(id) {
-  svg.classList.toggle('focus', !!id);
-  const keep = id ? new Set([...reach(id, up), ...reach(id, down)]) : new Set();
-  svg.querySelectorAll('.node').forEach(n => n.classList.toggle('on', keep.has(n.dataset.id)));
-  svg.querySelectorAll('.edge').forEach(e =>
-    e.classList.toggle('on', keep.has(e.dataset.from) && keep.has(e.dataset.to)));
-}
-svg.querySelectorAll('.node').forEach(n => {
-  n.addEventListener('mouseenter', () => pinned || focus(n.dataset.id));
-  n.addEventListener('mouseleave', () => pinned || focus(null));
-  n.addEventListener('click', () => { pinned = pinned === n.dataset.id ? null : n.dataset.id;
-    focus(pinned || n.dataset.id); });
-});
-const linked = decodeURIComponent(location.hash.slice(1));  // lineage.html#<node id> pins it
-if (data.nodes.some(n => n.id === linked)) { pinned = linked; focus(linked); }
-"""
-_PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · lineage</title>
-<style>
-body {{ margin: 0; background: #f5f6f8; color: #1f2937;
-  font-family: Inter, 'Segoe UI', 'Helvetica Neue', Arial, sans-serif; }}
-header {{ display: flex; align-items: baseline; gap: 18px; flex-wrap: wrap;
-  padding: 18px 28px 6px; }}
-h1 {{ font-size: 20px; margin: 0; font-weight: 700; }}
-h1 small {{ font-size: 14px; font-weight: 500; color: #9ca3af; margin-left: 4px; }}
-.meta {{ color: #6b7280; font-size: 13px; }}
-.good {{ color: #1f9d63; }} .bad {{ color: #d93f36; }} .warn {{ color: #b77f00; }}
-.legend {{ margin-left: auto; display: flex; gap: 14px; font-size: 12px; color: #4b5563; }}
-.chip i {{ display: inline-block; width: 10px; height: 10px; border-radius: 3px;
-  margin-right: 5px; vertical-align: -1px; }}
-main {{ padding: 8px 20px 20px; }}
-.card {{ background: #fff; border: 1px solid #e5e7eb; border-radius: 12px; padding: 8px;
-  overflow-x: auto; }}
-svg {{ display: block; width: 100%; height: auto; max-width: 1800px; margin: 0 auto; }}
-.node {{ cursor: pointer; transition: opacity .15s; }}
-.edge {{ transition: opacity .15s; }}
-svg.focus .node:not(.on) {{ opacity: .18; }}
-svg.focus .edge:not(.on) {{ opacity: .07; }}
-svg.focus .edge.on {{ stroke: #475569; stroke-width: 2.2; }}
-footer {{ color: #9ca3af; font-size: 12px; padding: 0 28px 16px; }}
-</style></head>
-<body>
-<header><h1>{title} <small>lineage</small></h1>
-<span class="meta">{summary} · {health} · generated {when}</span>
-<span class="legend">{legend}</span></header>
-<main><div class="card">{svg}</div></main>
-<footer>Hover a node to trace it upstream and downstream; click to pin
-(or link to <code>#&lt;node id&gt;</code>).</footer>
-<script type="application/json" id="lineage">{data}</script>
-<script>{script}</script>
-</body></html>
-"""
