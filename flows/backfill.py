@@ -1,6 +1,6 @@
 """``mdstack backfill``: the pipeline flow once per partition of a window, resumably.
 
-The engine (:mod:`stack.backfill`) says which partitions are still to run — the
+The engine (:mod:`stack.run.backfill`) says which partitions are still to run — the
 warehouse's ``_mds_backfills`` ledger knows which are done — and how many may run
 at once (one on a single-writer warehouse such as DuckDB). Each partition is one
 run of the pipeline flow with ``start``/``end``, so it shows in Prefect like any
@@ -15,8 +15,8 @@ from prefect import flow, task
 from prefect.states import Failed, State
 
 from flows.pipeline import pipeline
-from stack import backfill as engine
 from stack.config import config_path as default_config_path
+from stack.run import backfill as engine
 
 
 @task(name="partition", task_run_name="partition {start} [{region}]")

@@ -1,6 +1,6 @@
 """``mdstack deploy``: apply the deployment plan of ``stack.yml`` to a Prefect server.
 
-The plan is computed by :mod:`stack.deployments` (no Prefect there); this module
+The plan is computed by :mod:`stack.run.deployments` (no Prefect there); this module
 only talks to the server named by ``PREFECT_API_URL``:
 
 * the work pools the plan uses are created if missing (``process`` type by default);
@@ -40,9 +40,9 @@ from prefect.settings import PREFECT_API_URL
 from prefect.workers.base import BaseWorker
 
 from flows.limits import ensure_source_limits
-from stack import deployments as plans
 from stack.config import load_config
 from stack.errors import ConfigError
+from stack.run import deployments as plans
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 """Where the code lives: the folder holding ``flows/`` (the deployments' working directory)."""

@@ -1,6 +1,6 @@
 """A source's ``concurrency`` across flow runs: one Prefect global concurrency limit per source.
 
-Within a run, :mod:`stack.parallel` starts at most ``sources.<name>.concurrency`` streams
+Within a run, :mod:`stack.run.parallel` starts at most ``sources.<name>.concurrency`` streams
 of a source at once. Runs of several regions (or a backfill next to the daily run) are
 separate flow runs, and an API's rate limit or a database's connection cap counts them
 all: so ``mdstack deploy`` also keeps one global concurrency limit per source on the

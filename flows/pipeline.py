@@ -1,12 +1,12 @@
 """The pipeline flow: one task per stream, then dbt on what changed, then a summary.
 
-Thin by design: each task calls one engine function from :mod:`stack.pipeline`
+Thin by design: each task calls one engine function from :mod:`stack.run.pipeline`
 and passes ids and paths, never live connections. Stream tasks run in the
 flow's thread pool, as many at once as ``max_parallel_streams`` and each
-source's ``concurrency`` allow (:mod:`stack.parallel`; across flow runs, the
+source's ``concurrency`` allow (:mod:`stack.run.parallel`; across flow runs, the
 sources' global concurrency limits of :mod:`flows.limits`); they share the run's
-warehouse and discovered sources through :mod:`stack.run_scope`. The run's
-summary is kept as a Markdown artifact (:mod:`stack.run_report`).
+warehouse and discovered sources through :mod:`stack.run.scope`. The run's
+summary is kept as a Markdown artifact (:mod:`stack.run.report`).
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 
 from flows.limits import source_limits, source_slot
-from stack import alerts, run_report
-from stack import backfill as partitions
-from stack import pipeline as engine
 from stack.config import StackConfig, load_config
 from stack.config import config_path as default_config_path
 from stack.errors import TransformError
-from stack.parallel import Bounds, StreamJob, run_bounded
+from stack.run import alerts
+from stack.run import backfill as partitions
+from stack.run import pipeline as engine
+from stack.run import report as run_report
+from stack.run.parallel import Bounds, StreamJob, run_bounded
 
 SYNC_RETRIES = 3
 SYNC_BACKOFF_SECONDS = 10
@@ -116,7 +117,7 @@ def pipeline(
     A failed stream does not stop the others; the run ends Failed (with the
     summary as its data) when any stream or dbt node failed. With ``start`` and
     ``end`` (ISO dates, end exclusive) the run is one backfill partition: each
-    incremental stream's rows in that window are overwritten (``stack.backfill``).
+    incremental stream's rows in that window are overwritten (``stack.run.backfill``).
     Alerts go out at the end (``alerts:`` in stack.yml).
     """
     path = str(default_config_path(config_path))

@@ -2,7 +2,7 @@
 
 Files landing in a folder: a deployment with ``on_file: {path, pattern}`` carries
 a trigger on the event ``mdstack.file.landed`` whose resource label
-``mdstack.landing`` is that folder (see :mod:`stack.deployments`). This module is
+``mdstack.landing`` is that folder (see :mod:`stack.run.deployments`). This module is
 the other half: a poll-based watcher of those folders that emits one such event
 per new file, once the file has stopped growing (same size and modification
 time on two polls in a row), so a half-copied file never starts a run. What it
@@ -26,8 +26,8 @@ from typing import Any
 from prefect.events import emit_event
 from prefect.events.worker import EventsWorker
 
-from stack import deployments as plans
 from stack.config import load_config
+from stack.run import deployments as plans
 
 log = logging.getLogger(__name__)
 

@@ -25,13 +25,13 @@ from rich.console import Console
 from rich.progress import Progress, TaskID, TextColumn
 from rich.table import Table
 
-from stack import pipeline
-from stack.backfill import check_partitioning
 from stack.config import StackConfig, config_path, load_config
 from stack.errors import ConfigError, MdstackError
 from stack.lineage import write_lineage_page
 from stack.load import ledger, utcnow
 from stack.redact import install_redaction
+from stack.run import pipeline
+from stack.run.backfill import check_partitioning
 from stack.secrets import ReferenceCheck, check_references, reveal
 from stack.warehouse import Warehouse
 

@@ -26,10 +26,11 @@ from connectors import airbyte_serve, airbyte_server, load_source
 from connectors._airbyte_api import AirbyteClient
 from connectors.base import Checkpoint, ConfiguredStream, ExternalLoad, Source
 from connectors.errors import ConnectorError, SourceUnavailable
-from stack import pipeline, transform
+from stack import transform
 from stack.config import SourceConfig
 from stack.load import plan_stream, sync_stream
 from stack.load.plan import RunContext
+from stack.run import pipeline
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.airbyte_api_server import AirbyteApi, connection, serving
 

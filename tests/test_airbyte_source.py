@@ -35,7 +35,7 @@ from connectors.errors import ConnectorError, SourceUnavailable
 from stack.cli import app
 from stack.config import StackConfig
 from stack.load import EVERY_CHECKPOINT, RunContext, ledger, plan_stream, sync_stream
-from stack.run_scope import sync_source
+from stack.run.scope import sync_source
 
 FAKE = Path(__file__).resolve().parent / "airbyte_fake_source.py"
 CONNECTORS_DIR = Path(

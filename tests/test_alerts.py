@@ -8,9 +8,9 @@ import pytest
 import yaml
 from pydantic import TypeAdapter
 
-from stack import alerts
 from stack.config import StackConfig
 from stack.redact import register_secret
+from stack.run import alerts
 from stack.secrets import Resolver
 from tests.smtp_server import SMTPServer
 from tests.webhook_server import WebhookServer

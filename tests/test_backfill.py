@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 import connectors
-from stack import backfill, pipeline
 from stack.config import load_config
 from stack.errors import ConfigError
+from stack.run import backfill, pipeline
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.counting_source import reads
 from tests.prefect_server import shared_server, using_api

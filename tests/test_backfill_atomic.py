@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 import connectors
-from stack import backfill, pipeline
 from stack.config import load_config
 from stack.errors import ConfigError, WarehouseError
+from stack.run import backfill, pipeline
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.test_backfill import write_config
 

@@ -347,7 +347,7 @@ def test_checks_and_lineage_import_light():
     probe = (
         "import sys, stack.transform, stack.lineage; "
         "print(sorted(m for m in sys.modules if m.startswith(('stack.warehouse', "
-        "'stack.pipeline', 'openlineage', 'dbt'))))"
+        "'stack.run.pipeline', 'openlineage', 'dbt'))))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr

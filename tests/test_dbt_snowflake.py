@@ -28,10 +28,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from stack import pipeline, transform
+from stack import transform
 from stack.cli import app
 from stack.config import load_config
 from stack.errors import TransformError
+from stack.run import pipeline
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.conftest import ROOT
 from tests.snowflake_fixtures import fakesnow_server, open_fakesnow, stop_fakesnow_server

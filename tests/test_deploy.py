@@ -17,9 +17,9 @@ import pytest
 import yaml
 
 import connectors
-from stack import deployments as plans
 from stack.config import StackConfig, load_config
 from stack.errors import ConfigError, ConnectorError, SourceUnavailable
+from stack.run import deployments as plans
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.conftest import ROOT
 from tests.counting_source import reads

@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import yaml
 
-from stack import pipeline
 from stack.config import load_config
 from stack.config.checks import Check
 from stack.config.lineage import LineageConfig
@@ -35,6 +34,7 @@ from stack.lineage import (
     write_lineage_page,
 )
 from stack.load.ledger import ledger_source_count
+from stack.run import pipeline
 from stack.transform.checks import run_checks
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.conftest import ROOT, dbt_target

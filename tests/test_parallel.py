@@ -16,10 +16,10 @@ import yaml
 from typer.testing import CliRunner
 
 import connectors
-from stack import pipeline
 from stack.cli import app
 from stack.config import load_config
-from stack.parallel import Bounds, StreamJob
+from stack.run import pipeline
+from stack.run.parallel import Bounds, StreamJob
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.counting_source import peak
 

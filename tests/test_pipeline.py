@@ -18,8 +18,8 @@ import yaml
 
 from connectors.base import Batch, ConfiguredStream, Deletes
 from connectors.demo import DemoSource
-from stack import pipeline
 from stack.config import load_config
+from stack.run import pipeline
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.conftest import ROOT, dbt_target
 

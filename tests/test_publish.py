@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stack import pipeline
 from stack.config import load_config
 from stack.errors import WarehouseError
+from stack.run import pipeline
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.bi_servers import WEBHOOK_TOKEN, WebhookDouble, serve
 from tests.conftest import ROOT

@@ -5,9 +5,9 @@ The flow test in ``tests/test_deploy.py`` reads a real one back from Prefect's A
 
 from __future__ import annotations
 
-from stack.pipeline import RunSummary, failed_entry
 from stack.redact import MASK, register_secret
-from stack.run_report import report_key, run_markdown
+from stack.run.pipeline import RunSummary, failed_entry
+from stack.run.report import report_key, run_markdown
 
 SECRET = "pw-7f3c9a1e5b2d"
 

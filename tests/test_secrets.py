@@ -513,7 +513,7 @@ def test_postgres_source_syncs_as_a_leased_user_that_is_gone_after_the_run(
     import psycopg
     import yaml
 
-    from stack import pipeline
+    from stack.run import pipeline
     from stack.warehouse.duckdb import DuckDBWarehouse
 
     view = f"mdstack_whoami_{secrets.token_hex(4)}"

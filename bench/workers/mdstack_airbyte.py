@@ -19,7 +19,7 @@ from _report import Stopwatch, emit
 
 from stack.config import StackConfig
 from stack.load import RunContext
-from stack.run_scope import sync_source
+from stack.run.scope import sync_source
 from stack.warehouse.duckdb import DuckDBWarehouse
 
 

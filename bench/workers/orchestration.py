@@ -2,11 +2,11 @@
 
 Modes (all on the same generated ``stack.yml``, a fresh warehouse each process):
 
-* ``engine``: :func:`stack.pipeline.run_pipeline` without dbt (what ``mdstack sync`` runs):
+* ``engine``: :func:`stack.run.pipeline.run_pipeline` without dbt (what ``mdstack sync`` runs):
   one warehouse connection per run, streams within the bounds of ``stack.yml``.
-* ``steps``: :func:`stack.pipeline.sync_run_stream` once per stream, the very call each
+* ``steps``: :func:`stack.run.pipeline.sync_run_stream` once per stream, the very call each
   Prefect task makes (the run's shared scope: config, secrets, warehouse, discovered
-  source), without Prefect, then :func:`stack.pipeline.end_syncs`.
+  source), without Prefect, then :func:`stack.run.pipeline.end_syncs`.
 * ``flow``: :func:`flows.pipeline.pipeline`, the Prefect flow ``mdstack run`` starts
   (ephemeral Prefect unless ``PREFECT_API_URL`` is set).
 
@@ -46,8 +46,8 @@ def main() -> None:
     trace = "--trace-sql" in sys.argv[3:]
     with open(path) as fh:
         streams = list(yaml.safe_load(fh)["sources"][SOURCE]["streams"])
-    from stack import pipeline as engine
     from stack.config import load_config
+    from stack.run import pipeline as engine
 
     config = load_config(path)
     region = config.region_names()[0]

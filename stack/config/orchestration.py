@@ -1,7 +1,7 @@
 """The orchestration sections of ``stack.yml``: ``deployments:``, ``alerts:``, ``backfill:``.
 
 Models only (pydantic, frozen, unknown keys refused). What they drive lives in
-:mod:`stack.deployments`, :mod:`stack.alerts` and :mod:`stack.backfill`.
+:mod:`stack.run.deployments`, :mod:`stack.run.alerts` and :mod:`stack.run.backfill`.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@
     ledger.py     the state, run, quarantine and dbt results tables in the warehouse
 
 The engine's entry points are re-exported here. Opening a source for a run (its
-config rendered for the region, its secrets revealed) is :mod:`stack.run_scope`'s.
+config rendered for the region, its secrets revealed) is :mod:`stack.run.scope`'s.
 """
 
 from stack.load.plan import (

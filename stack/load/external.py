@@ -4,7 +4,7 @@ An ``airbyte_server`` source runs an Airbyte sync job, and Airbyte's destination
 the tables. The engine's part is bookkeeping: a ledger row per stream (``running`` while
 the job runs, then its outcome and the rows the job reports) and the stream's state, in
 one transaction. A stream whose load moved rows, or that Airbyte refreshes in full, counts
-as changed (:func:`stack.pipeline.changed_streams`), so dbt rebuilds what is downstream.
+as changed (:func:`stack.run.pipeline.changed_streams`), so dbt rebuilds what is downstream.
 """
 
 from __future__ import annotations

@@ -38,8 +38,8 @@ from urllib.parse import unquote, urlsplit
 
 from stack.config import StackConfig, load_config
 from stack.config.orchestration import Alert, EmailAlert, Outcome, SlackAlert, WebhookAlert
-from stack.pipeline import DBT_FAILED, secrets_for
 from stack.redact import redact
+from stack.run.pipeline import DBT_FAILED, secrets_for
 from stack.secrets import reveal
 
 __all__ = [

@@ -4,7 +4,7 @@ A :class:`Partition` is the window ``[start, end)`` of one calendar day, week
 (Monday to Sunday) or month; :func:`partitions` lists those overlapping a span
 of days. :class:`WindowSource` wraps any source so that a read starts from
 scratch and keeps only the records whose partition column falls in the window.
-Re-exported by :mod:`stack.backfill`.
+Re-exported by :mod:`stack.run.backfill`.
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 Steps take only ids and paths, so a Prefect task (``flows/``) can wrap one in
 a few lines and run it in any worker process. The streams of one run share
 what is costly to open (config, secrets, warehouse, discovered sources) through
-:mod:`stack.run_scope`; the other steps open and close their own warehouse
+:mod:`stack.run.scope`; the other steps open and close their own warehouse
 connection. :func:`run_pipeline` chains the steps without Prefect, for
 ``mdstack sync`` and for tests, syncing streams in parallel threads within the
-bounds of :mod:`stack.parallel`.
+bounds of :mod:`stack.run.parallel`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from stack import bi, lineage, sql, transform
 from stack.config import DuckDBTarget, StackConfig, load_config
 from stack.errors import ConfigError
 from stack.load import Progress, RunContext, ledger, utcnow
-from stack.parallel import Bounds, StreamJob, run_bounded
 from stack.redact import install_redaction, redact
-from stack.run_scope import RunScope, close_scope, shared_scope
+from stack.run.parallel import Bounds, StreamJob, run_bounded
+from stack.run.scope import RunScope, close_scope, shared_scope
 from stack.secrets import Resolver
 from stack.transform import checks
 from stack.warehouse import Warehouse, connect
@@ -83,7 +83,7 @@ def sync_run_stream(
 ) -> dict[str, Any]:
     """Sync one stream of run ``run_id``: the step of a Prefect task.
 
-    The run's streams in this process share one scope (:mod:`stack.run_scope`);
+    The run's streams in this process share one scope (:mod:`stack.run.scope`);
     call :func:`end_syncs` when the last one finished.
     """
     return _shared(config_path, target, region, run_id).sync(source, stream)

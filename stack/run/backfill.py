@@ -46,15 +46,15 @@ import pyarrow as pa
 from connectors import load_source
 from connectors.base import Source
 from stack import sql
-from stack._partitions import Partition, WindowSource, cut, midnight, parse_day, partitions
 from stack.config import StackConfig, load_config, render
 from stack.config.orchestration import BackfillConfig
 from stack.errors import ConfigError, MdstackError
 from stack.load import ledger, sync_stream
 from stack.load.plan import RunContext, StreamPlan, plan_stream, utcnow
 from stack.load.staged import Replacement
-from stack.pipeline import failed_entry, new_run_id, open_target, secrets_for
 from stack.redact import redact
+from stack.run.partitions import Partition, WindowSource, cut, midnight, parse_day, partitions
+from stack.run.pipeline import failed_entry, new_run_id, open_target, secrets_for
 from stack.secrets import Resolver, reveal
 from stack.warehouse.base import Warehouse
 

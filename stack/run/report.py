@@ -12,8 +12,8 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from stack.pipeline import RunSummary
 from stack.redact import redact
+from stack.run.pipeline import RunSummary
 
 _KEY_UNSAFE = re.compile(r"[^a-z0-9-]+")
 _STREAM_COLUMNS = ("stream", "mode", "status", "read", "inserted", "updated", "deleted", "seconds")

@@ -1,0 +1,18 @@
+"""A pipeline run: the steps around the engine, as plain functions (no Prefect here).
+
+::
+
+    pipeline.py     the steps of a run: sync a stream, transform (dbt, checks, publish),
+                    refresh BI, emit lineage, summarise; run_pipeline chains them
+    scope.py        what the streams of one run share in one process (config, secrets,
+                    warehouse, discovered sources); opening a source for a region
+    parallel.py     which streams sync at once (max_parallel_streams, each source's
+                    concurrency)
+    backfill.py     reloading history one partition at a time, each in one transaction
+    partitions.py   what a partition is (a day, week or month), a source read cut to one
+    deployments.py  the deployments stack.yml asks for, as a pure plan
+    alerts.py       Slack, e-mail and webhook alerts at the end of a run
+    report.py       a run's summary as Markdown
+
+``flows/`` wraps these steps in Prefect tasks and flows.
+"""
