@@ -1,4 +1,4 @@
-"""The direct load: records go straight into the destination, inside one open transaction.
+"""The streaming (direct) load: records go straight into the table, in one open transaction.
 
 Append and overwrite streams without deletes need no merge, so staging them
 would copy every row twice. Instead a transaction is opened at the first
