@@ -274,6 +274,26 @@ class SnowflakeWarehouse:
         return {name: sfsql.engine_type(*spec) for name, spec in info.items()}
 
     def _columns(self, schema: str, table_name: str) -> dict[str, tuple] | None:
+        """A table's columns, after finishing or undoing a column rebuild that was cut short.
+
+        Snowflake commits each statement of a rebuild (:meth:`widen_columns`) on its own, so
+        a run that died during one leaves a spare or an original aside; the next lookup
+        puts every value back under its column's name (:func:`_snowflake_sql.widen_repair_sql`)
+        before anyone reads the table's shape.
+        """
+        info = self._read_columns(schema, table_name)
+        if info and (repair := sfsql.widen_repair_sql(schema, table_name, list(info))):
+            log.warning(
+                "%s: completing a column type change that was interrupted: %s",
+                table(schema, table_name),
+                "; ".join(repair),
+            )
+            for statement in repair:
+                self._ddl(statement)
+            info = self._read_columns(schema, table_name)
+        return info
+
+    def _read_columns(self, schema: str, table_name: str) -> dict[str, tuple] | None:
         rows = self._run(sfsql.columns_sql(), [schema, table_name]).fetchall()
         return {row[0]: tuple(row[1:]) for row in rows} or None
 
@@ -300,9 +320,11 @@ class SnowflakeWarehouse:
         In place where Snowflake allows it (a NUMBER's precision, a VARCHAR's
         length); a type that already holds the values (every integer width is
         ``NUMBER(38,0)``) is left alone; anything else (NUMBER -> FLOAT, anything ->
-        VARCHAR) adds a spare column, fills it, drops the old one and renames the
-        spare. Snowflake commits each DDL statement on its own: a crash between the
-        DROP and the RENAME leaves the values in ``<column>__mds_widen``.
+        VARCHAR) rebuilds the column (:func:`_snowflake_sql.widen_sql`): a spare is
+        added and filled, the original renamed aside, the spare renamed to the name,
+        and the original dropped last. Snowflake commits each statement on its own; a
+        run that dies between two leaves every value in a column, and the next column
+        lookup of the table (this one's included) completes or undoes the rebuild.
         """
         current = self._columns(schema, table_name) or {}
         for field in columns:

@@ -1,0 +1,503 @@
+"""Every path that replaces warehouse rows, columns or tables, cut at each statement.
+
+A replacement is "destroy, then build" (DELETE then INSERT, DROP then RENAME, a
+catalog swapped under a writer). For each one a run dies before its N-th
+statement, for every N, and what is left must be the before or the after state,
+never less; a rerun must then land the after state.
+
+Two ways to die:
+
+* :class:`Crash`, raised before the N-th statement is sent. It is a
+  ``BaseException``, so no ``except Exception`` of the code under test handles it;
+  a transaction's block still rolls back, as the warehouse does for a session that
+  died. On Snowflake (fakesnow) each DDL statement commits on its own, so what
+  was sent before the crash is what a killed process leaves.
+* SIGKILL of a subprocess (DuckDB: the warehouse is a folder another process can
+  open): the worker kills itself just before its N-th statement, so nothing of the
+  code under test runs after it. ``python tests/test_atomic_replace.py SCENARIO
+  WAREHOUSE N`` is that worker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from fakesnow.transforms import stage as fake_stage
+
+from connectors.base import Batch, Checkpoint, Message
+from stack import checks, ledger
+from stack.sync import EVERY_CHECKPOINT
+from stack.transform import NodeResult
+from stack.warehouse import _snowflake_sql as sfsql
+from stack.warehouse.base import Warehouse
+from stack.warehouse.duckdb import DuckDBWarehouse
+from tests.contract import sync
+from tests.scripted import ScriptedSource
+from tests.snowflake_fixtures import open_fakesnow, stop_fakesnow_server
+
+ROOT = Path(__file__).resolve().parent.parent
+NOW = datetime(2026, 5, 1, 12, 0, 0)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fakesnow_server():
+    yield
+    stop_fakesnow_server()
+
+
+class Crash(BaseException):
+    """The process died here (no ``except Exception`` of the code under test sees it)."""
+
+
+def statement_hook(wh: Warehouse) -> str:
+    """The method every statement of ``wh`` goes through (BEGIN and COMMIT included)."""
+    return "execute" if isinstance(wh, DuckDBWarehouse) else "_run"
+
+
+@contextmanager
+def crash_before(wh: Warehouse, n: int | None, during: str | None = None) -> Iterator[list[str]]:
+    """Raise :class:`Crash` before the ``n``-th statement ``wh`` sends (0 = the first).
+
+    ``during`` names a method of ``wh``: only its statements count. Yields the list of
+    statements counted so far (all of them when ``n`` is None: a probe).
+    """
+    hook = statement_hook(wh)
+    send = getattr(wh, hook)
+    sent: list[str] = []
+    active = [during is None]
+
+    def counted(sql: str, *args: Any, **kwargs: Any) -> Any:
+        if active[0]:
+            if len(sent) == n:
+                active[0] = False  # once: the rollback after it is the warehouse's own
+                raise Crash(f"died before statement {n}: {sql[:120]}")
+            sent.append(sql)
+        return send(sql, *args, **kwargs)
+
+    setattr(wh, hook, counted)
+    if during is not None:
+        method = getattr(wh, during)
+
+        def watched(*args: Any, **kwargs: Any) -> Any:
+            active[0] = True
+            try:
+                return method(*args, **kwargs)
+            finally:
+                active[0] = False
+
+        setattr(wh, during, watched)
+    try:
+        yield sent
+    finally:
+        vars(wh).pop(hook, None)
+        if during is not None:
+            vars(wh).pop(during, None)
+        if n is not None and len(sent) == n:
+            abandon(wh)
+
+
+def abandon(wh: Warehouse) -> None:
+    """What the warehouse does for a session that died: roll back its open transaction,
+    drop its temporary load stage.
+
+    (A crash before COMMIT leaves the transaction open on this test's still-living
+    connection; fakesnow keeps a temporary stage's files after its session.)
+    """
+    try:
+        if isinstance(wh, DuckDBWarehouse):
+            wh.con.execute("ROLLBACK")
+        else:
+            wh.con.cursor().execute("ROLLBACK")
+    except Exception:  # no transaction was open
+        pass
+    wh._in_transaction = False
+    if not isinstance(wh, DuckDBWarehouse):
+        stage = f"{wh.target.database}.{wh.meta_schema}.{sfsql.LOAD_STAGE}"
+        shutil.rmtree(fake_stage.internal_dir(stage), ignore_errors=True)
+
+
+ADAPTER_NAMES = ("duckdb", "snowflake")
+
+
+def opener(kind: str, tmp_path: Path) -> Callable[[], Warehouse]:
+    """Unopened warehouses of one location: each call is a new session (the next run)."""
+    if kind == "duckdb":
+        return lambda: DuckDBWarehouse(tmp_path / "wh", threads=1)
+    database = f"A_{uuid.uuid4().hex[:12].upper()}"
+    return lambda: open_fakesnow(database)
+
+
+def rows(wh: Warehouse, sql: str, params: list | None = None) -> list[tuple]:
+    return [tuple(r.values()) for r in wh.query(sql, params).to_pylist()]
+
+
+# -- column rebuilds (schema evolution) -------------------------------------------------------
+ITEMS = [(1, "a", 1, 10), (2, "b", 2, None), (3, "c", 3, -7)]
+WIDER = [(4, "d", 4, "x4"), (1, "a2", 5, "1.5")]
+
+
+def items_batch(records: list[tuple], qty: pa.DataType) -> Batch:
+    ids, names, cursors, qtys = zip(*records, strict=True)
+    return Batch(
+        "items",
+        pa.record_batch(
+            {
+                "id": pa.array(ids, pa.int64()),
+                "name": pa.array(names, pa.string()),
+                "updated_at": pa.array(cursors, pa.int64()),
+                "qty": pa.array(qtys, qty),
+            }
+        ),
+    )
+
+
+SCRIPT: list[Message] = [
+    items_batch(ITEMS, pa.int64()),
+    Checkpoint("items", {}),
+    items_batch(WIDER, pa.string()),  # qty: int64 -> string, a rebuild on both adapters
+    Checkpoint("items", {}),
+]
+BEFORE = {(i, q) for i, _, _, q in ITEMS}
+AFTER_REBUILD = {(i, None if q is None else str(q)) for i, q in BEFORE}
+FINAL = {(2, None), (3, "-7"), (4, "x4"), (1, "1.5")}
+
+
+def run_items(wh: Warehouse, run_id: str) -> None:
+    sync(
+        wh,
+        ScriptedSource(SCRIPT),
+        mode="incremental_deduped",
+        deletes="hard",
+        region="eu",
+        run_id=run_id,
+        policy=EVERY_CHECKPOINT,
+    )
+
+
+def qty_rows(wh: Warehouse) -> set[tuple]:
+    return set(rows(wh, "SELECT id, qty FROM raw.items"))
+
+
+@pytest.mark.parametrize("kind", ADAPTER_NAMES)
+def test_a_sync_dying_inside_a_column_rebuild_loses_no_value_and_the_rerun_finishes_it(
+    kind, tmp_path
+):
+    """The second batch widens ``qty`` (int -> text): die before each statement of the
+    rebuild; the next run's lookup sees the column before or after, every value in it,
+    and the rerun lands every row."""
+    probe = opener(kind, tmp_path / "probe")
+    with probe() as wh, crash_before(wh, None, during="widen_columns") as statements:
+        run_items(wh, "probe")
+        assert qty_rows(wh) == FINAL
+    assert len(statements) >= 5, statements  # a rebuild, not an in-place change
+    for n in range(len(statements)):
+        fresh = opener(kind, tmp_path / f"cut{n}")
+        with fresh() as wh:
+            with crash_before(wh, n, during="widen_columns"), pytest.raises(Crash):
+                run_items(wh, "dies")
+            if kind == "snowflake":  # what the dead run left, before any lookup repairs it
+                left = wh._read_columns("raw", "items")
+                kept = [c for c in left if c.startswith("qty")]
+                values = rows(wh, f"SELECT id, {', '.join(kept)} FROM raw.items")
+                for key, *copies in values:
+                    original = dict(BEFORE)[key]
+                    assert any(
+                        c == original or c == (None if original is None else str(original))
+                        for c in copies
+                    ), (n, key, copies)
+        with fresh() as wh:  # the next run: its lookup completes or undoes the rebuild
+            columns = wh.columns("raw", "items")
+            assert [c for c in columns if "__mds_" in c] == [], (n, columns)
+            assert columns["qty"] in ("BIGINT", "VARCHAR"), (n, columns)
+            expected = BEFORE if columns["qty"] == "BIGINT" else AFTER_REBUILD
+            assert qty_rows(wh) == expected, n
+            run_items(wh, "rerun")
+            assert wh.columns("raw", "items")["qty"] == "VARCHAR"
+            assert qty_rows(wh) == FINAL, n
+
+
+def test_every_cut_of_a_snowflake_rebuild_is_completed_or_undone_by_the_next_lookup():
+    """The rebuild's statements one by one on a table, stopped after each: the lookup
+    leaves one ``qty`` holding every value, of the old type or the new."""
+    wanted = pa.schema([("qty", pa.float64())])
+    with open_fakesnow() as wh:
+        wh.create_table("raw", "t", pa.schema([("id", pa.int64()), ("qty", pa.int64())]))
+        steps = sfsql.widen_sql("raw", "t", "qty", "NUMBER(38,0)", "FLOAT")
+        assert len(steps) == 5
+        for n in range(len(steps) + 1):
+            wh.execute("DELETE FROM raw.t")
+            wh.execute("INSERT INTO raw.t VALUES (1, 10), (2, NULL), (3, -7)")
+            for statement in steps[:n]:
+                wh._run(statement)
+            assert wh.columns("raw", "t") == {
+                "id": "BIGINT",
+                "qty": "DOUBLE" if n >= 4 else "BIGINT",
+            }
+            assert sorted(rows(wh, "SELECT id, qty FROM raw.t")) == [(1, 10), (2, None), (3, -7)]
+            wh.widen_columns("raw", "t", wanted)
+            assert wh.columns("raw", "t") == {"id": "BIGINT", "qty": "DOUBLE"}
+            assert sorted(rows(wh, "SELECT id, qty FROM raw.t")) == [(1, 10), (2, None), (3, -7)]
+            wh._run('ALTER TABLE "raw"."t" DROP COLUMN "qty"')
+            wh._run('ALTER TABLE "raw"."t" ADD COLUMN "qty" NUMBER(38,0)')
+
+
+def test_a_rebuild_cut_by_an_earlier_version_between_drop_and_rename_is_finished():
+    """Earlier versions dropped the original before renaming the spare: the spare alone
+    holds the values, and the lookup gives it the column's name back."""
+    with open_fakesnow() as wh:
+        wh.create_table("raw", "t", pa.schema([("id", pa.int64()), ("qty", pa.int64())]))
+        wh.execute("INSERT INTO raw.t VALUES (1, 10), (2, NULL)")
+        wh._run('ALTER TABLE "raw"."t" ADD COLUMN "qty__mds_widen" VARCHAR')
+        wh._run('UPDATE "raw"."t" SET "qty__mds_widen" = CAST("qty" AS VARCHAR)')
+        wh._run('ALTER TABLE "raw"."t" DROP COLUMN "qty"')
+        assert wh.columns("raw", "t") == {"id": "BIGINT", "qty": "VARCHAR"}
+        assert sorted(rows(wh, "SELECT id, qty FROM raw.t")) == [(1, "10"), (2, None)]
+
+
+def test_widen_repair_statements():
+    t = '"raw"."t"'
+    assert sfsql.widen_repair_sql("raw", "t", ["id", "qty"]) == []
+    assert sfsql.widen_repair_sql("raw", "t", ["id", "qty", "qty__mds_widen"]) == [
+        f'ALTER TABLE {t} DROP COLUMN "qty__mds_widen"'
+    ]
+    assert sfsql.widen_repair_sql("raw", "t", ["id", "qty__mds_widen", "qty__mds_narrow"]) == [
+        f'ALTER TABLE {t} RENAME COLUMN "qty__mds_narrow" TO "qty"',
+        f'ALTER TABLE {t} DROP COLUMN "qty__mds_widen"',
+    ]
+    assert sfsql.widen_repair_sql("raw", "t", ["qty", "qty__mds_narrow"]) == [
+        f'ALTER TABLE {t} DROP COLUMN "qty__mds_narrow"'
+    ]
+    assert sfsql.widen_repair_sql("raw", "t", ["id", "qty__mds_widen"]) == [
+        f'ALTER TABLE {t} RENAME COLUMN "qty__mds_widen" TO "qty"'
+    ]
+
+
+@pytest.mark.parametrize("n", range(8))
+def test_a_duckdb_rebuild_killed_before_any_statement_is_all_or_nothing(tmp_path, n):
+    """SIGKILL before each statement of a DuckLake rebuild (one transaction): the
+    column is the old one or the new one, with every value; a rerun finishes it."""
+    path = tmp_path / "wh"
+    with DuckDBWarehouse(path, threads=1) as wh:
+        wh.create_table("raw", "t", pa.schema([("id", pa.int64()), ("day", pa.date32())]))
+        wh.execute("INSERT INTO raw.t VALUES (1, DATE '2026-01-02'), (2, NULL)")
+    died = worker("widen", path, n)
+    with DuckDBWarehouse(path, threads=1) as wh:
+        kind = wh.columns("raw", "t")
+        assert kind in ({"id": "BIGINT", "day": "DATE"}, {"id": "BIGINT", "day": "VARCHAR"})
+        assert died or kind["day"] == "VARCHAR"
+        assert sorted(rows(wh, "SELECT id, day::VARCHAR FROM raw.t")) == [
+            (1, "2026-01-02"),
+            (2, None),
+        ]
+        wh.widen_columns("raw", "t", pa.schema([("day", pa.string())]))
+        assert wh.columns("raw", "t") == {"id": "BIGINT", "day": "VARCHAR"}
+
+
+# -- the run ledger and the state -------------------------------------------------------------
+def entry(status: str, rows_read: int) -> ledger.RunEntry:
+    return ledger.RunEntry(
+        run_id="run-1",
+        pipeline="p",
+        source="src",
+        stream="items",
+        region="eu",
+        mode="incremental_deduped",
+        status=status,
+        started_at=NOW,
+        rows_read=rows_read,
+    )
+
+
+def ledger_rows(wh: Warehouse) -> list[tuple]:
+    return rows(wh, f'SELECT status, rows_read FROM {wh.meta_schema}."_mds_runs"')
+
+
+KEY = ledger.StreamKey("p", "src", "items", "eu")
+
+
+def state_rows(wh: Warehouse) -> list[tuple]:
+    return rows(wh, f'SELECT state FROM {wh.meta_schema}."_mds_state"')
+
+
+@pytest.mark.parametrize("kind", ADAPTER_NAMES)
+def test_a_ledger_row_or_state_rewrite_cut_anywhere_keeps_the_old_row(kind, tmp_path):
+    """``record`` and ``write_state`` called on their own (a failure row, an external
+    load): DELETE then INSERT, in one transaction."""
+    make = opener(kind, tmp_path)
+    rewrites = {
+        "record": (
+            lambda wh: ledger.record(wh, entry("running", 10)),
+            lambda wh: ledger.record(wh, entry("failed", 20)),
+            ledger_rows,
+        ),
+        "write_state": (
+            lambda wh: ledger.write_state(wh, KEY, {"position": 1}, "run-1", NOW),
+            lambda wh: ledger.write_state(wh, KEY, {"position": 2}, "run-1", NOW),
+            state_rows,
+        ),
+    }
+    with make() as wh:
+        ledger.ensure_tables(wh)
+    for name, (old, new, read) in rewrites.items():
+        with make() as wh:
+            old(wh)
+            before = read(wh)
+            with crash_before(wh, None) as statements:
+                new(wh)
+            after = read(wh)
+            assert after != before and len(after) == 1
+            old(wh)
+        for n in range(len(statements)):
+            with make() as wh, crash_before(wh, n), pytest.raises(Crash):
+                new(wh)
+            with make() as wh:  # the next session
+                assert read(wh) == before, (name, n, statements[n])
+                new(wh)  # the rerun
+                assert read(wh) == after
+                old(wh)
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_a_ledger_row_rewrite_killed_before_any_statement_keeps_a_row(tmp_path, n):
+    path = tmp_path / "wh"
+    with DuckDBWarehouse(path, threads=1) as wh:
+        ledger.ensure_tables(wh)
+        ledger.record(wh, entry("running", 10))
+    died = worker("record", path, n)
+    with DuckDBWarehouse(path, threads=1) as wh:
+        assert ledger_rows(wh) in ([("running", 10)], [("failed", 20)])
+        assert died or ledger_rows(wh) == [("failed", 20)]
+
+
+# -- check results and dbt node results -------------------------------------------------------
+def results(passed: bool) -> list[checks.CheckResult]:
+    return [
+        checks.CheckResult(
+            name=f"check_{i}",
+            table="raw.items",
+            kind="volume",
+            severity="error",
+            region="eu",
+            passed=passed,
+            observed=i,
+            expected=">= 0",
+            message="",
+        )
+        for i in range(3)
+    ]
+
+
+def nodes(status: str) -> list[NodeResult]:
+    return [
+        NodeResult(
+            unique_id=f"model.shop.m{i}",
+            name=f"m{i}",
+            resource_type="model",
+            status=status,
+            seconds=0.5,
+            rows_affected=None,
+            message=None,
+            compiled_path=None,
+        )
+        for i in range(3)
+    ]
+
+
+def check_rows(wh: Warehouse) -> list[tuple]:
+    return sorted(rows(wh, f'SELECT name, passed FROM {wh.meta_schema}."_mds_checks"'))
+
+
+def node_rows(wh: Warehouse) -> list[tuple]:
+    return sorted(rows(wh, f'SELECT unique_id, status FROM {wh.meta_schema}."_mds_dbt_results"'))
+
+
+@pytest.mark.parametrize("kind", ADAPTER_NAMES)
+def test_check_and_dbt_results_rewritten_cut_anywhere_are_the_old_set_or_the_new(kind, tmp_path):
+    make = opener(kind, tmp_path)
+    rewrites = {
+        "checks": (
+            lambda wh, ok: checks.record_results(wh, results(ok), "run-1", NOW),
+            check_rows,
+        ),
+        "dbt": (
+            lambda wh, ok: ledger.record_dbt_results(
+                wh, ("run-1", "p", "eu"), "build", nodes("success" if ok else "error"), NOW
+            ),
+            node_rows,
+        ),
+    }
+    for name, (write, read) in rewrites.items():
+        with make() as wh:
+            write(wh, False)
+            before = read(wh)
+            with crash_before(wh, None) as statements:
+                write(wh, True)
+            after = read(wh)
+            assert len(after) == len(before) == 3 and after != before
+        for n in range(len(statements)):
+            with make() as wh:
+                write(wh, False)
+                with crash_before(wh, n), pytest.raises(Crash):
+                    write(wh, True)
+            with make() as wh:  # the next session
+                assert read(wh) in (before, after), (name, n, statements[n])
+                write(wh, True)  # the rerun
+                assert read(wh) == after, (name, n)
+
+
+# -- the SIGKILL worker -----------------------------------------------------------------------
+def worker(scenario: str, path: Path, n: int) -> bool:
+    """Run ``scenario`` in a process that SIGKILLs itself before its ``n``-th statement.
+
+    Returns whether it died (False: the scenario has fewer statements and finished).
+    """
+    done = subprocess.run(
+        [sys.executable, __file__, scenario, str(path), str(n)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    if done.returncode == -signal.SIGKILL:
+        return True
+    assert done.returncode == 0, done.stderr
+    return False
+
+
+def _kill_before(wh: DuckDBWarehouse, n: int) -> None:
+    send, sent = wh.execute, [0]
+
+    def counted(sql: str, params: Any = None) -> None:
+        if sent[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        sent[0] += 1
+        send(sql, params)
+
+    wh.execute = counted  # type: ignore[method-assign]
+
+
+def _main(scenario: str, path: str, n: str) -> None:
+    with DuckDBWarehouse(Path(path), threads=1) as wh:
+        _kill_before(wh, int(n))
+        if scenario == "widen":
+            wh.widen_columns("raw", "t", pa.schema([("day", pa.string())]))
+        elif scenario == "record":
+            ledger.record(wh, entry("failed", 20))
+        else:
+            raise SystemExit(f"unknown scenario {scenario}")
+
+
+if __name__ == "__main__":
+    _main(*sys.argv[1:])
