@@ -38,6 +38,7 @@ from fakesnow.transforms import stage as fake_stage
 
 from connectors.base import Batch, Checkpoint, Message
 from stack import checks, ledger
+from stack.errors import WarehouseError
 from stack.sync import EVERY_CHECKPOINT
 from stack.transform import NodeResult
 from stack.warehouse import _snowflake_sql as sfsql
@@ -457,6 +458,139 @@ def test_check_and_dbt_results_rewritten_cut_anywhere_are_the_old_set_or_the_new
                 assert read(wh) == after, (name, n)
 
 
+# -- environments: clone and publish (DuckLake) -----------------------------------------------
+def lake(path: Path) -> DuckDBWarehouse:
+    wh = DuckDBWarehouse(path, threads=1)
+    with wh:
+        wh.execute("CREATE SCHEMA s")
+        wh.execute("CREATE TABLE s.t AS SELECT range AS id, 'v' AS v FROM range(100)")
+    return wh
+
+
+def ids(wh: DuckDBWarehouse) -> set[int]:
+    with wh:
+        return {r[0] for r in rows(wh, "SELECT id FROM s.t")}
+
+
+def writer(path: Path, value: int, scenario: str = "insert") -> subprocess.Popen:
+    """Another process writing row ``value`` into ``s.t`` (it waits while the lake is held)."""
+    return subprocess.Popen(
+        [sys.executable, __file__, scenario, str(path), str(value)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+def finished(process: subprocess.Popen, seconds: float) -> bool:
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
+
+
+def test_a_write_during_a_publish_lands_in_the_published_lake(tmp_path, monkeypatch):
+    """The catalog is replaced by a rename: a writer that committed to the old one between
+    the publish's check and the rename would lose its rows. The publish holds the
+    catalog, so the writer waits, then writes into what was published."""
+    import stack.warehouse._ducklake_envs as envs
+
+    published = lake(tmp_path / "wh")
+    audit = published.clone_into("audit")
+    with audit:
+        audit.execute("INSERT INTO s.t VALUES (-1, 'audited')")
+    replace, late = os.replace, []
+
+    def replace_with_a_writer(source: Any, target: Any) -> None:
+        late.append(writer(published.path, 1000))
+        finished(late[0], 5)  # a writer let in would be done well within this
+        replace(source, target)
+
+    monkeypatch.setattr(envs.os, "replace", replace_with_a_writer)
+    published.publish("audit")
+    monkeypatch.undo()
+    assert finished(late[0], 60) and late[0].returncode == 0, late[0].stderr
+    assert ids(published) == set(range(100)) | {-1, 1000}
+
+
+def test_a_write_during_a_clone_is_never_dropped_by_publishing_the_clone(tmp_path, monkeypatch):
+    """The clone's base (the published snapshot it was taken at) must be the snapshot it
+    copied: a write between the copy and reading the base would be published over."""
+    import stack.warehouse._ducklake_envs as envs
+
+    published = lake(tmp_path / "wh")
+    copy, late = shutil.copy2, []
+
+    def copy_then_a_writer(source: Any, target: Any) -> Any:
+        done = copy(source, target)
+        if not late:
+            late.append(writer(published.path, 1000))
+            finished(late[0], 5)
+        return done
+
+    monkeypatch.setattr(envs.shutil, "copy2", copy_then_a_writer)
+    audit = published.clone_into("audit")
+    monkeypatch.undo()
+    assert finished(late[0], 60) and late[0].returncode == 0, late[0].stderr
+    with audit:
+        audit.execute("INSERT INTO s.t VALUES (-1, 'audited')")
+    try:
+        published.publish("audit")
+    except WarehouseError as refused:
+        assert "changed while" in str(refused)
+    assert 1000 in ids(published)
+
+
+def test_two_publishes_into_one_lake_never_overwrite_each_other(tmp_path, monkeypatch):
+    import stack.warehouse._ducklake_envs as envs
+
+    published = lake(tmp_path / "wh")
+    for env, value in (("audit-eu", -1), ("audit-us", -2)):
+        with published.clone_into(env) as wh:
+            wh.execute(f"INSERT INTO s.t VALUES ({value}, 'audited')")
+    replace, other = os.replace, []
+
+    def replace_while_another_publishes(source: Any, target: Any) -> None:
+        if not other:
+            code = (
+                "import sys; from stack.warehouse.duckdb import DuckDBWarehouse\n"
+                "try: DuckDBWarehouse(sys.argv[1]).publish('audit-us')\n"
+                "except Exception as e: print(type(e).__name__, e)\n"
+                "else: print('published')"
+            )
+            other.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", code, str(published.path)],
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    env={**os.environ, "PYTHONPATH": str(ROOT)},
+                )
+            )
+            finished(other[0], 5)
+        replace(source, target)
+
+    monkeypatch.setattr(envs.os, "replace", replace_while_another_publishes)
+    published.publish("audit-eu")
+    monkeypatch.undo()
+    out, _ = other[0].communicate(timeout=60)
+    assert "changed while" in out, out  # the second saw the first's publish and refused
+    assert ids(published) == set(range(100)) | {-1}
+
+
+def test_the_audits_last_commits_are_published_even_if_its_process_died(tmp_path):
+    """A process that died holding the audit left its last commits in the catalog's WAL:
+    publishing copies the catalog with them, not without."""
+    published = lake(tmp_path / "wh")
+    audit = published.clone_into("audit")
+    dead = writer(audit.path, -1, "insert-and-die")
+    assert finished(dead, 60) and dead.returncode == 0, dead.stderr
+    assert (audit.path / "catalog.ducklake.wal").exists()
+    published.publish("audit")
+    assert ids(published) == set(range(100)) | {-1}
+
+
 # -- the SIGKILL worker -----------------------------------------------------------------------
 def worker(scenario: str, path: Path, n: int) -> bool:
     """Run ``scenario`` in a process that SIGKILLs itself before its ``n``-th statement.
@@ -489,6 +623,13 @@ def _kill_before(wh: DuckDBWarehouse, n: int) -> None:
 
 
 def _main(scenario: str, path: str, n: str) -> None:
+    if scenario.startswith("insert"):
+        wh = DuckDBWarehouse(Path(path), threads=1, busy_timeout=60)
+        with wh:
+            wh.execute(f"INSERT INTO s.t VALUES ({int(n)}, 'late')")
+            if scenario == "insert-and-die":
+                os._exit(0)  # no close: the catalog keeps its WAL
+        return
     with DuckDBWarehouse(Path(path), threads=1) as wh:
         _kill_before(wh, int(n))
         if scenario == "widen":
