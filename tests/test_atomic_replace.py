@@ -46,7 +46,12 @@ from stack.warehouse.base import Warehouse
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.contract import sync
 from tests.scripted import ScriptedSource
-from tests.snowflake_fixtures import open_fakesnow, stop_fakesnow_server
+from tests.snowflake_fixtures import (
+    StubConnection,
+    fakesnow_target,
+    open_fakesnow,
+    stop_fakesnow_server,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 5, 1, 12, 0, 0)
@@ -589,6 +594,97 @@ def test_the_audits_last_commits_are_published_even_if_its_process_died(tmp_path
     assert (audit.path / "catalog.ducklake.wal").exists()
     published.publish("audit")
     assert ids(published) == set(range(100)) | {-1}
+
+
+# -- environments: publish by SWAP WITH (Snowflake) -------------------------------------------
+class Account:
+    """Stands in for a Snowflake account for :meth:`SnowflakeWarehouse.publish` (fakesnow
+    has no CLONE or SWAP of databases): what each database name holds, ledger rows and
+    marts. ``writes`` lists statement numbers before which a run commits a ledger row
+    to the published database (whatever content that name holds at that moment).
+    """
+
+    def __init__(self, writes: tuple[int, ...]) -> None:
+        self.content = {
+            PUBLISHED: {"ledger": ("run-1",), "marts": "old"},
+            AUDIT_DB: {"ledger": ("run-1",), "marts": "audited"},
+        }
+        self.writes = writes
+        self.stub = StubConnection(self.answer)
+
+    def answer(self, sql: str, params: list | None) -> list[dict]:
+        moment = len(self.stub.statements) - 1
+        if moment in self.writes:
+            published = self.content[PUBLISHED]
+            published["ledger"] = (*published["ledger"], f"late-{moment}")
+        if "SWAP WITH" in sql:
+            self.content[PUBLISHED], self.content[AUDIT_DB] = (
+                self.content[AUDIT_DB],
+                self.content[PUBLISHED],
+            )
+        if "information_schema.tables" in sql:
+            return [{"table_name": "_mds_runs"}]
+        if "HASH_AGG" in sql:
+            database = sql.split('FROM "', 1)[1].split('"', 1)[0]
+            return [{"hash": hash(self.content[database]["ledger"])}]
+        return []
+
+
+PUBLISHED, AUDIT_DB = "ANALYTICS", "ANALYTICS_audit-eu"
+
+
+def publish_on(account: Account, monkeypatch: pytest.MonkeyPatch) -> WarehouseError | None:
+    import stack.warehouse.snowflake as adapter
+
+    monkeypatch.setattr(adapter.snowflake.connector, "connect", lambda **kw: account.stub)
+    try:
+        adapter.SnowflakeWarehouse(fakesnow_target(PUBLISHED)).publish("audit-eu")
+    except WarehouseError as refused:
+        return refused
+    return None
+
+
+def test_a_snowflake_publish_never_swaps_a_write_out_of_the_published_database(monkeypatch):
+    """A run commits to the published database before each statement of the publish in
+    turn: the write stays published (the publish is refused or undone), or the publish
+    happened before it; a publish that goes through publishes the audited marts."""
+    clean = Account(writes=())
+    assert publish_on(clean, monkeypatch) is None
+    assert clean.content[PUBLISHED]["marts"] == "audited"
+    statements = clean.stub.sql()
+    assert sum("SWAP WITH" in s for s in statements) == 1
+    for moment in range(len(statements)):
+        account = Account(writes=(moment,))
+        refused = publish_on(account, monkeypatch)
+        assert f"late-{moment}" in account.content[PUBLISHED]["ledger"], (moment, refused)
+        published = account.content[PUBLISHED]["marts"]
+        assert published == ("old" if refused else "audited"), (moment, refused)
+        if refused:
+            assert "changed while" in str(refused)
+            assert account.content[AUDIT_DB]["marts"] == "audited"  # kept for the rerun
+
+
+def test_a_write_during_the_undo_of_a_snowflake_swap_is_reported_not_dropped(monkeypatch):
+    """A run commits just before the swap, and another just before the swap back: the
+    second lands in the environment, and the error says to keep it."""
+    clean = Account(writes=())
+    publish_on(clean, monkeypatch)
+    swap = next(i for i, s in enumerate(clean.stub.sql()) if "SWAP WITH" in s)
+    undo = swap + 3  # after the environment's two lookups
+    account = Account(writes=(swap, undo))
+    refused = publish_on(account, monkeypatch)
+    assert refused is not None and "holds a write" in str(refused), refused
+    assert "before anything replaces or drops it" in refused.hint
+    assert account.stub.sql()[undo] == clean.stub.sql()[swap]
+    assert f"late-{swap}" in account.content[PUBLISHED]["ledger"]
+    assert f"late-{undo}" in account.content[AUDIT_DB]["ledger"]
+
+
+def test_the_snowflake_change_check_reads_every_ledger_table_a_write_changes():
+    from stack import backfill
+
+    tables = {ledger.RUNS_TABLE, ledger.STATE_TABLE, backfill.BACKFILLS_TABLE}
+    assert set(sfsql.LEDGER_TABLES) == tables
 
 
 # -- the SIGKILL worker -----------------------------------------------------------------------

@@ -695,6 +695,9 @@ class _SilentCursor:
         self.sent.append(sql)
         return self
 
+    def fetchall(self) -> list:
+        return []
+
 
 class _SilentConnection:
     def __init__(self, sent: list[str]) -> None:

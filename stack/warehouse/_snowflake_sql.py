@@ -496,6 +496,31 @@ def clone_database_sql(source: str, target: str) -> str:
     return f"CREATE OR REPLACE DATABASE {ident(target)} CLONE {ident(source)}"
 
 
+LEDGER_TABLES = ("_mds_backfills", "_mds_runs", "_mds_state")
+"""Meta tables every mdstack write to a database changes (a sync's commit writes its
+ledger row and state with its rows; a backfill partition its own row): whether a
+database changed since it was cloned is whether these did (``stack.ledger``,
+``stack.backfill`` name them)."""
+
+
+def ledger_tables_sql(database: str) -> str:
+    """Which of :data:`LEDGER_TABLES` ``database`` holds (parameter: the meta schema)."""
+    names = ", ".join(f"'{name}'" for name in LEDGER_TABLES)
+    return (
+        f"SELECT table_name FROM {ident(database)}.information_schema.tables "
+        f"WHERE table_schema = ? AND table_name IN ({names}) ORDER BY table_name"
+    )
+
+
+def fingerprint_sql(database: str, meta_schema: str, tables: Sequence[str]) -> str:
+    """One row: a hash of each table's whole content (``HASH_AGG``: order-independent)."""
+    hashes = ", ".join(
+        f"(SELECT HASH_AGG(*) FROM {ident(database)}.{ident(meta_schema)}.{ident(name)})"
+        for name in tables
+    )
+    return f"SELECT {hashes}"
+
+
 def swap_databases_sql(published: str, audited: str) -> str:
     """Atomically exchange two databases' contents and names (``SWAP WITH``)."""
     return f"ALTER DATABASE {ident(published)} SWAP WITH {ident(audited)}"

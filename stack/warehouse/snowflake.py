@@ -470,13 +470,53 @@ class SnowflakeWarehouse:
     def publish(self, name: str) -> None:
         """``SWAP WITH``: one atomic exchange; the environment then holds the old content.
 
-        Unlike the DuckLake adapter this does not refuse when the published database
-        changed after the clone: Snowflake has no cheap snapshot id to compare, so
-        writes made to it meanwhile end up in the environment (dropped afterwards).
+        Refused, as on DuckLake, when a run wrote to the published database after the
+        clone: the swap would move its rows into the environment, which the pipeline
+        then drops. Snowflake has no snapshot id, so "changed" is read from the ledger
+        tables every write of mdstack changes (:data:`_snowflake_sql.LEDGER_TABLES`):
+        the published ones must still hash as the environment's copies. A write that
+        lands between that check and the swap shows in the environment right after it:
+        the swap is then undone (a second swap) and the publish refused. Writes made
+        outside mdstack are not seen.
         """
         with self:
-            database = sfsql.environment_database(self.target.database, name)
-            self._run(sfsql.swap_databases_sql(self.target.database, database))
+            published = self.target.database
+            database = sfsql.environment_database(published, name)
+            base = self._fingerprint(published)
+            if base != self._fingerprint(database):
+                raise WarehouseError(
+                    f"the published warehouse changed while {name} was being audited "
+                    "(a run wrote to it after the clone)",
+                    hint="rerun: the next run audits on top of the newer data",
+                )
+            swap = sfsql.swap_databases_sql(published, database)
+            self._run(swap)
+            if self._fingerprint(database) == base:
+                return
+            self._run(swap)  # the write is in the old content: make that the published again
+            if self._fingerprint(database) == base:
+                raise WarehouseError(
+                    f"the published warehouse changed while {name} was being published; "
+                    "the swap was undone",
+                    hint="rerun: the next run audits on top of the newer data",
+                )
+            raise WarehouseError(
+                f"runs wrote to {published} while {name} was being published and while the "
+                f"swap was undone: database {database} holds a write {published} lacks",
+                hint=f"copy the rows of the runs in {database}'s _mds_runs that {published} "
+                "lacks before anything replaces or drops it (the next audit's clone would)",
+            )
+
+    def _fingerprint(self, database: str) -> list[tuple]:
+        """The ledger tables ``database`` holds and a hash of each one's content."""
+        names = [
+            row[0]
+            for row in self._run(sfsql.ledger_tables_sql(database), [self.meta_schema]).fetchall()
+        ]
+        if not names:
+            return []
+        hashes = self._run(sfsql.fingerprint_sql(database, self.meta_schema, names)).fetchone()
+        return list(zip(names, hashes, strict=True))
 
     def drop_environment(self, name: str) -> None:
         with self:
