@@ -315,11 +315,6 @@ def region_rows(wh: Warehouse) -> set[tuple]:
     return set(rows(wh, "SELECT id, name FROM raw.items WHERE _mds_region = 'eu'"))
 
 
-@pytest.mark.xfail(
-    reason="Snowflake commits an open transaction before DDL: a direct overwrite whose "
-    "schema evolves mid-load commits the region's DELETE with part of the new rows "
-    "(stack/direct.py, stack/sync.py)",
-)
 def test_a_snowflake_overwrite_dying_after_a_schema_change_mid_load_keeps_the_old_rows():
     database = f"A_{uuid.uuid4().hex[:12].upper()}"
     old = [(i, f"old-{i}", i, 0) for i in range(1, 5)]
