@@ -46,7 +46,8 @@ STREAMS = ("events", "items")
 MODES = ("incremental_append", "incremental_deduped", "full_refresh_overwrite")
 OVERLAP_TIMEOUT = 30.0
 IMMUTABLE = ("id", "day")
-"""A row's id and day never change (its value does, with the version)."""
+"""A row's id and day never change (its value does, with the version): ids are unique
+while rows_per_day <= 100."""
 
 
 class _Gauge:

@@ -9,20 +9,42 @@ it is after it, never in between.
 from __future__ import annotations
 
 import contextlib
+import random
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 import yaml
+from hypothesis import HealthCheck, Phase, example, given, settings
+from hypothesis import strategies as st
 
 import connectors
+from connectors.base import (
+    DELETED_AT,
+    Batch,
+    Catalog,
+    Checkpoint,
+    ConfiguredStream,
+    Deletes,
+    Message,
+    State,
+    StreamSpec,
+)
 from stack.config import load_config
 from stack.errors import ConfigError, WarehouseError
 from stack.run import backfill, pipeline
 from stack.warehouse.duckdb import DuckDBWarehouse
+from tests.contract import SCALE
 from tests.test_backfill import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +56,7 @@ LOAD_COLUMNS = ("_mds_run_id", "_mds_loaded_at")
 @pytest.fixture(autouse=True)
 def _counting_connector(monkeypatch):
     monkeypatch.setitem(connectors.REGISTRY, "counting", "tests.counting_source:CountingSource")
+    monkeypatch.setitem(connectors.REGISTRY, "history", "tests.test_backfill_atomic:HistorySource")
 
 
 def everything(folder: Path, schema: str, streams: tuple[str, ...]) -> dict[str, list[tuple]]:
@@ -254,3 +277,199 @@ def test_a_failure_at_any_warehouse_call_leaves_the_partition_as_before_or_after
 def outside(rows: list[tuple]) -> list[tuple]:
     """The rows of other days than the partition's (2026-01-03), every column."""
     return [r for r in rows if r[1] != date(2026, 1, 3)]
+
+
+# -- kill -9 at random moments ----------------------------------------------------------------
+
+BACKFILL_WORKER = """
+import sys
+sys.path.insert(0, {root!r})
+import connectors
+connectors.REGISTRY["counting"] = "tests.counting_source:CountingSource"
+from stack.run import backfill
+print("ready", flush=True)
+backfill.run_backfill({path!r}, None, "2026-01-01", "2026-01-04")
+print("done", flush=True)
+"""
+
+
+def test_kill_9_at_random_moments_of_a_multi_day_backfill_leaves_whole_partitions(tmp_path):
+    source = {"start": "2026-01-01", "end": "2026-01-05", "rows_per_day": 100}
+    path = write_config(tmp_path, {**source, "version": 1})
+    pipeline.run_pipeline(path, None, pipeline.select(load_config(path), "us"), transform=False)
+    before = everything(tmp_path, "raw_feed", FEED_STREAMS)
+    write_config(tmp_path, {**source, "version": 2})
+    script = tmp_path / "worker.py"
+    script.write_text(BACKFILL_WORKER.format(root=str(ROOT), path=str(path)))
+    pristine = tmp_path / "pristine"
+    shutil.copytree(tmp_path / "warehouse", pristine)
+
+    started = time.perf_counter()
+    whole = run_worker(script, kill_after=None)
+    span = time.perf_counter() - started - whole  # the backfill alone, after "ready"
+    rng = random.Random(20261206)
+    kills = 0
+    for _ in range(4 * SCALE):
+        shutil.rmtree(tmp_path / "warehouse")
+        shutil.copytree(pristine, tmp_path / "warehouse")
+        kills += run_worker(script, kill_after=rng.uniform(0, span)) is None
+        now = everything(tmp_path, "raw_feed", FEED_STREAMS)
+        for stream in FEED_STREAMS:
+            by_day: dict[date, set[int]] = {}
+            for row in now[stream]:
+                by_day.setdefault(row[1], set()).add(row[2] // 100_000)
+            assert len(now[stream]) == len(before[stream]) == 4 * 100
+            assert all(len(versions) == 1 for versions in by_day.values()), by_day
+            reloaded = [d for d in sorted(by_day) if by_day[d] == {2}]
+            assert reloaded == sorted(by_day)[: len(reloaded)]  # whole days, in order
+            old = [r for r in now[stream] if r[1] not in reloaded]
+            assert old == [r for r in before[stream] if r[1] not in reloaded]  # untouched
+        backfill.run_backfill(path, None, "2026-01-01", "2026-01-04")  # resumes, converges
+        for rows in data_rows(tmp_path, "raw_feed", FEED_STREAMS).values():
+            assert {r[2] // 100_000 for r in rows} == {2} and len(rows) == 4 * 100
+    assert kills >= 1  # at least one kill landed inside the backfill
+
+
+def run_worker(script: Path, kill_after: float | None) -> float | None:
+    """Run the backfill worker; with ``kill_after``, SIGKILL it that long after it is ready.
+
+    Returns how long the start took (to "ready"), or None if the kill landed before "done".
+    """
+    started = time.perf_counter()
+    worker = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    assert worker.stdout is not None
+    assert worker.stdout.readline().strip() == "ready"
+    ready = time.perf_counter() - started
+    if kill_after is None:
+        assert worker.wait(timeout=300) == 0
+        return ready
+    time.sleep(kill_after)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=60)
+    return (
+        None
+        if worker.returncode == -signal.SIGKILL and "done" not in (worker.stdout.read() or "")
+        else ready
+    )
+
+
+# -- random windows over random histories -----------------------------------------------------
+
+HISTORY_SCHEMA = pa.schema(
+    [("id", pa.int64()), ("created", pa.date32()), ("updated", pa.int64()), ("value", pa.int64())]
+)
+DAY0 = date(2026, 1, 1)
+
+
+class HistorySource:
+    """A table's change history, replayed up to ``now``: ``log`` appends every version,
+    ``items`` keeps the latest by key and sees the tombstones. ``created`` never changes
+    for an id; ``updated`` (the cursor) is the change's position in the history."""
+
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        self.name = name
+        self.ops = [tuple(op) for op in config["ops"]]  # (kind, id, value)
+        self.now = int(config["now"])
+
+    def discover(self) -> Catalog:
+        modes = ("incremental_append", "incremental_deduped")
+        fixed = ("id", "created")
+        return Catalog(
+            (
+                StreamSpec("log", HISTORY_SCHEMA, ("id",), "updated", modes, immutable=fixed),
+                StreamSpec(
+                    "items", HISTORY_SCHEMA, ("id",), "updated", modes, True, immutable=fixed
+                ),
+            )
+        )
+
+    def read(self, stream: ConfiguredStream, state: State | None) -> Iterator[Message]:
+        start = state["pos"] if state else 0
+        for position in range(start, self.now):
+            kind, key, value = self.ops[position]
+            if kind == "upsert":
+                row = [[key], [DAY0 + timedelta(days=key % 5)], [position], [value]]
+                yield Batch(stream.name, pa.record_batch(row, schema=HISTORY_SCHEMA))
+            elif stream.name == "items":
+                gone = {"id": [key], DELETED_AT: pa.array([position], pa.timestamp("us"))}
+                yield Deletes(stream.name, pa.record_batch(gone))
+        yield Checkpoint(stream.name, {"pos": self.now})
+
+
+def history_config(folder: Path, ops: list, now: int) -> Path:
+    config = {
+        "name": "hist",
+        "target": "local",
+        "targets": {"local": {"type": "duckdb", "path": str(folder / "warehouse")}},
+        "regions": {"us": {}},
+        "sources": {
+            "h": {
+                "connector": "history",
+                "config": {"ops": [list(op) for op in ops], "now": now},
+                "schema": "raw_h",
+                "streams": {
+                    "log": {"sync": "incremental_append", "deletes": "none"},
+                    "items": {"sync": "incremental_deduped", "deletes": "hard"},
+                },
+            }
+        },
+        "backfill": {"partition_by": {"h.log": "created", "h.items": "created"}},
+    }
+    path = folder / "stack.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@st.composite
+def histories(draw) -> tuple[list, list]:
+    """A history of upserts and deletes of 8 ids, and the steps taken along it: a sync up
+    to a point, or a backfill of a window of days (a day's ids: ``id % 5``)."""
+    ops = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["upsert", "upsert", "delete"]),
+                st.integers(0, 7),
+                st.integers(0, 99),
+            ),
+            min_size=1,
+            max_size=25,
+        )
+    )
+    steps, now = [], 0
+    for _ in range(draw(st.integers(1, 4))):
+        now = draw(st.integers(now, len(ops)))
+        steps.append(("sync", now))
+        first = draw(st.integers(0, 4))
+        steps.append(("backfill", now, first, draw(st.integers(first, 4))))
+    return ops, steps
+
+
+@given(history=histories())
+@example(history=([("delete", 1, 0), ("upsert", 1, 0)], [("sync", 2), ("backfill", 2, 0, 0)]))
+@settings(
+    max_examples=6 * SCALE,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # each example loads a warehouse
+)
+def test_random_backfills_over_random_histories_equal_a_full_reload(history):
+    ops, steps = history
+    with tempfile.TemporaryDirectory() as folder:
+        loaded, fresh = Path(folder) / "loaded", Path(folder) / "fresh"
+        loaded.mkdir()
+        fresh.mkdir()
+        for step in steps:
+            path = history_config(loaded, ops, step[1])
+            if step[0] == "sync":
+                pipeline.run_pipeline(
+                    path, None, pipeline.select(load_config(path), "us"), transform=False
+                )
+            else:
+                first, last = (DAY0 + timedelta(days=d) for d in step[2:])
+                backfill.run_backfill(path, None, first, last, force=True)
+        path = history_config(fresh, ops, steps[-1][1])
+        pipeline.run_pipeline(path, None, pipeline.select(load_config(path), "us"), transform=False)
+        got = data_rows(loaded, "raw_h", ("log", "items"))
+        assert got == data_rows(fresh, "raw_h", ("log", "items"))

@@ -247,8 +247,9 @@ def test_widen_alters_in_place_or_rebuilds_the_column():
         'ALTER TABLE "raw"."items" ALTER COLUMN "price" SET DATA TYPE NUMBER(18,2)',
         'ALTER TABLE "raw"."items" ADD COLUMN "qty__mds_widen" FLOAT',
         'UPDATE "raw"."items" SET "qty__mds_widen" = CAST("qty" AS FLOAT)',
-        'ALTER TABLE "raw"."items" DROP COLUMN "qty"',
+        'ALTER TABLE "raw"."items" RENAME COLUMN "qty" TO "qty__mds_narrow"',
         'ALTER TABLE "raw"."items" RENAME COLUMN "qty__mds_widen" TO "qty"',
+        'ALTER TABLE "raw"."items" DROP COLUMN "qty__mds_narrow"',
     ]
 
 
@@ -693,6 +694,9 @@ class _SilentCursor:
     def execute(self, sql: str, params: list | None = None) -> _SilentCursor:
         self.sent.append(sql)
         return self
+
+    def fetchall(self) -> list:
+        return []
 
 
 class _SilentConnection:

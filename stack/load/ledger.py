@@ -193,13 +193,18 @@ def read_state(wh: Warehouse, key: StreamKey) -> State | None:
 
 
 def write_state(wh: Warehouse, key: StreamKey, state: State, run_id: str, now: datetime) -> None:
-    """Replace a stream's state. Call inside the transaction that writes the data it covers."""
+    """Replace a stream's state. Call inside the transaction that writes the data it covers.
+
+    The DELETE and the INSERT are one transaction in any case (the caller's, else their
+    own): a run that dies between them never leaves the stream without a state.
+    """
     ref = table(wh.meta_schema, STATE_TABLE)
-    wh.execute(f"DELETE FROM {ref} WHERE {_KEY_WHERE}", key.params())
-    wh.execute(
-        f"INSERT INTO {ref} VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [*key.params(), json.dumps(state, sort_keys=True, default=str), run_id, now],
-    )
+    with wh.transaction():
+        wh.execute(f"DELETE FROM {ref} WHERE {_KEY_WHERE}", key.params())
+        wh.execute(
+            f"INSERT INTO {ref} VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [*key.params(), json.dumps(state, sort_keys=True, default=str), run_id, now],
+        )
 
 
 def reset_state(wh: Warehouse, key: StreamKey) -> None:
@@ -208,21 +213,26 @@ def reset_state(wh: Warehouse, key: StreamKey) -> None:
 
 
 def record(wh: Warehouse, entry: RunEntry) -> None:
-    """Upsert a stream's row of the run ledger (by run id, source, stream and region)."""
+    """Upsert a stream's row of the run ledger (by run id, source, stream and region).
+
+    In one transaction (the caller's, else its own): a run that dies between the DELETE
+    and the INSERT keeps its previous row, so ``close_abandoned`` still finds it.
+    """
     ref = table(wh.meta_schema, RUNS_TABLE)
-    wh.execute(
-        f"DELETE FROM {ref} WHERE {ident('run_id')} = ? AND {ident('source')} = ? "
-        f"AND {ident('stream')} = ? AND {ident('region')} = ?",
-        [entry.run_id, entry.source, entry.stream, entry.region],
-    )
     values = asdict(entry)
     if values["error"]:  # an error text may quote a secret (a URL with its key, say)
         values["error"] = redact(values["error"])
     placeholders = ", ".join("?" for _ in values)
-    wh.execute(
-        f"INSERT INTO {ref} ({', '.join(ident(c) for c in values)}) VALUES ({placeholders})",
-        list(values.values()),
-    )
+    with wh.transaction():
+        wh.execute(
+            f"DELETE FROM {ref} WHERE {ident('run_id')} = ? AND {ident('source')} = ? "
+            f"AND {ident('stream')} = ? AND {ident('region')} = ?",
+            [entry.run_id, entry.source, entry.stream, entry.region],
+        )
+        wh.execute(
+            f"INSERT INTO {ref} ({', '.join(ident(c) for c in values)}) VALUES ({placeholders})",
+            list(values.values()),
+        )
 
 
 ABANDONED = (

@@ -198,7 +198,11 @@ class StagedLoad:
 def _prepare(
     wh: Warehouse, plan: StreamPlan, pending: StagedLoad, ctx: RunContext
 ) -> tuple[str | None, str | None]:
-    """Build the rows to write and the keys to delete as staging tables."""
+    """Build the rows to write and the keys to delete as staging tables.
+
+    A replacement's tombstones only take out its own rows: they replay history the
+    rows outside its window already reflect (a key deleted, then written again).
+    """
     stage, dels = pending.records.ref, pending.deletes.ref
     if plan.mode == "full_refresh_overwrite":
         dels = None  # a full snapshot already leaves out what was deleted
@@ -219,7 +223,7 @@ def _prepare(
             f"CREATE OR REPLACE TEMP TABLE {sql.ident(rows)} AS {select}",
             [ctx.region, ctx.run_id, ctx.loaded_at],
         )
-    if dels:
+    if dels and pending.lc.replace is None:
         deletes = f"_mds_dels_{plan.name}"
         select = sql.prepare_deletes(dels, plan.keys, DELETED_AT)
         wh.execute(f"CREATE OR REPLACE TEMP TABLE {sql.ident(deletes)} AS {select}", [ctx.region])

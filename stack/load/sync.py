@@ -36,7 +36,7 @@ from stack.load.schema import StreamSchema
 from stack.load.staged import Load, LoadContext, Replacement, StagedLoad, detect_deletes
 from stack.load.staging import Stage
 from stack.load.streaming import DirectLoad
-from stack.warehouse.base import Warehouse
+from stack.warehouse.base import Capabilities, Warehouse
 
 __all__ = ["Progress", "sync_stream"]
 
@@ -115,7 +115,7 @@ def _sync_locked(
         ledger.begin_run(wh, key, ctx.run_id)
         schema = _destination(wh, plan)
         lc = LoadContext(wh, plan, ctx, key, entry, record, replace)
-        load = DirectLoad(lc) if _direct(plan) else StagedLoad(lc)
+        load = DirectLoad(lc) if _direct(plan, wh.capabilities) else StagedLoad(lc)
         for message in source.read(plan.stream, ledger.read_state(wh, key)):
             if isinstance(message, Batch):
                 _add_batch(wh, plan, schema, load, message.data, changes)
@@ -152,8 +152,12 @@ def _sync_locked(
     return entry
 
 
-def _direct(plan: StreamPlan) -> bool:
-    """Whether rows can go straight into the table: nothing to merge, nothing to delete."""
+def _direct(plan: StreamPlan, capabilities: Capabilities) -> bool:
+    """Whether rows can go straight into the table: nothing to merge, nothing to delete,
+    and a schema change mid-load cannot commit part of them (a warehouse whose DDL
+    commits the open transaction stages every load)."""
+    if not capabilities.transactional_ddl:
+        return False
     deletes = plan.stream.spec.emits_deletes and plan.deletes != "none" and bool(plan.keys)
     if plan.mode == "full_refresh_overwrite":
         return not (plan.soft and plan.keys)

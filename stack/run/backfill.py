@@ -167,20 +167,22 @@ def ensure_ledger(wh: Warehouse) -> None:
 
 
 def _record(wh: Warehouse, entry: PartitionEntry) -> None:
+    """Rewrite the partition's ledger row, in one transaction (the caller's, else its own)."""
     ref = sql.table(wh.meta_schema, BACKFILLS_TABLE)
     where = " AND ".join(
         f"{sql.ident(c)} = ?" for c in ("pipeline", "region", "source", "stream", "partition_start")
     )
-    wh.execute(
-        f"DELETE FROM {ref} WHERE {where}",
-        [entry.pipeline, entry.region, entry.source, entry.stream, entry.partition_start],
-    )
     values = asdict(entry)
     columns = ", ".join(sql.ident(c) for c in values)
-    wh.execute(
-        f"INSERT INTO {ref} ({columns}) VALUES ({', '.join('?' for _ in values)})",
-        list(values.values()),
-    )
+    with wh.transaction():
+        wh.execute(
+            f"DELETE FROM {ref} WHERE {where}",
+            [entry.pipeline, entry.region, entry.source, entry.stream, entry.partition_start],
+        )
+        wh.execute(
+            f"INSERT INTO {ref} ({columns}) VALUES ({', '.join('?' for _ in values)})",
+            list(values.values()),
+        )
 
 
 def _record_failure(wh: Warehouse, entry: PartitionEntry) -> None:

@@ -12,22 +12,36 @@ catalog file with the audit's in one ``rename`` — atomic on POSIX: a reader
 that opened the old catalog keeps reading it, every later open sees the new.
 Publishing refuses if the published warehouse changed after the clone was
 taken (optimistic concurrency: nothing written meanwhile is lost).
+
+Both hold the catalogs they read through DuckDB's file lock (:func:`_held`), which
+readers share and a writer takes alone: no commit lands between reading a
+catalog's snapshot and copying or replacing it (a writer's open waits, as for any
+other process), and a WAL that a dead process left is folded into its catalog
+first (copying the file alone would drop those commits; renaming a catalog over
+one with a WAL would replay it onto the wrong file). One publish into a warehouse
+runs at a time (a file lock in ``W/.locks``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
 
-from stack.errors import WarehouseError
+from stack.errors import WarehouseBusy, WarehouseError
 
 CATALOG_FILE = "catalog.ducklake"
 DATA_DIR = "data"
 BASE_MARK = ".mds_base_snapshot"
 """File in a clone holding the published snapshot id it was taken at."""
+BUSY_WAIT_SECONDS = 30.0
 
 
 def environment_path(warehouse: Path, name: str) -> Path:
@@ -39,45 +53,56 @@ def environment_path(warehouse: Path, name: str) -> Path:
     return warehouse.parent / f"{warehouse.name}.{name}"
 
 
-def clone_lake(source: Path, target: Path) -> None:
-    """Make ``target`` a zero-copy clone of the lake at ``source`` (replacing it)."""
+def clone_lake(source: Path, target: Path, busy_timeout: float = BUSY_WAIT_SECONDS) -> None:
+    """Make ``target`` a zero-copy clone of the lake at ``source`` (replacing it).
+
+    ``source`` is held for the copy: its base snapshot is the one copied.
+    """
     if not (source / CATALOG_FILE).exists():
         raise WarehouseError(
             f"nothing to clone: {source} has no catalog",
             hint="run a sync first, or check the target's path",
         )
-    if (source / f"{CATALOG_FILE}.wal").exists():
-        raise WarehouseError(
-            f"{source} is open in another process (its catalog has a WAL)",
-            hint="clone when no mdstack, dbt or BI tool holds the warehouse",
-        )
     drop_lake(target)
     (target / DATA_DIR).mkdir(parents=True)
-    shutil.copy2(source / CATALOG_FILE, target / CATALOG_FILE)
-    _link_tree(source / DATA_DIR, target / DATA_DIR)
+    with _held(source / CATALOG_FILE, busy_timeout) as held:
+        base = _snapshot(held)
+        shutil.copy2(source / CATALOG_FILE, target / CATALOG_FILE)
+        _link_tree(source / DATA_DIR, target / DATA_DIR)
     _set_data_path(target / CATALOG_FILE, target / DATA_DIR)
-    (target / BASE_MARK).write_text(str(snapshot_id(source / CATALOG_FILE)))
+    (target / BASE_MARK).write_text(str(base))
 
 
-def publish_lake(audit: Path, published: Path) -> None:
+def publish_lake(audit: Path, published: Path, busy_timeout: float = BUSY_WAIT_SECONDS) -> None:
     """Atomically make the published lake hold what ``audit`` holds.
 
     Raises:
         WarehouseError: the published lake changed since ``audit`` was cloned from it.
+        WarehouseBusy: another process held either lake for ``busy_timeout`` seconds.
     """
     base = int((audit / BASE_MARK).read_text()) if (audit / BASE_MARK).exists() else None
-    now = snapshot_id(published / CATALOG_FILE)
-    if base is None or now != base:
-        raise WarehouseError(
-            f"the published warehouse changed while {audit.name} was being audited "
-            f"(snapshot {base} -> {now})",
-            hint="rerun: the next run audits on top of the newer data",
-        )
-    _link_tree(audit / DATA_DIR, published / DATA_DIR, skip_existing=True)
-    staged = published / f"{CATALOG_FILE}.publishing"
-    shutil.copy2(audit / CATALOG_FILE, staged)
-    _set_data_path(staged, published / DATA_DIR)
-    os.replace(staged, published / CATALOG_FILE)
+    with (
+        _publishing(published, busy_timeout),
+        _held(audit / CATALOG_FILE, busy_timeout),
+        _held(published / CATALOG_FILE, busy_timeout) as held,
+    ):
+        now = _snapshot(held)
+        if base is None or now != base:
+            raise WarehouseError(
+                f"the published warehouse changed while {audit.name} was being audited "
+                f"(snapshot {base} -> {now})",
+                hint="rerun: the next run audits on top of the newer data",
+            )
+        _link_tree(audit / DATA_DIR, published / DATA_DIR, skip_existing=True)
+        staged = published / f"{CATALOG_FILE}.{uuid.uuid4().hex[:8]}.publishing"
+        try:
+            shutil.copy2(audit / CATALOG_FILE, staged)
+            _set_data_path(staged, published / DATA_DIR)
+            _fsync(staged)
+            os.replace(staged, published / CATALOG_FILE)
+        finally:
+            staged.unlink(missing_ok=True)
+        _fsync(published)
 
 
 def drop_lake(path: Path) -> None:
@@ -89,7 +114,83 @@ def drop_lake(path: Path) -> None:
 def snapshot_id(catalog: Path) -> int:
     """The latest DuckLake snapshot id recorded in a catalog file."""
     with duckdb.connect(str(catalog), read_only=True) as con:
-        return int(con.execute("SELECT max(snapshot_id) FROM ducklake_snapshot").fetchone()[0])
+        return _snapshot(con)
+
+
+def _snapshot(con: duckdb.DuckDBPyConnection) -> int:
+    return int(con.execute("SELECT max(snapshot_id) FROM ducklake_snapshot").fetchone()[0])
+
+
+@contextmanager
+def _held(catalog: Path, busy_timeout: float) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection to ``catalog`` for the block, its WAL folded in first.
+
+    DuckDB locks the file while it is open: readers share the lock, a writer needs it
+    alone, so no process commits to the catalog until the block ends (it waits to
+    open it). A WAL next to the catalog is what a process that died holding it left
+    (one still holding it keeps us out): a read-write open replays it into the file.
+    """
+    wal = catalog.with_name(catalog.name + ".wal")
+    if wal.exists():
+        with _connect(catalog, busy_timeout, read_only=False) as con:
+            con.execute("CHECKPOINT")
+    with _connect(catalog, busy_timeout, read_only=True) as con:
+        if wal.exists():  # written and left again between the two opens
+            raise WarehouseBusy(
+                f"{catalog.parent} was being written while mdstack copied it",
+                hint="rerun when no other process writes the warehouse",
+            )
+        yield con
+
+
+def _connect(catalog: Path, busy_timeout: float, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Open a catalog file, waiting up to ``busy_timeout`` seconds for a holder to let go."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            return duckdb.connect(str(catalog), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise WarehouseError(f"cannot open {catalog}: {exc}") from exc
+            if time.monotonic() >= deadline:
+                raise WarehouseBusy(
+                    f"the warehouse {catalog.parent} is in use by another process",
+                    hint="wait for the other mdstack (or dbt, or a BI tool) to finish",
+                ) from exc
+            time.sleep(0.2)
+
+
+@contextmanager
+def _publishing(published: Path, busy_timeout: float) -> Iterator[None]:
+    """Hold the warehouse's publish lock: two publishes never both pass the snapshot check."""
+    folder = published / ".locks"
+    folder.mkdir(exist_ok=True)
+    deadline = time.monotonic() + busy_timeout
+    with open(folder / "publish.lock", "w") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise WarehouseBusy(
+                        f"another publish into {published} is in progress",
+                        hint="rerun when it finished",
+                    ) from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries, to disk (a rename is durable once both are)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _set_data_path(catalog: Path, data: Path) -> None:

@@ -362,23 +362,77 @@ def add_column_sql(schema: str, name: str, column: str, sf_type: str) -> str:
     return f"ALTER TABLE {table(schema, name)} ADD COLUMN IF NOT EXISTS {ident(column)} {sf_type}"
 
 
+WIDEN_SPARE = "__mds_widen"
+"""Suffix of the column a rebuild fills with the wider values before it takes the name."""
+WIDEN_ASIDE = "__mds_narrow"
+"""Suffix of the original column while the filled spare takes its name (dropped last)."""
+
+
 def widen_sql(schema: str, name: str, column: str, current: str, wanted: str) -> list[str]:
     """Statements changing a column's type to a wider one, keeping its values.
 
-    In place where Snowflake allows it; else a spare column is added, filled, and
-    renamed over the old one.
+    In place where Snowflake allows it; else a rebuild: a spare column is added and
+    filled, the original renamed aside, the spare renamed to the column's name, and
+    only then the original dropped. No statement drops the only copy of a value, and
+    Snowflake commits each on its own: :func:`widen_repair_sql` finishes or undoes a
+    rebuild cut between any two of them.
     """
     target = table(schema, name)
     if alterable(current, wanted):
         return [f"ALTER TABLE {target} ALTER COLUMN {ident(column)} SET DATA TYPE {wanted}"]
-    spare = ident(f"{column}__mds_widen")
+    spare, aside = ident(column + WIDEN_SPARE), ident(column + WIDEN_ASIDE)
     value = f"TO_JSON({ident(column)})" if current in _SEMI and wanted == "VARCHAR" else None
     return [
         f"ALTER TABLE {target} ADD COLUMN {spare} {wanted}",
         f"UPDATE {target} SET {spare} = {value or f'CAST({ident(column)} AS {wanted})'}",
-        f"ALTER TABLE {target} DROP COLUMN {ident(column)}",
+        f"ALTER TABLE {target} RENAME COLUMN {ident(column)} TO {aside}",
         f"ALTER TABLE {target} RENAME COLUMN {spare} TO {ident(column)}",
+        f"ALTER TABLE {target} DROP COLUMN {aside}",
     ]
+
+
+def widen_repair_sql(schema: str, name: str, columns: Sequence[str]) -> list[str]:
+    """Statements bringing a table whose column rebuild (:func:`widen_sql`) was cut short
+    back to one column per name; none when no rebuild was.
+
+    Read from the table's column names alone; every case keeps each value:
+
+    * ``c`` and ``c__mds_widen``: cut before the original was touched. The spare (a
+      copy) is dropped; ``c`` still has its old type, and the next widening redoes it.
+    * no ``c``, ``c__mds_narrow``: cut between the two renames. The original takes its
+      name back and the spare is dropped: the rebuild is undone.
+    * ``c`` and ``c__mds_narrow``: cut before the last DROP. ``c`` is the filled spare;
+      the original, aside, is dropped: the rebuild is done.
+    * no ``c``, ``c__mds_widen`` alone: cut between the DROP and the RENAME of an earlier
+      rebuild, which dropped the original first. The filled spare takes the name.
+    """
+    present = set(columns)
+    target = table(schema, name)
+    statements = []
+    for base in sorted(_rebuilt(present)):
+        spare, aside = base + WIDEN_SPARE, base + WIDEN_ASIDE
+        if base not in present and aside in present:
+            statements.append(f"ALTER TABLE {target} RENAME COLUMN {ident(aside)} TO {ident(base)}")
+            aside = ""
+        elif base not in present and spare in present:
+            statements.append(f"ALTER TABLE {target} RENAME COLUMN {ident(spare)} TO {ident(base)}")
+            spare = ""
+        statements += [
+            f"ALTER TABLE {target} DROP COLUMN {ident(leftover)}"
+            for leftover in (spare, aside)
+            if leftover in present
+        ]
+    return statements
+
+
+def _rebuilt(columns: set[str]) -> set[str]:
+    """Names of the columns whose rebuild left a spare or an original aside in ``columns``."""
+    return {
+        c[: -len(suffix)]
+        for c in columns
+        for suffix in (WIDEN_SPARE, WIDEN_ASIDE)
+        if c.endswith(suffix) and len(c) > len(suffix)
+    }
 
 
 def locks_table_sql(meta_schema: str) -> str:
@@ -440,6 +494,31 @@ def environment_database(database: str, env: str) -> str:
 def clone_database_sql(source: str, target: str) -> str:
     """Zero-copy clone of a whole database (Snowflake ``CLONE``), replacing the target."""
     return f"CREATE OR REPLACE DATABASE {ident(target)} CLONE {ident(source)}"
+
+
+LEDGER_TABLES = ("_mds_backfills", "_mds_runs", "_mds_state")
+"""Meta tables every mdstack write to a database changes (a sync's commit writes its
+ledger row and state with its rows; a backfill partition its own row): whether a
+database changed since it was cloned is whether these did (``stack.load.ledger``,
+``stack.run.backfill`` name them)."""
+
+
+def ledger_tables_sql(database: str) -> str:
+    """Which of :data:`LEDGER_TABLES` ``database`` holds (parameter: the meta schema)."""
+    names = ", ".join(f"'{name}'" for name in LEDGER_TABLES)
+    return (
+        f"SELECT table_name FROM {ident(database)}.information_schema.tables "
+        f"WHERE table_schema = ? AND table_name IN ({names}) ORDER BY table_name"
+    )
+
+
+def fingerprint_sql(database: str, meta_schema: str, tables: Sequence[str]) -> str:
+    """One row: a hash of each table's whole content (``HASH_AGG``: order-independent)."""
+    hashes = ", ".join(
+        f"(SELECT HASH_AGG(*) FROM {ident(database)}.{ident(meta_schema)}.{ident(name)})"
+        for name in tables
+    )
+    return f"SELECT {hashes}"
 
 
 def swap_databases_sql(published: str, audited: str) -> str:

@@ -355,11 +355,11 @@ class DuckDBWarehouse:
         )
 
     def clone_into(self, name: str) -> DuckDBWarehouse:
-        clone_lake(self.path, environment_path(self.path, name))
+        clone_lake(self.path, environment_path(self.path, name), self.busy_timeout)
         return self.environment(name)
 
     def publish(self, name: str) -> None:
-        publish_lake(environment_path(self.path, name), self.path)
+        publish_lake(environment_path(self.path, name), self.path, self.busy_timeout)
 
     def drop_environment(self, name: str) -> None:
         drop_lake(environment_path(self.path, name))

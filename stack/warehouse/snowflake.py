@@ -274,6 +274,26 @@ class SnowflakeWarehouse:
         return {name: sfsql.engine_type(*spec) for name, spec in info.items()}
 
     def _columns(self, schema: str, table_name: str) -> dict[str, tuple] | None:
+        """A table's columns, after finishing or undoing a column rebuild that was cut short.
+
+        Snowflake commits each statement of a rebuild (:meth:`widen_columns`) on its own, so
+        a run that died during one leaves a spare or an original aside; the next lookup
+        puts every value back under its column's name (:func:`_snowflake_sql.widen_repair_sql`)
+        before anyone reads the table's shape.
+        """
+        info = self._read_columns(schema, table_name)
+        if info and (repair := sfsql.widen_repair_sql(schema, table_name, list(info))):
+            log.warning(
+                "%s: completing a column type change that was interrupted: %s",
+                table(schema, table_name),
+                "; ".join(repair),
+            )
+            for statement in repair:
+                self._ddl(statement)
+            info = self._read_columns(schema, table_name)
+        return info
+
+    def _read_columns(self, schema: str, table_name: str) -> dict[str, tuple] | None:
         rows = self._run(sfsql.columns_sql(), [schema, table_name]).fetchall()
         return {row[0]: tuple(row[1:]) for row in rows} or None
 
@@ -300,9 +320,11 @@ class SnowflakeWarehouse:
         In place where Snowflake allows it (a NUMBER's precision, a VARCHAR's
         length); a type that already holds the values (every integer width is
         ``NUMBER(38,0)``) is left alone; anything else (NUMBER -> FLOAT, anything ->
-        VARCHAR) adds a spare column, fills it, drops the old one and renames the
-        spare. Snowflake commits each DDL statement on its own: a crash between the
-        DROP and the RENAME leaves the values in ``<column>__mds_widen``.
+        VARCHAR) rebuilds the column (:func:`_snowflake_sql.widen_sql`): a spare is
+        added and filled, the original renamed aside, the spare renamed to the name,
+        and the original dropped last. Snowflake commits each statement on its own; a
+        run that dies between two leaves every value in a column, and the next column
+        lookup of the table (this one's included) completes or undoes the rebuild.
         """
         current = self._columns(schema, table_name) or {}
         for field in columns:
@@ -448,13 +470,53 @@ class SnowflakeWarehouse:
     def publish(self, name: str) -> None:
         """``SWAP WITH``: one atomic exchange; the environment then holds the old content.
 
-        Unlike the DuckLake adapter this does not refuse when the published database
-        changed after the clone: Snowflake has no cheap snapshot id to compare, so
-        writes made to it meanwhile end up in the environment (dropped afterwards).
+        Refused, as on DuckLake, when a run wrote to the published database after the
+        clone: the swap would move its rows into the environment, which the pipeline
+        then drops. Snowflake has no snapshot id, so "changed" is read from the ledger
+        tables every write of mdstack changes (:data:`_snowflake_sql.LEDGER_TABLES`):
+        the published ones must still hash as the environment's copies. A write that
+        lands between that check and the swap shows in the environment right after it:
+        the swap is then undone (a second swap) and the publish refused. Writes made
+        outside mdstack are not seen.
         """
         with self:
-            database = sfsql.environment_database(self.target.database, name)
-            self._run(sfsql.swap_databases_sql(self.target.database, database))
+            published = self.target.database
+            database = sfsql.environment_database(published, name)
+            base = self._fingerprint(published)
+            if base != self._fingerprint(database):
+                raise WarehouseError(
+                    f"the published warehouse changed while {name} was being audited "
+                    "(a run wrote to it after the clone)",
+                    hint="rerun: the next run audits on top of the newer data",
+                )
+            swap = sfsql.swap_databases_sql(published, database)
+            self._run(swap)
+            if self._fingerprint(database) == base:
+                return
+            self._run(swap)  # the write is in the old content: make that the published again
+            if self._fingerprint(database) == base:
+                raise WarehouseError(
+                    f"the published warehouse changed while {name} was being published; "
+                    "the swap was undone",
+                    hint="rerun: the next run audits on top of the newer data",
+                )
+            raise WarehouseError(
+                f"runs wrote to {published} while {name} was being published and while the "
+                f"swap was undone: database {database} holds a write {published} lacks",
+                hint=f"copy the rows of the runs in {database}'s _mds_runs that {published} "
+                "lacks before anything replaces or drops it (the next audit's clone would)",
+            )
+
+    def _fingerprint(self, database: str) -> list[tuple]:
+        """The ledger tables ``database`` holds and a hash of each one's content."""
+        names = [
+            row[0]
+            for row in self._run(sfsql.ledger_tables_sql(database), [self.meta_schema]).fetchall()
+        ]
+        if not names:
+            return []
+        hashes = self._run(sfsql.fingerprint_sql(database, self.meta_schema, names)).fetchone()
+        return list(zip(names, hashes, strict=True))
 
     def drop_environment(self, name: str) -> None:
         with self:
