@@ -103,7 +103,9 @@ class Load(Protocol):
 class StagedLoad:
     """Stage records, deletes and bad records; apply them with the state in one transaction.
 
-    Used where rows must be merged or deleted (deduped streams, deletes).
+    Used where rows must be merged or deleted (deduped streams, deletes), and for every
+    load on a warehouse whose DDL commits the open transaction (a column added mid-load
+    must not commit half of it).
     """
 
     def __init__(self, lc: LoadContext) -> None:
