@@ -6,7 +6,7 @@ BIN      = $(VENV)/bin
 # would otherwise compile every module it imports, every time (prefect + dbt: 7.8 s -> 3.4 s).
 INSTALL  = $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint typecheck format bench clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test: $(VENV)/.installed-dev      ## install dev extras, lint, run the whole sui
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+
+typecheck: $(VENV)/.installed-dev ## mypy over connectors/, stack/ and flows/ (settings in pyproject.toml)
+	$(BIN)/mypy
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
