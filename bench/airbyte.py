@@ -38,7 +38,7 @@ PYAIRBYTE = peers.Peer("pyairbyte", ("airbyte==0.71.3",))
 def run(ctx: Context) -> ScenarioResult:
     records = ctx.rows or (4_000 if ctx.quick else 200_000)
     result = ScenarioResult("airbyte", f"{TITLE}, {records:,} records")
-    from connectors.airbyte import ensure_installed
+    from connectors.airbyte.install import ensure_installed
     from connectors.errors import MdstackError
 
     try:

@@ -6,7 +6,7 @@ httpx + orjson, 4 at a time), mdstack (``RestSource`` with page_number paginatio
 ``full_refresh_overwrite`` into a fresh DuckLake folder), and dlt's ``rest_api_source``
 into DuckDB with its default load files and with Parquet load files.
 
-Needs ``connectors/rest.py`` (``RestSource``); skipped until it exists.
+Needs ``connectors/rest/source.py`` (``RestSource``); skipped until it exists.
 Target: REST ≤ 2x the floor.
 """
 
@@ -30,8 +30,8 @@ LIMIT = 2.0
 def run(ctx: Context) -> ScenarioResult:
     records = ctx.rows or (20_000 if ctx.quick else 500_000)
     result = ScenarioResult("rest", f"{TITLE}, {records:,} records")
-    if importlib.util.find_spec("connectors.rest") is None:
-        result.skipped = "not available yet: connectors/rest.py with a RestSource is missing"
+    if importlib.util.find_spec("connectors.rest.source") is None:
+        result.skipped = "not available yet: connectors/rest/source.py with a RestSource is missing"
         return result
     ctx.log(f"starting the local API with {records:,} records ...")
     server = subprocess.Popen(

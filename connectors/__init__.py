@@ -15,11 +15,11 @@ from connectors.errors import ConnectorError
 
 REGISTRY: dict[str, str] = {
     "demo": "connectors.demo:DemoSource",
-    "postgres": "connectors.postgres:PostgresSource",
-    "rest": "connectors.rest:RestSource",
-    "files": "connectors.files:FilesSource",
-    "airbyte": "connectors.airbyte:AirbyteSource",
-    "airbyte_server": "connectors.airbyte_server:AirbyteServerSource",
+    "postgres": "connectors.postgres.source:PostgresSource",
+    "rest": "connectors.rest.source:RestSource",
+    "files": "connectors.files.source:FilesSource",
+    "airbyte": "connectors.airbyte.source:AirbyteSource",
+    "airbyte_server": "connectors.airbyte.server:AirbyteServerSource",
 }
 """Connector name -> ``module:Class``; imported lazily so one source's driver never
 slows down or breaks another."""

@@ -2,8 +2,8 @@
 
 A column that does not fit one Arrow type is carried as text, each value as its JSON text
 (``1``, ``true``, ``{"a":1}``); ISO 8601 text becomes a UTC timestamp. Both the REST source
-(:mod:`connectors._rest_arrow`) and the Airbyte record reader
-(:mod:`connectors._airbyte_records`) convert this way, so a value lands the same whichever
+(:mod:`connectors.rest.columns`) and the Airbyte record reader
+(:mod:`connectors.airbyte.records`) convert this way, so a value lands the same whichever
 source read it.
 """
 

@@ -528,7 +528,7 @@ def connector_install(
     The folder is $MDSTACK_CONNECTORS_DIR/<package>-<version> (default
     ~/.cache/mdstack/connectors); an install that was interrupted is rebuilt.
     """
-    from connectors import airbyte as install
+    from connectors.airbyte import install
 
     with _errors():
         console.print(f"installing {install.package_name(name)} {version or '(latest)'} ...")
@@ -539,7 +539,7 @@ def connector_install(
 @connector_app.command("list")
 def connector_list() -> None:
     """The installed Airbyte connectors, their versions and commands."""
-    from connectors import airbyte as install
+    from connectors.airbyte import install
 
     table = Table("package", "version", "command")
     for done in install.installed():

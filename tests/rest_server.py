@@ -555,9 +555,9 @@ def _bench(records: int, page_size: int, rounds: int) -> None:
     import httpx
     import pyarrow as pa
 
-    from connectors._rest_http import _ssl_context
     from connectors.base import ConfiguredStream, StreamSpec
     from connectors.rest import RestSource
+    from connectors.rest.http import _ssl_context
 
     server = subprocess.Popen(
         [sys.executable, "-m", "tests.rest_server", "serve", str(records), str(page_size)],

@@ -22,8 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import yaml
 
-from connectors import airbyte_serve, airbyte_server, load_source
-from connectors._airbyte_api import AirbyteClient
+from connectors import load_source
+from connectors.airbyte import serve as airbyte_serve
+from connectors.airbyte import server as airbyte_server
+from connectors.airbyte.api import AirbyteClient
 from connectors.base import Checkpoint, ConfiguredStream, ExternalLoad, Source
 from connectors.errors import ConnectorError, SourceUnavailable
 from stack import transform

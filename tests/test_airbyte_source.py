@@ -26,10 +26,12 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from connectors import _airbyte_install, _airbyte_process, _airbyte_read, load_source
-from connectors._airbyte_process import Scrubber
-from connectors._airbyte_read import States, read_messages
-from connectors._airbyte_records import Records
+from connectors import load_source
+from connectors.airbyte import install, process
+from connectors.airbyte import read as airbyte_read
+from connectors.airbyte.process import Scrubber
+from connectors.airbyte.read import States, read_messages
+from connectors.airbyte.records import Records
 from connectors.base import Batch, Checkpoint, ConfiguredStream
 from connectors.errors import ConnectorError, SourceUnavailable
 from stack.cli import app
@@ -39,7 +41,7 @@ from stack.run.scope import sync_source
 
 FAKE = Path(__file__).resolve().parent / "airbyte_fake_source.py"
 CONNECTORS_DIR = Path(
-    os.environ.get(_airbyte_install.CACHE_ENV) or Path.home() / ".cache/mdstack/connectors"
+    os.environ.get(install.CACHE_ENV) or Path.home() / ".cache/mdstack/connectors"
 )
 """The default connectors folder of the user running the tests (read at import, before the
 run-wide fixture points HOME elsewhere), so the faker install is reused between runs."""
@@ -173,7 +175,7 @@ def test_frequent_states_wait_for_a_full_block_which_is_cut_at_the_last_state() 
 
 
 def test_records_after_a_waiting_last_state_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_airbyte_read, "CHECKPOINT_SECONDS", 3600.0)  # every STATE waits
+    monkeypatch.setattr(airbyte_read, "CHECKPOINT_SECONDS", 3600.0)  # every STATE waits
 
     def record(i: int) -> bytes:
         data = {"stream": "items", "emitted_at": 0, "data": {"id": i}}
@@ -326,13 +328,13 @@ def test_the_config_file_is_private_and_deleted_after_the_command(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
     seen: list[int] = []
-    real_run = _airbyte_process.run
+    real_run = process.run
 
     def spy(connector, verb, files, scrub):
         seen.extend(os.stat(p).st_mode & 0o777 for p in (files["config"], files["config"].parent))
         yield from real_run(connector, verb, files, scrub)
 
-    monkeypatch.setattr("connectors.airbyte.run", spy)
+    monkeypatch.setattr("connectors.airbyte.source.run", spy)
     read_items(load_source("airbyte", "src", fake(count=2)))
     assert seen == [0o600, 0o700]
     assert list((tmp_path / "tmp").iterdir()) == []
@@ -347,7 +349,7 @@ def test_config_files_of_a_killed_process_are_deleted_at_the_next_use(
     killed = (  # SIGKILL inside the context: no finally, no atexit
         "import os, signal, sys, tempfile\n"
         f"tempfile.tempdir = {str(temp)!r}\n"
-        "from connectors._airbyte_process import private_files\n"
+        "from connectors.airbyte.process import private_files\n"
         "with private_files(config={'api_key': 'sk-live-1'}) as files:\n"
         "    print(files['config'].parent, flush=True)\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -368,7 +370,7 @@ def test_config_files_of_a_killed_process_are_deleted_at_the_next_use(
 def test_a_cancelled_read_leaves_no_connector_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    monkeypatch.setattr(_airbyte_process, "GRACE_SECONDS", 0.3)
+    monkeypatch.setattr(process, "GRACE_SECONDS", 0.3)
     pid_file = tmp_path / "pid"
     config = fake(count=100, state_every=5, hang_after=7, pid_file=str(pid_file))
     config["batch_size"] = 5
@@ -499,20 +501,20 @@ def test_package_install_is_cached_per_version_and_rebuilt_when_unfinished(
     tiny_wheel(tmp_path / "wheels")
     monkeypatch.setenv("UV_FIND_LINKS", str(tmp_path / "wheels"))
     monkeypatch.setenv("UV_OFFLINE", "1")
-    monkeypatch.setenv(_airbyte_install.CACHE_ENV, str(tmp_path / "connectors"))
+    monkeypatch.setenv(install.CACHE_ENV, str(tmp_path / "connectors"))
     source = load_source("airbyte", "src", {"package": "source-tiny", "config": {"count": 3}})
     assert source.check().ok  # installed on first use (the index's latest: 0.1.0)
     assert "installing airbyte-source-tiny==0.1.0" in caplog.text
     folder = tmp_path / "connectors" / "airbyte-source-tiny-0.1.0"
-    marker = folder / _airbyte_install.MARKER
+    marker = folder / install.MARKER
     assert json.loads(marker.read_text())["spec"]["required"] == ["count"]
     before = marker.stat().st_mtime_ns
-    again = _airbyte_install.ensure_installed("airbyte-source-tiny", "0.1.0")
+    again = install.ensure_installed("airbyte-source-tiny", "0.1.0")
     assert again.executable == folder / "bin" / "source-tiny"
     assert marker.stat().st_mtime_ns == before  # nothing reinstalled
     marker.unlink()  # as if the install had been killed before it finished
     (folder / "leftover").write_text("x")
-    assert _airbyte_install.ensure_installed("airbyte-source-tiny", "0.1.0").spec is not None
+    assert install.ensure_installed("airbyte-source-tiny", "0.1.0").spec is not None
     assert marker.exists() and not (folder / "leftover").exists()
     listed = CliRunner().invoke(app, ["connector", "list"])
     assert listed.exit_code == 0 and "airbyte-source-tiny" in listed.output
@@ -524,22 +526,22 @@ def test_package_install_is_cached_per_version_and_rebuilt_when_unfinished(
 def test_an_install_that_hangs_is_stopped_with_an_error_naming_the_package(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(_airbyte_install.CACHE_ENV, str(tmp_path / "connectors"))
-    monkeypatch.setenv(_airbyte_install.TIMEOUT_ENV, "soon")
+    monkeypatch.setenv(install.CACHE_ENV, str(tmp_path / "connectors"))
+    monkeypatch.setenv(install.TIMEOUT_ENV, "soon")
     with pytest.raises(ConnectorError, match="MDSTACK_INSTALL_TIMEOUT is 'soon'"):
-        _airbyte_install.ensure_installed("airbyte-source-tiny", "0.1.0")
-    monkeypatch.setenv(_airbyte_install.TIMEOUT_ENV, "2")
+        install.ensure_installed("airbyte-source-tiny", "0.1.0")
+    monkeypatch.setenv(install.TIMEOUT_ENV, "2")
     with socket.create_server(("127.0.0.1", 0)) as silent:  # connects, never answers
         index = f"http://127.0.0.1:{silent.getsockname()[1]}/simple"
         monkeypatch.setenv("UV_INDEX_URL", index)
         monkeypatch.setenv("PIP_INDEX_URL", index)
         with pytest.raises(SourceUnavailable) as err:
-            _airbyte_install.ensure_installed("airbyte-source-tiny", "0.1.0")
+            install.ensure_installed("airbyte-source-tiny", "0.1.0")
     message = str(err.value)
     assert "installing airbyte-source-tiny: `" in message and "within 2 s" in message
     assert "MDSTACK_INSTALL_TIMEOUT" in message and err.value.retryable
     folder = tmp_path / "connectors" / "airbyte-source-tiny-0.1.0"
-    assert not (folder / _airbyte_install.MARKER).exists()  # rebuilt at the next use
+    assert not (folder / install.MARKER).exists()  # rebuilt at the next use
 
 
 # -- the real thing: airbyte-source-faker from PyPI -------------------------------------------
@@ -547,11 +549,11 @@ def test_an_install_that_hangs_is_stopped_with_an_error_naming_the_package(
 def faker_installed() -> Path:
     """airbyte-source-faker in the default connectors folder (installed once, then reused)."""
     patch = pytest.MonkeyPatch()
-    patch.setenv(_airbyte_install.CACHE_ENV, str(CONNECTORS_DIR))
+    patch.setenv(install.CACHE_ENV, str(CONNECTORS_DIR))
     if UV_CACHE.is_dir():
         patch.setenv("UV_CACHE_DIR", str(UV_CACHE))
     try:
-        done = _airbyte_install.ensure_installed("source-faker", FAKER_VERSION)
+        done = install.ensure_installed("source-faker", FAKER_VERSION)
     except ConnectorError as exc:
         patch.undo()
         pytest.skip(f"airbyte-source-faker could not be installed: {exc}")

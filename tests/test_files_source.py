@@ -78,7 +78,7 @@ def data(rows: list[dict]) -> list[dict]:
 
 
 def test_registered() -> None:
-    assert REGISTRY["files"] == "connectors.files:FilesSource"
+    assert REGISTRY["files"] == "connectors.files.source:FilesSource"
     assert isinstance(load_source("files", "f", {"url": "x.csv"}), FilesSource)
 
 

@@ -17,7 +17,7 @@ import psycopg
 import pyarrow as pa
 import pytest
 
-from connectors import _pg_fetch, load_source
+from connectors import load_source
 from connectors.base import (
     DELETED_AT,
     Batch,
@@ -27,7 +27,7 @@ from connectors.base import (
     Source,
 )
 from connectors.errors import ConnectorError, SourceUnavailable
-from connectors.postgres import PostgresSource
+from connectors.postgres import PostgresSource, fetch
 from tests.pg_server import PASSWORD_USER, PgCluster, pg_logical  # noqa: F401
 
 LOCAL = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "test"}
@@ -186,7 +186,7 @@ def test_attached_scan_and_query_path_agree(all_types):
     conn.execute(f'CREATE VIEW "{schema}".v_fast AS SELECT * FROM "{schema}".t_fast')
     conn.close()
     with _connect(LOCAL) as conn:
-        fast = {t.name: t.fast for t in _pg_fetch.tables(conn, [schema], None, "pg")}
+        fast = {t.name: t.fast for t in fetch.tables(conn, [schema], None, "pg")}
     assert fast["t_fast"] and not fast["v_fast"] and not fast["t_all"]
     source = _source(schema)
     table = _rows(_read(source, "t_fast", "full_refresh_append"))  # DuckDB's attached scan
@@ -438,7 +438,7 @@ def test_cdc_changes_have_the_snapshot_types_and_values(cdc, slow):
         conn.execute(f"ALTER TABLE {schema}.typed ADD COLUMN ch char(4) DEFAULT 'ab'")
         conn.execute(f"ALTER TABLE {schema}.typed ADD COLUMN ip inet DEFAULT '10.1.2.3'")
     conn.execute(f"ALTER PUBLICATION {schema} ADD TABLE {schema}.typed")
-    [table] = _pg_fetch.tables(conn, [schema], ["typed"], "pg")
+    [table] = fetch.tables(conn, [schema], ["typed"], "pg")
     assert table.fast is not slow
     source = PostgresSource("pg", config)
     snapshot = _read(source, "typed", "incremental_deduped")

@@ -19,13 +19,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors import _rest_http, load_source
-from connectors._rest_arrow import Columns
-from connectors._rest_decode import PageDecoder
-from connectors._rest_jsonpath import JsonPath, JsonPathError
+from connectors import load_source
 from connectors.base import Batch, Checkpoint, ConfiguredStream, Source, StreamSpec
 from connectors.errors import ConnectorError, SourceUnavailable
 from connectors.rest import RestSource
+from connectors.rest import http as rest_http
+from connectors.rest.columns import Columns
+from connectors.rest.decode import PageDecoder
+from connectors.rest.jsonpath import JsonPath, JsonPathError
 from stack.config import SourceConfig
 from stack.load import EVERY_CHECKPOINT, sync_stream
 from stack.load.plan import RunContext, plan_stream
@@ -529,7 +530,7 @@ def test_oauth2_token_is_refreshed_before_expiry_and_once_on_401(rest_server, mo
     assert tokens() == 2
     assert [c.outcome for c in api.calls[-7:]] == ["401", "200", "200", "200", "200", "200", "200"]
     later = time.monotonic() + 3600 - 30  # within the last minute of the token's hour
-    monkeypatch.setattr(_rest_http, "_now", lambda: later)
+    monkeypatch.setattr(rest_http, "_now", lambda: later)
     read(source, "campaigns")
     assert tokens() == 3
     assert "401" not in [c.outcome for c in api.calls[-6:]]
@@ -578,9 +579,7 @@ def test_retry_after_is_honoured(rest_server):
 
 def test_retry_after_parsing():
     def after(value: str) -> float | None:
-        return _rest_http.retry_after(
-            _rest_http.httpx.Response(429, headers={"Retry-After": value})
-        )
+        return rest_http.retry_after(rest_http.httpx.Response(429, headers={"Retry-After": value}))
 
     assert after("7") == 7.0
     soon = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
@@ -656,7 +655,7 @@ def test_bad_config_names_the_key_and_check_reports_it():
 def test_registered_and_masks_secrets_in_urls():
     source = load_source("rest", "ads", {"base_url": "http://x", "streams": {"s": {"path": "/"}}})
     assert isinstance(source, RestSource) and isinstance(source, Source)
-    masked = _rest_http.mask_url("https://u:pw@h/p?page=2&api_key=k&access_token=t&sig=s")
+    masked = rest_http.mask_url("https://u:pw@h/p?page=2&api_key=k&access_token=t&sig=s")
     assert masked == "https://u:***@h/p?page=2&api_key=***&access_token=***&sig=***"
 
 

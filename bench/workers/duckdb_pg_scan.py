@@ -2,7 +2,7 @@
 
 Into a plain DuckDB file (not DuckLake): what a user of DuckDB alone would write. The
 extension is loaded offline from the ``duckdb-extension-postgres-scanner`` wheel that
-mdstack installs (the same file ``connectors/_pg_fetch.py`` loads). Timed: connect,
+mdstack installs (the same file ``connectors/postgres/fetch.py`` loads). Timed: connect,
 LOAD and the CREATE TABLE AS.
 
 Usage: ``python duckdb_pg_scan.py CONNINFO SCHEMA TABLE OUT.duckdb``.

@@ -39,7 +39,8 @@ import httpx
 import orjson
 import pyarrow as pa
 
-from connectors._rest_config import (
+from connectors.errors import ConnectorError
+from connectors.rest.config import (
     CursorPagination,
     LinkHeaderPagination,
     NextUrlPagination,
@@ -49,10 +50,9 @@ from connectors._rest_config import (
     RestConfig,
     StreamDef,
 )
-from connectors._rest_decode import PageDecoder
-from connectors._rest_http import Session, mask_url, response_message
-from connectors._rest_jsonpath import JsonPath
-from connectors.errors import ConnectorError
+from connectors.rest.decode import PageDecoder
+from connectors.rest.http import Session, mask_url, response_message
+from connectors.rest.jsonpath import JsonPath
 
 _PATH_FIELD = "{parent.%s}"
 
@@ -70,7 +70,7 @@ class Page:
     """One response: its records, document and response, for the paginator.
 
     The records are JSON objects (``records``), or, where the stream's
-    :class:`~connectors._rest_decode.PageDecoder` could read the page, Arrow columns
+    :class:`~connectors.rest.decode.PageDecoder` could read the page, Arrow columns
     (``arrow``; ``records`` is then empty and ``doc`` holds only the page token).
     ``decoded_with``: the column types a decoder tried the page against, if it did.
     """

@@ -5,7 +5,7 @@ lines is parsed by Arrow's JSON reader in C++ (``pyarrow.json``) against the env
 ``{"record": {"stream", "data": {<typed columns>}}}`` built from the stream's JSON Schema,
 so scalar columns (numbers, text, booleans, timestamps) cost no Python per row. Columns
 carried as JSON text (nested objects and arrays, untyped values; see
-:mod:`connectors._airbyte_types`) are the exception: Arrow would build structs, so those
+:mod:`connectors.airbyte.json_schema`) are the exception: Arrow would build structs, so those
 values are taken from one ``orjson`` pass over the block. Dates are read as text and cast.
 
 A block whose values do not fit the declared types (an integer column holding ``4.5``, a
@@ -32,8 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from connectors._airbyte_types import is_json_text, json_schema_to_arrow
 from connectors._json_arrow import CONVERSION_ERRORS, as_text, json_text, utc_timestamps
+from connectors.airbyte.json_schema import is_json_text, json_schema_to_arrow
 
 log = logging.getLogger("connectors.airbyte")
 

@@ -1,6 +1,6 @@
 """Files source: CSV, JSON lines and Parquet from local paths, globs and any fsspec URL.
 
-Config (JSON Schema: :data:`connectors._files_config.SPEC`), either one stream::
+Config (JSON Schema: :data:`connectors.files.config.SPEC`), either one stream::
 
     url: data/orders/*.csv          # a file, a folder, a glob (``**`` recurses) or a URL
 
@@ -37,7 +37,7 @@ timestamps stay text); unified across files (int -> float, date -> timestamp, an
 string); ``types`` overrides. A later value that does not fit widens its batch's column (int
 -> float -> string), and the stream's schema policy decides. A file only read, never sampled
 (older than the newest ``sample_files``), adds its new columns the same way. Details in
-:mod:`connectors._files_formats`.
+:mod:`connectors.files.formats`.
 
 Reads (every sync mode):
 
@@ -78,8 +78,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from connectors import _files_formats as formats
-from connectors._files_config import SPEC, TYPES, Config, StreamConfig, parse_config
 from connectors.base import (
     SYNC_MODES,
     Batch,
@@ -93,6 +91,8 @@ from connectors.base import (
     StreamSpec,
 )
 from connectors.errors import ConnectorError, SourceUnavailable
+from connectors.files import formats
+from connectors.files.config import SPEC, TYPES, Config, StreamConfig, parse_config
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class FilesSource:
         self._schemas: dict[tuple, pa.Schema] = {}  # per file version and parse options
 
     def spec(self) -> dict[str, Any]:
-        """JSON Schema of the config; see :data:`connectors._files_config.SPEC`."""
+        """JSON Schema of the config; see :data:`connectors.files.config.SPEC`."""
         return copy.deepcopy(SPEC)
 
     def check(self) -> CheckResult:

@@ -12,8 +12,8 @@ from typing import Any, get_args
 
 import pyarrow as pa
 
-from connectors._files_formats import Format
 from connectors.errors import ConnectorError
+from connectors.files.formats import Format
 
 TYPES = {
     "string": pa.string(),

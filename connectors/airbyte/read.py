@@ -3,7 +3,7 @@
 :func:`read_messages` consumes the connector's stdout lines as they come. RECORD lines are
 kept as bytes (a prefix test finds the usual compact ones without parsing them; any other
 line is parsed with orjson and dispatched on its ``type``) and converted a block at a time
-by :class:`connectors._airbyte_records.Records`. Then:
+by :class:`connectors.airbyte.records.Records`. Then:
 
 * **STATE** (per-stream for this stream, GLOBAL, or LEGACY) becomes a
   :class:`~connectors.base.Checkpoint` that follows exactly the records before it, so they
@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from connectors._airbyte_process import Scrubber, log_message, parse_line, raise_for_trace
-from connectors._airbyte_records import Records
-from connectors._airbyte_types import CDC_DELETED_AT
+from connectors.airbyte.json_schema import CDC_DELETED_AT
+from connectors.airbyte.process import Scrubber, log_message, parse_line, raise_for_trace
+from connectors.airbyte.records import Records
 from connectors.base import DELETED_AT, Batch, Checkpoint, Deletes, Message, State
 from connectors.errors import ConnectorError
 

@@ -21,7 +21,7 @@ Everything the connector needs is the source's ``config:``, including the stream
         campaigns: {sync: full_refresh_overwrite, delete_detection: snapshot, deletes: soft}
         spend: {sync: incremental_append}
 
-Config keys (``spec()`` gives the JSON Schema; :mod:`connectors._rest_config` the models):
+Config keys (``spec()`` gives the JSON Schema; :mod:`connectors.rest.config` the models):
 
 * ``base_url`` (required); ``headers`` and ``params`` sent with every request;
 * ``auth``: ``{type: bearer, token}`` | ``{type: api_key, name, value, in: header|query}`` |
@@ -35,12 +35,12 @@ Config keys (``spec()`` gives the JSON Schema; :mod:`connectors._rest_config` th
   ``{type: offset, offset_param: offset, limit_param: limit, limit: 100, total_path}`` |
   ``{type: cursor, cursor_path, param: cursor}`` | ``{type: link_header, rel: next}`` |
   ``{type: next_url, path}``; page_number and offset pages are fetched concurrently, the
-  others one after another (see :mod:`connectors._rest_paging`);
+  others one after another (see :mod:`connectors.rest.paging`);
 * ``rate_limit: {max_concurrency: 4, requests_per_second}``; ``timeout: 30`` (seconds, per
   connect/read); ``retries: {max: 5, backoff: 0.5, max_wait: 60}``; ``batch_size: 25000``;
 * ``streams: {name: {...}}``: ``path`` (relative to ``base_url``; ``{parent.<field>}`` is
   replaced by a parent record's field), ``records`` (JSONPath of the records, default ``$``:
-  :mod:`connectors._rest_jsonpath`), ``primary_key``, ``cursor`` (the field that grows with
+  :mod:`connectors.rest.jsonpath`), ``primary_key``, ``cursor`` (the field that grows with
   every change), ``cursor_param`` (the query parameter the saved cursor is sent as),
   ``lookback`` (seconds, or an ISO 8601 duration like ``P1D``, re-read before the saved
   cursor; cursor units for numeric cursors), ``params``, ``pagination``, ``parent`` and
@@ -57,10 +57,10 @@ others). Key and cursor columns nothing tells the type of (an empty first page) 
 
 Read: pages fetched in threads of their own, up to ``max(8, 2 * max_concurrency)`` pages
 ahead. Once the first page has settled the column types, those threads read each page
-straight into Arrow (:mod:`connectors._rest_decode`, C++ with the GIL released); a page that
+straight into Arrow (:mod:`connectors.rest.decode`, C++ with the GIL released); a page that
 does not fit the settled types exactly (a new column, a wider type, nested values) is parsed
 with orjson and converted column-wise by the reading thread, the schema widened as pages
-arrive (:mod:`connectors._rest_arrow`: nested objects and lists become JSON text). Pages are
+arrive (:mod:`connectors.rest.columns`: nested objects and lists become JSON text). Pages are
 gathered into Arrow batches of about ``batch_size`` rows. Full refresh
 ends with ``Checkpoint({})``. Incremental state is ``{"cursor": <the greatest cursor value
 delivered>}``, as the API wrote it (text or number); the next read sends
@@ -73,7 +73,7 @@ most one batch); records out of order stop that (with a warning) and the state i
 once, at the end. Parent -> child: the parent stream is read in full for every read of the
 child.
 
-Errors: see :mod:`connectors._rest_http` (429/5xx/timeouts retried, then SourceUnavailable;
+Errors: see :mod:`connectors.rest.http` (429/5xx/timeouts retried, then SourceUnavailable;
 other 4xx ConnectorError at once, with the stream, the URL without secrets, and the API's
 message). The config is validated on construction, but a bad one only raises when the source
 is used, so that :meth:`RestSource.check` can report it.
@@ -93,18 +93,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from connectors._rest_arrow import Columns
-from connectors._rest_config import (
-    CursorPagination,
-    NextUrlPagination,
-    RestConfig,
-    StreamDef,
-    iso_duration,
-    parse_config,
-)
-from connectors._rest_decode import PageDecoder
-from connectors._rest_http import Credentials, Session, mask_url, pacer_for
-from connectors._rest_paging import Page, Pager, prefetch
 from connectors.base import (
     Batch,
     Catalog,
@@ -117,6 +105,18 @@ from connectors.base import (
     StreamSpec,
 )
 from connectors.errors import ConnectorError
+from connectors.rest.columns import Columns
+from connectors.rest.config import (
+    CursorPagination,
+    NextUrlPagination,
+    RestConfig,
+    StreamDef,
+    iso_duration,
+    parse_config,
+)
+from connectors.rest.decode import PageDecoder
+from connectors.rest.http import Credentials, Session, mask_url, pacer_for
+from connectors.rest.paging import Page, Pager, prefetch
 
 log = logging.getLogger("connectors.rest")
 
@@ -134,7 +134,7 @@ class RestSource:
             self._pacer = pacer_for(self._parsed.get())
 
     def spec(self) -> dict[str, Any]:
-        """JSON Schema of the config (from :class:`~connectors._rest_config.RestConfig`)."""
+        """JSON Schema of the config (from :class:`~connectors.rest.config.RestConfig`)."""
         return RestConfig.model_json_schema(by_alias=True)
 
     def check(self) -> CheckResult:

@@ -212,7 +212,7 @@ def _console_script(python: Path, package: str) -> str:
 
 def _spec(executable: Path) -> dict[str, Any] | None:
     """The connector's spec, or None if it would not give one (asked again at use)."""
-    from connectors._airbyte_process import Connector, spec_of
+    from connectors.airbyte.process import Connector, spec_of
 
     try:
         return spec_of(Connector(executable.name, (str(executable),)))

@@ -2,7 +2,7 @@
 
 Airbyte describes records with JSON Schema (draft-07) plus ``airbyte_type`` hints for the
 types JSON lacks (timestamps with or without a time zone, 64-bit integers). The mapping
-follows how records are written as JSON (:mod:`connectors.airbyte_serve`): timestamps,
+follows how records are written as JSON (:mod:`connectors.airbyte.serve`): timestamps,
 dates and times as ISO strings, binary as base64, decimals as numbers.
 
 The other way, :func:`json_schema_to_arrow` types a stream's records for reading

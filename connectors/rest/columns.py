@@ -97,7 +97,7 @@ class Columns:
 
     def parse_types(self) -> dict[str, pa.DataType]:
         """The types a page's values must have to be read straight into this schema
-        (:mod:`connectors._rest_decode`): dates and timestamps arrive as text."""
+        (:mod:`connectors.rest.decode`): dates and timestamps arrive as text."""
         return {
             name: pa.string() if self.declared.get(name) in ("date", "timestamp") else t
             for name, t in self.types.items()

@@ -33,9 +33,9 @@ Reads:
   such as ``"PT15M"``; for numeric cursors a number in cursor units) re-reads late rows; the
   state never moves back. Rows whose cursor is NULL are read by the first read only.
 * **CDC** (``replication`` set and an incremental sync mode): a snapshot, then logical
-  replication changes as Batch / Deletes; see :mod:`connectors._pg_cdc`.
+  replication changes as Batch / Deletes; see :mod:`connectors.postgres.cdc`.
 
-Fetch path (:mod:`connectors._pg_fetch`): DuckDB's postgres scanner, streamed as Arrow. On a
+Fetch path (:mod:`connectors.postgres.fetch`): DuckDB's postgres scanner, streamed as Arrow. On a
 2 M-row, 10-column table (2 busy cores) a full read took 1.7-2.2 s, about what ``COPY ... TO
 STDOUT`` to /dev/null takes (1.9-3.0 s text, 1.4-2.0 s binary), at 178 MB peak RSS (145 MB of
 it the libraries; it grows with ``batch_size``, not with the table); an ordered incremental
@@ -62,8 +62,6 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from connectors import _pg_cdc as cdc
-from connectors import _pg_fetch as fetch
 from connectors.base import (
     Batch,
     Catalog,
@@ -77,6 +75,7 @@ from connectors.base import (
     require,
 )
 from connectors.errors import ConnectorError, SourceUnavailable
+from connectors.postgres import cdc, fetch
 
 _FULL = ("full_refresh_overwrite", "full_refresh_append")
 _ALL = (*_FULL, "incremental_append", "incremental_deduped")

@@ -41,14 +41,14 @@ from typing import Any
 import httpx
 import orjson
 
-from connectors._rest_config import (
+from connectors.errors import ConnectorError, SourceUnavailable
+from connectors.rest.config import (
     ApiKeyAuth,
     BasicAuth,
     BearerAuth,
     OAuth2ClientCredentials,
     RestConfig,
 )
-from connectors.errors import ConnectorError, SourceUnavailable
 
 log = logging.getLogger("connectors.rest")
 

@@ -16,7 +16,7 @@ Exactly one of:
 
 * ``package`` (+ ``version``): a PyPI package, installed on first use into
   ``$MDSTACK_CONNECTORS_DIR/<package>-<version>`` (default ``~/.cache/mdstack/connectors``;
-  see :mod:`connectors._airbyte_install`, and ``mdstack connector install``);
+  see :mod:`connectors.airbyte.install`, and ``mdstack connector install``);
 * ``executable``: a command speaking the protocol, a path or an argv list
   (``[python, my_source.py]``);
 * ``image``: a Docker image, only where a Docker engine answers (else a clear error).
@@ -28,7 +28,7 @@ logged, and values the spec marks ``airbyte_secret`` are masked in whatever the 
 says. ``batch_size`` (default 50 000) caps the records of one Arrow batch.
 
 ``discover`` runs the connector's ``discover``: each stream's JSON Schema becomes an Arrow
-schema (:mod:`connectors._airbyte_types`); the source-defined primary key and cursor are the
+schema (:mod:`connectors.airbyte.json_schema`); the source-defined primary key and cursor are the
 stream's (nested paths are not columns and are left out); ``full_refresh`` offers both
 full-refresh modes, ``incremental`` both incremental ones; a stream with an
 ``_ab_cdc_deleted_at`` column and a key emits deletes.
@@ -36,8 +36,8 @@ full-refresh modes, ``incremental`` both incremental ones; a stream with an
 ``read`` runs ``read`` with a configured catalog of the one stream (its sync mode, cursor
 and primary key as ``stack.yml`` chose them), and, for incremental modes, ``--state`` with
 the stored state. How its messages become batches, deletes and checkpoints:
-:mod:`connectors._airbyte_read`; the process and its cleanup:
-:mod:`connectors._airbyte_process`. Each stream is one connector process.
+:mod:`connectors.airbyte.read`; the process and its cleanup:
+:mod:`connectors.airbyte.process`. Each stream is one connector process.
 """
 
 from __future__ import annotations
@@ -52,14 +52,8 @@ from typing import Any
 
 import jsonschema
 
-from connectors._airbyte_install import (
-    Installed,
-    cache_dir,
-    ensure_installed,
-    installed,
-    package_name,
-)
-from connectors._airbyte_process import (
+from connectors.airbyte.install import ensure_installed, package_name
+from connectors.airbyte.process import (
     Connector,
     Scrubber,
     docker_problem,
@@ -68,8 +62,8 @@ from connectors._airbyte_process import (
     run,
     spec_of,
 )
-from connectors._airbyte_read import CDC_DELETED_AT, States, read_messages
-from connectors._airbyte_records import Records, record_schema
+from connectors.airbyte.read import CDC_DELETED_AT, States, read_messages
+from connectors.airbyte.records import Records, record_schema
 from connectors.base import (
     Catalog,
     CheckResult,
@@ -81,15 +75,6 @@ from connectors.base import (
     SyncMode,
 )
 from connectors.errors import ConnectorError
-
-__all__ = [
-    "AirbyteSource",
-    "Installed",
-    "cache_dir",
-    "ensure_installed",
-    "installed",
-    "package_name",
-]
 
 log = logging.getLogger("connectors.airbyte")
 
@@ -230,7 +215,7 @@ class AirbyteSource:
         return Catalog(tuple(_stream_spec(s) for s in self._streams.values()))
 
     def read(self, stream: ConfiguredStream, state: State | None) -> Iterator[Message]:
-        """Run the connector's ``read`` for this one stream; see :mod:`connectors._airbyte_read`.
+        """Run the connector's ``read`` for this one stream; see :mod:`connectors.airbyte.read`.
 
         Raises:
             ConnectorError: bad config or state, an unknown stream, an incremental stream

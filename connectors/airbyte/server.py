@@ -36,7 +36,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from connectors._airbyte_api import (
+from connectors.airbyte.api import (
     ENDED,
     REQUEST_TIMEOUT,
     AirbyteClient,

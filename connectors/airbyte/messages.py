@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pyarrow as pa
 
-from connectors._airbyte_types import CDC_DELETED_AT, arrow_to_json_schema
+from connectors.airbyte.json_schema import CDC_DELETED_AT, arrow_to_json_schema
 from connectors.base import DELETED_AT, Catalog, State, StreamSpec
 
 if TYPE_CHECKING:

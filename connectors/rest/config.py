@@ -26,8 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-from connectors._rest_jsonpath import JsonPath, JsonPathError
 from connectors.errors import ConnectorError
+from connectors.rest.jsonpath import JsonPath, JsonPathError
 
 ColumnType = Literal["string", "integer", "number", "boolean", "date", "timestamp", "json"]
 """Types a stream's ``schema:`` may declare (JSON Schema's words, plus date/timestamp/json)."""
@@ -318,5 +318,8 @@ def parse_config(source: str, config: Mapping[str, Any]) -> RestConfig:
             f"invalid REST config: {message}{more}",
             source=source,
             key=key,
-            hint="fix the source's `config:` in stack.yml (see connectors/rest.py for the keys)",
+            hint=(
+                "fix the source's `config:` in stack.yml"
+                " (see connectors/rest/source.py for the keys)"
+            ),
         ) from None

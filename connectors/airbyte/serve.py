@@ -14,7 +14,7 @@ How the protocol maps onto :mod:`connectors.base`:
 
 * ``Checkpoint`` -> a per-stream STATE whose ``stream_state`` is the checkpoint's state; a
   ``--state`` file holding those STATE messages (Airbyte's list form) resumes each stream;
-* ``Batch`` -> RECORD lines (see :mod:`connectors._airbyte_messages`); ``Deletes`` ->
+* ``Batch`` -> RECORD lines (see :mod:`connectors.airbyte.messages`); ``Deletes`` ->
   RECORDs with the key columns and ``_ab_cdc_deleted_at`` set, as Airbyte's CDC sources do;
 * a configured stream's ``sync_mode`` + ``destination_sync_mode`` pick the source's mode
   (``incremental`` + ``append_dedup`` -> ``incremental_deduped``, ...).
@@ -35,7 +35,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from connectors import REGISTRY, load_source
-from connectors import _airbyte_messages as msg
+from connectors.airbyte import messages as msg
 from connectors.base import (
     Batch,
     Catalog,

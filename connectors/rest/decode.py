@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from connectors._json_arrow import CONVERSION_ERRORS
-from connectors._rest_jsonpath import JsonPath
+from connectors.rest.jsonpath import JsonPath
 
 _ROOT = "_"
 """The key a top-level list of records is wrapped under (Arrow reads objects, not lists)."""
