@@ -77,6 +77,7 @@ __all__ = [
     "RetryTransport",
     "client",
     "error_text",
+    "judge",
     "mask_url",
     "parse_retry_after",
     "raise_for_status",
