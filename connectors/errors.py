@@ -110,7 +110,8 @@ class RetriesExhausted(SourceUnavailable):
     """Every attempt failed in a retryable way (timeouts, refused connections, 429, 5xx).
 
     ``status`` is the last HTTP status (None for a transport failure), ``reason`` the last
-    failure in short (``HTTP 503``, ``ReadTimeout``), ``attempts`` how many were made.
+    failure in short (``HTTP 503``, ``ReadTimeout``), ``detail`` its text (the server's
+    words, secrets masked), ``attempts`` how many were made.
     """
 
     def __init__(
@@ -120,15 +121,22 @@ class RetriesExhausted(SourceUnavailable):
         reason: str,
         attempts: int,
         status: int | None = None,
+        detail: str = "",
         **fields: Any,
     ) -> None:
         self.reason = reason
         self.attempts = attempts
         self.status = status
+        self.detail = detail
         super().__init__(message, **fields)
 
     def _fields(self) -> dict[str, object]:
-        fields = {"reason": self.reason, "attempts": self.attempts, "status": self.status}
+        fields = {
+            "reason": self.reason,
+            "attempts": self.attempts,
+            "status": self.status,
+            "detail": self.detail,
+        }
         return {**super()._fields(), **fields}
 
 

@@ -448,6 +448,7 @@ def _gave_up(
         reason=failure.reason,
         attempts=tries,
         status=failure.status,
+        detail=failure.detail,
         hint="the server is down, overloaded or slow; retrying later may help",
     )
 
