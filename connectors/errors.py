@@ -111,7 +111,8 @@ class RetriesExhausted(SourceUnavailable):
 
     ``status`` is the last HTTP status (None for a transport failure), ``reason`` the last
     failure in short (``HTTP 503``, ``ReadTimeout``), ``detail`` its text (the server's
-    words, secrets masked), ``attempts`` how many were made.
+    words, secrets masked), ``attempts`` how many were made; ``method`` and ``url`` (secrets
+    masked, or the caller's label for a secret URL) name the HTTP request, when it was one.
     """
 
     def __init__(
@@ -122,12 +123,16 @@ class RetriesExhausted(SourceUnavailable):
         attempts: int,
         status: int | None = None,
         detail: str = "",
+        method: str = "",
+        url: str = "",
         **fields: Any,
     ) -> None:
         self.reason = reason
         self.attempts = attempts
         self.status = status
         self.detail = detail
+        self.method = method
+        self.url = url
         super().__init__(message, **fields)
 
     def _fields(self) -> dict[str, object]:
@@ -136,6 +141,8 @@ class RetriesExhausted(SourceUnavailable):
             "attempts": self.attempts,
             "status": self.status,
             "detail": self.detail,
+            "method": self.method,
+            "url": self.url,
         }
         return {**super()._fields(), **fields}
 

@@ -368,6 +368,7 @@ def retry_call(
     transient: tuple[type[BaseException], ...] = TRANSIENT_ERRORS,
     check: Callable[[_R], Failure | None] = lambda _: None,
     redact: Callable[[str], str] = str,
+    request: tuple[str, str] = ("", ""),
 ) -> _R:
     """Call ``attempt`` until it gives a final answer, retrying transient failures.
 
@@ -381,6 +382,7 @@ def retry_call(
         transient: exceptions of ``attempt`` worth another try.
         check: a :class:`Failure` when an answer is worth another try, else None.
         redact: masks secrets in the texts of errors and log lines.
+        request: the HTTP method and (masked) URL, for the error's fields.
 
     Returns:
         The first final answer.
@@ -396,7 +398,7 @@ def retry_call(
     while True:
         left = min((d.remaining() for d in clocks), default=math.inf)
         if left <= 0:
-            raise _gave_up(DeadlineExceeded, what, failure, tries, "; out of time")
+            raise _gave_up(DeadlineExceeded, what, failure, tries, request, "; out of time")
         tries += 1
         limit = max(_MIN_TIMEOUT, min(timeout, left))
         try:
@@ -409,17 +411,17 @@ def retry_call(
                 return answer
             failure = found
         if tries >= policy.attempts:
-            raise _gave_up(RetriesExhausted, what, failure, tries)
+            raise _gave_up(RetriesExhausted, what, failure, tries, request)
         asked = failure.retry_after
         if asked is not None and asked > policy.max_retry_after:
             cap = policy.max_retry_after
             note = f"; the server asks to retry in {asked:.0f} s, more than {cap:g} s"
-            raise _gave_up(RetriesExhausted, what, failure, tries, note)
+            raise _gave_up(RetriesExhausted, what, failure, tries, request, note)
         wait = policy.wait(tries - 1, asked)
         left = min((d.remaining() for d in clocks), default=math.inf)
         if wait >= left:
             note = f"; out of time (the next try would start in {wait:.1f} s)"
-            raise _gave_up(DeadlineExceeded, what, failure, tries, note)
+            raise _gave_up(DeadlineExceeded, what, failure, tries, request, note)
         log.info(
             "%s: %s; retry %d/%d in %.2f s", what, failure.reason, tries, policy.attempts - 1, wait
         )
@@ -437,7 +439,12 @@ def _describe(exc: BaseException, limit: float, redact: Callable[[str], str]) ->
 
 
 def _gave_up(
-    kind: type[RetriesExhausted], what: str, failure: Failure, tries: int, note: str = ""
+    kind: type[RetriesExhausted],
+    what: str,
+    failure: Failure,
+    tries: int,
+    request: tuple[str, str],
+    note: str = "",
 ) -> RetriesExhausted:
     plural = "s" if tries != 1 else ""
     text = f"{what}: {failure.reason} after {tries} attempt{plural}{note}"
@@ -449,6 +456,8 @@ def _gave_up(
         attempts=tries,
         status=failure.status,
         detail=failure.detail,
+        method=request[0],
+        url=request[1],
         hint="the server is down, overloaded or slow; retrying later may help",
     )
 
@@ -510,7 +519,8 @@ class RetryTransport(httpx.BaseTransport):
             if len(_LABELLED) > 1000:  # a few webhooks per run; never grows without bound
                 _LABELLED.clear()
             _LABELLED[str(request.url)] = self.label
-        what = f"{request.method} {self.label or mask_url(request.url)}"
+        shown = self.label or mask_url(request.url)
+        what = f"{request.method} {shown}"
         asked = {k: v for k, v in (request.extensions.get("timeout") or {}).items() if v}
         timeout = max(asked.values(), default=self.timeout)
 
@@ -535,6 +545,7 @@ class RetryTransport(httpx.BaseTransport):
             deadline=self.deadline,
             check=lambda r: judge(r, self.policy, redact),
             redact=redact,
+            request=(request.method, shown),
         )
 
     def close(self) -> None:
