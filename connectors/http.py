@@ -40,6 +40,9 @@ cookies and redirects keep working as httpx documents them, and a client given t
 follows the policy too. :func:`retry_call` is the same loop for any other call (SMTP, a
 ``requests`` session inside a vendor library).
 
+What is masked lives in :mod:`connectors._http_redact`, how a failed answer is read
+(its words, ``Retry-After``) in :mod:`connectors._http_answers`; both are re-exported here.
+
 Why no tenacity or stamina: the loop is some forty lines, and the parts that need care
 (judging a *response* by status and ``Retry-After``, keeping its body for the error,
 cutting each attempt's timeout to a deadline the caller shares) would be callbacks around
@@ -48,28 +51,28 @@ either library. That is not worth another dependency in the bottom layer.
 
 from __future__ import annotations
 
-import email.utils
 import functools
-import json
 import logging
 import math
 import random
-import re
 import ssl
 import time
-from collections.abc import Callable, Container, Iterable, Iterator, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 import httpx
 
+from connectors._http_answers import ERROR_TEXT_LIMIT, Answer, error_text, parse_retry_after
+from connectors._http_redact import MASK, Redactor, label_url, mask_url
 from connectors.errors import DeadlineExceeded, HttpStatusError, RetriesExhausted
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "MASK",
     "RETRY_STATUSES",
     "TRANSIENT_ERRORS",
+    "Answer",
     "Deadline",
     "Failure",
     "Redactor",
@@ -101,166 +104,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 DEFAULT_TIMEOUT = 30.0
 """Seconds to connect, and then between bytes of the answer, unless a caller says."""
 
-MASK = "***"
-ERROR_TEXT_LIMIT = 300
-"""Characters of the server's words kept in an error."""
-
 _MIN_TIMEOUT = 0.05
-_SECRET_NAME = re.compile(
-    r"key|token|secret|passw|pwd|signature|^sig$|auth|credential|session|cookie", re.IGNORECASE
-)
-_MESSAGE_KEYS = ("detail", "msg", "errors", "title")
 _R = TypeVar("_R")
-
-
-# -- redaction ------------------------------------------------------------------------------
-
-
-def mask_url(url: httpx.URL | str) -> str:
-    """``url`` with secret-looking query values and any password shown as ``***``."""
-    url = httpx.URL(url)
-    if url.password:
-        url = url.copy_with(username=url.username, password=MASK)
-    if url.query:
-        params = [(k, MASK if _SECRET_NAME.search(k) else v) for k, v in url.params.multi_items()]
-        url = url.copy_with(params=params)
-    return str(url).replace("%2A%2A%2A", MASK)
-
-
-def _request_secrets(request: httpx.Request) -> Iterator[str]:
-    """The secrets a request carries: secret-looking header and query values, a password."""
-    for name, value in request.headers.items():
-        if _SECRET_NAME.search(name):
-            yield value
-            yield from value.split()[1:]  # "Bearer <token>": the token alone, if echoed
-    for name, value in request.url.params.multi_items():
-        if _SECRET_NAME.search(name):
-            yield value
-    if request.url.password:
-        yield request.url.password
-
-
-class Redactor:
-    """Replaces known secret values in text with ``***``; new values (a fresh token) can be
-    added from any thread."""
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._secrets: tuple[str, ...] = ()
-        for secret in secrets:
-            self.add(secret)
-
-    def add(self, secret: str) -> None:
-        """Mask ``secret`` from now on (values under 4 characters are ignored)."""
-        if len(secret) >= 4 and secret not in self._secrets:  # replaced whole: thread-safe
-            self._secrets = tuple(sorted({*self._secrets, secret}, key=len, reverse=True))
-
-    def for_request(self, request: httpx.Request) -> Redactor:
-        """A redactor that also masks what ``request`` carries."""
-        return Redactor((*self._secrets, *_request_secrets(request)))
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, MASK)
-        return text
-
-
-_LABELLED: dict[str, str] = {}
-"""URLs sent by a labelled client (secret as a whole) -> the label httpx's log shows."""
-
-
-class _MaskUrls(logging.Filter):
-    """Masks the URLs httpx logs (``HTTP Request: GET <url> ...``): secret query values,
-    passwords, and whole URLs a labelled client sent."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and any(isinstance(a, httpx.URL) for a in args):
-            record.args = tuple(_loggable(a) if isinstance(a, httpx.URL) else a for a in args)
-        return True
-
-
-def _loggable(url: httpx.URL) -> str:
-    return _LABELLED.get(str(url)) or mask_url(url)
-
-
-_httpx_log = logging.getLogger("httpx")
-if not any(isinstance(f, _MaskUrls) for f in _httpx_log.filters):
-    _httpx_log.addFilter(_MaskUrls())
-
-
-# -- reading answers ------------------------------------------------------------------------
-
-
-class Answer(Protocol):
-    """What the policy reads of a response: httpx's and requests' both fit."""
-
-    @property
-    def status_code(self) -> int: ...
-    @property
-    def headers(self) -> Mapping[str, str]: ...
-    @property
-    def content(self) -> bytes: ...
-
-
-def error_text(
-    response: Answer, redact: Callable[[str], str] = str, limit: int = ERROR_TEXT_LIMIT
-) -> str:
-    """The server's own words for a failed answer, on one line, secrets masked, trimmed.
-
-    The usual JSON error shapes are read (``message``; ``{"error": {"code", "message"}}``;
-    OAuth2's ``error`` + ``error_description``; ``detail``, ``msg``, ``errors``,
-    ``title``); any other body is shown as text.
-    """
-    try:
-        text = _json_message(json.loads(response.content))
-    except ValueError:
-        text = ""
-    if not text:
-        text = response.content[: limit * 2].decode("utf-8", "replace")
-    text = " ".join(redact(text).split())
-    if not text:
-        return "(empty body)"
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _json_message(body: object) -> str:
-    if not isinstance(body, dict):
-        return ""
-    message, error = body.get("message"), body.get("error")
-    if isinstance(message, str) and message:
-        return message
-    if isinstance(error, dict):  # Power BI, Google: {"error": {"code", "message"}}
-        parts = [str(error.get(k) or "") for k in ("code", "message")]
-        return ": ".join(p for p in parts if p) or json.dumps(error, default=str)
-    if isinstance(error, str) and error:  # OAuth2: {"error", "error_description"}
-        description = body.get("error_description")
-        if isinstance(description, str) and description.strip():
-            return f"{error}: {description.strip().splitlines()[0]}"
-        return error
-    for key in _MESSAGE_KEYS:
-        value = body.get(key)
-        if value:
-            return value if isinstance(value, str) else json.dumps(value, default=str)
-    return ""
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` in seconds, from seconds or an HTTP date (a past date is 0); ``None``
-    if absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 # -- the policy -----------------------------------------------------------------------------
@@ -516,9 +361,7 @@ class RetryTransport(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         redact = self.redact.for_request(request)
         if self.label:
-            if len(_LABELLED) > 1000:  # a few webhooks per run; never grows without bound
-                _LABELLED.clear()
-            _LABELLED[str(request.url)] = self.label
+            label_url(request.url, self.label)
         shown = self.label or mask_url(request.url)
         what = f"{request.method} {shown}"
         asked = {k: v for k, v in (request.extensions.get("timeout") or {}).items() if v}
