@@ -57,6 +57,7 @@ import math
 import random
 import ssl
 import time
+import urllib.request
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -318,12 +319,31 @@ def tls_context(ca_bundle: str | None = None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_bundle)
 
 
-def transport(ca_bundle: str | None = None, max_connections: int = 10) -> httpx.HTTPTransport:
+def transport(
+    ca_bundle: str | None = None, max_connections: int = 10, proxy: str | None = None
+) -> httpx.HTTPTransport:
     """The network transport under :class:`RetryTransport` (pooled, TLS verified)."""
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
-    return httpx.HTTPTransport(verify=tls_context(ca_bundle), limits=limits)
+    return httpx.HTTPTransport(verify=tls_context(ca_bundle), limits=limits, proxy=proxy)
+
+
+def _environment_proxies() -> dict[str, str]:
+    """The proxies httpx would mount from the environment (``HTTPS_PROXY``...), by URL pattern.
+
+    httpx sends a request to such a proxy through a transport of its own, past the one a
+    client is given; :func:`client` mounts its own retrying transports on the same patterns.
+    Hosts in ``NO_PROXY`` are left to httpx, which sends them through the client's transport.
+    """
+    found = urllib.request.getproxies()
+    if "*" in (host.strip() for host in found.get("no", "").split(",")):
+        return {}
+    proxies = {}
+    for scheme in ("http", "https", "all"):
+        if proxy := found.get(scheme):
+            proxies[f"{scheme}://"] = proxy if "://" in proxy else f"http://{proxy}"
+    return proxies
 
 
 class RetryTransport(httpx.BaseTransport):
@@ -406,9 +426,13 @@ def client(
     label: str | None = None,
     ca_bundle: str | None = None,
     follow_redirects: bool = False,
-    inner: httpx.BaseTransport | None = None,
+    max_connections: int = 10,
+    wrap: Callable[[httpx.BaseTransport], httpx.BaseTransport] | None = None,
 ) -> httpx.Client:
     """An ``httpx.Client`` that sends every request by the policy; close it after use.
+
+    Proxies from the environment are honoured, as by httpx, and their requests follow the
+    policy too.
 
     Args:
         policy: retries and budget (default :class:`RetryPolicy`).
@@ -420,22 +444,29 @@ def client(
         label: shown instead of URLs in messages and logs (a webhook's URL is a secret).
         ca_bundle: a CA file to verify TLS against, instead of certifi's.
         follow_redirects: as httpx's.
-        inner: the sending transport (default: :func:`transport` with ``ca_bundle``).
+        max_connections: the size of the connection pool.
+        wrap: wraps each network transport, under the retries: what it adds (pacing, a
+            test double) applies to every attempt.
     """
-    retrying = RetryTransport(
-        policy,
-        timeout=timeout,
-        deadline=deadline,
-        secrets=secrets,
-        label=label,
-        inner=inner or transport(ca_bundle),
-    )
+
+    def retrying(proxy: str | None) -> RetryTransport:
+        network: httpx.BaseTransport = transport(ca_bundle, max_connections, proxy)
+        return RetryTransport(
+            policy,
+            timeout=timeout,
+            deadline=deadline,
+            secrets=secrets,
+            label=label,
+            inner=wrap(network) if wrap else network,
+        )
+
     return httpx.Client(
         base_url=base_url,
         headers=dict(headers or {}),
         timeout=timeout,
         follow_redirects=follow_redirects,
-        transport=retrying,
+        transport=retrying(None),
+        mounts={pattern: retrying(proxy) for pattern, proxy in _environment_proxies().items()},
         verify=tls_context(ca_bundle),
     )
 

@@ -160,8 +160,8 @@ def test_every_request_has_connect_and_read_timeouts() -> None:
         timeouts.append(request.extensions["timeout"])
         return httpx.Response(200)
 
-    inner = httpx.MockTransport(answer)
-    with client(FAST, timeout=7, inner=inner) as http:
+    double = httpx.MockTransport(answer)
+    with client(FAST, timeout=7, wrap=lambda _: double) as http:
         http.get("http://example.test/", timeout=None)  # no timeout asked: the policy's
         http.get("http://example.test/", timeout=httpx.Timeout(2, connect=1))
     assert timeouts[0] == {"connect": 7, "read": 7, "write": 7, "pool": 7}
@@ -276,3 +276,18 @@ def test_mask_url_and_errors_pickle() -> None:
     )
     refused = pickle.loads(pickle.dumps(HttpStatusError("no", status=404)))
     assert refused.status == 404 and not refused.retryable
+
+
+def test_requests_through_a_proxy_from_the_environment_follow_the_policy(
+    server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", server.url)  # it answers as the proxy
+    monkeypatch.setenv("http_proxy", server.url)
+    server.queue(Reply(503, b"busy"))
+    with client(FAST, timeout=2) as http:
+        response = http.get("http://api.example.test/data")
+    assert response.status_code == 200
+    assert [s.path for s in server.seen] == ["/data", "/data"]
+    assert server.seen[0].headers["Host"] == "api.example.test"

@@ -36,7 +36,7 @@ import httpx
 import orjson
 
 from connectors.errors import ConnectorError, RetriesExhausted, SourceUnavailable
-from connectors.http import Redactor, RetryPolicy, client, error_text, mask_url, transport
+from connectors.http import Redactor, RetryPolicy, client, error_text, mask_url
 from connectors.rest.config import (
     ApiKeyAuth,
     BasicAuth,
@@ -192,14 +192,14 @@ class Session:
             max_backoff=retries.max_wait,
             max_retry_after=retries.max_wait,
         )
-        size = config.rate_limit.max_concurrency + 1
         self.client = client(
             policy,
             timeout=config.timeout,
             headers={"Accept": "application/json", **config.headers},
             secrets=config.secrets(),
             follow_redirects=True,
-            inner=_PacedTransport(transport(max_connections=size), pacer),
+            max_connections=config.rate_limit.max_concurrency + 1,
+            wrap=lambda network: _PacedTransport(network, pacer),
         )
 
     def __enter__(self) -> Session:
