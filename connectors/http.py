@@ -240,11 +240,12 @@ def retry_call(
     clocks = [d for d in (deadline, _budget(policy)) if d is not None]
     sleep = deadline.sleep if deadline is not None else time.sleep
     tries = 0
-    failure = Failure("out of time before the first attempt")
+    failure = Failure("no time left")
     while True:
         left = min((d.remaining() for d in clocks), default=math.inf)
         if left <= 0:
-            raise _gave_up(DeadlineExceeded, what, failure, tries, request, "; out of time")
+            note = "; out of time" if tries else " for a first attempt"
+            raise _gave_up(DeadlineExceeded, what, failure, tries, request, note)
         tries += 1
         limit = max(_MIN_TIMEOUT, min(timeout, left))
         try:
@@ -293,7 +294,8 @@ def _gave_up(
     note: str = "",
 ) -> RetriesExhausted:
     plural = "s" if tries != 1 else ""
-    text = f"{what}: {failure.reason} after {tries} attempt{plural}{note}"
+    tried = f" after {tries} attempt{plural}" if tries else ""
+    text = f"{what}: {failure.reason}{tried}{note}"
     if failure.detail:
         text += f": {failure.detail}"
     return kind(
@@ -448,6 +450,8 @@ def client(
         wrap: wraps each network transport, under the retries: what it adds (pacing, a
             test double) applies to every attempt.
     """
+
+    secrets = tuple(secrets)  # read once per transport
 
     def retrying(proxy: str | None) -> RetryTransport:
         network: httpx.BaseTransport = transport(ca_bundle, max_connections, proxy)

@@ -153,6 +153,14 @@ def test_a_shared_deadline_stops_waits_that_would_pass_it(server: ScriptedServer
     assert len(server.seen) == 1 and deadline.elapsed() < 1
 
 
+def test_a_deadline_already_passed_sends_nothing(server: ScriptedServer) -> None:
+    deadline = Deadline(0)
+    expected = pytest.raises(DeadlineExceeded, match=r"GET .*/: no time left for a first attempt")
+    with client(FAST, deadline=deadline) as http, expected:
+        http.get(f"{server.url}/")
+    assert server.seen == []
+
+
 def test_every_request_has_connect_and_read_timeouts() -> None:
     timeouts: list[dict[str, float]] = []
 
