@@ -4,13 +4,19 @@
 
     MdstackError                    (retryable=False unless said otherwise)
      └── ConnectorError             a source failed: config, network, bad data
+          ├── HttpStatusError       an HTTP answer retrying cannot fix (4xx): ``status``
           └── SourceUnavailable     timeouts, 429, 5xx, resets (retryable)
+               └── RetriesExhausted     the retry policy gave up: ``status``, ``reason``,
+                    │                   ``attempts`` (``connectors.http``)
+                    └── DeadlineExceeded    ... because its time budget ran out
 
 ``stack/errors.py`` extends this tree (config, secret, schema, warehouse, check)
 and re-exports it. Retry policy reads only ``exc.retryable``.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class MdstackError(Exception):
@@ -72,7 +78,7 @@ class MdstackError(Exception):
         }
 
 
-def _rebuild(cls: type[MdstackError], message: str, fields: dict[str, object]) -> MdstackError:
+def _rebuild(cls: type[MdstackError], message: str, fields: dict[str, Any]) -> MdstackError:
     return cls(message, **fields)
 
 
@@ -84,3 +90,62 @@ class SourceUnavailable(ConnectorError):
     """The source could not be reached for now (timeout, 429, 5xx, reset); retry later."""
 
     retryable = True
+
+
+class HttpStatusError(ConnectorError):
+    """An HTTP request was answered with a status that retrying cannot fix (400, 403, 404...).
+
+    The message names the request (secrets masked) and the server's own words.
+    """
+
+    def __init__(self, message: str, *, status: int, **fields: Any) -> None:
+        self.status = status
+        super().__init__(message, **fields)
+
+    def _fields(self) -> dict[str, object]:
+        return {**super()._fields(), "status": self.status}
+
+
+class RetriesExhausted(SourceUnavailable):
+    """Every attempt failed in a retryable way (timeouts, refused connections, 429, 5xx).
+
+    ``status`` is the last HTTP status (None for a transport failure), ``reason`` the last
+    failure in short (``HTTP 503``, ``ReadTimeout``), ``detail`` its text (the server's
+    words, secrets masked), ``attempts`` how many were made; ``method`` and ``url`` (secrets
+    masked, or the caller's label for a secret URL) name the HTTP request, when it was one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        attempts: int,
+        status: int | None = None,
+        detail: str = "",
+        method: str = "",
+        url: str = "",
+        **fields: Any,
+    ) -> None:
+        self.reason = reason
+        self.attempts = attempts
+        self.status = status
+        self.detail = detail
+        self.method = method
+        self.url = url
+        super().__init__(message, **fields)
+
+    def _fields(self) -> dict[str, object]:
+        fields = {
+            "reason": self.reason,
+            "attempts": self.attempts,
+            "status": self.status,
+            "detail": self.detail,
+            "method": self.method,
+            "url": self.url,
+        }
+        return {**super()._fields(), **fields}
+
+
+class DeadlineExceeded(RetriesExhausted):
+    """The time budget ran out before an attempt succeeded (or the next wait would pass it)."""

@@ -556,8 +556,8 @@ def _bench(records: int, page_size: int, rounds: int) -> None:
     import pyarrow as pa
 
     from connectors.base import ConfiguredStream, StreamSpec
+    from connectors.http import tls_context
     from connectors.rest import RestSource
-    from connectors.rest.http import _ssl_context
 
     server = subprocess.Popen(
         [sys.executable, "-m", "tests.rest_server", "serve", str(records), str(page_size)],
@@ -572,7 +572,7 @@ def _bench(records: int, page_size: int, rounds: int) -> None:
 
         def raw() -> int:
             n = 0
-            with httpx.Client(verify=_ssl_context()) as client:  # as read(): CAs loaded once
+            with httpx.Client(verify=tls_context()) as client:  # as read(): CAs loaded once
                 for p in range(1, pages + 1):
                     params = {"page": p, "per_page": page_size}
                     response = client.get(f"{url}/api0/bench", params=params)

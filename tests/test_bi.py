@@ -34,7 +34,6 @@ from stack.bi import (
     refresh_all,
     resolve_hook,
 )
-from stack.bi._http import Deadline, RetryPolicy, parse_retry_after
 from stack.bi.webhook import render_body
 from stack.config.bi import BiHook
 from stack.secrets import Resolver
@@ -767,28 +766,3 @@ def test_hook_configs_validate_and_hide_secrets() -> None:
 def test_bad_hook_configs_are_refused(config: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         HOOKS.validate_python(config)
-
-
-# ---- HTTP plumbing ----------------------------------------------------------------------------
-
-
-def test_retry_after_and_backoff() -> None:
-    assert parse_retry_after("3") == 3.0
-    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
-    assert 0 <= parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0  # in the past
-    policy = RetryPolicy(retries=5, backoff=1.0)
-    assert policy.delay(0, "7") == 7
-    assert 0.8 <= policy.delay(0) <= 1.2 and 3.2 <= policy.delay(2) <= 4.8
-    assert policy.delay(10) <= 36  # capped at 30 s (+ jitter)
-
-
-def test_deadline_cuts_waits_and_request_timeouts() -> None:
-    now = [100.0]
-    slept: list[float] = []
-    deadline = Deadline(10, clock=lambda: now[0], sleep=slept.append)
-    now[0] = 108.0
-    deadline.sleep(5)
-    assert slept == [2.0]
-    assert deadline.request_timeout(30) == 2.0
-    now[0] = 111.0
-    assert deadline.expired and deadline.request_timeout(30) == 0.05

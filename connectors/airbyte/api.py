@@ -10,11 +10,14 @@ job has a status its enum lacks.
 With client credentials, the SDK caches the access token until shortly before it expires
 and drops it on a 401; each call is then retried once, with a fresh token.
 
-Every request, the token request included, has a connect, read, write and pool timeout
-(``request_timeout``, 30 s by default): the SDK is given its own ``httpx`` client with that
-timeout, and each operation's ``timeout_ms`` too. A request that times out, fails to
-connect, or is answered 429 / 5xx is retried with backoff for up to twice the timeout
-(then :class:`SourceUnavailable`, naming the server and the request that timed out).
+Every request, the token request included, goes through the shared HTTP policy
+(:mod:`connectors.http`): the SDK is given a client from :func:`connectors.http.client`, and
+its own retries are left off. Each request has a connect, read, write and pool timeout
+(``request_timeout``, 30 s by default; each operation's ``timeout_ms`` too). A request that
+times out, fails to connect, or is answered 429 / 5xx is retried with backoff (0.5 s
+doubling, up to 10 s, full jitter) for up to twice the timeout, so one that times out is
+tried about twice, not for minutes; then :class:`SourceUnavailable`, naming the server and
+the request.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import airbyte_api
 import httpx
 from airbyte_api import api, errors, models
 
-from connectors.errors import ConnectorError, SourceUnavailable
+from connectors.errors import ConnectorError, RetriesExhausted, SourceUnavailable
+from connectors.http import RetryPolicy, client
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +48,9 @@ REQUEST_TIMEOUT = 30.0
 """Seconds a request may take to connect, and then between bytes of the answer (default)."""
 
 
-def _retry(timeout_ms: int) -> airbyte_api.utils.RetryConfig:
-    """Backoff (0.5 s, doubling, up to 10 s, plus up to 0.5 s jitter) on network errors,
-    timeouts, 429 and 5xx, for up to twice the request timeout: a request that times out
-    is tried about twice, not for minutes."""
-    backoff = airbyte_api.utils.BackoffStrategy(500, 10_000, 2.0, 2 * timeout_ms, jitter_ms=500)
-    return airbyte_api.utils.RetryConfig("backoff", backoff, True)
+def _policy(request_timeout: float) -> RetryPolicy:
+    """Retries for up to twice the request timeout; the budget, not a count, ends them."""
+    return RetryPolicy(attempts=20, backoff=0.5, max_backoff=10.0, budget=2 * request_timeout)
 
 
 @dataclass(frozen=True)
@@ -115,15 +116,17 @@ class AirbyteClient:
             )
         # our own client: the token request, which the SDK sends without a timeout_ms, gets
         # the client's timeout (the SDK leaves a client it was given open: closed here)
-        http = httpx.Client(follow_redirects=True, timeout=httpx.Timeout(request_timeout))
+        secrets = [s for s in (auth.bearer, auth.client_secret) if s]
+        http = client(
+            _policy(request_timeout),
+            timeout=request_timeout,
+            follow_redirects=True,
+            secrets=secrets,
+        )
         weakref.finalize(self, http.close)
         timeout_ms = max(1, round(request_timeout * 1000))
         self.sdk = airbyte_api.AirbyteAPI(
-            server_url=api_url,
-            security=security,
-            client=http,
-            retry_config=_retry(timeout_ms),
-            timeout_ms=timeout_ms,
+            server_url=api_url, security=security, client=http, timeout_ms=timeout_ms
         )
 
     def connection(self) -> models.ConnectionResponse:
@@ -195,28 +198,20 @@ class AirbyteClient:
 
     @contextmanager
     def _translate(self) -> Iterator[None]:
-        where = {"source": self.source}
         try:
             yield
         except errors.ResponseValidationError as exc:
             raise ConnectorError(
-                f"unexpected answer from the Airbyte API: {exc.message[:300]}", **where
+                f"unexpected answer from the Airbyte API: {exc.message[:300]}", source=self.source
             ) from None
         except errors.SDKError as exc:
             raise self._http_error(exc.raw_response) from None
-        except httpx.TimeoutException as exc:
-            raise SourceUnavailable(
-                f"{_request_of(exc)} to the Airbyte API at {self.api_url} timed out after "
-                f"{self.request_timeout:g} s, retried ({type(exc).__name__})",
-                **where,
-                key="request_timeout",
-                hint="check that the Airbyte server is up and answering; retrying later may "
-                "help; raise `request_timeout` if it is only slow",
-            ) from None
+        except RetriesExhausted as exc:
+            raise self._unavailable(exc) from None
         except (httpx.TransportError, errors.NoResponseError) as exc:
             raise SourceUnavailable(
                 f"cannot reach the Airbyte API at {self.api_url}: {type(exc).__name__}",
-                **where,
+                source=self.source,
                 key="api_url",
                 hint="check api_url and the network; retrying later may help",
             ) from None
@@ -225,42 +220,64 @@ class AirbyteClient:
                 raise
             raise ConnectorError(
                 f"the token endpoint {self.auth.token_url} refused the client credentials ({exc})",
-                **where,
+                source=self.source,
                 key="client_secret",
                 hint="check client_id / client_secret (an Airbyte application) and token_url",
             ) from None
+
+    def _unavailable(self, exc: RetriesExhausted) -> SourceUnavailable:
+        """The policy gave up: the last answer was 429/5xx, a timeout, or no connection."""
+        request = f"{exc.method} {httpx.URL(exc.url).path}" if exc.method else "a request"
+        if exc.status is not None:
+            return SourceUnavailable(
+                f"Airbyte API answered {exc.status} to {request}: {exc.detail} "
+                f"({exc.attempts} attempts)",
+                source=self.source,
+                hint="Airbyte is busy or down; retry later",
+            )
+        if exc.reason.endswith("Timeout"):
+            return SourceUnavailable(
+                f"{request} to the Airbyte API at {self.api_url} timed out after "
+                f"{self.request_timeout:g} s, retried ({exc.reason}, {exc.attempts} attempts)",
+                source=self.source,
+                key="request_timeout",
+                hint="check that the Airbyte server is up and answering; retrying later may "
+                "help; raise `request_timeout` if it is only slow",
+            )
+        return SourceUnavailable(
+            f"cannot reach the Airbyte API at {self.api_url}: {exc.reason} "
+            f"({exc.attempts} attempts)",
+            source=self.source,
+            key="api_url",
+            hint="check api_url and the network; retrying later may help",
+        )
 
     def _http_error(self, response: httpx.Response) -> Exception:
         status = response.status_code
         said = airbyte_message(response)
         text = f"Airbyte API answered {status} to {response.request.method} "
         text += f"{response.request.url.path}: {said}"
-        where = {"source": self.source}
         if status == 409 and response.request.method == "POST":
             return AlreadyRunning(said)
         if status in (401, 403):
             return ConnectorError(
                 text,
-                **where,
+                source=self.source,
                 key="client_secret" if self.auth.client_id else "bearer",
                 hint="check the credentials and their access to the connection's workspace",
             )
         if status == 404:
             return ConnectorError(
-                text, **where, key="connection_id", hint="copy the id from the connection's URL"
+                text,
+                source=self.source,
+                key="connection_id",
+                hint="copy the id from the connection's URL",
             )
         if status == 429 or status >= 500:
-            return SourceUnavailable(text, **where, hint="Airbyte is busy or down; retry later")
-        return ConnectorError(text, **where)
-
-
-def _request_of(exc: httpx.TimeoutException) -> str:
-    """``METHOD /path`` of the request that timed out."""
-    try:
-        request = exc.request
-    except RuntimeError:  # httpx raised it before the request was attached
-        return "a request"
-    return f"{request.method} {request.url.path}"
+            return SourceUnavailable(
+                text, source=self.source, hint="Airbyte is busy or down; retry later"
+            )
+        return ConnectorError(text, source=self.source)
 
 
 def airbyte_message(response: httpx.Response) -> str:

@@ -182,11 +182,13 @@ class RateLimit(_Model):
 
 
 class Retries(_Model):
-    """Retries of 429, 5xx, timeouts and dropped connections: exponential backoff with jitter."""
+    """Retries of 429, 5xx, timeouts and dropped connections, by :mod:`connectors.http`:
+    exponential backoff with full jitter."""
 
     max: int = Field(5, ge=0)
     backoff: float = Field(0.5, ge=0)
-    """Seconds before the first retry; doubled each time, times a jitter of 0.5-1."""
+    """The first retry waits up to this many seconds (a random share of it); each later one
+    up to twice as long as the one before."""
     max_wait: float = Field(60.0, gt=0)
     """Longest single wait; a ``Retry-After`` beyond it fails the read (retryable)."""
 

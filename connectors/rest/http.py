@@ -1,47 +1,42 @@
-"""HTTP for the REST source: a pooled httpx client, auth, retries, pacing, and error translation.
+"""HTTP for the REST source: auth, pacing and error translation on the shared HTTP policy.
 
 :class:`Credentials` holds the configured auth and lives as long as the source object, so an
 OAuth2 token is fetched once and shared by every read until shortly before it expires (or
 until the API answers 401, once). :class:`Session` is one read's machinery: an
-``httpx.Client`` (thread-safe, connection pooling) that page fetches share from a thread pool.
+``httpx.Client`` from :func:`connectors.http.client` (thread-safe, connection pooling) that
+page fetches share from a thread pool; each attempt waits its turn in the source's pacer.
 
-What happens to a response or a transport error is decided here and nowhere else:
+Retries are the policy's (:mod:`connectors.http`): timeouts, refused or dropped connections,
+408, 425, 429, 500, 502, 503 and 504 are retried up to ``retries.max`` times, waiting
+``Retry-After`` when the server says (a wait over ``retries.max_wait`` fails at once), else
+backoff from ``retries.backoff`` with full jitter. What this module decides:
 
-* 2xx/3xx: returned;
-* 408, 425, 429, and 5xx but 501/505; timeouts, refused or dropped connections: retried up to
-  ``retries.max`` times, waiting ``Retry-After`` (seconds or an HTTP date) when the server
-  says, else ``backoff * 2**n`` times a jitter in [0.5, 1); then
-  :class:`~connectors.errors.SourceUnavailable` (retryable);
-* 401 with OAuth2: the token is refreshed and the request retried, once;
-* every other 4xx (400, 401, 403, 404, 422, ...): ConnectorError at once.
+* 2xx/3xx (and statuses a caller accepts): returned;
+* retries used up: :class:`~connectors.errors.SourceUnavailable` (retryable), naming the
+  stream, the request and the last failure;
+* 401 with OAuth2: the token is refreshed and the request sent again, once;
+* every other 4xx (400, 401, 403, 404, 422, ...): ConnectorError at once, with a hint.
 
-Messages name the stream, the method and URL, and the response's own message (its JSON
-``message``/``error``/``detail`` or the first 200 characters of the body). Query parameters
-named like secrets (``api_key``, ``token``, ``signature``...) are shown as ``***``, and every
-secret of the config, and the current OAuth2 token, is scrubbed from any text shown. A filter
-on the ``httpx`` logger masks the same query values in the request lines httpx logs.
+Messages name the stream, the method and URL, and the response's own message. Query
+parameters named like secrets (``api_key``, ``token``, ``signature``...) are shown as
+``***``, and every secret of the config, and the current OAuth2 token, is scrubbed from any
+text shown (the policy masks the same in its log lines, and in httpx's).
 """
 
 from __future__ import annotations
 
 import base64
-import email.utils
-import functools
 import logging
-import random
-import re
-import ssl
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import orjson
 
-from connectors.errors import ConnectorError, SourceUnavailable
+from connectors.errors import ConnectorError, RetriesExhausted, SourceUnavailable
+from connectors.http import Redactor, RetryPolicy, client, error_text, mask_url
 from connectors.rest.config import (
     ApiKeyAuth,
     BasicAuth,
@@ -52,89 +47,12 @@ from connectors.rest.config import (
 
 log = logging.getLogger("connectors.rest")
 
-_SECRET_PARAM = re.compile(
-    r"key|token|secret|passw|pwd|signature|^sig$|auth|credential|session", re.IGNORECASE
-)
-_MESSAGE_KEYS = ("message", "error_description", "error", "detail", "errors", "title")
 _TOKEN_MARGIN = 60.0  # seconds before expiry when an OAuth2 token is replaced
-
-
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    """httpx's default context (certifi's CAs), built once: loading them takes ~150 ms."""
-    return httpx.create_ssl_context()
 
 
 def _now() -> float:
     """The clock tokens expire by (a function, so tests can move it)."""
     return time.monotonic()
-
-
-def mask_url(url: httpx.URL | str) -> str:
-    """``url`` with secret-looking query values and any password shown as ``***``."""
-    url = httpx.URL(url)
-    if url.password:
-        url = url.copy_with(username=url.username, password="***")
-    if url.query:
-        params = [(k, "***" if _SECRET_PARAM.search(k) else v) for k, v in url.params.multi_items()]
-        url = url.copy_with(params=params)
-    return str(url).replace("%2A%2A%2A", "***")
-
-
-class Redactor:
-    """Replaces known secret values in text; new values (fresh tokens) can be added."""
-
-    def __init__(self, secrets: tuple[str, ...]) -> None:
-        self._secrets = tuple(sorted(set(secrets), key=len, reverse=True))
-
-    def add(self, secret: str) -> None:
-        if len(secret) >= 4 and secret not in self._secrets:  # replaced whole: thread-safe
-            self._secrets = tuple(sorted({*self._secrets, secret}, key=len, reverse=True))
-
-    def __call__(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-
-def response_message(response: httpx.Response, redact: Redactor) -> str:
-    """The response's own explanation: a JSON message field, else the body's first 200 chars."""
-    text = ""
-    try:
-        body = orjson.loads(response.content)
-    except orjson.JSONDecodeError:
-        body = None
-    if isinstance(body, dict):
-        for key in _MESSAGE_KEYS:
-            value = body.get(key)
-            if isinstance(value, dict):
-                value = value.get("message") or value.get("detail") or value
-            if value:
-                text = value if isinstance(value, str) else orjson.dumps(value).decode()
-                break
-    if not text:
-        text = response.content[:400].decode("utf-8", "replace")
-    text = " ".join(redact(text).split())
-    return text[:200] + ("..." if len(text) > 200 else "") if text else "(empty body)"
-
-
-def retry_after(response: httpx.Response) -> float | None:
-    """``Retry-After`` in seconds (from seconds or an HTTP date); None if absent or invalid."""
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 class Credentials:
@@ -203,7 +121,7 @@ class Credentials:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             raise ConnectorError(
                 f"OAuth2 token endpoint {mask_url(auth.token_url)} answered without an "
-                f"access_token: {response_message(response, self.redact)}",
+                f"access_token: {error_text(response, self.redact)}",
                 source=session.source,
                 key="auth.token_url",
                 hint="check `token_url`: it must answer a client_credentials grant with JSON",
@@ -234,12 +152,27 @@ class _Pacer:
             time.sleep(start - now)
 
 
-@dataclass
-class _Failure:
-    """Why an attempt failed in a way worth retrying."""
+class _PacedTransport(httpx.BaseTransport):
+    """Each attempt the policy makes waits its turn in the source's pacer and holds a slot
+    while it is sent and its answer read."""
 
-    what: str
-    wait: float | None = None
+    def __init__(self, inner: httpx.BaseTransport, pacer: _Pacer) -> None:
+        self._inner = inner
+        self._pacer = pacer
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self._pacer.wait_turn()
+        with self._pacer.slots:
+            response = self._inner.handle_request(request)
+            try:
+                response.read()
+            except BaseException:
+                response.close()
+                raise
+            return response
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 class Session:
@@ -252,14 +185,21 @@ class Session:
         self.config = config
         self.credentials = credentials
         self.redact = credentials.redact
-        self._pacer = pacer
-        size = config.rate_limit.max_concurrency
-        self.client = httpx.Client(
-            verify=_ssl_context(),
+        retries = config.retries
+        policy = RetryPolicy(
+            attempts=retries.max + 1,
+            backoff=retries.backoff,
+            max_backoff=retries.max_wait,
+            max_retry_after=retries.max_wait,
+        )
+        self.client = client(
+            policy,
             timeout=config.timeout,
             headers={"Accept": "application/json", **config.headers},
-            limits=httpx.Limits(max_connections=size + 1, max_keepalive_connections=size + 1),
+            secrets=config.secrets(),
             follow_redirects=True,
+            max_connections=config.rate_limit.max_concurrency + 1,
+            wrap=lambda network: _PacedTransport(network, pacer),
         )
 
     def __enter__(self) -> Session:
@@ -283,7 +223,7 @@ class Session:
         authenticate: bool = True,
         accept: frozenset[int] = frozenset(),
     ) -> httpx.Response:
-        """Send a request with auth and retries; return the successful response.
+        """Send a request with auth, by the retry policy; return the successful response.
 
         ``params`` are merged into the query string already in ``url``; a response whose
         status is in ``accept`` is returned as if successful.
@@ -292,9 +232,7 @@ class Session:
             ConnectorError: a 4xx that retrying cannot fix, an invalid URL.
             SourceUnavailable: retries exhausted, or the server asks to wait too long.
         """
-        retries = self.config.retries
         refreshed = False
-        attempt = 0
         while True:
             token = None
             extra_headers: dict[str, str] = dict(headers or {})
@@ -308,47 +246,14 @@ class Session:
                 request_url = request_url.copy_merge_params(
                     {k: _param(v) for k, v in query.items()}
                 )
-            failure = self._attempt(stream, method, request_url, data, extra_headers)
-            if isinstance(failure, httpx.Response):
-                response = failure
-                if response.status_code < 400 or response.status_code in accept:
-                    return response
-                if response.status_code == 401 and token is not None and not refreshed:
-                    self.credentials.invalidate(token)
-                    refreshed = True
-                    continue
-                raise self._refused(stream, method, request_url, response)
-            if attempt >= retries.max:
-                raise SourceUnavailable(
-                    f"{method} {mask_url(request_url)} failed after {attempt + 1} attempts; "
-                    f"last: {failure.what}",
-                    source=self.source,
-                    stream=stream,
-                    hint="the API is down, overloaded or slow; the run can be retried later "
-                    "(or raise `retries.max` / `timeout`)",
-                )
-            delay = retries.backoff * 2**attempt * random.uniform(0.5, 1.0)
-            if failure.wait is not None:
-                if failure.wait > retries.max_wait:
-                    raise SourceUnavailable(
-                        f"{method} {mask_url(request_url)}: {failure.what}, asking to retry "
-                        f"after {failure.wait:.0f} s (more than retries.max_wait)",
-                        source=self.source,
-                        stream=stream,
-                        hint="retry the run later, or raise `retries.max_wait`",
-                    )
-                delay = failure.wait
-            attempt += 1
-            log.info(
-                "%s %s: %s; retry %d/%d in %.2f s",
-                method,
-                mask_url(request_url),
-                failure.what,
-                attempt,
-                retries.max,
-                delay,
-            )
-            time.sleep(min(delay, retries.max_wait))
+            response = self._attempt(stream, method, request_url, data, extra_headers)
+            if response.status_code < 400 or response.status_code in accept:
+                return response
+            if response.status_code == 401 and token is not None and not refreshed:
+                self.credentials.invalidate(token)
+                refreshed = True
+                continue
+            raise self._refused(stream, method, request_url, response)
 
     def _attempt(
         self,
@@ -357,12 +262,10 @@ class Session:
         url: httpx.URL,
         data: Mapping[str, str] | None,
         headers: dict[str, str],
-    ) -> httpx.Response | _Failure:
-        """One try: the response if it is final (success or refusal), else why to retry."""
-        self._pacer.wait_turn()
+    ) -> httpx.Response:
+        """The final response (success or refusal) after the policy's retries."""
         try:
-            with self._pacer.slots:
-                response = self.client.request(method, url, data=data, headers=headers)
+            return self.client.request(method, url, data=data, headers=headers)
         except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
             raise ConnectorError(
                 f"{method} {mask_url(url)}: {self.redact(str(exc))}",
@@ -370,15 +273,16 @@ class Session:
                 stream=stream,
                 hint="check `base_url` and the stream's `path`",
             ) from None
-        except httpx.TimeoutException as exc:
-            return _Failure(f"{type(exc).__name__} after {self.config.timeout:g} s")
-        except httpx.TransportError as exc:
-            return _Failure(f"{type(exc).__name__}: {self.redact(str(exc)) or 'no detail'}")
-        status = response.status_code
-        if status in (408, 425, 429) or (status >= 500 and status not in (501, 505)):
-            message = response_message(response, self.redact)
-            return _Failure(f"HTTP {status}: {message}", retry_after(response))
-        return response
+        except RetriesExhausted as exc:
+            last = f"{exc.reason}: {self.redact(exc.detail)}" if exc.detail else exc.reason
+            raise SourceUnavailable(
+                f"{method} {mask_url(url)} failed after {exc.attempts} attempts; last: {last}",
+                source=self.source,
+                stream=stream,
+                hint="the API is down, overloaded or slow, or asks to wait longer than "
+                "`retries.max_wait`; the run can be retried later (or raise `retries.max`, "
+                "`retries.max_wait` or `timeout`)",
+            ) from None
 
     def _refused(
         self, stream: str | None, method: str, url: httpx.URL, response: httpx.Response
@@ -393,26 +297,11 @@ class Session:
         hint = hints.get(status, "check the stream's `params`, `path` and pagination settings")
         return ConnectorError(
             f"{method} {mask_url(url)} failed with HTTP {status}: "
-            f"{response_message(response, self.redact)}",
+            f"{error_text(response, self.redact)}",
             source=self.source,
             stream=stream,
             hint=hint,
         )
-
-
-class _MaskUrls(logging.Filter):
-    """Masks secret query values in the URLs httpx logs (``HTTP Request: GET <url> ...``)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        if isinstance(args, tuple) and any(isinstance(a, httpx.URL) for a in args):
-            record.args = tuple(mask_url(a) if isinstance(a, httpx.URL) else a for a in args)
-        return True
-
-
-_httpx_log = logging.getLogger("httpx")
-if not any(isinstance(f, _MaskUrls) for f in _httpx_log.filters):
-    _httpx_log.addFilter(_MaskUrls())
 
 
 def _param(value: Any) -> str:

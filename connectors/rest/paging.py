@@ -40,6 +40,7 @@ import orjson
 import pyarrow as pa
 
 from connectors.errors import ConnectorError
+from connectors.http import error_text, mask_url
 from connectors.rest.config import (
     CursorPagination,
     LinkHeaderPagination,
@@ -51,7 +52,7 @@ from connectors.rest.config import (
     StreamDef,
 )
 from connectors.rest.decode import PageDecoder
-from connectors.rest.http import Session, mask_url, response_message
+from connectors.rest.http import Session
 from connectors.rest.jsonpath import JsonPath
 
 _PATH_FIELD = "{parent.%s}"
@@ -179,7 +180,7 @@ class Pager:
             raise ConnectorError(
                 f"GET {mask_url(response.url)} did not return JSON "
                 f"({response.headers.get('content-type', 'no content type')}): "
-                f"{response_message(response, self.session.redact)}",
+                f"{error_text(response, self.session.redact)}",
                 source=self.session.source,
                 stream=name,
                 hint="check `base_url` and the stream's `path`",

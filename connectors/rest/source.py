@@ -105,6 +105,7 @@ from connectors.base import (
     StreamSpec,
 )
 from connectors.errors import ConnectorError
+from connectors.http import mask_url
 from connectors.rest.columns import Columns
 from connectors.rest.config import (
     CursorPagination,
@@ -115,7 +116,7 @@ from connectors.rest.config import (
     parse_config,
 )
 from connectors.rest.decode import PageDecoder
-from connectors.rest.http import Credentials, Session, mask_url, pacer_for
+from connectors.rest.http import Credentials, Session, pacer_for
 from connectors.rest.paging import Page, Pager, prefetch
 
 log = logging.getLogger("connectors.rest")

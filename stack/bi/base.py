@@ -29,14 +29,17 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
+import httpx
 from pydantic import BaseModel, SecretStr
 
-from stack.bi._http import Deadline, HttpClient, RetryPolicy
-from stack.bi.exceptions import BiDeadline, BiError
+from connectors.errors import DeadlineExceeded, HttpStatusError, RetriesExhausted
+from connectors.http import Deadline, RetryPolicy, client
+from stack.bi.exceptions import BiDeadline, BiError, BiUnavailable
 from stack.config.bi import HookBase
 from stack.redact import MASK, redact
 
@@ -163,11 +166,11 @@ class Refresher(ABC, Generic[H]):
     ) -> None:
         self.hook = hook
         self.run_info = run or RunInfo()
-        self.policy = RetryPolicy(hook.retries, hook.backoff)
+        self.policy = RetryPolicy(attempts=hook.retries + 1, backoff=hook.backoff)
         self._clock = clock
         self._sleep = sleep
         self.deadline = Deadline(hook.timeout, clock=clock, sleep=sleep)
-        self._clients: list[HttpClient] = []
+        self._clients: list[httpx.Client] = []
         self._secrets = tuple(v for v in _secret_values(hook) if len(v) >= 4)
 
     # ---- what a tool implements -------------------------------------------------------
@@ -199,20 +202,22 @@ class Refresher(ABC, Generic[H]):
 
     def http(
         self, base_url: str, headers: dict[str, str] | None = None, label: str | None = None
-    ) -> HttpClient:
-        """An :class:`HttpClient` bound to this hook's retries and deadline, closed at the end.
-        ``label`` stands for the URL in messages when the URL may hold a secret."""
-        client = HttpClient(
-            base_url,
-            hook=self.hook.label,
-            policy=self.policy,
-            deadline=self.deadline,
-            request_timeout=self.hook.request_timeout,
+    ) -> httpx.Client:
+        """A client on the shared HTTP policy (:mod:`connectors.http`) with this hook's
+        retries, ``request_timeout`` and deadline, closed at the end. Responses come back
+        whatever their status; retries used up raise (and end as a failed or timed-out
+        result). ``label`` stands for the URL in messages when the URL may hold a secret."""
+        api = client(
+            self.policy,
+            timeout=self.hook.request_timeout,
+            base_url=base_url.rstrip("/"),  # "": requests take absolute URLs
             headers=headers,
+            deadline=self.deadline,
+            secrets=self._secrets,
             label=label,
         )
-        self._clients.append(client)
-        return client
+        self._clients.append(api)
+        return api
 
     def scrub(self, text: str) -> str:
         """``text`` without this hook's secrets or any registered secret."""
@@ -230,7 +235,8 @@ class Refresher(ABC, Generic[H]):
         extra: str | None = None
         failure: TargetResult | None = None
         try:
-            self.sign_in()
+            with self._translate_http():
+                self.sign_in()
             for target in self.targets():
                 self._step(target, None, pending, results)
             while pending and not self.deadline.expired:
@@ -243,7 +249,8 @@ class Refresher(ABC, Generic[H]):
                 results[target] = self._result(target, item.started, "timed_out", _late(item))
             succeeded = [t for t, r in results.items() if r.status == "succeeded"]
             if succeeded:
-                extra = self.after(succeeded)
+                with self._translate_http():
+                    extra = self.after(succeeded)
         except Exception as exc:  # sign-in or after(): the hook as a whole
             failure = self._result("(hook)", self._clock() - self.deadline.elapsed(), *_fail(exc))
         finally:
@@ -259,8 +266,10 @@ class Refresher(ABC, Generic[H]):
     ) -> None:
         """Trigger (``item`` None), poll, or re-trigger one target; file what came out."""
         started = item.started if item else self._clock()
+        status: HookStatus
         try:
-            outcome = self._next(target, item)
+            with self._translate_http():
+                outcome = self._next(target, item)
         except Exception as exc:
             pending.pop(target, None)
             status, detail = _fail(exc)
@@ -270,7 +279,7 @@ class Refresher(ABC, Generic[H]):
             return
         if isinstance(outcome, Done):
             pending.pop(target, None)
-            status: HookStatus = "succeeded" if outcome.ok else "failed"
+            status = "succeeded" if outcome.ok else "failed"
             results[target] = self._result(target, started, status, outcome.detail)
             log.info(
                 "BI hook %r: %s %s: %s", self.hook.label, target, status, self.scrub(outcome.detail)
@@ -297,6 +306,20 @@ class Refresher(ABC, Generic[H]):
             if isinstance(check, Running):
                 return state  # still blocked
         return self.trigger(target)
+
+    @contextmanager
+    def _translate_http(self) -> Iterator[None]:
+        """The HTTP policy's errors as the hook's (``raise ... from exc``), in one place."""
+        hook = self.hook.label
+        try:
+            yield
+        except DeadlineExceeded as exc:
+            raise BiDeadline(exc.message, hook=hook, status=exc.status) from exc
+        except RetriesExhausted as exc:
+            hint = "the tool is down or throttling; the run can retry the hook later"
+            raise BiUnavailable(exc.message, hook=hook, status=exc.status, hint=hint) from exc
+        except HttpStatusError as exc:
+            raise BiError(exc.message, hook=hook, status=exc.status) from exc
 
     def _result(self, target: str, started: float, status: HookStatus, detail: str) -> TargetResult:
         seconds = round(self._clock() - started, 3)
@@ -340,8 +363,8 @@ class Refresher(ABC, Generic[H]):
             self.close()
         except Exception:  # best effort: a failed sign-out changes no result
             log.debug("BI hook %r: close failed", self.hook.label, exc_info=True)
-        for client in self._clients:
-            client.close()
+        for api in self._clients:
+            api.close()
         self._clients.clear()
 
 

@@ -12,8 +12,10 @@ A refresh that *runs* and fails is not an error: it is a
 :class:`stack.bi.HookResult` with status ``failed``. These errors are what the
 hooks raise internally; :func:`stack.bi.refresh` turns every one of them into a
 result, so a failing hook never stops the others. No message ever carries a
-secret: messages name the hook, the endpoint (method and path, never a query
-string or a webhook's full URL) and the tool's own error text, scrubbed.
+secret: messages name the hook, the endpoint (method and URL with secret-looking
+query values masked; never a webhook's URL) and the tool's own error text, scrubbed.
+HTTP errors of :mod:`connectors.http` become these in
+:meth:`stack.bi.base.Refresher._translate_http`.
 """
 
 from __future__ import annotations

@@ -30,7 +30,9 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-from stack.bi._http import HttpClient, error_text
+import httpx
+
+from connectors.http import error_text, raise_for_status
 from stack.bi.base import Busy, Done, Outcome, Refresher, Running, reveal
 from stack.bi.exceptions import BiAuthError, BiError
 from stack.config.bi import LookerHook, LookerPdt
@@ -44,7 +46,7 @@ _API = "/api/4.0"
 class LookerRefresher(Refresher[LookerHook]):
     """Triggers a Looker hook's datagroups and rebuilds its PDTs, following each build."""
 
-    _api: HttpClient | None = None
+    _api: httpx.Client | None = None
 
     def targets(self) -> Sequence[str]:
         return [f"datagroup:{d}" for d in self.hook.datagroups] + [
@@ -82,9 +84,8 @@ class LookerRefresher(Refresher[LookerHook]):
         return self._start_pdt(pdt)
 
     def poll(self, target: str, job: Any) -> Running | Done:
-        response = self._client().expect(
-            "GET", f"{_API}/derived_table/{quote(str(job), safe='')}/status"
-        )
+        path = f"{_API}/derived_table/{quote(str(job), safe='')}/status"
+        response = raise_for_status(self._client().get(path))
         status = _status(response.json())
         state = str(status.get("status", "unknown"))
         if state in _RUNNING:
@@ -131,11 +132,11 @@ class LookerRefresher(Refresher[LookerHook]):
             raise BiError(f"GET {path}: no materialization_id returned", hook=self.hook.label)
         return Running(materialization, f"materialization {materialization}")
 
-    def _client(self) -> HttpClient:
+    def _client(self) -> httpx.Client:
         assert self._api is not None, "sign_in() first"
         return self._api
 
-    def _error(self, what: str, response: Any) -> BiError:
+    def _error(self, what: str, response: httpx.Response) -> BiError:
         hint = None
         if response.status_code == 404:
             hint = "check the datagroup ids / model and view names, and the API user's access"

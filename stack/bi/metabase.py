@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from stack.bi._http import HttpClient, error_text
+from connectors.http import error_text
 from stack.bi.base import Busy, Done, Outcome, Refresher, Running, reveal
 from stack.bi.exceptions import BiAuthError, BiError
 from stack.config.bi import MetabaseHook
@@ -43,7 +43,7 @@ TASK_PAGE = 100
 class MetabaseRefresher(Refresher[MetabaseHook]):
     """Syncs a Metabase database and follows the sync in the task history."""
 
-    _api: HttpClient | None = None
+    _api: httpx.Client | None = None
 
     def targets(self) -> Sequence[str]:
         return [f"database:{self.hook.database_id}"]

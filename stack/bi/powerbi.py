@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from stack.bi._http import HttpClient, error_text
+from connectors.http import error_text
 from stack.bi.base import Busy, Done, Outcome, Refresher, Running, reveal
 from stack.bi.exceptions import BiAuthError, BiError
 from stack.config.bi import PowerBIHook
@@ -55,7 +55,7 @@ class _Job:
 class PowerBIRefresher(Refresher[PowerBIHook]):
     """Refreshes a Power BI hook's datasets and follows them in the refresh history."""
 
-    _api: HttpClient | None = None
+    _api: httpx.Client | None = None
 
     def targets(self) -> Sequence[str]:
         return [f"dataset:{d}" for d in self.hook.datasets]

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from stack.bi._http import HttpClient, error_text
+import httpx
+
+from connectors.http import error_text, raise_for_status
 from stack.bi.base import Busy, Done, Outcome, Refresher, reveal
 from stack.bi.exceptions import BiAuthError, BiError
 from stack.config.bi import SupersetHook
@@ -34,7 +36,7 @@ __all__ = ["SupersetRefresher"]
 class SupersetRefresher(Refresher[SupersetHook]):
     """Refreshes a Superset hook's datasets, then invalidates their cache keys."""
 
-    _api: HttpClient | None = None
+    _api: httpx.Client | None = None
 
     def targets(self) -> Sequence[str]:
         return [f"dataset:{pk}" for pk in self.hook.datasets]
@@ -64,7 +66,8 @@ class SupersetRefresher(Refresher[SupersetHook]):
             raise BiAuthError("the login answer has no access_token", hook=hook.label)
         api.headers["Authorization"] = f"Bearer {token}"
         if hook.csrf:
-            csrf = api.expect("GET", "/api/v1/security/csrf_token/").json().get("result")
+            answer = raise_for_status(api.get("/api/v1/security/csrf_token/"))
+            csrf = answer.json().get("result")
             if not csrf:
                 raise BiError("the CSRF answer has no token", hook=hook.label)
             api.headers["X-CSRFToken"] = csrf
@@ -91,7 +94,6 @@ class SupersetRefresher(Refresher[SupersetHook]):
             return None
         assert self._api is not None
         uids = [f"{t.split(':', 1)[1]}__table" for t in succeeded]
-        self._api.expect(
-            "POST", "/api/v1/cachekey/invalidate", ok=(200, 201), json={"datasource_uids": uids}
-        )
+        response = self._api.post("/api/v1/cachekey/invalidate", json={"datasource_uids": uids})
+        raise_for_status(response, ok=(200, 201))
         return f"cache invalidated for {len(uids)} dataset(s)"

@@ -11,8 +11,9 @@ A refresh already queued for the item answers ``409093``; TSC turns that into a
 ``None`` job, which is :class:`Busy` with no blocker (Tableau does not name the
 queued job), so ``wait`` tries again every ``poll_interval``.
 
-TSC speaks ``requests``; its session is a :class:`RetryingSession`, so the same
-retry policy and deadline apply as for the other tools. TSC's own
+TSC speaks ``requests``; its session is a :class:`_RetryingSession`, which sends each
+request by the shared HTTP policy (:func:`connectors.http.retry_call`), so the same
+retries, timeouts and deadline apply as for the other tools. TSC's own
 ``jobs.wait_for_job`` is not used: its backoff (0.5 s growing to 30 s) ignores
 ``poll_interval``.
 """
@@ -23,6 +24,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import requests
 import tableauserverclient as TSC
 from tableauserverclient.server.endpoint.exceptions import (
     FailedSignInError,
@@ -31,7 +33,7 @@ from tableauserverclient.server.endpoint.exceptions import (
     TableauError,
 )
 
-from stack.bi._http import RetryingSession
+from connectors.http import Deadline, Redactor, RetryPolicy, judge, mask_url, retry_call
 from stack.bi.base import Busy, Done, Outcome, Refresher, Running, reveal
 from stack.bi.exceptions import BiAuthError, BiError
 from stack.config.bi import TableauHook
@@ -55,11 +57,8 @@ class TableauRefresher(Refresher[TableauHook]):
         hook = self.hook
         server = TSC.Server(
             hook.server.rstrip("/"),
-            session_factory=lambda: RetryingSession(
-                hook=hook.label,
-                policy=self.policy,
-                deadline=self.deadline,
-                request_timeout=hook.request_timeout,
+            session_factory=lambda: _RetryingSession(
+                self.policy, self.deadline, hook.request_timeout, Redactor(self._secrets)
             ),
         )
         server.version = hook.api_version
@@ -147,3 +146,41 @@ class TableauRefresher(Refresher[TableauHook]):
             raise BiError(f"{doing}: unexpected non-XML answer", hook=self.hook.label) from exc
         except TableauError as exc:
             raise BiError(f"{doing}: {type(exc).__name__}: {exc}", hook=self.hook.label) from exc
+
+
+class _RetryingSession(requests.Session):
+    """A ``requests.Session`` (what TSC speaks) whose every request is sent by the HTTP
+    policy: retried statuses and connection errors, ``Retry-After``, the hook's deadline,
+    and a timeout on each attempt. Giving up raises through TSC as
+    :class:`~connectors.errors.RetriesExhausted`, which the hook's template translates."""
+
+    def __init__(
+        self, policy: RetryPolicy, deadline: Deadline, timeout: float, redact: Redactor
+    ) -> None:
+        super().__init__()
+        self.policy = policy
+        self.deadline = deadline
+        self.timeout = timeout
+        self.redact = redact
+
+    def request(  # type: ignore[override]  # TSC passes everything by keyword; so do we
+        self, method: str | bytes, url: str | bytes, **kwargs: Any
+    ) -> requests.Response:
+        method_text = method.decode() if isinstance(method, bytes) else method
+        url_text = url.decode() if isinstance(url, bytes) else url
+
+        def attempt(limit: float) -> requests.Response:
+            return super(_RetryingSession, self).request(
+                method_text, url_text, **{**kwargs, "timeout": limit}
+            )
+
+        return retry_call(
+            attempt,
+            policy=self.policy,
+            what=f"{method_text.upper()} {mask_url(url_text)}",
+            timeout=self.timeout,
+            deadline=self.deadline,
+            transient=(requests.ConnectionError, requests.Timeout),
+            check=lambda response: judge(response, self.policy, self.redact),
+            redact=self.redact,
+        )

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stack.bi._http import error_text
+from connectors.http import error_text
 from stack.bi.base import Busy, Done, Outcome, Refresher, reveal
 from stack.config.bi import WebhookHook
 

@@ -25,9 +25,6 @@ import json
 import logging
 import shlex
 import smtplib
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
@@ -36,6 +33,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
+from connectors.errors import RetriesExhausted, SourceUnavailable
+from connectors.http import RetryPolicy, client, raise_for_status, retry_call
 from stack.config import StackConfig, load_config
 from stack.config.orchestration import Alert, EmailAlert, Outcome, SlackAlert, WebhookAlert
 from stack.redact import redact
@@ -306,7 +305,8 @@ def send_alerts(
         report: what to say.
         resolve: resolves secret references in a channel's settings (``Resolver.resolve``).
         timeout: seconds per HTTP or SMTP attempt.
-        attempts: tries per channel (connection errors and 5xx/429 only), 1 s apart, doubling.
+        attempts: tries per channel, by the shared HTTP policy (:mod:`connectors.http`):
+            connection errors, timeouts, 429 and 5xx are retried, about 1 s apart, doubling.
     """
     sent = []
     for index, alert in enumerate(alerts):
@@ -317,7 +317,7 @@ def send_alerts(
             settings = alert.model_dump(by_alias=True)
             if resolve is not None:
                 settings = reveal(resolve(settings, f"alerts[{index}]"))
-            _retrying(lambda a=alert, s=settings: _SENDERS[a.type](s, report, timeout), attempts)
+            _SENDERS[alert.type](settings, report, timeout, attempts)
             sent.append(Delivery(channel, True))
         except Exception as exc:  # an alert must never fail the run it reports on
             error = redact(f"{type(exc).__name__}: {exc}")
@@ -346,68 +346,73 @@ def notify_run(config_path: str | Path, summary: Mapping[str, Any], **where: Any
         return [asdict(d) for d in send_alerts(alerts, report, resolver.resolve)]
 
 
-class _Transient(Exception):
-    """A failure worth another try (connection refused, 5xx, 429)."""
+def _policy(attempts: int) -> RetryPolicy:
+    """How a channel is retried: ``attempts`` tries, about 1 s apart, doubling."""
+    return RetryPolicy(attempts=attempts, backoff=1.0)
 
 
-def _retrying(send: Callable[[], None], attempts: int) -> None:
-    delay = 1.0
-    for attempt in range(1, attempts + 1):
-        try:
-            send()
-            return
-        except _Transient:
-            if attempt == attempts:
-                raise
-            time.sleep(delay)
-            delay *= 2
-
-
-def _post_json(url: str, payload: Mapping[str, Any], headers: Mapping[str, str], timeout: float):
+def _post_json(
+    url: str, payload: Mapping[str, Any], headers: Mapping[str, str], timeout: float, attempts: int
+) -> None:
+    """POST ``payload`` by the shared HTTP policy; the URL (a secret) is never shown."""
     body = json.dumps(payload, default=str).encode()
-    request = urllib.request.Request(
-        url, data=body, method="POST", headers={"Content-Type": "application/json", **headers}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read()
-    except urllib.error.HTTPError as exc:
-        text = f"HTTP {exc.code} from the alert endpoint"
-        if exc.code >= 500 or exc.code == 429:
-            raise _Transient(text) from None
-        raise RuntimeError(text) from None
-    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-        raise _Transient(f"cannot reach the alert endpoint: {exc}") from None
+    label = "the alert endpoint"
+    secrets = [str(v) for v in headers.values()]
+    with client(_policy(attempts), timeout=timeout, label=label, secrets=secrets) as http:
+        try:
+            response = http.post(
+                url, content=body, headers={"Content-Type": "application/json", **headers}
+            )
+        except RetriesExhausted as exc:
+            if exc.status is not None:
+                raise
+            raise SourceUnavailable(f"cannot reach {label}: {exc.message}") from None
+        raise_for_status(response, label=label, secrets=secrets)
 
 
-def _send_slack(settings: Mapping[str, Any], report: RunReport, timeout: float) -> None:
-    _post_json(settings["webhook"], slack_payload(report), {}, timeout)
+def _send_slack(
+    settings: Mapping[str, Any], report: RunReport, timeout: float, attempts: int
+) -> None:
+    _post_json(settings["webhook"], slack_payload(report), {}, timeout, attempts)
 
 
-def _send_webhook(settings: Mapping[str, Any], report: RunReport, timeout: float) -> None:
-    _post_json(settings["url"], webhook_payload(report), settings.get("headers") or {}, timeout)
+def _send_webhook(
+    settings: Mapping[str, Any], report: RunReport, timeout: float, attempts: int
+) -> None:
+    headers = settings.get("headers") or {}
+    _post_json(settings["url"], webhook_payload(report), headers, timeout, attempts)
 
 
-def _send_email(settings: Mapping[str, Any], report: RunReport, timeout: float) -> None:
+def _send_email(
+    settings: Mapping[str, Any], report: RunReport, timeout: float, attempts: int
+) -> None:
     url = urlsplit(settings["smtp"])
     if url.scheme not in ("smtp", "smtps") or not url.hostname:
         raise ValueError("`smtp` must be a URL such as smtp://user:password@host:587")
     secure = url.scheme == "smtps"
     port = url.port or (465 if secure else 25)
     message = email_message(report, settings["from"], settings["to"])
-    client = smtplib.SMTP_SSL if secure else smtplib.SMTP
-    try:
-        with client(url.hostname, port, timeout=timeout) as smtp:
+    smtp_class = smtplib.SMTP_SSL if secure else smtplib.SMTP
+    host = url.hostname
+
+    def send(limit: float) -> None:
+        with smtp_class(host, port, timeout=limit) as smtp:
             if settings.get("starttls") and not secure:
                 smtp.starttls()
             if url.username:
                 smtp.login(unquote(url.username), unquote(url.password or ""))
             smtp.send_message(message)
-    except (ConnectionError, TimeoutError, smtplib.SMTPServerDisconnected) as exc:
-        raise _Transient(f"cannot reach the SMTP server: {exc}") from None
+
+    retry_call(
+        send,
+        policy=_policy(attempts),
+        what=f"cannot reach the SMTP server {host}:{port}",
+        timeout=timeout,
+        transient=(ConnectionError, TimeoutError, smtplib.SMTPServerDisconnected),
+    )
 
 
-_SENDERS: dict[str, Callable[[Mapping[str, Any], RunReport, float], None]] = {
+_SENDERS: dict[str, Callable[[Mapping[str, Any], RunReport, float, int], None]] = {
     "slack": _send_slack,
     "email": _send_email,
     "webhook": _send_webhook,
