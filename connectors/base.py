@@ -42,8 +42,9 @@ C = TypeVar("C")
 State = dict[str, Any]
 """A stream's state: JSON-serialisable, owned by the source that wrote it."""
 
-DELETED_AT = "_deleted_at"
-"""Column of a :class:`Deletes` batch holding when each key was deleted."""
+SOURCE_DELETED_AT = "_deleted_at"
+"""Column of a :class:`Deletes` batch: when the source deleted each key. The warehouse marks
+deleted rows in a column of its own (``stack.sql.DELETED_AT``)."""
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors.base import (
-    DELETED_AT,
+    SOURCE_DELETED_AT,
     SYNC_MODES,
     Batch,
     Catalog,
@@ -135,8 +135,8 @@ ORDER_ITEMS = _schema(
     "order_id:int64 line_no:int64 product_id:int64 quantity:int64 unit_price:float64 updated_at:ts"
 )
 MARKETING_SPEND = _schema("day:date32 channel:string spend:float64 impressions:int64 clicks:int64")
-_GONE = _schema(f"id:int64 {DELETED_AT}:ts")
-_LINES_GONE = _schema(f"order_id:int64 line_no:int64 {DELETED_AT}:ts")
+_GONE = _schema(f"id:int64 {SOURCE_DELETED_AT}:ts")
+_LINES_GONE = _schema(f"order_id:int64 line_no:int64 {SOURCE_DELETED_AT}:ts")
 _SPEND_MODES = ("incremental_append", "incremental_deduped", *_FULL)
 
 

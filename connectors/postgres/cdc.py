@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
 
-from connectors.base import DELETED_AT, Batch, Checkpoint, Deletes, Message
+from connectors.base import SOURCE_DELETED_AT, Batch, Checkpoint, Deletes, Message
 from connectors.errors import ConnectorError, SourceUnavailable
 
 SNAPSHOT_WAIT_S = 300.0
@@ -433,7 +433,7 @@ class _Window:
                 for i, (name, typ) in enumerate(self._key_types())
             ]
             arrays.append(pa.array(list(self.deleted.values()), pa.timestamp("us")))
-            names = [*t.primary_key, DELETED_AT]
+            names = [*t.primary_key, SOURCE_DELETED_AT]
             yield Deletes(t.stream, pa.RecordBatch.from_arrays(arrays, names=names))
         if self.rows:
             self._fill_unchanged(conn)
