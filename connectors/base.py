@@ -27,6 +27,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, get_args, runtime_c
 
 import pyarrow as pa
 
+from connectors.config import ConfigT, parse_config
 from connectors.errors import ConnectorError
 
 SyncMode = Literal[
@@ -35,7 +36,7 @@ SyncMode = Literal[
     "incremental_append",
     "incremental_deduped",
 ]
-SYNC_MODES: tuple[str, ...] = get_args(SyncMode)
+SYNC_MODES: tuple[SyncMode, ...] = get_args(SyncMode)
 
 C = TypeVar("C")
 
@@ -223,3 +224,63 @@ def require(config: Mapping[str, Any], key: str, source: str) -> Any:
             hint=f"add `{key}:` under the source's `config:` in stack.yml",
         )
     return config[key]
+
+
+class BaseSource(Generic[ConfigT]):
+    """What every source shares: its name, its validated config, ``spec`` and ``check``.
+
+    A subclass sets ``config_model`` (a :class:`~connectors.config.SourceConfig`) and
+    implements ``discover`` and ``read``; it leaves ``__init__``, ``spec`` and ``check``
+    alone and overrides the hooks below instead.
+
+    A bad config does not raise from ``__init__``: ``check()`` reports it as ``ok=False``,
+    and ``self.config`` raises it (naming the key) when ``discover`` or ``read`` need it.
+    """
+
+    config_model: type[ConfigT]
+    """The pydantic model of the source's ``config:``; ``spec()`` is its JSON Schema."""
+
+    def __init__(self, name: str, config: Mapping[str, Any]) -> None:
+        self.name = name
+        self._config: ConfigT | None = None
+        self._config_error: ConnectorError | None = None
+        try:
+            self._config = parse_config(self.config_model, name, config)
+        except ConnectorError as exc:
+            self._config_error = exc
+        else:
+            self.configure(self._config)
+
+    @property
+    def config(self) -> ConfigT:
+        """The validated config.
+
+        Raises:
+            ConnectorError: the config did not validate (the key and the fix are in it).
+        """
+        if self._config is None:
+            raise self._config_error or ConnectorError("the source has no config")
+        return self._config
+
+    def spec(self) -> dict[str, Any]:
+        """JSON Schema of the config this source accepts, derived from ``config_model``."""
+        return self.config_model.model_json_schema(by_alias=True)
+
+    def check(self) -> CheckResult:
+        """Whether the config works: ``ok=False`` with the error's text when it does not."""
+        try:
+            message = self.check_connection()
+        except ConnectorError as exc:
+            return CheckResult(ok=False, message=str(exc))
+        return CheckResult(ok=True, message=message)
+
+    def configure(self, config: ConfigT) -> None:
+        """Hook, run once the config has validated: set up what every read shares
+        (credentials, a rate limiter). Runs in ``__init__``, so it must not do I/O."""
+
+    def check_connection(self) -> str:
+        """Hook for ``check``: prove the config works (connect, list, fetch one page) and
+        say what was seen, or raise ConnectorError. The default only validates the config.
+        """
+        self.config  # noqa: B018 - raises the config's error, if it has one
+        return ""

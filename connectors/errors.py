@@ -12,6 +12,8 @@ and re-exports it. Retry policy reads only ``exc.retryable``.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class MdstackError(Exception):
     """Base of every error mdstack raises on purpose.
@@ -58,10 +60,10 @@ class MdstackError(Exception):
         text = f"{self.message} ({where})" if where else self.message
         return f"{text}\n  hint: {self.hint}" if self.hint else text
 
-    def __reduce__(self):  # keyword-only fields need an explicit pickle recipe
+    def __reduce__(self) -> tuple[Any, ...]:  # keyword-only fields need an explicit pickle recipe
         return (_rebuild, (type(self), self.message, self._fields()))
 
-    def _fields(self) -> dict[str, object]:
+    def _fields(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "stream": self.stream,
@@ -72,7 +74,7 @@ class MdstackError(Exception):
         }
 
 
-def _rebuild(cls: type[MdstackError], message: str, fields: dict[str, object]) -> MdstackError:
+def _rebuild(cls: type[MdstackError], message: str, fields: dict[str, Any]) -> MdstackError:
     return cls(message, **fields)
 
 
