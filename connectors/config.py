@@ -102,7 +102,7 @@ def _hint(model: type[SourceConfig], error: ErrorDetails, path: list[str], probl
         listed = f"; valid keys: {valid}" if valid else ""
         return f"remove `{key}` from the source's `config:` in stack.yml{listed}"
     description = _description(owner, path[-1]) if owner else None
-    return f"fix `{key}` {where}" + (f" ({description})" if description else "")
+    return f"fix `{key}` {where}" + (f": {description}" if description else "")
 
 
 def _model_at(model: type[BaseModel], path: Sequence[str]) -> type[BaseModel] | None:
