@@ -62,9 +62,10 @@ def config_error(model: type[SourceConfig], source: str, exc: ValidationError) -
     errors = exc.errors(include_url=False, include_input=False)
     first = errors[0]
     problem = first.get("ctx", {}).get("error")
-    path = [str(part) for part in first["loc"]]
+    path, owner, at = _walk(model, [str(part) for part in first["loc"]])
     if isinstance(problem, ConfigProblem) and problem.key:
-        path.append(problem.key)
+        path.append(problem.key)  # a key of the model whose validator raised
+        owner = at
     key = ".".join(path) or None
     message = _message(first)
     count = len(errors)
@@ -75,7 +76,7 @@ def config_error(model: type[SourceConfig], source: str, exc: ValidationError) -
         f"invalid {title} config: {where}{message}{more}",
         source=source,
         key=key,
-        hint=_hint(model, first, path, problem),
+        hint=_hint(owner, first, path, problem),
     )
 
 
@@ -87,7 +88,10 @@ def _message(error: ErrorDetails) -> str:
     return error["msg"].removeprefix("Value error, ")
 
 
-def _hint(model: type[SourceConfig], error: ErrorDetails, path: list[str], problem: object) -> str:
+def _hint(
+    owner: type[BaseModel] | None, error: ErrorDetails, path: list[str], problem: object
+) -> str:
+    """How to fix it: the validator's own hint, else where to add, remove or fix the key."""
     if isinstance(problem, ConfigProblem) and problem.hint:
         return problem.hint
     key = ".".join(path)
@@ -96,7 +100,6 @@ def _hint(model: type[SourceConfig], error: ErrorDetails, path: list[str], probl
         return f"fix the source's `config:` in stack.yml: {error['msg']}"
     if error["type"] == "missing":
         return f"add `{key}:` {where}"
-    owner = _model_at(model, path[:-1])
     if error["type"] == "extra_forbidden":
         valid = sorted(_keys(owner)) if owner else []
         listed = f"; valid keys: {valid}" if valid else ""
@@ -105,25 +108,40 @@ def _hint(model: type[SourceConfig], error: ErrorDetails, path: list[str], probl
     return f"fix `{key}` {where}" + (f": {description}" if description else "")
 
 
-def _model_at(model: type[BaseModel], path: Sequence[str]) -> type[BaseModel] | None:
-    """The model that holds the entry at ``path`` (following fields, mappings' values and
-    tagged unions), or None when the path leaves the models."""
+def _walk(
+    model: type[BaseModel], loc: Sequence[str]
+) -> tuple[list[str], type[BaseModel] | None, type[BaseModel] | None]:
+    """Follow ``loc`` through the models (fields, mappings' values, tagged unions).
+
+    Returns:
+        the keys as the user wrote them (without the member tags pydantic adds for tagged
+        unions: ``auth.bearer.token`` is ``auth.token``), the model holding the last key,
+        and the model at ``loc`` itself (None where the path leaves the models).
+    """
+    keys: list[str] = []
     current: Any = model
-    for part in path:
+    owner: type[BaseModel] | None = model
+    for part in loc:
+        current = _unwrap(current)
+        if _is_union(current):
+            member = next((m for m in get_args(current) if _tag(m) == part), None)
+            if member is not None:
+                current = member
+                continue
+        keys.append(part)
         current = _unwrap(current)
         if isinstance(current, type) and issubclass(current, BaseModel):
+            owner = current
             field = next((f for n, f in current.model_fields.items() if part in (n, f.alias)), None)
-            if field is None:
-                return None
-            current = field.annotation
+            current = field.annotation if field else None
         elif get_origin(current) in (dict, Mapping):
+            owner = None
             current = get_args(current)[1]
-        elif _is_union(current):
-            current = next((m for m in get_args(current) if _tag(m) == part), None)
         else:
-            return None
+            owner, current = None, None
     current = _unwrap(current)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+    at = current if isinstance(current, type) and issubclass(current, BaseModel) else None
+    return keys, owner, at
 
 
 def _unwrap(annotation: Any) -> Any:
