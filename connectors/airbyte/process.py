@@ -35,7 +35,7 @@ import subprocess
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,7 +204,7 @@ def run(
     verb: str,
     files: Mapping[str, Path],
     scrub: Scrubber,
-) -> Iterator[bytes]:
+) -> Generator[bytes]:
     """Start the connector and yield its stdout lines (bytes, without the newline).
 
     Raises:
