@@ -17,13 +17,17 @@ yields :class:`ExternalLoad` and checkpoints instead of records.
 The next read receives the last committed state (``None`` on a first read or
 after a reset), for every sync mode: full-refresh streams may use it for the
 source's own bookkeeping.
+
+The sources of this package build on :class:`BaseSource`, which owns the name, the config
+(validated into the source's pydantic model, :mod:`connectors.config`), ``spec`` and
+``check``; a source adds ``discover``, ``read`` and, where it can, a connection check.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, Protocol, TypeVar, get_args, runtime_checkable
+from typing import Any, Generic, Literal, Protocol, get_args, runtime_checkable
 
 import pyarrow as pa
 
@@ -37,8 +41,6 @@ SyncMode = Literal[
     "incremental_deduped",
 ]
 SYNC_MODES: tuple[SyncMode, ...] = get_args(SyncMode)
-
-C = TypeVar("C")
 
 State = dict[str, Any]
 """A stream's state: JSON-serialisable, owned by the source that wrote it."""
@@ -187,43 +189,6 @@ class Source(Protocol):
     def read(self, stream: ConfiguredStream, state: State | None) -> Iterator[Message]:
         """Read one stream from ``state`` on; see the module docstring for the order."""
         ...
-
-
-class ParsedConfig(Generic[C]):
-    """A source's config, parsed once in ``__init__`` — or the error parsing raised.
-
-    Sources do not raise from ``__init__``: a bad config must reach ``check()`` as
-    ``ok=False`` with the message, and raise (naming the key) from ``discover()``
-    and ``read()``. This holds either outcome.
-    """
-
-    def __init__(
-        self, name: str, config: Mapping[str, Any], parse: Callable[[str, Mapping[str, Any]], C]
-    ) -> None:
-        self.error: ConnectorError | None = None
-        self._value: C | None = None
-        try:
-            self._value = parse(name, config)
-        except ConnectorError as exc:
-            self.error = exc
-
-    def get(self) -> C:
-        """The parsed config; raises the parse error if there was one."""
-        if self._value is None:
-            raise self.error or ConnectorError("the source has no config")
-        return self._value
-
-
-def require(config: Mapping[str, Any], key: str, source: str) -> Any:
-    """Return ``config[key]`` or raise a ConnectorError naming the missing key."""
-    if key not in config:
-        raise ConnectorError(
-            f"missing config key {key!r}",
-            source=source,
-            key=key,
-            hint=f"add `{key}:` under the source's `config:` in stack.yml",
-        )
-    return config[key]
 
 
 class BaseSource(Generic[ConfigT]):
