@@ -90,7 +90,7 @@ from connectors.base import (
     StreamSpec,
 )
 from connectors.errors import ConnectorError, SourceUnavailable
-from connectors.files import formats
+from connectors.files import formats, widening
 from connectors.files.config import TYPES, FilesConfig, StreamConfig
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ class FilesSource(BaseSource[FilesConfig]):
         newest = files[-self.config.sample_files :]  # files come oldest first
         schema = pa.schema([])
         for file in newest:
-            schema = formats.unify(schema, self._file_schema(fs, conf, file))
+            schema = widening.unify(schema, self._file_schema(fs, conf, file))
         fields = {f.name: f.type for f in schema} | {
             c: TYPES[t] for c, t in conf.options.types.items()
         }
