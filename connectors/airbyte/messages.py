@@ -126,7 +126,9 @@ def record_lines(stream: str, batch: pa.RecordBatch, emitted_at: int) -> bytes:
     import polars as pl  # here: spec, check and discover need not load it
 
     buffer = io.BytesIO()
-    _jsonable(pl.from_arrow(batch)).write_ndjson(buffer)
+    frame = pl.from_arrow(batch)
+    assert isinstance(frame, pl.DataFrame)  # a batch is a frame; only an array is a Series
+    _jsonable(frame).write_ndjson(buffer)
     lines = buffer.getvalue().rstrip(b"\n").split(b"\n")
     head = b'{"type":"RECORD","record":{"stream":%s,"emitted_at":%d,"data":' % (
         orjson.dumps(stream),

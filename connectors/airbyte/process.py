@@ -405,7 +405,8 @@ def raise_for_trace(source: str, trace: Any, scrub: Scrubber, stream: str | None
     if trace.get("type") != "ERROR":
         log.debug("%s trace: %s", source, scrub(json.dumps(trace)[:500]))
         return
-    error = trace.get("error") if isinstance(trace.get("error"), Mapping) else {}
+    found = trace.get("error")
+    error: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     text = str(error.get("message") or "the connector reported an error")
     internal = str(error.get("internal_message") or "")
     if internal and internal not in text:

@@ -108,8 +108,8 @@ def read_messages(
     blocks = _Blocks(records, name, keys if deletes else None)
     for line in lines:
         if not line.startswith(_RECORD_PREFIXES):
-            message = parse_line(line, source, scrub)
-            kind = message.get("type") if message else None
+            message = parse_line(line, source, scrub) or {}
+            kind = message.get("type")
             if kind == "STATE":
                 if states.update(message.get("state")):
                     yield from blocks.state(states.value())
