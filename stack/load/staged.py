@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from connectors.base import DELETED_AT, State
+from connectors.base import SOURCE_DELETED_AT, State
 from stack import sql
 from stack.errors import SchemaError
 from stack.load import ledger
@@ -217,7 +217,7 @@ def _prepare(
             plan.keys,
             plan.stream.cursor,
             pending.records.columns,
-            deleted_at=DELETED_AT,
+            deleted_at=SOURCE_DELETED_AT,
             dedupe=_dedupes(plan),
             soft=plan.soft,
         )
@@ -227,7 +227,7 @@ def _prepare(
         )
     if dels and pending.lc.replace is None:
         deletes = f"_mds_dels_{plan.name}"
-        select = sql.prepare_deletes(dels, plan.keys, DELETED_AT)
+        select = sql.prepare_deletes(dels, plan.keys, SOURCE_DELETED_AT)
         wh.execute(f"CREATE OR REPLACE TEMP TABLE {sql.ident(deletes)} AS {select}", [ctx.region])
     return rows, deletes
 

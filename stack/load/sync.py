@@ -26,7 +26,7 @@ from collections.abc import Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.base import DELETED_AT, Batch, Checkpoint, ConfiguredStream, Deletes, Source
+from connectors.base import SOURCE_DELETED_AT, Batch, Checkpoint, ConfiguredStream, Deletes, Source
 from stack import sql
 from stack.errors import SchemaError
 from stack.load import ledger
@@ -258,15 +258,15 @@ def _add_deletes(plan: StreamPlan, load: Load, keys: pa.RecordBatch) -> None:
         return
     if plan.mode == "full_refresh_overwrite":
         return
-    missing = [k for k in (*plan.keys, DELETED_AT) if k not in keys.schema.names]
+    missing = [k for k in (*plan.keys, SOURCE_DELETED_AT) if k not in keys.schema.names]
     if missing:
         raise SchemaError(
             f"deletes lack columns {missing}",
             source=plan.source,
             stream=plan.name,
-            hint=f"the source must send key columns and {DELETED_AT!r} with every delete",
+            hint=f"the source must send key columns and {SOURCE_DELETED_AT!r} with every delete",
         )
-    load.add_deletes(keys.select([*plan.keys, DELETED_AT]))
+    load.add_deletes(keys.select([*plan.keys, SOURCE_DELETED_AT]))
 
 
 def _snapshot_deletes(
