@@ -94,7 +94,7 @@ def _sync_locked(
     replace: Replacement | None,
 ) -> ledger.RunEntry:
     entry, key = ledger.new_run(plan, ctx)
-    started = last_commit = time.perf_counter()
+    started = time.perf_counter()
     changes: list[str] = []
 
     def record() -> None:
@@ -116,19 +116,7 @@ def _sync_locked(
         schema = _destination(wh, plan)
         lc = LoadContext(wh, plan, ctx, key, entry, record, replace)
         load = DirectLoad(lc) if _direct(plan, wh.capabilities) else StagedLoad(lc)
-        for message in source.read(plan.stream, ledger.read_state(wh, key)):
-            if isinstance(message, Batch):
-                _add_batch(wh, plan, schema, load, message.data, changes)
-                entry.rows_read += message.data.num_rows
-                if progress:
-                    progress(plan.name, entry.rows_read)
-            elif isinstance(message, Deletes):
-                _add_deletes(plan, load, message.keys)
-            elif isinstance(message, Checkpoint):
-                load.state = message.state
-                if not whole_run and policy.due(load.rows, last_commit):
-                    load.commit()
-                    last_commit = time.perf_counter()
+        _read_stream(lc, source, schema, load, changes, progress, None if whole_run else policy)
         # The last commit records the finished run in its own transaction: no extra commit.
         recorded = False
         if whole_run or load.rows or load.state is not None:
@@ -150,6 +138,35 @@ def _sync_locked(
         if load is not None:
             load.close()
     return entry
+
+
+def _read_stream(
+    lc: LoadContext,
+    source: Source,
+    schema: StreamSchema,
+    load: Load,
+    changes: list[str],
+    progress: Progress | None,
+    policy: CommitPolicy | None,
+) -> None:
+    """Feed the stream's messages into ``load``: batches fitted and added, deletes
+    staged, each checkpoint's state kept and committed when ``policy`` says it is due
+    (``None``: the load commits once, after the read)."""
+    wh, plan, entry = lc.wh, lc.plan, lc.entry
+    last_commit = time.perf_counter()
+    for message in source.read(plan.stream, ledger.read_state(wh, lc.key)):
+        if isinstance(message, Batch):
+            _add_batch(wh, plan, schema, load, message.data, changes)
+            entry.rows_read += message.data.num_rows
+            if progress:
+                progress(plan.name, entry.rows_read)
+        elif isinstance(message, Deletes):
+            _add_deletes(plan, load, message.keys)
+        elif isinstance(message, Checkpoint):
+            load.state = message.state
+            if policy is not None and policy.due(load.rows, last_commit):
+                load.commit()
+                last_commit = time.perf_counter()
 
 
 def _direct(plan: StreamPlan, capabilities: Capabilities) -> bool:
