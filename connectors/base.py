@@ -17,16 +17,21 @@ yields :class:`ExternalLoad` and checkpoints instead of records.
 The next read receives the last committed state (``None`` on a first read or
 after a reset), for every sync mode: full-refresh streams may use it for the
 source's own bookkeeping.
+
+The sources of this package build on :class:`BaseSource`, which owns the name, the config
+(validated into the source's pydantic model, :mod:`connectors.config`), ``spec`` and
+``check``; a source adds ``discover``, ``read`` and, where it can, a connection check.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, Protocol, TypeVar, get_args, runtime_checkable
+from typing import Any, Generic, Literal, Protocol, get_args, runtime_checkable
 
 import pyarrow as pa
 
+from connectors.config import ConfigT, parse_config
 from connectors.errors import ConnectorError
 
 SyncMode = Literal[
@@ -35,15 +40,14 @@ SyncMode = Literal[
     "incremental_append",
     "incremental_deduped",
 ]
-SYNC_MODES: tuple[str, ...] = get_args(SyncMode)
-
-C = TypeVar("C")
+SYNC_MODES: tuple[SyncMode, ...] = get_args(SyncMode)
 
 State = dict[str, Any]
 """A stream's state: JSON-serialisable, owned by the source that wrote it."""
 
-DELETED_AT = "_deleted_at"
-"""Column of a :class:`Deletes` batch holding when each key was deleted."""
+SOURCE_DELETED_AT = "_deleted_at"
+"""Column of a :class:`Deletes` batch: when the source deleted each key. The warehouse marks
+deleted rows in a column of its own (``stack.sql.DELETED_AT``)."""
 
 
 @dataclass(frozen=True)
@@ -187,38 +191,61 @@ class Source(Protocol):
         ...
 
 
-class ParsedConfig(Generic[C]):
-    """A source's config, parsed once in ``__init__`` — or the error parsing raised.
+class BaseSource(Generic[ConfigT]):
+    """What every source shares: its name, its validated config, ``spec`` and ``check``.
 
-    Sources do not raise from ``__init__``: a bad config must reach ``check()`` as
-    ``ok=False`` with the message, and raise (naming the key) from ``discover()``
-    and ``read()``. This holds either outcome.
+    A subclass sets ``config_model`` (a :class:`~connectors.config.SourceConfig`) and
+    implements ``discover`` and ``read``; it leaves ``__init__``, ``spec`` and ``check``
+    alone and overrides the hooks below instead.
+
+    A bad config does not raise from ``__init__``: ``check()`` reports it as ``ok=False``,
+    and ``self.config`` raises it (naming the key) when ``discover`` or ``read`` need it.
     """
 
-    def __init__(
-        self, name: str, config: Mapping[str, Any], parse: Callable[[str, Mapping[str, Any]], C]
-    ) -> None:
-        self.error: ConnectorError | None = None
-        self._value: C | None = None
+    config_model: type[ConfigT]
+    """The pydantic model of the source's ``config:``; ``spec()`` is its JSON Schema."""
+
+    def __init__(self, name: str, config: Mapping[str, Any]) -> None:
+        self.name = name
+        self._config: ConfigT | None = None
+        self._config_error: ConnectorError | None = None
         try:
-            self._value = parse(name, config)
+            self._config = parse_config(self.config_model, name, config)
         except ConnectorError as exc:
-            self.error = exc
+            self._config_error = exc
+        else:
+            self.configure(self._config)
 
-    def get(self) -> C:
-        """The parsed config; raises the parse error if there was one."""
-        if self._value is None:
-            raise self.error or ConnectorError("the source has no config")
-        return self._value
+    @property
+    def config(self) -> ConfigT:
+        """The validated config.
 
+        Raises:
+            ConnectorError: the config did not validate (the key and the fix are in it).
+        """
+        if self._config is None:
+            raise self._config_error or ConnectorError("the source has no config")
+        return self._config
 
-def require(config: Mapping[str, Any], key: str, source: str) -> Any:
-    """Return ``config[key]`` or raise a ConnectorError naming the missing key."""
-    if key not in config:
-        raise ConnectorError(
-            f"missing config key {key!r}",
-            source=source,
-            key=key,
-            hint=f"add `{key}:` under the source's `config:` in stack.yml",
-        )
-    return config[key]
+    def spec(self) -> dict[str, Any]:
+        """JSON Schema of the config this source accepts, derived from ``config_model``."""
+        return self.config_model.model_json_schema(by_alias=True)
+
+    def check(self) -> CheckResult:
+        """Whether the config works: ``ok=False`` with the error's text when it does not."""
+        try:
+            message = self.check_connection()
+        except ConnectorError as exc:
+            return CheckResult(ok=False, message=str(exc))
+        return CheckResult(ok=True, message=message)
+
+    def configure(self, config: ConfigT) -> None:
+        """Hook, run once the config has validated: set up what every read shares
+        (credentials, a rate limiter). Runs in ``__init__``, so it must not do I/O."""
+
+    def check_connection(self) -> str:
+        """Hook for ``check``: prove the config works (connect, list, fetch one page) and
+        say what was seen, or raise ConnectorError. The default only validates the config.
+        """
+        self.config  # noqa: B018 - raises the config's error, if it has one
+        return ""

@@ -64,10 +64,10 @@ class MdstackError(Exception):
         text = f"{self.message} ({where})" if where else self.message
         return f"{text}\n  hint: {self.hint}" if self.hint else text
 
-    def __reduce__(self):  # keyword-only fields need an explicit pickle recipe
+    def __reduce__(self) -> tuple[Any, ...]:  # keyword-only fields need an explicit pickle recipe
         return (_rebuild, (type(self), self.message, self._fields()))
 
-    def _fields(self) -> dict[str, object]:
+    def _fields(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "stream": self.stream,

@@ -135,7 +135,7 @@ def merge_sql(
 
     ``_mds_deleted_at`` comes from the prepared row: a key that reappears is undeleted.
     """
-    names = [*columns, REGION, RUN_ID, LOADED_AT, DELETED_AT]
+    names = [*columns, *META_COLUMNS]
     newer = (
         f" AND (t.{ident(cursor)} IS NULL OR s.{ident(cursor)} >= t.{ident(cursor)})"
         if cursor
@@ -152,7 +152,7 @@ def merge_sql(
 
 def insert_sql(target: str, prepared: str, columns: Sequence[str]) -> str:
     """Append every prepared row."""
-    names = [*columns, REGION, RUN_ID, LOADED_AT, DELETED_AT]
+    names = [*columns, *META_COLUMNS]
     return f"INSERT INTO {target} ({_cols(names)}) SELECT {_cols(names)} FROM {prepared}"
 
 
@@ -164,16 +164,18 @@ def clear_region_sql(target: str) -> str:
 def count_deletes(target: str, prepared: str, keys: Sequence[str], soft: bool) -> str:
     """How many target rows the prepared deletes will remove (or mark)."""
     live = f" AND t.{ident(DELETED_AT)} IS NULL" if soft else ""
-    return (
-        f"SELECT count(*) FROM {target} AS t WHERE EXISTS "
-        f"(SELECT 1 FROM {prepared} AS s WHERE {_key_match(keys, 't', 's')}){live}"
-    )
+    return f"SELECT count(*) FROM {_keyed_rows(target, prepared, keys)}{live}"
 
 
 def hard_delete_sql(target: str, prepared: str, keys: Sequence[str]) -> str:
     """Remove the rows whose keys were deleted at the source."""
+    return f"DELETE FROM {_keyed_rows(target, prepared, keys)}"
+
+
+def _keyed_rows(target: str, prepared: str, keys: Sequence[str]) -> str:
+    """``target AS t WHERE ...``: the target's rows whose key a prepared row (``s``) has."""
     return (
-        f"DELETE FROM {target} AS t WHERE EXISTS "
+        f"{target} AS t WHERE EXISTS "
         f"(SELECT 1 FROM {prepared} AS s WHERE {_key_match(keys, 't', 's')})"
     )
 

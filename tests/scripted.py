@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 
 from connectors.base import (
-    DELETED_AT,
+    SOURCE_DELETED_AT,
     Batch,
     Catalog,
     Checkpoint,
@@ -47,7 +47,7 @@ def deletes(*keys: int, at: int = 0) -> Deletes:
         pa.record_batch(
             {
                 "id": pa.array(keys, pa.int64()),
-                DELETED_AT: pa.array([at] * len(keys), pa.timestamp("us")),
+                SOURCE_DELETED_AT: pa.array([at] * len(keys), pa.timestamp("us")),
             }
         ),
     )

@@ -31,7 +31,7 @@ from typing import Literal
 import pyarrow as pa
 from hypothesis import strategies as st
 
-from connectors.base import DELETED_AT, Batch, Checkpoint, Deletes, Message
+from connectors.base import SOURCE_DELETED_AT, Batch, Checkpoint, Deletes, Message
 from tests.scripted import SCHEMA
 
 OpKind = Literal["insert", "update", "delete", "reinsert", "ghost_delete"]
@@ -197,7 +197,7 @@ def tombstones(ops: Sequence[Op]) -> Deletes:
         pa.record_batch(
             {
                 "id": pa.array([op.id for op in ops], pa.int64()),
-                DELETED_AT: pa.array([op.cursor for op in ops], pa.timestamp("us")),
+                SOURCE_DELETED_AT: pa.array([op.cursor for op in ops], pa.timestamp("us")),
             }
         ),
     )

@@ -28,7 +28,7 @@ import pytest
 from airbyte_protocol_dataclasses.models import airbyte_protocol as ab
 
 from connectors import load_source
-from connectors.base import DELETED_AT, Batch, ConfiguredStream, Deletes, Source
+from connectors.base import SOURCE_DELETED_AT, Batch, ConfiguredStream, Deletes, Source
 from tests.pg_server import PgCluster, pg_logical  # noqa: F401
 
 SCRIPT = Path(sys.executable).with_name("mdstack-source")
@@ -135,7 +135,7 @@ def _source_rows(source: Source, stream: ConfiguredStream, state: Any) -> list[d
             rows += [{k: _as_json(v) for k, v in r.items()} for r in m.data.to_pylist()]
         elif isinstance(m, Deletes):
             for r in m.keys.to_pylist():
-                at = r.pop(DELETED_AT).isoformat(timespec="microseconds") + "+00:00"
+                at = r.pop(SOURCE_DELETED_AT).isoformat(timespec="microseconds") + "+00:00"
                 rows.append({**{k: _as_json(v) for k, v in r.items()}, "_ab_cdc_deleted_at": at})
     return rows
 

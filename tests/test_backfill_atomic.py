@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 import connectors
 from connectors.base import (
-    DELETED_AT,
+    SOURCE_DELETED_AT,
     Batch,
     Catalog,
     Checkpoint,
@@ -393,7 +393,7 @@ class HistorySource:
                 row = [[key], [DAY0 + timedelta(days=key % 5)], [position], [value]]
                 yield Batch(stream.name, pa.record_batch(row, schema=HISTORY_SCHEMA))
             elif stream.name == "items":
-                gone = {"id": [key], DELETED_AT: pa.array([position], pa.timestamp("us"))}
+                gone = {"id": [key], SOURCE_DELETED_AT: pa.array([position], pa.timestamp("us"))}
                 yield Deletes(stream.name, pa.record_batch(gone))
         yield Checkpoint(stream.name, {"pos": self.now})
 

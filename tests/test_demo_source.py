@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 from connectors.base import (
-    DELETED_AT,
+    SOURCE_DELETED_AT,
     Batch,
     Checkpoint,
     ConfiguredStream,
@@ -125,8 +125,8 @@ def test_batches_and_deletes_match_the_discovered_schema(stream: str) -> None:
             assert m.data.schema == spec.schema
             assert m.stream == stream
         elif isinstance(m, Deletes):
-            assert m.keys.schema.names == [*spec.primary_key, DELETED_AT]
-            assert m.keys.schema.field(DELETED_AT).type == pa.timestamp("us")
+            assert m.keys.schema.names == [*spec.primary_key, SOURCE_DELETED_AT]
+            assert m.keys.schema.field(SOURCE_DELETED_AT).type == pa.timestamp("us")
             assert all(m.keys.schema.field(k).type == pa.int64() for k in spec.primary_key)
 
 
@@ -191,7 +191,7 @@ def test_first_read_delivers_the_history_one_checkpoint_per_day() -> None:
         kinds = [type(m) for m in group]
         assert kinds == sorted(kinds, key=[Batch, Deletes, Checkpoint].index)
         stamps = records(group).column("updated_at").to_pylist()
-        stamps += [row[DELETED_AT] for row in tombstones(group)]
+        stamps += [row[SOURCE_DELETED_AT] for row in tombstones(group)]
         assert {ts.date() for ts in stamps} == {START + timedelta(days=day)}
 
 
@@ -277,16 +277,16 @@ def test_tombstones_only_for_emitted_keys_and_final(stream: str) -> None:
             for row in m.keys.to_pylist():
                 key = key_of(row, stream)
                 assert emitted[key], "tombstone for a key never emitted"
-                assert row[DELETED_AT] > max(emitted[key])
-                deleted[key] = row[DELETED_AT]
+                assert row[SOURCE_DELETED_AT] > max(emitted[key])
+                deleted[key] = row[SOURCE_DELETED_AT]
     assert len(deleted) >= 3
 
 
 def test_items_of_a_deleted_order_are_all_tombstoned_with_it() -> None:
     source = shop(orders_per_day=200, history_days=20)
-    order_gone = {row["id"]: row[DELETED_AT] for row in tombstones(read(source, "orders"))}
+    order_gone = {row["id"]: row[SOURCE_DELETED_AT] for row in tombstones(read(source, "orders"))}
     items = read(source, "order_items")
-    lines_gone = {(r["order_id"], r["line_no"]): r[DELETED_AT] for r in tombstones(items)}
+    lines_gone = {(r["order_id"], r["line_no"]): r[SOURCE_DELETED_AT] for r in tombstones(items)}
     all_lines = {(r["order_id"], r["line_no"]) for r in records(items).to_pylist()}
     assert order_gone
     assert {o for o, _ in lines_gone} == set(order_gone)
@@ -322,7 +322,7 @@ def test_orders_reference_signed_up_customers_and_products_on_sale() -> None:
 
 def test_new_orders_never_point_at_a_deleted_customer() -> None:
     source = shop(orders_per_day=500, history_days=30)
-    gone = {row["id"]: row[DELETED_AT] for row in tombstones(read(source, "customers"))}
+    gone = {row["id"]: row[SOURCE_DELETED_AT] for row in tombstones(read(source, "customers"))}
     orders = records(read(source, "orders")).to_pylist()
     later = [row for row in orders if row["customer_id"] in gone]
     assert later, "orders placed before a customer's deletion keep pointing at it"

@@ -321,7 +321,7 @@ def test_any_fsspec_url_memory_filesystem_incrementally() -> None:
         ({"url": "a.csv", "colour": "red"}, "colour"),
         ({"streams": {"x": {"format": "csv"}}}, "streams.x.url"),
         ({"streams": {"x": {"url": "a.csv", "header": "yes"}}}, "streams.x.header"),
-        ({"streams": {"x": {"url": "a.csv", "types": {"a": "money"}}}}, "streams.x.types"),
+        ({"streams": {"x": {"url": "a.csv", "types": {"a": "money"}}}}, "streams.x.types.a"),
     ],
 )
 def test_bad_config_names_the_key(config: dict, key: str) -> None:

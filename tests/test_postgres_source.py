@@ -19,7 +19,7 @@ import pytest
 
 from connectors import load_source
 from connectors.base import (
-    DELETED_AT,
+    SOURCE_DELETED_AT,
     Batch,
     Checkpoint,
     ConfiguredStream,
@@ -391,11 +391,12 @@ def test_cdc_snapshot_then_changes_with_deletes(cdc):
     deletes = _deletes(changes)
     assert sorted(d["id"] for d in deletes) == [3, 7]
     assert all(
-        isinstance(d[DELETED_AT], datetime) and d[DELETED_AT].tzinfo is None for d in deletes
+        isinstance(d[SOURCE_DELETED_AT], datetime) and d[SOURCE_DELETED_AT].tzinfo is None
+        for d in deletes
     )
     [batch] = [m for m in changes if isinstance(m, Deletes)]
-    assert batch.keys.schema.names == ["id", DELETED_AT]
-    assert batch.keys.schema.field(DELETED_AT).type == pa.timestamp("us")
+    assert batch.keys.schema.names == ["id", SOURCE_DELETED_AT]
+    assert batch.keys.schema.field(SOURCE_DELETED_AT).type == pa.timestamp("us")
     new_state = _states(changes)[-1]
 
     # not committed yet: the slot stays, and the same state yields the same changes again

@@ -101,7 +101,7 @@ def read(
 
 def _spec(source: RestSource, name: str) -> StreamSpec:
     """A spec without discover (which would cost requests the tests count)."""
-    cfg = source._config().streams[name]
+    cfg = source.config.streams[name]
     modes = ("full_refresh_overwrite", "full_refresh_append", "incremental_append")
     return StreamSpec(name, pa.schema([]), cfg.primary_key, cfg.cursor, modes)
 
@@ -628,7 +628,7 @@ def test_bad_config_names_the_key_and_check_reports_it():
     base = {"base_url": "https://api.example.com", "streams": {"s": {"path": "/s"}}}
     cases = {
         "streams.s": {"streams": {"s": {"path": "/s", "cursor_param": "since"}}},
-        "auth.bearer.token": {"auth": {"type": "bearer"}},
+        "auth.token": {"auth": {"type": "bearer"}},
         "streams.s.records": {"streams": {"s": {"path": "/s", "records": "data"}}},
         "base_url": {"base_url": "ftp://x"},
     }

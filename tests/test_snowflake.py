@@ -28,9 +28,10 @@ from snowflake.connector import errors as sf_errors
 from stack import sql
 from stack.errors import SyncConflict, WarehouseBusy, WarehouseError
 from stack.warehouse import _snowflake_sql as sfsql
+from stack.warehouse import _snowflake_types as sftypes
+from stack.warehouse._snowflake_driver import translate
 from stack.warehouse.snowflake import (
     SnowflakeWarehouse,
-    _translate,
     connect_kwargs,
     private_key_der,
 )
@@ -326,7 +327,7 @@ ALL_VALUES = [
 
 
 def test_arrow_to_snowflake_types():
-    assert {f.name: sfsql.snowflake_type(f.type) for f in ALL_TYPES} == {
+    assert {f.name: sftypes.snowflake_type(f.type) for f in ALL_TYPES} == {
         "i8": "NUMBER(38,0)",
         "i64": "NUMBER(38,0)",
         "f": "FLOAT",
@@ -340,10 +341,10 @@ def test_arrow_to_snowflake_types():
         "lst": "VARIANT",
         "Mixed Case": "VARCHAR",
     }
-    assert sfsql.snowflake_type(pa.struct([("a", pa.int8())])) == "VARIANT"
-    assert sfsql.snowflake_type(pa.dictionary(pa.int32(), pa.string())) == "VARCHAR"
+    assert sftypes.snowflake_type(pa.struct([("a", pa.int8())])) == "VARIANT"
+    assert sftypes.snowflake_type(pa.dictionary(pa.int32(), pa.string())) == "VARCHAR"
     with pytest.raises(Exception, match="no Snowflake type for Arrow type duration"):
-        sfsql.snowflake_type(pa.duration("s"))
+        sftypes.snowflake_type(pa.duration("s"))
 
 
 def test_tables_load_and_read_back_with_their_types(snowflake_wh):
@@ -481,7 +482,7 @@ def test_a_bad_statement_is_a_warehouse_error_naming_it(snowflake_wh):
     ],
 )
 def test_driver_errors_are_classified(error, kind, retryable):
-    with pytest.raises(WarehouseError) as err, _translate("SELECT 1"):
+    with pytest.raises(WarehouseError) as err, translate("SELECT 1"):
         raise error
     assert type(err.value) is kind
     assert err.value.retryable is retryable
@@ -495,7 +496,7 @@ def test_credentials_never_reach_an_error_message():
     failure = sf_errors.DatabaseError(
         f"Incorrect password {secret}", errno=390100, sqlstate="28000"
     )
-    with pytest.raises(WarehouseError) as err, _translate(f"login as {secret}"):
+    with pytest.raises(WarehouseError) as err, translate(f"login as {secret}"):
         raise failure
     assert secret not in str(err.value) and "***" in str(err.value)
     assert "credentials" in err.value.hint

@@ -183,8 +183,8 @@ def _install(package: str, version: str, folder: Path) -> Installed:
     executable = folder / "bin" / _console_script(python, package)
     spec = _spec(executable)
     done = Installed(package, version, folder, executable, spec)
-    marker = {"package": package, "version": version, "executable": executable.name}
-    marker |= {"spec": spec, "layout": LAYOUT}
+    marker: dict[str, Any] = {"package": package, "version": version}
+    marker |= {"executable": executable.name, "spec": spec, "layout": LAYOUT}
     tmp = folder / f"{MARKER}.tmp"
     tmp.write_text(json.dumps(marker))
     tmp.replace(folder / MARKER)

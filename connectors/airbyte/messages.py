@@ -16,7 +16,7 @@ import orjson
 import pyarrow as pa
 
 from connectors.airbyte.json_schema import CDC_DELETED_AT, arrow_to_json_schema
-from connectors.base import DELETED_AT, Catalog, State, StreamSpec
+from connectors.base import SOURCE_DELETED_AT, Catalog, State, StreamSpec
 
 if TYPE_CHECKING:
     import polars as pl
@@ -126,7 +126,9 @@ def record_lines(stream: str, batch: pa.RecordBatch, emitted_at: int) -> bytes:
     import polars as pl  # here: spec, check and discover need not load it
 
     buffer = io.BytesIO()
-    _jsonable(pl.from_arrow(batch)).write_ndjson(buffer)
+    frame = pl.from_arrow(batch)
+    assert isinstance(frame, pl.DataFrame)  # a batch is a frame; only an array is a Series
+    _jsonable(frame).write_ndjson(buffer)
     lines = buffer.getvalue().rstrip(b"\n").split(b"\n")
     head = b'{"type":"RECORD","record":{"stream":%s,"emitted_at":%d,"data":' % (
         orjson.dumps(stream),
@@ -138,11 +140,11 @@ def record_lines(stream: str, batch: pa.RecordBatch, emitted_at: int) -> bytes:
 
 def delete_lines(stream: str, keys: pa.RecordBatch, emitted_at: int) -> bytes:
     """RECORD lines for CDC deletes: the key columns and ``_ab_cdc_deleted_at`` (UTC)."""
-    at = keys.column(DELETED_AT)
+    at = keys.column(SOURCE_DELETED_AT)
     if not at.type.tz:
         at = at.cast(pa.timestamp(at.type.unit, tz="UTC"))
-    columns = [keys.column(n) for n in keys.schema.names if n != DELETED_AT]
-    names = [n for n in keys.schema.names if n != DELETED_AT]
+    columns = [keys.column(n) for n in keys.schema.names if n != SOURCE_DELETED_AT]
+    names = [n for n in keys.schema.names if n != SOURCE_DELETED_AT]
     return record_lines(
         stream, pa.record_batch([*columns, at], names=[*names, CDC_DELETED_AT]), emitted_at
     )

@@ -35,7 +35,7 @@ import subprocess
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -204,29 +204,13 @@ def run(
     verb: str,
     files: Mapping[str, Path],
     scrub: Scrubber,
-) -> Iterator[bytes]:
+) -> Generator[bytes]:
     """Start the connector and yield its stdout lines (bytes, without the newline).
 
     Raises:
         ConnectorError: it cannot be started, or it exits non-zero (with its stderr tail).
     """
-    argv = connector.command(verb, files)
-    try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            bufsize=1 << 20,
-            start_new_session=True,  # its own process group, so we can stop all of it
-        )
-    except OSError as exc:
-        raise ConnectorError(
-            f"cannot start the connector {argv[0]!r}: {exc.strerror or exc}",
-            source=connector.source,
-            key="executable",
-            hint="check the path and that the file is executable",
-        ) from exc
+    proc = _start(connector, connector.command(verb, files))
     _LIVE.add(proc)
     tail: deque[str] = deque(maxlen=STDERR_LINES)
     reader = threading.Thread(
@@ -263,6 +247,30 @@ def run(
             source=connector.source,
             hint="see the connector's log lines above; fix the config or the connector",
         )
+
+
+def _start(connector: Connector, argv: list[str]) -> subprocess.Popen[bytes]:
+    """The connector's process, in a process group of its own (so all of it can be stopped).
+
+    Raises:
+        ConnectorError: the command cannot be started.
+    """
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=1 << 20,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise ConnectorError(
+            f"cannot start the connector {argv[0]!r}: {exc.strerror or exc}",
+            source=connector.source,
+            key="executable",
+            hint="check the path and that the file is executable",
+        ) from exc
 
 
 class _ReadAhead:
@@ -405,7 +413,8 @@ def raise_for_trace(source: str, trace: Any, scrub: Scrubber, stream: str | None
     if trace.get("type") != "ERROR":
         log.debug("%s trace: %s", source, scrub(json.dumps(trace)[:500]))
         return
-    error = trace.get("error") if isinstance(trace.get("error"), Mapping) else {}
+    found = trace.get("error")
+    error: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     text = str(error.get("message") or "the connector reported an error")
     internal = str(error.get("internal_message") or "")
     if internal and internal not in text:

@@ -38,7 +38,7 @@ import pyarrow as pa
 from connectors.airbyte.json_schema import CDC_DELETED_AT
 from connectors.airbyte.process import Scrubber, log_message, parse_line, raise_for_trace
 from connectors.airbyte.records import Records
-from connectors.base import DELETED_AT, Batch, Checkpoint, Deletes, Message, State
+from connectors.base import SOURCE_DELETED_AT, Batch, Checkpoint, Deletes, Message, State
 from connectors.errors import ConnectorError
 
 log = logging.getLogger("connectors.airbyte")
@@ -108,8 +108,8 @@ def read_messages(
     blocks = _Blocks(records, name, keys if deletes else None)
     for line in lines:
         if not line.startswith(_RECORD_PREFIXES):
-            message = parse_line(line, source, scrub)
-            kind = message.get("type") if message else None
+            message = parse_line(line, source, scrub) or {}
+            kind = message.get("type")
             if kind == "STATE":
                 if states.update(message.get("state")):
                     yield from blocks.state(states.value())
@@ -198,4 +198,4 @@ def _split_deletes(name: str, batch: pa.RecordBatch, keys: tuple[str, ...]) -> I
         else:
             at = at.cast(pa.string()).cast(pa.timestamp("us", "UTC")).cast(pa.timestamp("us"))
         columns = [part.column(k) for k in keys]
-        yield Deletes(name, pa.RecordBatch.from_arrays([*columns, at], [*keys, DELETED_AT]))
+        yield Deletes(name, pa.RecordBatch.from_arrays([*columns, at], [*keys, SOURCE_DELETED_AT]))

@@ -7,7 +7,7 @@ checkpoint (``{"job_id": ...}``), never records. An Airbyte job syncs every stre
 connection, so the streams of a run share one job (:class:`_SharedJobs`); a run that finds
 a job already running (409) attaches to it (``on_running: wait``) or fails (``fail``).
 
-Config (see :data:`_SPEC`): ``connection_id``; ``api_url`` (Airbyte Cloud by default; a
+Config (:class:`AirbyteServerConfig`): ``connection_id``; ``api_url`` (Airbyte Cloud by default; a
 self-hosted server's is ``http://HOST:8000/api/public/v1``); auth by ``bearer`` token or
 ``client_id`` + ``client_secret`` (an Airbyte application; the token comes from
 ``token_url``, by default ``<api_url>/applications/token``); ``timeout`` and
@@ -26,15 +26,21 @@ logs in Airbyte); ``cancelled`` is not.
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal
 
 import pyarrow as pa
+from pydantic import (
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictFloat,
+    field_validator,
+    model_validator,
+)
 
 from connectors.airbyte.api import (
     ENDED,
@@ -45,18 +51,17 @@ from connectors.airbyte.api import (
     Job,
 )
 from connectors.base import (
+    BaseSource,
     Catalog,
     Checkpoint,
-    CheckResult,
     ConfiguredStream,
     ExternalLoad,
     Message,
-    ParsedConfig,
     State,
     StreamSpec,
     SyncMode,
-    require,
 )
+from connectors.config import ConfigProblem, SourceConfig
 from connectors.errors import ConnectorError, MdstackError, SourceUnavailable
 
 log = logging.getLogger(__name__)
@@ -65,36 +70,6 @@ CLOUD_API = "https://api.airbyte.com/v1"
 
 _POLL_TRIES = 3
 """Polls failing in a row (each after its own retries) before the read gives up on the job."""
-
-_SPEC: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "Airbyte server connection",
-    "type": "object",
-    "required": ["connection_id"],
-    "additionalProperties": False,
-    "properties": {
-        "connection_id": {"type": "string", "minLength": 1},
-        "api_url": {"type": "string", "default": CLOUD_API},
-        "bearer": {"type": "string", "description": "access token", "writeOnly": True},
-        "client_id": {"type": "string"},
-        "client_secret": {"type": "string", "writeOnly": True},
-        "token_url": {"type": "string", "description": "default: <api_url>/applications/token"},
-        "timeout": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "default": 21600,
-            "description": "seconds the job may run; it is cancelled then (if started here)",
-        },
-        "poll_interval": {"type": "number", "exclusiveMinimum": 0, "default": 10},
-        "request_timeout": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "default": REQUEST_TIMEOUT,
-            "description": "seconds one API request may take to connect, then to answer",
-        },
-        "on_running": {"enum": ["wait", "fail"], "default": "wait"},
-    },
-}
 
 _MODES: dict[str, SyncMode] = {
     "full_refresh_overwrite": "full_refresh_overwrite",
@@ -111,79 +86,76 @@ _MODES: dict[str, SyncMode] = {
 ``sync``) must match, since a full refresh makes dbt rebuild its models in full."""
 
 
-@dataclass(frozen=True)
-class _Config:
-    connection_id: str
-    api_url: str
-    auth: Auth
-    timeout: float
-    poll_interval: float
-    on_running: str
-    request_timeout: float
+_Text = Annotated[str, Field(min_length=1)]
+_Secret = Annotated[SecretStr, Field(min_length=1)]
+_Seconds = Annotated[StrictFloat, Field(gt=0)]
 
 
-def _parse_config(source: str, config: Mapping[str, Any]) -> _Config:
-    """Validate ``config`` against :data:`_SPEC`, naming the bad key (never its value)."""
-    props = _SPEC["properties"]
-    for key in config:
-        if key not in props:
-            raise _bad(source, key, f"unknown config key {key!r}", f"valid keys: {sorted(props)}")
-    values = {k: p["default"] for k, p in props.items() if "default" in p} | dict(config)
-    connection_id = require(config, "connection_id", source)
-    for key in ("connection_id", "api_url", "bearer", "client_id", "client_secret", "token_url"):
-        if key in values and (not isinstance(values[key], str) or not values[key]):
-            raise _bad(source, key, f"{key} must be a non-empty string", f"set `{key}:`")
-    for key in ("timeout", "poll_interval", "request_timeout"):
-        value = values[key]
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise _bad(source, key, f"{key} must be a positive number of seconds", f"{key}: 60")
-    if values["on_running"] not in ("wait", "fail"):
-        raise _bad(source, "on_running", "on_running must be wait or fail", "on_running: wait")
-    client_keys = [k for k in ("client_id", "client_secret") if k in values]
-    if ("bearer" in values) == bool(client_keys) or len(client_keys) == 1:
-        raise _bad(
-            source,
-            "bearer",
-            "set either `bearer` or both `client_id` and `client_secret`",
-            "e.g. client_secret: ${env:AIRBYTE_CLIENT_SECRET} (a secret reference)",
-        )
-    api_url = values["api_url"].rstrip("/")
-    # absolute: the SDK would join a relative token_url onto the host, dropping /v1
-    token_url = values.get("token_url") or f"{api_url}/applications/token"
-    auth = Auth(
-        values.get("bearer"), values.get("client_id"), values.get("client_secret"), token_url
+class AirbyteServerConfig(SourceConfig):
+    """The ``config:`` of a ``connector: airbyte_server`` source (see the module docstring)."""
+
+    model_config = ConfigDict(title="Airbyte server connection")
+
+    connection_id: _Text
+    api_url: _Text = CLOUD_API
+    bearer: _Secret | None = Field(None, description="access token")
+    client_id: _Text | None = None
+    client_secret: _Secret | None = None
+    token_url: _Text | None = Field(None, description="default: <api_url>/applications/token")
+    timeout: _Seconds = Field(
+        21600, description="seconds the job may run; it is cancelled then (if started here)"
     )
-    timing = (float(values["timeout"]), float(values["poll_interval"]))
-    request_timeout = float(values["request_timeout"])
-    return _Config(connection_id, api_url, auth, *timing, values["on_running"], request_timeout)
+    poll_interval: _Seconds = Field(10, description="seconds between polls of the job")
+    request_timeout: _Seconds = Field(
+        REQUEST_TIMEOUT, description="seconds one API request may take to connect, then to answer"
+    )
+    on_running: Literal["wait", "fail"] = Field(
+        "wait", description="when a sync is already running: wait for it, or fail"
+    )
+
+    @field_validator("api_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> AirbyteServerConfig:
+        client = [k for k in ("client_id", "client_secret") if getattr(self, k) is not None]
+        if (self.bearer is not None) == bool(client) or len(client) == 1:
+            raise ConfigProblem(
+                "set either `bearer` or both `client_id` and `client_secret`",
+                key="bearer",
+                hint="e.g. client_secret: ${env:AIRBYTE_CLIENT_SECRET} (a secret reference)",
+            )
+        return self
+
+    @property
+    def auth(self) -> Auth:
+        """The credentials for the API client."""
+        # absolute: the SDK would join a relative token_url onto the host, dropping /v1
+        token_url = self.token_url or f"{self.api_url}/applications/token"
+        bearer, secret = self.bearer, self.client_secret
+        return Auth(
+            bearer.get_secret_value() if bearer else None,
+            self.client_id,
+            secret.get_secret_value() if secret else None,
+            token_url,
+        )
 
 
-def _bad(source: str, key: str, message: str, hint: str) -> ConnectorError:
-    return ConnectorError(message, source=source, key=key, hint=hint)
-
-
-class AirbyteServerSource:
+class AirbyteServerSource(BaseSource[AirbyteServerConfig]):
     """Runs the sync jobs of one Airbyte connection and reports what they loaded."""
 
-    def __init__(self, name: str, config: dict[str, Any]) -> None:
-        self.name = name
-        self._parsed = ParsedConfig(name, config, _parse_config)
+    config_model = AirbyteServerConfig
 
-    def spec(self) -> dict[str, Any]:
-        """JSON Schema of the config; see :data:`_SPEC`."""
-        return copy.deepcopy(_SPEC)
-
-    def check(self) -> CheckResult:
-        """ok if the connection can be read with these credentials and is active."""
-        try:
-            connection = self._client().connection()
-        except MdstackError as exc:
-            return CheckResult(False, str(exc))
+    def check_connection(self) -> str:
+        """The connection can be read with these credentials, and is active."""
+        connection = self._client().connection()
         if connection.status.value != "active":
-            return CheckResult(
-                False, f"the Airbyte connection {connection.name!r} is {connection.status.value}"
+            raise ConnectorError(
+                f"the Airbyte connection {connection.name!r} is {connection.status.value}"
             )
-        return CheckResult(True)
+        return ""
 
     def discover(self) -> Catalog:
         """The connection's streams, with the sync mode, keys and cursor Airbyte uses.
@@ -202,7 +174,7 @@ class AirbyteServerSource:
             ConnectorError: the job failed (retryable), was cancelled, or timed out
                 (cancelled then); the API refused the credentials or the connection.
         """
-        cfg = self._parsed.get()
+        cfg = self.config
         key = (cfg.api_url, cfg.connection_id)
         with _SHARED.locked(key):
             job = _SHARED.take(key, stream.name)
@@ -213,14 +185,14 @@ class AirbyteServerSource:
         yield Checkpoint(stream.name, {"job_id": job.id})
 
     def _client(self) -> AirbyteClient:
-        cfg = self._parsed.get()
+        cfg = self.config
         return AirbyteClient(
             self.name, cfg.api_url, cfg.connection_id, cfg.auth, cfg.request_timeout
         )
 
     def _sync(self) -> Job:
         """Start (or attach to) a sync job and wait for it to succeed."""
-        cfg = self._parsed.get()
+        cfg = self.config
         client = self._client()
         try:
             job, ours = client.start_sync(), True
@@ -256,7 +228,7 @@ class AirbyteServerSource:
     def _wait(self, client: AirbyteClient, job: Job, ours: bool) -> Job:
         """Poll until the job ends; cancel it (if ours) on timeout, when the polls give up,
         or on interruption."""
-        cfg = self._parsed.get()
+        cfg = self.config
         deadline = time.monotonic() + cfg.timeout
         ended = False
         failed = 0  # polls failed in a row
@@ -298,7 +270,7 @@ class AirbyteServerSource:
         """The timeout error, once the job is cancelled if ours: it says what became of it."""
         fate, hint = self._fate(client, job, ours, "raise `timeout`, or look at the job in Airbyte")
         return ConnectorError(
-            f"Airbyte job {job.id} did not finish within {self._parsed.get().timeout:g} s{fate}",
+            f"Airbyte job {job.id} did not finish within {self.config.timeout:g} s{fate}",
             source=self.name,
             key="timeout",
             hint=hint,

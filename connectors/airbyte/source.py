@@ -42,15 +42,22 @@ the stored state. How its messages become batches, deletes and checkpoints:
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import closing
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import jsonschema
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    WithJsonSchema,
+    model_validator,
+)
 
 from connectors.airbyte.install import ensure_installed, package_name
 from connectors.airbyte.process import (
@@ -65,41 +72,19 @@ from connectors.airbyte.process import (
 from connectors.airbyte.read import CDC_DELETED_AT, States, read_messages
 from connectors.airbyte.records import Records, record_schema
 from connectors.base import (
+    BaseSource,
     Catalog,
-    CheckResult,
     ConfiguredStream,
     Message,
-    ParsedConfig,
     State,
     StreamSpec,
     SyncMode,
 )
+from connectors.config import ConfigProblem, SourceConfig
 from connectors.errors import ConnectorError
 
 log = logging.getLogger("connectors.airbyte")
 
-SPEC: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "Airbyte protocol connector",
-    "type": "object",
-    "additionalProperties": False,
-    "oneOf": [{"required": ["package"]}, {"required": ["executable"]}, {"required": ["image"]}],
-    "properties": {
-        "package": {"type": "string", "description": "PyPI package, e.g. airbyte-source-faker"},
-        "version": {"type": "string", "description": "exact version of `package`"},
-        "executable": {
-            "description": "a command speaking the Airbyte protocol: a path or an argv list",
-            "oneOf": [
-                {"type": "string", "minLength": 1},
-                {"type": "array", "items": {"type": "string"}, "minItems": 1},
-            ],
-        },
-        "image": {"type": "string", "description": "Docker image (needs a Docker engine)"},
-        "config": {"type": "object", "description": "the connector's own config"},
-        "batch_size": {"type": "integer", "minimum": 1, "default": 50_000},
-    },
-}
-_WAYS = ("package", "executable", "image")
 _FULL: tuple[SyncMode, ...] = ("full_refresh_overwrite", "full_refresh_append")
 _INCREMENTAL: tuple[SyncMode, ...] = ("incremental_append", "incremental_deduped")
 _DESTINATION = {
@@ -110,94 +95,102 @@ _DESTINATION = {
 }
 
 
-@dataclass(frozen=True)
-class AirbyteConfig:
-    """The parsed config: how to run the connector, and its own config."""
-
-    package: str | None
-    version: str | None
-    executable: tuple[str, ...] | None
-    image: str | None
-    config: dict[str, Any]
-    batch_size: int
+def _argv(value: Any) -> Any:
+    """``executable``: a path, or a non-empty list of words."""
+    if isinstance(value, str) and value:
+        return (value,)
+    if isinstance(value, list | tuple) and value and all(isinstance(a, str) for a in value):
+        return tuple(value)
+    raise ConfigProblem("not a path or a list of words", hint="e.g. [python, my_source.py]")
 
 
-def parse_config(source: str, config: Mapping[str, Any]) -> AirbyteConfig:
-    """Check the keys and their types; raises a ConnectorError naming the bad key."""
+def _package(value: str) -> str:
+    """The PyPI name (``source-faker`` is ``airbyte-source-faker``)."""
+    try:
+        return package_name(value)
+    except ConnectorError as exc:
+        raise ConfigProblem(exc.message, hint=exc.hint) from None
 
-    def bad(key: str, message: str, hint: str) -> ConnectorError:
-        return ConnectorError(message, source=source, key=key, hint=hint)
 
-    for key in config:
-        if key not in SPEC["properties"]:
-            raise bad(
-                key, f"unknown config key {key!r}", f"valid keys: {', '.join(SPEC['properties'])}"
-            )
-    ways = [way for way in _WAYS if config.get(way) is not None]
-    if len(ways) != 1:
-        found = f"got {', '.join(ways)}" if ways else "got none"
-        raise bad(
-            "package",
-            f"give exactly one of `package`, `executable` and `image` ({found})",
-            "e.g. `package: airbyte-source-faker`, or `executable: /path/to/source`",
-        )
-    for key in ("package", "version", "image"):
-        if config.get(key) is not None and not (isinstance(config[key], str) and config[key]):
-            raise bad(key, f"{key} must be a non-empty string", f"e.g. {key}: ...")
-    if config.get("version") is not None and config.get("package") is None:
-        raise bad("version", "`version` goes with `package`", "remove `version`, or add `package`")
-    executable = config.get("executable")
-    if isinstance(executable, str) and executable:
-        executable = (executable,)
-    elif (
-        isinstance(executable, list) and executable and all(isinstance(a, str) for a in executable)
-    ):
-        executable = tuple(executable)
-    elif executable is not None:
-        raise bad(
-            "executable", "executable must be a path or a list of words", "e.g. [python, x.py]"
-        )
-    inner = config.get("config", {})
-    if not isinstance(inner, Mapping):
-        raise bad("config", "config must be a mapping: the connector's own config", "config: {...}")
-    size = config.get("batch_size", 50_000)
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise bad("batch_size", f"batch_size must be a positive integer, not {size!r}", "50000")
-    package = package_name(config["package"]) if config.get("package") else None
-    return AirbyteConfig(
-        package, config.get("version"), executable, config.get("image"), dict(inner), size
+_Text = Annotated[str, Field(min_length=1)]
+_Argv = Annotated[
+    tuple[str, ...],
+    BeforeValidator(_argv),
+    WithJsonSchema(
+        {
+            "oneOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            ]
+        }
+    ),
+]
+
+
+class AirbyteConfig(SourceConfig):
+    """The ``config:`` of a ``connector: airbyte`` source: how to run the connector (exactly
+    one of ``package``, ``executable``, ``image``) and the connector's own config."""
+
+    model_config = ConfigDict(title="Airbyte protocol connector")
+
+    package: Annotated[_Text, AfterValidator(_package)] | None = Field(
+        None, description="PyPI package, e.g. airbyte-source-faker"
     )
+    version: _Text | None = Field(None, description="exact version of `package`")
+    executable: _Argv | None = Field(
+        None, description="a command speaking the Airbyte protocol: a path or an argv list"
+    )
+    image: _Text | None = Field(None, description="Docker image (needs a Docker engine)")
+    config: dict[str, Any] = Field(default_factory=dict, description="the connector's own config")
+    batch_size: StrictInt = Field(50_000, ge=1, description="records per Arrow batch at most")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> AirbyteConfig:
+        ways = [w for w in ("package", "executable", "image") if getattr(self, w) is not None]
+        if len(ways) != 1:
+            found = f"got {', '.join(ways)}" if ways else "got none"
+            raise ConfigProblem(
+                f"give exactly one of `package`, `executable` and `image` ({found})",
+                key="package",
+                hint="e.g. `package: airbyte-source-faker`, or `executable: /path/to/source`",
+            )
+        if self.version is not None and self.package is None:
+            raise ConfigProblem(
+                "`version` goes with `package`",
+                key="version",
+                hint="remove `version`, or add `package`",
+            )
+        return self
 
 
-class AirbyteSource:
+class AirbyteSource(BaseSource[AirbyteConfig]):
     """An Airbyte protocol connector as a :class:`~connectors.base.Source`; see the module
-    docstring. A bad config raises only when the source is used (``check`` reports it)."""
+    docstring. ``spec()`` is this source's config; the connector's own is its ``spec``."""
 
-    def __init__(self, name: str, config: dict[str, Any]) -> None:
-        self.name = name
-        self._parsed = ParsedConfig(name, config, parse_config)
+    config_model = AirbyteConfig
+
+    def configure(self, config: AirbyteConfig) -> None:
         self._connector: Connector | None = None
         self._lock = threading.Lock()
         self._streams: dict[str, dict[str, Any]] = {}
         self._scrub = Scrubber()
 
-    def spec(self) -> dict[str, Any]:
-        """JSON Schema of this source's config (the connector's own is its ``spec``)."""
-        return copy.deepcopy(SPEC)
+    def check_connection(self) -> str:
+        """Validate the connector's config against its spec, then run its ``check``.
 
-    def check(self) -> CheckResult:
-        """Validate the connector's config against its spec, then run its ``check``."""
-        try:
-            status = None
-            for message in self._run("check"):
-                if message.get("type") == "CONNECTION_STATUS":
-                    status = message.get("connectionStatus") or {}
-        except ConnectorError as exc:
-            return CheckResult(ok=False, message=str(exc))
+        Raises:
+            ConnectorError: a bad config, or the connector's check failed (its message).
+        """
+        status = None
+        for message in self._run("check"):
+            if message.get("type") == "CONNECTION_STATUS":
+                status = message.get("connectionStatus") or {}
         if status is None:
-            return CheckResult(ok=False, message="the connector's check printed no status")
+            raise ConnectorError("the connector's check printed no status")
         text = self._scrub(str(status.get("message") or ""))
-        return CheckResult(ok=status.get("status") == "SUCCEEDED", message=text)
+        if status.get("status") != "SUCCEEDED":
+            raise ConnectorError(text)
+        return text
 
     def discover(self) -> Catalog:
         """The connector's streams (see the module docstring).
@@ -222,7 +215,7 @@ class AirbyteSource:
                 without a cursor, the connector's ERROR trace (retryable if transient) or
                 non-zero exit.
         """
-        cfg = self._config()
+        cfg = self.config
         connector = self._ready()
         if stream.name not in self._streams:
             self.discover()
@@ -253,23 +246,21 @@ class AirbyteSource:
             )
 
     # -- internals ----------------------------------------------------------------------------
-    def _config(self) -> AirbyteConfig:
-        return self._parsed.get()
-
     def _run(self, verb: str) -> Iterator[dict[str, Any]]:
         connector = self._ready()
-        with private_files(config=self._config().config) as files:
+        with private_files(config=self.config.config) as files:
             yield from messages(connector, verb, files, self._scrub)
 
     def _ready(self) -> Connector:
         """The connector, installed if need be, its config validated against its spec."""
+        self.config  # noqa: B018 - raises the config's error, if it has one
         with self._lock:  # streams of one run may be read in parallel threads
             if self._connector is None:
                 self._connector = self._prepare()
             return self._connector
 
     def _prepare(self) -> Connector:
-        cfg = self._config()
+        cfg = self.config
         spec = None
         if cfg.package is not None:
             done = ensure_installed(cfg.package, cfg.version)

@@ -1,6 +1,6 @@
 """CSV, JSON lines and Parquet as Arrow: schema inference, bounded-memory readers, type fitting.
 
-Used by :mod:`connectors.files`, which owns streams, listing and state; this module sees one
+Used by :mod:`connectors.files.source`, which owns streams, listing and state; this module sees one
 file at a time, through an ``open_file()`` callable returning a binary file object (local or
 any fsspec filesystem, decompressed when the name says ``.gz``/``.zst``/...).
 
@@ -21,9 +21,10 @@ schema is exactly what the reader produces for the sample.
 :func:`widen` unifies the schemas of several files: int -> float, date -> timestamp, anything
 else that differs -> string.
 
-Fitting (:func:`conform`): a column that does not cast to the discovered type (a later row
-holds ``"n/a"`` in an int column) is widened *in that batch* (int -> float -> string), so the
-engine's schema policy decides (``evolve`` widens the table, ``freeze`` fails naming it).
+Fitting (:func:`conform`; it and :func:`widen` live in :mod:`connectors.files.widening`): a
+column that does not cast to the discovered type (a later row holds ``"n/a"`` in an int
+column) is widened *in that batch* (int -> float -> string), so the engine's schema policy
+decides (``evolve`` widens the table, ``freeze`` fails naming it).
 
 A row that cannot be parsed (a CSV row with the wrong number of columns or a broken quote, a
 JSON line that is not an object) raises :class:`BadRow` with the physical line number, or,
@@ -45,6 +46,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from connectors.files.widening import CAST_ERRORS, conform, plain, rebatch, widen
+
 Format = Literal["csv", "jsonl", "parquet"]
 OpenFile = Callable[[], IO[bytes]]
 OnSkip = Callable[[int | None, str], None]
@@ -53,7 +56,6 @@ BLOCK_BYTES = 8 << 20
 """Bytes parsed at a time (CSV block, JSON lines block): the unit of the readers' memory."""
 _MAX_COLUMNS = 4096
 _TEXT_COLUMNS = {f"f{i}": pa.string() for i in range(_MAX_COLUMNS)}  # pyarrow's generated names
-_CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
 
 
 @dataclass(frozen=True)
@@ -77,104 +79,6 @@ class BadRow(Exception):  # internal: connectors.files raises it as a ConnectorE
         self.reason = reason
 
 
-# -- types ------------------------------------------------------------------------------------
-def plain(t: pa.DataType) -> pa.DataType:
-    """The type mdstack keeps for ``t``: plain string/binary/list instead of large or view
-    variants (polars emits those), dictionary values instead of dictionaries."""
-    if pa.types.is_large_string(t) or pa.types.is_string_view(t):
-        return pa.string()
-    if pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
-        return pa.binary()
-    if pa.types.is_dictionary(t):
-        return plain(t.value_type)
-    if pa.types.is_large_list(t):
-        return pa.list_(plain(t.value_type))
-    return t
-
-
-def widen(a: pa.DataType, b: pa.DataType) -> pa.DataType:
-    """The narrowest type holding values of both: int -> int64 -> float64, date -> timestamp,
-    anything else that differs -> string."""
-    a, b = plain(a), plain(b)
-    if a == b or pa.types.is_null(b):
-        return a
-    if pa.types.is_null(a):
-        return b
-    if pa.types.is_integer(a) and pa.types.is_integer(b):
-        return pa.int64()
-    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal)
-    if any(f(a) for f in numeric) and any(f(b) for f in numeric):
-        return pa.float64()
-    if pa.types.is_timestamp(a) and pa.types.is_timestamp(b) and a.tz == b.tz:
-        return pa.timestamp("us", a.tz)
-    if {_kind(a), _kind(b)} == {"date", "timestamp"}:
-        return a if pa.types.is_timestamp(a) else b
-    return pa.string()
-
-
-def _kind(t: pa.DataType) -> str:
-    return "date" if pa.types.is_date(t) else "timestamp" if pa.types.is_timestamp(t) else ""
-
-
-def unify(a: pa.Schema, b: pa.Schema) -> pa.Schema:
-    """Columns of ``a`` then the new ones of ``b``, each of the :func:`widen`-ed type."""
-    fields = {f.name: plain(f.type) for f in a}
-    for f in b:
-        fields[f.name] = widen(fields[f.name], f.type) if f.name in fields else plain(f.type)
-    return pa.schema(list(fields.items()))
-
-
-def conform(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:
-    """``batch`` with the columns of ``target`` in order (missing ones null), each cast to its
-    target type or, where a value does not fit, widened (int -> float64 -> string); columns
-    ``target`` lacks follow, as they are."""
-    arrays: list[pa.Array] = []
-    names = batch.schema.names
-    for field in target:
-        if field.name in names:
-            arrays.append(_fit(batch.column(field.name), field.type))
-        else:
-            arrays.append(pa.nulls(batch.num_rows, field.type))
-    extra = [n for n in names if n not in target.names]
-    arrays += [_fit(batch.column(n), plain(batch.column(n).type)) for n in extra]
-    return pa.RecordBatch.from_arrays(arrays, names=[*target.names, *extra])
-
-
-def _fit(column: pa.Array, target: pa.DataType) -> pa.Array:
-    if column.type == target:
-        return column
-    fallbacks = [target]
-    if pa.types.is_integer(target):
-        fallbacks.append(pa.float64())
-    fallbacks += [pa.string(), plain(column.type)]
-    for candidate in fallbacks:
-        try:
-            return pc.cast(column, candidate)
-        except _CAST_ERRORS:
-            continue
-    return column
-
-
-def rebatch(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.RecordBatch]:
-    """Batches of exactly ``size`` rows (the last one, and one before a schema change, fewer)."""
-    pending: list[pa.RecordBatch] = []
-    rows = 0
-    for batch in batches:
-        if pending and batch.schema != pending[0].schema:
-            yield pa.concat_batches(pending)
-            pending, rows = [], 0
-        offset = 0
-        while offset < batch.num_rows:
-            take = min(size - rows, batch.num_rows - offset)
-            pending.append(batch.slice(offset, take))
-            rows, offset = rows + take, offset + take
-            if rows == size:
-                yield pa.concat_batches(pending)
-                pending, rows = [], 0
-    if pending:
-        yield pa.concat_batches(pending)
-
-
 # -- schemas ----------------------------------------------------------------------------------
 def schema(open_file: OpenFile, opts: Options, sample_bytes: int) -> pa.Schema:
     """The file's schema: Parquet metadata, or inferred from the first ``sample_bytes``.
@@ -186,7 +90,7 @@ def schema(open_file: OpenFile, opts: Options, sample_bytes: int) -> pa.Schema:
         try:
             with open_file() as fh:
                 return pa.schema([(f.name, plain(f.type)) for f in pq.read_schema(fh)])
-        except _CAST_ERRORS as exc:
+        except CAST_ERRORS as exc:
             raise BadRow(None, f"not a readable Parquet file: {exc}") from exc
     with open_file() as fh:
         sample = fh.read(sample_bytes + 1)
@@ -248,7 +152,7 @@ def _temporal(column: pa.Array) -> pa.DataType:
             pc.cast(values.slice(0, 100), candidate)  # most text fails here, cheaply
             pc.cast(values, candidate)
             return candidate
-        except _CAST_ERRORS:
+        except CAST_ERRORS:
             continue
     return pa.string()
 
@@ -316,7 +220,8 @@ def parquet_batches(open_file: OpenFile, opts: Options, skip: int = 0) -> Iterat
     try:
         with open_file() as fh:
             parquet = pq.ParquetFile(fh)
-            groups, before = [], 0
+            groups: list[int] = []
+            before = 0
             for i in range(parquet.num_row_groups):
                 rows = parquet.metadata.row_group(i).num_rows
                 if groups or before + rows > skip:
@@ -326,7 +231,7 @@ def parquet_batches(open_file: OpenFile, opts: Options, skip: int = 0) -> Iterat
             if groups:
                 raw = parquet.iter_batches(batch_size=opts.batch_size, row_groups=groups)
                 yield from _drop(raw, skip - before)
-    except _CAST_ERRORS as exc:
+    except CAST_ERRORS as exc:
         raise BadRow(None, f"not a readable Parquet file: {exc}") from exc
 
 
@@ -401,8 +306,10 @@ def _csv_problems(open_file: OpenFile, opts: Options) -> list[tuple[int | None, 
     problems: list[tuple[int | None, str]] = []
     with open_file() as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
-        quoting = {"quotechar": opts.quote} if opts.quote else {"quoting": csv.QUOTE_NONE}
-        reader = csv.reader(text, delimiter=opts.delimiter, strict=True, **quoting)
+        if opts.quote:
+            reader = csv.reader(text, delimiter=opts.delimiter, strict=True, quotechar=opts.quote)
+        else:
+            reader = csv.reader(text, delimiter=opts.delimiter, strict=True, quoting=csv.QUOTE_NONE)
         expected, start = None, 1
         try:
             for row in reader:
@@ -431,7 +338,7 @@ def jsonl_batches(
 
 def _polars_type(t: pa.DataType) -> pl.DataType:
     try:
-        return pl.from_arrow(pa.array([], t)).dtype
+        return pl.Series(pa.array([], t)).dtype
     except (pl.exceptions.PolarsError, TypeError, ValueError):
         return pl.String()
 

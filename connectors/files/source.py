@@ -1,6 +1,6 @@
 """Files source: CSV, JSON lines and Parquet from local paths, globs and any fsspec URL.
 
-Config (JSON Schema: :data:`connectors.files.config.SPEC`), either one stream::
+Config (:class:`~connectors.files.config.FilesConfig`), either one stream::
 
     url: data/orders/*.csv          # a file, a folder, a glob (``**`` recurses) or a URL
 
@@ -65,7 +65,6 @@ SourceUnavailable (retryable); anything else ConnectorError.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import re
@@ -73,6 +72,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -80,24 +80,23 @@ import pyarrow as pa
 
 from connectors.base import (
     SYNC_MODES,
+    BaseSource,
     Batch,
     Catalog,
     Checkpoint,
-    CheckResult,
     ConfiguredStream,
     Message,
-    ParsedConfig,
     State,
     StreamSpec,
 )
 from connectors.errors import ConnectorError, SourceUnavailable
-from connectors.files import formats
-from connectors.files.config import SPEC, TYPES, Config, StreamConfig, parse_config
+from connectors.files import formats, widening
+from connectors.files.config import TYPES, FilesConfig, StreamConfig
 
 log = logging.getLogger(__name__)
 
 FILE, ROW = "_file", "_row"
-_EXTENSIONS = {
+_EXTENSIONS: dict[str, formats.Format] = {
     ".csv": "csv",
     ".tsv": "csv",
     ".jsonl": "jsonl",
@@ -119,29 +118,22 @@ class _File:
     order: tuple[float, str]
 
 
-class FilesSource:
-    """Files as a :class:`~connectors.base.Source` (see the module docstring).
+class FilesSource(BaseSource[FilesConfig]):
+    """Files as a :class:`~connectors.base.Source` (see the module docstring)."""
 
-    The config is validated on construction but a bad one only raises when the source is
-    used, so that :meth:`check` can report it.
-    """
+    config_model = FilesConfig
 
-    def __init__(self, name: str, config: dict[str, Any]) -> None:
-        self.name = name
-        self._parsed = ParsedConfig(name, config, parse_config)
-        self._schemas: dict[tuple, pa.Schema] = {}  # per file version and parse options
+    def configure(self, config: FilesConfig) -> None:
+        self._schemas: dict[tuple[Any, ...], pa.Schema] = {}  # per file version and options
 
-    def spec(self) -> dict[str, Any]:
-        """JSON Schema of the config; see :data:`connectors.files.config.SPEC`."""
-        return copy.deepcopy(SPEC)
+    @cached_property
+    def _streams(self) -> tuple[StreamConfig, ...]:
+        """The configured streams; raises the config's error if it has one."""
+        return self.config.stream_configs(self.name)
 
-    def check(self) -> CheckResult:
+    def check_connection(self) -> str:
         """List every stream's files (reachability, credentials, optional packages)."""
-        try:
-            counts = [f"{s.name}: {len(self._list(s)[1])} files" for s in self._config().streams]
-        except ConnectorError as exc:
-            return CheckResult(ok=False, message=str(exc))
-        return CheckResult(ok=True, message="; ".join(counts))
+        return "; ".join(f"{s.name}: {len(self._list(s)[1])} files" for s in self._streams)
 
     def discover(self) -> Catalog:
         """One stream per configured url, its schema unified over its newest files.
@@ -150,7 +142,7 @@ class FilesSource:
             ConnectorError: bad config, a path that does not exist, a missing package, a file
                 that cannot be read; SourceUnavailable when storage cannot be reached.
         """
-        return Catalog(tuple(self._discover(s) for s in self._config().streams))
+        return Catalog(tuple(self._discover(s) for s in self._streams))
 
     def read(self, stream: ConfiguredStream, state: State | None) -> Iterator[Message]:
         """New and changed files (incremental) or every file (full refresh), a checkpoint
@@ -160,10 +152,9 @@ class FilesSource:
             ConnectorError: bad config or state, a bad row (``file:line``) with
                 ``on_bad_row: fail``, an unreadable file; SourceUnavailable (storage).
         """
-        cfg = self._config()
-        conf = next((s for s in cfg.streams if s.name == stream.name), None)
+        conf = next((s for s in self._streams if s.name == stream.name), None)
         if conf is None:
-            hint = f"the source has streams {[s.name for s in cfg.streams]}"
+            hint = f"the source has streams {[s.name for s in self._streams]}"
             raise ConnectorError("no such stream", source=self.name, stream=stream.name, hint=hint)
         fs, files = self._list(conf)
         listed = {f.key for f in files}
@@ -173,8 +164,9 @@ class FilesSource:
         log.info("%s.%s: %d of %d files to read", self.name, stream.name, len(todo), len(files))
         target = pa.schema([f for f in stream.spec.schema if f.name not in (FILE, ROW)])
         for file in todo:
-            resume = reading and reading["file"] == file.key
-            skip = reading["rows"] if resume and reading["fingerprint"] == file.fingerprint else 0
+            skip = 0
+            if reading is not None and reading["file"] == file.key:
+                skip = reading["rows"] if reading["fingerprint"] == file.fingerprint else 0
             yield from self._read_file(fs, conf, file, target, stream.name, dict(done), skip)
             done[file.key] = file.fingerprint
             yield Checkpoint(stream.name, {"files": dict(done)})
@@ -182,10 +174,9 @@ class FilesSource:
             yield Checkpoint(stream.name, {"files": done})
 
     # -- internals ----------------------------------------------------------------------------
-    def _config(self) -> Config:
-        return self._parsed.get()
-
-    def _saved(self, stream: str, state: State | None) -> tuple[dict[str, Any], dict | None]:
+    def _saved(
+        self, stream: str, state: State | None
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """The state's finished files, and the file in progress (``reading``) if any."""
         files = (state or {}).get("files", {})
         reading = (state or {}).get("reading")
@@ -207,11 +198,13 @@ class FilesSource:
 
     def _discover(self, conf: StreamConfig) -> StreamSpec:
         fs, files = self._list(conf)
-        newest = files[-self._config().sample_files :]  # files come oldest first
+        newest = files[-self.config.sample_files :]  # files come oldest first
         schema = pa.schema([])
         for file in newest:
-            schema = formats.unify(schema, self._file_schema(fs, conf, file))
-        fields = {f.name: f.type for f in schema} | {c: TYPES[t] for c, t in conf.types.items()}
+            schema = widening.unify(schema, self._file_schema(fs, conf, file))
+        fields = {f.name: f.type for f in schema} | {
+            c: TYPES[t] for c, t in conf.options.types.items()
+        }
         if FILE in fields or ROW in fields:
             raise self._clash(conf.name, "the files have")
         fields = {n: pa.string() if pa.types.is_null(t) else t for n, t in fields.items()}
@@ -229,7 +222,7 @@ class FilesSource:
 
     def _file_schema(self, fs, conf: StreamConfig, file: _File) -> pa.Schema:
         opts = self._options(conf, file)
-        sample = self._config().sample_bytes
+        sample = self.config.sample_bytes
         key = (file.key, json.dumps(file.fingerprint, sort_keys=True), opts, sample)
         if key not in self._schemas:
             with self._translate(conf.name, file.key, listed=True):
@@ -283,7 +276,7 @@ class FilesSource:
             )
 
     def _options(self, conf: StreamConfig, file: _File) -> formats.Options:
-        fmt = conf.format or _format_of(file.path)
+        fmt = conf.options.format or _format_of(file.path)
         if fmt is None:
             hint = "set `format:` (csv, jsonl or parquet) for the stream"
             raise ConnectorError(
@@ -294,15 +287,20 @@ class FilesSource:
                 hint=hint,
             )
         tsv = _strip_compression(file.path).lower().endswith(".tsv")
-        delimiter = conf.delimiter or ("\t" if tsv else ",")
+        delimiter = conf.options.delimiter or ("\t" if tsv else ",")
         return formats.Options(
-            fmt, delimiter, conf.header, conf.quote, conf.on_bad_row, self._config().batch_size
+            fmt,
+            delimiter,
+            conf.options.header,
+            conf.options.quote,
+            conf.options.on_bad_row,
+            self.config.batch_size,
         )
 
     def _list(self, conf: StreamConfig) -> tuple[Any, list[_File]]:
         """The stream's filesystem and files, oldest first."""
         fs, path = self._filesystem(conf)
-        with self._translate(conf.name, conf.url):
+        with self._translate(conf.name, conf.options.url):
             if _GLOB.search(path):
                 infos = list(fs.glob(path, detail=True).values())
             elif fs.isdir(path):
@@ -316,12 +314,12 @@ class FilesSource:
         import fsspec  # only this source needs it
 
         try:
-            return fsspec.core.url_to_fs(conf.url, **self._config().storage_options)
+            return fsspec.core.url_to_fs(conf.options.url, **self.config.storage_options)
         except ImportError as exc:
             raise self._missing_package(conf, exc) from exc
         except (ValueError, TypeError) as exc:
             raise ConnectorError(
-                f"cannot open {conf.url!r}: {exc}",
+                f"cannot open {conf.options.url!r}: {exc}",
                 source=self.name,
                 stream=conf.name,
                 key=f"{conf.prefix}url",
@@ -331,7 +329,7 @@ class FilesSource:
     def _missing_package(self, conf: StreamConfig, exc: ImportError) -> ConnectorError:
         from fsspec.registry import known_implementations
 
-        protocol = conf.url.split("://", 1)[0]
+        protocol = conf.options.url.split("://", 1)[0]
         known = known_implementations.get(protocol, {})
         package = known.get("class", "").split(".")[0] or (exc.name or "?")
         extra = _EXTRAS.get(package)
@@ -432,7 +430,7 @@ def _strip_compression(path: str) -> str:
     return path.rsplit(".", 1)[0] if infer_compression(path) else path
 
 
-def _format_of(path: str) -> str | None:
+def _format_of(path: str) -> formats.Format | None:
     name = _strip_compression(path).lower()
     return next((fmt for ext, fmt in _EXTENSIONS.items() if name.endswith(ext)), None)
 

@@ -48,8 +48,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
 
-from connectors.base import DELETED_AT, Batch, Checkpoint, Deletes, Message
+from connectors.base import SOURCE_DELETED_AT, Batch, Checkpoint, Deletes, Message
 from connectors.errors import ConnectorError, SourceUnavailable
+
+Connection = psycopg.Connection[Any]
 
 SNAPSHOT_WAIT_S = 300.0
 """How long a first read waits for transactions running at the slot's start to end."""
@@ -72,7 +74,7 @@ class Target:
     replica_identity: str  # pg_class.relreplident: d(efault) n(othing) f(ull) i(ndex)
 
     @property
-    def qualified(self) -> sql.Composed:
+    def qualified(self) -> sql.Identifier:
         return sql.Identifier(self.schema, self.table)
 
     @property
@@ -102,21 +104,35 @@ def lsn_text(value: int) -> str:
     return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
 
 
-def _sql_text(conn: psycopg.Connection, statement: sql.Composable) -> str:
+def _sql_text(conn: Connection, statement: sql.Composable) -> str:
     return statement.as_string(conn)
 
 
-def check_prerequisites(conn: psycopg.Connection, target: Target, publication: str) -> None:
+def _row(conn: Connection, query: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
+    """The one row of a query that always returns one (SHOW, a function, an aggregate)."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:  # pragma: no cover - such queries always return a row
+        raise ConnectorError(f"PostgreSQL returned no row for: {query}")
+    return row
+
+
+def _value(conn: Connection, query: str, params: tuple[Any, ...] = ()) -> Any:
+    """The first column of :func:`_row`."""
+    return _row(conn, query, params)[0]
+
+
+def check_prerequisites(conn: Connection, target: Target, publication: str) -> None:
     """Raise a ConnectorError that names the SQL to run when CDC cannot work for ``target``."""
     for problem in server_problems(conn, publication):
         raise target.error(*problem)
-    row = conn.execute(
+    row = _row(  # the publication exists: server_problems said so
+        conn,
         "SELECT pubinsert AND pubupdate AND pubdelete,"
         " EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = p.pubname"
         "         AND t.schemaname = %s AND t.tablename = %s)"
         " FROM pg_publication p WHERE pubname = %s",
         (target.schema, target.table, publication),
-    ).fetchone()
+    )
     pub = sql.Identifier(publication)
     if not row[1]:
         fix = sql.SQL("ALTER PUBLICATION {} ADD TABLE {};").format(pub, target.qualified)
@@ -125,10 +141,12 @@ def check_prerequisites(conn: psycopg.Connection, target: Target, publication: s
             f"run: {_sql_text(conn, fix)}",
         )
     if not row[0]:
-        fix = sql.SQL("ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate');")
+        publish = sql.SQL(
+            "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate');"
+        )
         raise target.error(
             f"publication {publication!r} does not publish inserts, updates and deletes",
-            f"run: {_sql_text(conn, fix.format(pub))}",
+            f"run: {_sql_text(conn, publish.format(pub))}",
         )
     if not target.primary_key:
         raise target.error(
@@ -145,10 +163,10 @@ def check_prerequisites(conn: psycopg.Connection, target: Target, publication: s
         )
 
 
-def server_problems(conn: psycopg.Connection, publication: str) -> list[tuple[str, str]]:
+def server_problems(conn: Connection, publication: str) -> list[tuple[str, str]]:
     """(message, hint with the SQL to run) for each server-wide CDC prerequisite missing."""
     problems = []
-    wal_level = conn.execute("SHOW wal_level").fetchone()[0]
+    wal_level = _value(conn, "SHOW wal_level")
     if wal_level != "logical":
         problems.append(
             (
@@ -156,9 +174,11 @@ def server_problems(conn: psycopg.Connection, publication: str) -> list[tuple[st
                 "run: ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL",
             )
         )
-    row = conn.execute(
-        "SELECT rolsuper OR rolreplication, current_user FROM pg_roles WHERE rolname = current_user"
-    ).fetchone()
+    row = _row(
+        conn,
+        "SELECT rolsuper OR rolreplication, current_user"
+        " FROM pg_roles WHERE rolname = current_user",
+    )
     if not row[0]:
         fix = sql.SQL("ALTER ROLE {} WITH REPLICATION;").format(sql.Identifier(row[1]))
         problems.append(
@@ -167,18 +187,18 @@ def server_problems(conn: psycopg.Connection, publication: str) -> list[tuple[st
     if not conn.execute(
         "SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)
     ).fetchone():
-        fix = sql.SQL("CREATE PUBLICATION {} FOR TABLE <schema>.<table>, ...;")
+        create = sql.SQL("CREATE PUBLICATION {} FOR TABLE <schema>.<table>, ...;")
         problems.append(
             (
                 f"publication {publication!r} does not exist",
-                f"run: {_sql_text(conn, fix.format(sql.Identifier(publication)))}"
+                f"run: {_sql_text(conn, create.format(sql.Identifier(publication)))}"
                 " (or FOR ALL TABLES, as a superuser)",
             )
         )
     return problems
 
 
-def _identity_columns(conn: psycopg.Connection, target: Target) -> set[str] | None:
+def _identity_columns(conn: Connection, target: Target) -> set[str] | None:
     """Columns an old row image carries on update/delete; None if it carries none."""
     if target.replica_identity == "f":
         return {name for name, _, _ in target.columns}
@@ -193,7 +213,7 @@ def _identity_columns(conn: psycopg.Connection, target: Target) -> set[str] | No
     return {r[0] for r in rows} or None
 
 
-def begin_snapshot(conn: psycopg.Connection, target: Target, slot: str) -> str:
+def begin_snapshot(conn: Connection, target: Target, slot: str) -> str:
     """Make ``slot`` start at the current WAL position and return that LSN (``L0``).
 
     Waits (up to :data:`SNAPSHOT_WAIT_S`) until every transaction running at ``L0`` has
@@ -203,21 +223,22 @@ def begin_snapshot(conn: psycopg.Connection, target: Target, slot: str) -> str:
         "SELECT plugin FROM pg_replication_slots WHERE slot_name = %s", (slot,)
     ).fetchone()
     if row is None:
-        start = conn.execute(
-            "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)
-        ).fetchone()[0]
+        start = _value(
+            conn,
+            "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')",
+            (slot,),
+        )
     else:
         _check_plugin(target, slot, row[0])
-        start = conn.execute(
+        start = _value(
+            conn,
             "SELECT COALESCE(end_lsn, pg_current_wal_flush_lsn())::text"
             " FROM pg_replication_slot_advance(%s, pg_current_wal_flush_lsn())",
             (slot,),
-        ).fetchone()[0]
-    xmax = conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()[0]
+        )
+    xmax = _value(conn, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text")
     deadline, pause = time.monotonic() + SNAPSHOT_WAIT_S, 0.02
-    while not conn.execute(
-        "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= %s::xid8", (xmax,)
-    ).fetchone()[0]:
+    while not _value(conn, "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= %s::xid8", (xmax,)):
         if time.monotonic() > deadline:
             raise target.error(
                 f"transactions older than xid {xmax} are still running after "
@@ -238,7 +259,7 @@ def _check_plugin(target: Target, slot: str, plugin: str) -> None:
         )
 
 
-def resume(conn: psycopg.Connection, target: Target, slot: str, lsn: str) -> None:
+def resume(conn: Connection, target: Target, slot: str, lsn: str) -> None:
     """Advance ``slot`` to the committed ``lsn`` (the state proves the warehouse has it)."""
     row = conn.execute(
         "SELECT plugin, confirmed_flush_lsn::text, active_pid FROM pg_replication_slots"
@@ -269,10 +290,10 @@ def resume(conn: psycopg.Connection, target: Target, slot: str, lsn: str) -> Non
 
 
 def read_changes(
-    conn: psycopg.Connection, target: Target, slot: str, publication: str, lsn: str, size: int
+    conn: Connection, target: Target, slot: str, publication: str, lsn: str, size: int
 ) -> Iterator[Message]:
     """Peek the changes after ``lsn`` and yield them as Batch / Deletes / Checkpoint windows."""
-    upto = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()[0]
+    upto = _value(conn, "SELECT pg_current_wal_flush_lsn()::text")
     last = max(lsn_int(lsn), lsn_int(upto))
     decoder, window = _Decoder(target), _Window(target)
     pubs = _sql_text(conn, sql.Identifier(publication))  # pgoutput splits quoted identifiers
@@ -424,7 +445,7 @@ class _Window:
         self.rows.pop(key, None)
         self.deleted[key] = at
 
-    def flush(self, conn: psycopg.Connection) -> Iterator[Message]:
+    def flush(self, conn: Connection) -> Iterator[Message]:
         t = self.target
         if self.deleted:
             keys = list(self.deleted)
@@ -433,7 +454,7 @@ class _Window:
                 for i, (name, typ) in enumerate(self._key_types())
             ]
             arrays.append(pa.array(list(self.deleted.values()), pa.timestamp("us")))
-            names = [*t.primary_key, DELETED_AT]
+            names = [*t.primary_key, SOURCE_DELETED_AT]
             yield Deletes(t.stream, pa.RecordBatch.from_arrays(arrays, names=names))
         if self.rows:
             self._fill_unchanged(conn)
@@ -446,7 +467,7 @@ class _Window:
         types = {name: typ for name, typ, _ in self.target.columns}
         return [(k, types[k]) for k in self.target.primary_key]
 
-    def _fill_unchanged(self, conn: psycopg.Connection) -> None:
+    def _fill_unchanged(self, conn: Connection) -> None:
         """Look up TOASTed values pgoutput did not send; a row deleted since stays null."""
         t = self.target
         pg_types = {name: pg for name, _, pg in t.columns}

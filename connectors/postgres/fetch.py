@@ -146,7 +146,9 @@ def tables(
     Raises:
         ConnectorError: a name in ``include`` is not found, or two relations map to one stream.
     """
-    wanted = [t.split(".", 1) if "." in t else [None, t] for t in include or ()]
+    wanted: list[tuple[str | None, str]] = [
+        (s, t) if dot else (None, s) for s, dot, t in (n.partition(".") for n in include or ())
+    ]
     schemas = list(dict.fromkeys([*schemas, *(s for s, _ in wanted if s)]))
     keys: dict[tuple[str, str], list[str]] = {}
     for schema, table, column in conn.execute(_KEYS, (schemas,)):
@@ -164,7 +166,8 @@ def tables(
                 key="tables",
                 hint="fix the name in `tables:` or add its schema to `schemas:`",
             )
-    out, names = [], {}
+    out: list[Table] = []
+    names: dict[str, str] = {}
     for (schema, table), entry in found.items():
         if wanted and not any(t == table and s in (None, schema) for s, t in wanted):
             continue
@@ -214,7 +217,10 @@ class Scanner:
 
     def __init__(self, params: Mapping[str, Any], password: str | None, batch_size: int) -> None:
         self.batch_size = batch_size
-        config = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+        config: dict[str, str | bool | int | float | list[str]] = {
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+        }
         self.con = duckdb.connect(":memory:", config=config)
         try:
             self.con.execute(f"LOAD '{str(_extension_file()).replace(chr(39), chr(39) * 2)}'")

@@ -1,6 +1,7 @@
 """PostgreSQL source: tables and views as Arrow batches, incremental by cursor, CDC with deletes.
 
-Config (see :data:`_SPEC`): ``host``, ``port`` (5432), ``database``, ``user``, ``password``,
+Config (:class:`~connectors.postgres.config.PostgresConfig`): ``host``, ``port`` (5432),
+``database``, ``user``, ``password``,
 ``schemas`` (``["public"]``), ``tables`` (include list: ``name`` or ``schema.name``),
 ``batch_size`` (16 384 rows), ``lookback``, ``connect_timeout`` (10 s), ``sslmode``, and
 ``replication: {slot, publication, plugin}`` to turn on CDC: ``slot`` (``mdstack``) prefixes
@@ -49,12 +50,10 @@ refused credentials, permissions, bad names -> ConnectorError. No message shows 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import duckdb
@@ -63,258 +62,46 @@ import pyarrow as pa
 from psycopg import sql
 
 from connectors.base import (
+    BaseSource,
     Batch,
     Catalog,
     Checkpoint,
-    CheckResult,
     ConfiguredStream,
     Message,
-    ParsedConfig,
     State,
     StreamSpec,
-    require,
+    SyncMode,
 )
-from connectors.errors import ConnectorError, SourceUnavailable
+from connectors.errors import ConnectorError
 from connectors.postgres import cdc, fetch
+from connectors.postgres.config import PostgresConfig
+from connectors.postgres.errors import translate_error
 
-_FULL = ("full_refresh_overwrite", "full_refresh_append")
-_ALL = (*_FULL, "incremental_append", "incremental_deduped")
+Connection = psycopg.Connection[Any]
+
+_FULL: tuple[SyncMode, ...] = ("full_refresh_overwrite", "full_refresh_append")
+_ALL: tuple[SyncMode, ...] = (*_FULL, "incremental_append", "incremental_deduped")
 _TABLES = ("r", "p")  # relkinds with rows of their own: replicable
-_SESSION = (
-    "-c TimeZone=UTC -c DateStyle=ISO,YMD -c IntervalStyle=postgres"
-    " -c extra_float_digits=3 -c bytea_output=hex"
-)  # the text output the CDC decoder and the query path's casts rely on
-_ISO_DURATION = re.compile(r"^P(?!$)(\d+[YMWD])*(T(?=\d)(\d+[HM])*(\d+(\.\d+)?S)?)?$")
 _LSN = re.compile(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}")
-_STR = {"type": "string", "minLength": 1}
-_INT = {"type": "integer", "minimum": 1}
-_SPEC: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "PostgreSQL",
-    "type": "object",
-    "required": ["host", "database", "user"],
-    "additionalProperties": False,
-    "properties": {
-        "host": _STR,
-        "port": {**_INT, "maximum": 65535, "default": 5432},
-        "database": _STR,
-        "user": _STR,
-        "password": {"type": ["string", "null"], "description": "e.g. ${vault:db#password}"},
-        "schemas": {"type": "array", "items": _STR, "minItems": 1, "default": ["public"]},
-        "tables": {"type": "array", "items": _STR, "description": "name or schema.name"},
-        "batch_size": {**_INT, "default": 16_384, "description": "rows per Arrow batch"},
-        "lookback": {
-            "oneOf": [{"type": "number", "minimum": 0}, {"type": "string", "format": "duration"}],
-            "description": "seconds or an ISO 8601 duration; cursor units for numeric cursors",
-        },
-        "connect_timeout": {**_INT, "default": 10, "description": "seconds"},
-        "sslmode": {
-            "enum": ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"],
-            "default": "prefer",
-        },
-        "replication": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "slot": {**_STR, "default": "mdstack", "description": "prefix of stream slots"},
-                "publication": {**_STR, "default": "mdstack"},
-                "plugin": {"enum": ["pgoutput"], "default": "pgoutput"},
-            },
-        },
-    },
-}
 
 
-@dataclass(frozen=True)
-class _Replication:
-    slot: str
-    publication: str
+class PostgresSource(BaseSource[PostgresConfig]):
+    """A PostgreSQL database as a :class:`~connectors.base.Source` (see the module docstring)."""
 
+    config_model = PostgresConfig
 
-@dataclass(frozen=True)
-class _Config:
-    host: str
-    port: int
-    database: str
-    user: str
-    password: str | None
-    schemas: tuple[str, ...]
-    tables: tuple[str, ...] | None
-    batch_size: int
-    lookback: float | str | None
-    connect_timeout: int
-    sslmode: str
-    replication: _Replication | None
-
-    def __repr__(self) -> str:  # never show the password
-        return f"_Config({self.user}@{self.host}:{self.port}/{self.database})"
-
-    def libpq(self, *, password: bool) -> dict[str, Any]:
-        params = {
-            "host": self.host,
-            "port": self.port,
-            "dbname": self.database,
-            "user": self.user,
-            "connect_timeout": self.connect_timeout,
-            "sslmode": self.sslmode,
-            "application_name": "mdstack",
-            "options": _SESSION,
-        }
-        return params | ({"password": self.password} if password and self.password else {})
-
-
-def _parse_config(source: str, config: Mapping[str, Any]) -> _Config:
-    """Validate ``config`` against :data:`_SPEC`, raising a ConnectorError naming the bad key."""
-    props = _SPEC["properties"]
-    for key in config:
-        if key not in props:
-            raise _bad(source, key, f"unknown config key {key!r}", f"valid keys: {sorted(props)}")
-    values = {k: p.get("default") for k, p in props.items()} | dict(config)
-    for key in ("host", "database", "user"):
-        if not isinstance(require(config, key, source), str) or not config[key]:
-            raise _bad(source, key, f"{key} must be a non-empty string", f"set `{key}:`")
-    password = values["password"]
-    if hasattr(password, "get_secret_value"):
-        password = password.get_secret_value()
-    if password is not None and not isinstance(password, str):
-        raise _bad(source, "password", "password must be a string", "e.g. ${vault:db#password}")
-    for key in ("port", "batch_size", "connect_timeout"):
-        value = values[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            msg, hint = f"{key} must be a positive integer, not {value!r}", f"e.g. {key}: 10"
-            raise _bad(source, key, msg, hint)
-    for key in ("schemas", "tables"):
-        value = values[key]
-        if value is not None and (
-            not isinstance(value, list)
-            or not value
-            or not all(isinstance(v, str) and v for v in value)
-        ):
-            raise _bad(source, key, f"{key} must be a non-empty list of names", f"e.g. {key}: [x]")
-    if values["sslmode"] not in props["sslmode"]["enum"]:
-        raise _bad(source, "sslmode", "invalid sslmode", f"one of {props['sslmode']['enum']}")
-    lookback = values["lookback"]
-    if lookback is not None and not (
-        (isinstance(lookback, int | float) and not isinstance(lookback, bool) and lookback >= 0)
-        or (isinstance(lookback, str) and _ISO_DURATION.match(lookback))
-    ):
-        hint = 'seconds (lookback: 3600) or an ISO 8601 duration (lookback: "PT1H")'
-        raise _bad(source, "lookback", f"invalid lookback {lookback!r}", hint)
-    return _Config(
-        **{k: values[k] for k in ("host", "port", "database", "user", "batch_size", "sslmode")},
-        password=password or None,
-        schemas=tuple(values["schemas"]),
-        tables=tuple(values["tables"]) if values["tables"] is not None else None,
-        lookback=lookback,
-        connect_timeout=values["connect_timeout"],
-        replication=_parse_replication(source, values["replication"]),
-    )
-
-
-def _parse_replication(source: str, value: Any) -> _Replication | None:
-    if value is None:
-        return None
-    props = _SPEC["properties"]["replication"]["properties"]
-    if not isinstance(value, dict):
-        raise _bad(source, "replication", "replication must be a mapping", "e.g. {slot: mds}")
-    for key, item in value.items():
-        name = f"replication.{key}"
-        if key not in props:
-            raise _bad(source, name, f"unknown key {name}", f"valid keys: {sorted(props)}")
-        if not isinstance(item, str) or not item:
-            raise _bad(source, name, f"{name} must be a name", f"e.g. {key}: mdstack")
-    if value.get("plugin", "pgoutput") != "pgoutput":
-        hint = "use plugin: pgoutput (built into PostgreSQL 10+, needs no extension)"
-        raise _bad(
-            source, "replication.plugin", f"plugin {value['plugin']!r} is not supported", hint
-        )
-    return _Replication(value.get("slot", "mdstack"), value.get("publication", "mdstack"))
-
-
-def _bad(source: str, key: str, message: str, hint: str) -> ConnectorError:
-    return ConnectorError(message, source=source, key=key, hint=hint)
-
-
-_RETRYABLE_STATES = ("08", "53", "57P", "57014", "40001", "40P01", "55006")
-_RETRYABLE_TEXT = (
-    "connection refused",
-    "timeout expired",
-    "timed out",
-    "server closed the connection",
-    "could not receive data",
-    "could not send data",
-    "connection reset",
-    "the database system is",
-    "too many clients",
-    "temporary failure in name resolution",
-    "no route to host",
-    "network is unreachable",
-    "consuming input failed",
-    "ssl syscall",
-    "terminating connection",
-)
-
-
-def _translate_error(exc: Exception, cfg: _Config, source: str, stream: str | None):
-    """Map a psycopg or DuckDB error to ConnectorError / SourceUnavailable, password scrubbed."""
-    text = str(exc).strip()
-    if cfg.password:
-        text = text.replace(cfg.password, "***")
-    state = getattr(exc, "sqlstate", None) or ""
-    lower = text.lower()
-    where = f"PostgreSQL {cfg.host}:{cfg.port}/{cfg.database}"
-    if state != "53400" and (
-        state.startswith(_RETRYABLE_STATES) or any(p in lower for p in _RETRYABLE_TEXT)
-    ):
-        hint = "retry later; check that the server is up and reachable from here"
-        return SourceUnavailable(
-            f"{where} is unavailable: {text}", source=source, stream=stream, hint=hint
-        )
-    if state.startswith("28") or "authentication failed" in lower or "pg_hba.conf" in lower:
-        hint = f"check `user` ({cfg.user!r}) and `password`, and pg_hba.conf on the server"
-    elif state == "42501" or "permission denied" in lower:
-        hint = f"grant access, e.g. GRANT SELECT ON ALL TABLES IN SCHEMA <schema> TO {cfg.user};"
-    elif state == "53400":
-        hint = "raise max_replication_slots, or drop unused slots (pg_drop_replication_slot)"
-    elif "does not exist" in lower and "database" in lower:
-        hint = "check `database`"
-    elif "resolve host" in lower or "translate host name" in lower or "not known" in lower:
-        hint = "check `host`"
-    else:
-        hint = None
-    return ConnectorError(f"{where}: {text}", source=source, stream=stream, hint=hint)
-
-
-class PostgresSource:
-    """A PostgreSQL database as a :class:`~connectors.base.Source` (see the module docstring).
-
-    The config is validated on construction but a bad one only raises when the source is
-    used, so that :meth:`check` can report it.
-    """
-
-    def __init__(self, name: str, config: dict[str, Any]) -> None:
-        self.name = name
-        self._parsed = ParsedConfig(name, config, _parse_config)
-
-    def spec(self) -> dict[str, Any]:
-        """JSON Schema of the config; see :data:`_SPEC`."""
-        return copy.deepcopy(_SPEC)
-
-    def check(self) -> CheckResult:
+    def check_connection(self) -> str:
         """Connect and run ``SELECT 1``; with replication, check CDC's server prerequisites."""
-        try:
-            cfg = self._config()
-            with self._translate(None), self._connect(cfg) as conn:
-                conn.execute("SELECT 1").fetchone()
-                repl = cfg.replication
-                problems = cdc.server_problems(conn, repl.publication) if repl else []
-        except ConnectorError as exc:
-            return CheckResult(ok=False, message=str(exc))
-        where = f"connected to {cfg.user}@{cfg.host}:{cfg.port}/{cfg.database}"
+        cfg = self.config
+        with self._translate(None), self._connect(cfg) as conn:
+            conn.execute("SELECT 1").fetchone()
+            repl = cfg.replication
+            problems = cdc.server_problems(conn, repl.publication) if repl else []
+        where = f"connected to {cfg.where}"
         if problems:
             text = "; ".join(f"{message} ({hint})" for message, hint in problems)
-            return CheckResult(ok=False, message=f"{where}, but CDC cannot work: {text}")
-        return CheckResult(ok=True, message=where)
+            raise ConnectorError(f"{where}, but CDC cannot work: {text}", source=self.name)
+        return where
 
     def discover(self) -> Catalog:
         """Tables and views of the configured schemas, with Arrow schemas and primary keys.
@@ -323,7 +110,7 @@ class PostgresSource:
             ConnectorError: invalid config, an unknown table in ``tables``, a refused login;
                 SourceUnavailable when the server cannot be reached.
         """
-        cfg = self._config()
+        cfg = self.config
         with self._translate(None), self._connect(cfg) as conn:
             tables = fetch.tables(conn, cfg.schemas, cfg.tables, self.name)
         cdc_on = cfg.replication is not None
@@ -348,7 +135,7 @@ class PostgresSource:
                 hint says what SQL to run), a refused query.
             SourceUnavailable: the server could not be reached or dropped the connection.
         """
-        cfg = self._config()
+        cfg = self.config
         with self._translate(stream.name), self._connect(cfg) as conn:
             tables = fetch.tables(conn, cfg.schemas, cfg.tables, self.name)
             table = next((t for t in tables if t.stream == stream.name), None)
@@ -356,17 +143,16 @@ class PostgresSource:
                 hint = "the table was dropped or left out by `tables:`; run discover"
                 raise self._fail(stream, f"no table or view for stream {stream.name!r}", hint)
             if not stream.incremental:
-                yield from self._scan(conn, cfg, _projected(table, stream), stream)
+                yield from self._scan(conn, _projected(table, stream), stream)
                 yield Checkpoint(stream.name, {})
             elif cfg.replication and table.kind in _TABLES:
-                yield from self._read_cdc(conn, cfg, table, stream, state)
+                yield from self._read_cdc(conn, table, stream, state)
             else:
-                yield from self._read_cursor(conn, cfg, table, stream, state)
+                yield from self._read_cursor(conn, table, stream, state)
 
-    def _config(self) -> _Config:
-        return self._parsed.get()
-
-    def _fail(self, stream: ConfiguredStream, message: str, hint: str, key: str | None = None):
+    def _fail(
+        self, stream: ConfiguredStream, message: str, hint: str, key: str | None = None
+    ) -> ConnectorError:
         return ConnectorError(message, source=self.name, stream=stream.name, key=key, hint=hint)
 
     @contextmanager
@@ -375,33 +161,36 @@ class PostgresSource:
         try:
             yield
         except (psycopg.Error, duckdb.Error) as exc:
-            cfg = self._config()
-            error = _translate_error(exc, cfg, self.name, stream)
-            if cfg.password and cfg.password in str(exc):
+            cfg = self.config
+            error = translate_error(exc, cfg, self.name, stream)
+            if cfg.secret and cfg.secret in str(exc):
                 raise error from None  # the driver's text would show it in the traceback
             raise error from exc
 
     @staticmethod
-    def _connect(cfg: _Config) -> psycopg.Connection:
+    def _connect(cfg: PostgresConfig) -> Connection:
         return psycopg.connect(**cfg.libpq(password=True), autocommit=True)
 
     @contextmanager
-    def _scanner(self, cfg: _Config) -> Iterator[fetch.Scanner]:
-        scanner = fetch.Scanner(cfg.libpq(password=False), cfg.password, cfg.batch_size)
+    def _scanner(self, cfg: PostgresConfig) -> Iterator[fetch.Scanner]:
+        scanner = fetch.Scanner(cfg.libpq(password=False), cfg.secret, cfg.batch_size)
         try:
             yield scanner
         finally:
             scanner.close()
 
-    def _scan(self, conn, cfg: _Config, table: fetch.Table, stream: ConfiguredStream):
-        with self._scanner(cfg) as scanner:
+    def _scan(
+        self, conn: Connection, table: fetch.Table, stream: ConfiguredStream
+    ) -> Iterator[Message]:
+        with self._scanner(self.config) as scanner:
             for batch in fetch.batches(scanner.table(table, conn), table.arrow_schema):
                 yield Batch(stream.name, batch)
 
     def _read_cursor(
-        self, conn, cfg: _Config, table: fetch.Table, stream: ConfiguredStream, state: State | None
+        self, conn: Connection, table: fetch.Table, stream: ConfiguredStream, state: State | None
     ) -> Iterator[Message]:
         """Rows after the saved cursor, in cursor order, checkpointed between cursor values."""
+        cfg = self.config
         cursor = self._cursor(table, stream)
         saved = (state or {}).get("cursor")
         if saved is not None and not isinstance(saved, str):
@@ -411,7 +200,7 @@ class PostgresSource:
         if saved is not None:
             bound = sql.SQL("{}::{}").format(sql.Literal(saved), sql.SQL(cursor.pg_type))
             if cfg.lookback is not None:
-                bound = sql.SQL("({} - {})").format(bound, self._lookback(cfg, cursor, stream))
+                bound = sql.SQL("({} - {})").format(bound, self._lookback(cursor, stream))
             where = sql.SQL("{} > {}").format(sql.Identifier(cursor.name), bound)
         high = _state_value(saved, cursor.arrow) if saved is not None else None
         last, started = None, False
@@ -433,7 +222,7 @@ class PostgresSource:
         if column is None:
             what = f"cursor {stream.cursor!r} is not a column" if stream.cursor else "no cursor"
             hint = "set `cursor:` for the stream in stack.yml"
-            if not self._config().replication:
+            if not self.config.replication:
                 hint += ", or configure `replication:` for CDC"
             elif table.kind not in _TABLES:
                 hint += " (views cannot be replicated)"
@@ -447,8 +236,8 @@ class PostgresSource:
             raise self._fail(stream, msg, hint, "cursor")
         return column
 
-    def _lookback(self, cfg: _Config, cursor: fetch.Column, stream: ConfiguredStream):
-        arrow, lookback = cursor.arrow, cfg.lookback
+    def _lookback(self, cursor: fetch.Column, stream: ConfiguredStream) -> sql.Composable:
+        arrow, lookback = cursor.arrow, self.config.lookback
         if pa.types.is_timestamp(arrow) or pa.types.is_date(arrow):
             text = lookback if isinstance(lookback, str) else f"{lookback} seconds"
             return sql.SQL("{}::interval").format(sql.Literal(text))
@@ -460,9 +249,10 @@ class PostgresSource:
         raise self._fail(stream, msg, hint, "lookback")
 
     def _read_cdc(
-        self, conn, cfg: _Config, table: fetch.Table, stream: ConfiguredStream, state: State | None
+        self, conn: Connection, table: fetch.Table, stream: ConfiguredStream, state: State | None
     ) -> Iterator[Message]:
         """A snapshot on the first read, then logical replication changes from the state's LSN."""
+        cfg = self.config
         repl = cfg.replication
         assert repl is not None
         target = cdc.Target(
@@ -479,7 +269,7 @@ class PostgresSource:
         lsn = (state or {}).get("lsn")
         if lsn is None:  # a first read, a reset, or a switch from cursor mode: snapshot
             start = cdc.begin_snapshot(conn, target, slot)
-            yield from self._scan(conn, cfg, table, stream)
+            yield from self._scan(conn, table, stream)
             yield Checkpoint(stream.name, {"lsn": start})
             return
         if not isinstance(lsn, str) or not _LSN.fullmatch(lsn):

@@ -186,7 +186,7 @@ class Columns:
         if name in self.declared:
             return self._declared(name, array, records)
         incoming = array.type if array is not None else None
-        if incoming is not None and pa.types.is_null(incoming):
+        if array is not None and pa.types.is_null(array.type):
             return None if current is None else pa.nulls(len(array), current)
         if incoming is None or _nested(incoming) or self._bools_in_floats(name, array, records):
             self._text.add(name)  # mixed, nested, or booleans among numbers: JSON text
@@ -194,6 +194,7 @@ class Columns:
             self._text.add(name)
             self.types[name] = pa.string()
             return pa.array(as_text([r.get(name) for r in records]), pa.string())
+        assert array is not None  # a missing column went to text above
         if current is None or current == incoming:
             self.types[name] = incoming
             return array

@@ -1,32 +1,30 @@
 """The REST source's config: pydantic models, validated once, errors naming the bad key.
 
-:func:`parse_config` turns the plain mapping from ``stack.yml`` (secrets already resolved)
-into a frozen :class:`RestConfig`, or raises a ConnectorError whose ``key`` is the path of the
-offending entry (``streams.spend.cursor_param``). Secret fields are ``SecretStr``, so a config
-object never shows them in a repr, and no error message quotes a config value.
+:class:`RestConfig` is the source's ``config_model``: :class:`~connectors.base.BaseSource`
+validates the plain mapping from ``stack.yml`` (secrets already resolved) into it, or reports
+a ConnectorError whose ``key`` is the path of the offending entry
+(``streams.spend.cursor_param``). Secret fields are ``SecretStr``, so a config object never
+shows them in a repr, and no error message quotes a config value.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
     SecretStr,
-    ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-from connectors.errors import ConnectorError
+from connectors.config import SourceConfig
 from connectors.rest.jsonpath import JsonPath, JsonPathError
 
 ColumnType = Literal["string", "integer", "number", "boolean", "date", "timestamp", "json"]
@@ -63,10 +61,8 @@ Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
 Scalar = str | int | float | bool
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, arbitrary_types_allowed=True
-    )
+class _Model(SourceConfig):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
 
 
 class BearerAuth(_Model):
@@ -238,14 +234,16 @@ class StreamDef(_Model):
 class RestConfig(_Model):
     """The whole ``config:`` mapping of a ``connector: rest`` source."""
 
+    model_config = ConfigDict(title="REST")
+
     base_url: str = Field(min_length=1)
     auth: Auth | None = None
     pagination: Pagination = NoPagination(type="none")
     headers: dict[str, str] = Field(default_factory=dict)
     params: dict[str, Scalar] = Field(default_factory=dict)
-    rate_limit: RateLimit = RateLimit()
+    rate_limit: RateLimit = Field(default_factory=lambda: RateLimit.model_validate({}))
     timeout: float = Field(30.0, gt=0)
-    retries: Retries = Retries()
+    retries: Retries = Field(default_factory=lambda: Retries.model_validate({}))
     batch_size: int = Field(25_000, ge=1)
     streams: dict[str, StreamDef] = Field(min_length=1)
 
@@ -300,28 +298,3 @@ def iso_duration(text: str) -> timedelta | None:
         minutes=parts.get("m", 0),
         seconds=parts.get("s", 0),
     )
-
-
-def parse_config(source: str, config: Mapping[str, Any]) -> RestConfig:
-    """Validate ``config``, raising a ConnectorError naming the first bad key.
-
-    Raises:
-        ConnectorError: the config does not validate; ``key`` is the path of the entry.
-    """
-    try:
-        return RestConfig.model_validate(dict(config))
-    except ValidationError as exc:
-        error = exc.errors(include_url=False, include_input=False)[0]
-        key = ".".join(str(part) for part in error["loc"]) or None
-        message = error["msg"].removeprefix("Value error, ")
-        count = exc.error_count()
-        more = f" (and {count - 1} more problem{'s' * (count > 2)})" if count > 1 else ""
-        raise ConnectorError(
-            f"invalid REST config: {message}{more}",
-            source=source,
-            key=key,
-            hint=(
-                "fix the source's `config:` in stack.yml"
-                " (see connectors/rest/source.py for the keys)"
-            ),
-        ) from None

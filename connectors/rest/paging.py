@@ -28,7 +28,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -113,7 +113,7 @@ class Pager:
         params: dict[str, Any],
         limit: int | None = None,
         decoder: PageDecoder | None = None,
-    ) -> Iterator[Page]:
+    ) -> Generator[Page]:
         """Every page of stream ``name`` (``params`` added to its first request), in order.
 
         ``limit`` stops after that many pages (and, for a child, that many parents);
@@ -162,7 +162,8 @@ class Pager:
         if decoded is not None and decoded.batch is not None:
             return Page(request, [], decoded.doc, response, decoded.batch, decoded.types)
         records, doc = self.parse(name, stream, response)
-        return Page(request, records, doc, response, None, decoded and decoded.types)
+        types = decoded.types if decoded is not None else None
+        return Page(request, records, doc, response, None, types)
 
     def records_of(self, name: str, page: Page) -> list[dict[str, Any]]:
         """A page's records as JSON objects, parsed again if it was read into Arrow."""
@@ -412,7 +413,7 @@ def _substitute(stream: StreamDef, record: dict[str, Any], name: str, source: st
     return out
 
 
-def prefetch(pages: Iterator[Page], depth: int) -> Iterator[Page]:
+def prefetch(pages: Iterator[Page], depth: int) -> Generator[Page]:
     """``pages``, iterated in a thread of their own up to ``depth`` pages ahead of the caller.
 
     The caller converts pages to Arrow in large batches; meanwhile this thread keeps the

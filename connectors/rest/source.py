@@ -94,15 +94,15 @@ from typing import Any
 import pyarrow as pa
 
 from connectors.base import (
+    BaseSource,
     Batch,
     Catalog,
     Checkpoint,
-    CheckResult,
     ConfiguredStream,
     Message,
-    ParsedConfig,
     State,
     StreamSpec,
+    SyncMode,
 )
 from connectors.errors import ConnectorError
 from connectors.http import mask_url
@@ -113,7 +113,6 @@ from connectors.rest.config import (
     RestConfig,
     StreamDef,
     iso_duration,
-    parse_config,
 )
 from connectors.rest.decode import PageDecoder
 from connectors.rest.http import Credentials, Session, pacer_for
@@ -121,38 +120,30 @@ from connectors.rest.paging import Page, Pager, prefetch
 
 log = logging.getLogger("connectors.rest")
 
-_FULL = ("full_refresh_overwrite", "full_refresh_append")
+_FULL: tuple[SyncMode, ...] = ("full_refresh_overwrite", "full_refresh_append")
+_INCREMENTAL: tuple[SyncMode, ...] = ("incremental_append", "incremental_deduped")
 
 
-class RestSource:
+class RestSource(BaseSource[RestConfig]):
     """A JSON REST API as a :class:`~connectors.base.Source` (see the module docstring)."""
 
-    def __init__(self, name: str, config: dict[str, Any]) -> None:
-        self.name = name
-        self._parsed = ParsedConfig(name, config, parse_config)
-        if self._parsed.error is None:
-            self._credentials = Credentials(self._parsed.get())
-            self._pacer = pacer_for(self._parsed.get())
+    config_model = RestConfig
 
-    def spec(self) -> dict[str, Any]:
-        """JSON Schema of the config (from :class:`~connectors.rest.config.RestConfig`)."""
-        return RestConfig.model_json_schema(by_alias=True)
+    def configure(self, config: RestConfig) -> None:
+        self._credentials = Credentials(config)
+        self._pacer = pacer_for(config)
 
-    def check(self) -> CheckResult:
+    def check_connection(self) -> str:
         """Fetch the first page of the first stream without a parent."""
-        try:
-            cfg = self._config()
-            name = next((n for n, s in cfg.streams.items() if s.parent is None), None)
-            if name is None:  # pragma: no cover - parents form no cycle, so a root exists
-                return CheckResult(ok=False, message="no stream without a parent")
-            with self._reading() as pager, closing(pager.pages(name, {}, limit=1)) as pages:
-                page = next(pages)
-        except ConnectorError as exc:
-            return CheckResult(ok=False, message=str(exc))
-        return CheckResult(
-            ok=True,
-            message=f"GET {mask_url(page.response.url)}: HTTP {page.response.status_code}, "
-            f"{len(page.records)} records on the first page of stream {name!r}",
+        cfg = self.config
+        name = next((n for n, s in cfg.streams.items() if s.parent is None), None)
+        if name is None:  # pragma: no cover - parents form no cycle, so a root exists
+            raise ConnectorError("no stream without a parent", source=self.name)
+        with self._reading() as pager, closing(pager.pages(name, {}, limit=1)) as pages:
+            page = next(pages)
+        return (
+            f"GET {mask_url(page.response.url)}: HTTP {page.response.status_code}, "
+            f"{len(page.records)} records on the first page of stream {name!r}"
         )
 
     def discover(self) -> Catalog:
@@ -162,7 +153,7 @@ class RestSource:
             ConnectorError: invalid config, a refused request; SourceUnavailable when the API
                 cannot be reached.
         """
-        cfg = self._config()
+        cfg = self.config
         specs = []
         with self._reading() as pager:
             for name, stream in cfg.streams.items():
@@ -192,7 +183,7 @@ class RestSource:
                 records that are not JSON objects, cursor values that cannot be compared.
             SourceUnavailable: the API stayed unavailable through every retry.
         """
-        cfg = self._config()
+        cfg = self.config
         definition = cfg.streams.get(stream.name)
         if definition is None:
             raise ConnectorError(
@@ -240,13 +231,10 @@ class RestSource:
         )
         yield Checkpoint(stream.name, final)
 
-    def _config(self) -> RestConfig:
-        return self._parsed.get()
-
     @contextmanager
     def _reading(self) -> Iterator[Pager]:
         """A session and a thread pool for one call; abandoned fetches are not waited for."""
-        cfg = self._config()
+        cfg = self.config
         session = Session(self.name, cfg, self._credentials, self._pacer)
         pool = ThreadPoolExecutor(cfg.rate_limit.max_concurrency, thread_name_prefix="rest")
         finished = False
@@ -274,13 +262,12 @@ def _spec(name: str, stream: StreamDef, schema: pa.Schema, needed: list[str]) ->
     for column in needed:
         if column not in schema.names:
             schema = schema.append(pa.field(column, pa.string()))
-    incremental = ("incremental_append", "incremental_deduped")
     return StreamSpec(
         name=name,
         schema=schema,
         primary_key=stream.primary_key,
         cursor=stream.cursor,
-        sync_modes=_FULL + incremental if stream.cursor else _FULL,
+        sync_modes=_FULL + _INCREMENTAL if stream.cursor else _FULL,
     )
 
 

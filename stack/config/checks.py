@@ -36,7 +36,7 @@ __all__ = [
 
 Severity = Literal["warn", "error"]
 CheckKind = Literal["freshness", "volume", "schema", "values", "reconcile"]
-CHECK_KINDS: tuple[str, ...] = get_args(CheckKind)
+CHECK_KINDS: tuple[CheckKind, ...] = get_args(CheckKind)
 
 
 def _ratio(value: Any) -> Any:
@@ -71,7 +71,8 @@ class Volume(_Model):
     def _something(self) -> Volume:
         if self.min_rows is None and self.max_rows is None and self.max_change is None:
             raise ValueError("set at least one of min_rows, max_rows, max_change")
-        if None not in (self.min_rows, self.max_rows) and self.min_rows > self.max_rows:
+        low, high = self.min_rows, self.max_rows
+        if low is not None and high is not None and low > high:
             raise ValueError("min_rows is larger than max_rows")
         return self
 

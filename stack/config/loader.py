@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -108,12 +108,7 @@ class StackConfig(_Model):
         """The target chosen with ``--target`` (or the file's default)."""
         chosen = name or self.target
         if chosen not in self.targets:
-            raise ConfigError(
-                f"unknown target {chosen!r}",
-                file=str(self.path),
-                key="target",
-                hint=f"use one of: {', '.join(self.targets)}",
-            )
+            raise self._unknown("target", chosen, "target", self.targets)
         return self.targets[chosen]
 
     def region_names(self) -> list[str]:
@@ -121,23 +116,26 @@ class StackConfig(_Model):
 
     def check_region(self, region: str) -> str:
         if region not in self.region_names():
-            raise ConfigError(
-                f"unknown region {region!r}",
-                file=str(self.path),
-                key="regions",
-                hint=f"use one of: {', '.join(self.region_names())}, or declare it in `regions:`",
+            raise self._unknown(
+                "region", region, "regions", self.region_names(), ", or declare it in `regions:`"
             )
         return region
 
     def source(self, name: str) -> SourceConfig:
         if name not in self.sources:
-            raise ConfigError(
-                f"unknown source {name!r}",
-                file=str(self.path),
-                key="sources",
-                hint=f"use one of: {', '.join(self.sources)}",
-            )
+            raise self._unknown("source", name, "sources", self.sources)
         return self.sources[name]
+
+    def _unknown(
+        self, kind: str, name: str, key: str, known: Iterable[str], more: str = ""
+    ) -> ConfigError:
+        """The error for a name that is not among the file's ``known`` ones."""
+        return ConfigError(
+            f"unknown {kind} {name!r}",
+            file=str(self.path),
+            key=key,
+            hint=f"use one of: {', '.join(known)}{more}",
+        )
 
     def template_vars(self, region: str) -> dict[str, Any]:
         """Values ``{{ name }}`` may refer to in a region's run."""

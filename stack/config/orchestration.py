@@ -103,6 +103,11 @@ def check_timezone(name: str) -> str:
 # -- alerts: ---------------------------------------------------------------------------------
 
 
+def _one_or_many(value: Any) -> Any:
+    """A lone string where a list is expected, as a one-item tuple (``on: failure``)."""
+    return (value,) if isinstance(value, str) else value
+
+
 class _Alert(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -117,10 +122,7 @@ class _Alert(BaseModel):
             data = {("on" if k is True else k): v for k, v in data.items()}
         return data
 
-    @field_validator("on", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: Any) -> Any:
-        return (value,) if isinstance(value, str) else value
+    _one_or_many = field_validator("on", mode="before")(_one_or_many)
 
 
 class SlackAlert(_Alert):
@@ -140,10 +142,7 @@ class EmailAlert(_Alert):
     starttls: bool = False
     """Upgrade a plain ``smtp://`` connection with STARTTLS (``smtps://`` is TLS at once)."""
 
-    @field_validator("to", mode="before")
-    @classmethod
-    def _recipients(cls, value: Any) -> Any:
-        return (value,) if isinstance(value, str) else value
+    _recipients = field_validator("to", mode="before")(_one_or_many)
 
 
 class WebhookAlert(_Alert):

@@ -89,7 +89,7 @@ class Feed:
                 return
             if item is _ABORT:
                 raise FeedAborted("the load was aborted")
-            yield item  # type: ignore[misc]
+            yield item
 
     def _run(self, write: Callable[[pa.RecordBatchReader], None], reader) -> None:
         try:

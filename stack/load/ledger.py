@@ -41,12 +41,17 @@ STATE_TABLE = "_mds_state"
 RUNS_TABLE = "_mds_runs"
 QUARANTINE_TABLE = "_mds_quarantine"
 
+_STREAM_FIELDS = [
+    ("pipeline", pa.string()),
+    ("source", pa.string()),
+    ("stream", pa.string()),
+    ("region", pa.string()),
+]
+"""The columns naming one stream of one region (a :class:`StreamKey`), in every meta table."""
+
 _STATE_SCHEMA = pa.schema(
     [
-        ("pipeline", pa.string()),
-        ("source", pa.string()),
-        ("stream", pa.string()),
-        ("region", pa.string()),
+        *_STREAM_FIELDS,
         ("state", pa.string()),
         ("run_id", pa.string()),
         ("updated_at", pa.timestamp("us")),
@@ -96,10 +101,7 @@ class RunEntry:
 _RUNS_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
-        ("pipeline", pa.string()),
-        ("source", pa.string()),
-        ("stream", pa.string()),
-        ("region", pa.string()),
+        *_STREAM_FIELDS,
         ("mode", pa.string()),
         ("status", pa.string()),
         ("started_at", pa.timestamp("us")),
@@ -128,10 +130,7 @@ _KEY_WHERE = (
 _QUARANTINE_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
-        ("pipeline", pa.string()),
-        ("source", pa.string()),
-        ("stream", pa.string()),
-        ("region", pa.string()),
+        *_STREAM_FIELDS,
         ("reason", pa.string()),
         ("record", pa.string()),
         ("quarantined_at", pa.timestamp("us")),

@@ -83,7 +83,7 @@ class DirectLoad:
 
     def commit(self) -> None:
         wh, plan, ctx, entry = self.lc.wh, self.lc.plan, self.lc.ctx, self.lc.entry
-        self._begin()
+        tx = self._begin()
         self._end_feed()
         self._flush()
         now = utcnow()
@@ -99,13 +99,8 @@ class DirectLoad:
             }
             wh.append(wh.meta_schema, ledger.QUARANTINE_TABLE, _Constants(meta).add(bad))
             entry.quarantined += bad.num_rows
-        if self.state is not None:
-            ledger.write_state(wh, self.lc.key, self.state, ctx.run_id, now)
-        entry.checkpoints += 1
-        self.lc.record()
-        if self.lc.replace is not None:
-            self.lc.replace.settle(entry)
-        tx, self._tx = self._tx, None
+        self.lc.end_checkpoint(self.state, now)
+        self._tx = None
         tx.close()  # COMMIT
         self._bad, self._pending, self.state = [], 0, None
 
@@ -119,9 +114,10 @@ class DirectLoad:
             tx, self._tx = self._tx, None
             tx.__exit__(RuntimeError, RuntimeError("load aborted"), None)
 
-    def _begin(self) -> None:
+    def _begin(self) -> ExitStack:
+        """The load's open transaction, begun (and the region cleared) if there is none."""
         if self._tx is not None:
-            return
+            return self._tx
         tx = ExitStack()
         tx.enter_context(self.lc.wh.transaction())
         self._tx = tx
@@ -130,6 +126,7 @@ class DirectLoad:
             wh.execute(sql.clear_region_sql(target), [region])
         if self.lc.replace is not None:
             self.lc.replace.clear(wh, target, region)
+        return tx
 
     def _stream(self, batch: pa.RecordBatch) -> None:
         """Hand the batch to the commit's INSERT, starting it with the first batch."""

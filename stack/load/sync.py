@@ -21,17 +21,25 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.base import DELETED_AT, Batch, Checkpoint, ConfiguredStream, Deletes, Source
+from connectors.base import (
+    SOURCE_DELETED_AT,
+    Batch,
+    Checkpoint,
+    ConfiguredStream,
+    Deletes,
+    Message,
+    Source,
+)
 from stack import sql
 from stack.errors import SchemaError
 from stack.load import ledger
 from stack.load.external import sync_external
-from stack.load.names import column_plan, load_names
+from stack.load.names import ColumnNames, column_plan, load_names
 from stack.load.plan import CommitPolicy, RunContext, StreamPlan, utcnow
 from stack.load.schema import StreamSchema
 from stack.load.staged import Load, LoadContext, Replacement, StagedLoad, detect_deletes
@@ -95,7 +103,7 @@ def _sync_locked(
     replace: Replacement | None,
 ) -> ledger.RunEntry:
     entry, key = ledger.new_run(plan, ctx)
-    started = last_commit = time.perf_counter()
+    started = time.perf_counter()
     changes: list[str] = []
 
     def record() -> None:
@@ -121,27 +129,8 @@ def _sync_locked(
         schema = _destination(wh, plan)
         lc = LoadContext(wh, plan, ctx, key, entry, record, replace)
         load = DirectLoad(lc) if _direct(plan, wh.capabilities) else StagedLoad(lc)
-        for message in source.read(read, ledger.read_state(wh, key)):
-            if isinstance(message, Batch):
-                data = names.batch(message.data)
-                changes.extend(
-                    r.describe() for r in names.store(wh, plan.schema, plan.name, ctx.run_id)
-                )
-                _add_batch(wh, plan, schema, load, data, changes)
-                entry.rows_read += message.data.num_rows
-                if progress:
-                    progress(plan.name, entry.rows_read)
-            elif isinstance(message, Deletes):
-                fields = message.keys.schema.names
-                keys = message.keys.rename_columns(
-                    [n if n == DELETED_AT else names.column(n) for n in fields]
-                )
-                _add_deletes(plan, load, keys)
-            elif isinstance(message, Checkpoint):
-                load.state = message.state
-                if not whole_run and policy.due(load.rows, last_commit):
-                    load.commit()
-                    last_commit = time.perf_counter()
+        messages = _in_columns(source.read(read, ledger.read_state(wh, key)), lc, names, changes)
+        _read_stream(lc, messages, schema, load, changes, progress, None if whole_run else policy)
         # The last commit records the finished run in its own transaction: no extra commit.
         recorded = False
         if whole_run or load.rows or load.state is not None:
@@ -163,6 +152,52 @@ def _sync_locked(
         if load is not None:
             load.close()
     return entry
+
+
+def _in_columns(
+    messages: Iterator[Message], lc: LoadContext, names: ColumnNames, changes: list[str]
+) -> Iterator[Message]:
+    """The source's messages with each field under its column (:mod:`stack.load.names`);
+    a rename is stored before the message that needs it goes on."""
+    for message in messages:
+        if isinstance(message, Batch):
+            message = dataclasses.replace(message, data=names.batch(message.data))
+        elif isinstance(message, Deletes):
+            fields = message.keys.schema.names
+            columns = [n if n == SOURCE_DELETED_AT else names.column(n) for n in fields]
+            message = dataclasses.replace(message, keys=message.keys.rename_columns(columns))
+        stored = names.store(lc.wh, lc.plan.schema, lc.plan.name, lc.ctx.run_id)
+        changes.extend(r.describe() for r in stored)
+        yield message
+
+
+def _read_stream(
+    lc: LoadContext,
+    messages: Iterator[Message],
+    schema: StreamSchema,
+    load: Load,
+    changes: list[str],
+    progress: Progress | None,
+    policy: CommitPolicy | None,
+) -> None:
+    """Feed the messages into ``load``: batches fitted and added, deletes
+    staged, each checkpoint's state kept and committed when ``policy`` says it is due
+    (``None``: the load commits once, after the read)."""
+    wh, plan, entry = lc.wh, lc.plan, lc.entry
+    last_commit = time.perf_counter()
+    for message in messages:
+        if isinstance(message, Batch):
+            _add_batch(wh, plan, schema, load, message.data, changes)
+            entry.rows_read += message.data.num_rows
+            if progress:
+                progress(plan.name, entry.rows_read)
+        elif isinstance(message, Deletes):
+            _add_deletes(plan, load, message.keys)
+        elif isinstance(message, Checkpoint):
+            load.state = message.state
+            if policy is not None and policy.due(load.rows, last_commit):
+                load.commit()
+                last_commit = time.perf_counter()
 
 
 def _direct(plan: StreamPlan, capabilities: Capabilities) -> bool:
@@ -271,15 +306,15 @@ def _add_deletes(plan: StreamPlan, load: Load, keys: pa.RecordBatch) -> None:
         return
     if plan.mode == "full_refresh_overwrite":
         return
-    missing = [k for k in (*plan.keys, DELETED_AT) if k not in keys.schema.names]
+    missing = [k for k in (*plan.keys, SOURCE_DELETED_AT) if k not in keys.schema.names]
     if missing:
         raise SchemaError(
             f"deletes lack columns {missing}",
             source=plan.source,
             stream=plan.name,
-            hint=f"the source must send key columns and {DELETED_AT!r} with every delete",
+            hint=f"the source must send key columns and {SOURCE_DELETED_AT!r} with every delete",
         )
-    load.add_deletes(keys.select([*plan.keys, DELETED_AT]))
+    load.add_deletes(keys.select([*plan.keys, SOURCE_DELETED_AT]))
 
 
 def _snapshot_deletes(

@@ -1,8 +1,9 @@
 """Secrets: ``${vault:...}``, ``${env:...}``, ``${file:...}`` references in ``stack.yml``,
 resolved once per run and never shown.
 
-- ``references.py``: finding and parsing references, :class:`Resolver` (one per run),
-  :func:`reveal` at the edge, :func:`check_references` (``mdstack secrets check``).
+- ``references.py``: the reference syntax: finding and parsing references.
+- ``resolver.py``: :class:`Resolver` (one per run), :func:`reveal` at the edge,
+  :func:`check_references` (``mdstack secrets check``).
 - ``vault.py``: one authenticated Vault (or OpenBao) session per run, through hvac:
   login, KV reads, database leases, renewal and revocation.
 
@@ -11,14 +12,12 @@ Where Vault is and how to log in is the ``secrets:`` section
 :mod:`stack.redact`, which every layer uses.
 """
 
-from stack.secrets.references import (
+from stack.secrets.references import Reference, find_references, parse_reference
+from stack.secrets.resolver import (
     DbCredentials,
-    Reference,
     ReferenceCheck,
     Resolver,
     check_references,
-    find_references,
-    parse_reference,
     reveal,
 )
 

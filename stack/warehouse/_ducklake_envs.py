@@ -29,9 +29,10 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 
@@ -42,6 +43,42 @@ DATA_DIR = "data"
 BASE_MARK = ".mds_base_snapshot"
 """File in a clone holding the published snapshot id it was taken at."""
 BUSY_WAIT_SECONDS = 30.0
+_POLL_SECONDS = 0.2
+_T = TypeVar("_T")
+
+
+class Locked(Exception):
+    """Another process holds the file: the same attempt may succeed a moment later."""
+
+
+def wait_while_locked(attempt: Callable[[], _T], busy_timeout: float, busy: WarehouseBusy) -> _T:
+    """Call ``attempt`` until it stops raising :class:`Locked`, polling every 0.2 s.
+
+    Args:
+        attempt: opens or locks something; raises :class:`Locked` (``from`` the
+            driver's error, if any) while another process holds it.
+        busy_timeout: seconds to keep trying.
+        busy: raised once the time is up, from the last :class:`Locked`'s cause.
+
+    Returns:
+        What ``attempt`` returned.
+    """
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            return attempt()
+        except Locked as locked:
+            if time.monotonic() >= deadline:
+                raise busy from locked.__cause__
+            time.sleep(_POLL_SECONDS)
+
+
+def open_error(exc: duckdb.IOException, message: str) -> Exception:
+    """What a failed DuckDB open means: :class:`Locked` for a file lock held elsewhere
+    (worth waiting on), else a :class:`WarehouseError` saying ``message``."""
+    if "lock" in str(exc).lower():
+        return Locked()
+    return WarehouseError(f"{message}: {exc}")
 
 
 def environment_path(warehouse: Path, name: str) -> Path:
@@ -118,7 +155,10 @@ def snapshot_id(catalog: Path) -> int:
 
 
 def _snapshot(con: duckdb.DuckDBPyConnection) -> int:
-    return int(con.execute("SELECT max(snapshot_id) FROM ducklake_snapshot").fetchone()[0])
+    row = con.execute("SELECT max(snapshot_id) FROM ducklake_snapshot").fetchone()
+    if row is None or row[0] is None:
+        raise WarehouseError("the DuckLake catalog holds no snapshot")
+    return int(row[0])
 
 
 @contextmanager
@@ -145,19 +185,18 @@ def _held(catalog: Path, busy_timeout: float) -> Iterator[duckdb.DuckDBPyConnect
 
 def _connect(catalog: Path, busy_timeout: float, read_only: bool) -> duckdb.DuckDBPyConnection:
     """Open a catalog file, waiting up to ``busy_timeout`` seconds for a holder to let go."""
-    deadline = time.monotonic() + busy_timeout
-    while True:
+
+    def attempt() -> duckdb.DuckDBPyConnection:
         try:
             return duckdb.connect(str(catalog), read_only=read_only)
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower():
-                raise WarehouseError(f"cannot open {catalog}: {exc}") from exc
-            if time.monotonic() >= deadline:
-                raise WarehouseBusy(
-                    f"the warehouse {catalog.parent} is in use by another process",
-                    hint="wait for the other mdstack (or dbt, or a BI tool) to finish",
-                ) from exc
-            time.sleep(0.2)
+            raise open_error(exc, f"cannot open {catalog}") from exc
+
+    busy = WarehouseBusy(
+        f"the warehouse {catalog.parent} is in use by another process",
+        hint="wait for the other mdstack (or dbt, or a BI tool) to finish",
+    )
+    return wait_while_locked(attempt, busy_timeout, busy)
 
 
 @contextmanager
@@ -165,19 +204,18 @@ def _publishing(published: Path, busy_timeout: float) -> Iterator[None]:
     """Hold the warehouse's publish lock: two publishes never both pass the snapshot check."""
     folder = published / ".locks"
     folder.mkdir(exist_ok=True)
-    deadline = time.monotonic() + busy_timeout
+    busy = WarehouseBusy(
+        f"another publish into {published} is in progress", hint="rerun when it finished"
+    )
     with open(folder / "publish.lock", "w") as handle:
-        while True:
+
+        def attempt() -> None:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise WarehouseBusy(
-                        f"another publish into {published} is in progress",
-                        hint="rerun when it finished",
-                    ) from None
-                time.sleep(0.2)
+                raise Locked from None
+
+        wait_while_locked(attempt, busy_timeout, busy)
         try:
             yield
         finally:

@@ -5,9 +5,7 @@
   object with a quoted, case-sensitive name, and DuckDB resolves unquoted names
   case-insensitively, so an unquoted name is rendered as the quoted lower-case
   name (``raw.items`` -> ``"raw"."items"``).
-* Arrow <-> Snowflake types: :func:`snowflake_type` for DDL, :func:`arrow_type`
-  for results, :func:`engine_type` for :meth:`columns` (named in the engine's
-  dialect, so both adapters answer in one vocabulary).
+* Column definitions typed through :mod:`stack.warehouse._snowflake_types`.
 * The statements the adapter owns (PUT, COPY, lock rows, column rebuilds), which
   sqlglot does not model or which the engine never writes.
 """
@@ -23,8 +21,9 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.tokens import Tokenizer, TokenType
 
-from stack.errors import SchemaError, WarehouseError
+from stack.errors import WarehouseError
 from stack.sql import ident, table
+from stack.warehouse._snowflake_types import SEMI_STRUCTURED, alterable, snowflake_type
 
 LOAD_STAGE = "_mds_load"
 """The session's temporary internal stage that every bulk load goes through."""
@@ -73,7 +72,7 @@ def render(sql: str) -> Rendered:
     return Rendered(_sf(tree), isinstance(tree, _DDL), parts)
 
 
-def _sf(node: exp.Expression) -> str:
+def _sf(node: exp.Expr) -> str:
     return node.sql("snowflake", identify=True)
 
 
@@ -124,184 +123,6 @@ def _merge_parts(merge: exp.Merge) -> tuple[str, ...]:
         f"INSERT INTO {_sf(bare)} ({columns}) SELECT {values} FROM {_sf(source)} WHERE {absent}"
     )
     return first, second
-
-
-# -- types ------------------------------------------------------------------------------------
-def snowflake_type(arrow: pa.DataType) -> str:
-    """The Snowflake column type for an Arrow type.
-
-    >>> snowflake_type(pa.int32()), snowflake_type(pa.timestamp("us", tz="UTC"))
-    ('NUMBER(38,0)', 'TIMESTAMP_TZ')
-
-    Raises:
-        SchemaError: no Snowflake type holds it (durations, intervals, decimals > 38 digits).
-    """
-    t = pa.types
-    if t.is_dictionary(arrow):
-        return snowflake_type(arrow.value_type)
-    if t.is_boolean(arrow):
-        return "BOOLEAN"
-    if t.is_integer(arrow):
-        return "NUMBER(38,0)"
-    if t.is_floating(arrow):
-        return "FLOAT"
-    if t.is_decimal(arrow):
-        if arrow.precision > 38:
-            raise SchemaError(
-                f"decimal precision {arrow.precision} exceeds Snowflake's 38 digits",
-                hint="cast the column to float64 or string in the source",
-            )
-        return f"NUMBER({arrow.precision},{arrow.scale})"
-    if t.is_string(arrow) or t.is_large_string(arrow) or t.is_null(arrow):
-        return "VARCHAR"
-    if t.is_string_view(arrow):
-        return "VARCHAR"
-    if t.is_binary(arrow) or t.is_large_binary(arrow) or t.is_fixed_size_binary(arrow):
-        return "BINARY"
-    if t.is_date(arrow):
-        return "DATE"
-    if t.is_time(arrow):
-        return "TIME"
-    if t.is_timestamp(arrow):
-        return "TIMESTAMP_TZ" if arrow.tz else "TIMESTAMP_NTZ"
-    if t.is_list(arrow) or t.is_large_list(arrow) or t.is_fixed_size_list(arrow):
-        return "VARIANT"
-    if t.is_struct(arrow) or t.is_map(arrow):
-        return "VARIANT"
-    raise SchemaError(
-        f"no Snowflake type for Arrow type {arrow}",
-        hint="cast the column to a supported type (number, string, timestamp...) in the source",
-    )
-
-
-_TEXT = {"TEXT", "VARCHAR", "STRING", "CHAR", "CHARACTER", "NCHAR", "NVARCHAR"}
-_NUMBER = {"NUMBER", "FIXED", "DECIMAL", "NUMERIC", "INT", "INTEGER", "BIGINT"}
-_FLOAT = {"FLOAT", "REAL", "DOUBLE", "DOUBLE PRECISION", "FLOAT4", "FLOAT8"}
-_SEMI = {"VARIANT", "OBJECT", "ARRAY"}
-
-
-def arrow_type(sf_type: str, precision: int | None = None, scale: int | None = None) -> pa.DataType:
-    """The Arrow type mdstack reads a Snowflake type as (the type in query results).
-
-    ``NUMBER(p,0)`` is an integer column (``int64``), ``NUMBER(p,s)`` a decimal;
-    timestamps are microseconds, as DuckDB returns them; semi-structured values
-    are JSON text.
-    """
-    name = sf_type.upper()
-    if name in _NUMBER:
-        if scale:
-            return pa.decimal128(precision or 38, scale)
-        return pa.int64()
-    if name in _FLOAT:
-        return pa.float64()
-    if name == "BOOLEAN":
-        return pa.bool_()
-    if name == "DATE":
-        return pa.date32()
-    if name == "TIME":
-        return pa.time64("us")
-    if name in ("TIMESTAMP_NTZ", "TIMESTAMP", "DATETIME"):
-        return pa.timestamp("us")
-    if name in ("TIMESTAMP_TZ", "TIMESTAMP_LTZ"):
-        return pa.timestamp("us", tz="UTC")
-    if name in ("BINARY", "VARBINARY"):
-        return pa.binary()
-    return pa.string()  # TEXT, VARIANT/OBJECT/ARRAY (JSON text), GEOGRAPHY...
-
-
-def result_schema(columns: Sequence[tuple[str, str, int | None, int | None]]) -> pa.Schema:
-    """The Arrow schema of a result from its columns' (name, Snowflake type, precision, scale)."""
-    return pa.schema([pa.field(name, arrow_type(*spec)) for name, *spec in columns])
-
-
-def conform(chunk: pa.Table, schema: pa.Schema) -> pa.Table:
-    """A result chunk cast to ``schema``.
-
-    Snowflake sends integers in the narrowest width per chunk and timestamps in
-    nanoseconds; casting every chunk keeps results stable. A value the cast cannot
-    hold (a ``NUMBER(38,0)`` beyond int64) keeps the chunk's own type.
-    """
-    return pa.table([_cast(chunk.column(i), f.type) for i, f in enumerate(schema)], schema.names)
-
-
-def rows_table(rows: Sequence[tuple], schema: pa.Schema) -> pa.Table:
-    """A JSON result's rows (SHOW, DML counts) as Arrow, typed by ``schema`` where they fit."""
-    columns = list(zip(*rows, strict=True)) if rows else [[] for _ in schema]
-    return pa.table([_array(v, f.type) for v, f in zip(columns, schema, strict=True)], schema.names)
-
-
-def _cast(column: pa.ChunkedArray, wanted: pa.DataType) -> pa.ChunkedArray:
-    if column.type == wanted:
-        return column
-    lossy = pa.types.is_timestamp(wanted) or pa.types.is_time(wanted)  # ns -> us truncates
-    try:
-        return column.cast(wanted, safe=not lossy)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return column
-
-
-def _array(values: Sequence[object], wanted: pa.DataType) -> pa.Array:
-    try:
-        return pa.array(values, wanted)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.array(values)
-
-
-def engine_type(sf_type: str, precision: int | None = None, scale: int | None = None) -> str:
-    """A Snowflake column type named in the engine's (DuckDB's) dialect.
-
-    >>> engine_type("NUMBER", 38, 0), engine_type("TEXT"), engine_type("FLOAT")
-    ('BIGINT', 'VARCHAR', 'DOUBLE')
-    """
-    name = sf_type.upper()
-    if name in _SEMI:
-        return "JSON"
-    arrow = arrow_type(name, precision, scale)
-    if pa.types.is_decimal(arrow):
-        return f"DECIMAL({arrow.precision},{arrow.scale})"
-    if pa.types.is_timestamp(arrow):
-        return "TIMESTAMP WITH TIME ZONE" if arrow.tz else "TIMESTAMP"
-    return _ENGINE_NAMES.get(arrow, name)
-
-
-_ENGINE_NAMES = {
-    pa.int64(): "BIGINT",
-    pa.float64(): "DOUBLE",
-    pa.bool_(): "BOOLEAN",
-    pa.date32(): "DATE",
-    pa.time64("us"): "TIME",
-    pa.binary(): "BLOB",
-    pa.string(): "VARCHAR",
-}
-
-
-def native_type(sf_type: str, precision: int | None, scale: int | None) -> str:
-    """A column's type as :func:`snowflake_type` writes it (``TEXT`` -> ``VARCHAR``)."""
-    name = sf_type.upper()
-    if name in _NUMBER:
-        return f"NUMBER({precision or 38},{scale or 0})"
-    if name in _TEXT:
-        return "VARCHAR"
-    if name in _FLOAT:
-        return "FLOAT"
-    return name
-
-
-def alterable(current: str, wanted: str) -> bool:
-    """Whether ``ALTER COLUMN ... SET DATA TYPE`` can change ``current`` into ``wanted``.
-
-    Snowflake only widens in place: more digits for a NUMBER of the same scale, a
-    longer VARCHAR. Everything else (NUMBER -> FLOAT, anything -> VARCHAR) is rebuilt.
-    """
-    if current.startswith("NUMBER(") and wanted.startswith("NUMBER("):
-        (p1, s1), (p2, s2) = (_digits(current), _digits(wanted))
-        return s1 == s2 and p2 >= p1
-    return current.startswith("VARCHAR") and wanted == "VARCHAR"
-
-
-def _digits(number: str) -> tuple[int, int]:
-    precision, scale = number[len("NUMBER(") : -1].split(",")
-    return int(precision), int(scale)
 
 
 # -- statements of the adapter ----------------------------------------------------------------
@@ -381,7 +202,9 @@ def widen_sql(schema: str, name: str, column: str, current: str, wanted: str) ->
     if alterable(current, wanted):
         return [f"ALTER TABLE {target} ALTER COLUMN {ident(column)} SET DATA TYPE {wanted}"]
     spare, aside = ident(column + WIDEN_SPARE), ident(column + WIDEN_ASIDE)
-    value = f"TO_JSON({ident(column)})" if current in _SEMI and wanted == "VARCHAR" else None
+    value = (
+        f"TO_JSON({ident(column)})" if current in SEMI_STRUCTURED and wanted == "VARCHAR" else None
+    )
     return [
         f"ALTER TABLE {target} ADD COLUMN {spare} {wanted}",
         f"UPDATE {target} SET {spare} = {value or f'CAST({ident(column)} AS {wanted})'}",
@@ -476,10 +299,6 @@ def columns_sql() -> str:
         "FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
         "ORDER BY ordinal_position"
     )
-
-
-def quoted(names: Sequence[str]) -> str:
-    return ", ".join(ident(n) for n in names)
 
 
 def environment_database(database: str, env: str) -> str:

@@ -21,7 +21,6 @@ import functools
 import importlib.util
 import os
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,18 +32,20 @@ import pyarrow as pa
 from stack.errors import SyncConflict, WarehouseBusy, WarehouseError
 from stack.sql import ident, table
 from stack.warehouse._ducklake_envs import (
+    BUSY_WAIT_SECONDS,
+    CATALOG_FILE,
+    DATA_DIR,
     clone_lake,
     drop_lake,
     environment_path,
+    open_error,
     publish_lake,
+    wait_while_locked,
 )
 from stack.warehouse.base import Capabilities
 
-CATALOG_FILE = "catalog.ducklake"
-DATA_DIR = "data"
 EXTENSION_DIR = ".extensions"
 ALIAS = "lake"
-_BUSY_WAIT_SECONDS = 30.0
 _LAKE_OPTIONS = {"parquet_row_group_size": 30_000}
 """DuckLake options set on a lake that has none of its own. Each writer thread buffers a
 whole Parquet row group: 30 k rows instead of 122,880 keeps a 2 M-row load near 300 MB
@@ -87,7 +88,7 @@ class DuckDBWarehouse:
         path: Path,
         threads: int = 4,
         memory_limit: str = "1GB",
-        busy_timeout: float = _BUSY_WAIT_SECONDS,
+        busy_timeout: float = BUSY_WAIT_SECONDS,
         read_only: bool = False,
     ):
         self.read_only = read_only
@@ -105,27 +106,27 @@ class DuckDBWarehouse:
         (self.path / DATA_DIR).mkdir(parents=True, exist_ok=True)
         self._link_extension()
         con = duckdb.connect(config=self._config())
-        deadline = time.monotonic() + self.busy_timeout
-        while True:
+        mode = ", READ_ONLY" if self.read_only else ""
+
+        def attach() -> None:
             try:
-                mode = ", READ_ONLY" if self.read_only else ""
                 con.execute(
                     f"ATTACH 'ducklake:{self.catalog}' AS {ALIAS} "
                     f"(DATA_PATH '{self.data_path}'{mode})"
                 )
-                break
             except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower():
-                    con.close()
-                    raise WarehouseError(f"cannot open the warehouse: {exc}") from exc
-                if time.monotonic() >= deadline:
-                    con.close()
-                    raise WarehouseBusy(
-                        f"the warehouse {self.path} is in use by another process",
-                        hint="wait for the other mdstack (or dbt, or a BI tool) to finish; "
-                        "a DuckDB-file catalog allows one process at a time",
-                    ) from exc
-                time.sleep(0.2)
+                raise open_error(exc, "cannot open the warehouse") from exc
+
+        busy = WarehouseBusy(
+            f"the warehouse {self.path} is in use by another process",
+            hint="wait for the other mdstack (or dbt, or a BI tool) to finish; "
+            "a DuckDB-file catalog allows one process at a time",
+        )
+        try:
+            wait_while_locked(attach, self.busy_timeout, busy)
+        except WarehouseError:
+            con.close()
+            raise
         con.execute(f"USE {ALIAS}")
         if not self.read_only:
             _set_default_options(con)
@@ -393,7 +394,10 @@ class DuckDBWarehouse:
 def _platform() -> str:
     """DuckDB's platform name (``linux_amd64``): the extension directory's sub-folder."""
     with duckdb.connect() as con:
-        return con.execute("PRAGMA platform").fetchone()[0]
+        row = con.execute("PRAGMA platform").fetchone()
+    if row is None:
+        raise WarehouseError("DuckDB did not name its platform")
+    return str(row[0])
 
 
 def _set_default_options(con: duckdb.DuckDBPyConnection) -> None:

@@ -9,6 +9,15 @@ their quoted lower-case form (``raw.items`` is ``"raw"."items"``), which is
 how the engine creates them. Results come back as Arrow typed from the
 columns' Snowflake types (``NUMBER(p,0)`` -> int64, timestamps in us).
 
+The adapter's other modules, each pure of the session it serves:
+
+* ``_snowflake_sql.py``: rendering, and the statements the adapter owns (PUT,
+  COPY, lock rows, column rebuilds, CLONE and SWAP WITH).
+* ``_snowflake_types.py``: Arrow <-> Snowflake types.
+* ``_snowflake_connect.py``: the connector's login arguments and dbt's profile.
+* ``_snowflake_driver.py``: the connector's errors translated, results read as Arrow.
+* ``_snowflake_envs.py``: publishing an environment (SWAP WITH, checked before and after).
+
 Session layout
     The session's current schema is the target's ``schema`` (the meta schema,
     created if missing), named exactly as written: mdstack quotes every name, so
@@ -58,7 +67,6 @@ fakesnow (``fakesnow: true`` on the target, or ``fakesnow=True``: tests, local d
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -73,28 +81,31 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import snowflake.connector
-from pydantic import SecretStr
 from snowflake.connector import errors as sf_errors
-from snowflake.connector.constants import FIELD_ID_TO_NAME
 
 from stack.config.targets import SnowflakeTarget
-from stack.errors import SyncConflict, WarehouseBusy, WarehouseError
-from stack.redact import redact, register_secret
+from stack.errors import SyncConflict, WarehouseError
+from stack.redact import register_secret
 from stack.sql import ident, table
 from stack.warehouse import _snowflake_sql as sfsql
+from stack.warehouse import _snowflake_types as sftypes
+from stack.warehouse._snowflake_connect import (
+    DBT_ENV,
+    connect_kwargs,
+    dbt_env,
+    dbt_env_fields,
+    dbt_output,
+    describe,
+    endpoint,
+    private_key_der,
+)
+from stack.warehouse._snowflake_driver import fetch, rows_loaded, translate
+from stack.warehouse._snowflake_envs import publish_database
 from stack.warehouse.base import Capabilities
 
-__all__ = ["DBT_ENV", "SnowflakeWarehouse", "connect_kwargs"]
+__all__ = ["DBT_ENV", "SnowflakeWarehouse", "connect_kwargs", "private_key_der"]
 
 log = logging.getLogger(__name__)
-
-DBT_ENV = {
-    "password": "DBT_ENV_SECRET_SNOWFLAKE_PASSWORD",
-    "private_key": "DBT_ENV_SECRET_SNOWFLAKE_PRIVATE_KEY",
-    "private_key_passphrase": "DBT_ENV_SECRET_SNOWFLAKE_PRIVATE_KEY_PASSPHRASE",
-    "token": "DBT_ENV_SECRET_SNOWFLAKE_TOKEN",
-}
-"""Environment variables the dbt profile reads credentials from (dbt masks ``DBT_ENV_SECRET_*``)."""
 
 _LOCK_TTL = 3600.0
 
@@ -133,12 +144,11 @@ class SnowflakeWarehouse:
         self.target = target
         self.meta_schema: str = target.schema_
         self.query_tag = {"app": "mdstack", **(query_tag or {})}
-        self.connect_args = {**_endpoint(target), **(connect_args or {})}
+        self.connect_args = {**endpoint(target), **(connect_args or {})}
         self.fakesnow = fakesnow or target.fakesnow
         self.lock_ttl = lock_ttl
-        for field in DBT_ENV:
-            if value := _secret(getattr(target, field)):
-                register_secret(value)
+        for value in dbt_env_fields(target).values():
+            register_secret(value)
         self._con: Any = None
         self._in_transaction = False
         self._leases: dict[str, str] = {}
@@ -149,8 +159,8 @@ class SnowflakeWarehouse:
     # -- connection ---------------------------------------------------------------------------
     def __enter__(self) -> SnowflakeWarehouse:
         kwargs = connect_kwargs(self.target, self.query_tag, self.connect_args)
-        log.debug("connecting to Snowflake: %s", _describe(kwargs))
-        with _translate(f"connecting to Snowflake account {self.target.account}"):
+        log.debug("connecting to Snowflake: %s", describe(kwargs))
+        with translate(f"connecting to Snowflake account {self.target.account}"):
             self._con = snowflake.connector.connect(**kwargs)
         try:
             self._use_meta_schema()
@@ -199,14 +209,14 @@ class SnowflakeWarehouse:
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
         rendered = sfsql.render(sql)
         cursor = self._run(rendered.sql, params)
-        with _translate(rendered.sql):
-            return _fetch(cursor)
+        with translate(rendered.sql):
+            return fetch(cursor)
 
     def _run(self, sql: str, params: Sequence[Any] | None = None) -> Any:
         """Send one Snowflake statement; return its cursor."""
         self._renew_leases()
         cursor = self.con.cursor()
-        with _translate(sql):
+        with translate(sql):
             cursor.execute(sql, list(params) if params else None)
         return cursor
 
@@ -266,12 +276,12 @@ class SnowflakeWarehouse:
 
         ``NUMBER(38,0)`` is ``BIGINT`` (mdstack's integer column, read as int64),
         ``TEXT`` is ``VARCHAR``, ``FLOAT`` is ``DOUBLE``, ``TIMESTAMP_NTZ`` is
-        ``TIMESTAMP``, ``VARIANT`` is ``JSON``; see :func:`_snowflake_sql.engine_type`.
+        ``TIMESTAMP``, ``VARIANT`` is ``JSON``; see :func:`_snowflake_types.engine_type`.
         """
         info = self._columns(schema, table_name)
         if info is None:
             return None
-        return {name: sfsql.engine_type(*spec) for name, spec in info.items()}
+        return {name: sftypes.engine_type(*spec) for name, spec in info.items()}
 
     def _columns(self, schema: str, table_name: str) -> dict[str, tuple] | None:
         """A table's columns, after finishing or undoing a column rebuild that was cut short.
@@ -311,7 +321,7 @@ class SnowflakeWarehouse:
 
     def add_columns(self, schema: str, table_name: str, columns: pa.Schema) -> None:
         for field in columns:
-            sf_type = sfsql.snowflake_type(field.type)
+            sf_type = sftypes.snowflake_type(field.type)
             self._ddl(sfsql.add_column_sql(schema, table_name, field.name, sf_type))
 
     def widen_columns(self, schema: str, table_name: str, columns: pa.Schema) -> None:
@@ -332,8 +342,8 @@ class SnowflakeWarehouse:
                 raise WarehouseError(
                     f"cannot widen missing column {table(schema, table_name)}.{ident(field.name)}"
                 )
-            have = sfsql.native_type(*current[field.name])
-            want = sfsql.snowflake_type(field.type)
+            have = sftypes.native_type(*current[field.name])
+            want = sftypes.snowflake_type(field.type)
             if have == want:
                 continue
             for statement in sfsql.widen_sql(schema, table_name, field.name, have, want):
@@ -347,15 +357,18 @@ class SnowflakeWarehouse:
     def cursor(self) -> Iterator[SnowflakeWarehouse]:
         """A session of its own for another thread (a session runs one statement at a time,
         and owns its transaction and temporary tables)."""
-        twin = SnowflakeWarehouse(
-            self.target,
+        with self._twin(self.target) as twin:
+            yield twin
+
+    def _twin(self, target: SnowflakeTarget) -> SnowflakeWarehouse:
+        """An unopened session like this one (its tag, endpoint, workarounds) on ``target``."""
+        return SnowflakeWarehouse(
+            target,
             query_tag=self.query_tag,
             connect_args=self.connect_args,
             fakesnow=self.fakesnow,
             lock_ttl=self.lock_ttl,
         )
-        with twin:
-            yield twin
 
     @contextmanager
     def lock(self, name: str) -> Iterator[None]:
@@ -441,25 +454,17 @@ class SnowflakeWarehouse:
             self._run(sfsql.put_sql(str(path), self.meta_schema))
         only = None if self.fakesnow else file
         cursor = self._run(sfsql.copy_sql(target, data.schema, self.meta_schema, only))
-        loaded = _rows_loaded(cursor)
+        loaded = rows_loaded(cursor)
         if loaded != data.num_rows:
             raise WarehouseError(
                 f"COPY INTO {target} loaded {loaded} of {data.num_rows} rows",
                 hint="check the load history of the table (COPY_HISTORY) for the file",
             )
 
-    # -- dbt ----------------------------------------------------------------------------------
     # -- environments (CLONE and SWAP WITH) ----------------------------------------------------
     def environment(self, name: str) -> SnowflakeWarehouse:
         database = sfsql.environment_database(self.target.database, name)
-        target = self.target.model_copy(update={"database": database})
-        return SnowflakeWarehouse(
-            target,
-            query_tag=self.query_tag,
-            connect_args=self.connect_args,
-            fakesnow=self.fakesnow,
-            lock_ttl=self.lock_ttl,
-        )
+        return self._twin(self.target.model_copy(update={"database": database}))
 
     def clone_into(self, name: str) -> SnowflakeWarehouse:
         clone = self.environment(name)
@@ -468,283 +473,21 @@ class SnowflakeWarehouse:
         return clone
 
     def publish(self, name: str) -> None:
-        """``SWAP WITH``: one atomic exchange; the environment then holds the old content.
-
-        Refused, as on DuckLake, when a run wrote to the published database after the
-        clone: the swap would move its rows into the environment, which the pipeline
-        then drops. Snowflake has no snapshot id, so "changed" is read from the ledger
-        tables every write of mdstack changes (:data:`_snowflake_sql.LEDGER_TABLES`):
-        the published ones must still hash as the environment's copies. A write that
-        lands between that check and the swap shows in the environment right after it:
-        the swap is then undone (a second swap) and the publish refused. Writes made
-        outside mdstack are not seen.
-        """
+        """``SWAP WITH``, refused if a run wrote here after the clone (see
+        :func:`stack.warehouse._snowflake_envs.publish_database`)."""
         with self:
-            published = self.target.database
-            database = sfsql.environment_database(published, name)
-            base = self._fingerprint(published)
-            if base != self._fingerprint(database):
-                raise WarehouseError(
-                    f"the published warehouse changed while {name} was being audited "
-                    "(a run wrote to it after the clone)",
-                    hint="rerun: the next run audits on top of the newer data",
-                )
-            swap = sfsql.swap_databases_sql(published, database)
-            self._run(swap)
-            if self._fingerprint(database) == base:
-                return
-            self._run(swap)  # the write is in the old content: make that the published again
-            if self._fingerprint(database) == base:
-                raise WarehouseError(
-                    f"the published warehouse changed while {name} was being published; "
-                    "the swap was undone",
-                    hint="rerun: the next run audits on top of the newer data",
-                )
-            raise WarehouseError(
-                f"runs wrote to {published} while {name} was being published and while the "
-                f"swap was undone: database {database} holds a write {published} lacks",
-                hint=f"copy the rows of the runs in {database}'s _mds_runs that {published} "
-                "lacks before anything replaces or drops it (the next audit's clone would)",
-            )
-
-    def _fingerprint(self, database: str) -> list[tuple]:
-        """The ledger tables ``database`` holds and a hash of each one's content."""
-        names = [
-            row[0]
-            for row in self._run(sfsql.ledger_tables_sql(database), [self.meta_schema]).fetchall()
-        ]
-        if not names:
-            return []
-        hashes = self._run(sfsql.fingerprint_sql(database, self.meta_schema, names)).fetchone()
-        return list(zip(names, hashes, strict=True))
+            publish_database(self._run, self.target.database, name, self.meta_schema)
 
     def drop_environment(self, name: str) -> None:
         with self:
             database = sfsql.environment_database(self.target.database, name)
             self._run(sfsql.drop_database_sql(database))
 
+    # -- dbt ----------------------------------------------------------------------------------
     def dbt_output(self) -> dict[str, Any]:
-        """The dbt-snowflake profile output; credentials are ``env_var`` references.
-
-        Pass :meth:`dbt_env` to dbt's environment (``run_dbt(env=wh.dbt_env())``):
-        without it dbt cannot log in.
-        """
-        t = self.target
-        output: dict[str, Any] = {
-            "type": "snowflake",
-            "account": t.account,
-            "user": t.user,
-            "database": t.database,
-            "schema": t.schema_,
-            "threads": t.threads,
-            "query_tag": json.dumps(self.query_tag, sort_keys=True),
-            "client_session_keep_alive": False,
-        }
-        if t.role:
-            output["role"] = t.role
-        if t.warehouse:
-            output["warehouse"] = t.warehouse
-        if t.authenticator and not t.private_key:
-            output["authenticator"] = t.authenticator
-        for field in ("host", "port", "protocol"):  # a test server (fakesnow) or a proxy
-            if field in self.connect_args:
-                output[field] = self.connect_args[field]
-        for field in self._dbt_fields():
-            output[field] = "{{ env_var('" + DBT_ENV[field] + "') }}"
-        return output
-
-    def _dbt_fields(self) -> list[str]:
-        """The credential fields set on the target, in :data:`DBT_ENV` order."""
-        return [f for f in DBT_ENV if _secret(getattr(self.target, f))]
+        """The dbt-snowflake profile output (see :func:`_snowflake_connect.dbt_output`)."""
+        return dbt_output(self.target, self.query_tag, self.connect_args)
 
     def dbt_env(self) -> dict[str, str]:
         """Environment values for :meth:`dbt_output`'s ``env_var`` references (secrets)."""
-        return {DBT_ENV[f]: _secret(getattr(self.target, f)) for f in self._dbt_fields()}
-
-
-# -- connecting -------------------------------------------------------------------------------
-def _endpoint(target: SnowflakeTarget) -> dict[str, Any]:
-    """``host``/``port``/``protocol`` set on the target (a proxy or a fakesnow server)."""
-    fields = {"host": target.host, "port": target.port, "protocol": target.protocol}
-    return {name: value for name, value in fields.items() if value is not None}
-
-
-def _secret(value: object) -> str | None:
-    if isinstance(value, SecretStr):
-        return value.get_secret_value()
-    return value if isinstance(value, str) else None
-
-
-def connect_kwargs(
-    target: SnowflakeTarget,
-    query_tag: Mapping[str, str] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Keyword arguments for ``snowflake.connector.connect`` from a target.
-
-    Authentication: ``private_key`` (PEM text, passphrase optional) -> key pair
-    (``SNOWFLAKE_JWT``, the key passed as DER bytes); ``authenticator: oauth`` ->
-    ``token``; ``externalbrowser`` and others -> as named; else the password.
-
-    Raises:
-        WarehouseError: a credential is missing or the private key cannot be read.
-    """
-    tag = json.dumps({"app": "mdstack", **(query_tag or {})}, sort_keys=True)
-    if len(tag) > 2000:
-        raise WarehouseError("the Snowflake QUERY_TAG is longer than 2000 characters")
-    extra = dict(extra or {})
-    kwargs: dict[str, Any] = {
-        "account": target.account,
-        "user": target.user,
-        "database": target.database,
-        "application": "mdstack",
-        "paramstyle": "qmark",
-        "client_session_keep_alive": False,
-    }
-    if target.role:
-        kwargs["role"] = target.role
-    if target.warehouse:
-        kwargs["warehouse"] = target.warehouse
-    kwargs.update(_auth(target))
-    parameters = {**extra.pop("session_parameters", {}), "QUERY_TAG": tag}
-    return {**kwargs, **extra, "session_parameters": parameters}
-
-
-def _auth(target: SnowflakeTarget) -> dict[str, Any]:
-    authenticator = (target.authenticator or "").lower()
-    password, token = _secret(target.password), _secret(target.token)
-    if pem := _secret(target.private_key):
-        passphrase = _secret(target.private_key_passphrase)
-        return {"authenticator": "SNOWFLAKE_JWT", "private_key": private_key_der(pem, passphrase)}
-    if authenticator == "oauth":
-        if not token:
-            raise WarehouseError(
-                "authenticator oauth needs a token", hint="set `token` on the Snowflake target"
-            )
-        return {"authenticator": "oauth", "token": token}
-    if authenticator:
-        extra = {"password": password} if password else {}
-        return {
-            "authenticator": target.authenticator,
-            **extra,
-            **({"token": token} if token else {}),
-        }
-    if not password:
-        raise WarehouseError(
-            "no Snowflake credentials: the target has no password, private_key or authenticator",
-            hint="set `password`, `private_key` or `authenticator` (externalbrowser, oauth) "
-            "on the Snowflake target, as a secret reference",
-        )
-    return {"password": password}
-
-
-def private_key_der(pem: str, passphrase: str | None = None) -> bytes:
-    """The DER (PKCS#8, unencrypted) bytes of a PEM private key, as the connector takes them.
-
-    Raises:
-        WarehouseError: the key is not PEM, or the passphrase is wrong or missing.
-    """
-    from cryptography.hazmat.primitives import serialization
-
-    if "\\n" in pem and "\n" not in pem:  # a PEM squeezed into one line (env vars)
-        pem = pem.replace("\\n", "\n")
-    try:
-        key = serialization.load_pem_private_key(
-            pem.strip().encode(), password=passphrase.encode() if passphrase else None
-        )
-    except (ValueError, TypeError) as exc:
-        raise WarehouseError(
-            f"cannot read the Snowflake private key: {type(exc).__name__}",
-            hint="private_key must be the PEM text of the key (-----BEGIN PRIVATE KEY-----); "
-            "an encrypted key needs private_key_passphrase",
-        ) from exc
-    return key.private_bytes(
-        serialization.Encoding.DER,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-_SECRET_KWARGS = ("password", "token", "private_key", "passcode")
-
-
-def _describe(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """Connect arguments fit for a log line: credentials masked."""
-    return {k: ("***" if k in _SECRET_KWARGS else v) for k, v in kwargs.items()}
-
-
-# -- results ----------------------------------------------------------------------------------
-def _fetch(cursor: Any) -> pa.Table:
-    """The cursor's result as Arrow, typed by :func:`_snowflake_sql.result_schema`."""
-    schema = sfsql.result_schema(
-        [
-            (c.name, FIELD_ID_TO_NAME[c.type_code], c.precision, c.scale)
-            for c in cursor.description or []
-        ]
-    )
-    try:
-        chunks = [sfsql.conform(chunk, schema) for chunk in cursor.fetch_arrow_batches()]
-    except sf_errors.NotSupportedError:  # a JSON result (SHOW, DML counts): rows
-        return sfsql.rows_table(cursor.fetchall(), schema)
-    if not chunks:
-        return schema.empty_table()
-    return pa.concat_tables(chunks, promote_options="permissive")
-
-
-def _rows_loaded(cursor: Any) -> int:
-    """Total ``rows_loaded`` of a COPY result (one row per file)."""
-    names = [c.name.lower() for c in cursor.description or []]
-    if "rows_loaded" not in names:
-        return 0
-    index = names.index("rows_loaded")
-    return sum(int(row[index] or 0) for row in cursor.fetchall())
-
-
-# -- errors -----------------------------------------------------------------------------------
-_BUSY_ERRNOS = {625, 630, 390114}
-"""Too many lock waiters, lock wait timeout, session token expired."""
-_TRANSIENT_CLASSES = (
-    sf_errors.ServiceUnavailableError,
-    sf_errors.GatewayTimeoutError,
-    sf_errors.BadGatewayError,
-    sf_errors.TooManyRequests,
-    sf_errors.OtherHTTPRetryableError,
-    sf_errors.InternalServerError,
-    sf_errors.RequestTimeoutError,
-    sf_errors.RequestExceedMaxRetryError,
-)
-
-
-@contextmanager
-def _translate(what: str) -> Iterator[None]:
-    """Translate the connector's errors into the mdstack tree at one boundary.
-
-    Retryable: ``WarehouseBusy`` for contention and an overloaded or restarting
-    service (lock waits, transaction conflicts ``40001``, HTTP 429/5xx), and a
-    retryable ``WarehouseError`` for a dropped network connection. Refused logins
-    (``28000``, ``390xxx``), TLS failures and everything unknown are not retryable.
-    Messages go through :func:`stack.redact.redact`.
-    """
-    try:
-        yield
-    except sf_errors.Error as exc:
-        message = redact(_message(exc, what))
-        if (
-            isinstance(exc, _TRANSIENT_CLASSES)
-            or exc.errno in _BUSY_ERRNOS
-            or exc.sqlstate == "40001"
-        ):
-            raise WarehouseBusy(message, hint="Snowflake is busy or restarting; rerun") from exc
-        refused = exc.sqlstate == "28000" or 390000 <= (exc.errno or 0) < 391000
-        tls = isinstance(exc, sf_errors.RevocationCheckError | sf_errors.NonRetryableTlsError)
-        network = isinstance(exc, sf_errors.OperationalError) and not tls
-        if refused:
-            raise WarehouseError(message, hint="check the target's user and credentials") from exc
-        raise WarehouseError(message, retryable=network) from exc
-
-
-def _message(exc: sf_errors.Error, what: str) -> str:
-    code = f"{exc.errno:06d}" if exc.errno >= 0 else "-"
-    text = (exc.raw_msg or exc.msg or "").strip()
-    state = exc.sqlstate if exc.sqlstate != "n/a" else "-"
-    return f"{type(exc).__name__} {code} ({state}): {text}\n  while running: {what[:300]}"
+        return dbt_env(self.target)

@@ -35,7 +35,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, settings
 
-from connectors.base import DELETED_AT, Batch, Deletes, Message, Source
+from connectors.base import SOURCE_DELETED_AT, Batch, Deletes, Message, Source
 from stack.config import SourceConfig
 from stack.load import (
     EVERY_CHECKPOINT,
@@ -206,7 +206,7 @@ def events(messages: Sequence[Message]) -> Iterator[tuple[str, int, str | None, 
                 yield "record", key, name, cursor
         elif isinstance(message, Deletes):
             data = message.keys.to_pydict()
-            for key, at in zip(data["id"], data[DELETED_AT], strict=True):
+            for key, at in zip(data["id"], data[SOURCE_DELETED_AT], strict=True):
                 yield "delete", key, None, _micros(at)
 
 

@@ -40,7 +40,7 @@ import pytest
 
 from connectors import REGISTRY, load_source
 from connectors.base import (
-    DELETED_AT,
+    SOURCE_DELETED_AT,
     SYNC_MODES,
     Batch,
     Catalog,
@@ -259,10 +259,10 @@ def assert_messages(spec: StreamSpec, messages: list[Message]) -> None:
         elif isinstance(m, Deletes):
             assert spec.emits_deletes, f"{spec.name} yields deletes it did not declare"
             assert isinstance(m.keys, pa.RecordBatch)
-            assert set(m.keys.schema.names) == {*spec.primary_key, DELETED_AT}
+            assert set(m.keys.schema.names) == {*spec.primary_key, SOURCE_DELETED_AT}
             keys = pa.schema([spec.schema.field(k) for k in spec.primary_key])
             assert_fits(keys, m.keys.schema, f"deletes of {spec.name}")
-            assert pa.types.is_timestamp(m.keys.schema.field(DELETED_AT).type)
+            assert pa.types.is_timestamp(m.keys.schema.field(SOURCE_DELETED_AT).type)
         elif isinstance(m, Checkpoint):
             assert json.loads(json.dumps(m.state)) == m.state, f"state {m.state!r} is not JSON"
 

@@ -1,0 +1,80 @@
+"""Publishing a Snowflake environment: ``SWAP WITH``, refused if the published side moved.
+
+An environment is a zero-copy ``CLONE`` of the target's database
+(:func:`stack.warehouse._snowflake_sql.environment_database` names it). Publishing
+swaps the two databases in one atomic statement; :func:`publish_database` checks
+first, and again right after, that no run wrote to the published database since
+the clone, the same promise :mod:`stack.warehouse._ducklake_envs` keeps with
+snapshot ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from stack.errors import WarehouseError
+from stack.warehouse import _snowflake_sql as sfsql
+
+__all__ = ["Run", "fingerprint", "publish_database"]
+
+Run = Callable[[str, Sequence[Any] | None], Any]
+"""Sends one Snowflake statement with its parameters and returns the cursor."""
+
+
+def publish_database(run: Run, published: str, name: str, meta_schema: str) -> None:
+    """``SWAP WITH``: one atomic exchange; the environment then holds the old content.
+
+    Refused, as on DuckLake, when a run wrote to the published database after the
+    clone: the swap would move its rows into the environment, which the pipeline
+    then drops. Snowflake has no snapshot id, so "changed" is read from the ledger
+    tables every write of mdstack changes (:data:`_snowflake_sql.LEDGER_TABLES`):
+    the published ones must still hash as the environment's copies. A write that
+    lands between that check and the swap shows in the environment right after it:
+    the swap is then undone (a second swap) and the publish refused. Writes made
+    outside mdstack are not seen.
+
+    Args:
+        run: the session's statement runner.
+        published: the target's database.
+        name: the environment's name.
+        meta_schema: the schema holding the ledger tables.
+
+    Raises:
+        WarehouseError: the published database changed after the clone.
+    """
+    database = sfsql.environment_database(published, name)
+    base = fingerprint(run, published, meta_schema)
+    if base != fingerprint(run, database, meta_schema):
+        raise WarehouseError(
+            f"the published warehouse changed while {name} was being audited "
+            "(a run wrote to it after the clone)",
+            hint="rerun: the next run audits on top of the newer data",
+        )
+    swap = sfsql.swap_databases_sql(published, database)
+    run(swap, None)
+    if fingerprint(run, database, meta_schema) == base:
+        return
+    run(swap, None)  # the write is in the old content: make that the published again
+    if fingerprint(run, database, meta_schema) == base:
+        raise WarehouseError(
+            f"the published warehouse changed while {name} was being published; "
+            "the swap was undone",
+            hint="rerun: the next run audits on top of the newer data",
+        )
+    raise WarehouseError(
+        f"runs wrote to {published} while {name} was being published and while the "
+        f"swap was undone: database {database} holds a write {published} lacks",
+        hint=f"copy the rows of the runs in {database}'s _mds_runs that {published} "
+        "lacks before anything replaces or drops it (the next audit's clone would)",
+    )
+
+
+def fingerprint(run: Run, database: str, meta_schema: str) -> list[tuple[str, object]]:
+    """The ledger tables ``database`` holds and a hash of each one's content."""
+    tables = run(sfsql.ledger_tables_sql(database), [meta_schema]).fetchall()
+    names = [row[0] for row in tables]
+    if not names:
+        return []
+    hashes = run(sfsql.fingerprint_sql(database, meta_schema, names), None).fetchone()
+    return list(zip(names, hashes, strict=True))
