@@ -58,7 +58,7 @@ def main() -> None:
 
         def sync(names: list[str]) -> int:
             summary = flow(region=region, streams=names, config_path=path)
-            return len(summary["streams"])
+            return len(summary.streams)
 
     elif mode == "steps":
 

@@ -4,6 +4,7 @@
   streams that changed, per-node results); its public names are re-exported here.
 - ``checks.py``: data checks (freshness, volume, schema, values, reconcile) run on
   the warehouse before a publish, and dbt's source freshness as check results.
+- ``result.py``: what a run's transform step did (the build, the checks, the publish).
 
 Nothing here reads the run ledger: what a reconcile check compares with is passed in
 (:func:`stack.load.ledger.ledger_source_count` makes it).

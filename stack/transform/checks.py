@@ -4,7 +4,7 @@ Provides:
 
 - :func:`run_checks` evaluates checks (the ``checks:`` of ``stack.yml``, each a
   :class:`stack.config.checks.Check`: one table or stream, one kind, a severity) on an open
-  warehouse for one region and records each :class:`CheckResult` in the ``_mds_checks``
+  warehouse for one region and records each :class:`DataCheckResult` in the ``_mds_checks``
   table of the warehouse's meta schema, which is also where a volume check finds the row
   count of the last run.
 - :func:`blocking` picks the failures that must block the publish (severity ``error``).
@@ -22,22 +22,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 from sqlglot import exp
 
 from stack.config.checks import (
     Check,
-    Freshness,
-    Reconcile,
-    SchemaExpectation,
     Severity,
-    Values,
-    Volume,
     duplicate_names,
 )
 from stack.errors import ConfigError, MdstackError, WarehouseBusy, WarehouseError
@@ -49,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKS_TABLE",
-    "CheckResult",
+    "DataCheckResult",
     "SourceCount",
     "blocking",
     "ensure_checks_table",
@@ -65,7 +60,7 @@ SourceCount = Callable[[str, str, str], "int | None"]
 
 
 @dataclass(frozen=True)
-class CheckResult:
+class DataCheckResult:
     """The outcome of one check in one region.
 
     ``observed`` is what was measured: rows (volume, reconcile), age in seconds
@@ -89,11 +84,8 @@ class CheckResult:
         """A failure at severity ``error``: the publish must not happen."""
         return not self.passed and self.severity == "error"
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-
-def blocking(results: Iterable[CheckResult]) -> list[CheckResult]:
+def blocking(results: Iterable[DataCheckResult]) -> list[DataCheckResult]:
     """The failures at severity ``error``: any of them blocks the publish."""
     return [r for r in results if r.blocking]
 
@@ -132,8 +124,8 @@ class _Target:
 
     def result(
         self, passed: bool, observed: Any, expected: str, message: str, skipped: bool = False
-    ) -> CheckResult:
-        return CheckResult(
+    ) -> DataCheckResult:
+        return DataCheckResult(
             name=self.check.label,
             table=self.label,
             kind=self.check.kind,
@@ -157,7 +149,7 @@ def run_checks(
     source_count: SourceCount | None = None,
     schemas: Mapping[str, str] | None = None,
     record: bool = True,
-) -> list[CheckResult]:
+) -> list[DataCheckResult]:
     """Evaluate ``checks`` for ``region`` on an open warehouse.
 
     Args:
@@ -201,7 +193,7 @@ def _evaluate(
     now: datetime,
     source_count: SourceCount | None,
     schemas: Mapping[str, str],
-) -> CheckResult:
+) -> DataCheckResult:
     schema, name = check.relation(schemas)
     label = f"{schema}.{name}"
     columns = wh.columns(schema, name)
@@ -221,8 +213,8 @@ def _evaluate(
         return target.result(False, None, "the check to run", f"the check failed to run: {exc}")
 
 
-def _freshness(wh: Warehouse, t: _Target, _: SourceCount | None) -> CheckResult:
-    spec: Freshness = t.check.freshness
+def _freshness(wh: Warehouse, t: _Target, _: SourceCount | None) -> DataCheckResult:
+    spec = _spec(t.check.freshness)
     limit = _age(spec.max_age.total_seconds())
     expected = f"<= {limit} old"
     column = _column(t.columns, spec.column)
@@ -239,8 +231,8 @@ def _freshness(wh: Warehouse, t: _Target, _: SourceCount | None) -> CheckResult:
     return t.result(passed, round(age, 1), expected, message)
 
 
-def _volume(wh: Warehouse, t: _Target, _: SourceCount | None) -> CheckResult:
-    spec: Volume = t.check.volume
+def _volume(wh: Warehouse, t: _Target, _: SourceCount | None) -> DataCheckResult:
+    spec = _spec(t.check.volume)
     rows = _count(wh, t)
     wanted, problems = [], []
     if spec.min_rows is not None:
@@ -266,8 +258,8 @@ def _volume(wh: Warehouse, t: _Target, _: SourceCount | None) -> CheckResult:
     return t.result(not problems, rows, ", ".join(wanted), message)
 
 
-def _schema(wh: Warehouse, t: _Target, _: SourceCount | None) -> CheckResult:
-    spec: SchemaExpectation = t.check.schema_
+def _schema(wh: Warehouse, t: _Target, _: SourceCount | None) -> DataCheckResult:
+    spec = _spec(t.check.schema_)
     actual = {name.lower(): (name, kind) for name, kind in t.columns.items()}
     missing, wrong = [], []
     for name, kind in spec.columns.items():
@@ -291,8 +283,8 @@ def _schema(wh: Warehouse, t: _Target, _: SourceCount | None) -> CheckResult:
     return t.result(not problems, "; ".join(problems) or "as expected", expected, message)
 
 
-def _values(wh: Warehouse, t: _Target, _: SourceCount | None) -> CheckResult:
-    spec: Values = t.check.values
+def _values(wh: Warehouse, t: _Target, _: SourceCount | None) -> DataCheckResult:
+    spec = _spec(t.check.values)
     found = _column(t.columns, spec.column)
     if found is None:
         return t.result(False, None, "the column exists", f"{t.label} has no column {spec.column}")
@@ -331,8 +323,8 @@ def _values(wh: Warehouse, t: _Target, _: SourceCount | None) -> CheckResult:
     return t.result(False, total, expected, "; ".join(problems) + f" (e.g. {shown})")
 
 
-def _reconcile(wh: Warehouse, t: _Target, count: SourceCount | None) -> CheckResult:
-    spec: Reconcile = t.check.reconcile
+def _reconcile(wh: Warehouse, t: _Target, count: SourceCount | None) -> DataCheckResult:
+    spec = _spec(t.check.reconcile)
     source, _, stream = (t.check.stream or "").partition(".")
     source, stream = spec.source or source, spec.stream or stream
     rows = _count(wh, t)
@@ -358,13 +350,24 @@ def _reconcile(wh: Warehouse, t: _Target, count: SourceCount | None) -> CheckRes
     return t.result(passed, rows, expected, message)
 
 
-_EVALUATORS: dict[str, Callable[[Warehouse, _Target, SourceCount | None], CheckResult]] = {
+_EVALUATORS: dict[str, Callable[[Warehouse, _Target, SourceCount | None], DataCheckResult]] = {
     "freshness": _freshness,
     "volume": _volume,
     "schema": _schema,
     "values": _values,
     "reconcile": _reconcile,
 }
+
+
+_Spec = TypeVar("_Spec")
+
+
+def _spec(spec: _Spec | None) -> _Spec:
+    """The settings of a check's own kind: :data:`_EVALUATORS` picks the evaluator by that
+    kind, and a ``Check`` has the settings of its kind (its model validates it)."""
+    if spec is None:
+        raise TypeError("a check reached the evaluator of a kind it does not have")
+    return spec
 
 
 def _column(columns: Mapping[str, str], name: str) -> str | None:
@@ -454,7 +457,7 @@ def ensure_checks_table(wh: Warehouse) -> None:
 
 
 def record_results(
-    wh: Warehouse, results: Sequence[CheckResult], run_id: str, now: datetime
+    wh: Warehouse, results: Sequence[DataCheckResult], run_id: str, now: datetime
 ) -> None:
     """Write results to ``_mds_checks`` (replacing this run's rows of the same checks).
 
@@ -473,13 +476,13 @@ def record_results(
                 f"AND {ident('name')} = ?",
                 [run_id, r.region, r.name],
             )
-            numeric = isinstance(r.observed, int | float) and not isinstance(r.observed, bool)
+            number = r.observed if not isinstance(r.observed, bool | str) else None
             observed = None if r.observed is None else str(r.observed)
             wh.execute(
                 f"INSERT INTO {ref} ({names}) VALUES ({marks})",
                 [
                     *(run_id, r.region, r.name, r.table, r.kind, r.severity),
-                    *(r.passed, r.skipped, observed, float(r.observed) if numeric else None),
+                    *(r.passed, r.skipped, observed, None if number is None else float(number)),
                     *(r.expected, r.message, now),
                 ],
             )
@@ -490,7 +493,7 @@ def record_results(
 
 def freshness_from_sources_json(
     sources: Mapping[str, Any] | str | Path, region: str = ""
-) -> list[CheckResult]:
+) -> list[DataCheckResult]:
     """Check results from dbt's ``source freshness`` artifact (``target/sources.json``).
 
     ``pass`` passes; ``warn`` fails at severity warn; ``error`` and ``runtime error`` fail at
@@ -514,14 +517,11 @@ def freshness_from_sources_json(
     return results
 
 
-def freshness_from_nodes(
-    nodes: Iterable[NodeResult | Mapping[str, Any]], region: str = ""
-) -> list[CheckResult]:
-    """Check results from the source nodes of a ``dbt source freshness`` :class:`DbtRun`
-    (or the node dicts of a run summary); other nodes are ignored."""
+def freshness_from_nodes(nodes: Iterable[NodeResult], region: str = "") -> list[DataCheckResult]:
+    """Check results from the source nodes of a ``dbt source freshness`` :class:`DbtRun`;
+    other nodes are ignored."""
     results = []
-    for node in nodes:
-        item = node if isinstance(node, NodeResult) else NodeResult(**node)
+    for item in nodes:
         if item.resource_type != "source":
             continue
         message = item.message or f"source freshness {item.status}"
@@ -531,10 +531,10 @@ def freshness_from_nodes(
 
 def _source_result(
     unique_id: str, status: str, age: float | None, expected: str, message: str, region: str
-) -> CheckResult:
+) -> DataCheckResult:
     source, _, name = unique_id.split(".", 2)[-1].partition(".")
     relation = f"{source}.{name}"
-    return CheckResult(
+    return DataCheckResult(
         name=f"freshness:source:{relation}",
         table=relation,
         kind="freshness",
