@@ -148,7 +148,7 @@ def _stream_node(
     if not runs:
         node.tip = "never run"
         return node
-    words = {"succeeded": "ok", "failed": "error", "running": "running"}
+    words: dict[str, Status] = {"succeeded": "ok", "failed": "error", "running": "running"}
     node.status = _worst(words.get(str(r.get("status")), "unknown") for r in runs)
     ended = [t for r in runs if (t := r.get("finished_at") or r.get("started_at"))]
     if ended:
@@ -169,24 +169,27 @@ def _table_node(
     now: datetime,
 ) -> Node:
     node = Node(f"table:{schema}.{stream}", "table", f"{schema}.{stream}", 2)
-    loads = [
+    loads: list[datetime | None] = [
         r.get("last_loaded_at")
         or (r.get("finished_at") if r.get("status") == "succeeded" else None)
         for r in runs
     ]
+    loaded = [t for t in loads if t is not None]
     rows = [r["rows"] for r in runs if r.get("rows") is not None]
-    if not runs or not all(loads):
+    if not runs or len(loaded) < len(loads):
         node.detail, node.tip = "never loaded", "no successful load in some region"
-        if any(loads):
+        if loaded:
             node.status = "warn"
         return node
-    oldest = min(loads)  # the stalest region decides
+    oldest = min(loaded)  # the stalest region decides
     age = (now - oldest).total_seconds()
     limits = (dbt_source or {}).get("freshness") or {}
     node.status = "ok"
-    for status, key in (("warn", "warn_after"), ("error", "error_after")):
+    levels: tuple[tuple[Status, str], ...] = (("warn", "warn_after"), ("error", "error_after"))
+    for status, key in levels:
         limit = limits.get(key) or {}
-        if limit.get("count") and age > limit["count"] * _PERIODS.get(limit.get("period"), 3600):
+        seconds = _PERIODS.get(str(limit.get("period")), 3600)
+        if limit.get("count") and age > limit["count"] * seconds:
             node.status = status
     node.detail = (f"{sum(rows):,} rows · " if rows else "") + f"loaded {_ago(now, oldest)}"
     node.tip = f"oldest region load {oldest:%Y-%m-%d %H:%M} UTC" + (
@@ -298,15 +301,20 @@ def _add_dashboards(
     marts = [n.id for n in leaves if n.column > 3] or [n.id for n in leaves]
     if not models:
         marts = [n.id for n in nodes.values() if n.kind == "table"]
-    words = {"succeeded": "ok", "failed": "error", "timed_out": "error", "skipped": "warn"}
+    words: dict[str, Status] = {
+        "succeeded": "ok",
+        "failed": "error",
+        "timed_out": "error",
+        "skipped": "warn",
+    }
     for dashboard in wanted:
         node_id = f"dashboard:{dashboard.name}"
         if node_id in nodes:
             continue
         status = words.get(str(dashboard.status), "unknown")
         nodes[node_id] = Node(node_id, "dashboard", dashboard.name, column, status, dashboard.tool)
-        ups = [by_name.get(m, m) for m in dashboard.models] or marts
-        edges += [(up, node_id) for up in ups if up in nodes]
+        reads = [by_name.get(m, m) for m in dashboard.models] or marts
+        edges += [(up, node_id) for up in reads if up in nodes]
 
 
 def _model_headers(nodes: dict[str, Node], manifest: Mapping[str, Any], depth: int) -> list[str]:
@@ -323,8 +331,8 @@ def _model_headers(nodes: dict[str, Node], manifest: Mapping[str, Any], depth: i
     return headers
 
 
-def _worst(statuses: Iterable[str]) -> Status:
-    return max(statuses, key=lambda s: _RANK[s], default="unknown")  # type: ignore[return-value]
+def _worst(statuses: Iterable[Status]) -> Status:
+    return max(statuses, key=lambda s: _RANK[s], default="unknown")
 
 
 def _ago(now: datetime, then: datetime) -> str:
