@@ -18,12 +18,11 @@ from stack.transform.checks import (
     CHECKS_TABLE,
     DataCheckResult,
     blocking,
-    freshness_from_nodes,
-    freshness_from_sources_json,
     record_results,
     run_checks,
 )
 from stack.transform.dbt import NodeResult
+from stack.transform.source_freshness import freshness_from_nodes, freshness_from_sources_json
 from tests.conftest import ROOT
 
 NOW = datetime(2026, 3, 2, 12, 0, 0)

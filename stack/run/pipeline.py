@@ -30,6 +30,7 @@ from stack.run.summary import RunSummary, changed_streams, failed_entry
 from stack.secrets import Resolver
 from stack.transform import checks
 from stack.transform.result import DBT_FAILED, TransformResult
+from stack.transform.source_freshness import freshness_from_nodes
 from stack.warehouse import Warehouse, connect
 
 __all__ = [
@@ -259,7 +260,7 @@ def transform_changes(
                 ["source", "freshness", *picked.freshness_args()],
             )
         )
-        results = checks.freshness_from_nodes(freshness.nodes, region)
+        results = freshness_from_nodes(freshness.nodes, region)
         with building as wh:  # the audit clone: dbt has released it
             checks.record_results(wh, results, run_id, utcnow())
             if config.checks:

@@ -8,9 +8,9 @@ Provides:
   table of the warehouse's meta schema, which is also where a volume check finds the row
   count of the last run.
 - :func:`blocking` picks the failures that must block the publish (severity ``error``).
-- :func:`freshness_from_sources_json` / :func:`freshness_from_nodes` turn dbt's
-  ``source freshness`` results into check results. A :data:`SourceCount` for reconciliation
-  comes from the run ledger (:func:`stack.load.ledger.ledger_source_count`).
+- :mod:`stack.transform.source_freshness` turns dbt's ``source freshness`` results into
+  check results. A :data:`SourceCount` for reconciliation comes from the run ledger
+  (:func:`stack.load.ledger.ledger_source_count`).
 
 A check never raises for bad data: a missing table or column is a failed result. Only the
 warehouse being busy (:class:`~stack.errors.WarehouseBusy`, retryable) propagates. SQL is
@@ -19,12 +19,10 @@ written in DuckDB's dialect with quoted identifiers and bound values; adapters r
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
@@ -37,7 +35,6 @@ from stack.config.checks import (
 )
 from stack.errors import ConfigError, MdstackError, WarehouseBusy, WarehouseError
 from stack.sql import DELETED_AT, REGION, ident, table
-from stack.transform.dbt import NodeResult
 
 if TYPE_CHECKING:
     from stack.warehouse.base import Warehouse
@@ -48,8 +45,6 @@ __all__ = [
     "SourceCount",
     "blocking",
     "ensure_checks_table",
-    "freshness_from_nodes",
-    "freshness_from_sources_json",
     "record_results",
     "run_checks",
 ]
@@ -215,7 +210,7 @@ def _evaluate(
 
 def _freshness(wh: Warehouse, t: _Target, _: SourceCount | None) -> DataCheckResult:
     spec = _spec(t.check.freshness)
-    limit = _age(spec.max_age.total_seconds())
+    limit = describe_age(spec.max_age.total_seconds())
     expected = f"<= {limit} old"
     column = _column(t.columns, spec.column)
     if column is None:
@@ -227,7 +222,9 @@ def _freshness(wh: Warehouse, t: _Target, _: SourceCount | None) -> DataCheckRes
         return t.result(False, None, expected, f"{t.label} has no rows with {spec.column}")
     age = (t.now - _naive_utc(value)).total_seconds()
     passed = age <= spec.max_age.total_seconds()
-    message = f"newest {spec.column} is {_age(age)} old" + ("" if passed else f" (max {limit})")
+    message = f"newest {spec.column} is {describe_age(age)} old" + (
+        "" if passed else f" (max {limit})"
+    )
     return t.result(passed, round(age, 1), expected, message)
 
 
@@ -414,7 +411,7 @@ def _type(name: str) -> str:
         return " ".join(name.upper().split())
 
 
-def _age(seconds: float) -> str:
+def describe_age(seconds: float) -> str:
     seconds = max(seconds, 0.0)
     for unit, size, start in (("d", 86400, 3 * 86400), ("h", 3600, 3600), ("m", 60, 60)):
         if seconds >= start:
@@ -486,62 +483,3 @@ def record_results(
                     *(r.expected, r.message, now),
                 ],
             )
-
-
-# -- dbt source freshness --------------------------------------------------------------------
-
-
-def freshness_from_sources_json(
-    sources: Mapping[str, Any] | str | Path, region: str = ""
-) -> list[DataCheckResult]:
-    """Check results from dbt's ``source freshness`` artifact (``target/sources.json``).
-
-    ``pass`` passes; ``warn`` fails at severity warn; ``error`` and ``runtime error`` fail at
-    severity error (a ``pass`` keeps the severity its ``error_after`` implies).
-    """
-    data = sources if isinstance(sources, Mapping) else json.loads(Path(sources).read_text())
-    results = []
-    for item in data.get("results", []):
-        criteria = item.get("criteria") or {}
-        limits = {k: criteria.get(k) or {} for k in ("warn_after", "error_after")}
-        expected = ", ".join(
-            f"{k.replace('_', ' ')} {v['count']} {v['period']}s"
-            for k, v in limits.items()
-            if v.get("count")
-        )
-        age = item.get("max_loaded_at_time_ago_in_s")
-        message = f"newest row {_age(age)} old" if age is not None else str(item.get("error") or "")
-        results.append(
-            _source_result(item["unique_id"], item["status"], age, expected, message, region)
-        )
-    return results
-
-
-def freshness_from_nodes(nodes: Iterable[NodeResult], region: str = "") -> list[DataCheckResult]:
-    """Check results from the source nodes of a ``dbt source freshness`` :class:`DbtRun`;
-    other nodes are ignored."""
-    results = []
-    for item in nodes:
-        if item.resource_type != "source":
-            continue
-        message = item.message or f"source freshness {item.status}"
-        results.append(_source_result(item.unique_id, item.status, None, "", message, region))
-    return results
-
-
-def _source_result(
-    unique_id: str, status: str, age: float | None, expected: str, message: str, region: str
-) -> DataCheckResult:
-    source, _, name = unique_id.split(".", 2)[-1].partition(".")
-    relation = f"{source}.{name}"
-    return DataCheckResult(
-        name=f"freshness:source:{relation}",
-        table=relation,
-        kind="freshness",
-        severity="warn" if status == "warn" else "error",
-        passed=status in ("pass", "success"),
-        observed=None if age is None else round(float(age), 1),
-        expected=expected or "dbt source freshness criteria",
-        message=message,
-        region=region,
-    )
