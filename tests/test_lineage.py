@@ -35,6 +35,7 @@ from stack.lineage import (
 )
 from stack.load.ledger import RunEntry, ledger_source_count
 from stack.run import pipeline
+from stack.run.status import StreamStatus, stream_status
 from stack.run.summary import RunSummary
 from stack.transform import DbtRun, NodeResult
 from stack.transform.checks import run_checks
@@ -71,7 +72,7 @@ def demo(tmp_path_factory):
         "config": {**config, "path": str(path)},
         "summary": summary,
         "manifest": dbt_target(project) / "manifest.json",
-        "ledger": pipeline.status(path, None),
+        "ledger": stream_status(path, None),
         "warehouse": folder / "warehouse",
     }
 
@@ -396,14 +397,18 @@ run_results:
 
 
 def test_page_colours_failures_and_stale_tables():
+    def latest(stream: str, region: str, status: str, hours: int, **more) -> StreamStatus:
+        ended = NOW - timedelta(hours=hours)
+        return StreamStatus(
+            "r1", "shop", "shop", stream, region, "incremental_append", status, ended,
+            finished_at=ended, **more,
+        )  # fmt: skip
+
     ledger_rows = [
-        {"source": "shop", "stream": "orders", "region": "eu", "status": "succeeded",
-         "finished_at": NOW - timedelta(hours=30), "rows": 10, "rows_read": 10},
-        {"source": "shop", "stream": "orders", "region": "us", "status": "failed",
-         "finished_at": NOW - timedelta(hours=1), "error": "HTTP 500", "rows_read": 0},
-        {"source": "shop", "stream": "products", "region": "eu", "status": "succeeded",
-         "finished_at": NOW - timedelta(hours=50), "last_loaded_at": NOW - timedelta(hours=50)},
-    ]  # fmt: skip
+        latest("orders", "eu", "succeeded", 30, rows=10, rows_read=10),
+        latest("orders", "us", "failed", 1, error="HTTP 500"),
+        latest("products", "eu", "succeeded", 50, last_loaded_at=NOW - timedelta(hours=50)),
+    ]
     sources, manifest, run_results = (STALE[k] for k in ("sources", "manifest", "run_results"))
     graph = lineage_graph("shop", sources, manifest, ledger_rows, run_results, ["BI"], NOW)
     status = {n.id: n.status for n in graph.nodes}

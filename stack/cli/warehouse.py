@@ -29,12 +29,13 @@ from stack.config import config_path, load_config
 from stack.lineage import write_lineage_page
 from stack.load import ledger, utcnow
 from stack.run import pipeline
+from stack.run.status import stream_status
 
 
 def status_command(config: ConfigOpt = None, target: TargetOpt = None) -> None:
     """Per stream and region: last run, mode, rows, state and freshness."""
     with errors():
-        rows = pipeline.status(config_path(config), target)
+        rows = stream_status(config_path(config), target)
     if not rows:
         console.print("No runs yet: try `mdstack run`.")
         return
@@ -44,14 +45,14 @@ def status_command(config: ConfigOpt = None, target: TargetOpt = None) -> None:
     now = utcnow()
     for r in rows:
         table.add_row(
-            f"{r['source']}.{r['stream']}",
-            r["region"],
-            r["mode"],
-            when(r["finished_at"] or r["started_at"]),
-            status(r["status"]),
-            num(r["rows"]),
-            short(r["state"]),
-            age(now, r["last_loaded_at"]),
+            f"{r.source}.{r.stream}",
+            r.region,
+            r.mode,
+            when(r.finished_at or r.started_at),
+            status(r.status),
+            num(r.rows),
+            short(r.state),
+            age(now, r.last_loaded_at),
         )
     out.print(table)
     with warehouse(config, target) as (cfg, unopened), unopened as wh:
@@ -143,7 +144,7 @@ def lineage_command(
         cfg = load_config(path)
         page = output or cfg.resolve_path(cfg.lineage.page if cfg.lineage else Path("lineage.html"))
         written = write_lineage_page(
-            page, cfg, None, pipeline.status(path, target), cfg.bi, target=target
+            page, cfg, None, stream_status(path, target), cfg.bi, target=target
         )
     out.print(f"lineage page: [bold]{written}[/]")
     if open_page:

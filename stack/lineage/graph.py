@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 Status = Literal["ok", "warn", "error", "running", "unknown"]
 _RANK = {"unknown": 0, "ok": 1, "running": 2, "warn": 3, "error": 4}
@@ -27,6 +27,41 @@ _DBT_STATUS: dict[str, Status] = {
     "runtime error": "error",
 }
 _PERIODS = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+class LatestRun(Protocol):
+    """What the graph reads of a stream's latest run in one region
+    (``stack.run.status.StreamStatus`` has it)."""
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def stream(self) -> str: ...
+
+    @property
+    def region(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def started_at(self) -> datetime: ...
+
+    @property
+    def finished_at(self) -> datetime | None: ...
+
+    @property
+    def rows_read(self) -> int: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+    @property
+    def rows(self) -> int | None: ...
+
+    @property
+    def last_loaded_at(self) -> datetime | None: ...
 
 
 @dataclass(frozen=True)
@@ -82,7 +117,7 @@ def lineage_graph(
     title: str,
     sources: Mapping[str, Mapping[str, Any]],
     manifest: Mapping[str, Any],
-    ledger_rows: Iterable[Mapping[str, Any]],
+    ledger_rows: Iterable[LatestRun],
     run_results: Mapping[str, Any] | None = None,
     dashboards: Sequence[Dashboard | str] = (),
     now: datetime | None = None,
@@ -93,8 +128,8 @@ def lineage_graph(
         title: the pipeline's name.
         sources: ``sources:`` of ``stack.yml`` as dicts (``connector``, ``schema``, ``streams``).
         manifest: dbt's ``manifest.json``.
-        ledger_rows: the latest ``_mds_runs`` row per (source, stream, region), optionally
-            with ``rows`` and ``last_loaded_at`` (what ``pipeline.status()`` returns).
+        ledger_rows: the latest run per (source, stream, region), with the rows and
+            freshness of its table (``stack.run.status.stream_status()``).
         run_results: dbt's ``run_results.json`` of the last invocation.
         dashboards: dashboards or BI hook names; dbt exposures are added to them.
         now: naive UTC, for freshness.
@@ -102,9 +137,9 @@ def lineage_graph(
     now = now or datetime.now(UTC).replace(tzinfo=None)
     nodes: dict[str, Node] = {}
     edges: list[tuple[str, str]] = []
-    by_stream: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    by_stream: dict[tuple[str, str], list[LatestRun]] = defaultdict(list)
     for row in ledger_rows:
-        by_stream[(str(row["source"]), str(row["stream"]))].append(row)
+        by_stream[(row.source, row.stream)].append(row)
     dbt_sources = {
         (s["schema"], s.get("identifier") or s["name"]): s
         for s in (manifest.get("sources") or {}).values()
@@ -141,7 +176,7 @@ def lineage_graph(
 
 
 def _stream_node(
-    source: str, stream: str, spec: Mapping[str, Any], runs: list[Mapping[str, Any]], now: datetime
+    source: str, stream: str, spec: Mapping[str, Any], runs: list[LatestRun], now: datetime
 ) -> Node:
     mode = str(spec.get("sync") or "").replace("_", " ")
     node = Node(f"stream:{source}.{stream}", "stream", stream, 1, detail=mode)
@@ -149,14 +184,12 @@ def _stream_node(
         node.tip = "never run"
         return node
     words: dict[str, Status] = {"succeeded": "ok", "failed": "error", "running": "running"}
-    node.status = _worst(words.get(str(r.get("status")), "unknown") for r in runs)
-    ended = [t for r in runs if (t := r.get("finished_at") or r.get("started_at"))]
-    if ended:
-        node.detail = f"{mode} · {_ago(now, max(ended))}"
+    node.status = _worst(words.get(r.status, "unknown") for r in runs)
+    ended = [r.finished_at or r.started_at for r in runs]
+    node.detail = f"{mode} · {_ago(now, max(ended))}"
     node.tip = "\n".join(
-        f"{r['region']}: {r.get('status')}, {int(r.get('rows_read') or 0):,} rows read"
-        + (f" — {r['error']}" if r.get("error") else "")
-        for r in sorted(runs, key=lambda r: str(r["region"]))
+        f"{r.region}: {r.status}, {r.rows_read:,} rows read" + (f" — {r.error}" if r.error else "")
+        for r in sorted(runs, key=lambda r: r.region)
     )
     return node
 
@@ -164,18 +197,14 @@ def _stream_node(
 def _table_node(
     schema: str,
     stream: str,
-    runs: list[Mapping[str, Any]],
+    runs: list[LatestRun],
     dbt_source: Mapping[str, Any] | None,
     now: datetime,
 ) -> Node:
     node = Node(f"table:{schema}.{stream}", "table", f"{schema}.{stream}", 2)
-    loads: list[datetime | None] = [
-        r.get("last_loaded_at")
-        or (r.get("finished_at") if r.get("status") == "succeeded" else None)
-        for r in runs
-    ]
+    loads = [r.last_loaded_at or (r.finished_at if r.status == "succeeded" else None) for r in runs]
     loaded = [t for t in loads if t is not None]
-    rows = [r["rows"] for r in runs if r.get("rows") is not None]
+    rows = [r.rows for r in runs if r.rows is not None]
     if not runs or len(loaded) < len(loads):
         node.detail, node.tip = "never loaded", "no successful load in some region"
         if loaded:

@@ -5,6 +5,7 @@
     pipeline.py     the steps of a run: sync a stream, transform (dbt, checks, publish),
                     refresh BI, emit lineage; run_pipeline chains them
     summary.py      what a run did: each stream's ledger entry, dbt, dashboards
+    status.py       what the warehouse says of each stream: latest run, state, table
     scope.py        what the streams of one run share in one process (config, secrets,
                     warehouse, discovered sources); opening a source for a region
     parallel.py     which streams sync at once (max_parallel_streams, each source's

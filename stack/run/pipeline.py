@@ -16,9 +16,8 @@ from collections.abc import Hashable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from stack import bi, lineage, sql, transform
+from stack import bi, lineage, transform
 from stack.config import DuckDBTarget, StackConfig, load_config
 from stack.errors import ConfigError
 from stack.load import Progress, RunContext, ledger, utcnow
@@ -364,28 +363,3 @@ def dbt_passthrough(
             vars=config.dbt_vars(region or config.region_names()[0]),
             env=warehouse.dbt_env(),
         )
-
-
-def status(config_path: str | Path, target: str | None) -> list[dict[str, Any]]:
-    """Per stream and region: the last run, its counts, the stored state, rows and freshness."""
-    config = load_config(config_path)
-    with secrets_for(config) as resolver, open_target(config, target, resolver) as wh:
-        ledger.ensure_tables(wh)
-        runs = ledger.latest_runs(wh, config.name).to_pylist()
-        for run in runs:
-            schema = (
-                config.sources[run["source"]].schema_ if run["source"] in config.sources else None
-            )
-            run.update(_table_facts(wh, schema, run["stream"], run["region"]))
-    return runs
-
-
-def _table_facts(wh: Warehouse, schema: str | None, stream: str, region: str) -> dict[str, Any]:
-    if schema is None or wh.columns(schema, stream) is None:
-        return {"rows": None, "last_loaded_at": None}
-    facts = wh.query(
-        f"SELECT count(*) AS rows, max({sql.ident(sql.LOADED_AT)}) AS last_loaded_at "
-        f"FROM {sql.table(schema, stream)} WHERE {sql.ident(sql.REGION)} = ?",
-        [region],
-    )
-    return facts.to_pylist()[0]
