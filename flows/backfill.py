@@ -57,7 +57,7 @@ def backfill(
     target: str | None = None,
     config_path: str | None = None,
     force: bool = False,
-) -> dict[str, Any] | State:
+) -> engine.BackfillOutcome | State:
     """Run every pending partition of the days ``start``..``end`` (both included).
 
     Partitions the warehouse records as done are skipped (``force`` runs them
@@ -72,13 +72,12 @@ def backfill(
     if force:
         engine.forget_partitions(selection)
     plan = engine.pending_partitions(selection)
-    outcome: dict[str, list[str]] = {"skipped": [_label(r) for r in plan.done]}
+    outcome = engine.BackfillOutcome(skipped=[r.label for r in plan.done])
     for wave in _waves(plan.pending, plan.parallelism):
         for run, state in zip(wave, _run_wave(path, target, wave), strict=True):
-            kind = "succeeded" if state.is_completed() else "failed"
-            outcome.setdefault(kind, []).append(_label(run))
-    if outcome.get("failed"):
-        return Failed(message=f"partitions failed: {', '.join(outcome['failed'])}", data=outcome)
+            (outcome.succeeded if state.is_completed() else outcome.failed).append(run.label)
+    if outcome.failed:
+        return Failed(message=f"partitions failed: {', '.join(outcome.failed)}", data=outcome)
     return outcome
 
 
@@ -95,10 +94,6 @@ def _run_wave(path: str, target: str | None, wave: tuple[Any, ...]) -> list[Stat
 def _arguments(run: engine.PartitionRun) -> tuple[Any, ...]:
     window = run.partition.template_vars()
     return run.region, run.sources, run.stream_names, window["start"], window["end"]
-
-
-def _label(run: engine.PartitionRun) -> str:
-    return f"{run.region} {run.partition.key}"
 
 
 def _waves(

@@ -179,7 +179,8 @@ def test_the_backfill_flow_runs_one_pipeline_run_per_day_and_resumes(tmp_path, p
         first = backfill_flow("2026-01-01", "2026-01-05", config_path=str(path))
         snapshot = (table(tmp_path, "events"), table(tmp_path, "items"))
         second = backfill_flow("2026-01-01", "2026-01-05", config_path=str(path))
-    assert first == {"skipped": [], "succeeded": [f"us 2026-01-0{d}" for d in range(1, 6)]}
-    assert second == {"skipped": [f"us 2026-01-0{d}" for d in range(1, 6)]}
+    days = [f"us 2026-01-0{d}" for d in range(1, 6)]
+    assert first == backfill.BackfillOutcome(succeeded=days)
+    assert second == backfill.BackfillOutcome(skipped=days)
     assert (table(tmp_path, "events"), table(tmp_path, "items")) == snapshot
     assert len(snapshot[0]) == 15 and len(reads(tmp_path / "reads.jsonl")) == 10

@@ -25,7 +25,7 @@ from stack.cli._common import (
 from stack.cli.render import print_summary, progress, status
 from stack.config import config_path, load_config
 from stack.run import pipeline
-from stack.run.backfill import BackfillSelection, check_partitioning
+from stack.run.backfill import BackfillOutcome, BackfillSelection, check_partitioning
 from stack.run.summary import RunSummary
 
 
@@ -169,12 +169,16 @@ def backfill(
         outcome = state.result(raise_on_failure=False)
         if isinstance(outcome, BaseException):
             raise outcome
-        if not isinstance(outcome, dict):
+        if not isinstance(outcome, BackfillOutcome):
             raise TypeError(f"the flow returned {type(outcome).__name__}, not its partitions")
-    for kind in ("skipped", "succeeded", "failed"):
-        for partition in outcome.get(kind, []):
-            out.print(f"{status(kind)} {partition}")
-    if outcome.get("failed"):
+    for kind, labels in (
+        ("skipped", outcome.skipped),
+        ("succeeded", outcome.succeeded),
+        ("failed", outcome.failed),
+    ):
+        for label in labels:
+            out.print(f"{status(kind)} {label}")
+    if outcome.failed:
         raise typer.Exit(1)
 
 

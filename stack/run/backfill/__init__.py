@@ -43,6 +43,7 @@ from stack.run.backfill.ledger import BACKFILLS_TABLE, PartitionEntry, done_part
 from stack.run.backfill.load import PartitionResult, partition_column, sync_partition
 from stack.run.backfill.partitions import Partition, WindowSource, cut, parse_day, partitions
 from stack.run.backfill.plan import (
+    BackfillOutcome,
     BackfillPlan,
     BackfillSelection,
     PartitionRun,
@@ -56,6 +57,7 @@ from stack.run.backfill.plan import (
 __all__ = [
     "BACKFILLS_TABLE",
     "BackfillConfig",
+    "BackfillOutcome",
     "BackfillPlan",
     "BackfillSelection",
     "Partition",

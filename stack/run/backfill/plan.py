@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from itertools import product
 from pathlib import Path
@@ -106,6 +106,11 @@ class PartitionRun:
     def stream_names(self) -> list[str]:
         return list(dict.fromkeys(t for _, t in self.streams))
 
+    @property
+    def label(self) -> str:
+        """``<region> <partition key>``, as a backfill reports it."""
+        return f"{self.region} {self.partition.key}"
+
 
 @dataclass(frozen=True)
 class BackfillPlan:
@@ -114,6 +119,17 @@ class BackfillPlan:
     pending: tuple[PartitionRun, ...]
     done: tuple[PartitionRun, ...]
     parallelism: int
+
+
+@dataclass
+class BackfillOutcome:
+    """What a backfill did, partition by partition (:attr:`PartitionRun.label`)."""
+
+    skipped: list[str] = field(default_factory=list)
+    """Done already (the warehouse says so)."""
+    succeeded: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    """Still pending: running the same backfill again redoes them."""
 
 
 def pending_partitions(selection: BackfillSelection) -> BackfillPlan:
