@@ -35,7 +35,7 @@ from stack.run import report as run_report
 from stack.run.parallel import Bounds, StreamJob, run_bounded
 from stack.run.summary import RunSummary, changed_streams, failed_entry
 from stack.transform import NodeResult
-from stack.transform.result import TransformResult
+from stack.transform.result import DBT_FAILED, TransformResult
 
 SYNC_RETRIES = 3
 SYNC_BACKOFF_SECONDS = 10
@@ -93,7 +93,7 @@ def transform(
 @task(name="dbt-node", task_run_name="{node.resource_type} {node.name}")
 def report_node(node: NodeResult) -> NodeResult:
     """One task per dbt node, so the Prefect UI shows what dbt built and tested."""
-    if node.status in engine.DBT_FAILED:
+    if node.status in DBT_FAILED:
         raise TransformError(
             f"dbt {node.resource_type} {node.name} {node.status}: {node.message}",
             model=node.name,

@@ -1,4 +1,4 @@
-"""The pipeline's steps as plain functions: sync one stream, transform, summarise.
+"""The pipeline's steps as plain functions: sync one stream, transform, refresh, report.
 
 Steps take only ids and paths, so a Prefect task (``flows/``) can wrap one in
 a few lines and run it in any worker process. The streams of one run share
@@ -28,22 +28,9 @@ from stack.run.scope import RunScope, close_scope, shared_scope
 from stack.run.summary import RunSummary, changed_streams, failed_entry
 from stack.secrets import Resolver
 from stack.transform import checks
-from stack.transform.result import DBT_FAILED, TransformResult
+from stack.transform.result import TransformResult
 from stack.transform.source_freshness import freshness_from_nodes
 from stack.warehouse import Warehouse, connect
-
-__all__ = [
-    "DBT_FAILED",
-    "RunSummary",
-    "Selection",
-    "changed_streams",
-    "failed_entry",
-    "run_pipeline",
-    "select",
-    "sync_run_stream",
-    "sync_selection",
-    "transform_changes",
-]
 
 
 def new_run_id() -> str:
