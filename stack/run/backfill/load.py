@@ -155,13 +155,22 @@ def partition_column(config: StackConfig, plan: StreamPlan) -> str:
 def _load_partition(
     wh: Warehouse, ctx: RunContext, reader: WindowSource, plan: StreamPlan, window: Partition
 ) -> PartitionResult:
+    """Load the window, replacing its rows, unless the ledger says it is done; holds the
+    stream's lock (the caller's)."""
     ensure_ledger(wh)
     if (plan.source, plan.name, window.start) in done_partitions(wh, ctx.pipeline, ctx.region):
         return _skipped(ctx, plan.source, plan.name, plan.mode, window)
     entry = PartitionEntry(
-        ctx.pipeline, ctx.region, plan.source, plan.name, window.start, window.end, "running",
-        ctx.run_id, started_at=utcnow(),
-    )  # fmt: skip
+        pipeline=ctx.pipeline,
+        region=ctx.region,
+        source=plan.source,
+        stream=plan.name,
+        partition_start=window.start,
+        partition_end=window.end,
+        status="running",
+        run_id=ctx.run_id,
+        started_at=utcnow(),
+    )
     columns = wh.columns(plan.schema, plan.name) or {}
     swap = Replacement(reader.column, *_bounds(columns.get(reader.column, ""), window))
 
@@ -210,7 +219,14 @@ def _skipped(
     """The result of a stream the partition run did not load."""
     now = utcnow()
     entry = RunEntry(
-        ctx.run_id, ctx.pipeline, source, stream, ctx.region, mode, "succeeded", now,
+        run_id=ctx.run_id,
+        pipeline=ctx.pipeline,
+        source=source,
+        stream=stream,
+        region=ctx.region,
+        mode=mode,
+        status="succeeded",
+        started_at=now,
         finished_at=now,
-    )  # fmt: skip
+    )
     return PartitionResult.of(entry, window, skipped=True)
