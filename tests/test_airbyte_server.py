@@ -332,7 +332,7 @@ def test_after_an_airbyte_sync_dbt_selects_the_streams_it_loaded(tmp_path, url, 
         return pipeline.sync_selection(path, None, selection, run_id)
 
     entries = sync("run1")
-    assert sorted((e["stream"], e["status"], e["rows_read"]) for e in entries) == [
+    assert sorted((e.stream, e.status, e.rows_read) for e in entries) == [
         ("customers", "succeeded", 1234),
         ("orders", "succeeded", 1234),
     ]

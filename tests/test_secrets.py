@@ -546,7 +546,7 @@ def test_postgres_source_syncs_as_a_leased_user_that_is_gone_after_the_run(
             monkeypatch.setenv(name, value)
         selection = pipeline.select(pipeline.load_config(path), "default", ["crm"], [view])
         (entry,) = pipeline.sync_selection(path, None, selection, "r1")
-        assert entry["status"] == "succeeded" and entry["inserted"] == 1
+        assert entry.status == "succeeded" and entry.inserted == 1
         with DuckDBWarehouse(tmp_path / "wh") as wh:
             who = wh.query(f"SELECT who FROM raw_crm.{view}").column(0)[0].as_py()
     finally:
