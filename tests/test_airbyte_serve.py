@@ -29,7 +29,7 @@ from airbyte_protocol_dataclasses.models import airbyte_protocol as ab
 
 from connectors import load_source
 from connectors.base import DELETED_AT, Batch, ConfiguredStream, Deletes, Source
-from tests.pg_server import connect_kwargs
+from tests.servers.pg_server import connect_kwargs
 
 SCRIPT = Path(sys.executable).with_name("mdstack-source")
 DEMO = {"region": "eu", "history_days": 10, "orders_per_day": 200, "batch_size": 500}

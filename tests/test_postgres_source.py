@@ -1,4 +1,4 @@
-"""PostgresSource against real servers: throwaway clusters started by :mod:`tests.pg_server`.
+"""PostgresSource against real servers: throwaway clusters from :mod:`tests.servers.pg_server`.
 
 Plain tests use this module's database of the session's cluster (trust auth, user
 postgres) in a schema of their own; CDC tests use the cluster's ``postgres`` database
@@ -28,7 +28,7 @@ from connectors.base import (
 )
 from connectors.errors import ConnectorError, SourceUnavailable
 from connectors.postgres import PostgresSource
-from tests.pg_server import PASSWORD_USER, PgCluster, connect_kwargs
+from tests.servers.pg_server import PASSWORD_USER, PgCluster, connect_kwargs
 
 SECRET = "s3cr3t-Pa55word"
 

@@ -23,9 +23,9 @@ import yaml
 from stack.load import ledger
 from stack.redact import register_secret
 from stack.warehouse.duckdb import DuckDBWarehouse
-from tests.pg_server import connect_kwargs
+from tests.servers.pg_server import connect_kwargs
 
-pytest_plugins = ["tests.vault_server"]
+pytest_plugins = ["tests.servers.vault_server"]
 pytestmark = pytest.mark.slow
 
 

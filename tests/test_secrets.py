@@ -4,7 +4,7 @@ The shared server is configured by ``secrets/bootstrap-dev.sh`` itself, so the
 script and ``secrets/policy.hcl`` are tested too: every Vault read below runs
 under the AppRole and the policy the pipeline would get, unless a test says
 otherwise. Dynamic credentials use a real PostgreSQL: this module's database of the
-session's throwaway cluster (``tests/pg_server.py``).
+session's throwaway cluster (``tests/servers/pg_server.py``).
 """
 
 from __future__ import annotations
@@ -39,12 +39,14 @@ from stack.secrets import (
     reveal,
 )
 from tests.conftest import ROOT
-from tests.pg_server import connect_kwargs
+from tests.servers.pg_server import connect_kwargs
 
 if TYPE_CHECKING:
-    from tests.vault_server import DevVault
+    from tests.servers.vault_server import DevVault
 
-pytest_plugins = ["tests.vault_server"]  # fixtures `vault` (the session's) and `throwaway_vault`
+pytest_plugins = [
+    "tests.servers.vault_server"
+]  # fixtures `vault` (the session's) and `throwaway_vault`
 
 APPROLE = {"method": "approle"}  # role_id/secret_id default to ${env:VAULT_ROLE_ID/SECRET_ID}
 

@@ -56,7 +56,7 @@ from connectors.base import (
 )
 from connectors.errors import ConnectorError
 from stack.load.schema import supertype
-from tests.pg_server import connect_kwargs
+from tests.servers.pg_server import connect_kwargs
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def demo_case(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Case]:
 
 @contextmanager
 def postgres_case(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Case]:
-    """Two tables in a fresh schema of this module's database (``tests/pg_server.py``)."""
+    """Two tables in a fresh schema of this module's database (``tests/servers/pg_server.py``)."""
     server = request.getfixturevalue("pg_database")
     conn = psycopg.connect(**connect_kwargs(server), autocommit=True)
     schema = f"mds_contract_{uuid.uuid4().hex[:10]}"
@@ -125,9 +125,9 @@ def files_case(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Case]
 
 @contextmanager
 def rest_case(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Case]:
-    """A paginated JSON API on a local server (tests/rest_server.py): a keyed stream and an
+    """A paginated JSON API on a local server (tests/servers/rest_server.py): a keyed stream and an
     incremental one whose cursor goes out as a request parameter."""
-    from tests.rest_server import serving
+    from tests.servers.rest_server import serving
 
     with serving() as server:
         api = server.mount(pagination="page_number", campaigns=30, spend_days=6, events=0)
@@ -153,8 +153,9 @@ def rest_case(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Case]:
 
 @contextmanager
 def airbyte_server_case(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Case]:
-    """A connection of a local Airbyte API (tests/airbyte_api_server.py) whose jobs succeed."""
-    from tests.airbyte_api_server import AirbyteApi, connection, serving
+    """A connection of a local Airbyte API (tests/servers/airbyte_api_server.py) whose jobs
+    succeed."""
+    from tests.servers.airbyte_api_server import AirbyteApi, connection, serving
 
     streams = [{"name": "orders", "syncMode": "incremental_append", "cursorField": ["at"]}]
     api = AirbyteApi(bearer={"t0ken"}, connections={"c1": connection("c1", streams)})
