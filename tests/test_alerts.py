@@ -18,8 +18,8 @@ from stack.run.summary import RunSummary, failed_entry
 from stack.secrets import Resolver
 from stack.transform import DbtRun, NodeResult
 from stack.transform.result import TransformResult
-from tests.smtp_server import SMTPServer
-from tests.webhook_server import WebhookServer
+from tests.servers.smtp_server import SMTPServer
+from tests.servers.webhook_server import WebhookServer
 
 SECRET = "tok-3f9a7c1e-never-in-alerts"
 URL = "http://127.0.0.1:4200/runs/flow-run/0b5e"

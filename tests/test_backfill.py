@@ -14,7 +14,7 @@ from stack.errors import ConfigError
 from stack.run import backfill, pipeline
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.counting_source import reads
-from tests.prefect_server import shared_server, using_api
+from tests.servers.prefect_server import shared_server, using_api
 
 WINDOW = {"start": "{{ start }}", "end": "{{ end }}"}
 

@@ -1,7 +1,7 @@
 """Orchestration: the deployment plan, `mdstack deploy` on a real Prefect server, a process
 worker running scheduled deployments one at a time per region, retries, and sensors.
 
-The slow tests share one Prefect server (``tests/prefect_server.py``) and one worker; both
+The slow tests share one Prefect server (``tests/servers/prefect_server.py``) and one worker; both
 are stopped by pid at the end of the run.
 """
 
@@ -23,8 +23,8 @@ from stack.run import deployments as plans
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.conftest import ROOT
 from tests.counting_source import reads
-from tests.prefect_server import Worker, shared_server, using_api, wait_for
-from tests.webhook_server import WebhookServer
+from tests.servers.prefect_server import Worker, shared_server, using_api, wait_for
+from tests.servers.webhook_server import WebhookServer
 
 POOL = "mdstack-test"
 RUN_TIMEOUT = 420.0

@@ -32,7 +32,7 @@ from connectors.http import (
     raise_for_status,
     retry_call,
 )
-from tests.http_server import Reply, ScriptedServer
+from tests.servers.http_server import Reply, ScriptedServer
 
 TOKEN = "tok-5f3a9c1e77d2"
 FAST = RetryPolicy(attempts=3, backoff=0.01)

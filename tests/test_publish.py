@@ -17,8 +17,8 @@ from stack.config import load_config
 from stack.errors import WarehouseError
 from stack.run import pipeline
 from stack.warehouse.duckdb import DuckDBWarehouse
-from tests.bi_servers import WEBHOOK_TOKEN, WebhookDouble, serve
 from tests.conftest import ROOT
+from tests.servers.bi_servers import WEBHOOK_TOKEN, WebhookDouble, serve
 from tests.test_pipeline import SHOP
 
 
