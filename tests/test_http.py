@@ -1,4 +1,4 @@
-"""The HTTP policy (connectors/http.py) against a real local server (tests/http_server.py).
+"""The HTTP policy (connectors/http.py) against a real local server (tests/servers/http_server.py).
 
 What is retried and what is not, ``Retry-After``, timeouts on every request, a server that
 accepts and never answers, a refused connection, budgets and deadlines, the server's words
