@@ -24,9 +24,10 @@ demo: $(VENV)/.installed          ## install, then run the demo pipeline (one si
 	$(BIN)/mdstack run
 	$(BIN)/mdstack status
 
-test: $(VENV)/.installed-dev      ## install dev extras, lint, run the whole suite
+test: $(VENV)/.installed-dev      ## install dev extras, lint, type-check, run the whole suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest -n 2 --dist loadfile
 
 lint: $(VENV)/.installed-dev

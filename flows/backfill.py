@@ -17,6 +17,7 @@ from prefect.states import Failed, State
 from flows.pipeline import pipeline
 from stack.config import config_path as default_config_path
 from stack.run import backfill as engine
+from stack.run.summary import RunSummary
 
 
 @task(name="partition", task_run_name="partition {start} [{region}]")
@@ -28,7 +29,7 @@ def run_partition(
     streams: list[str],
     start: str,
     end: str,
-) -> dict[str, Any]:
+) -> RunSummary:
     """One partition ``[start, end)``: a pipeline run; fails when any of its streams failed."""
     state = pipeline(
         region=region,
@@ -40,7 +41,10 @@ def run_partition(
         end=end,
         return_state=True,
     )
-    return state.result()
+    summary = state.result()  # raises when the run failed
+    if not isinstance(summary, RunSummary):
+        raise TypeError(f"the pipeline flow returned {type(summary).__name__}, not a summary")
+    return summary
 
 
 @flow(name="mdstack-backfill", flow_run_name="backfill {start}..{end}")
@@ -53,7 +57,7 @@ def backfill(
     target: str | None = None,
     config_path: str | None = None,
     force: bool = False,
-) -> dict[str, Any] | State:
+) -> engine.BackfillOutcome | State:
     """Run every pending partition of the days ``start``..``end`` (both included).
 
     Partitions the warehouse records as done are skipped (``force`` runs them
@@ -61,18 +65,19 @@ def backfill(
     running the same backfill again finishes the job.
     """
     path = str(default_config_path(config_path))
-    selection = (regions or (), sources or (), streams or ())
-    engine.check_partitioning(path, start, end, *selection)
+    selection = engine.BackfillSelection(
+        path, start, end, tuple(regions or ()), tuple(sources or ()), tuple(streams or ()), target
+    )
+    engine.check_partitioning(selection)
     if force:
-        engine.forget_partitions(path, target, start, end, *selection)
-    plan = engine.pending_partitions(path, target, start, end, *selection)
-    outcome: dict[str, list[str]] = {"skipped": [_label(r) for r in plan.done]}
+        engine.forget_partitions(selection)
+    plan = engine.pending_partitions(selection)
+    outcome = engine.BackfillOutcome(skipped=[r.label for r in plan.done])
     for wave in _waves(plan.pending, plan.parallelism):
         for run, state in zip(wave, _run_wave(path, target, wave), strict=True):
-            kind = "succeeded" if state.is_completed() else "failed"
-            outcome.setdefault(kind, []).append(_label(run))
-    if outcome.get("failed"):
-        return Failed(message=f"partitions failed: {', '.join(outcome['failed'])}", data=outcome)
+            (outcome.succeeded if state.is_completed() else outcome.failed).append(run.label)
+    if outcome.failed:
+        return Failed(message=f"partitions failed: {', '.join(outcome.failed)}", data=outcome)
     return outcome
 
 
@@ -89,10 +94,6 @@ def _run_wave(path: str, target: str | None, wave: tuple[Any, ...]) -> list[Stat
 def _arguments(run: engine.PartitionRun) -> tuple[Any, ...]:
     window = run.partition.template_vars()
     return run.region, run.sources, run.stream_names, window["start"], window["end"]
-
-
-def _label(run: engine.PartitionRun) -> str:
-    return f"{run.region} {run.partition.key}"
 
 
 def _waves(

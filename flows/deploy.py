@@ -19,8 +19,9 @@ the changes it would make.
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import prefect
 from prefect import Flow
@@ -95,7 +96,7 @@ def _make_changes(
         ensure_work_pool(client, pool, kind)
     todo = [p for p, c in zip(plan, changes, strict=False) if c.action != "unchanged"]
     if todo:
-        source = Flow.from_source(source=str(project_dir), entrypoint=plans.ENTRYPOINT)
+        source = _done(Flow.from_source(source=str(project_dir), entrypoint=plans.ENTRYPOINT))
         for planned in todo:
             apply(client, source, planned)
     for change in changes[len(plan) :]:  # delete: deployments of this stack no longer planned
@@ -113,24 +114,26 @@ def write_prefect_yaml(
 
 def apply(client: SyncPrefectClient, source: Flow, planned: plans.PlannedDeployment) -> Any:
     """Create or update one deployment (``.deploy`` upserts by flow and name)."""
-    deployment_id = source.deploy(
-        name=planned.name,
-        work_pool_name=planned.work_pool,
-        work_queue_name=planned.work_queue,
-        schedules=[Cron(planned.cron, timezone=planned.timezone)] if planned.cron else None,
-        parameters=dict(planned.parameters),
-        tags=list(planned.tags),
-        description=planned.description,
-        concurrency_limit=ConcurrencyLimitConfig(
-            limit=planned.concurrency,
-            collision_strategy=ConcurrencyLimitStrategy(plans.COLLISION_STRATEGY),
-        ),
-        triggers=[DeploymentEventTrigger(**t) for t in planned.triggers()],
-        paused=planned.paused,
-        build=False,
-        push=False,
-        print_next_steps=False,
-        ignore_warnings=True,
+    deployment_id = _done(
+        source.deploy(
+            name=planned.name,
+            work_pool_name=planned.work_pool,
+            work_queue_name=planned.work_queue,
+            schedules=[Cron(planned.cron, timezone=planned.timezone)] if planned.cron else None,
+            parameters=dict(planned.parameters),
+            tags=list(planned.tags),
+            description=planned.description,
+            concurrency_limit=ConcurrencyLimitConfig(
+                limit=planned.concurrency,
+                collision_strategy=ConcurrencyLimitStrategy(plans.COLLISION_STRATEGY),
+            ),
+            triggers=[DeploymentEventTrigger(**t) for t in planned.triggers()],
+            paused=planned.paused,
+            build=False,
+            push=False,
+            print_next_steps=False,
+            ignore_warnings=True,
+        )
     )
     if not planned.cron:  # an update without schedules keeps the old ones: drop them
         for schedule in client.read_deployment_schedules(deployment_id):
@@ -190,3 +193,15 @@ def _facts(client: SyncPrefectClient, d: Any) -> dict[str, Any]:
         "triggers": sorted(a.name for a in automations),
         "description": d.description,
     }
+
+
+T = TypeVar("T")
+
+
+def _done(value: T | Coroutine[Any, Any, T]) -> T:
+    """The value of a Prefect method that runs sync or async by context (typed as either):
+    called from sync code, as here, it returns the value itself."""
+    if isinstance(value, Coroutine):
+        value.close()
+        raise TypeError("a Prefect call returned a coroutine in sync code")
+    return value

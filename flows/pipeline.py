@@ -15,20 +15,27 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.futures import PrefectFuture
 from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 
 from flows.limits import source_limits, source_slot
+from stack.bi import HookResult
 from stack.config import StackConfig, load_config
 from stack.config import config_path as default_config_path
 from stack.errors import TransformError
+from stack.load import RunContext
+from stack.load.ledger import RunEntry
 from stack.run import alerts
 from stack.run import backfill as partitions
 from stack.run import pipeline as engine
 from stack.run import report as run_report
 from stack.run.parallel import Bounds, StreamJob, run_bounded
+from stack.run.summary import RunSummary, changed_streams, failed_entry
+from stack.transform import NodeResult
+from stack.transform.result import DBT_FAILED, TransformResult
 
 SYNC_RETRIES = 3
 SYNC_BACKOFF_SECONDS = 10
@@ -59,7 +66,7 @@ def sync_stream(
     start: str | None = None,
     end: str | None = None,
     limit: str | None = None,
-) -> dict[str, Any]:
+) -> RunEntry:
     """Sync one stream (resuming from its committed state), or overwrite the backfill
     partition ``[start, end)`` of it; committed work survives a failure of this task.
     ``limit``: the source's global concurrency limit, a slot of which is held meanwhile."""
@@ -78,18 +85,18 @@ def transform(
     region: str,
     changed: dict[str, dict[str, bool]],
     run_id: str = "",
-) -> dict[str, Any] | None:
+) -> TransformResult | None:
     """Build and test the dbt models downstream of the streams that changed."""
     return engine.transform_changes(config_path, target, region, changed, run_id)
 
 
-@task(name="dbt-node", task_run_name="{node[resource_type]} {node[name]}")
-def report_node(node: dict[str, Any]) -> dict[str, Any]:
+@task(name="dbt-node", task_run_name="{node.resource_type} {node.name}")
+def report_node(node: NodeResult) -> NodeResult:
     """One task per dbt node, so the Prefect UI shows what dbt built and tested."""
-    if node["status"] in engine.DBT_FAILED:
+    if node.status in DBT_FAILED:
         raise TransformError(
-            f"dbt {node['resource_type']} {node['name']} {node['status']}: {node['message']}",
-            model=node["name"],
+            f"dbt {node.resource_type} {node.name} {node.status}: {node.message}",
+            model=node.name,
         )
     return node
 
@@ -97,7 +104,7 @@ def report_node(node: dict[str, Any]) -> dict[str, Any]:
 @task(name="bi", task_run_name="refresh dashboards [{region}]")
 def refresh_dashboards(
     config_path: str, region: str, run_id: str, published: bool
-) -> list[dict[str, Any]]:
+) -> list[HookResult]:
     """Refresh the BI tools after a good publish (hooks retry and time out on their own)."""
     return engine.refresh_dashboards(config_path, region, run_id, published)
 
@@ -111,7 +118,7 @@ def pipeline(
     config_path: str | None = None,
     start: str | None = None,
     end: str | None = None,
-) -> dict[str, Any] | State:
+) -> RunSummary | State:
     """sources -> warehouse -> dbt for one region; returns the run summary.
 
     A failed stream does not stop the others; the run ends Failed (with the
@@ -125,26 +132,28 @@ def pipeline(
     selection = engine.select(
         config, region or config.region_names()[0], sources or (), streams or ()
     )
-    summary = engine.RunSummary(engine.new_run_id(), selection.region)
-    summary.streams = _sync_all(path, target, config, selection, summary.run_id, start, end)
+    summary = RunSummary(engine.new_run_id(), selection.region)
+    ctx = RunContext(config.name, selection.region, summary.run_id)
+    summary.streams = _sync_all(path, target, config, selection, ctx, start, end)
     summary.dbt = transform(
-        path, target, selection.region, engine.changed_streams(summary.streams), summary.run_id
+        path, target, selection.region, changed_streams(summary.streams), summary.run_id
     )
-    for node in (summary.dbt or {}).get("nodes", []):
+    for node in summary.dbt.run.nodes if summary.dbt else ():
         report_node(node, return_state=True)
-    published = bool(summary.dbt and summary.dbt["published"])
-    summary.dashboards = refresh_dashboards(path, selection.region, summary.run_id, published)
+    summary.dashboards = refresh_dashboards(
+        path, selection.region, summary.run_id, summary.published
+    )
     engine.emit_lineage(path, target, summary)
     where = {"target": target, "sources": sources, "start": start, "end": end}
-    notify(path, summary.__dict__, where | _this_run(), return_state=True)
+    notify(path, summary, where | _this_run(), return_state=True)
     create_markdown_artifact(
         run_report.run_markdown(summary, config.name),
         key=run_report.report_key(config.name, selection.region),
         description=f"mdstack run {summary.run_id}: streams, dbt, checks, dashboards",
     )
     if summary.ok:
-        return summary.__dict__
-    return Failed(message=summary.failure(), data=summary.__dict__)
+        return summary
+    return Failed(message=summary.failure(), data=summary)
 
 
 def _sync_all(
@@ -152,10 +161,10 @@ def _sync_all(
     target: str | None,
     config: StackConfig,
     selection: engine.Selection,
-    run_id: str,
+    ctx: RunContext,
     start: str | None,
     end: str | None,
-) -> list[dict[str, Any]]:
+) -> list[RunEntry]:
     """One task per stream, started within the run's bounds; entries in ``stack.yml`` order.
 
     Backfill partitions open the warehouse per task, so they run one at a time. Each task
@@ -166,11 +175,11 @@ def _sync_all(
     region = selection.region
     limits = source_limits(config.name, (job.source for job in selection.jobs(config)))
 
-    def submit(job: StreamJob) -> Any:
-        args = (path, target, region, job.source, job.stream, run_id, start, end)
+    def submit(job: StreamJob) -> PrefectFuture[RunEntry]:
+        args = (path, target, region, job.source, job.stream, ctx.run_id, start, end)
         return sync_stream.submit(*args, limit=limits.get(job.source))
 
-    entries: dict[StreamJob, dict[str, Any]] = {}
+    entries: dict[StreamJob, RunEntry] = {}
     try:
         for job, future in run_bounded(selection.jobs(config), bounds, submit):
             future.wait()  # done already: this only takes its final state
@@ -178,17 +187,15 @@ def _sync_all(
             entries[job] = (
                 state.result()
                 if state.is_completed()
-                else engine.failed_entry(
-                    job.source, job.stream, region, run_id, state.result(raise_on_failure=False)
-                )
+                else failed_entry(ctx, job, state.result(raise_on_failure=False))
             )
     finally:
-        engine.end_syncs(path, target, region, run_id)  # dbt needs the warehouse next
+        engine.end_syncs(path, target, region, ctx.run_id)  # dbt needs the warehouse next
     return [entries[job] for job in selection.jobs(config)]
 
 
-@task(name="alerts", task_run_name="alerts [{summary[region]}]")
-def notify(config_path: str, summary: dict[str, Any], where: dict[str, Any]) -> list[dict]:
+@task(name="alerts", task_run_name="alerts [{summary.region}]")
+def notify(config_path: str, summary: RunSummary, where: dict[str, Any]) -> list[alerts.Delivery]:
     """Send the run's alerts (on failure, and on success where asked); never fails the run."""
     return alerts.notify_run(config_path, summary, **where)
 

@@ -12,7 +12,7 @@ From the bottom up, each package importing only from those before it::
     bi/          BI refresh hooks
     run/         a pipeline run: steps, scope, parallel streams, backfills, deployments,
                  alerts, report
-    cli.py       the ``mdstack`` command line
+    cli/         the ``mdstack`` command line
 
 It runs, and is tested, as a plain library: nothing here imports Prefect.
 """

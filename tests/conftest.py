@@ -1,4 +1,5 @@
-"""Run-wide fixtures: isolated HOME/PREFECT_HOME/dbt target, warehouses in tmp folders."""
+"""Run-wide fixtures: isolated HOME/PREFECT_HOME/dbt target, warehouses in tmp folders,
+the session's throwaway PostgreSQL (``tests/servers/pg_server.py``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from stack.warehouse.duckdb import DuckDBWarehouse
+from tests.servers.pg_server import pg_database, pg_logical, pg_replica  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 

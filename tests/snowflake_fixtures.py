@@ -10,7 +10,7 @@
 * :class:`RecordingConnection` wraps a connection and records every statement and
   its parameters, for golden tests of the exact SQL sent.
 * :func:`real_target` builds a target from ``MDSTACK_SNOWFLAKE_*`` variables, or
-  says why it cannot.
+  says why it cannot; :func:`real_snowflake` opens it in a fresh meta schema.
 
 fakesnow 0.11.18's server encodes a NULL timestamp as 1970-01-01 (its Arrow
 struct has no validity bitmap, ``fakesnow/arrow.py``); :func:`fakesnow_server`
@@ -26,14 +26,16 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import fakesnow
 import pyarrow as pa
 
+from stack import sql
 from stack.config import SnowflakeTarget
+from stack.errors import WarehouseError
 from stack.warehouse.snowflake import SnowflakeWarehouse
 
 META_SCHEMA = "MDSTACK"
@@ -201,14 +203,25 @@ ENV_PREFIX = "MDSTACK_SNOWFLAKE_"
 _REQUIRED = ("ACCOUNT", "USER", "DATABASE", "WAREHOUSE", "ROLE")
 
 
-def real_target(schema: str) -> tuple[SnowflakeTarget | None, str]:
-    """A target for real Snowflake from the environment, or ``None`` and the reason."""
-    env = {k[len(ENV_PREFIX) :]: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+def _env() -> dict[str, str]:
+    return {k[len(ENV_PREFIX) :]: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+
+
+def real_unavailable() -> str:
+    """Why real Snowflake cannot be used: the variables missing ("" when none is)."""
+    env = _env()
     missing = [f"{ENV_PREFIX}{k}" for k in _REQUIRED if not env.get(k)]
     if not (env.get("PASSWORD") or env.get("PRIVATE_KEY")):
         missing.append(f"{ENV_PREFIX}PASSWORD (or _PRIVATE_KEY)")
-    if missing:
-        return None, f"real Snowflake not configured: set {', '.join(missing)}"
+    return f"real Snowflake not configured: set {', '.join(missing)}" if missing else ""
+
+
+def real_target(schema: str) -> tuple[SnowflakeTarget | None, str]:
+    """A target for real Snowflake from the environment, or ``None`` and the reason."""
+    reason = real_unavailable()
+    if reason:
+        return None, reason
+    env = _env()
     fields = {
         "type": "snowflake",
         "account": env["ACCOUNT"],
@@ -222,6 +235,34 @@ def real_target(schema: str) -> tuple[SnowflakeTarget | None, str]:
         "private_key_passphrase": env.get("PRIVATE_KEY_PASSPHRASE"),
     }
     return SnowflakeTarget.model_validate(fields), ""
+
+
+@contextmanager
+def real_snowflake() -> Iterator[SnowflakeWarehouse]:
+    """An open warehouse on real Snowflake in a fresh meta schema, dropped afterwards.
+
+    ``MDSTACK_SNOWFLAKE_DATABASE`` must be a scratch database: the engine's scenarios
+    write ``"raw"."items"`` there, and it is dropped before and after.
+
+    Raises:
+        RuntimeError: real Snowflake is not configured (see :func:`real_unavailable`).
+    """
+    schema = f"MDSTACK_TEST_{uuid.uuid4().hex[:8].upper()}"
+    target, reason = real_target(schema)
+    if target is None:
+        raise RuntimeError(reason)
+    with SnowflakeWarehouse(target, query_tag={"run_id": "pytest"}) as wh:
+        _drop_items(wh)
+        try:
+            yield wh
+        finally:
+            _drop_items(wh)
+            wh.execute(f"DROP SCHEMA IF EXISTS {sql.ident(schema)}")
+
+
+def _drop_items(wh: SnowflakeWarehouse) -> None:
+    with suppress(WarehouseError):  # no schema "raw" yet
+        wh.execute('DROP TABLE IF EXISTS "raw"."items"')
 
 
 # -- a stub server, for the SQL sent to real Snowflake ----------------------------------------

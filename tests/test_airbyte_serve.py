@@ -29,11 +29,10 @@ from airbyte_protocol_dataclasses.models import airbyte_protocol as ab
 
 from connectors import load_source
 from connectors.base import SOURCE_DELETED_AT, Batch, ConfiguredStream, Deletes, Source
-from tests.pg_server import PgCluster, pg_logical  # noqa: F401
+from tests.servers.pg_server import connect_kwargs
 
 SCRIPT = Path(sys.executable).with_name("mdstack-source")
 DEMO = {"region": "eu", "history_days": 10, "orders_per_day": 200, "batch_size": 500}
-LOCAL = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "test"}
 
 
 # --- running the CLI and parsing its output strictly ---------------------------------------
@@ -242,13 +241,8 @@ def test_errors_are_traces_with_exit_code_1(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def pg_table() -> Any:
-    try:
-        conn = psycopg.connect(
-            host="127.0.0.1", user="postgres", dbname="test", connect_timeout=3, autocommit=True
-        )
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432: {exc}")
+def pg_table(pg_database: dict) -> Any:
+    conn = psycopg.connect(**connect_kwargs(pg_database), autocommit=True)
     schema = f"mds_ab_{uuid.uuid4().hex[:8]}"
     conn.execute(f"CREATE SCHEMA {schema}")
     conn.execute(
@@ -267,9 +261,9 @@ def pg_table() -> Any:
         conn.close()
 
 
-def test_postgres_incremental_read_resumes_with_only_new_rows(tmp_path, pg_table):
+def test_postgres_incremental_read_resumes_with_only_new_rows(tmp_path, pg_table, pg_database):
     conn, schema = pg_table
-    config = LOCAL | {"schemas": [schema], "batch_size": 10}
+    config = pg_database | {"schemas": [schema], "batch_size": 10}
     code, [catalog] = _cli(tmp_path, "postgres", "discover", config=config)
     [items] = catalog.catalog.streams
     assert items.source_defined_primary_key == [["id"]]
@@ -312,9 +306,8 @@ def test_postgres_incremental_read_resumes_with_only_new_rows(tmp_path, pg_table
     assert last == {"cursor": "2024-02-01T00:00:00+00:00"}
 
 
-def test_postgres_cdc_deletes_become_ab_cdc_deleted_at(tmp_path, pg_logical):  # noqa: F811
-    conn = psycopg.connect(**{("dbname" if k == "database" else k): v for k, v in
-                              pg_logical.dsn.items()}, autocommit=True)  # fmt: skip
+def test_postgres_cdc_deletes_become_ab_cdc_deleted_at(tmp_path, pg_logical):
+    conn = psycopg.connect(**connect_kwargs(pg_logical.dsn), autocommit=True)
     schema = f"cdc_ab_{uuid.uuid4().hex[:8]}"
     conn.execute(f"CREATE SCHEMA {schema}")
     conn.execute(f"CREATE TABLE {schema}.items (id int PRIMARY KEY, name text)")

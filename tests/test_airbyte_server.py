@@ -1,4 +1,4 @@
-"""The ``airbyte_server`` source against a local Airbyte API (tests/airbyte_api_server.py).
+"""The ``airbyte_server`` source against a local Airbyte API (tests/servers/airbyte_api_server.py).
 
 Real HTTP through the real ``airbyte-api`` SDK: job lifecycles (queued -> running ->
 succeeded, incomplete attempts, statuses the SDK does not know), failures with Airbyte's
@@ -34,7 +34,7 @@ from stack.load import plan_stream, sync_stream
 from stack.load.plan import RunContext
 from stack.run import pipeline
 from stack.warehouse.duckdb import DuckDBWarehouse
-from tests.airbyte_api_server import AirbyteApi, connection, serving
+from tests.servers.airbyte_api_server import AirbyteApi, connection, serving
 
 CONN = "9924bcd0-99be-453d-ba47-c2c9766f7da5"
 TOKEN = "tok-bearer-7f3a91c2"
@@ -332,7 +332,7 @@ def test_after_an_airbyte_sync_dbt_selects_the_streams_it_loaded(tmp_path, url, 
         return pipeline.sync_selection(path, None, selection, run_id)
 
     entries = sync("run1")
-    assert sorted((e["stream"], e["status"], e["rows_read"]) for e in entries) == [
+    assert sorted((e.stream, e.status, e.rows_read) for e in entries) == [
         ("customers", "succeeded", 1234),
         ("orders", "succeeded", 1234),
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -9,11 +10,16 @@ import yaml
 from pydantic import TypeAdapter
 
 from stack.config import StackConfig
+from stack.load import RunContext
 from stack.redact import register_secret
 from stack.run import alerts
+from stack.run.parallel import StreamJob
+from stack.run.summary import RunSummary, failed_entry
 from stack.secrets import Resolver
-from tests.smtp_server import SMTPServer
-from tests.webhook_server import WebhookServer
+from stack.transform import DbtRun, NodeResult
+from stack.transform.result import TransformResult
+from tests.servers.smtp_server import SMTPServer
+from tests.servers.webhook_server import WebhookServer
 
 SECRET = "tok-3f9a7c1e-never-in-alerts"
 URL = "http://127.0.0.1:4200/runs/flow-run/0b5e"
@@ -32,22 +38,20 @@ def config(tmp_path: Path) -> StackConfig:
     )
 
 
-def summary(failed: bool = True) -> dict:
-    ok = {"source": "crm", "stream": "accounts", "status": "succeeded", "rows_read": 10}
-    bad = {
-        "source": "crm",
-        "stream": "contacts",
-        "status": "failed",
-        "rows_read": 0,
-        "error": f"HTTP 503 from https://api.example.com?token={SECRET} (source 'crm')",
-    }
-    node = {"resource_type": "model", "name": "fct_orders", "status": "error", "message": "boom"}
-    return {
-        "run_id": "a1b2c3d4e5f6",
-        "region": "us",
-        "streams": [ok, bad] if failed else [ok],
-        "dbt": {"success": not failed, "nodes": [node] if failed else []},
-    }
+def summary(failed: bool = True) -> RunSummary:
+    run = RunContext("shop", "us", "a1b2c3d4e5f6")
+    ok = replace(failed_entry(run, StreamJob("crm", "accounts"), RuntimeError()), rows_read=10)
+    ok = replace(ok, status="succeeded", error=None)
+    bad = failed_entry(
+        run,
+        StreamJob("crm", "contacts"),
+        RuntimeError(f"HTTP 503 from https://api.example.com?token={SECRET} (source 'crm')"),
+    )
+    node = NodeResult(
+        "model.shop.fct_orders", "fct_orders", "model", "error", 0.0, None, "boom", None
+    )
+    dbt = DbtRun(("build",), not failed, (node,) if failed else ())
+    return RunSummary(run.run_id, run.region, [ok, bad] if failed else [ok], TransformResult(dbt))
 
 
 def report(tmp_path: Path, failed: bool = True) -> alerts.RunReport:
@@ -194,7 +198,7 @@ def test_notify_run_resolves_secrets_from_the_config(tmp_path, monkeypatch):
     with WebhookServer() as hook:
         monkeypatch.setenv("HOOK_URL", f"{hook.url}/x")
         delivered = alerts.notify_run(path, summary(), flow_run_url=URL)
-        assert delivered == [{"channel": "alerts[0] webhook", "ok": True, "error": None}]
+        assert delivered == [alerts.Delivery("alerts[0] webhook", True, None)]
         assert hook.requests[0].body["flow_run_url"] == URL
 
 

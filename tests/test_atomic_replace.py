@@ -431,9 +431,9 @@ def test_a_ledger_row_rewrite_killed_before_any_statement_keeps_a_row(tmp_path, 
 
 
 # -- check results and dbt node results -------------------------------------------------------
-def results(passed: bool) -> list[checks.CheckResult]:
+def results(passed: bool) -> list[checks.DataCheckResult]:
     return [
-        checks.CheckResult(
+        checks.DataCheckResult(
             name=f"check_{i}",
             table="raw.items",
             kind="volume",

@@ -14,7 +14,7 @@ from stack.errors import ConfigError
 from stack.run import backfill, pipeline
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.counting_source import reads
-from tests.prefect_server import shared_server, using_api
+from tests.servers.prefect_server import shared_server, using_api
 
 WINDOW = {"start": "{{ start }}", "end": "{{ end }}"}
 
@@ -83,8 +83,8 @@ def test_partitions_are_whole_calendar_days_weeks_or_months():
 
 def test_a_backfill_of_5_days_rerun_twice_gives_the_same_warehouse(tmp_path):
     path = write_config(tmp_path)
-    first = backfill.run_backfill(path, None, "2026-01-01", "2026-01-05")
-    assert {(e["stream"], e["status"]) for e in first} == {
+    first = backfill.run_backfill(backfill.BackfillSelection(path, "2026-01-01", "2026-01-05"))
+    assert {(e.stream, e.status) for e in first} == {
         ("events", "succeeded"),
         ("items", "succeeded"),
     }
@@ -96,12 +96,14 @@ def test_a_backfill_of_5_days_rerun_twice_gives_the_same_warehouse(tmp_path):
     log = tmp_path / "reads.jsonl"
     assert len(reads(log)) == 10 and all(r["state"] is None for r in reads(log))
 
-    again = backfill.run_backfill(path, None, "2026-01-01", "2026-01-05")
+    again = backfill.run_backfill(backfill.BackfillSelection(path, "2026-01-01", "2026-01-05"))
     assert again == []  # every partition is done: nothing read, nothing written
     assert len(reads(log)) == 10
 
-    forced = backfill.run_backfill(path, None, "2026-01-02", "2026-01-03", force=True)
-    assert len(forced) == 4 and all(e["replaced"] == 3 for e in forced)
+    forced = backfill.run_backfill(
+        backfill.BackfillSelection(path, "2026-01-02", "2026-01-03"), force=True
+    )
+    assert len(forced) == 4 and all(e.replaced == 3 for e in forced)
     assert len(reads(log)) == 14
     assert table(tmp_path, "events") == events
     assert table(tmp_path, "items") == items
@@ -118,9 +120,9 @@ def test_each_partition_overwrites_exactly_its_rows_and_leaves_the_stream_state(
         state = wh.query("SELECT stream, state FROM _mds_state ORDER BY stream").to_pylist()
 
     write_config(tmp_path, {"start": "2026-01-01", "end": "2026-01-08", "version": 2})
-    entries = backfill.run_backfill(path, None, "2026-01-03", "2026-01-04")
-    assert {e["replaced"] for e in entries} == {3}  # 3 rows of one day, per stream and day
-    assert {e["rows_read"] for e in entries} == {3}  # 21 read, 18 cut away
+    entries = backfill.run_backfill(backfill.BackfillSelection(path, "2026-01-03", "2026-01-04"))
+    assert {e.replaced for e in entries} == {3}  # 3 rows of one day, per stream and day
+    assert {e.rows_read for e in entries} == {3}  # 21 read, 18 cut away
     for name in ("events", "items"):
         after = table(tmp_path, name)
         assert len(after) == len(before[name]) == 21
@@ -134,11 +136,11 @@ def test_each_partition_overwrites_exactly_its_rows_and_leaves_the_stream_state(
 def test_a_failed_partition_is_redone_and_only_it(tmp_path):
     fail = {"stream": "events", "times": 1, "retryable": False}
     path = write_config(tmp_path, {**WINDOW, "fail": fail})
-    first = backfill.run_backfill(path, None, "2026-01-01", "2026-01-03")
-    failed = [e for e in first if e["status"] == "failed"]
-    assert [(e["stream"], e["partition"]) for e in failed] == [("events", "2026-01-01..2026-01-02")]
-    assert "scripted failure" in failed[0]["error"]
-    plan = backfill.pending_partitions(path, None, "2026-01-01", "2026-01-03")
+    first = backfill.run_backfill(backfill.BackfillSelection(path, "2026-01-01", "2026-01-03"))
+    failed = [e for e in first if e.status == "failed"]
+    assert [(e.stream, e.partition) for e in failed] == [("events", "2026-01-01..2026-01-02")]
+    assert "scripted failure" in (failed[0].error or "")
+    plan = backfill.pending_partitions(backfill.BackfillSelection(path, "2026-01-01", "2026-01-03"))
     assert [(r.partition.key, r.streams) for r in plan.pending] == [
         ("2026-01-01", (("feed", "events"),))
     ]
@@ -146,8 +148,8 @@ def test_a_failed_partition_is_redone_and_only_it(tmp_path):
 
     log = tmp_path / "reads.jsonl"
     count = len(reads(log))
-    second = backfill.run_backfill(path, None, "2026-01-01", "2026-01-03")
-    assert [(e["stream"], e["status"]) for e in second] == [("events", "succeeded")]
+    second = backfill.run_backfill(backfill.BackfillSelection(path, "2026-01-01", "2026-01-03"))
+    assert [(e.stream, e.status) for e in second] == [("events", "succeeded")]
     assert len(reads(log)) == count + 1
     assert len(table(tmp_path, "events")) == len(table(tmp_path, "items")) == 9
 
@@ -177,7 +179,8 @@ def test_the_backfill_flow_runs_one_pipeline_run_per_day_and_resumes(tmp_path, p
         first = backfill_flow("2026-01-01", "2026-01-05", config_path=str(path))
         snapshot = (table(tmp_path, "events"), table(tmp_path, "items"))
         second = backfill_flow("2026-01-01", "2026-01-05", config_path=str(path))
-    assert first == {"skipped": [], "succeeded": [f"us 2026-01-0{d}" for d in range(1, 6)]}
-    assert second == {"skipped": [f"us 2026-01-0{d}" for d in range(1, 6)]}
+    days = [f"us 2026-01-0{d}" for d in range(1, 6)]
+    assert first == backfill.BackfillOutcome(succeeded=days)
+    assert second == backfill.BackfillOutcome(skipped=days)
     assert (table(tmp_path, "events"), table(tmp_path, "items")) == snapshot
     assert len(snapshot[0]) == 15 and len(reads(tmp_path / "reads.jsonl")) == 10

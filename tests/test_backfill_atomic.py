@@ -43,6 +43,8 @@ from connectors.base import (
 from stack.config import load_config
 from stack.errors import ConfigError, WarehouseError
 from stack.run import backfill, pipeline
+from stack.run.backfill import BackfillSelection
+from stack.run.backfill import load as partition_load
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.contract import SCALE
 from tests.test_backfill import write_config
@@ -123,16 +125,18 @@ def test_the_shipped_demo_refuses_a_backfill_on_a_changing_cursor_and_converges_
     before = everything(tmp_path, "raw_shop", DEMO_STREAMS)
 
     with pytest.raises(ConfigError, match="partition_by") as refused:
-        backfill.run_backfill(path, None, "2026-01-10", "2026-01-12", regions=["eu"])
+        backfill.run_backfill(BackfillSelection(path, "2026-01-10", "2026-01-12", regions=("eu",)))
     assert "shop.customers" in str(refused.value) and "updated_at" in str(refused.value)
     assert everything(tmp_path, "raw_shop", DEMO_STREAMS) == before
     assert backfill_ledger(tmp_path) == []
 
     # As shipped (partition_by for the deduped streams) the same backfill works ...
     path = demo_config(tmp_path, partition_by=True)
-    done = backfill.run_backfill(path, None, "2026-01-10", "2026-01-12", regions=["eu"])
-    assert {e["status"] for e in done} == {"succeeded"} and len(done) == 12
-    assert all(e["replaced"] > 0 for e in done)
+    done = backfill.run_backfill(
+        BackfillSelection(path, "2026-01-10", "2026-01-12", regions=("eu",))
+    )
+    assert {e.status for e in done} == {"succeeded"} and len(done) == 12
+    assert all(e.replaced > 0 for e in done)
     # ... and, the history being the same, changes no value.
     assert data_rows(tmp_path, "raw_shop", DEMO_STREAMS) == data_rows_of(before)
 
@@ -156,17 +160,27 @@ def test_partitioning_on_an_immutable_cursor_or_another_column_is_allowed(tmp_pa
     path = demo_config(tmp_path, partition_by=False)
     # customers and orders would be cut on updated_at: refused, naming each fix.
     with pytest.raises(ConfigError, match=r"shop\.customers"):
-        backfill.check_partitioning(path, "2026-01-10", "2026-01-10", streams=["customers"])
+        backfill.check_partitioning(
+            BackfillSelection(path, "2026-01-10", "2026-01-10", streams=("customers",))
+        )
     with pytest.raises(ConfigError, match=r"shop\.orders"):
-        backfill.check_partitioning(path, "2026-01-10", "2026-01-10", streams=["orders"])
+        backfill.check_partitioning(
+            BackfillSelection(path, "2026-01-10", "2026-01-10", streams=("orders",))
+        )
     # order_items: the source declares its cursor immutable; marketing_spend is appended.
-    backfill.check_partitioning(path, "2026-01-10", "2026-01-10", streams=["order_items"])
-    backfill.check_partitioning(path, "2026-01-10", "2026-01-10", streams=["marketing_spend"])
+    backfill.check_partitioning(
+        BackfillSelection(path, "2026-01-10", "2026-01-10", streams=("order_items",))
+    )
+    backfill.check_partitioning(
+        BackfillSelection(path, "2026-01-10", "2026-01-10", streams=("marketing_spend",))
+    )
     config = yaml.safe_load(path.read_text())
     config["backfill"] = {"partition_by": {"shop.orders": "updated_at"}}  # named, still its cursor
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match="never changes"):
-        backfill.check_partitioning(path, "2026-01-10", "2026-01-10", streams=["orders"])
+        backfill.check_partitioning(
+            BackfillSelection(path, "2026-01-10", "2026-01-10", streams=("orders",))
+        )
 
 
 # -- a failure at every warehouse call --------------------------------------------------------
@@ -230,7 +244,7 @@ def test_a_failure_at_any_warehouse_call_leaves_the_partition_as_before_or_after
     write_config(tmp_path, {"start": "2026-01-01", "end": "2026-01-06", "version": 2})
 
     opened: list[FailingWarehouse] = []
-    real_open = backfill.open_target
+    real_open = partition_load.open_target
 
     def failing_open(fail_at: int):
         def open_target(*args: Any) -> FailingWarehouse:
@@ -245,7 +259,7 @@ def test_a_failure_at_any_warehouse_call_leaves_the_partition_as_before_or_after
                 path, None, "us", "feed", stream, "2026-01-03", "2026-01-04", f"r-{stream}"
             )
 
-    monkeypatch.setattr(backfill, "open_target", failing_open(0))
+    monkeypatch.setattr(partition_load, "open_target", failing_open(0))
     one_partition()
     after = everything(tmp_path, "raw_feed", FEED_STREAMS)
     assert all(after[s] != before[s] for s in FEED_STREAMS)
@@ -256,10 +270,10 @@ def test_a_failure_at_any_warehouse_call_leaves_the_partition_as_before_or_after
     for fail_at in range(1, total + 1):
         shutil.rmtree(tmp_path / "warehouse")
         shutil.copytree(pristine, tmp_path / "warehouse")
-        monkeypatch.setattr(backfill, "open_target", failing_open(fail_at))
+        monkeypatch.setattr(partition_load, "open_target", failing_open(fail_at))
         with contextlib.suppress(Injected):
             one_partition()
-        monkeypatch.setattr(backfill, "open_target", real_open)
+        monkeypatch.setattr(partition_load, "open_target", real_open)
         now, ledger = everything(tmp_path, "raw_feed", FEED_STREAMS), backfill_ledger(tmp_path)
         replaced = tuple(now[s] != before[s] for s in FEED_STREAMS)
         for stream, changed in zip(FEED_STREAMS, replaced, strict=True):
@@ -288,7 +302,7 @@ import connectors
 connectors.REGISTRY["counting"] = "tests.counting_source:CountingSource"
 from stack.run import backfill
 print("ready", flush=True)
-backfill.run_backfill({path!r}, None, "2026-01-01", "2026-01-04")
+backfill.run_backfill(backfill.BackfillSelection({path!r}, "2026-01-01", "2026-01-04"))
 print("done", flush=True)
 """
 
@@ -324,7 +338,9 @@ def test_kill_9_at_random_moments_of_a_multi_day_backfill_leaves_whole_partition
             assert reloaded == sorted(by_day)[: len(reloaded)]  # whole days, in order
             old = [r for r in now[stream] if r[1] not in reloaded]
             assert old == [r for r in before[stream] if r[1] not in reloaded]  # untouched
-        backfill.run_backfill(path, None, "2026-01-01", "2026-01-04")  # resumes, converges
+        backfill.run_backfill(
+            BackfillSelection(path, "2026-01-01", "2026-01-04")
+        )  # resumes, converges
         for rows in data_rows(tmp_path, "raw_feed", FEED_STREAMS).values():
             assert {r[2] // 100_000 for r in rows} == {2} and len(rows) == 4 * 100
     assert kills >= 1  # at least one kill landed inside the backfill
@@ -468,7 +484,7 @@ def test_random_backfills_over_random_histories_equal_a_full_reload(history):
                 )
             else:
                 first, last = (DAY0 + timedelta(days=d) for d in step[2:])
-                backfill.run_backfill(path, None, first, last, force=True)
+                backfill.run_backfill(BackfillSelection(path, first, last), force=True)
         path = history_config(fresh, ops, steps[-1][1])
         pipeline.run_pipeline(path, None, pipeline.select(load_config(path), "us"), transform=False)
         got = data_rows(loaded, "raw_h", ("log", "items"))

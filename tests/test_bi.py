@@ -1,4 +1,5 @@
-"""BI refresh hooks against local doubles speaking each tool's wire format (tests/bi_servers.py).
+"""BI refresh hooks against local doubles speaking each tool's wire format
+(tests/servers/bi_servers.py).
 
 The contract part runs every scenario for every tool (one :class:`Case` per
 tool, as the warehouse contract suite is one fixture per adapter): a refresh
@@ -37,7 +38,7 @@ from stack.bi import (
 from stack.bi.webhook import render_body
 from stack.config.bi import BiHook
 from stack.secrets import Resolver
-from tests.bi_servers import (
+from tests.servers.bi_servers import (
     LOOKER_CLIENT,
     LOOKER_SECRET,
     METABASE_KEY,

@@ -16,14 +16,13 @@ from stack.errors import ConfigError
 from stack.load import ledger
 from stack.transform.checks import (
     CHECKS_TABLE,
-    CheckResult,
+    DataCheckResult,
     blocking,
-    freshness_from_nodes,
-    freshness_from_sources_json,
     record_results,
     run_checks,
 )
 from stack.transform.dbt import NodeResult
+from stack.transform.source_freshness import freshness_from_nodes, freshness_from_sources_json
 from tests.conftest import ROOT
 
 NOW = datetime(2026, 3, 2, 12, 0, 0)
@@ -292,9 +291,9 @@ def test_dbt_source_freshness_becomes_check_results():
     node = NodeResult("source.mdstack.shop.orders", "orders", "source", "error", 0.1, None,
                       "stale", None)  # fmt: skip
     model = NodeResult("model.mdstack.x", "x", "model", "success", 0.1, None, None, None)
-    from_nodes = freshness_from_nodes([node, model.__dict__])
+    from_nodes = freshness_from_nodes([node, model])
     assert from_nodes == [
-        CheckResult(
+        DataCheckResult(
             "freshness:source:shop.orders", "shop.orders", "freshness", "error", False, None,
             "dbt source freshness criteria", "stale",
         )

@@ -188,7 +188,7 @@ def test_pipeline_runs_end_to_end_on_snowflake(snowflake_run):
     first, summary = snowflake_run["runs"]
     assert first.ok, first.failure()
     assert summary.ok, summary.failure()
-    assert {s["stream"] for s in summary.streams if s["status"] == "succeeded"} == {
+    assert {s.stream for s in summary.streams if s.status == "succeeded"} == {
         "customers",
         "orders",
         "order_items",
@@ -196,16 +196,16 @@ def test_pipeline_runs_end_to_end_on_snowflake(snowflake_run):
         "marketing_spend",
     }
     dbt = summary.dbt
-    assert dbt["success"] and dbt["published"] and dbt["audit"] is None
-    built = {(n["resource_type"], n["name"]): n["status"] for n in dbt["nodes"]}
+    assert dbt.run.success and dbt.published and dbt.audit is None
+    built = {(n.resource_type, n.name): n.status for n in dbt.run.nodes}
     for model in ("stg_orders", "stg_customers", "daily_revenue", "marketing_roi", "fct_orders"):
         assert built[("model", model)] == "success", model
     assert built[("snapshot", "customers_snapshot")] == "success"
     tests = [status for (kind, _), status in built.items() if kind == "test"]
     assert len(tests) > 20 and set(tests) == {"pass"}
-    checks = {c["name"]: c for c in dbt["checks"]}
-    assert checks["freshness:source:shop.orders"]["passed"]
-    assert checks["values:marts.marketing_roi.spend"]["passed"]  # the demo's checks pass too
+    checks = {c.name: c for c in dbt.checks}
+    assert checks["freshness:source:shop.orders"].passed
+    assert checks["values:marts.marketing_roi.spend"].passed  # the demo's checks pass too
     # The merge staged its changes in a table named for its dbt invocation (two regions'
     # builds into one database at once never share it), dropped after the merge.
     log = (snowflake_run["files"]["logs"] / "dbt.log").read_text(errors="replace")
@@ -241,7 +241,7 @@ def test_dbt_node_results_are_in_the_snowflake_ledger(snowflake_run):
         "WHERE run_id = 'sf-run-2' AND region = 'eu'"
     )
     build = rows.filter(pl.col("command") == "build")
-    assert build.height == len(snowflake_run["summary"].dbt["nodes"])
+    assert build.height == len(snowflake_run["summary"].dbt.run.nodes)
     assert set(build["status"].to_list()) == {"success", "pass"}
     fresh = rows.filter(pl.col("command") == "source freshness")
     assert sorted(fresh["name"].to_list()) == ["customers", "order_items", "orders", "products"]
@@ -287,8 +287,8 @@ def test_failing_test_is_in_the_ledger_and_a_stale_source_blocks_the_publish(
         result = pipeline.transform_changes(
             no_checks, None, "eu", {"shop": {"orders": True}}, run_id="duck-bad"
         )
-    assert not result["success"] and result["blocked"] and not result["published"]
-    blocking = [c["name"] for c in result["checks"] if not c["passed"]]
+    assert not result.run.success and result.blocked and not result.published
+    blocking = [c.name for c in result.checks if not c.passed]
     assert blocking == ["freshness:source:shop.orders"]
     assert duck_query(folder, DAILY).equals(before)  # the published marts are untouched
     rows = duck_query(

@@ -1,7 +1,7 @@
 """Orchestration: the deployment plan, `mdstack deploy` on a real Prefect server, a process
 worker running scheduled deployments one at a time per region, retries, and sensors.
 
-The slow tests share one Prefect server (``tests/prefect_server.py``) and one worker; both
+The slow tests share one Prefect server (``tests/servers/prefect_server.py``) and one worker; both
 are stopped by pid at the end of the run.
 """
 
@@ -23,8 +23,8 @@ from stack.run import deployments as plans
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.conftest import ROOT
 from tests.counting_source import reads
-from tests.prefect_server import Worker, shared_server, using_api, wait_for
-from tests.webhook_server import WebhookServer
+from tests.servers.prefect_server import Worker, shared_server, using_api, wait_for
+from tests.servers.webhook_server import WebhookServer
 
 POOL = "mdstack-test"
 RUN_TIMEOUT = 420.0
@@ -512,7 +512,7 @@ def test_a_retryable_error_is_retried_until_the_third_attempt_succeeds(
     assert state.is_completed(), summary
     assert len(reads(tmp_path / "reads.jsonl", "events")) == 3
     assert len(reads(tmp_path / "reads.jsonl", "items")) == 1
-    assert {s["stream"]: s["rows_read"] for s in summary["streams"]} == {"events": 9, "items": 9}
+    assert {s.stream: s.rows_read for s in summary.streams} == {"events": 9, "items": 9}
 
 
 @pytest.mark.slow
@@ -530,7 +530,7 @@ def test_a_non_retryable_error_fails_at_once_and_a_rerun_redoes_only_that_stream
         state, summary = run_flow(path, prefect_api)
         assert state.is_failed()
         assert len(reads(log, "events")) == 1  # not retried
-        status = {s["stream"]: s["status"] for s in summary["streams"]}
+        status = {s.stream: s.status for s in summary.streams}
         assert status == {"events": "failed", "items": "succeeded"}
         report = run_report(prefect_api)
         assert report.type == "markdown" and report.flow_run_id == state.state_details.flow_run_id
@@ -553,7 +553,7 @@ def test_a_non_retryable_error_fails_at_once_and_a_rerun_redoes_only_that_stream
         assert ": succeeded" in run_report(prefect_api).data.splitlines()[0]
     items = reads(log, "items")
     assert len(items) == 2 and items[1]["state"] == {"day": "2026-01-03"}  # resumed: no rows
-    rows = {s["stream"]: s["rows_read"] for s in summary["streams"]}
+    rows = {s.stream: s.rows_read for s in summary.streams}
     assert rows == {"events": 9, "items": 0}
     with DuckDBWarehouse(tmp_path / "warehouse") as wh:
         counts = wh.query(

@@ -1,4 +1,4 @@
-"""The HTTP policy (connectors/http.py) against a real local server (tests/http_server.py).
+"""The HTTP policy (connectors/http.py) against a real local server (tests/servers/http_server.py).
 
 What is retried and what is not, ``Retry-After``, timeouts on every request, a server that
 accepts and never answers, a refused connection, budgets and deadlines, the server's words
@@ -32,7 +32,7 @@ from connectors.http import (
     raise_for_status,
     retry_call,
 )
-from tests.http_server import Reply, ScriptedServer
+from tests.servers.http_server import Reply, ScriptedServer
 
 TOKEN = "tok-5f3a9c1e77d2"
 FAST = RetryPolicy(attempts=3, backoff=0.01)

@@ -33,9 +33,13 @@ from stack.lineage import (
     run_events,
     write_lineage_page,
 )
-from stack.load.ledger import ledger_source_count
+from stack.load.ledger import RunEntry, ledger_source_count
 from stack.run import pipeline
+from stack.run.status import StreamStatus, stream_status
+from stack.run.summary import RunSummary
+from stack.transform import DbtRun, NodeResult
 from stack.transform.checks import run_checks
+from stack.transform.result import TransformResult
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.conftest import ROOT, dbt_target
 from tests.test_pipeline import write_config
@@ -68,7 +72,7 @@ def demo(tmp_path_factory):
         "config": {**config, "path": str(path)},
         "summary": summary,
         "manifest": dbt_target(project) / "manifest.json",
-        "ledger": pipeline.status(path, None),
+        "ledger": stream_status(path, None),
         "warehouse": folder / "warehouse",
     }
 
@@ -135,21 +139,21 @@ def test_file_transport_writes_openlineage_events_for_every_stream_and_model(dem
         assert done["run"]["facets"]["parent"]["run"]["runId"] == parent_id
         tags = {t["key"]: t["value"] for t in done["run"]["facets"]["tags"]["tags"]}
         assert (tags["region"], tags["mdstack_run_id"]) == ("eu", summary.run_id)
-        entry = next(s for s in summary.streams if s["stream"] == stream)
+        entry = next(s for s in summary.streams if s.stream == stream)
         (source,) = done["inputs"]
         assert (source["namespace"], source["name"]) == ("demo://shop", stream)
-        assert source["inputFacets"]["inputStatistics"]["rowCount"] == entry["rows_read"]
+        assert source["inputFacets"]["inputStatistics"]["rowCount"] == entry.rows_read
         (table,) = done["outputs"]
         assert table["namespace"] == f"duckdb://{demo['warehouse'].resolve()}"
         assert table["name"] == f"lake.raw_shop.{stream}"
         fields = {f["name"]: f["type"] for f in table["facets"]["schema"]["fields"]}
         assert {"_mds_region", "_mds_loaded_at"} <= set(fields)
         assert fields["_mds_loaded_at"].startswith("TIMESTAMP")
-        written = entry["inserted"] + entry["updated"]
+        written = entry.inserted + entry.updated
         assert table["outputFacets"]["outputStatistics"]["rowCount"] == written
         assert "outputStatistics" not in start["outputs"][0].get("outputFacets", {})
 
-    built = {n["unique_id"] for n in summary.dbt["nodes"] if n["resource_type"] == "model"}
+    built = {n.unique_id for n in summary.dbt.run.nodes if n.resource_type == "model"}
     assert built
     sync_outputs = {f"lake.raw_shop.{s}" for s in STREAMS}
     for unique_id in built:
@@ -185,25 +189,22 @@ manifest:
     model.p.mart: {resource_type: model, name: mart, database: ANALYTICS, schema: marts,
                    alias: mart, columns: {id: {data_type: int}},
                    depends_on: {nodes: [model.p.stg]}}
-summary:
-  run_id: abc
-  region: us
-  streams:
-    - {source: crm, stream: accounts, status: failed, rows_read: 0, inserted: 0, updated: 0,
-       error: connection refused, started_at: "2026-03-02T12:00:00",
-       finished_at: "2026-03-02T12:00:03"}
-  dbt:
-    success: false
-    nodes:
-      - {unique_id: model.p.stg, resource_type: model, status: error, seconds: 1.5,
-         message: syntax error, rows_affected: null}
-      - {unique_id: model.p.mart, resource_type: model, status: skipped, seconds: 0.0}
-      - {unique_id: test.p.x, resource_type: test, status: fail, seconds: 0}
 """)
 
 
 def test_failures_become_fail_and_abort_events_with_the_error():
-    config, manifest, summary = (FAILED_RUN[k] for k in ("config", "manifest", "summary"))
+    config, manifest = FAILED_RUN["config"], FAILED_RUN["manifest"]
+    stream = RunEntry(
+        "abc", "shop", "crm", "accounts", "us", "incremental_append", "failed",
+        datetime(2026, 3, 2, 12), finished_at=datetime(2026, 3, 2, 12, 0, 3),
+        error="connection refused",
+    )  # fmt: skip
+    nodes = (
+        NodeResult("model.p.stg", "stg", "model", "error", 1.5, None, "syntax error", None),
+        NodeResult("model.p.mart", "mart", "model", "skipped", 0.0, None, None, None),
+        NodeResult("test.p.x", "x", "test", "fail", 0.0, None, None, None),
+    )
+    summary = RunSummary("abc", "us", [stream], TransformResult(DbtRun(("build",), False, nodes)))
     events = [json.loads(_json(e)) for e in run_events(config, summary, manifest=manifest)]
     by = {(e["job"]["name"], e["eventType"]): e for e in events}
     assert [(e["job"]["name"], e["eventType"]) for e in events] == [
@@ -257,7 +258,7 @@ def test_http_transport_posts_to_a_marquez_endpoint_and_never_fails_the_run(monk
     try:
         url = f"http://127.0.0.1:{server.server_port}"
         config = {"name": "shop", "sources": {}}
-        summary = {"run_id": "r1", "region": "eu", "streams": [], "dbt": None}
+        summary = RunSummary("r1", "eu")
         events = run_events(config, summary, manifest={}, now=NOW)
         monkeypatch.setenv("OL_KEY", "s3cret-key")
         lineage = LineageConfig(transport="http", url=url, api_key="${env:OL_KEY}", timeout=5)
@@ -350,7 +351,7 @@ def test_page_shows_every_stream_table_model_and_dashboard_with_edges(demo, demo
     # Everything just ran green: streams succeeded, tables fresh, models built.
     assert {nodes[f"stream:shop.{s}"]["status"] for s in STREAMS} == {"ok"}
     assert {nodes[f"table:raw_shop.{s}"]["status"] for s in STREAMS} == {"ok"}
-    built = {n["unique_id"] for n in demo["summary"].dbt["nodes"]}
+    built = {n.unique_id for n in demo["summary"].dbt.run.nodes}
     assert {nodes[uid]["status"] for uid in models if uid in built} == {"ok"}
     assert nodes["dashboard:Marketing ROI"]["status"] == "unknown"
     # Columns run left to right, and every edge points right.
@@ -396,14 +397,18 @@ run_results:
 
 
 def test_page_colours_failures_and_stale_tables():
+    def latest(stream: str, region: str, status: str, hours: int, **more) -> StreamStatus:
+        ended = NOW - timedelta(hours=hours)
+        return StreamStatus(
+            "r1", "shop", "shop", stream, region, "incremental_append", status, ended,
+            finished_at=ended, **more,
+        )  # fmt: skip
+
     ledger_rows = [
-        {"source": "shop", "stream": "orders", "region": "eu", "status": "succeeded",
-         "finished_at": NOW - timedelta(hours=30), "rows": 10, "rows_read": 10},
-        {"source": "shop", "stream": "orders", "region": "us", "status": "failed",
-         "finished_at": NOW - timedelta(hours=1), "error": "HTTP 500", "rows_read": 0},
-        {"source": "shop", "stream": "products", "region": "eu", "status": "succeeded",
-         "finished_at": NOW - timedelta(hours=50), "last_loaded_at": NOW - timedelta(hours=50)},
-    ]  # fmt: skip
+        latest("orders", "eu", "succeeded", 30, rows=10, rows_read=10),
+        latest("orders", "us", "failed", 1, error="HTTP 500"),
+        latest("products", "eu", "succeeded", 50, last_loaded_at=NOW - timedelta(hours=50)),
+    ]
     sources, manifest, run_results = (STALE[k] for k in ("sources", "manifest", "run_results"))
     graph = lineage_graph("shop", sources, manifest, ledger_rows, run_results, ["BI"], NOW)
     status = {n.id: n.status for n in graph.nodes}

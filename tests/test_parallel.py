@@ -75,7 +75,7 @@ def test_two_streams_of_a_source_with_concurrency_2_sync_at_the_same_time(tmp_pa
         {"stream": "items", "state": '{"day": "2026-01-03"}'},
     ]
     again = run(path)  # resumes in parallel too: nothing new
-    assert [s["rows_read"] for s in again.streams] == [0, 0]
+    assert [s.rows_read for s in again.streams] == [0, 0]
 
 
 def test_three_streams_with_a_limit_of_two_never_run_three_at_once(tmp_path):
@@ -83,7 +83,7 @@ def test_three_streams_with_a_limit_of_two_never_run_three_at_once(tmp_path):
     path = stack(tmp_path, streams, concurrency=2, overlap=2)
     summary = run(path)
     assert summary.ok, summary.failure()
-    assert [s["stream"] for s in summary.streams] == streams  # the order of stack.yml
+    assert [s.stream for s in summary.streams] == streams  # the order of stack.yml
     assert peak(tmp_path / "reads.jsonl") == 2
     assert counts(tmp_path, streams) == {"a": 9, "b": 9, "c": 9}
 

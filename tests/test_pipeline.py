@@ -19,6 +19,7 @@ import yaml
 from connectors.base import Batch, ConfiguredStream, Deletes
 from connectors.demo import DemoSource
 from stack.config import load_config
+from stack.load.ledger import RunEntry
 from stack.run import pipeline
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.conftest import ROOT, dbt_target
@@ -69,15 +70,15 @@ def run(path: Path, region: str = "eu", transform: bool = True) -> pipeline.RunS
     return pipeline.run_pipeline(path, None, pipeline.select(config, region), transform=transform)
 
 
-def by_stream(summary: pipeline.RunSummary) -> dict[str, dict]:
-    return {entry["stream"]: entry for entry in summary.streams}
+def by_stream(summary: pipeline.RunSummary) -> dict[str, RunEntry]:
+    return {entry.stream: entry for entry in summary.streams}
 
 
 def test_marts_match_numbers_computed_from_the_simulator(tmp_path):
     path = write_config(tmp_path)
     run(path)
     summary = run(path)  # the second run: one more simulated day, incremental
-    assert summary.ok, summary.dbt and [n for n in summary.dbt["nodes"] if n["status"] == "error"]
+    assert summary.ok, summary.dbt and summary.dbt.failed_nodes
 
     orders = replay("eu", "orders", last_day=SHOP["history_days"])
     paid = orders.filter(~pl.col("status").is_in(["cancelled", "returned"]))
@@ -130,14 +131,14 @@ def test_second_run_reads_only_the_new_day_and_running_a_day_again_changes_nothi
     first = by_stream(run(path, transform=False))
     second = by_stream(run(path, transform=False))
     one_day = replay_changes("eu", "orders", day=SHOP["history_days"])
-    assert second["orders"]["rows_read"] == one_day
-    assert second["orders"]["rows_read"] < first["orders"]["rows_read"]
-    assert (second["orders"]["inserted"], second["orders"]["updated"]) != (0, 0)
+    assert second["orders"].rows_read == one_day
+    assert second["orders"].rows_read < first["orders"].rows_read
+    assert (second["orders"].inserted, second["orders"].updated) != (0, 0)
 
     before = snapshot(tmp_path)
     pinned = write_config(tmp_path, days=SHOP["history_days"])  # the same day again
     again = by_stream(run(pinned, transform=False))
-    assert all(again[s]["rows_read"] == 0 for s in ("customers", "orders", "order_items"))
+    assert all(again[s].rows_read == 0 for s in ("customers", "orders", "order_items"))
     assert snapshot(tmp_path) == before
     assert query(tmp_path, "SELECT DISTINCT state FROM _mds_state WHERE region = 'eu'")[
         "state"
@@ -214,9 +215,9 @@ def test_only_models_downstream_of_the_changed_stream_run_and_facts_stay_exact(t
     config = load_config(path)
     summary = pipeline.run_pipeline(path, None, pipeline.select(config, "eu", streams=["orders"]))
     assert summary.ok
-    ran = {n["name"] for n in summary.dbt["nodes"] if n["resource_type"] == "model"}
+    ran = {n.name for n in summary.dbt.run.nodes if n.resource_type == "model"}
     assert ran == {"stg_orders", "fct_orders", "daily_revenue", "marketing_roi"}
-    assert "--full-refresh" not in summary.dbt["args"]
+    assert "--full-refresh" not in summary.dbt.run.args
     facts = query(
         tmp_path,
         "SELECT count(*) AS n, sum(amount)::DOUBLE AS amount FROM "

@@ -1,8 +1,8 @@
-"""PostgresSource against real servers: the machine's PostgreSQL and a throwaway logical one.
+"""PostgresSource against real servers: throwaway clusters from :mod:`tests.servers.pg_server`.
 
-Plain tests use the server on 127.0.0.1:5432 (trust auth, user postgres, database test) in
-a schema of their own; CDC tests use a cluster started by :mod:`tests.pg_server` with
-``wal_level=logical``. No mocks.
+Plain tests use this module's database of the session's cluster (trust auth, user
+postgres) in a schema of their own; CDC tests use the cluster's ``postgres`` database
+(it has ``wal_level=logical``). No mocks.
 """
 
 from __future__ import annotations
@@ -28,24 +28,19 @@ from connectors.base import (
 )
 from connectors.errors import ConnectorError, SourceUnavailable
 from connectors.postgres import PostgresSource, fetch
-from tests.pg_server import PASSWORD_USER, PgCluster, pg_logical  # noqa: F401
+from tests.servers.pg_server import PASSWORD_USER, PgCluster, connect_kwargs
 
-LOCAL = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "test"}
 SECRET = "s3cr3t-Pa55word"
 
 
 def _connect(params: dict) -> psycopg.Connection:
-    kwargs = {("dbname" if k == "database" else k): v for k, v in params.items()}
-    return psycopg.connect(**kwargs, autocommit=True)
+    return psycopg.connect(**connect_kwargs(params), autocommit=True)
 
 
 @pytest.fixture(scope="module")
-def local() -> Iterator[tuple[psycopg.Connection, str]]:
-    """The machine's server and a fresh schema, dropped at the end."""
-    try:
-        conn = _connect(LOCAL | {"connect_timeout": 3})
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432: {exc}")
+def local(pg_database: dict) -> Iterator[tuple[psycopg.Connection, str]]:
+    """This module's database and a fresh schema, dropped at the end."""
+    conn = _connect(pg_database)
     schema = f"mds_test_{uuid.uuid4().hex[:10]}"
     conn.execute(f'CREATE SCHEMA "{schema}"')
     try:
@@ -55,8 +50,8 @@ def local() -> Iterator[tuple[psycopg.Connection, str]]:
         conn.close()
 
 
-def _source(schema: str, **extra) -> PostgresSource:
-    return PostgresSource("pg", LOCAL | {"schemas": [schema]} | extra)
+def _source(server: dict, schema: str, **extra) -> PostgresSource:
+    return PostgresSource("pg", server | {"schemas": [schema]} | extra)
 
 
 def _read(source: Source, stream: str, mode: str, state=None, **kw) -> list:
@@ -113,8 +108,8 @@ def all_types(local) -> str:
     return schema
 
 
-def test_discover_maps_types_and_keys(all_types):
-    catalog = _source(all_types).discover()
+def test_discover_maps_types_and_keys(all_types, pg_database):
+    catalog = _source(pg_database, all_types).discover()
     assert {"t_all", "v_all", "pair"} <= set(catalog.names)
     spec = catalog.stream("t_all")
     assert dict(zip(spec.schema.names, spec.schema.types, strict=True)) == {
@@ -151,12 +146,12 @@ def test_discover_maps_types_and_keys(all_types):
         "full_refresh_overwrite",
         "full_refresh_append",
     )
-    only = _source(all_types, tables=[f"{all_types}.pair"]).discover()
+    only = _source(pg_database, all_types, tables=[f"{all_types}.pair"]).discover()
     assert only.names == ("pair",)
 
 
-def test_full_read_equals_the_table(all_types):
-    source = _source(all_types)
+def test_full_read_equals_the_table(all_types, pg_database):
+    source = _source(pg_database, all_types)
     messages = _read(source, "t_all", "full_refresh_overwrite")
     assert messages[-1] == Checkpoint("t_all", {})
     rows = sorted(_rows(messages), key=lambda r: r["id"])
@@ -180,15 +175,15 @@ def test_full_read_equals_the_table(all_types):
     ]
 
 
-def test_attached_scan_and_query_path_agree(all_types):
-    conn, schema = _connect(LOCAL), all_types
+def test_attached_scan_and_query_path_agree(all_types, pg_database):
+    conn, schema = _connect(pg_database), all_types
     conn.execute(FAST_TYPES.format(s=f'"{schema}"', t=f'"{schema}".t_fast'))
     conn.execute(f'CREATE VIEW "{schema}".v_fast AS SELECT * FROM "{schema}".t_fast')
     conn.close()
-    with _connect(LOCAL) as conn:
+    with _connect(pg_database) as conn:
         fast = {t.name: t.fast for t in fetch.tables(conn, [schema], None, "pg")}
     assert fast["t_fast"] and not fast["v_fast"] and not fast["t_all"]
-    source = _source(schema)
+    source = _source(pg_database, schema)
     table = _rows(_read(source, "t_fast", "full_refresh_append"))  # DuckDB's attached scan
     view = _rows(_read(source, "v_fast", "full_refresh_append"))  # postgres_query + casts
     assert sorted(table, key=lambda r: r["id"]) == sorted(view, key=lambda r: r["id"])
@@ -199,8 +194,8 @@ def test_attached_scan_and_query_path_agree(all_types):
     assert one["tstz"] == datetime(2030, 6, 1, 19, 0, 0, 500000, tzinfo=UTC)
 
 
-def test_full_read_moves_only_the_columns_the_stream_names(all_types):
-    source = _source(all_types)
+def test_full_read_moves_only_the_columns_the_stream_names(all_types, pg_database):
+    source = _source(pg_database, all_types)
     for name in ("t_all", "v_all"):  # the attached scan, and the query path
         spec = source.discover().stream(name)
         keys = dataclasses.replace(spec, schema=pa.schema([spec.schema.field("id")]))
@@ -225,16 +220,16 @@ def events(local) -> tuple[psycopg.Connection, str]:
     return conn, schema
 
 
-def test_batches_are_bounded(events):
+def test_batches_are_bounded(events, pg_database):
     _, schema = events
-    messages = _read(_source(schema, batch_size=7), "events", "full_refresh_append")
+    messages = _read(_source(pg_database, schema, batch_size=7), "events", "full_refresh_append")
     sizes = [m.data.num_rows for m in messages if isinstance(m, Batch)]
     assert max(sizes) <= 7 and sum(sizes) == 31
 
 
-def test_incremental_read_checkpoints_between_cursor_values_and_resumes(events):
+def test_incremental_read_checkpoints_between_cursor_values_and_resumes(events, pg_database):
     conn, schema = events
-    source = _source(schema, batch_size=4)
+    source = _source(pg_database, schema, batch_size=4)
     messages = _read(source, "events", "incremental_append", cursor="at")
     assert len(_rows(messages)) == 31  # the first read takes NULL cursors too
     states = _states(messages)
@@ -255,17 +250,21 @@ def test_incremental_read_checkpoints_between_cursor_values_and_resumes(events):
     assert [r["id"] for r in _rows(newer)] == [201]
     assert _states(newer)[-1] == {"cursor": "2024-01-01T00:10:00+00:00"}
     late = _read(
-        _source(schema, lookback="PT1M"), "events", "incremental_append", states[-1], cursor="at"
+        _source(pg_database, schema, lookback="PT1M"),
+        "events",
+        "incremental_append",
+        states[-1],
+        cursor="at",
     )
     assert sorted(r["id"] for r in _rows(late)) == [27, 28, 29, 200, 201]
     nothing = _read(source, "events", "incremental_append", _states(newer)[-1], cursor="at")
     assert _rows(nothing) == [] and _states(nothing) == [{"cursor": "2024-01-01T00:10:00+00:00"}]
 
 
-def test_incremental_without_a_cursor_says_how_to_fix(events):
+def test_incremental_without_a_cursor_says_how_to_fix(events, pg_database):
     _, schema = events
     with pytest.raises(ConnectorError, match="cursor") as err:
-        _read(_source(schema), "events", "incremental_append")
+        _read(_source(pg_database, schema), "events", "incremental_append")
     assert "stack.yml" in err.value.hint
 
 
@@ -279,8 +278,8 @@ def test_incremental_without_a_cursor_says_how_to_fix(events):
         ({"schemas": []}, "schemas"),
     ],
 )
-def test_bad_config_names_the_key(config, key):
-    source = PostgresSource("pg", LOCAL | config)
+def test_bad_config_names_the_key(config, key, pg_database):
+    source = PostgresSource("pg", pg_database | config)
     result = source.check()
     assert not result.ok and key in result.message
     with pytest.raises(ConnectorError) as err:
@@ -288,15 +287,17 @@ def test_bad_config_names_the_key(config, key):
     assert err.value.key == key and err.value.hint
 
 
-def test_registered_and_check_ok(local):
-    source = load_source("postgres", "pg", LOCAL)
+def test_registered_and_check_ok(pg_database):
+    source = load_source("postgres", "pg", pg_database)
     assert isinstance(source, PostgresSource)
     result = source.check()
-    assert result.ok and "127.0.0.1:5432/test" in result.message
+    assert result.ok and "127.0.0.1:{port}/{database}".format(**pg_database) in result.message
 
 
-def test_unreachable_server_is_retryable_and_hides_the_password():
-    source = PostgresSource("pg", LOCAL | {"port": 1, "password": SECRET, "connect_timeout": 2})
+def test_unreachable_server_is_retryable_and_hides_the_password(pg_database):
+    source = PostgresSource(
+        "pg", pg_database | {"port": 1, "password": SECRET, "connect_timeout": 2}
+    )
     with pytest.raises(SourceUnavailable) as err:
         source.discover()
     assert err.value.retryable and SECRET not in str(err.value)
@@ -304,18 +305,18 @@ def test_unreachable_server_is_retryable_and_hides_the_password():
     assert not result.ok and SECRET not in result.message and "unavailable" in result.message
 
 
-def test_unknown_database_is_not_retryable(local):
-    source = PostgresSource("pg", LOCAL | {"database": "no_such_db_x", "password": SECRET})
+def test_unknown_database_is_not_retryable(pg_database):
+    source = PostgresSource("pg", pg_database | {"database": "no_such_db_x", "password": SECRET})
     with pytest.raises(ConnectorError) as err:
         source.discover()
     assert not err.value.retryable and SECRET not in str(err.value) and "database" in err.value.hint
 
 
-def test_missing_wal_level_gives_the_fix_sql(events):
-    conn, schema = events
-    if conn.execute("SHOW wal_level").fetchone()[0] == "logical":
-        pytest.skip("the machine's server already has wal_level=logical")
-    source = _source(schema, replication={"publication": "mds_none"})
+def test_missing_wal_level_gives_the_fix_sql(pg_replica: PgCluster):
+    with _connect(pg_replica.dsn) as conn:
+        assert conn.execute("SHOW wal_level").fetchone()[0] == "replica"
+        conn.execute("CREATE TABLE IF NOT EXISTS events (id int PRIMARY KEY, at timestamptz)")
+    source = _source(pg_replica.dsn, "public", replication={"publication": "mds_none"})
     with pytest.raises(ConnectorError) as err:
         _read(source, "events", "incremental_deduped")
     assert "ALTER SYSTEM SET wal_level = logical" in err.value.hint
@@ -326,7 +327,7 @@ def test_missing_wal_level_gives_the_fix_sql(events):
 
 
 @pytest.fixture
-def cdc(pg_logical: PgCluster) -> Iterator[tuple[psycopg.Connection, str, dict]]:  # noqa: F811
+def cdc(pg_logical: PgCluster) -> Iterator[tuple[psycopg.Connection, str, dict]]:
     """A table ``items`` in its own schema and a publication for it, in the logical cluster."""
     conn = _connect(pg_logical.dsn)
     schema = f"cdc_{uuid.uuid4().hex[:8]}"
@@ -496,7 +497,7 @@ def test_cdc_truncate_asks_for_a_new_snapshot(cdc):
     assert "snapshot" in err.value.hint
 
 
-def test_wrong_password_is_not_retryable_and_never_shown(pg_logical):  # noqa: F811
+def test_wrong_password_is_not_retryable_and_never_shown(pg_logical):
     conn = _connect(pg_logical.dsn)
     conn.execute(f"DROP ROLE IF EXISTS {PASSWORD_USER}")
     conn.execute(f"CREATE ROLE {PASSWORD_USER} LOGIN PASSWORD 'right-one'")

@@ -17,8 +17,8 @@ from stack.config import load_config
 from stack.errors import WarehouseError
 from stack.run import pipeline
 from stack.warehouse.duckdb import DuckDBWarehouse
-from tests.bi_servers import WEBHOOK_TOKEN, WebhookDouble, serve
 from tests.conftest import ROOT
+from tests.servers.bi_servers import WEBHOOK_TOKEN, WebhookDouble, serve
 from tests.test_pipeline import SHOP
 
 
@@ -139,7 +139,7 @@ def test_failing_dbt_test_leaves_published_marts_unchanged_and_a_fix_publishes(t
 def wap_scenario(tmp_path: Path, dashboards: WebhookDouble) -> None:
     path = project(tmp_path, f"{dashboards.url}/hooks/refresh")
     first = run(path)
-    assert first.dbt["published"] and first.dashboards[0]["status"] == "succeeded"
+    assert first.published and first.dashboards[0].status == "succeeded"
     assert len(dashboards.received) == 1
     published = DuckDBWarehouse(tmp_path / "warehouse")
     before = rows_of(published, MARTS)
@@ -171,7 +171,7 @@ def wap_scenario(tmp_path: Path, dashboards: WebhookDouble) -> None:
     assert audit.path.exists() and rows_of(audit, MARTS) != before  # kept for debugging
 
     fixed = run(path, fail_audit=False)
-    assert fixed.ok and fixed.dbt["published"]
+    assert fixed.ok and fixed.published
     assert len(dashboards.received) == 2
     after = rows_of(published, MARTS)
     assert len(after) > len(before) and not audit.path.exists()
@@ -221,7 +221,7 @@ def test_a_reader_never_sees_a_half_published_state(tmp_path):
     )
     try:
         for _ in range(2):
-            assert run(path).dbt["published"]
+            assert run(path).published
     finally:
         done.touch()
         out, err = reader.communicate(timeout=300)
@@ -267,10 +267,10 @@ def test_an_error_check_blocks_the_publish_and_a_warn_check_does_not(tmp_path):
         path.write_text(yaml.safe_dump(config, sort_keys=False))
 
         blocked = run(path)
-        assert not blocked.ok and not blocked.dbt["published"] and blocked.dbt["blocked"]
-        assert blocked.dbt["success"]  # dbt itself was green: the check alone blocked
+        assert not blocked.ok and not blocked.published and blocked.dbt.blocked
+        assert blocked.dbt.run.success  # dbt itself was green: the check alone blocked
         assert "check volume:marts.daily_revenue failed at severity error" in blocked.failure()
-        assert [h["status"] for h in blocked.dashboards] == ["skipped"]
+        assert [h.status for h in blocked.dashboards] == ["skipped"]
         assert dashboards.received == []
         published = DuckDBWarehouse(tmp_path / "warehouse")
         with published as wh:
@@ -282,11 +282,9 @@ def test_an_error_check_blocks_the_publish_and_a_warn_check_does_not(tmp_path):
         config["checks"] = [impossible | {"severity": "warn"}]
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         warned = run(path)
-        assert warned.ok and warned.dbt["published"] and not warned.dbt["blocked"]
-        failed = [c for c in warned.dbt["checks"] if not c["passed"]]
-        assert [(c["name"], c["severity"]) for c in failed] == [
-            ("volume:marts.daily_revenue", "warn")
-        ]
-        assert [h["status"] for h in warned.dashboards] == ["succeeded"]
+        assert warned.ok and warned.published and not warned.dbt.blocked
+        failed = [c for c in warned.dbt.checks if not c.passed]
+        assert [(c.name, c.severity) for c in failed] == [("volume:marts.daily_revenue", "warn")]
+        assert [h.status for h in warned.dashboards] == ["succeeded"]
         assert len(dashboards.received) == 1
         assert rows_of(published, MARTS)  # the marts are published now

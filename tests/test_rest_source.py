@@ -1,4 +1,4 @@
-"""RestSource against a real local HTTP API (:mod:`tests.rest_server`), faults and all.
+"""RestSource against a real local HTTP API (:mod:`tests.servers.rest_server`), faults and all.
 
 Every test mounts its own API on the session's server, so the call logs it checks are its
 own. Records are compared with what the server holds, nested values as their JSON text.
@@ -31,7 +31,7 @@ from connectors.rest.jsonpath import JsonPath, JsonPathError
 from stack.config import SourceConfig
 from stack.load import EVERY_CHECKPOINT, sync_stream
 from stack.load.plan import RunContext, plan_stream
-from tests.rest_server import FAULTS, Api, RestServer, serving
+from tests.servers.rest_server import FAULTS, Api, RestServer, serving
 
 SECRET = "tok-5up3r-s3cr3t-v4lu3"
 

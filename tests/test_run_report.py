@@ -5,16 +5,32 @@ The flow test in ``tests/test_deploy.py`` reads a real one back from Prefect's A
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+from stack.bi import HookResult
+from stack.load import RunContext
+from stack.load.ledger import RunEntry
 from stack.redact import MASK, register_secret
-from stack.run.pipeline import RunSummary, failed_entry
+from stack.run.parallel import StreamJob
 from stack.run.report import report_key, run_markdown
+from stack.run.summary import RunSummary, failed_entry
+from stack.transform import DbtRun, NodeResult
+from stack.transform.checks import DataCheckResult
+from stack.transform.result import TransformResult
 
 SECRET = "pw-7f3c9a1e5b2d"
 
 
-def entry(stream: str, **fields) -> dict:
+def entry(stream: str, **fields) -> RunEntry:
+    failed = failed_entry(
+        RunContext("shop", "eu", "r1"), StreamJob("crm", stream), RuntimeError("x")
+    )
     ok = {"mode": "incremental_deduped", "status": "succeeded", "rows_read": 12, "error": None}
-    return failed_entry("crm", stream, "eu", "r1", RuntimeError("x")) | ok | fields
+    return replace(failed, **(ok | fields))
+
+
+def node(name: str, kind: str, status: str, seconds: float, message: str) -> NodeResult:
+    return NodeResult(f"{kind}.shop.{name}", name, kind, status, seconds, None, message, None)
 
 
 def test_a_failed_run_says_what_failed_in_tables_and_never_shows_a_secret():
@@ -26,46 +42,22 @@ def test_a_failed_run_says_what_failed_in_tables_and_never_shows_a_secret():
             entry("accounts", inserted=7),
             entry("contacts", status="failed", error=f"login as bob:{SECRET} refused\nat | x"),
         ],
-        dbt={
-            "args": ["build", "--select", "source:crm+"],
-            "success": False,
-            "published": False,
-            "nodes": [
-                {
-                    "name": "stg_accounts",
-                    "resource_type": "model",
-                    "status": "success",
-                    "seconds": 0.5,
-                    "message": "OK",
-                },
-                {
-                    "name": "not_null_id",
-                    "resource_type": "test",
-                    "status": "fail",
-                    "seconds": 0.1,
-                    "message": "Got 3 results",
-                },
-            ],
-            "checks": [
-                {
-                    "name": "fresh",
-                    "table": "raw_crm.accounts",
-                    "severity": "error",
-                    "passed": False,
-                    "observed": 9000,
-                    "message": "9000 s old",
-                },
-            ],
-        },
-        dashboards=[
-            {
-                "name": "sales",
-                "type": "metabase",
-                "status": "skipped",
-                "seconds": 0.0,
-                "detail": "not published",
-            },
-        ],
+        dbt=TransformResult(
+            DbtRun(
+                ("build", "--select", "source:crm+"),
+                False,
+                (
+                    node("stg_accounts", "model", "success", 0.5, "OK"),
+                    node("not_null_id", "test", "fail", 0.1, "Got 3 results"),
+                ),
+            ),
+            checks=(
+                DataCheckResult(
+                    "fresh", "raw_crm.accounts", "freshness", "error", False, 9000, "", "9000 s old"
+                ),
+            ),
+        ),
+        dashboards=[HookResult("sales", "metabase", "skipped", 0.0, "not published")],
     )
     text = run_markdown(summary, "shop")
     assert text.startswith("# shop · region eu · run r1: **failed**")

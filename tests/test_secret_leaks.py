@@ -23,31 +23,27 @@ import yaml
 from stack.load import ledger
 from stack.redact import register_secret
 from stack.warehouse.duckdb import DuckDBWarehouse
+from tests.servers.pg_server import connect_kwargs
 
-pytest_plugins = ["tests.vault_server"]
+pytest_plugins = ["tests.servers.vault_server"]
 pytestmark = pytest.mark.slow
-
-PG = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=3"
 
 
 @pytest.fixture
-def pg_schema():
+def pg_schema(pg_database: dict):
     name = f"leak_{uuid.uuid4().hex[:8]}"
-    try:
-        with psycopg.connect(PG, autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {name}")
-            conn.execute(f"CREATE TABLE {name}.items (id bigint PRIMARY KEY, note text)")
-            conn.execute(
-                f"INSERT INTO {name}.items SELECT g, 'row ' || g FROM generate_series(1, 50) g"
-            )
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is not reachable: {exc}")
+    with psycopg.connect(**connect_kwargs(pg_database), autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {name}")
+        conn.execute(f"CREATE TABLE {name}.items (id bigint PRIMARY KEY, note text)")
+        conn.execute(
+            f"INSERT INTO {name}.items SELECT g, 'row ' || g FROM generate_series(1, 50) g"
+        )
     yield name
-    with psycopg.connect(PG, autocommit=True) as conn:
+    with psycopg.connect(**connect_kwargs(pg_database), autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA {name} CASCADE")
 
 
-def write_stack(folder: Path, schema: str, port: int) -> Path:
+def write_stack(folder: Path, schema: str, server: dict) -> Path:
     config = {
         "name": "leaky",
         "target": "local",
@@ -63,8 +59,8 @@ def write_stack(folder: Path, schema: str, port: int) -> Path:
                 "connector": "postgres",
                 "config": {
                     "host": "127.0.0.1",
-                    "port": port,
-                    "database": "test",
+                    "port": server["port"],
+                    "database": server["database"],
                     "user": "postgres",
                     "password": "${vault:mdstack/crm#password}",
                     "schemas": [schema],
@@ -74,7 +70,7 @@ def write_stack(folder: Path, schema: str, port: int) -> Path:
             }
         },
     }
-    path = folder / f"stack-{port}.yml"
+    path = folder / f"stack-{server['port']}.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
@@ -91,7 +87,7 @@ def run_cli(path: Path, env: dict[str, str], *args: str) -> subprocess.Completed
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
 
-def test_vault_password_appears_nowhere(tmp_path, vault, pg_schema):
+def test_vault_password_appears_nowhere(tmp_path, vault, pg_schema, pg_database):
     password = "pw-" + secrets.token_hex(16)
     vault.client().secrets.kv.v2.create_or_update_secret(
         path="mdstack/crm", secret={"password": password}, mount_point="secret"
@@ -102,10 +98,10 @@ def test_vault_password_appears_nowhere(tmp_path, vault, pg_schema):
         "MDSTACK_VAULT_TOKEN": vault.root_token,
         "PREFECT_LOGGING_LEVEL": "DEBUG",
     }
-    good = write_stack(tmp_path, pg_schema, 5432)
+    good = write_stack(tmp_path, pg_schema, pg_database)
     ok = run_cli(good, env, "run")
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    refused = run_cli(write_stack(tmp_path, pg_schema, 1), env, "run")
+    refused = run_cli(write_stack(tmp_path, pg_schema, pg_database | {"port": 1}), env, "run")
     assert refused.returncode == 1
     checked = run_cli(good, env, "secrets", "check")
     assert checked.returncode == 0 and "mdstack/crm#password" in checked.stdout

@@ -3,7 +3,8 @@
 The shared server is configured by ``secrets/bootstrap-dev.sh`` itself, so the
 script and ``secrets/policy.hcl`` are tested too: every Vault read below runs
 under the AppRole and the policy the pipeline would get, unless a test says
-otherwise. Dynamic credentials use the real PostgreSQL on 127.0.0.1:5432.
+otherwise. Dynamic credentials use a real PostgreSQL: this module's database of the
+session's throwaway cluster (``tests/servers/pg_server.py``).
 """
 
 from __future__ import annotations
@@ -38,28 +39,16 @@ from stack.secrets import (
     reveal,
 )
 from tests.conftest import ROOT
+from tests.servers.pg_server import connect_kwargs
 
 if TYPE_CHECKING:
-    from tests.vault_server import DevVault
+    from tests.servers.vault_server import DevVault
 
-pytest_plugins = ["tests.vault_server"]  # fixtures `vault` (the session's) and `throwaway_vault`
+pytest_plugins = [
+    "tests.servers.vault_server"
+]  # fixtures `vault` (the session's) and `throwaway_vault`
 
-PG = "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=3"
 APPROLE = {"method": "approle"}  # role_id/secret_id default to ${env:VAULT_ROLE_ID/SECRET_ID}
-
-
-def _postgres_up() -> bool:
-    try:
-        import psycopg
-
-        psycopg.connect(PG).close()
-        return True
-    except Exception:
-        return False
-
-
-POSTGRES = _postgres_up()
-needs_postgres = pytest.mark.skipif(not POSTGRES, reason="no PostgreSQL on 127.0.0.1:5432")
 
 
 def settings(url: str = "${env:VAULT_ADDR}", auth: dict | None = None) -> SecretsConfig:
@@ -67,10 +56,13 @@ def settings(url: str = "${env:VAULT_ADDR}", auth: dict | None = None) -> Secret
 
 
 @pytest.fixture(scope="module")
-def env(vault: DevVault) -> dict[str, str]:
-    """Run the dev bootstrap script; its exports are the pipeline's environment."""
+def env(vault: DevVault, pg_database: dict) -> dict[str, str]:
+    """Run the dev bootstrap script; its exports are the pipeline's environment.
+
+    Its database engine manages this module's database of the session's PostgreSQL.
+    """
     script = ROOT / "secrets" / "bootstrap-dev.sh"
-    extra = {"MDSTACK_SKIP_DATABASE": "0" if POSTGRES else "1"}
+    extra = {"MDSTACK_PG_PORT": str(pg_database["port"]), "MDSTACK_PG_DB": pg_database["database"]}
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     result = subprocess.run(
         [str(script)],
@@ -337,10 +329,10 @@ def test_jwt_login(vault: DevVault, env, kv):
 # -- dynamic database credentials -----------------------------------------------------
 
 
-def pg_role(username: str) -> tuple | None:
+def pg_role(server: dict, username: str) -> tuple | None:
     import psycopg
 
-    with psycopg.connect(PG) as conn:
+    with psycopg.connect(**connect_kwargs(server)) as conn:
         return conn.execute(
             "SELECT r.rolname, r.rolcanlogin, a.rolpassword FROM pg_roles r "
             "JOIN pg_authid a ON a.oid = r.oid WHERE r.rolname = %s",
@@ -364,18 +356,17 @@ def scram_matches(verifier: str, password: str) -> bool:
     return hashlib.sha256(client_key).digest() == stored_key
 
 
-def can_log_in(username: str) -> bool:
+def can_log_in(server: dict, username: str) -> bool:
     import psycopg
 
     try:
-        with psycopg.connect(PG.replace("user=postgres", f"user={username}")) as conn:
+        with psycopg.connect(**connect_kwargs(server | {"user": username})) as conn:
             return conn.execute("SELECT count(*) FROM pg_tables").fetchone()[0] > 0
     except psycopg.OperationalError:
         return False
 
 
-@needs_postgres
-def test_dynamic_credentials_one_lease_revoked_at_close(env, caplog):
+def test_dynamic_credentials_one_lease_revoked_at_close(env, caplog, pg_database):
     caplog.set_level(logging.INFO, logger="stack")
     config = {
         "user": "${vault-db:mdstack-readonly#username}",
@@ -388,26 +379,24 @@ def test_dynamic_credentials_one_lease_revoked_at_close(env, caplog):
         assert isinstance(lease, DbCredentials)
         assert creds["whole"] == {"username": creds["user"], "password": creds["password"]}
         assert creds["password"] not in repr(lease)
-        _, can_login, verifier = pg_role(creds["user"])
+        _, can_login, verifier = pg_role(pg_database, creds["user"])
         assert can_login and scram_matches(verifier, creds["password"])
-        assert can_log_in(creds["user"])
+        assert can_log_in(pg_database, creds["user"])
     assert "revoked lease database/creds/mdstack-readonly/" in caplog.text  # by the policy
     assert "could not revoke" not in caplog.text
-    assert pg_role(creds["user"]) is None  # revoked at close: the role is dropped
-    assert not can_log_in(creds["user"])
+    assert pg_role(pg_database, creds["user"]) is None  # revoked at close: the role is dropped
+    assert not can_log_in(pg_database, creds["user"])
 
 
-@needs_postgres
-def test_dynamic_credentials_revoked_when_the_run_fails(env):
+def test_dynamic_credentials_revoked_when_the_run_fails(env, pg_database):
     with pytest.raises(RuntimeError), Resolver(settings(), environ=env) as resolver:
         user = reveal(resolver.lookup("${vault-db:mdstack-readonly#username}"))
-        assert pg_role(user) is not None
+        assert pg_role(pg_database, user) is not None
         raise RuntimeError("the sync failed")
-    assert pg_role(user) is None
+    assert pg_role(pg_database, user) is None
 
 
-@needs_postgres
-def test_lease_is_renewed_while_the_run_lasts(vault: DevVault, env):
+def test_lease_is_renewed_while_the_run_lasts(vault: DevVault, env, pg_database):
     vault.client().write_data(
         "database/roles/mdstack-short",
         data={
@@ -424,12 +413,11 @@ def test_lease_is_renewed_while_the_run_lasts(vault: DevVault, env):
         user = reveal(resolver.lookup("${vault-db:mdstack-short#username}"))
         (lease,) = resolver.leases
         time.sleep(3.5)  # past the 2 s TTL: Vault would have dropped the role by now
-        assert pg_role(user) is not None
+        assert pg_role(pg_database, user) is not None
         assert vault.client().sys.read_lease(lease.lease_id)["data"]["ttl"] > 0
-    assert pg_role(user) is None
+    assert pg_role(pg_database, user) is None
 
 
-@needs_postgres
 def test_check_references_reports_without_values(tmp_path: Path, env, kv):
     config = {
         "secrets": {"vault": {"url": "${env:VAULT_ADDR}", "auth": APPROLE}},
@@ -506,9 +494,8 @@ def test_short_values_are_not_registered():
     assert redact("abc long-enough-secret") == "abc ***"
 
 
-@needs_postgres
 def test_postgres_source_syncs_as_a_leased_user_that_is_gone_after_the_run(
-    tmp_path: Path, env, monkeypatch
+    tmp_path: Path, env, monkeypatch, pg_database
 ):
     import psycopg
     import yaml
@@ -517,7 +504,7 @@ def test_postgres_source_syncs_as_a_leased_user_that_is_gone_after_the_run(
     from stack.warehouse.duckdb import DuckDBWarehouse
 
     view = f"mdstack_whoami_{secrets.token_hex(4)}"
-    with psycopg.connect(PG, autocommit=True) as conn:
+    with psycopg.connect(**connect_kwargs(pg_database), autocommit=True) as conn:
         conn.execute(f"CREATE VIEW public.{view} AS SELECT 1 AS id, current_user::text AS who")
     try:
         config = {
@@ -530,7 +517,8 @@ def test_postgres_source_syncs_as_a_leased_user_that_is_gone_after_the_run(
                     "connector": "postgres",
                     "config": {
                         "host": "127.0.0.1",
-                        "database": "test",
+                        "port": pg_database["port"],
+                        "database": pg_database["database"],
                         "tables": [view],
                         "user": "${vault-db:mdstack-readonly#username}",
                         "password": "${vault-db:mdstack-readonly#password}",
@@ -546,11 +534,13 @@ def test_postgres_source_syncs_as_a_leased_user_that_is_gone_after_the_run(
             monkeypatch.setenv(name, value)
         selection = pipeline.select(pipeline.load_config(path), "default", ["crm"], [view])
         (entry,) = pipeline.sync_selection(path, None, selection, "r1")
-        assert entry["status"] == "succeeded" and entry["inserted"] == 1
+        assert entry.status == "succeeded" and entry.inserted == 1
         with DuckDBWarehouse(tmp_path / "wh") as wh:
             who = wh.query(f"SELECT who FROM raw_crm.{view}").column(0)[0].as_py()
     finally:
-        with psycopg.connect(PG, autocommit=True) as conn:
+        with psycopg.connect(**connect_kwargs(pg_database), autocommit=True) as conn:
             conn.execute(f"DROP VIEW public.{view}")
     assert who.startswith("v-approle-mdstack-")  # the source ran as the leased user
-    assert pg_role(who) is None and not can_log_in(who)  # revoked when the step ended
+    assert pg_role(pg_database, who) is None and not can_log_in(
+        pg_database, who
+    )  # revoked when the step ended

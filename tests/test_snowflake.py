@@ -1,5 +1,8 @@
-"""The Snowflake adapter: the engine's scenarios on fakesnow, the exact SQL it sends, types,
-errors, credentials, locks, dbt; and the same scenarios on real Snowflake when configured.
+"""The Snowflake adapter: the exact SQL it sends, types, errors, credentials, locks, dbt;
+types on real Snowflake when configured.
+
+The engine's scenarios run on Snowflake in the contract suite (``tests/contract/``,
+adapter ``snowflake``; ``snowflake-real`` when ``MDSTACK_SNOWFLAKE_*`` are set).
 
 fakesnow runs as an HTTP server in this process (``tests/snowflake_fixtures.py``) and
 the real ``snowflake-connector-python`` talks to it. Where fakesnow cannot run what
@@ -10,9 +13,7 @@ statements sent to real Snowflake instead.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import inspect
 import json
 import logging
 import re
@@ -35,11 +36,11 @@ from stack.warehouse.snowflake import (
     connect_kwargs,
     private_key_der,
 )
-from tests import test_sync, test_sync_policies
 from tests.snowflake_fixtures import (
     fakesnow_target,
     open_fakesnow,
-    real_target,
+    real_snowflake,
+    real_unavailable,
     recording,
     stop_fakesnow_server,
     stub_warehouse,
@@ -58,39 +59,6 @@ def snowflake_wh():
     """An open warehouse on fakesnow, in a fresh database."""
     with open_fakesnow() as wh:
         yield wh
-
-
-# -- the engine's scenarios -------------------------------------------------------------------
-def _engine_cases() -> list:
-    """Every test of tests/test_sync.py and tests/test_sync_policies.py, with its parameters."""
-    cases = []
-    for module in (test_sync, test_sync_policies):
-        for name, case in vars(module).items():
-            if not (name.startswith("test_") and inspect.isfunction(case)):
-                continue
-            marks = [m for m in getattr(case, "pytestmark", []) if m.name == "parametrize"]
-            if not marks:
-                cases.append(pytest.param(case, {}, id=name))
-                continue
-            names, rows = marks[0].args[:2]
-            names = names.split(",") if isinstance(names, str) else list(names)
-            for index, values in enumerate(rows):
-                kwargs = dict(zip(names, values, strict=True))
-                label = values[0] if isinstance(values[0], str) else index
-                cases.append(pytest.param(case, kwargs, id=f"{name}[{label}]"))
-    return cases
-
-
-ENGINE_CASES = _engine_cases()
-
-
-@pytest.mark.parametrize(("case", "kwargs"), ENGINE_CASES)
-def test_engine_scenario_on_fakesnow(snowflake_wh, case, kwargs):
-    case(snowflake_wh, **kwargs)
-
-
-def test_every_engine_scenario_is_collected():
-    assert len(ENGINE_CASES) >= 27
 
 
 # -- rendering the engine's SQL ---------------------------------------------------------------
@@ -645,37 +613,17 @@ def test_dbt_output_reads_credentials_from_env_vars(rsa_key):
 
 # -- real Snowflake ---------------------------------------------------------------------------
 @pytest.fixture
-def real_snowflake():
-    """A warehouse on real Snowflake in a fresh meta schema, dropped afterwards; else skip.
-
-    ``MDSTACK_SNOWFLAKE_DATABASE`` must be a scratch database: the engine's scenarios
-    write ``"raw"."items"`` there, and it is dropped before and after each test.
-    """
-    schema = f"MDSTACK_TEST_{uuid.uuid4().hex[:8].upper()}"
-    target, reason = real_target(schema)
-    if target is None:
+def real_snowflake_wh():
+    """A warehouse on real Snowflake in a fresh meta schema, dropped afterwards; else skip."""
+    reason = real_unavailable()
+    if reason:
         pytest.skip(reason)
-    with SnowflakeWarehouse(target, query_tag={"run_id": "pytest"}) as wh:
-        _drop_items(wh)
-        try:
-            yield wh
-        finally:
-            _drop_items(wh)
-            wh.execute(f"DROP SCHEMA IF EXISTS {sql.ident(schema)}")
+    with real_snowflake() as wh:
+        yield wh
 
 
-def _drop_items(wh: SnowflakeWarehouse) -> None:
-    with contextlib.suppress(WarehouseError):  # no schema "raw" yet
-        wh.execute('DROP TABLE IF EXISTS "raw"."items"')
-
-
-@pytest.mark.parametrize(("case", "kwargs"), ENGINE_CASES)
-def test_engine_scenario_on_real_snowflake(real_snowflake, case, kwargs):
-    case(real_snowflake, **kwargs)
-
-
-def test_types_round_trip_on_real_snowflake(real_snowflake):
-    wh = real_snowflake
+def test_types_round_trip_on_real_snowflake(real_snowflake_wh):
+    wh = real_snowflake_wh
     wh.create_table(wh.meta_schema, "all_types", ALL_TYPES)
     wh.append(wh.meta_schema, "all_types", pa.Table.from_pylist(ALL_VALUES, schema=ALL_TYPES))
     got = wh.query(f"SELECT * FROM {sql.table(wh.meta_schema, 'all_types')} ORDER BY i8 NULLS LAST")

@@ -34,7 +34,7 @@ SOURCE = "tiny"
 
 
 def _prefect_env() -> None:
-    """What ``mdstack run`` sets before it starts the flow (stack.cli._prefect_defaults)."""
+    """What ``mdstack run`` sets before it starts the flow (stack.cli._common.prefect_defaults)."""
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "stack,connectors")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -58,7 +58,7 @@ def main() -> None:
 
         def sync(names: list[str]) -> int:
             summary = flow(region=region, streams=names, config_path=path)
-            return len(summary["streams"])
+            return len(summary.streams)
 
     elif mode == "steps":
 

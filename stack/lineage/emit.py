@@ -9,7 +9,7 @@ and the count of events delivered is returned.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from stack.config.lineage import LineageConfig
 from stack.errors import ConfigError
-from stack.lineage.events import Columns, load_manifest, read_pipeline, run_events
+from stack.lineage.events import Columns, RunResults, load_manifest, read_pipeline, run_events
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def _transport(
 
 def emit_run(
     config: Any,
-    summary: Mapping[str, Any],
+    summary: RunResults,
     *,
     target: str | None = None,
     manifest_path: Path | None = None,
@@ -98,7 +98,7 @@ def emit_run(
 
     Args:
         config: the ``StackConfig`` (or a ``stack.yml`` dict) with a ``lineage:`` section.
-        summary: a ``RunSummary`` or its ``asdict``.
+        summary: the run's results (a ``RunSummary``).
         target, columns, now: as for :func:`run_events`.
         manifest_path: the dbt manifest (default: ``<dbt project>/target/manifest.json``).
         resolve: :meth:`stack.secrets.Resolver.resolve`, for an ``api_key`` reference.

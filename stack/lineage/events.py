@@ -2,8 +2,8 @@
 
 - :class:`PipelineInfo` / :func:`read_pipeline`: the name, sources, target and dbt
   manifest of a ``StackConfig`` (or of the dict of a ``stack.yml``), read once.
-- :func:`run_events` builds the events (START, then COMPLETE, FAIL or ABORT) from a run
-  summary (``dataclasses.asdict(RunSummary)``): one job run per stream sync (input
+- :func:`run_events` builds the events (START, then COMPLETE, FAIL or ABORT) from a run's
+  results (:class:`RunResults`, which ``RunSummary`` is): one job run per stream sync (input
   ``<connector>://<source>`` / ``<stream>``, output the warehouse table with schema and
   row-count facets) and per dbt model or snapshot (inputs and outputs from the dbt
   manifest), each a child of one pipeline run.
@@ -17,14 +17,21 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
 from stack.config.lineage import LineageConfig
+
+if TYPE_CHECKING:  # types only: lineage must import light (no warehouse, no engine)
+    from openlineage.client.generated.base import InputDatasetFacet, OutputDatasetFacet
+
+    from stack.load.ledger import RunEntry
+    from stack.transform.dbt import NodeResult
+    from stack.transform.result import TransformResult
 
 PRODUCER = "https://github.com/mdstack/mdstack"
 """The ``producer`` URI of every event and facet mdstack emits."""
@@ -38,6 +45,22 @@ Columns = Callable[[str, str], "Mapping[str, str] | None"]
 
 DUCKDB_DATABASE = "lake"
 """The name the DuckLake catalog is attached under (dbt's ``database`` for DuckDB)."""
+
+
+class RunResults(Protocol):
+    """What lineage reads of a run (``stack.run.summary.RunSummary`` has it)."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def region(self) -> str: ...
+
+    @property
+    def streams(self) -> Sequence[RunEntry]: ...
+
+    @property
+    def dbt(self) -> TransformResult | None: ...
 
 
 # -- reading a config given as a model or a dict ----------------------------------------------
@@ -202,7 +225,7 @@ class _EventBuilder:
         return {"schema": schema.SchemaDatasetFacet(fields=fields, producer=PRODUCER)}
 
     def _input(self, dataset: _Dataset, final: bool) -> Any:
-        stats = {}
+        stats: dict[str, InputDatasetFacet] = {}
         if final and dataset.rows is not None:
             stats["inputStatistics"] = (
                 self.fc.input_statistics_input_dataset.InputStatisticsInputDatasetFacet(
@@ -214,7 +237,7 @@ class _EventBuilder:
         )
 
     def _output(self, dataset: _Dataset, final: bool) -> Any:
-        stats = {}
+        stats: dict[str, OutputDatasetFacet] = {}
         if final and dataset.rows is not None:
             stats["outputStatistics"] = (
                 self.fc.output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(
@@ -231,27 +254,24 @@ def _sync_events(
     parent: _Job,
     pipeline: PipelineInfo,
     site: tuple[str, str],
-    entry: Mapping[str, Any],
+    entry: RunEntry,
     columns: Columns | None,
     default: datetime,
 ) -> list[Any]:
-    source, stream = str(entry["source"]), str(entry["stream"])
+    source, stream = entry.source, entry.stream
     declared = pipeline.sources.get(source) or {}
     connector = str(declared.get("connector") or source)
     schema = str(declared.get("schema") or source)
     job = builder.job(f"sync.{source}.{stream}", "SYNC", "MDSTACK", parent)
     found = columns(schema, stream) if columns is not None else None
-    written = int(entry.get("inserted") or 0) + int(entry.get("updated") or 0)
-    read = entry.get("rows_read")
-    source_in = _Dataset(
-        f"{connector}://{source}", stream, rows=None if read is None else int(read)
-    )
+    source_in = _Dataset(f"{connector}://{source}", stream, rows=entry.rows_read)
     fields = tuple(found.items()) if found else None
+    written = entry.inserted + entry.updated
     table_out = _Dataset(site[0], f"{site[1]}.{schema}.{stream}", fields, written)
-    begun = _time(entry.get("started_at")) or default
-    ended = _time(entry.get("finished_at")) or begun
-    state = _ENDED.get(str(entry.get("status")), "FAIL")
-    error = entry.get("error") if state == "FAIL" else None
+    begun = _time(entry.started_at) or default
+    ended = _time(entry.finished_at) or begun
+    state = _ENDED.get(entry.status, "FAIL")
+    error = entry.error if state == "FAIL" else None
     return [
         builder.event("START", job, begun, [source_in], [table_out]),
         builder.event(state, job, ended, [source_in], [table_out], error=error),
@@ -263,13 +283,13 @@ def _dbt_events(
     parent: _Job,
     manifest: Mapping[str, Any],
     namespace: str,
-    node: Mapping[str, Any],
+    node: NodeResult,
     begun: datetime,
     ended: datetime,
 ) -> list[Any]:
-    unique_id = str(node["unique_id"])
+    unique_id = node.unique_id
     found = (manifest.get("nodes") or {}).get(unique_id) or {}
-    kind = str(node["resource_type"]).upper()
+    kind = node.resource_type.upper()
     job = builder.job(f"dbt.{unique_id.split('.', 1)[-1]}", kind, "DBT", parent)
     inputs = [
         _Dataset(namespace, relation)
@@ -281,10 +301,9 @@ def _dbt_events(
         declared = tuple(
             (name, column.get("data_type")) for name, column in (found.get("columns") or {}).items()
         )
-        rows = node.get("rows_affected")
-        outputs.append(_Dataset(namespace, relation, declared or None, rows))
-    state = _DBT_ENDED.get(str(node.get("status")), "FAIL")
-    error = node.get("message") if state == "FAIL" else None
+        outputs.append(_Dataset(namespace, relation, declared or None, node.rows_affected))
+    state = _DBT_ENDED.get(node.status, "FAIL")
+    error = node.message if state == "FAIL" else None
     return [
         builder.event("START", job, begun, inputs, outputs),
         builder.event(state, job, ended, inputs, outputs, error=error),
@@ -302,45 +321,45 @@ def _relation(manifest: Mapping[str, Any], unique_id: str) -> str | None:
     return ".".join(str(part) for part in (node.get("database"), node["schema"], name) if part)
 
 
-def _time(value: Any) -> datetime | None:
-    """A naive-UTC datetime from a datetime or ISO text (None stays None)."""
-    if value is None or value == "":
+def _time(moment: datetime | None) -> datetime | None:
+    """``moment`` in naive UTC (None stays None)."""
+    if moment is None:
         return None
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def build_events(
     pipeline: PipelineInfo,
-    summary: Mapping[str, Any],
+    summary: RunResults,
     manifest: Mapping[str, Any],
     columns: Columns | None,
     now: datetime,
 ) -> list[Any]:
     """The events of :func:`run_events`, for a config already read."""
-    builder = _EventBuilder(pipeline.namespace, str(summary["region"]), str(summary["run_id"]))
+    builder = _EventBuilder(pipeline.namespace, summary.region, summary.run_id)
     site = pipeline.site()
-    streams = list(summary.get("streams") or [])
-    dbt = summary.get("dbt") or {}
-    started = min((t for s in streams if (t := _time(s.get("started_at")))), default=now)
-    clock = max((t for s in streams if (t := _time(s.get("finished_at")))), default=started)
+    streams = summary.streams
+    nodes = summary.dbt.run.nodes if summary.dbt else ()
+    started = min((t for s in streams if (t := _time(s.started_at))), default=now)
+    clock = max((t for s in streams if (t := _time(s.finished_at))), default=started)
     parent = builder.job("pipeline", "PIPELINE", "MDSTACK")
     events = [builder.event("START", parent, started)]
     for entry in streams:
         events += _sync_events(builder, parent, pipeline, site, entry, columns, started)
-    for node in dbt.get("nodes") or []:
-        if node.get("resource_type") in _DBT_JOBS:
-            ends = clock + timedelta(seconds=float(node.get("seconds") or 0.0))
+    for node in nodes:
+        if node.resource_type in _DBT_JOBS:
+            ends = clock + timedelta(seconds=node.seconds)
             events += _dbt_events(builder, parent, manifest, site[0], node, clock, ends)
             clock = ends
-    failed = any(s.get("status") != "succeeded" for s in streams) or dbt.get("success") is False
+    dbt_failed = summary.dbt is not None and not summary.dbt.run.success
+    failed = any(s.status != "succeeded" for s in streams) or dbt_failed
     events.append(builder.event("FAIL" if failed else "COMPLETE", parent, max(clock, now)))
     return events
 
 
 def run_events(
     config: Any,
-    summary: Mapping[str, Any],
+    summary: RunResults,
     *,
     target: str | None = None,
     manifest: Mapping[str, Any] | None = None,
@@ -358,8 +377,8 @@ def run_events(
 
     Args:
         config: the ``StackConfig`` (or the dict of a ``stack.yml``).
-        summary: a ``RunSummary`` or its ``asdict``: ``run_id``, ``region``, ``streams``
-            (ledger entries), ``dbt`` (``{"success", "nodes": [NodeResult dicts]}`` or None).
+        summary: the run's results (a ``RunSummary``): ``run_id``, ``region``, ``streams``
+            (ledger entries), ``dbt`` (the transform step, or None).
         target: the ``--target`` the run used (default: the file's ``target:``).
         manifest: the dbt manifest (default: ``<dbt project>/target/manifest.json``).
         columns: column types of warehouse tables, for the schema facets of sync outputs
@@ -372,6 +391,4 @@ def run_events(
     pipeline = read_pipeline(config, target)
     manifest = manifest if manifest is not None else load_manifest(pipeline.manifest)
     now = now or datetime.now(UTC).replace(tzinfo=None)
-    if is_dataclass(summary) and not isinstance(summary, type):
-        summary = asdict(summary)
     return build_events(pipeline, summary, manifest, columns, now)

@@ -12,7 +12,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 Status = Literal["ok", "warn", "error", "running", "unknown"]
 _RANK = {"unknown": 0, "ok": 1, "running": 2, "warn": 3, "error": 4}
@@ -27,6 +27,41 @@ _DBT_STATUS: dict[str, Status] = {
     "runtime error": "error",
 }
 _PERIODS = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+class LatestRun(Protocol):
+    """What the graph reads of a stream's latest run in one region
+    (``stack.run.status.StreamStatus`` has it)."""
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def stream(self) -> str: ...
+
+    @property
+    def region(self) -> str: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def started_at(self) -> datetime: ...
+
+    @property
+    def finished_at(self) -> datetime | None: ...
+
+    @property
+    def rows_read(self) -> int: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+    @property
+    def rows(self) -> int | None: ...
+
+    @property
+    def last_loaded_at(self) -> datetime | None: ...
 
 
 @dataclass(frozen=True)
@@ -82,7 +117,7 @@ def lineage_graph(
     title: str,
     sources: Mapping[str, Mapping[str, Any]],
     manifest: Mapping[str, Any],
-    ledger_rows: Iterable[Mapping[str, Any]],
+    ledger_rows: Iterable[LatestRun],
     run_results: Mapping[str, Any] | None = None,
     dashboards: Sequence[Dashboard | str] = (),
     now: datetime | None = None,
@@ -93,8 +128,8 @@ def lineage_graph(
         title: the pipeline's name.
         sources: ``sources:`` of ``stack.yml`` as dicts (``connector``, ``schema``, ``streams``).
         manifest: dbt's ``manifest.json``.
-        ledger_rows: the latest ``_mds_runs`` row per (source, stream, region), optionally
-            with ``rows`` and ``last_loaded_at`` (what ``pipeline.status()`` returns).
+        ledger_rows: the latest run per (source, stream, region), with the rows and
+            freshness of its table (``stack.run.status.stream_status()``).
         run_results: dbt's ``run_results.json`` of the last invocation.
         dashboards: dashboards or BI hook names; dbt exposures are added to them.
         now: naive UTC, for freshness.
@@ -102,9 +137,9 @@ def lineage_graph(
     now = now or datetime.now(UTC).replace(tzinfo=None)
     nodes: dict[str, Node] = {}
     edges: list[tuple[str, str]] = []
-    by_stream: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    by_stream: dict[tuple[str, str], list[LatestRun]] = defaultdict(list)
     for row in ledger_rows:
-        by_stream[(str(row["source"]), str(row["stream"]))].append(row)
+        by_stream[(row.source, row.stream)].append(row)
     dbt_sources = {
         (s["schema"], s.get("identifier") or s["name"]): s
         for s in (manifest.get("sources") or {}).values()
@@ -141,22 +176,20 @@ def lineage_graph(
 
 
 def _stream_node(
-    source: str, stream: str, spec: Mapping[str, Any], runs: list[Mapping[str, Any]], now: datetime
+    source: str, stream: str, spec: Mapping[str, Any], runs: list[LatestRun], now: datetime
 ) -> Node:
     mode = str(spec.get("sync") or "").replace("_", " ")
     node = Node(f"stream:{source}.{stream}", "stream", stream, 1, detail=mode)
     if not runs:
         node.tip = "never run"
         return node
-    words = {"succeeded": "ok", "failed": "error", "running": "running"}
-    node.status = _worst(words.get(str(r.get("status")), "unknown") for r in runs)
-    ended = [t for r in runs if (t := r.get("finished_at") or r.get("started_at"))]
-    if ended:
-        node.detail = f"{mode} · {_ago(now, max(ended))}"
+    words: dict[str, Status] = {"succeeded": "ok", "failed": "error", "running": "running"}
+    node.status = _worst(words.get(r.status, "unknown") for r in runs)
+    ended = [r.finished_at or r.started_at for r in runs]
+    node.detail = f"{mode} · {_ago(now, max(ended))}"
     node.tip = "\n".join(
-        f"{r['region']}: {r.get('status')}, {int(r.get('rows_read') or 0):,} rows read"
-        + (f" — {r['error']}" if r.get("error") else "")
-        for r in sorted(runs, key=lambda r: str(r["region"]))
+        f"{r.region}: {r.status}, {r.rows_read:,} rows read" + (f" — {r.error}" if r.error else "")
+        for r in sorted(runs, key=lambda r: r.region)
     )
     return node
 
@@ -164,29 +197,28 @@ def _stream_node(
 def _table_node(
     schema: str,
     stream: str,
-    runs: list[Mapping[str, Any]],
+    runs: list[LatestRun],
     dbt_source: Mapping[str, Any] | None,
     now: datetime,
 ) -> Node:
     node = Node(f"table:{schema}.{stream}", "table", f"{schema}.{stream}", 2)
-    loads = [
-        r.get("last_loaded_at")
-        or (r.get("finished_at") if r.get("status") == "succeeded" else None)
-        for r in runs
-    ]
-    rows = [r["rows"] for r in runs if r.get("rows") is not None]
-    if not runs or not all(loads):
+    loads = [r.last_loaded_at or (r.finished_at if r.status == "succeeded" else None) for r in runs]
+    loaded = [t for t in loads if t is not None]
+    rows = [r.rows for r in runs if r.rows is not None]
+    if not runs or len(loaded) < len(loads):
         node.detail, node.tip = "never loaded", "no successful load in some region"
-        if any(loads):
+        if loaded:
             node.status = "warn"
         return node
-    oldest = min(loads)  # the stalest region decides
+    oldest = min(loaded)  # the stalest region decides
     age = (now - oldest).total_seconds()
     limits = (dbt_source or {}).get("freshness") or {}
     node.status = "ok"
-    for status, key in (("warn", "warn_after"), ("error", "error_after")):
+    levels: tuple[tuple[Status, str], ...] = (("warn", "warn_after"), ("error", "error_after"))
+    for status, key in levels:
         limit = limits.get(key) or {}
-        if limit.get("count") and age > limit["count"] * _PERIODS.get(limit.get("period"), 3600):
+        seconds = _PERIODS.get(str(limit.get("period")), 3600)
+        if limit.get("count") and age > limit["count"] * seconds:
             node.status = status
     node.detail = (f"{sum(rows):,} rows · " if rows else "") + f"loaded {_ago(now, oldest)}"
     node.tip = f"oldest region load {oldest:%Y-%m-%d %H:%M} UTC" + (
@@ -298,15 +330,20 @@ def _add_dashboards(
     marts = [n.id for n in leaves if n.column > 3] or [n.id for n in leaves]
     if not models:
         marts = [n.id for n in nodes.values() if n.kind == "table"]
-    words = {"succeeded": "ok", "failed": "error", "timed_out": "error", "skipped": "warn"}
+    words: dict[str, Status] = {
+        "succeeded": "ok",
+        "failed": "error",
+        "timed_out": "error",
+        "skipped": "warn",
+    }
     for dashboard in wanted:
         node_id = f"dashboard:{dashboard.name}"
         if node_id in nodes:
             continue
         status = words.get(str(dashboard.status), "unknown")
         nodes[node_id] = Node(node_id, "dashboard", dashboard.name, column, status, dashboard.tool)
-        ups = [by_name.get(m, m) for m in dashboard.models] or marts
-        edges += [(up, node_id) for up in ups if up in nodes]
+        reads = [by_name.get(m, m) for m in dashboard.models] or marts
+        edges += [(up, node_id) for up in reads if up in nodes]
 
 
 def _model_headers(nodes: dict[str, Node], manifest: Mapping[str, Any], depth: int) -> list[str]:
@@ -323,8 +360,8 @@ def _model_headers(nodes: dict[str, Node], manifest: Mapping[str, Any], depth: i
     return headers
 
 
-def _worst(statuses: Iterable[str]) -> Status:
-    return max(statuses, key=lambda s: _RANK[s], default="unknown")  # type: ignore[return-value]
+def _worst(statuses: Iterable[Status]) -> Status:
+    return max(statuses, key=lambda s: _RANK[s], default="unknown")
 
 
 def _ago(now: datetime, then: datetime) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import json
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from stack.lineage.events import load_manifest, read_pipeline
-from stack.lineage.graph import Dashboard, Graph, Node, lineage_graph
+from stack.lineage.graph import Dashboard, Graph, LatestRun, Node, lineage_graph
 
 _COLOURS = {  # status -> (bar, card tint)
     "ok": ("#1f9d63", "#ecf8f2"),
@@ -39,7 +39,7 @@ def write_lineage_page(
     path: str | Path,
     config: Any,
     manifest_path: str | Path | None = None,
-    ledger_rows: Iterable[Mapping[str, Any]] = (),
+    ledger_rows: Iterable[LatestRun] = (),
     bi_hooks: Sequence[Any] = (),
     *,
     run_results_path: str | Path | None = None,
@@ -54,8 +54,8 @@ def write_lineage_page(
         config: the ``StackConfig`` (or the dict of a ``stack.yml``).
         manifest_path: dbt's manifest (default: ``<dbt project>/target/manifest.json``);
             without one the page stops at the raw tables.
-        ledger_rows: the latest ``_mds_runs`` row per stream and region; ``pipeline.status()``
-            rows (which add ``rows`` and ``last_loaded_at``) colour tables by freshness.
+        ledger_rows: the latest run per stream and region, with its table's rows and
+            freshness (``stack.run.status.stream_status()``).
         bi_hooks: dashboards: names, :class:`Dashboard`s, ``bi:`` entries (models or dicts,
             shown by ``name`` or ``type``). dbt exposures are added.
         run_results_path: dbt's ``run_results.json`` (default: beside the manifest).

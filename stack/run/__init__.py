@@ -3,13 +3,15 @@
 ::
 
     pipeline.py     the steps of a run: sync a stream, transform (dbt, checks, publish),
-                    refresh BI, emit lineage, summarise; run_pipeline chains them
+                    refresh BI, emit lineage; run_pipeline chains them
+    summary.py      what a run did: each stream's ledger entry, dbt, dashboards
+    status.py       what the warehouse says of each stream: latest run, state, table
     scope.py        what the streams of one run share in one process (config, secrets,
                     warehouse, discovered sources); opening a source for a region
     parallel.py     which streams sync at once (max_parallel_streams, each source's
                     concurrency)
-    backfill.py     reloading history one partition at a time, each in one transaction
-    partitions.py   what a partition is (a day, week or month), a source read cut to one
+    backfill/       reloading history one partition (a day, week or month) at a time,
+                    each in one transaction; the ledger of the partitions done
     deployments.py  the deployments stack.yml asks for, as a pure plan
     alerts.py       Slack, e-mail and webhook alerts at the end of a run
     report.py       a run's summary as Markdown

@@ -38,7 +38,8 @@ from connectors.http import RetryPolicy, client, raise_for_status, retry_call
 from stack.config import StackConfig, load_config
 from stack.config.orchestration import Alert, EmailAlert, Outcome, SlackAlert, WebhookAlert
 from stack.redact import redact
-from stack.run.pipeline import DBT_FAILED, secrets_for
+from stack.run.pipeline import secrets_for
+from stack.run.summary import RunSummary
 from stack.secrets import reveal
 
 __all__ = [
@@ -138,7 +139,7 @@ class RunReport:
 
 def report_for(
     config: StackConfig,
-    summary: Mapping[str, Any],
+    summary: RunSummary,
     *,
     target: str | None = None,
     sources: Sequence[str] | None = None,
@@ -148,35 +149,32 @@ def report_for(
     flow_run_url: str | None = None,
     deployment: str | None = None,
 ) -> RunReport:
-    """The report of one run from its summary (``RunSummary.__dict__``).
+    """The report of one run from its summary.
 
     Error texts go through :func:`redact` (a resolved secret never reaches a channel)
     and are cut to :data:`MAX_ERROR_CHARS`.
     """
-    streams = list(summary.get("streams") or [])
+    streams = summary.streams
     failures = [
-        Failure("stream", f"{s['source']}.{s['stream']}", _clip(s.get("error") or s["status"]))
+        Failure("stream", f"{s.source}.{s.stream}", _clip(s.error or s.status))
         for s in streams
-        if s["status"] != "succeeded"
+        if s.status != "succeeded"
     ]
-    nodes = (summary.get("dbt") or {}).get("nodes", [])
     failures += [
-        Failure("dbt", f"{n['resource_type']} {n['name']}", _clip(n.get("message") or n["status"]))
-        for n in nodes
-        if n["status"] in DBT_FAILED
+        Failure("dbt", f"{n.resource_type} {n.name}", _clip(n.message or n.status))
+        for n in (summary.dbt.failed_nodes if summary.dbt else ())
     ]
-    dbt = summary.get("dbt")
-    ok = not failures and (dbt is None or bool(dbt.get("success", True)))
-    region = summary["region"]
+    ok = not failures and (summary.dbt is None or summary.dbt.run.success)
+    region = summary.region
     partition = f"{start}..{end}" if start else None
     return RunReport(
         pipeline=config.name,
         region=region,
-        run_id=summary["run_id"],
+        run_id=summary.run_id,
         ok=ok,
         failures=tuple(failures),
         streams=len(streams),
-        rows_read=sum(int(s.get("rows_read") or 0) for s in streams),
+        rows_read=sum(s.rows_read for s in streams),
         flow_run_id=flow_run_id,
         flow_run_url=flow_run_url,
         deployment=deployment,
@@ -184,7 +182,7 @@ def report_for(
         rerun=tuple(
             rerun_commands(config, region, failures, target, sources, start, end, deployment)
         ),
-        seconds=round(sum(float(s.get("seconds") or 0) for s in streams), 3),
+        seconds=round(sum(s.seconds for s in streams), 3),
     )
 
 
@@ -326,16 +324,16 @@ def send_alerts(
     return sent
 
 
-def notify_run(config_path: str | Path, summary: Mapping[str, Any], **where: Any) -> list[dict]:
+def notify_run(config_path: str | Path, summary: RunSummary, **where: Any) -> list[Delivery]:
     """Report a finished run to the configured channels; the engine step the flow calls.
 
     Args:
         config_path: the run's ``stack.yml``.
-        summary: ``RunSummary.__dict__``.
+        summary: the run's summary.
         where: keyword arguments of :func:`report_for` (target, flow run id and URL...).
 
     Returns:
-        One dict per channel tried (``channel``, ``ok``, ``error``).
+        One delivery per channel tried.
     """
     config = load_config(config_path)
     alerts = config.alerts
@@ -343,7 +341,7 @@ def notify_run(config_path: str | Path, summary: Mapping[str, Any], **where: Any
         return []
     report = report_for(config, summary, **where)
     with secrets_for(config) as resolver:
-        return [asdict(d) for d in send_alerts(alerts, report, resolver.resolve)]
+        return send_alerts(alerts, report, resolver.resolve)
 
 
 def _policy(attempts: int) -> RetryPolicy:

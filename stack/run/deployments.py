@@ -170,7 +170,9 @@ def plan_deployments(
     for key, spec in specs.items():
         _check_spec(config, specs, key, spec)
         for region in spec.regions or tuple(config.region_names()):
-            groups = [(s,) for s in spec.sources or config.sources] if spec.per == "source" else []
+            groups: list[tuple[str, ...] | None] = (
+                [(s,) for s in spec.sources or config.sources] if spec.per == "source" else []
+            )
             for sources in groups or [spec.sources]:
                 plan.append(_plan_one(config, specs, key, spec, region, sources))
     names = [d.name for d in plan]

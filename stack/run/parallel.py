@@ -79,7 +79,12 @@ def run_bounded(
             pending.remove(job)
             running[job.source] += 1
             handles[job] = start(job)
-            handles[job].add_done_callback(lambda _, job=job: finished.put(job))
+            handles[job].add_done_callback(_reporter(finished, job))
         done = finished.get()
         running[done.source] -= 1
         yield done, handles.pop(done)
+
+
+def _reporter(finished: queue.SimpleQueue[StreamJob], job: StreamJob) -> Callable[[Any], None]:
+    """A done-callback that puts ``job`` on ``finished`` (whatever future it is given)."""
+    return lambda _: finished.put(job)

@@ -1,4 +1,4 @@
-"""The pipeline's steps as plain functions: sync one stream, transform, summarise.
+"""The pipeline's steps as plain functions: sync one stream, transform, refresh, report.
 
 Steps take only ids and paths, so a Prefect task (``flows/``) can wrap one in
 a few lines and run it in any worker process. The streams of one run share
@@ -13,23 +13,24 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Hashable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from stack import bi, lineage, sql, transform
+from stack import bi, lineage, transform
 from stack.config import DuckDBTarget, StackConfig, load_config
 from stack.errors import ConfigError
 from stack.load import Progress, RunContext, ledger, utcnow
-from stack.redact import install_redaction, redact
+from stack.load.ledger import RunEntry
+from stack.redact import install_redaction
 from stack.run.parallel import Bounds, StreamJob, run_bounded
 from stack.run.scope import RunScope, close_scope, shared_scope
+from stack.run.summary import RunSummary, changed_streams, failed_entry
 from stack.secrets import Resolver
 from stack.transform import checks
+from stack.transform.result import TransformResult
+from stack.transform.source_freshness import freshness_from_nodes
 from stack.warehouse import Warehouse, connect
-
-FULL_REFRESH = "full_refresh_overwrite"
 
 
 def new_run_id() -> str:
@@ -80,7 +81,7 @@ def sync_run_stream(
     source: str,
     stream: str,
     run_id: str,
-) -> dict[str, Any]:
+) -> RunEntry:
     """Sync one stream of run ``run_id``: the step of a Prefect task.
 
     The run's streams in this process share one scope (:mod:`stack.run.scope`);
@@ -100,7 +101,7 @@ def sync_selection(
     selection: Selection,
     run_id: str,
     progress: Progress | None = None,
-) -> list[dict[str, Any]]:
+) -> list[RunEntry]:
     """Sync every stream of the selection in parallel threads, within ``stack.yml``'s bounds.
 
     A stream that fails is reported in its entry (``status: failed``) and the others go
@@ -110,19 +111,17 @@ def sync_selection(
     scope = _shared(config_path, target, selection.region, run_id)
     bounds = Bounds.of(scope.config)
     jobs = selection.jobs(scope.config)
-    entries: dict[StreamJob, dict[str, Any]] = {}
+    entries: dict[StreamJob, RunEntry] = {}
     try:
         with ThreadPoolExecutor(bounds.max_parallel, thread_name_prefix="mdstack-sync") as pool:
 
-            def start(job: StreamJob) -> Any:
+            def start(job: StreamJob) -> Future[RunEntry]:
                 return pool.submit(scope.sync, job.source, job.stream, progress)
 
             for job, future in run_bounded(jobs, bounds, start):
                 error = future.exception()
                 entries[job] = (
-                    future.result()
-                    if error is None
-                    else failed_entry(job.source, job.stream, selection.region, run_id, error)
+                    future.result() if error is None else failed_entry(scope.ctx, job, error)
                 )
     finally:
         end_syncs(config_path, target, selection.region, run_id)
@@ -179,76 +178,6 @@ def _target_warehouse(config: StackConfig, name: str | None, resolver: Resolver)
     return connect(type(target).model_construct(**values), config.root)
 
 
-def changed_streams(entries: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, bool]]:
-    """source -> {stream: was fully refreshed} for streams that wrote anything."""
-    changed: dict[str, dict[str, bool]] = {}
-    for e in entries:
-        if e["inserted"] or e["updated"] or e["deleted"] or e["mode"] == FULL_REFRESH:
-            changed.setdefault(e["source"], {})[e["stream"]] = e["mode"] == FULL_REFRESH
-    return changed
-
-
-DBT_FAILED = ("error", "fail", "runtime error")
-
-
-def failed_entry(
-    source: str, stream: str, region: str, run_id: str, error: BaseException
-) -> dict[str, Any]:
-    """The summary row of a stream whose step died before returning its ledger entry."""
-    return {
-        "run_id": run_id,
-        "source": source,
-        "stream": stream,
-        "region": region,
-        "mode": "",
-        "status": "failed",
-        "rows_read": 0,
-        "inserted": 0,
-        "updated": 0,
-        "deleted": 0,
-        "quarantined": 0,
-        "seconds": 0.0,
-        "error": redact(str(error)),
-    }
-
-
-@dataclass
-class RunSummary:
-    """What one pipeline run did, per stream and for dbt: printed at the end of a run."""
-
-    run_id: str
-    region: str
-    streams: list[dict[str, Any]] = field(default_factory=list)
-    dbt: dict[str, Any] | None = None
-    dashboards: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        streams_ok = all(s["status"] == "succeeded" for s in self.streams)
-        dbt_ok = self.dbt is None or (self.dbt["success"] and not self.dbt.get("blocked"))
-        return streams_ok and dbt_ok
-
-    def failure(self) -> str:
-        """What failed, in one line: the streams, the dbt nodes, then the blocking checks."""
-        failed = [
-            f"stream {s['source']}.{s['stream']}: {s['error']}"
-            for s in self.streams
-            if s["status"] != "succeeded"
-        ]
-        nodes = (self.dbt or {}).get("nodes", [])
-        failed += [
-            f"dbt {n['resource_type']} {n['name']} {n['status']}"
-            for n in nodes
-            if n["status"] in DBT_FAILED
-        ]
-        failed += [
-            f"check {c['name']} failed at severity error: {c['message']}"
-            for c in (self.dbt or {}).get("checks", [])
-            if not c["passed"] and c["severity"] == "error"
-        ]
-        return "; ".join(failed) or "the run failed"
-
-
 def run_pipeline(
     config_path: str | Path,
     target: str | None,
@@ -268,9 +197,8 @@ def run_pipeline(
             changed_streams(summary.streams),
             summary.run_id,
         )
-        published = bool(summary.dbt and summary.dbt["published"])
         summary.dashboards = refresh_dashboards(
-            config_path, selection.region, summary.run_id, published
+            config_path, selection.region, summary.run_id, summary.published
         )
     return summary
 
@@ -281,7 +209,7 @@ def transform_changes(
     region: str,
     changed: Mapping[str, Mapping[str, bool]],
     run_id: str = "",
-) -> dict[str, Any] | None:
+) -> TransformResult | None:
     """``dbt build`` the models downstream of the changed streams, then the data checks.
 
     ``dbt source freshness`` of the changed streams' sources runs after the build; each
@@ -318,28 +246,15 @@ def transform_changes(
                 ["source", "freshness", *picked.freshness_args()],
             )
         )
-        results = checks.freshness_from_nodes(freshness.nodes, region)
+        results = freshness_from_nodes(freshness.nodes, region)
         with building as wh:  # the audit clone: dbt has released it
             checks.record_results(wh, results, run_id, utcnow())
             if config.checks:
                 results += _data_checks(config, wh, region, run_id)
-        blocked = bool(checks.blocking(results))
-        result = {
-            **asdict(run),
-            "published": False,
-            "audit": audit_env,
-            "blocked": blocked,
-            "checks": [r.as_dict() for r in results],
-        }
-        if audit_env and run.success and not blocked:
-            published.publish(audit_env)
-            published.drop_environment(audit_env)
-            result |= {"published": True, "audit": None}
-        elif audit_env and results:  # not published: keep the results where people look
-            with published as wh:
-                checks.record_results(wh, results, run_id, utcnow())
-        elif not audit_env:
-            result["published"] = run.success and not blocked
+        built = TransformResult(
+            run, audit=audit_env, blocked=bool(checks.blocking(results)), checks=tuple(results)
+        )
+        result = _publish(published, built, run_id)
         with published as wh:  # after the publish: the ledger of the published warehouse
             for done in (run, freshness):
                 ledger.record_dbt_results(
@@ -348,9 +263,24 @@ def transform_changes(
     return result
 
 
+def _publish(published: Warehouse, built: TransformResult, run_id: str) -> TransformResult:
+    """Publish a good audit build (write-audit-publish); without an audit environment the
+    build went to the published warehouse already, and counts as published when good."""
+    if built.audit is None:
+        return replace(built, published=built.ok)
+    if built.ok:
+        published.publish(built.audit)
+        published.drop_environment(built.audit)
+        return replace(built, published=True, audit=None)
+    if built.checks:  # not published: keep the results where people look
+        with published as wh:
+            checks.record_results(wh, built.checks, run_id, utcnow())
+    return built
+
+
 def _data_checks(
     config: StackConfig, wh: Warehouse, region: str, run_id: str
-) -> list[checks.CheckResult]:
+) -> list[checks.DataCheckResult]:
     return checks.run_checks(
         wh,
         config.checks,
@@ -364,11 +294,11 @@ def _data_checks(
 
 def check_tables(
     config_path: str | Path, target: str | None, region: str, run_id: str
-) -> list[dict[str, Any]]:
+) -> list[checks.DataCheckResult]:
     """``mdstack check``: the data checks on the (published) warehouse, for one region."""
     config = load_config(config_path)
     with secrets_for(config) as resolver, open_target(config, target, resolver) as wh:
-        return [r.as_dict() for r in _data_checks(config, wh, region, run_id)]
+        return _data_checks(config, wh, region, run_id)
 
 
 def emit_lineage(config_path: str | Path, target: str | None, summary: RunSummary) -> int:
@@ -384,7 +314,7 @@ def emit_lineage(config_path: str | Path, target: str | None, summary: RunSummar
 
 def refresh_dashboards(
     config_path: str | Path, region: str, run_id: str, published: bool
-) -> list[dict[str, Any]]:
+) -> list[bi.HookResult]:
     """Fire the ``bi:`` hooks — only after a good publish; never raises for a hook.
 
     Secrets are resolved here, per hook, so only references travel as parameters.
@@ -393,11 +323,11 @@ def refresh_dashboards(
     if not config.bi:
         return []
     if not published:
-        return [asdict(r) for r in bi.skip_all(config.bi, bi.NOT_PUBLISHED)]
+        return bi.skip_all(config.bi, bi.NOT_PUBLISHED)
     run = bi.RunInfo(config.name, region, run_id, utcnow())
     with secrets_for(config) as resolver:
         hooks = [bi.resolve_hook(h, resolver.resolve, f"bi[{i}]") for i, h in enumerate(config.bi)]
-        return [asdict(bi.refresh(hook, run)) for hook in hooks]
+        return [bi.refresh(hook, run) for hook in hooks]
 
 
 def dbt_passthrough(
@@ -420,28 +350,3 @@ def dbt_passthrough(
             vars=config.dbt_vars(region or config.region_names()[0]),
             env=warehouse.dbt_env(),
         )
-
-
-def status(config_path: str | Path, target: str | None) -> list[dict[str, Any]]:
-    """Per stream and region: the last run, its counts, the stored state, rows and freshness."""
-    config = load_config(config_path)
-    with secrets_for(config) as resolver, open_target(config, target, resolver) as wh:
-        ledger.ensure_tables(wh)
-        runs = ledger.latest_runs(wh, config.name).to_pylist()
-        for run in runs:
-            schema = (
-                config.sources[run["source"]].schema_ if run["source"] in config.sources else None
-            )
-            run.update(_table_facts(wh, schema, run["stream"], run["region"]))
-    return runs
-
-
-def _table_facts(wh: Warehouse, schema: str | None, stream: str, region: str) -> dict[str, Any]:
-    if schema is None or wh.columns(schema, stream) is None:
-        return {"rows": None, "last_loaded_at": None}
-    facts = wh.query(
-        f"SELECT count(*) AS rows, max({sql.ident(sql.LOADED_AT)}) AS last_loaded_at "
-        f"FROM {sql.table(schema, stream)} WHERE {sql.ident(sql.REGION)} = ?",
-        [region],
-    )
-    return facts.to_pylist()[0]

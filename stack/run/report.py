@@ -12,8 +12,10 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from stack.bi import HookResult
 from stack.redact import redact
-from stack.run.pipeline import RunSummary
+from stack.run.summary import RunSummary
+from stack.transform.result import TransformResult
 
 _KEY_UNSAFE = re.compile(r"[^a-z0-9-]+")
 _STREAM_COLUMNS = ("stream", "mode", "status", "read", "inserted", "updated", "deleted", "seconds")
@@ -36,15 +38,15 @@ def run_markdown(summary: RunSummary, pipeline: str) -> str:
         [*_STREAM_COLUMNS, "error"],
         (
             [
-                f"{s['source']}.{s['stream']}",
-                s["mode"],
-                s["status"],
-                s["rows_read"],
-                s["inserted"],
-                s["updated"],
-                s["deleted"],
-                f"{s['seconds']:.2f}",
-                s.get("error") or "",
+                f"{s.source}.{s.stream}",
+                s.mode,
+                s.status,
+                s.rows_read,
+                s.inserted,
+                s.updated,
+                s.deleted,
+                f"{s.seconds:.2f}",
+                s.error or "",
             ]
             for s in summary.streams
         ),
@@ -54,38 +56,35 @@ def run_markdown(summary: RunSummary, pipeline: str) -> str:
     return redact("\n".join(lines) + "\n")
 
 
-def _dbt(dbt: dict[str, Any] | None) -> list[str]:
+def _dbt(dbt: TransformResult | None) -> list[str]:
     if dbt is None:
         return ["", "## dbt", "", "Nothing to build: no stream changed (or dbt is off)."]
-    published = "published" if dbt.get("published") else "not published"
-    verdict = "succeeded" if dbt["success"] else "failed"
-    lines = ["", "## dbt", "", f"`dbt {' '.join(dbt['args'])}`: {verdict}, {published}.", ""]
+    published = "published" if dbt.published else "not published"
+    verdict = "succeeded" if dbt.run.success else "failed"
+    lines = ["", "## dbt", "", f"`dbt {' '.join(dbt.run.args)}`: {verdict}, {published}.", ""]
     lines += _table(
         ["node", "type", "status", "seconds", "message"],
         (
-            [n["name"], n["resource_type"], n["status"], f"{n['seconds']:.2f}", n["message"] or ""]
-            for n in dbt["nodes"]
+            [n.name, n.resource_type, n.status, f"{n.seconds:.2f}", n.message or ""]
+            for n in dbt.run.nodes
         ),
     )
-    if dbt.get("checks"):
+    if dbt.checks:
         lines += ["", "## Checks", ""]
         lines += _table(
             ["check", "table", "severity", "passed", "observed", "message"],
-            (
-                [c["name"], c["table"], c["severity"], c["passed"], c["observed"], c["message"]]
-                for c in dbt["checks"]
-            ),
+            ([c.name, c.table, c.severity, c.passed, c.observed, c.message] for c in dbt.checks),
         )
     return lines
 
 
-def _dashboards(hooks: Sequence[dict[str, Any]]) -> list[str]:
+def _dashboards(hooks: Sequence[HookResult]) -> list[str]:
     if not hooks:
         return []
     lines = ["", "## Dashboards", ""]
     return lines + _table(
         ["hook", "type", "status", "seconds", "detail"],
-        ([h["name"], h["type"], h["status"], f"{h['seconds']:.2f}", h["detail"]] for h in hooks),
+        ([h.name, h.type, h.status, f"{h.seconds:.2f}", h.detail] for h in hooks),
     )
 
 

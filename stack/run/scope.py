@@ -20,7 +20,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from contextlib import ExitStack
-from dataclasses import asdict
 from typing import Any
 
 from connectors import load_source
@@ -132,15 +131,13 @@ class RunScope:
                 self._sources[name] = (source, source.discover())
             return self._sources[name]
 
-    def sync(
-        self, source_name: str, stream: str, progress: Progress | None = None
-    ) -> dict[str, Any]:
-        """Sync one stream on a warehouse handle of its own; its ledger entry as a dict."""
+    def sync(self, source_name: str, stream: str, progress: Progress | None = None) -> RunEntry:
+        """Sync one stream on a warehouse handle of its own; returns its ledger entry."""
         declared = declared_streams(self.config, source_name, [stream])
         source, catalog = self.source(source_name)
         plan = plan_stream(source_name, declared, catalog, stream)
         with self.warehouse.cursor() as wh:
-            return asdict(sync_stream(wh, source, plan, self.ctx, progress))
+            return sync_stream(wh, source, plan, self.ctx, progress)
 
     def close(self) -> None:
         self._stack.close()

@@ -3,7 +3,9 @@
 - ``dbt.py``: the dbt project run in-process (profile, node selection from the
   streams that changed, per-node results); its public names are re-exported here.
 - ``checks.py``: data checks (freshness, volume, schema, values, reconcile) run on
-  the warehouse before a publish, and dbt's source freshness as check results.
+  the warehouse before a publish.
+- ``source_freshness.py``: dbt's ``source freshness`` results as check results.
+- ``result.py``: what a run's transform step did (the build, the checks, the publish).
 
 Nothing here reads the run ledger: what a reconcile check compares with is passed in
 (:func:`stack.load.ledger.ledger_source_count` makes it).

@@ -4,13 +4,13 @@ Provides:
 
 - :func:`run_checks` evaluates checks (the ``checks:`` of ``stack.yml``, each a
   :class:`stack.config.checks.Check`: one table or stream, one kind, a severity) on an open
-  warehouse for one region and records each :class:`CheckResult` in the ``_mds_checks``
+  warehouse for one region and records each :class:`DataCheckResult` in the ``_mds_checks``
   table of the warehouse's meta schema, which is also where a volume check finds the row
   count of the last run.
 - :func:`blocking` picks the failures that must block the publish (severity ``error``).
-- :func:`freshness_from_sources_json` / :func:`freshness_from_nodes` turn dbt's
-  ``source freshness`` results into check results. A :data:`SourceCount` for reconciliation
-  comes from the run ledger (:func:`stack.load.ledger.ledger_source_count`).
+- :mod:`stack.transform.source_freshness` turns dbt's ``source freshness`` results into
+  check results. A :data:`SourceCount` for reconciliation comes from the run ledger
+  (:func:`stack.load.ledger.ledger_source_count`).
 
 A check never raises for bad data: a missing table or column is a failed result. Only the
 warehouse being busy (:class:`~stack.errors.WarehouseBusy`, retryable) propagates. SQL is
@@ -19,42 +19,32 @@ written in DuckDB's dialect with quoted identifiers and bound values; adapters r
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 from sqlglot import exp
 
 from stack.config.checks import (
     Check,
-    Freshness,
-    Reconcile,
-    SchemaExpectation,
     Severity,
-    Values,
-    Volume,
     duplicate_names,
 )
 from stack.errors import ConfigError, MdstackError, WarehouseBusy, WarehouseError
 from stack.sql import DELETED_AT, REGION, ident, table
-from stack.transform.dbt import NodeResult
 
 if TYPE_CHECKING:
     from stack.warehouse.base import Warehouse
 
 __all__ = [
     "CHECKS_TABLE",
-    "CheckResult",
+    "DataCheckResult",
     "SourceCount",
     "blocking",
     "ensure_checks_table",
-    "freshness_from_nodes",
-    "freshness_from_sources_json",
     "record_results",
     "run_checks",
 ]
@@ -65,7 +55,7 @@ SourceCount = Callable[[str, str, str], "int | None"]
 
 
 @dataclass(frozen=True)
-class CheckResult:
+class DataCheckResult:
     """The outcome of one check in one region.
 
     ``observed`` is what was measured: rows (volume, reconcile), age in seconds
@@ -89,11 +79,8 @@ class CheckResult:
         """A failure at severity ``error``: the publish must not happen."""
         return not self.passed and self.severity == "error"
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
-
-def blocking(results: Iterable[CheckResult]) -> list[CheckResult]:
+def blocking(results: Iterable[DataCheckResult]) -> list[DataCheckResult]:
     """The failures at severity ``error``: any of them blocks the publish."""
     return [r for r in results if r.blocking]
 
@@ -132,8 +119,8 @@ class _Target:
 
     def result(
         self, passed: bool, observed: Any, expected: str, message: str, skipped: bool = False
-    ) -> CheckResult:
-        return CheckResult(
+    ) -> DataCheckResult:
+        return DataCheckResult(
             name=self.check.label,
             table=self.label,
             kind=self.check.kind,
@@ -157,7 +144,7 @@ def run_checks(
     source_count: SourceCount | None = None,
     schemas: Mapping[str, str] | None = None,
     record: bool = True,
-) -> list[CheckResult]:
+) -> list[DataCheckResult]:
     """Evaluate ``checks`` for ``region`` on an open warehouse.
 
     Args:
@@ -201,7 +188,7 @@ def _evaluate(
     now: datetime,
     source_count: SourceCount | None,
     schemas: Mapping[str, str],
-) -> CheckResult:
+) -> DataCheckResult:
     schema, name = check.relation(schemas)
     label = f"{schema}.{name}"
     columns = wh.columns(schema, name)
@@ -221,9 +208,9 @@ def _evaluate(
         return target.result(False, None, "the check to run", f"the check failed to run: {exc}")
 
 
-def _freshness(wh: Warehouse, t: _Target, _: SourceCount | None) -> CheckResult:
-    spec: Freshness = t.check.freshness
-    limit = _age(spec.max_age.total_seconds())
+def _freshness(wh: Warehouse, t: _Target, _: SourceCount | None) -> DataCheckResult:
+    spec = _spec(t.check.freshness)
+    limit = describe_age(spec.max_age.total_seconds())
     expected = f"<= {limit} old"
     column = _column(t.columns, spec.column)
     if column is None:
@@ -235,12 +222,14 @@ def _freshness(wh: Warehouse, t: _Target, _: SourceCount | None) -> CheckResult:
         return t.result(False, None, expected, f"{t.label} has no rows with {spec.column}")
     age = (t.now - _naive_utc(value)).total_seconds()
     passed = age <= spec.max_age.total_seconds()
-    message = f"newest {spec.column} is {_age(age)} old" + ("" if passed else f" (max {limit})")
+    message = f"newest {spec.column} is {describe_age(age)} old" + (
+        "" if passed else f" (max {limit})"
+    )
     return t.result(passed, round(age, 1), expected, message)
 
 
-def _volume(wh: Warehouse, t: _Target, _: SourceCount | None) -> CheckResult:
-    spec: Volume = t.check.volume
+def _volume(wh: Warehouse, t: _Target, _: SourceCount | None) -> DataCheckResult:
+    spec = _spec(t.check.volume)
     rows = _count(wh, t)
     wanted, problems = [], []
     if spec.min_rows is not None:
@@ -266,8 +255,8 @@ def _volume(wh: Warehouse, t: _Target, _: SourceCount | None) -> CheckResult:
     return t.result(not problems, rows, ", ".join(wanted), message)
 
 
-def _schema(wh: Warehouse, t: _Target, _: SourceCount | None) -> CheckResult:
-    spec: SchemaExpectation = t.check.schema_
+def _schema(wh: Warehouse, t: _Target, _: SourceCount | None) -> DataCheckResult:
+    spec = _spec(t.check.schema_)
     actual = {name.lower(): (name, kind) for name, kind in t.columns.items()}
     missing, wrong = [], []
     for name, kind in spec.columns.items():
@@ -291,8 +280,8 @@ def _schema(wh: Warehouse, t: _Target, _: SourceCount | None) -> CheckResult:
     return t.result(not problems, "; ".join(problems) or "as expected", expected, message)
 
 
-def _values(wh: Warehouse, t: _Target, _: SourceCount | None) -> CheckResult:
-    spec: Values = t.check.values
+def _values(wh: Warehouse, t: _Target, _: SourceCount | None) -> DataCheckResult:
+    spec = _spec(t.check.values)
     found = _column(t.columns, spec.column)
     if found is None:
         return t.result(False, None, "the column exists", f"{t.label} has no column {spec.column}")
@@ -331,8 +320,8 @@ def _values(wh: Warehouse, t: _Target, _: SourceCount | None) -> CheckResult:
     return t.result(False, total, expected, "; ".join(problems) + f" (e.g. {shown})")
 
 
-def _reconcile(wh: Warehouse, t: _Target, count: SourceCount | None) -> CheckResult:
-    spec: Reconcile = t.check.reconcile
+def _reconcile(wh: Warehouse, t: _Target, count: SourceCount | None) -> DataCheckResult:
+    spec = _spec(t.check.reconcile)
     source, _, stream = (t.check.stream or "").partition(".")
     source, stream = spec.source or source, spec.stream or stream
     rows = _count(wh, t)
@@ -358,13 +347,24 @@ def _reconcile(wh: Warehouse, t: _Target, count: SourceCount | None) -> CheckRes
     return t.result(passed, rows, expected, message)
 
 
-_EVALUATORS: dict[str, Callable[[Warehouse, _Target, SourceCount | None], CheckResult]] = {
+_EVALUATORS: dict[str, Callable[[Warehouse, _Target, SourceCount | None], DataCheckResult]] = {
     "freshness": _freshness,
     "volume": _volume,
     "schema": _schema,
     "values": _values,
     "reconcile": _reconcile,
 }
+
+
+_Spec = TypeVar("_Spec")
+
+
+def _spec(spec: _Spec | None) -> _Spec:
+    """The settings of a check's own kind: :data:`_EVALUATORS` picks the evaluator by that
+    kind, and a ``Check`` has the settings of its kind (its model validates it)."""
+    if spec is None:
+        raise TypeError("a check reached the evaluator of a kind it does not have")
+    return spec
 
 
 def _column(columns: Mapping[str, str], name: str) -> str | None:
@@ -411,7 +411,7 @@ def _type(name: str) -> str:
         return " ".join(name.upper().split())
 
 
-def _age(seconds: float) -> str:
+def describe_age(seconds: float) -> str:
     seconds = max(seconds, 0.0)
     for unit, size, start in (("d", 86400, 3 * 86400), ("h", 3600, 3600), ("m", 60, 60)):
         if seconds >= start:
@@ -454,7 +454,7 @@ def ensure_checks_table(wh: Warehouse) -> None:
 
 
 def record_results(
-    wh: Warehouse, results: Sequence[CheckResult], run_id: str, now: datetime
+    wh: Warehouse, results: Sequence[DataCheckResult], run_id: str, now: datetime
 ) -> None:
     """Write results to ``_mds_checks`` (replacing this run's rows of the same checks).
 
@@ -473,75 +473,13 @@ def record_results(
                 f"AND {ident('name')} = ?",
                 [run_id, r.region, r.name],
             )
-            numeric = isinstance(r.observed, int | float) and not isinstance(r.observed, bool)
+            number = r.observed if not isinstance(r.observed, bool | str) else None
             observed = None if r.observed is None else str(r.observed)
             wh.execute(
                 f"INSERT INTO {ref} ({names}) VALUES ({marks})",
                 [
                     *(run_id, r.region, r.name, r.table, r.kind, r.severity),
-                    *(r.passed, r.skipped, observed, float(r.observed) if numeric else None),
+                    *(r.passed, r.skipped, observed, None if number is None else float(number)),
                     *(r.expected, r.message, now),
                 ],
             )
-
-
-# -- dbt source freshness --------------------------------------------------------------------
-
-
-def freshness_from_sources_json(
-    sources: Mapping[str, Any] | str | Path, region: str = ""
-) -> list[CheckResult]:
-    """Check results from dbt's ``source freshness`` artifact (``target/sources.json``).
-
-    ``pass`` passes; ``warn`` fails at severity warn; ``error`` and ``runtime error`` fail at
-    severity error (a ``pass`` keeps the severity its ``error_after`` implies).
-    """
-    data = sources if isinstance(sources, Mapping) else json.loads(Path(sources).read_text())
-    results = []
-    for item in data.get("results", []):
-        criteria = item.get("criteria") or {}
-        limits = {k: criteria.get(k) or {} for k in ("warn_after", "error_after")}
-        expected = ", ".join(
-            f"{k.replace('_', ' ')} {v['count']} {v['period']}s"
-            for k, v in limits.items()
-            if v.get("count")
-        )
-        age = item.get("max_loaded_at_time_ago_in_s")
-        message = f"newest row {_age(age)} old" if age is not None else str(item.get("error") or "")
-        results.append(
-            _source_result(item["unique_id"], item["status"], age, expected, message, region)
-        )
-    return results
-
-
-def freshness_from_nodes(
-    nodes: Iterable[NodeResult | Mapping[str, Any]], region: str = ""
-) -> list[CheckResult]:
-    """Check results from the source nodes of a ``dbt source freshness`` :class:`DbtRun`
-    (or the node dicts of a run summary); other nodes are ignored."""
-    results = []
-    for node in nodes:
-        item = node if isinstance(node, NodeResult) else NodeResult(**node)
-        if item.resource_type != "source":
-            continue
-        message = item.message or f"source freshness {item.status}"
-        results.append(_source_result(item.unique_id, item.status, None, "", message, region))
-    return results
-
-
-def _source_result(
-    unique_id: str, status: str, age: float | None, expected: str, message: str, region: str
-) -> CheckResult:
-    source, _, name = unique_id.split(".", 2)[-1].partition(".")
-    relation = f"{source}.{name}"
-    return CheckResult(
-        name=f"freshness:source:{relation}",
-        table=relation,
-        kind="freshness",
-        severity="warn" if status == "warn" else "error",
-        passed=status in ("pass", "success"),
-        observed=None if age is None else round(float(age), 1),
-        expected=expected or "dbt source freshness criteria",
-        message=message,
-        region=region,
-    )

@@ -214,20 +214,7 @@ def run_dbt(
         _environ(env or {}),
     ):
         _write_profile(Path(profiles_dir), output)
-        full_args = [
-            *args,
-            "--profiles-dir",
-            profiles_dir,
-            "--project-dir",
-            str(project),
-            "--vars",
-            json.dumps(dict(vars or {}), default=str),
-            "--no-send-anonymous-usage-stats",
-        ]
-        if target_path is not None:
-            full_args += ["--target-path", str(target_path)]
-        if log_path is not None:
-            full_args += ["--log-path", str(log_path)]
+        full_args = [*args, *_dbt_options(profiles_dir, project, vars, target_path, log_path)]
         started = time.monotonic()
         try:
             res = _invoke(full_args)
@@ -240,6 +227,30 @@ def run_dbt(
     run = DbtRun(args=tuple(args), success=bool(res.success), nodes=_node_results(res.result))
     _log_summary(command, run, time.monotonic() - started)
     return run
+
+
+def _dbt_options(
+    profiles_dir: str,
+    project: Path,
+    vars: Mapping[str, Any] | None,
+    target_path: Path | None,
+    log_path: Path | None,
+) -> list[str]:
+    """The options :func:`run_dbt` adds to every command."""
+    options = [
+        "--profiles-dir",
+        profiles_dir,
+        "--project-dir",
+        str(project),
+        "--vars",
+        json.dumps(dict(vars or {}), default=str),
+        "--no-send-anonymous-usage-stats",
+    ]
+    if target_path is not None:
+        options += ["--target-path", str(target_path)]
+    if log_path is not None:
+        options += ["--log-path", str(log_path)]
+    return options
 
 
 def _raise_for(command: str, exc: BaseException) -> None:

@@ -16,7 +16,10 @@ written from ARCHITECTURE.md ("Sync modes and deletes"), never from the SQL:
 * ``full_refresh_append``: every run adds a copy of what it read, tagged with its run id.
 * ``deletes: none`` (and overwrite) ignores tombstones.
 
-:data:`ADAPTERS` says how to get each warehouse; adding one is one entry.
+:data:`ADAPTERS` says how to get each warehouse; adding one is one entry. The
+suite runs on DuckDB (DuckLake) and on Snowflake through fakesnow's server in
+this process (``tests/snowflake_fixtures.py``); on real Snowflake too when
+``MDSTACK_SNOWFLAKE_*`` configure it (adapter ``snowflake-real``).
 
 Every sync commits to a real warehouse (about 0.1-0.3 s a commit), so the
 property tests run few examples by default; ``MDSTACK_EXAMPLES_SCALE=10``
@@ -50,6 +53,7 @@ from stack.load.ledger import RunEntry
 from stack.sql import ident, table
 from stack.warehouse.base import Warehouse
 from stack.warehouse.duckdb import DuckDBWarehouse
+from tests.snowflake_fixtures import open_for_contract, real_snowflake, real_unavailable
 
 PIPELINE, SOURCE, STREAM, SCHEMA = "p", "src", "items", "raw"
 POLICIES = {"every checkpoint": EVERY_CHECKPOINT, "coalesced": CommitPolicy()}
@@ -80,8 +84,14 @@ ADAPTERS: dict[str, Adapter] = {
     for adapter in (
         # One thread: the suite's tables are tiny; starting threads costs more than it saves.
         Adapter("duckdb", lambda path: DuckDBWarehouse(path, threads=1), shared_location=True),
+        # fakesnow's server lives in the test process: no other process can reach it.
+        Adapter("snowflake", open_for_contract, shared_location=False),
     )
 }
+if not real_unavailable():
+    ADAPTERS["snowflake-real"] = Adapter(
+        "snowflake-real", lambda path: real_snowflake(), shared_location=False
+    )
 
 
 def sync(

@@ -15,11 +15,22 @@ import pytest
 
 from stack.warehouse.base import Warehouse
 from tests.contract import ADAPTERS, Adapter
+from tests.snowflake_fixtures import stop_fakesnow_server
 
 
 @pytest.fixture(params=sorted(ADAPTERS))
 def adapter(request: pytest.FixtureRequest) -> Adapter:
     return ADAPTERS[request.param]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fakesnow_server() -> Iterator[None]:
+    """fakesnow's server, started by a module's first Snowflake test: stopped after the module.
+
+    Its databases (one per test) go with it, and it never outlives the session's log capture.
+    """
+    yield
+    stop_fakesnow_server()
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """The connector contract suite: what every registered source promises the engine.
 
 Runs once per entry of :data:`connectors.REGISTRY`. A connector proves itself through a
-*case* from :data:`CASES`: a context manager that gets a tmp folder and yields a ready-to-read
+*case* from :data:`CASES`: a context manager that gets a tmp folder and the test's fixture
+request (for servers such as the session's PostgreSQL) and yields a ready-to-read
 config (creating whatever the source reads: files, a PostgreSQL schema...), a config that must
 be refused and the key its error must name, and the cursors ``stack.yml`` would set. A
 registered connector without a case fails the suite: add one here.
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -54,6 +56,7 @@ from connectors.base import (
 )
 from connectors.errors import ConnectorError
 from stack.load.schema import supertype
+from tests.servers.pg_server import connect_kwargs
 
 
 @dataclass(frozen=True)
@@ -74,20 +77,16 @@ class Case:
 
 
 @contextmanager
-def demo_case(tmp_path: Path) -> Iterator[Case]:
+def demo_case(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Case]:
     config = {"region": "eu", "history_days": 3, "orders_per_day": 20, "batch_size": 40}
     yield Case(config, config | {"orders_per_day": 0}, "orders_per_day")
 
 
 @contextmanager
-def postgres_case(tmp_path: Path) -> Iterator[Case]:
-    """Two tables in a fresh schema of the machine's server (trust auth on 127.0.0.1:5432)."""
-    psycopg = pytest.importorskip("psycopg")
-    server = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "test"}
-    try:
-        conn = psycopg.connect(**server, connect_timeout=3, autocommit=True)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"no PostgreSQL on 127.0.0.1:5432 for the contract suite: {exc}")
+def postgres_case(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Case]:
+    """Two tables in a fresh schema of this module's database (``tests/servers/pg_server.py``)."""
+    server = request.getfixturevalue("pg_database")
+    conn = psycopg.connect(**connect_kwargs(server), autocommit=True)
     schema = f"mds_contract_{uuid.uuid4().hex[:10]}"
     try:
         conn.execute(f'CREATE SCHEMA "{schema}"')
@@ -100,8 +99,7 @@ def postgres_case(tmp_path: Path) -> Iterator[Case]:
         )
         conn.execute(f'CREATE TABLE "{schema}".notes (body text)')  # no key: full refresh only
         conn.execute(f"INSERT INTO \"{schema}\".notes VALUES ('a'), ('b')")
-        config = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "test"}
-        config |= {"schemas": [schema], "batch_size": 7}
+        config = server | {"schemas": [schema], "batch_size": 7}
         yield Case(config, config | {"port": "5432x"}, "port", {"items": "updated_at"})
     finally:
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
@@ -109,7 +107,7 @@ def postgres_case(tmp_path: Path) -> Iterator[Case]:
 
 
 @contextmanager
-def files_case(tmp_path: Path) -> Iterator[Case]:
+def files_case(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Case]:
     """A CSV stream of two files, a JSON lines file and a Parquet file."""
     (tmp_path / "orders").mkdir()
     (tmp_path / "orders" / "1.csv").write_text("id,amount\n1,10\n2,20\n3,30\n")
@@ -126,10 +124,10 @@ def files_case(tmp_path: Path) -> Iterator[Case]:
 
 
 @contextmanager
-def rest_case(tmp_path: Path) -> Iterator[Case]:
-    """A paginated JSON API on a local server (tests/rest_server.py): a keyed stream and an
+def rest_case(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Case]:
+    """A paginated JSON API on a local server (tests/servers/rest_server.py): a keyed stream and an
     incremental one whose cursor goes out as a request parameter."""
-    from tests.rest_server import serving
+    from tests.servers.rest_server import serving
 
     with serving() as server:
         api = server.mount(pagination="page_number", campaigns=30, spend_days=6, events=0)
@@ -154,9 +152,10 @@ def rest_case(tmp_path: Path) -> Iterator[Case]:
 
 
 @contextmanager
-def airbyte_server_case(tmp_path: Path) -> Iterator[Case]:
-    """A connection of a local Airbyte API (tests/airbyte_api_server.py) whose jobs succeed."""
-    from tests.airbyte_api_server import AirbyteApi, connection, serving
+def airbyte_server_case(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Case]:
+    """A connection of a local Airbyte API (tests/servers/airbyte_api_server.py) whose jobs
+    succeed."""
+    from tests.servers.airbyte_api_server import AirbyteApi, connection, serving
 
     streams = [{"name": "orders", "syncMode": "incremental_append", "cursorField": ["at"]}]
     api = AirbyteApi(bearer={"t0ken"}, connections={"c1": connection("c1", streams)})
@@ -166,7 +165,7 @@ def airbyte_server_case(tmp_path: Path) -> Iterator[Case]:
 
 
 @contextmanager
-def airbyte_case(tmp_path: Path) -> Iterator[Case]:
+def airbyte_case(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Case]:
     """The protocol-speaking fake in tests/airbyte_fake_source.py, run as a process."""
     import sys
 
@@ -175,7 +174,7 @@ def airbyte_case(tmp_path: Path) -> Iterator[Case]:
     yield Case(config, config | {"config": {"count": "thirty"}}, "config.count")
 
 
-CASES: dict[str, Callable[[Path], AbstractContextManager[Case]]] = {
+CASES: dict[str, Callable[[Path, pytest.FixtureRequest], AbstractContextManager[Case]]] = {
     "demo": demo_case,
     "postgres": postgres_case,
     "files": files_case,
@@ -191,7 +190,7 @@ def connector(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def case(connector: str, tmp_path: Path) -> Iterator[Case]:
+def case(connector: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Case]:
     factory = CASES.get(connector)
     if factory is None:
         pytest.fail(
@@ -199,7 +198,7 @@ def case(connector: str, tmp_path: Path) -> Iterator[Case]:
             "CASES in tests/contract/test_source.py (a config that works, one that does not)",
             pytrace=False,
         )
-    with factory(tmp_path) as prepared:
+    with factory(tmp_path, request) as prepared:
         yield prepared
 
 

@@ -1,13 +1,18 @@
-"""A throwaway PostgreSQL cluster for tests that need server settings (``wal_level=logical``).
+"""Throwaway PostgreSQL clusters: every test that needs PostgreSQL gets one of these.
 
 :class:`PgCluster` runs ``initdb`` and ``pg_ctl`` from the machine's PostgreSQL
 (``/usr/lib/postgresql/*/bin`` or ``$PATH``) in a fresh temporary folder, on a free
 loopback port, with trust authentication and unix sockets off. ``initdb`` refuses to
 run as root, so under root the cluster runs as the ``postgres`` system user.
 
-The pytest fixtures at the bottom start one cluster per test session and stop it at
-the end; they skip, naming the reason, when the binaries (or a user to run them) are
-missing. Never imported by product code.
+The pytest fixtures at the bottom (registered for the whole suite by
+``tests/conftest.py``) start one cluster per test process, with ``wal_level=logical``
+so CDC tests can use it too, the first time a test asks for it, and stop it at the
+end of the session; :func:`pg_database` gives each test module a database of its own
+in it. :func:`pg_replica` is a second cluster, without logical decoding, started only
+for the tests of what a server without it says. The fixtures skip, naming the reason,
+when the binaries (or a user to run them) are missing: nothing depends on a server
+already running on the machine. Never imported by product code.
 """
 
 from __future__ import annotations
@@ -21,9 +26,12 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 
 LOGICAL = {
@@ -34,7 +42,9 @@ LOGICAL = {
     "full_page_writes": "off",
     "shared_buffers": "32MB",
 }
-"""Server settings for CDC tests: logical decoding on, durability off (a throwaway)."""
+"""Server settings of the session's cluster: logical decoding on, durability off (a throwaway)."""
+REPLICA = LOGICAL | {"wal_level": "replica"}
+"""The same with the default ``wal_level``: logical decoding off."""
 
 
 def find_bin_dir() -> Path | None:
@@ -89,7 +99,18 @@ class PgCluster:
         if self._run_as:
             owner = pwd.getpwnam(self._run_as)
             os.chown(self.root, owner.pw_uid, owner.pw_gid)
-        self._run("initdb", "-D", str(self.data), "-U", self.user, "-A", "trust", "-E", "UTF8")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            self.user,
+            "-A",
+            "trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
         if self.hba:
             hba = self.data / "pg_hba.conf"
             hba.write_text("\n".join(self.hba) + "\n" + hba.read_text())
@@ -149,7 +170,32 @@ PASSWORD_USER = "mds_pw"
 """The one role the clusters authenticate by password (scram); every other role is trusted."""
 
 
+def connect_kwargs(dsn: dict[str, Any]) -> dict[str, Any]:
+    """psycopg's keyword arguments for connect parameters in the connectors' shape."""
+    return {("dbname" if k == "database" else k): v for k, v in dsn.items()}
+
+
 @pytest.fixture(scope="session")
 def pg_logical() -> Iterator[PgCluster]:
-    """A throwaway cluster with ``wal_level=logical`` for the whole test session."""
+    """The session's cluster, with ``wal_level=logical``: every PostgreSQL test uses it."""
     yield from _cluster(LOGICAL, (f"host all {PASSWORD_USER} 127.0.0.1/32 scram-sha-256",))
+
+
+@pytest.fixture(scope="module")
+def pg_database(pg_logical: PgCluster, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """A fresh database of the session's cluster for one test module: its connect parameters.
+
+    Never dropped: the cluster is thrown away at the end of the session anyway, and a
+    Vault database engine or a replication slot may still hold on to it.
+    """
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    name = f"mds_{module}_{uuid.uuid4().hex[:8]}"[-63:]
+    with psycopg.connect(**connect_kwargs(pg_logical.dsn), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return pg_logical.dsn | {"database": name}
+
+
+@pytest.fixture(scope="session")
+def pg_replica() -> Iterator[PgCluster]:
+    """A second cluster, with ``wal_level=replica``: for what a server without CDC says."""
+    yield from _cluster(REPLICA)

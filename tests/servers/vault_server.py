@@ -5,7 +5,7 @@ random root token and its own HOME (the dev server writes ``~/.vault-token``),
 waits for ``/v1/sys/health`` by polling, and stops it by its pid at the end.
 The ``vault`` fixture is one such server for the whole test session; tests
 that break a server (sealing it) take ``throwaway_vault``, their own. Use
-them with ``pytest_plugins = ["tests.vault_server"]``.
+them with ``pytest_plugins = ["tests.servers.vault_server"]``.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ import pytest
 from connectors.base import Batch
 from stack.errors import SchemaError, SyncConflict
 from stack.load import CommitPolicy
+from tests.contract.test_sync import run, state, table
 from tests.scripted import ScriptedSource, checkpoint, rows
-from tests.test_sync import run, state, table
 
 
 def batch(**columns) -> Batch:

@@ -25,7 +25,7 @@ probability, decided by a hash of the request and the attempt number (so a run i
 reproducible): 429 with ``Retry-After: 0`` or an HTTP date, 500, 503, a dropped connection
 (no response), a reset mid-body, or a response delayed by ``slow_seconds``.
 
-``python -m tests.rest_server bench`` measures the REST source against raw fetch + parse.
+``python -m tests.servers.rest_server bench`` measures the REST source against raw fetch + parse.
 """
 
 from __future__ import annotations
@@ -560,7 +560,7 @@ def _bench(records: int, page_size: int, rounds: int) -> None:
     from connectors.rest import RestSource
 
     server = subprocess.Popen(
-        [sys.executable, "-m", "tests.rest_server", "serve", str(records), str(page_size)],
+        [sys.executable, "-m", "tests.servers.rest_server", "serve", str(records), str(page_size)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -629,7 +629,7 @@ def _bench(records: int, page_size: int, rounds: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.rest_server")
+    parser = argparse.ArgumentParser(prog="python -m tests.servers.rest_server")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the bench API; print its URL")
     bench = sub.add_parser("bench", help="RestSource.read vs raw fetch + parse")

@@ -1,0 +1,197 @@
+"""Commands that run the pipeline: ``sync`` (the engine alone), ``run`` and ``backfill``
+(Prefect flows), ``deploy`` and ``sensor`` (Prefect deployments and their events).
+
+``flows/`` is imported inside the commands that need it, so the rest of the command
+line starts without Prefect.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from stack.cli._common import (
+    ConfigOpt,
+    RegionOpt,
+    SourceOpt,
+    StreamOpt,
+    TargetOpt,
+    console,
+    errors,
+    out,
+    prefect_defaults,
+)
+from stack.cli.render import print_summary, progress, status
+from stack.config import config_path, load_config
+from stack.run import pipeline
+from stack.run.backfill import BackfillOutcome, BackfillSelection, check_partitioning
+from stack.run.summary import RunSummary
+
+
+def sync(
+    config: ConfigOpt = None,
+    target: TargetOpt = None,
+    region: RegionOpt = None,
+    source: SourceOpt = None,
+    stream: StreamOpt = None,
+) -> None:
+    """Sync sources into the warehouse with the engine alone (no Prefect, no dbt).
+
+    Each stream resumes from its last committed state; progress shows rows and
+    rows/s per stream, and a summary table follows.
+    """
+    with errors():
+        path = config_path(config)
+        cfg = load_config(path)
+        failed = False
+        for name in region or cfg.region_names():
+            selection = pipeline.select(cfg, name, source or (), stream or ())
+            with progress() as shown:
+                summary = pipeline.run_pipeline(
+                    path, target, selection, progress=shown, transform=False
+                )
+            failed |= not _reported(summary, "sync")
+        if failed:
+            raise typer.Exit(1)
+
+
+def run(
+    config: ConfigOpt = None,
+    target: TargetOpt = None,
+    region: RegionOpt = None,
+    source: SourceOpt = None,
+    stream: StreamOpt = None,
+) -> None:
+    """Run the pipeline as a Prefect flow: sync every stream, then dbt, then a summary.
+
+    With no PREFECT_API_URL the flow runs in Prefect's ephemeral mode (no server
+    needed). One flow run per region.
+    """
+    with errors():
+        path = config_path(config)
+        cfg = load_config(path)
+        regions = region or cfg.region_names()
+        for name in regions:
+            pipeline.select(cfg, name, source or (), stream or ())
+        prefect_defaults()
+        from flows.pipeline import pipeline as flow
+
+        failed = False
+        for name in regions:
+            state = flow(
+                region=name,
+                sources=source,
+                streams=stream,
+                target=target,
+                config_path=str(path),
+                return_state=True,
+            )
+            summary = state.result(raise_on_failure=False)
+            if isinstance(summary, BaseException):
+                raise summary
+            if not isinstance(summary, RunSummary):
+                raise TypeError(f"the flow returned {type(summary).__name__}, not a summary")
+            failed |= not _reported(summary, "run")
+        if failed:
+            raise typer.Exit(1)
+
+
+def _reported(summary: RunSummary, verb: str) -> bool:
+    """Print the summary (and what failed); True when the run succeeded."""
+    print_summary(summary)
+    if not summary.ok:
+        console.print(f"[bold red]{verb} failed:[/] {summary.failure()}", soft_wrap=True)
+    return summary.ok
+
+
+def deploy(
+    config: ConfigOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only show what would change on the server.")
+    ] = False,
+) -> None:
+    """Create or update the Prefect deployments stack.yml declares, on PREFECT_API_URL.
+
+    One per region (and per source where `deployments:` says so), with cron schedules
+    in the region's time zone, at most one active run per deployment (later ones wait),
+    and event triggers; stale ones are deleted and prefect.yaml is rewritten to match.
+    """
+    with errors():
+        prefect_defaults()
+        from flows.deploy import deploy as apply_deployments
+
+        changes = apply_deployments(config_path(config), dry_run=dry_run)
+    for change in changes:
+        out.print(change.describe(), highlight=False, soft_wrap=True)
+    if dry_run:
+        console.print("dry run: nothing was changed")
+
+
+def backfill(
+    start: Annotated[str, typer.Option("--start", help="First day, YYYY-MM-DD.")],
+    end: Annotated[str, typer.Option("--end", help="Last day, included, YYYY-MM-DD.")],
+    config: ConfigOpt = None,
+    target: TargetOpt = None,
+    region: RegionOpt = None,
+    source: SourceOpt = None,
+    stream: StreamOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Run partitions already done again.")
+    ] = False,
+) -> None:
+    """Reload history one partition (a day, or `backfill.grain`) at a time.
+
+    Each partition overwrites exactly its rows; partitions already done are skipped,
+    so running the same backfill again resumes it.
+    """
+    with errors():
+        path = config_path(config)
+        selection = BackfillSelection(
+            path, start, end, tuple(region or ()), tuple(source or ()), tuple(stream or ()), target
+        )
+        # Refused before Prefect starts: an ill-defined backfill must not touch anything.
+        check_partitioning(selection)
+        prefect_defaults()
+        from flows.backfill import backfill as flow
+
+        state = flow(
+            start,
+            end,
+            regions=region,
+            sources=source,
+            streams=stream,
+            target=target,
+            config_path=str(path),
+            force=force,
+            return_state=True,
+        )
+        outcome = state.result(raise_on_failure=False)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        if not isinstance(outcome, BackfillOutcome):
+            raise TypeError(f"the flow returned {type(outcome).__name__}, not its partitions")
+    for kind, labels in (
+        ("skipped", outcome.skipped),
+        ("succeeded", outcome.succeeded),
+        ("failed", outcome.failed),
+    ):
+        for label in labels:
+            out.print(f"{status(kind)} {label}")
+    if outcome.failed:
+        raise typer.Exit(1)
+
+
+def sensor(
+    config: ConfigOpt = None,
+    interval: Annotated[float, typer.Option(help="Seconds between two polls.")] = 10.0,
+) -> None:
+    """Watch the `on_file` folders of the deployments; emit an event per landed file."""
+    with errors():
+        prefect_defaults()
+        from flows.sensors import watch
+
+        try:
+            watch(config_path(config), interval)
+        except KeyboardInterrupt:
+            console.print("sensor stopped")

@@ -1,0 +1,207 @@
+"""Commands on the warehouse: what it holds (``status``, ``lineage``, ``check``), queries
+and dbt against it (``sql``, ``dbt``, ``docs``), and its environments (``clone``,
+``publish``, ``drop-env``)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import webbrowser
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.table import Table
+
+from stack.cli._common import (
+    ConfigOpt,
+    EnvArg,
+    RegionOpt,
+    TargetOpt,
+    console,
+    errors,
+    out,
+    warehouse,
+)
+from stack.cli.render import age, dbt_results_table, num, short, status, when
+from stack.config import config_path, load_config
+from stack.lineage import write_lineage_page
+from stack.load import ledger, utcnow
+from stack.run import pipeline
+from stack.run.status import stream_status
+
+
+def status_command(config: ConfigOpt = None, target: TargetOpt = None) -> None:
+    """Per stream and region: last run, mode, rows, state and freshness."""
+    with errors():
+        rows = stream_status(config_path(config), target)
+    if not rows:
+        console.print("No runs yet: try `mdstack run`.")
+        return
+    table = Table(title="mdstack status")
+    for column in ("stream", "region", "mode", "last run", "status", "rows", "state", "freshness"):
+        table.add_column(column)
+    now = utcnow()
+    for r in rows:
+        table.add_row(
+            f"{r.source}.{r.stream}",
+            r.region,
+            r.mode,
+            when(r.finished_at or r.started_at),
+            status(r.status),
+            num(r.rows),
+            short(r.state),
+            age(now, r.last_loaded_at),
+        )
+    out.print(table)
+    with warehouse(config, target) as (cfg, unopened), unopened as wh:
+        nodes = ledger.last_dbt_results(wh, cfg.name).to_pylist()
+    if nodes:
+        out.print(dbt_results_table(nodes))
+
+
+def sql_command(
+    query: Annotated[str, typer.Argument(help="SQL to run on the active target.")],
+    config: ConfigOpt = None,
+    target: TargetOpt = None,
+    fmt: Annotated[
+        Literal["table", "csv", "json"], typer.Option("--format", "-f", help="Output format.")
+    ] = "table",
+) -> None:
+    """Run a query on the active target and print the result."""
+    with warehouse(config, target) as (_, unopened), unopened as wh:
+        result = wh.query(query)
+    records = result.to_pylist()
+    if fmt == "json":
+        out.print_json(json.dumps(records, default=str))
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(result.schema.names)
+        writer.writerows([r.values() for r in records])
+    else:
+        table = Table(*result.schema.names)
+        for r in records:
+            table.add_row(*("" if v is None else str(v) for v in r.values()))
+        out.print(table)
+
+
+def dbt(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    target: TargetOpt = None,
+    region: Annotated[
+        str | None, typer.Option("--region", "-r", help="Region whose vars dbt gets.")
+    ] = None,
+) -> None:
+    """Plain dbt against the active target: `mdstack dbt build -s stg_orders+`.
+
+    The profile is generated from stack.yml (nothing to edit when switching target);
+    credentials reach dbt only as DBT_ENV_SECRET_* variables, which dbt scrubs.
+    """
+    with errors():
+        run = pipeline.dbt_passthrough(config_path(config), target, list(ctx.args), region)
+    if not run.success:
+        raise typer.Exit(1)
+
+
+def docs(
+    config: ConfigOpt = None,
+    target: TargetOpt = None,
+    port: Annotated[int, typer.Option(help="Port to serve the docs on.")] = 8080,
+    serve: Annotated[bool, typer.Option(help="Serve after generating.")] = True,
+) -> None:
+    """Generate the dbt docs (models, tests, the lineage graph) and serve them."""
+    with errors():
+        path = config_path(config)
+        run = pipeline.dbt_passthrough(path, target, ["docs", "generate"])
+        if not run.success:
+            raise typer.Exit(1)
+        if serve:
+            pipeline.dbt_passthrough(
+                path, target, ["docs", "serve", "--port", str(port), "--no-browser"]
+            )
+
+
+def lineage_command(
+    config: ConfigOpt = None,
+    target: TargetOpt = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="File to write (.html, or .svg for the drawing alone); "
+            "default: lineage.page, else lineage.html.",
+        ),
+    ] = None,
+    open_page: Annotated[bool, typer.Option("--open", help="Open it in a browser.")] = False,
+) -> None:
+    """Draw the lineage: sources -> streams -> raw tables -> dbt models -> dashboards,
+    coloured by the last run's status and freshness."""
+    with errors():
+        path = config_path(config)
+        cfg = load_config(path)
+        page = output or cfg.resolve_path(cfg.lineage.page if cfg.lineage else Path("lineage.html"))
+        written = write_lineage_page(
+            page, cfg, None, stream_status(path, target), cfg.bi, target=target
+        )
+    out.print(f"lineage page: [bold]{written}[/]")
+    if open_page:
+        webbrowser.open(written.resolve().as_uri())
+
+
+def check(config: ConfigOpt = None, target: TargetOpt = None, region: RegionOpt = None) -> None:
+    """Run stack.yml's data checks on the warehouse; exit 1 if one at severity error fails."""
+    with errors():
+        path = config_path(config)
+        cfg = load_config(path)
+        run_id = pipeline.new_run_id()
+        results = [
+            r
+            for name in (region or cfg.region_names())
+            for r in pipeline.check_tables(path, target, cfg.check_region(name), run_id)
+        ]
+    table = Table(title="mdstack checks")
+    for column in ("check", "region", "severity", "result", "message"):
+        table.add_column(column)
+    for r in results:
+        mark = (
+            "[green]pass[/]"
+            if r.passed
+            else ("[red]FAIL[/]" if r.severity == "error" else "[yellow]warn[/]")
+        )
+        table.add_row(r.name, r.region, r.severity, mark, r.message)
+    out.print(table)
+    if any(r.blocking for r in results):
+        raise typer.Exit(1)
+
+
+def clone(env: EnvArg, config: ConfigOpt = None, target: TargetOpt = None) -> None:
+    """Zero-copy clone of the whole warehouse as environment ENV (replacing it).
+
+    Use it with `--target <target>@ENV` on any command; writes to the clone never
+    show in the original, and the other way round.
+    """
+    with warehouse(config, target) as (cfg, unopened):
+        made = unopened.clone_into(env)
+    # A DuckDB clone is a folder worth showing; a Snowflake clone is a database, no path.
+    folder = getattr(made, "path", None)
+    out.print(
+        f"cloned into environment [bold]{env}[/]{f' ({folder})' if folder else ''}; use "
+        f"--target {(target or cfg.target).partition('@')[0]}@{env}"
+    )
+
+
+def publish(env: EnvArg, config: ConfigOpt = None, target: TargetOpt = None) -> None:
+    """Atomically replace the warehouse's content with environment ENV's."""
+    with warehouse(config, target) as (_, unopened):
+        unopened.publish(env)
+    out.print(f"published environment [bold]{env}[/]")
+
+
+def drop_env(env: EnvArg, config: ConfigOpt = None, target: TargetOpt = None) -> None:
+    """Remove environment ENV (the warehouse it was cloned from is never touched)."""
+    with warehouse(config, target) as (_, unopened):
+        unopened.drop_environment(env)
+    out.print(f"dropped environment [bold]{env}[/]")
