@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from connectors.base import State
 from stack.errors import MdstackError
+from stack.load.names import COLUMNS_SCHEMA, COLUMNS_TABLE
 from stack.load.plan import RunContext, StreamPlan, utcnow
 from stack.redact import redact
 from stack.sql import ident, table
@@ -141,7 +142,7 @@ QUARANTINE_COLUMNS = pa.schema([("reason", pa.string()), ("record", pa.string())
 
 
 def ensure_tables(wh: Warehouse) -> None:
-    """Create the state, run and quarantine tables, or add columns a newer version needs.
+    """Create the state, run, quarantine and column-name tables, or add newer columns.
 
     Where DDL is transactional, all of it is one commit: on DuckLake every commit costs
     tens of milliseconds, and this runs before every stream's sync.
@@ -151,6 +152,7 @@ def ensure_tables(wh: Warehouse) -> None:
         (RUNS_TABLE, _RUNS_SCHEMA),
         (QUARANTINE_TABLE, _QUARANTINE_SCHEMA),
         (DBT_RESULTS_TABLE, _DBT_RESULTS_SCHEMA),
+        (COLUMNS_TABLE, COLUMNS_SCHEMA),
     )
     changes: list[Callable[[], None]] = []
     for name, schema in tables:

@@ -31,6 +31,7 @@ from stack import sql
 from stack.errors import SchemaError
 from stack.load import ledger
 from stack.load.external import sync_external
+from stack.load.names import column_plan, load_names
 from stack.load.plan import CommitPolicy, RunContext, StreamPlan, utcnow
 from stack.load.schema import StreamSchema
 from stack.load.staged import Load, LoadContext, Replacement, StagedLoad, detect_deletes
@@ -113,17 +114,29 @@ def _sync_locked(
     )
     try:
         ledger.begin_run(wh, key, ctx.run_id)
+        read, names = plan.stream, load_names(wh, plan.schema, plan.name)
+        plan = column_plan(plan, names)
+        replace = replace and dataclasses.replace(replace, column=names.column(replace.column))
+        changes.extend(r.describe() for r in names.store(wh, plan.schema, plan.name, ctx.run_id))
         schema = _destination(wh, plan)
         lc = LoadContext(wh, plan, ctx, key, entry, record, replace)
         load = DirectLoad(lc) if _direct(plan, wh.capabilities) else StagedLoad(lc)
-        for message in source.read(plan.stream, ledger.read_state(wh, key)):
+        for message in source.read(read, ledger.read_state(wh, key)):
             if isinstance(message, Batch):
-                _add_batch(wh, plan, schema, load, message.data, changes)
+                data = names.batch(message.data)
+                changes.extend(
+                    r.describe() for r in names.store(wh, plan.schema, plan.name, ctx.run_id)
+                )
+                _add_batch(wh, plan, schema, load, data, changes)
                 entry.rows_read += message.data.num_rows
                 if progress:
                     progress(plan.name, entry.rows_read)
             elif isinstance(message, Deletes):
-                _add_deletes(plan, load, message.keys)
+                fields = message.keys.schema.names
+                keys = message.keys.rename_columns(
+                    [n if n == DELETED_AT else names.column(n) for n in fields]
+                )
+                _add_deletes(plan, load, keys)
             elif isinstance(message, Checkpoint):
                 load.state = message.state
                 if not whole_run and policy.due(load.rows, last_commit):
@@ -136,7 +149,7 @@ def _sync_locked(
                 entry.status, recorded = "succeeded", True
             load.commit()
         if plan.snapshot_deletes:
-            _snapshot_deletes(wh, source, plan, ctx, entry)
+            _snapshot_deletes(wh, source, read, plan, ctx, entry)
         entry.status = "succeeded"
         if not recorded:
             record()
@@ -270,23 +283,30 @@ def _add_deletes(plan: StreamPlan, load: Load, keys: pa.RecordBatch) -> None:
 
 
 def _snapshot_deletes(
-    wh: Warehouse, source: Source, plan: StreamPlan, ctx: RunContext, entry: ledger.RunEntry
+    wh: Warehouse,
+    source: Source,
+    read: ConfiguredStream,
+    plan: StreamPlan,
+    ctx: RunContext,
+    entry: ledger.RunEntry,
 ) -> None:
     """Read the source's full key set and delete what disappeared (no CDC needed).
 
-    The read asks for the key columns alone; a source that reads only the columns of the
-    stream's schema moves just the keys.
+    The read asks for the key fields alone (``read`` names fields as the source does;
+    ``plan`` names columns); a source that reads only the columns of the stream's schema
+    moves just the keys.
     """
-    spec = plan.stream.spec
-    if all(k in spec.schema.names for k in plan.keys):
-        fields = [spec.schema.field(k) for k in plan.keys]
+    spec = read.spec
+    if all(k in spec.schema.names for k in read.primary_key):
+        fields = [spec.schema.field(k) for k in read.primary_key]
         spec = dataclasses.replace(spec, schema=pa.schema(fields))
-    full = ConfiguredStream(spec, "full_refresh_overwrite", plan.stream.cursor, plan.keys)
+    full = ConfiguredStream(spec, "full_refresh_overwrite", read.cursor, read.primary_key)
     keys = Stage(wh, f"_mds_keys_{plan.name}")
     try:
         for message in source.read(full, None):
             if isinstance(message, Batch) and message.data.num_rows:
-                keys.add(message.data.select(list(plan.keys)), 0)
+                batch = message.data.select(list(read.primary_key))
+                keys.add(batch.rename_columns(list(plan.keys)), 0)
         detect_deletes(wh, plan, keys, ctx, entry)
     finally:
         keys.reset()
