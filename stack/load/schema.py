@@ -57,6 +57,8 @@ def supertype(current: pa.DataType, incoming: pa.DataType) -> pa.DataType:
         return current
     if pa.types.is_integer(current) and pa.types.is_integer(incoming):
         return max(current, incoming, key=lambda t: t.bit_width)
+    if exact := _integers_in_decimal(current, incoming):
+        return exact
     if _is_number(current) and _is_number(incoming):
         return pa.float64()
     if pa.types.is_timestamp(current) and pa.types.is_timestamp(incoming):
@@ -64,6 +66,18 @@ def supertype(current: pa.DataType, incoming: pa.DataType) -> pa.DataType:
     if {_kind(current), _kind(incoming)} == {"date", "timestamp"}:
         return current if pa.types.is_timestamp(current) else incoming
     return pa.string()
+
+
+def _integers_in_decimal(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
+    """The decimal holding an integer type and a decimal type without loss (int64 and
+    decimal(38, 0) -> decimal(38, 0)); None beyond 38 digits or for other types."""
+    if pa.types.is_decimal(a) and pa.types.is_integer(b):
+        a, b = b, a
+    if not (pa.types.is_integer(a) and pa.types.is_decimal(b)):
+        return None
+    digits = len(str(2**a.bit_width))  # an integer type's digits
+    precision = max(b.precision, digits + b.scale)
+    return pa.decimal128(precision, b.scale) if precision <= 38 else None
 
 
 def _is_text(t: pa.DataType) -> bool:
