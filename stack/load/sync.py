@@ -134,7 +134,7 @@ def _sync_locked(
             elif isinstance(message, Deletes):
                 fields = message.keys.schema.names
                 keys = message.keys.rename_columns(
-                    [n if n == DELETED_AT else names.column(n) for n in fields]
+                    [n if n == SOURCE_DELETED_AT else names.column(n) for n in fields]
                 )
                 _add_deletes(plan, load, keys)
             elif isinstance(message, Checkpoint):
