@@ -26,6 +26,13 @@ _BIG_LIMIT = 10**38
 _INEXACT = re.compile(rb"\d{20}|-\d{19}")
 """Digits orjson may read as a float: beyond u64 (20 digits) or below int64's minimum."""
 _NON_FINITE = re.compile(rb"NaN|Infinity")
+
+
+def inexact(data: bytes) -> bool:
+    """Whether ``data`` may hold an integer that a float reader (orjson, polars) rounds."""
+    return _INEXACT.search(data) is not None
+
+
 CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError)
 """What Arrow raises when values do not fit a type: a reason to widen, not a bug."""
 
@@ -37,7 +44,7 @@ def loads(data: bytes | str) -> Any:
         ValueError: not JSON (``json.JSONDecodeError``; orjson's error is one too).
     """
     raw = data.encode() if isinstance(data, str) else data
-    if _INEXACT.search(raw) is None:
+    if not inexact(raw):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -70,6 +77,38 @@ def big_integers(values: list[Any]) -> pa.Array | None:
 def as_text(values: list[Any]) -> list[str | None]:
     """Strings as they are, other values as their JSON text (``1``, ``true``, ``{"a":1}``)."""
     return [v if v is None or type(v) is str else json_text(v) for v in values]
+
+
+def json_array(values: list[Any]) -> pa.Array:
+    """One column of JSON values: in the Arrow type they share (integers and floats: float64,
+    integers beyond int64: :func:`big_integers`), else as text (:func:`as_text`)."""
+    kinds = {type(v) for v in values if v is not None}
+    if not kinds & {dict, list} and not (bool in kinds and len(kinds) > 1):
+        try:
+            array = pa.array(values)
+            return array.cast(BIG_INTEGER) if pa.types.is_unsigned_integer(array.type) else array
+        except CONVERSION_ERRORS:
+            exact = big_integers(values)
+            if exact is not None:
+                return exact
+    return pa.array(as_text(values), pa.string())
+
+
+def exact_supertype(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
+    """The type holding a decimal and another number without losing a digit, or None where
+    the decimal is not involved: an integer and a decimal -> the decimal holding both (int64
+    and decimal(38, 0) -> decimal(38, 0)), text beyond 38 digits; a decimal of more than
+    15 digits (more than float64 holds) and a float -> text."""
+    if pa.types.is_decimal(a) and not pa.types.is_decimal(b):
+        a, b = b, a
+    if not pa.types.is_decimal(b) or pa.types.is_decimal(a):
+        return None
+    if pa.types.is_integer(a):
+        precision = max(b.precision, len(str(2**a.bit_width)) + b.scale)
+        return pa.decimal128(precision, b.scale) if precision <= 38 else pa.string()
+    if pa.types.is_floating(a) and b.precision > 15:
+        return pa.string()
+    return None
 
 
 def utc_timestamps(array: pa.Array) -> pa.Array:

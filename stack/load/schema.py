@@ -6,7 +6,8 @@ column by column:
 * a column that fits (the same type, or one that casts without loss: int32
   into int64) is cast;
 * a new column, or a type the destination must widen to hold (int -> bigint
-  -> double, anything -> string), is a **schema change**, handled by the policy:
+  -> double, int64 and decimal(38, 0) -> decimal(38, 0), anything -> string),
+  is a **schema change**, handled by the policy:
   ``evolve`` applies it (add the column, widen the type), ``freeze`` fails before
   anything is written (naming the column and both types), ``discard`` drops the
   offending column from the data and records that it did;
@@ -24,6 +25,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from connectors._json_arrow import exact_supertype
 from stack.config.sources import SchemaPolicy
 from stack.errors import SchemaError
 
@@ -57,7 +59,7 @@ def supertype(current: pa.DataType, incoming: pa.DataType) -> pa.DataType:
         return current
     if pa.types.is_integer(current) and pa.types.is_integer(incoming):
         return max(current, incoming, key=lambda t: t.bit_width)
-    if exact := _integers_in_decimal(current, incoming):
+    if exact := exact_supertype(current, incoming):
         return exact
     if _is_number(current) and _is_number(incoming):
         return pa.float64()
@@ -66,18 +68,6 @@ def supertype(current: pa.DataType, incoming: pa.DataType) -> pa.DataType:
     if {_kind(current), _kind(incoming)} == {"date", "timestamp"}:
         return current if pa.types.is_timestamp(current) else incoming
     return pa.string()
-
-
-def _integers_in_decimal(a: pa.DataType, b: pa.DataType) -> pa.DataType | None:
-    """The decimal holding an integer type and a decimal type without loss (int64 and
-    decimal(38, 0) -> decimal(38, 0)); None beyond 38 digits or for other types."""
-    if pa.types.is_decimal(a) and pa.types.is_integer(b):
-        a, b = b, a
-    if not (pa.types.is_integer(a) and pa.types.is_decimal(b)):
-        return None
-    digits = len(str(2**a.bit_width))  # an integer type's digits
-    precision = max(b.precision, digits + b.scale)
-    return pa.decimal128(precision, b.scale) if precision <= 38 else None
 
 
 def _is_text(t: pa.DataType) -> bool:
