@@ -216,6 +216,28 @@ def test_parquet_decimals_beyond_38_digits_and_uint64_load_exactly(tmp_path: Pat
     assert loaded.column("b").to_pylist() == [b"\x00\xff", None]
 
 
+@pytest.mark.parametrize("kind", ["duckdb", "snowflake"])
+def test_parquet_structs_lists_and_maps_load(kind: str, tmp_path: Path) -> None:
+    data = pa.table(
+        {
+            "id": pa.array([1], pa.int64()),
+            "s": pa.array([{"a": [1, 2], "b": {"c": "x"}}]),
+            "l": pa.array([[1, 2, 3]]),
+            "m": pa.array([[("a", 1)]], pa.map_(pa.string(), pa.int64())),
+        }
+    )
+    config = _stack(tmp_path, _files(tmp_path / "in", {"x.parquet": _parquet_bytes(data)}))
+    with _warehouse(kind, tmp_path) as wh:
+        _sync(wh, config, "r1")
+        _sync(wh, config, "r2")
+        row = _table(wh).to_pylist()[0]
+    if kind == "duckdb":  # native types
+        assert row == {"id": 1, "s": data["s"][0].as_py(), "l": [1, 2, 3], "m": [("a", 1)]}
+    else:  # VARIANT, read back as JSON text
+        assert json.loads(row["s"]) == {"a": [1, 2], "b": {"c": "x"}}
+        assert (json.loads(row["l"]), json.loads(row["m"])) == ([1, 2, 3], [["a", 1]])
+
+
 def _parquet_bytes(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)

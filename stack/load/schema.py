@@ -25,7 +25,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors._json_arrow import exact_supertype
+from connectors._json_arrow import as_text, exact_supertype
 from stack.config.sources import SchemaPolicy
 from stack.errors import SchemaError
 
@@ -164,6 +164,8 @@ class StreamSchema:
 def _cast(array: pa.Array, target: pa.DataType) -> pa.Array:
     if array.type == target:
         return array
+    if _is_text(target) and pa.types.is_nested(array.type):  # Arrow casts no struct to text
+        return pa.array(as_text(array.to_pylist()), pa.string()).cast(target)
     if _is_text(target) and not (_is_text(array.type) or pa.types.is_null(array.type)):
         return pc.cast(array, pa.string(), safe=False).cast(target)
     # Unsafe only where precision, not range, may go: timestamp units, int -> float.
