@@ -27,6 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stack.config import StackConfig
+from stack.errors import SchemaError
 from stack.load import RunContext
 from stack.run.scope import sync_source
 from stack.warehouse.base import Warehouse
@@ -236,6 +237,19 @@ def test_parquet_structs_lists_and_maps_load(kind: str, tmp_path: Path) -> None:
     else:  # VARIANT, read back as JSON text
         assert json.loads(row["s"]) == {"a": [1, 2], "b": {"c": "x"}}
         assert (json.loads(row["l"]), json.loads(row["m"])) == ([1, 2, 3], [["a", 1]])
+
+
+def test_a_type_snowflake_cannot_hold_fails_naming_the_column_and_the_fix(tmp_path: Path) -> None:
+    durations = pa.table({"id": [1], "took": pa.array([5], pa.duration("s"))})
+    config = _stack(tmp_path, _files(tmp_path / "in", {"x.parquet": _parquet_bytes(durations)}))
+    with open_fakesnow() as wh:
+        with pytest.raises(SchemaError, match=r"column 'took': .* duration\[s\]") as failed:
+            _sync(wh, config, "r1")
+        assert "cast the column" in str(failed.value.hint)
+        seconds = pa.table({"id": [1], "took": pa.array([5], pa.int64())})
+        _files(tmp_path / "in", {"x.parquet": _parquet_bytes(seconds)})
+        _sync(wh, config, "r2")  # the fixed file loads: nothing left behind to trip on
+        assert _table(wh).to_pylist() == [{"id": 1, "took": 5}]
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

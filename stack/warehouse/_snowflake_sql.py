@@ -127,8 +127,8 @@ def _merge_parts(merge: exp.Merge) -> tuple[str, ...]:
 
 
 # -- types ------------------------------------------------------------------------------------
-def snowflake_type(arrow: pa.DataType) -> str:
-    """The Snowflake column type for an Arrow type.
+def snowflake_type(arrow: pa.DataType, column: str | None = None) -> str:
+    """The Snowflake column type for an Arrow type (of ``column``, named in errors).
 
     >>> snowflake_type(pa.int32()), snowflake_type(pa.timestamp("us", tz="UTC"))
     ('NUMBER(38,0)', 'TIMESTAMP_TZ')
@@ -138,7 +138,8 @@ def snowflake_type(arrow: pa.DataType) -> str:
     """
     t = pa.types
     if t.is_dictionary(arrow):
-        return snowflake_type(arrow.value_type)
+        return snowflake_type(arrow.value_type, column)
+    where = f"column {column!r}: " if column else ""
     if t.is_boolean(arrow):
         return "BOOLEAN"
     if t.is_integer(arrow):
@@ -148,7 +149,8 @@ def snowflake_type(arrow: pa.DataType) -> str:
     if t.is_decimal(arrow):
         if arrow.precision > 38:
             raise SchemaError(
-                f"decimal precision {arrow.precision} exceeds Snowflake's 38 digits",
+                f"{where}decimal precision {arrow.precision} exceeds Snowflake's 38 digits",
+                key=column,
                 hint="cast the column to float64 or string in the source",
             )
         return f"NUMBER({arrow.precision},{arrow.scale})"
@@ -169,7 +171,8 @@ def snowflake_type(arrow: pa.DataType) -> str:
     if t.is_struct(arrow) or t.is_map(arrow):
         return "VARIANT"
     raise SchemaError(
-        f"no Snowflake type for Arrow type {arrow}",
+        f"{where}no Snowflake type for Arrow type {arrow}",
+        key=column,
         hint="cast the column to a supported type (number, string, timestamp...) in the source",
     )
 
@@ -307,7 +310,7 @@ def _digits(number: str) -> tuple[int, int]:
 # -- statements of the adapter ----------------------------------------------------------------
 def column_defs(columns: pa.Schema) -> str:
     """``"a" NUMBER(38,0), "b" VARCHAR`` for a CREATE TABLE."""
-    return ", ".join(f"{ident(f.name)} {snowflake_type(f.type)}" for f in columns)
+    return ", ".join(f"{ident(f.name)} {snowflake_type(f.type, f.name)}" for f in columns)
 
 
 def create_table_sql(schema: str, name: str, columns: pa.Schema) -> str:
@@ -345,7 +348,7 @@ def copy_sql(target: str, columns: pa.Schema, meta_schema: str, file: str | None
     """
     names = ", ".join(ident(f.name) for f in columns)
     fields = ", ".join(
-        f"$1:{ident(field)}::{snowflake_type(f.type)}"
+        f"$1:{ident(field)}::{snowflake_type(f.type, f.name)}"
         for field, f in zip(parquet_fields(columns), columns, strict=True)
     )
     files = f" FILES=('{file}')" if file else ""
