@@ -106,7 +106,6 @@ def _sync_locked(
         ledger.record(wh, entry)
 
     load: Load | None = None
-    created = False
     # Full refreshes and replacements commit once, at the end: a run that dies leaves no
     # partial copy, and the rows replaced stay until their replacement lands.
     whole_run = replace is not None or plan.mode in (
@@ -115,11 +114,12 @@ def _sync_locked(
     )
     try:
         ledger.begin_run(wh, key, ctx.run_id)
+        _drop_unfinished(wh, plan, key)
         read, names = plan.stream, load_names(wh, plan.schema, plan.name)
         plan = column_plan(plan, names)
         replace = replace and dataclasses.replace(replace, column=names.column(replace.column))
         changes.extend(r.describe() for r in names.store(wh, plan.schema, plan.name, ctx.run_id))
-        schema, created = _destination(wh, plan)
+        schema = _destination(wh, plan)
         lc = LoadContext(wh, plan, ctx, key, entry, record, replace)
         load = DirectLoad(lc) if _direct(plan, wh.capabilities) else StagedLoad(lc)
         for message in source.read(read, ledger.read_state(wh, key)):
@@ -157,8 +157,6 @@ def _sync_locked(
     except Exception as exc:
         if load is not None:
             load.close()  # roll back first: the failure row must not join the open transaction
-        if created:
-            _drop_if_empty(wh, plan)
         entry.status, entry.error = "failed", ledger.describe_error(exc)
         ledger.record_failure(record, entry)
         raise
@@ -180,31 +178,27 @@ def _direct(plan: StreamPlan, capabilities: Capabilities) -> bool:
     return plan.mode in ("full_refresh_append", "incremental_append") and not deletes
 
 
-def _destination(wh: Warehouse, plan: StreamPlan) -> tuple[StreamSchema, bool]:
-    """The destination's schema, and whether this call created the table (from the
-    declared schema)."""
+def _destination(wh: Warehouse, plan: StreamPlan) -> StreamSchema:
+    """The destination's schema (creating the table from the declared schema if new)."""
     declared = plan.stream.spec.schema
     if plan.columns:
         declared = pa.schema([f for f in declared if f.name in plan.columns])
-    created = wh.columns(plan.schema, plan.name) is None
-    if created:
+    if wh.columns(plan.schema, plan.name) is None:
         wh.create_table(plan.schema, plan.name, pa.schema([*declared, *_META_SCHEMA]))
     current = wh.query(f"SELECT * FROM {plan.target} LIMIT 0").schema
     data = pa.schema([f for f in current if f.name not in sql.META_COLUMNS])
     required = [*plan.keys, *((plan.stream.cursor,) if plan.stream.cursor else ())]
-    return StreamSchema(data, plan.schema_policy, plan.columns, required), created
+    return StreamSchema(data, plan.schema_policy, plan.columns, required)
 
 
-def _drop_if_empty(wh: Warehouse, plan: StreamPlan) -> None:
-    """Drop the table a failed run created, unless a commit put rows in it: columns and
-    types a failed first sync added (committed by DDL on Snowflake) would otherwise decide
-    the next run's schema, refused under ``freeze``. Never masks the run's own error."""
-    try:
-        count = wh.query(f"SELECT COUNT(*) AS n FROM {plan.target}").column(0)[0].as_py()
-        if count == 0:
-            wh.execute(f"DROP TABLE IF EXISTS {plan.target}")
-    except Exception as exc:  # the failure being raised matters more than this cleanup
-        log.warning("%s: could not drop the table of a failed first sync: %s", plan.name, exc)
+def _drop_unfinished(wh: Warehouse, plan: StreamPlan, key: ledger.StreamKey) -> None:
+    """Drop an empty table that no run of this stream committed to (a failed first sync
+    left it): its columns and types came from that run's schema and data, and would
+    otherwise decide this run's (refused under ``freeze``); this run creates it afresh."""
+    if wh.columns(plan.schema, plan.name) is None or ledger.read_state(wh, key) is not None:
+        return
+    if wh.query(f"SELECT COUNT(*) AS n FROM {plan.target}").column(0)[0].as_py() == 0:
+        wh.execute(f"DROP TABLE {plan.target}")
 
 
 def _add_batch(
