@@ -21,7 +21,10 @@ many records, ``failure_type``), ``crash_after`` (SIGKILL itself after that many
 the pid of a read), ``logs`` (LOG messages ``[[level, text], ...]`` emitted first), ``stray``
 (a line of plain text on stdout), ``record_to`` (append ``{"verb", "state"}`` as a JSON line:
 the state file exactly as received), ``check_fails`` (check answers FAILED), ``bad_type``
-(record 2's ``price`` is the text ``"n/a"``).
+(record 2's ``price`` is the text ``"n/a"``), ``wild`` (``{"schema": <JSON Schema>, "records":
+"<JSON text of a list of records>"}``: a stream ``wild``, full refresh, with exactly those
+records, written by ``json.dumps``: integers beyond 64 bits, NaN and Infinity as Python
+writes them).
 """
 
 from __future__ import annotations
@@ -157,6 +160,18 @@ def read(config: dict, catalog: dict, saved: list) -> None:
             handle.write(str(os.getpid()))
     for configured in catalog["streams"]:
         name = configured["stream"]["name"]
+        if name == "wild":
+            for data in json.loads(config["wild"]["records"]):
+                sys.stdout.write(
+                    json.dumps(
+                        {
+                            "type": "RECORD",
+                            "record": {"stream": "wild", "data": data, "emitted_at": 1},
+                        }
+                    )
+                    + "\n"
+                )
+            continue
         if name == "blobs":
             for i in range(1, 3):
                 record("blobs", {"k": i, "v": {"x": [i]}})
@@ -209,7 +224,13 @@ def main(argv: list[str]) -> int:
         status = {"status": "SUCCEEDED"} if ok else {"status": "FAILED", "message": "bad key"}
         emit("CONNECTION_STATUS", "connectionStatus", status)
     elif verb == "discover":
-        emit("CATALOG", "catalog", {"streams": [ITEMS, EVENTS, BLOBS]})
+        streams = [ITEMS, EVENTS, BLOBS]
+        if config.get("wild"):
+            schema = config["wild"]["schema"]
+            streams.append(
+                {"name": "wild", "json_schema": schema, "supported_sync_modes": ["full_refresh"]}
+            )
+        emit("CATALOG", "catalog", {"streams": streams})
     elif verb == "read":
         read(config, load(opts["catalog"]), saved)
     return 0

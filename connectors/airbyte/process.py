@@ -42,6 +42,7 @@ from typing import Any
 
 import orjson
 
+from connectors._json_arrow import loads
 from connectors.errors import ConnectorError
 
 log = logging.getLogger("connectors.airbyte")
@@ -382,8 +383,8 @@ def parse_line(line: bytes, source: str, scrub: Scrubber) -> dict[str, Any] | No
     """One stdout line as a message; lines that are not JSON objects are logged and skipped
     (connectors print stray text), as Airbyte does."""
     try:
-        message = orjson.loads(line)
-    except orjson.JSONDecodeError:
+        message = loads(line)
+    except ValueError:
         message = None
     if isinstance(message, dict):
         return message

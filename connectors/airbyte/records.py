@@ -9,9 +9,11 @@ carried as JSON text (nested objects and arrays, untyped values; see
 values are taken from one ``orjson`` pass over the block. Dates are read as text and cast.
 
 A block whose values do not fit the declared types (an integer column holding ``4.5``, a
-text column holding a number) is parsed again with orjson: each column is converted on its
-own and a column that does not fit becomes wider (integers -> float64) or text (values as
-their JSON text), with a warning; the engine's schema policy then decides about the change.
+text column holding a number) is parsed again with orjson (with the standard library where a
+line holds integers beyond 64 bits or NaN/Infinity: :func:`connectors._json_arrow.loads`):
+each column is converted on its own and a column that does not fit becomes wider (integers
+beyond int64 -> decimal(38, 0), other numbers -> float64) or text (values as their JSON
+text), with a warning; the engine's schema policy then decides about the change.
 Fields a record has beyond its stream's schema are dropped; a schema that declares no
 properties at all gives one column, ``_airbyte_data``, with the whole record as JSON text.
 
@@ -27,12 +29,18 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from connectors._json_arrow import CONVERSION_ERRORS, as_text, json_text, utc_timestamps
+from connectors._json_arrow import (
+    CONVERSION_ERRORS,
+    as_text,
+    big_integers,
+    json_text,
+    loads,
+    utc_timestamps,
+)
 from connectors.airbyte.json_schema import is_json_text, json_schema_to_arrow
 
 log = logging.getLogger("connectors.airbyte")
@@ -101,7 +109,7 @@ class Records:
         return batch if everyone else batch.filter(ours)
 
     def _text_columns(self, lines: Sequence[bytes]) -> dict[str, pa.Array]:
-        datas = [_data(orjson.loads(line)) for line in lines]
+        datas = [_data(loads(line)) for line in lines]
         return {
             name: pa.array(
                 [None if (v := _value(d, name)) is None else json_text(v) for d in datas],
@@ -111,7 +119,7 @@ class Records:
         }
 
     def _slow(self, lines: Sequence[bytes]) -> pa.RecordBatch:
-        messages = [orjson.loads(line) for line in lines]
+        messages = [loads(line) for line in lines]
         datas = [
             _data(m)
             for m in messages
@@ -141,6 +149,9 @@ class Records:
         except CONVERSION_ERRORS:
             pass
         if pa.types.is_integer(f.type):
+            exact = big_integers(values)  # beyond int64: decimal(38, 0), every digit kept
+            if exact is not None:
+                return self._widened(f, exact)
             try:
                 return self._widened(f, pa.array(values, pa.float64()))
             except CONVERSION_ERRORS:

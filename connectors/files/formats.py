@@ -39,13 +39,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Literal
 
-import orjson
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from connectors._json_arrow import BIG_INTEGER, inexact, json_array, loads
 from connectors.files.widening import CAST_ERRORS, conform, plain, rebatch, widen
 
 Format = Literal["csv", "jsonl", "parquet"]
@@ -159,6 +159,8 @@ def _temporal(column: pa.Array) -> pa.DataType:
 
 def _jsonl_schema(sample: bytes) -> pa.Schema:
     try:
+        if inexact(sample):  # polars would round integers beyond 64 bits among floats
+            raise pl.exceptions.ComputeError("read in Python")
         frame = pl.read_ndjson(io.BytesIO(sample), infer_schema_length=None)
         return pa.schema([(n, _json_type(t)) for n, t in frame.schema.items()])
     except pl.exceptions.PolarsError:  # mixed kinds polars will not unify, or bad lines
@@ -172,23 +174,23 @@ def _jsonl_schema(sample: bytes) -> pa.Schema:
 
 
 def _json_type(t: pl.DataType) -> pa.DataType:
-    """Arrow type of a polars JSON column: nested values are kept as JSON text."""
+    """Arrow type of a polars JSON column: nested values are kept as JSON text, integers
+    beyond int64 (polars' Int128, UInt64) are decimal(38, 0)."""
     if t.is_nested():
         return pa.string()
+    if t in (pl.Int128(), pl.UInt64()):
+        return BIG_INTEGER
     return plain(pl.Series([], dtype=t).to_arrow().type)
 
 
 def _python_type(value: object) -> pa.DataType:
-    for kind, arrow in ((bool, pa.bool_()), (int, pa.int64()), (float, pa.float64())):
-        if isinstance(value, kind):
-            return arrow
-    return pa.null() if value is None else pa.string()
+    return json_array([value]).type
 
 
 def _json_object(line: bytes) -> object:
     try:
-        return orjson.loads(line) if line.strip() else None
-    except orjson.JSONDecodeError:
+        return loads(line) if line.strip() else None
+    except ValueError:
         return None
 
 
@@ -364,17 +366,19 @@ def _parse_json_block(
     if not block.strip():
         return None
     for attempt in (overrides, dict.fromkeys(overrides, pl.String())):
+        if inexact(block):  # polars would round integers beyond 64 bits among floats
+            break
         try:
             return _polars_json(block, attempt)
-        except pl.exceptions.PolarsError:
+        except (pl.exceptions.PolarsError, pa.ArrowInvalid):  # Int128 has no Arrow type
             continue
-    keys: dict[str, pl.DataType] = {}
+    records: list[dict] = []
     bad: list[tuple[int, str]] = []
     lines = block.split(b"\n")
     for offset, line in enumerate(lines):
         record = _json_object(line)
         if isinstance(record, dict):
-            keys.update(dict.fromkeys(record, pl.String()))
+            records.append(record)
         elif line.strip():
             what = "not valid JSON" if record is None else "not a JSON object"
             bad.append((offset, f"{what}: {line[:80].decode('utf-8', 'replace')!r}"))
@@ -383,25 +387,21 @@ def _parse_json_block(
         raise BadRow(first_line + offset, reason)
     for offset, reason in bad:
         on_skip(first_line + offset, reason)
-        lines[offset] = b""
+    return _records_table(records)
+
+
+def _records_table(records: list[dict]) -> pa.Table | None:
+    """Records polars cannot read together (NaN, Infinity, integers beyond 64 bits, kinds it
+    will not unify), one column at a time (:func:`json_array`); conform fits them."""
+    keys = dict.fromkeys(key for record in records for key in record)
     if not keys:
         return None
-    try:
-        return _polars_json(b"\n".join(lines), keys, exact=True)
-    except pl.exceptions.PolarsError as exc:
-        where = f"lines {first_line}-{first_line + len(lines) - 1}"
-        raise BadRow(None, f"cannot parse {where}: {exc}") from exc
+    return pa.table({key: json_array([r.get(key) for r in records]) for key in keys})
 
 
-def _polars_json(block: bytes, overrides: dict, *, exact: bool = False) -> pa.Table:
-    """polars' parse of a block; nested values of columns not overridden become JSON text.
-    ``exact``: ``overrides`` names every column, so nothing is inferred (no kinds to unify)."""
-    if exact:
-        frame = pl.read_ndjson(io.BytesIO(block), schema=overrides)
-    else:
-        frame = pl.read_ndjson(
-            io.BytesIO(block), schema_overrides=overrides, infer_schema_length=None
-        )
+def _polars_json(block: bytes, overrides: dict) -> pa.Table:
+    """polars' parse of a block; nested values of columns not overridden become JSON text."""
+    frame = pl.read_ndjson(io.BytesIO(block), schema_overrides=overrides, infer_schema_length=None)
     nested = {n: pl.String() for n, t in frame.schema.items() if t.is_nested()}
     if nested:
         frame = pl.read_ndjson(

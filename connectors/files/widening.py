@@ -14,27 +14,35 @@ from collections.abc import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from connectors._json_arrow import BIG_INTEGER, exact_supertype
+
 CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
 """What a failed Arrow cast raises."""
 
 
 def plain(t: pa.DataType) -> pa.DataType:
     """The type mdstack keeps for ``t``: plain string/binary/list instead of large or view
-    variants (polars emits those), dictionary values instead of dictionaries."""
+    variants (polars emits those), dictionary values instead of dictionaries, text for
+    decimals of more than 38 digits, decimal(38, 0) for uint64."""
     if pa.types.is_large_string(t) or pa.types.is_string_view(t):
         return pa.string()
     if pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
         return pa.binary()
     if pa.types.is_dictionary(t):
         return plain(t.value_type)
+    if pa.types.is_decimal(t) and t.precision > 38:
+        return pa.string()  # beyond DuckDB's and Snowflake's decimals: exact as text
+    if t == pa.uint64():
+        return BIG_INTEGER  # beyond int64, as JSON's big integers: every warehouse holds it
     if pa.types.is_large_list(t):
         return pa.list_(plain(t.value_type))
     return t
 
 
 def widen(a: pa.DataType, b: pa.DataType) -> pa.DataType:
-    """The narrowest type holding values of both: int -> int64 -> float64, date -> timestamp,
-    anything else that differs -> string."""
+    """The narrowest type holding values of both: int -> int64 -> float64, int and
+    decimal -> the decimal holding both (up to 38 digits), date -> timestamp, anything else
+    that differs -> string."""
     a, b = plain(a), plain(b)
     if a == b or pa.types.is_null(b):
         return a
@@ -42,6 +50,8 @@ def widen(a: pa.DataType, b: pa.DataType) -> pa.DataType:
         return b
     if pa.types.is_integer(a) and pa.types.is_integer(b):
         return pa.int64()
+    if exact := exact_supertype(a, b):
+        return exact
     numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal)
     if any(f(a) for f in numeric) and any(f(b) for f in numeric):
         return pa.float64()

@@ -10,9 +10,12 @@ Type rules, per column, over the whole read:
 
 * JSON strings, integers, floats, booleans -> ``string``, ``int64``, ``float64``, ``bool``;
 * objects and lists -> ``string`` holding their JSON text (what warehouses load best);
-* integers then floats (or the reverse) -> ``float64``;
-* anything else that conflicts (a number then a string, integers beyond 64 bits, booleans
-  and numbers) -> ``string``; non-string values become their JSON text (``1``, ``true``);
+* integers beyond int64 -> ``decimal(38, 0)`` (more than 38 digits: ``string``), exact;
+* integers then floats (or the reverse) -> ``float64``; int64 then big integers (or the
+  reverse) -> ``decimal(38, 0)``; big integers and floats -> ``string`` (no digit lost);
+* NaN, Infinity, -Infinity (as Python's ``json`` writes them) -> ``float64`` values;
+* anything else that conflicts (a number then a string, booleans and numbers) -> ``string``;
+  non-string values become their JSON text (``1``, ``true``);
   float columns are scanned for booleans (Arrow would read ``true`` as ``1.0``);
 * a key seen for the first time -> a new column, after the known ones;
 * a column that is null in every record so far is left out until it has a value.
@@ -35,9 +38,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors._json_arrow import (
+    BIG_INTEGER,
     CONVERSION_ERRORS,
     TIMESTAMP,
     as_text,
+    big_integers,
     json_text,
     utc_timestamps,
 )
@@ -79,7 +84,7 @@ class Columns:
         template = dict.fromkeys(names)
         try:
             raw = pa.RecordBatch.from_pylist([template, *records]).slice(1)
-            inferred = dict(zip(names, raw.columns, strict=True))
+            inferred = dict(zip(names, map(_exact, raw.columns), strict=True))
         except CONVERSION_ERRORS:  # some column mixes types: find which, one by one
             inferred = {name: _infer([r.get(name) for r in records]) for name in names}
         arrays: dict[str, pa.Array] = {}
@@ -125,8 +130,8 @@ class Columns:
                 arrays[name] = self._declared(name, column, ())
             elif kind == current:
                 arrays[name] = column
-            elif pa.types.is_integer(kind) and pa.types.is_floating(current):
-                arrays[name] = column.cast(current)
+            elif pa.types.is_integer(kind) and current in (pa.float64(), BIG_INTEGER):
+                arrays[name] = _cast_number(column, current)
             else:
                 return None
         return pa.RecordBatch.from_arrays(
@@ -159,7 +164,8 @@ class Columns:
                 column = batch.column(index)
                 if column.type != kind and pa.types.is_string(kind):
                     column = pa.array(as_text(column.to_pylist()), pa.string())
-                columns.append(column.cast(kind))
+                number = kind in _NUMBERS
+                columns.append(_cast_number(column, kind) if number else column.cast(kind))
             out.append(pa.RecordBatch.from_arrays(columns, schema=schema))
         return out[0] if len(out) == 1 else pa.concat_batches(out)
 
@@ -198,10 +204,8 @@ class Columns:
         if current is None or current == incoming:
             self.types[name] = incoming
             return array
-        if pa.types.is_integer(incoming) and pa.types.is_floating(current):
-            return array.cast(current)
-        self.types[name] = pa.float64()  # integers so far, now floats
-        return array.cast(pa.float64())
+        self.types[name] = _wider(current, incoming)  # int64 -> float64 or decimal(38, 0)
+        return _cast_number(array, self.types[name])
 
     def _bools_in_floats(
         self, name: str, array: pa.Array, records: Sequence[dict[str, Any]]
@@ -251,9 +255,28 @@ class Columns:
 def _infer(values: list[Any]) -> pa.Array | None:
     """One column's values as Arrow, or None if they mix types Arrow cannot unify."""
     try:
-        return pa.array(values)
+        return _exact(pa.array(values))
     except CONVERSION_ERRORS:
-        return None
+        return big_integers(values)
+
+
+def _exact(array: pa.Array) -> pa.Array:
+    """Arrow's uint64 (integers between int64's and uint64's maximum) as decimal(38, 0)."""
+    return array.cast(BIG_INTEGER) if pa.types.is_unsigned_integer(array.type) else array
+
+
+_NUMBERS = (pa.int64(), pa.float64(), BIG_INTEGER)
+
+
+def _cast_number(array: pa.Array, target: pa.DataType) -> pa.Array:
+    """Integers in a wider number type; into float64 beyond 2**53 they round, as JSON
+    readers round them (only a float column does that: big integers keep their digits)."""
+    return pc.cast(array, target, safe=not pa.types.is_floating(target))
+
+
+def _wider(current: pa.DataType, incoming: pa.DataType) -> pa.DataType:
+    """The number type holding both (given they do not :func:`_conflict`)."""
+    return current if pa.types.is_integer(incoming) else incoming
 
 
 def _nested(t: pa.DataType) -> bool:
@@ -263,5 +286,5 @@ def _nested(t: pa.DataType) -> bool:
 def _conflict(current: pa.DataType, incoming: pa.DataType | None) -> bool:
     if incoming is None or current == incoming:
         return incoming is None
-    numbers = {current, incoming} <= {pa.int64(), pa.float64()}
-    return not numbers
+    numbers = {current, incoming} <= set(_NUMBERS)
+    return not numbers or {current, incoming} == {pa.float64(), BIG_INTEGER}

@@ -39,6 +39,7 @@ import httpx
 import orjson
 import pyarrow as pa
 
+from connectors._json_arrow import loads
 from connectors.errors import ConnectorError
 from connectors.http import error_text, mask_url
 from connectors.rest.config import (
@@ -176,8 +177,8 @@ class Pager:
     ) -> tuple[list[dict[str, Any]], Any]:
         """The records (JSON objects, picked by the stream's selector) and the document."""
         try:
-            doc = orjson.loads(response.content)
-        except orjson.JSONDecodeError:
+            doc = loads(response.content)
+        except ValueError:
             raise ConnectorError(
                 f"GET {mask_url(response.url)} did not return JSON "
                 f"({response.headers.get('content-type', 'no content type')}): "

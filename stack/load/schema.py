@@ -6,7 +6,8 @@ column by column:
 * a column that fits (the same type, or one that casts without loss: int32
   into int64) is cast;
 * a new column, or a type the destination must widen to hold (int -> bigint
-  -> double, anything -> string), is a **schema change**, handled by the policy:
+  -> double, int64 and decimal(38, 0) -> decimal(38, 0), anything -> string),
+  is a **schema change**, handled by the policy:
   ``evolve`` applies it (add the column, widen the type), ``freeze`` fails before
   anything is written (naming the column and both types), ``discard`` drops the
   offending column from the data and records that it did;
@@ -24,6 +25,7 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from connectors._json_arrow import as_text, exact_supertype
 from stack.config.sources import SchemaPolicy
 from stack.errors import SchemaError
 
@@ -57,6 +59,8 @@ def supertype(current: pa.DataType, incoming: pa.DataType) -> pa.DataType:
         return current
     if pa.types.is_integer(current) and pa.types.is_integer(incoming):
         return max(current, incoming, key=lambda t: t.bit_width)
+    if exact := exact_supertype(current, incoming):
+        return exact
     if _is_number(current) and _is_number(incoming):
         return pa.float64()
     if pa.types.is_timestamp(current) and pa.types.is_timestamp(incoming):
@@ -160,6 +164,8 @@ class StreamSchema:
 def _cast(array: pa.Array, target: pa.DataType) -> pa.Array:
     if array.type == target:
         return array
+    if _is_text(target) and pa.types.is_nested(array.type):  # Arrow casts no struct to text
+        return pa.array(as_text(array.to_pylist()), pa.string()).cast(target)
     if _is_text(target) and not (_is_text(array.type) or pa.types.is_null(array.type)):
         return pc.cast(array, pa.string(), safe=False).cast(target)
     # Unsafe only where precision, not range, may go: timestamp units, int -> float.

@@ -122,6 +122,7 @@ def _sync_locked(
     )
     try:
         ledger.begin_run(wh, key, ctx.run_id)
+        _drop_unfinished(wh, plan, key)
         read, names = plan.stream, load_names(wh, plan.schema, plan.name)
         plan = column_plan(plan, names)
         replace = replace and dataclasses.replace(replace, column=names.column(replace.column))
@@ -223,6 +224,16 @@ def _destination(wh: Warehouse, plan: StreamPlan) -> StreamSchema:
     data = pa.schema([f for f in current if f.name not in sql.META_COLUMNS])
     required = [*plan.keys, *((plan.stream.cursor,) if plan.stream.cursor else ())]
     return StreamSchema(data, plan.schema_policy, plan.columns, required)
+
+
+def _drop_unfinished(wh: Warehouse, plan: StreamPlan, key: ledger.StreamKey) -> None:
+    """Drop an empty table that no run of this stream committed to (a failed first sync
+    left it): its columns and types came from that run's schema and data, and would
+    otherwise decide this run's (refused under ``freeze``); this run creates it afresh."""
+    if wh.columns(plan.schema, plan.name) is None or ledger.read_state(wh, key) is not None:
+        return
+    if wh.query(f"SELECT COUNT(*) AS n FROM {plan.target}").column(0)[0].as_py() == 0:
+        wh.execute(f"DROP TABLE {plan.target}")
 
 
 def _add_batch(

@@ -128,7 +128,7 @@ def _merge_parts(merge: exp.Merge) -> tuple[str, ...]:
 # -- statements of the adapter ----------------------------------------------------------------
 def column_defs(columns: pa.Schema) -> str:
     """``"a" NUMBER(38,0), "b" VARCHAR`` for a CREATE TABLE."""
-    return ", ".join(f"{ident(f.name)} {snowflake_type(f.type)}" for f in columns)
+    return ", ".join(f"{ident(f.name)} {snowflake_type(f.type, f.name)}" for f in columns)
 
 
 def create_table_sql(schema: str, name: str, columns: pa.Schema) -> str:
@@ -166,7 +166,7 @@ def copy_sql(target: str, columns: pa.Schema, meta_schema: str, file: str | None
     """
     names = ", ".join(ident(f.name) for f in columns)
     fields = ", ".join(
-        f"$1:{ident(field)}::{snowflake_type(f.type)}"
+        f"$1:{ident(field)}::{snowflake_type(f.type, f.name)}"
         for field, f in zip(parquet_fields(columns), columns, strict=True)
     )
     files = f" FILES=('{file}')" if file else ""

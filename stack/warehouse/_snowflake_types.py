@@ -38,8 +38,8 @@ _PLAIN_TYPES: tuple[tuple[Callable[[pa.DataType], bool], str], ...] = (
 """Arrow type families whose Snowflake type takes nothing from the Arrow type's parameters."""
 
 
-def snowflake_type(arrow: pa.DataType) -> str:
-    """The Snowflake column type for an Arrow type.
+def snowflake_type(arrow: pa.DataType, column: str | None = None) -> str:
+    """The Snowflake column type for an Arrow type (of ``column``, named in errors).
 
     >>> snowflake_type(pa.int32()), snowflake_type(pa.timestamp("us", tz="UTC"))
     ('NUMBER(38,0)', 'TIMESTAMP_TZ')
@@ -48,11 +48,13 @@ def snowflake_type(arrow: pa.DataType) -> str:
         SchemaError: no Snowflake type holds it (durations, intervals, decimals > 38 digits).
     """
     if pa.types.is_dictionary(arrow):
-        return snowflake_type(arrow.value_type)
+        return snowflake_type(arrow.value_type, column)
+    where = f"column {column!r}: " if column else ""
     if pa.types.is_decimal(arrow):
         if arrow.precision > 38:
             raise SchemaError(
-                f"decimal precision {arrow.precision} exceeds Snowflake's 38 digits",
+                f"{where}decimal precision {arrow.precision} exceeds Snowflake's 38 digits",
+                key=column,
                 hint="cast the column to float64 or string in the source",
             )
         return f"NUMBER({arrow.precision},{arrow.scale})"
@@ -62,7 +64,8 @@ def snowflake_type(arrow: pa.DataType) -> str:
         if is_family(arrow):
             return sf_type
     raise SchemaError(
-        f"no Snowflake type for Arrow type {arrow}",
+        f"{where}no Snowflake type for Arrow type {arrow}",
+        key=column,
         hint="cast the column to a supported type (number, string, timestamp...) in the source",
     )
 

@@ -321,7 +321,7 @@ class SnowflakeWarehouse:
 
     def add_columns(self, schema: str, table_name: str, columns: pa.Schema) -> None:
         for field in columns:
-            sf_type = sftypes.snowflake_type(field.type)
+            sf_type = sftypes.snowflake_type(field.type, field.name)
             self._ddl(sfsql.add_column_sql(schema, table_name, field.name, sf_type))
 
     def widen_columns(self, schema: str, table_name: str, columns: pa.Schema) -> None:
@@ -343,7 +343,7 @@ class SnowflakeWarehouse:
                     f"cannot widen missing column {table(schema, table_name)}.{ident(field.name)}"
                 )
             have = sftypes.native_type(*current[field.name])
-            want = sftypes.snowflake_type(field.type)
+            want = sftypes.snowflake_type(field.type, field.name)
             if have == want:
                 continue
             for statement in sfsql.widen_sql(schema, table_name, field.name, have, want):
