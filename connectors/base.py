@@ -41,6 +41,8 @@ SyncMode = Literal[
     "incremental_deduped",
 ]
 SYNC_MODES: tuple[SyncMode, ...] = get_args(SyncMode)
+FULL_REFRESH_MODES: tuple[SyncMode, ...] = ("full_refresh_overwrite", "full_refresh_append")
+INCREMENTAL_MODES: tuple[SyncMode, ...] = ("incremental_append", "incremental_deduped")
 
 State = dict[str, Any]
 """A stream's state: JSON-serialisable, owned by the source that wrote it."""

@@ -72,21 +72,20 @@ from connectors.airbyte.process import (
 from connectors.airbyte.read import CDC_DELETED_AT, States, read_messages
 from connectors.airbyte.records import Records, record_schema
 from connectors.base import (
+    FULL_REFRESH_MODES,
+    INCREMENTAL_MODES,
     BaseSource,
     Catalog,
     ConfiguredStream,
     Message,
     State,
     StreamSpec,
-    SyncMode,
 )
 from connectors.config import ConfigProblem, SourceConfig
 from connectors.errors import ConnectorError
 
 log = logging.getLogger("connectors.airbyte")
 
-_FULL: tuple[SyncMode, ...] = ("full_refresh_overwrite", "full_refresh_append")
-_INCREMENTAL: tuple[SyncMode, ...] = ("incremental_append", "incremental_deduped")
 _DESTINATION = {
     "full_refresh_overwrite": "overwrite",
     "full_refresh_append": "append",
@@ -344,14 +343,14 @@ def _stream_spec(raw: dict[str, Any]) -> StreamSpec:
     default_cursor = raw.get("default_cursor_field") or []
     cursor = default_cursor[0] if len(default_cursor) == 1 and default_cursor[0] in names else None
     supported = raw.get("supported_sync_modes") or ["full_refresh"]
-    modes = (_FULL if "full_refresh" in supported else ()) + (
-        _INCREMENTAL if "incremental" in supported else ()
+    modes = (FULL_REFRESH_MODES if "full_refresh" in supported else ()) + (
+        INCREMENTAL_MODES if "incremental" in supported else ()
     )
     return StreamSpec(
         name=raw["name"],
         schema=schema,
         primary_key=primary_key,
         cursor=cursor,
-        sync_modes=modes or _FULL,
+        sync_modes=modes or FULL_REFRESH_MODES,
         emits_deletes=CDC_DELETED_AT in names and bool(primary_key),
     )

@@ -62,6 +62,8 @@ import pyarrow as pa
 from psycopg import sql
 
 from connectors.base import (
+    FULL_REFRESH_MODES,
+    SYNC_MODES,
     BaseSource,
     Batch,
     Catalog,
@@ -70,7 +72,6 @@ from connectors.base import (
     Message,
     State,
     StreamSpec,
-    SyncMode,
 )
 from connectors.errors import ConnectorError
 from connectors.postgres import cdc, fetch
@@ -79,8 +80,6 @@ from connectors.postgres.errors import translate_error
 
 Connection = psycopg.Connection[Any]
 
-_FULL: tuple[SyncMode, ...] = ("full_refresh_overwrite", "full_refresh_append")
-_ALL: tuple[SyncMode, ...] = (*_FULL, "incremental_append", "incremental_deduped")
 _TABLES = ("r", "p")  # relkinds with rows of their own: replicable
 _LSN = re.compile(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}")
 
@@ -120,7 +119,7 @@ class PostgresSource(BaseSource[PostgresConfig]):
                     name=t.stream,
                     schema=t.arrow_schema,
                     primary_key=t.primary_key,
-                    sync_modes=_ALL if t.primary_key else _FULL,
+                    sync_modes=SYNC_MODES if t.primary_key else FULL_REFRESH_MODES,
                     emits_deletes=cdc_on and t.kind in _TABLES,
                 )
                 for t in tables

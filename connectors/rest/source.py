@@ -94,6 +94,8 @@ from typing import Any
 import pyarrow as pa
 
 from connectors.base import (
+    FULL_REFRESH_MODES,
+    INCREMENTAL_MODES,
     BaseSource,
     Batch,
     Catalog,
@@ -102,7 +104,6 @@ from connectors.base import (
     Message,
     State,
     StreamSpec,
-    SyncMode,
 )
 from connectors.errors import ConnectorError
 from connectors.http import mask_url
@@ -119,9 +120,6 @@ from connectors.rest.http import Credentials, Session, pacer_for
 from connectors.rest.paging import Page, Pager, prefetch
 
 log = logging.getLogger("connectors.rest")
-
-_FULL: tuple[SyncMode, ...] = ("full_refresh_overwrite", "full_refresh_append")
-_INCREMENTAL: tuple[SyncMode, ...] = ("incremental_append", "incremental_deduped")
 
 
 class RestSource(BaseSource[RestConfig]):
@@ -267,7 +265,7 @@ def _spec(name: str, stream: StreamDef, schema: pa.Schema, needed: list[str]) ->
         schema=schema,
         primary_key=stream.primary_key,
         cursor=stream.cursor,
-        sync_modes=_FULL + _INCREMENTAL if stream.cursor else _FULL,
+        sync_modes=FULL_REFRESH_MODES + INCREMENTAL_MODES if stream.cursor else FULL_REFRESH_MODES,
     )
 
 

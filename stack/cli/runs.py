@@ -7,7 +7,7 @@ line starts without Prefect.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Protocol, TypeVar
 
 import typer
 
@@ -27,6 +27,14 @@ from stack.config import config_path, load_config
 from stack.run import pipeline
 from stack.run.backfill import BackfillOutcome, BackfillSelection, check_partitioning
 from stack.run.summary import RunSummary
+
+_Result = TypeVar("_Result")
+
+
+class _FlowState(Protocol):
+    """A finished flow run's state, as Prefect returns it (``return_state=True``)."""
+
+    def result(self, raise_on_failure: bool = ...) -> object: ...
 
 
 def sync(
@@ -87,14 +95,20 @@ def run(
                 config_path=str(path),
                 return_state=True,
             )
-            summary = state.result(raise_on_failure=False)
-            if isinstance(summary, BaseException):
-                raise summary
-            if not isinstance(summary, RunSummary):
-                raise TypeError(f"the flow returned {type(summary).__name__}, not a summary")
-            failed |= not _reported(summary, "run")
+            failed |= not _reported(_flow_result(state, RunSummary), "run")
         if failed:
             raise typer.Exit(1)
+
+
+def _flow_result(state: _FlowState, kind: type[_Result]) -> _Result:
+    """What a flow run returned: a failed flow carries its result too (its summary says
+    what failed), and an exception it raised is raised here."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    if not isinstance(result, kind):
+        raise TypeError(f"the flow returned {type(result).__name__}, not a {kind.__name__}")
+    return result
 
 
 def _reported(summary: RunSummary, verb: str) -> bool:
@@ -166,11 +180,7 @@ def backfill(
             force=force,
             return_state=True,
         )
-        outcome = state.result(raise_on_failure=False)
-        if isinstance(outcome, BaseException):
-            raise outcome
-        if not isinstance(outcome, BackfillOutcome):
-            raise TypeError(f"the flow returned {type(outcome).__name__}, not its partitions")
+        outcome = _flow_result(state, BackfillOutcome)
     for kind, labels in (
         ("skipped", outcome.skipped),
         ("succeeded", outcome.succeeded),
