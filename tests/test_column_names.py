@@ -20,8 +20,10 @@ import pyarrow as pa
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from connectors.base import Batch, Catalog, Checkpoint, ConfiguredStream, Message, State, StreamSpec
+from stack.cli import app
 from stack.config import SourceConfig, load_config
 from stack.load import RunContext, plan_stream, sync_stream
 from stack.load.names import MAX_LENGTH, ColumnNames
@@ -217,6 +219,13 @@ def test_a_csv_header_with_name_and_Name_loads_stable_over_three_runs(tmp_path: 
     runs = _three_runs(path)
     assert runs[0] == runs[1] == runs[2]
     assert [(r["id"], r["name"], r["Name_2"]) for r in runs[0]] == [(1, "a", "b"), (2, "c", "d")]
+
+    status = CliRunner().invoke(app, ["status", "--config", str(path)])
+    assert status.exit_code == 0, status.output
+    renames = [line for line in status.output.splitlines() if " -> column " in line]
+    assert renames == [
+        "wild.things: field 'Name' -> column 'Name_2' ('Name' is taken, case-insensitively)"
+    ]
 
 
 class _Records(BaseHTTPRequestHandler):

@@ -29,11 +29,12 @@ from stack.config import config_path, load_config
 from stack.lineage import write_lineage_page
 from stack.load import ledger, utcnow
 from stack.run import pipeline
-from stack.run.status import stream_status
+from stack.run.status import StreamStatus, stream_status
 
 
 def status_command(config: ConfigOpt = None, target: TargetOpt = None) -> None:
-    """Per stream and region: last run, mode, rows, state and freshness."""
+    """Per stream and region: last run, mode, rows, state and freshness; then the fields
+    loaded under another column name."""
     with errors():
         rows = stream_status(config_path(config), target)
     if not rows:
@@ -55,10 +56,29 @@ def status_command(config: ConfigOpt = None, target: TargetOpt = None) -> None:
             age(now, r.last_loaded_at),
         )
     out.print(table)
+    _print_renames(rows)
     with warehouse(config, target) as (cfg, unopened), unopened as wh:
         nodes = ledger.last_dbt_results(wh, cfg.name).to_pylist()
     if nodes:
         out.print(dbt_results_table(nodes))
+
+
+def _print_renames(rows: list[StreamStatus]) -> None:
+    """One line per field a stream loads under another column name (once per stream, not
+    per region: the mapping belongs to the table)."""
+    shown: set[str] = set()
+    for r in rows:
+        stream = f"{r.source}.{r.stream}"
+        if stream in shown:
+            continue
+        shown.add(stream)
+        for rename in r.renames:
+            out.print(
+                f"{stream}: field {rename.source!r} -> column {rename.column!r} ({rename.reason})",
+                highlight=False,
+                soft_wrap=True,
+                markup=False,
+            )
 
 
 def sql_command(

@@ -183,15 +183,20 @@ class ColumnNames:
         return new
 
 
-def load_names(wh: Warehouse, schema: str, name: str) -> ColumnNames:
-    """The stored renames and existing columns of ``schema.name``."""
+def stored_renames(wh: Warehouse, schema: str, name: str) -> list[Rename]:
+    """The renames stored for ``schema.name``: its ``_mds_columns`` rows."""
     stored = wh.query(
-        f"SELECT {ident('source_name')}, {ident('column_name')} "
+        f"SELECT {ident('source_name')}, {ident('column_name')}, {ident('reason')} "
         f"FROM {table(wh.meta_schema, COLUMNS_TABLE)} "
         f"WHERE {ident('schema_name')} = ? AND {ident('table_name')} = ?",
         [schema, name],
     ).to_pylist()
-    renames = {r["source_name"]: r["column_name"] for r in stored}
+    return [Rename(r["source_name"], r["column_name"], r["reason"]) for r in stored]
+
+
+def load_names(wh: Warehouse, schema: str, name: str) -> ColumnNames:
+    """The stored renames and existing columns of ``schema.name``."""
+    renames = {r.source: r.column for r in stored_renames(wh, schema, name)}
     return ColumnNames(renames, wh.columns(schema, name) or ())
 
 

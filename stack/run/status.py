@@ -6,7 +6,7 @@ page (:func:`stack.lineage.write_lineage_page`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from stack import sql
 from stack.config import load_config
 from stack.load import ledger
 from stack.load.ledger import RunEntry
+from stack.load.names import Rename, stored_renames
 from stack.run.pipeline import open_target, secrets_for
 from stack.warehouse import Warehouse
 
@@ -29,13 +30,16 @@ class StreamStatus(RunEntry):
     """Rows of the region in the stream's table; None when the table does not exist."""
     last_loaded_at: datetime | None = None
     """When the region's newest row was loaded."""
+    renames: list[Rename] = field(default_factory=list)
+    """The stream's fields loaded under another column name (per table, so every region's)."""
 
 
 _FIELDS = tuple(f.name for f in fields(StreamStatus))
 
 
 def stream_status(config_path: str | Path, target: str | None) -> list[StreamStatus]:
-    """Per stream and region: the last run, its counts, the stored state, rows and freshness."""
+    """Per stream and region: the last run, its counts, the stored state, rows, freshness
+    and the fields loaded under another name."""
     config = load_config(config_path)
     statuses = []
     with secrets_for(config) as resolver, open_target(config, target, resolver) as wh:
@@ -44,6 +48,8 @@ def stream_status(config_path: str | Path, target: str | None) -> list[StreamSta
             declared = config.sources.get(run["source"])
             schema = declared.schema_ if declared is not None else None
             run |= _table_facts(wh, schema, run["stream"], run["region"])
+            if schema is not None:
+                run["renames"] = stored_renames(wh, schema, run["stream"])
             statuses.append(StreamStatus(**{k: v for k, v in run.items() if k in _FIELDS}))
     return statuses
 
