@@ -404,17 +404,20 @@ _FAKESNOW = tuple(s for s in SHAPES if s != "big")
 """fakesnow stores NUMBER(38,0) as BIGINT: integers beyond int64 hold on Snowflake only."""
 
 
+# CSV is not here: its cells are typed by inference from the text (numbers, booleans, ISO
+# dates and timestamps), which the shapes above cannot say without restating that inference.
 @pytest.mark.parametrize(
     ("source", "kind"),
-    [(s, k) for s in ("rest", "jsonl", "parquet") for k in ("duckdb", "snowflake")]
-    + [("airbyte", "duckdb")],
+    [(s, k) for s in ("rest", "jsonl", "parquet", "airbyte") for k in ("duckdb", "snowflake")],
 )
 @examples(2)
 @given(data=st.data())
 def test_any_values_load_as_the_rules_say_and_a_second_run_changes_nothing(
     kind: str, source: str, api: str, tmp_path_factory: pytest.TempPathFactory, data: Any
 ) -> None:
-    shapes = tuple(s for s in SHAPES if (kind != "snowflake" or s in _FAKESNOW))
+    # Airbyte's untyped fields are JSON text: big integers are no NUMBER column there.
+    typed = source != "airbyte"
+    shapes = tuple(s for s in SHAPES if (kind != "snowflake" or not typed or s in _FAKESNOW))
     if source == "parquet":
         shapes = tuple(s for s in shapes if s in _PARQUET)
     names, pages, kinds = data.draw(runs(shapes))
