@@ -125,7 +125,8 @@ def _sync_locked(
         _drop_unfinished(wh, plan, key)
         read, names = plan.stream, load_names(wh, plan.schema, plan.name)
         plan = column_plan(plan, names)
-        replace = replace and dataclasses.replace(replace, column=names.column(replace.column))
+        if replace is not None:  # the caller reads its counts back: the same object
+            replace.column = names.column(replace.column)
         changes.extend(r.describe() for r in names.store(wh, plan.schema, plan.name, ctx.run_id))
         schema = _destination(wh, plan)
         lc = LoadContext(wh, plan, ctx, key, entry, record, replace)
