@@ -31,6 +31,15 @@ def load_source(connector: str, name: str, config: Mapping[str, Any]) -> Source:
     Raises:
         ConnectorError: the connector name is not registered.
     """
+    return source_class(connector, name)(name=name, config=dict(config))
+
+
+def source_class(connector: str, name: str) -> Any:
+    """The class registered as ``connector`` (imported now), for source ``name``'s errors.
+
+    Raises:
+        ConnectorError: the connector name is not registered.
+    """
     try:
         target = REGISTRY[connector]
     except KeyError:
@@ -40,5 +49,4 @@ def load_source(connector: str, name: str, config: Mapping[str, Any]) -> Source:
             hint="set `connector:` to one of the available connectors",
         ) from None
     module_name, class_name = target.split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(name=name, config=dict(config))
+    return getattr(importlib.import_module(module_name), class_name)

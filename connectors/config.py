@@ -14,7 +14,7 @@ blames and the fix.
 from __future__ import annotations
 
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -60,23 +60,55 @@ def parse_config(model: type[ConfigT], source: str, config: Mapping[str, Any]) -
 def config_error(model: type[SourceConfig], source: str, exc: ValidationError) -> ConnectorError:
     """The one ConnectorError that reports ``exc``: its first problem, and how many more."""
     errors = exc.errors(include_url=False, include_input=False)
-    first = errors[0]
-    problem = first.get("ctx", {}).get("error")
-    path, owner, at = _walk(model, [str(part) for part in first["loc"]])
-    if isinstance(problem, ConfigProblem) and problem.key:
-        path.append(problem.key)  # a key of the model whose validator raised
-        owner = at
-    key = ".".join(path) or None
-    message = _message(first)
+    first = _problem(model, source, errors[0])
     count = len(errors)
     more = f" (and {count - 1} more problem{'s' * (count > 2)})" if count > 1 else ""
     title = model.model_config.get("title") or model.__name__
-    where = f"{key}: " if key else ""
+    where = f"{first.key}: " if first.key else ""
     return ConnectorError(
-        f"invalid {title} config: {where}{message}{more}",
+        f"invalid {title} config: {where}{first.message}{more}",
         source=source,
-        key=key,
-        hint=_hint(owner, first, path, problem),
+        key=first.key,
+        hint=first.hint,
+    )
+
+
+def config_problems(
+    model: type[SourceConfig],
+    source: str,
+    config: Mapping[str, Any],
+    unknowable: Callable[[Any], bool] = lambda value: False,
+) -> list[ConnectorError]:
+    """Every problem of ``config``, one ConnectorError each (empty when it validates): the
+    message says what is wrong, ``key`` where (relative to the source's ``config:``).
+
+    ``unknowable`` marks values that cannot be judged yet (a secret reference, resolved only
+    at run time): a problem with such a value is left out rather than reported wrongly.
+    """
+    try:
+        model.model_validate(dict(config))
+    except ValidationError as exc:
+        return [
+            _problem(model, source, error)
+            for error in exc.errors(include_url=False)
+            if not unknowable(error.get("input"))
+        ]
+    return []
+
+
+def _problem(model: type[SourceConfig], source: str, error: ErrorDetails) -> ConnectorError:
+    """One of pydantic's errors as a ConnectorError: the key the user wrote, what is wrong,
+    how to fix it, and never the value (it may be a secret)."""
+    problem = error.get("ctx", {}).get("error")
+    path, owner, at = _walk(model, [str(part) for part in error["loc"]])
+    if isinstance(problem, ConfigProblem) and problem.key:
+        path.append(problem.key)  # a key of the model whose validator raised
+        owner = at
+    return ConnectorError(
+        _message(error),
+        source=source,
+        key=".".join(path) or None,
+        hint=_hint(owner, error, path, problem),
     )
 
 

@@ -18,6 +18,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
 from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
+from prefect.settings import PREFECT_UI_URL
 from prefect.states import Failed, State
 from prefect.tasks import exponential_backoff
 
@@ -201,10 +202,11 @@ def notify(config_path: str, summary: RunSummary, where: dict[str, Any]) -> list
 
 
 def _this_run() -> dict[str, str | None]:
-    """The flow run and deployment, for alerts to point at (``None`` outside Prefect)."""
+    """The flow run and deployment, for alerts to point at (``None`` outside Prefect, and
+    no URL where no Prefect UI is set: an ephemeral run has none to link to)."""
     name = current_deployment.name
     return {
         "flow_run_id": current_flow_run.id,
-        "flow_run_url": current_flow_run.ui_url,
+        "flow_run_url": current_flow_run.ui_url if PREFECT_UI_URL.value() else None,
         "deployment": f"{current_flow_run.flow_name}/{name}" if name else None,
     }

@@ -5,6 +5,7 @@
     MdstackError
      ├── ConnectorError ── SourceUnavailable (retryable)
      ├── ConfigError        stack.yml is wrong: names file:line, key and a fix
+     │    └── ConfigProblems every problem of one file, reported together
      ├── SecretError        a secret reference cannot be resolved
      ├── SchemaError        the data does not fit the destination's schema
      ├── WarehouseError     the warehouse refused a statement
@@ -18,11 +19,15 @@ Callers catch the level they mean; retry policy reads only ``exc.retryable``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from connectors.errors import ConnectorError, MdstackError, SourceUnavailable
 
 __all__ = [
     "CheckError",
     "ConfigError",
+    "ConfigProblems",
     "ConnectorError",
     "MdstackError",
     "SchemaError",
@@ -53,6 +58,28 @@ class ConfigError(MdstackError):
 
     def _fields(self) -> dict[str, object]:
         return {**super()._fields(), "file": self.file, "line": self.line}
+
+
+class ConfigProblems(ConfigError):
+    """Several problems found in one pass over ``stack.yml``: a user fixes them all at once
+    instead of meeting them one run at a time. Each is a :class:`ConfigError` of its own."""
+
+    def __init__(self, problems: Sequence[ConfigError]) -> None:
+        self.problems = tuple(problems)
+        first = self.problems[0]
+        super().__init__(
+            f"{len(self.problems)} problems",
+            file=first.file,
+            line=first.line,
+            key=first.key,
+            hint=first.hint,
+        )
+
+    def _render(self) -> str:
+        return "\n".join(problem._render() for problem in self.problems)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.problems,))
 
 
 class SecretError(MdstackError):

@@ -32,7 +32,14 @@ def config(tmp_path: Path) -> StackConfig:
             "target": "local",
             "targets": {"local": {"type": "duckdb"}},
             "regions": {"us": {}},
-            "sources": {"crm": {"connector": "demo", "schema": "raw", "streams": {"a": {}}}},
+            "sources": {
+                "crm": {
+                    "connector": "demo",
+                    "config": {"region": "{{ region }}"},
+                    "schema": "raw",
+                    "streams": {"a": {}},
+                }
+            },
             "path": tmp_path / "stack.yml",
         }
     )

@@ -12,7 +12,11 @@ from stack.config import load_config, render
 from stack.errors import ConfigError
 from tests.conftest import ROOT
 
-DEMO = (ROOT / "stack.yml").read_text()
+DEMO = (
+    (ROOT / "stack.yml")
+    .read_text()
+    .replace("project_dir: dbt_project", f"project_dir: {ROOT / 'dbt_project'}")
+)
 
 
 def broken(tmp_path: Path, old: str, new: str) -> Path:

@@ -65,7 +65,12 @@ def spec(**fields: Any) -> plans.DeploymentSpec:
 def two_source_config(tmp_path: Path) -> StackConfig:
     crm = {
         "connector": "postgres",
-        "config": {"host": "db", "password": "${vault:kv/crm#password}"},
+        "config": {
+            "host": "db",
+            "database": "crm",
+            "user": "crm",
+            "password": "${vault:kv/crm#password}",
+        },
         "schema": "raw_crm",
         "streams": {"accounts": {}},
     }

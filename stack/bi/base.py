@@ -31,7 +31,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, Literal, TypeVar
 
 import httpx
@@ -70,13 +70,19 @@ class RunInfo:
     region: str = "default"
     run_id: str = ""
     published_at: datetime | None = None
+    """When the publish happened; a naive time is UTC (the warehouse's clock)."""
 
     def as_dict(self) -> dict[str, str]:
+        """The run as a webhook sends it: ``published_at`` is ISO 8601 with its offset, so
+        a receiver in another time zone reads the same instant."""
+        published = self.published_at
+        if published is not None and published.tzinfo is None:
+            published = published.replace(tzinfo=UTC)
         return {
             "pipeline": self.pipeline,
             "region": self.region,
             "run_id": self.run_id,
-            "published_at": self.published_at.isoformat() if self.published_at else "",
+            "published_at": published.isoformat() if published else "",
         }
 
 

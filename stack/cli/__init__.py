@@ -10,7 +10,7 @@ config and 1 for anything else.
     _common.py    the consoles, the shared options, how errors print
     runs.py       sync, run, backfill, deploy, sensor: running the pipeline
     warehouse.py  status, lineage, check, sql, dbt, docs, clone, publish, drop-env
-    tools.py      secrets check, connector install and list
+    tools.py      validate, secrets check, connector install and list
     render.py     progress, the run summary, colours and numbers
 
 Every command is registered here, in the order ``mdstack --help`` lists them.
@@ -44,6 +44,7 @@ def _main() -> None:
     install_redaction()
 
 
+app.command()(tools.validate)
 app.command()(runs.sync)
 app.command()(runs.run)
 app.command()(runs.deploy)

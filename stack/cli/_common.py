@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from stack.config import StackConfig, config_path, load_config
-from stack.errors import ConfigError, MdstackError
+from stack.errors import ConfigError, ConfigProblems, MdstackError
 from stack.run import pipeline
 from stack.warehouse import Warehouse
 
@@ -55,7 +55,11 @@ def errors() -> Iterator[None]:
     try:
         yield
     except ConfigError as exc:
-        console.print(f"[bold red]config error:[/] {exc}", highlight=False, soft_wrap=True)
+        several = exc.problems if isinstance(exc, ConfigProblems) else (exc,)
+        for problem in several:
+            console.print(f"[bold red]config error:[/] {problem}", highlight=False, soft_wrap=True)
+        if len(several) > 1:
+            console.print(f"{len(several)} problems in {exc.file}", highlight=False)
         raise typer.Exit(2) from None
     except MdstackError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)

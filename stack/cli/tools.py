@@ -1,5 +1,5 @@
-"""Commands around the pipeline: secret references (``secrets check``) and Airbyte
-connectors (``connector install``, ``connector list``)."""
+"""Commands around the pipeline: ``validate``, secret references (``secrets check``) and
+Airbyte connectors (``connector install``, ``connector list``)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,37 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from stack.cli._common import ConfigOpt, RegionOpt, console, errors, out
+from stack.cli._common import ConfigOpt, RegionOpt, TargetOpt, console, errors, out
 from stack.config import config_path, load_config
 from stack.run import pipeline
 from stack.secrets import ReferenceCheck, check_references, reveal
+
+
+def validate(config: ConfigOpt = None, target: TargetOpt = None) -> None:
+    """Check stack.yml without running anything: every problem at once, each with its
+    file:line, key and fix (exit 2), or a short account of what the file declares.
+
+    Checked: the schema, keys written twice, schedules and time zones, every name a
+    deployment, check or backfill refers to, each source's config against its connector
+    (in every region), the dbt project. Secret references are not resolved here:
+    `mdstack secrets check` and `mdstack doctor` do that.
+    """
+    with errors():
+        path = config_path(config)
+        cfg = load_config(path)
+        cfg.active_target(target)
+    streams = sum(len(source.streams) for source in cfg.sources.values())
+    scheduled = [name for name, region in cfg.regions.items() if region.schedule] + [
+        name for name, spec in cfg.deployments.items() if spec.schedule
+    ]
+    out.print(f"[green]valid:[/] {path}", highlight=False)
+    out.print(
+        f"  {len(cfg.sources)} source(s), {streams} stream(s), {len(cfg.region_names())} "
+        f"region(s), target {target or cfg.target!r}, {len(cfg.deployments)} deployment(s)"
+        f" ({len(scheduled)} schedule(s)), "
+        + (f"dbt project {cfg.dbt.project_dir}" if cfg.dbt and cfg.dbt.enabled else "no dbt"),
+        highlight=False,
+    )
 
 
 def secrets_check(config: ConfigOpt = None, region: RegionOpt = None) -> None:
@@ -28,6 +55,7 @@ def secrets_check(config: ConfigOpt = None, region: RegionOpt = None) -> None:
                 "sources": {s: cfg.source_config(s, name) for s in cfg.sources},
                 "secrets": cfg.secrets.model_dump(),
                 "bi": reveal([hook.model_dump() for hook in cfg.bi]),
+                "alerts": reveal([alert.model_dump(by_alias=True) for alert in cfg.alerts]),
             }
             for check in check_references(rendered, lambda: pipeline.secrets_for(cfg)):
                 found.setdefault((check.location, check.reference), check)

@@ -3,8 +3,14 @@
 One module per part of the file; every other package of the engine reads its settings
 from here, and this package imports nothing of theirs::
 
-    loader.py         the file itself (StackConfig, regions, dbt, publish), load_config,
-                      {{ template }} rendering, errors with file, line, key and a fix
+    loader.py         load_config: read, validate in one pass, raise every problem found
+    model.py          the file itself (StackConfig, regions, dbt, publish), {{ template }}
+                      rendering
+    locate.py         the line of a key path; keys written twice
+    explain.py        pydantic's errors as file:line, key and a fix
+    validate.py       what connects the sections: names referred to, each source's
+                      config against its connector, the dbt project
+    references.py     the ``${kind:...}`` secret reference syntax
     targets.py        targets:      DuckDB on DuckLake, Snowflake
     sources.py        sources:      connector, config, streams (sync mode, keys, deletes,
                                     schema policy, bad records)
@@ -19,16 +25,14 @@ The file, its targets and its sources are re-exported here; a section's models a
 imported from its module (``stack.config.checks.Check``).
 """
 
-from stack.config.loader import (
-    CONFIG_ENV,
+from stack.config.loader import CONFIG_ENV, config_path, load_config
+from stack.config.model import (
     DEFAULT_CONFIG,
     DEFAULT_REGION,
     DbtConfig,
     PublishConfig,
     RegionConfig,
     StackConfig,
-    config_path,
-    load_config,
     render,
 )
 from stack.config.sources import (

@@ -6,15 +6,15 @@ Models only (pydantic, frozen, unknown keys refused). What they drive lives in
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_POOL_TYPE = "process"
-_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?#LW-]+$")
 
 Outcome = Literal["failure", "success"]
 Grain = Literal["day", "week", "month"]
@@ -80,11 +80,18 @@ def default_deployments() -> dict[str, DeploymentSpec]:
 
 
 def check_cron(expression: str) -> str:
-    """A five-field cron expression, or ValueError saying what is wrong."""
+    """A five-field cron expression, parsed as Prefect's scheduler parses it, or ValueError
+    saying what is wrong (``99 99 * * *``: the minute field is out of range)."""
     fields = expression.split()
-    if len(fields) != 5 or not all(_CRON_FIELD.match(f) for f in fields):
+    problem = "expected 5 fields" if len(fields) != 5 else None
+    if problem is None:
+        try:
+            CronSim(expression, datetime(2000, 1, 1))
+        except CronSimError as exc:
+            problem = str(exc)
+    if problem:
         raise ValueError(
-            f"{expression!r} is not a cron expression: expected 5 fields "
+            f"{expression!r} is not a cron expression ({problem}): five fields "
             "(minute hour day-of-month month day-of-week), e.g. '0 6 * * *'"
         )
     return expression

@@ -12,7 +12,7 @@ Where Vault is and how to log in is the ``secrets:`` section
 :mod:`stack.redact`, which every layer uses.
 """
 
-from stack.secrets.references import Reference, find_references, parse_reference
+from stack.config.references import Reference, find_references, parse_reference
 from stack.secrets.resolver import (
     DbCredentials,
     ReferenceCheck,

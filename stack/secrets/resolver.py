@@ -8,7 +8,7 @@ the whole string is a ``SecretStr``. Every resolved value is registered with
 :mod:`stack.redact`. :func:`reveal` unwraps at the very edge, where a connector
 needs its plain config. :func:`check_references` tries every reference of a
 config and says which resolve, never showing a value. The syntax is
-:mod:`stack.secrets.references`; Vault access itself is
+:mod:`stack.config.references`; Vault access itself is
 :class:`stack.secrets.vault.VaultSession`.
 """
 
@@ -26,10 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
-from stack.config.secrets import SecretsConfig
-from stack.errors import SecretError
-from stack.redact import redact, register_secret
-from stack.secrets.references import (
+from stack.config.references import (
     PATTERN,
     Reference,
     ReferenceKind,
@@ -38,6 +35,9 @@ from stack.secrets.references import (
     join_key,
     parse_reference,
 )
+from stack.config.secrets import SecretsConfig
+from stack.errors import SecretError
+from stack.redact import redact, register_secret
 from stack.secrets.vault import VaultSession
 
 __all__ = ["DbCredentials", "ReferenceCheck", "Resolver", "check_references", "reveal"]
