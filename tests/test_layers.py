@@ -31,6 +31,7 @@ LAZY_ALLOWED = {("stack/cli/runs.py", "flows")}
 
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("stack.errors", "stack.sql", "stack.redact"),
+    ("stack.logs",),
     ("stack.config",),
     ("stack.secrets",),
     ("stack.warehouse",),

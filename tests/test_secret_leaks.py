@@ -8,6 +8,7 @@ end up is searched for it.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -101,8 +102,11 @@ def test_vault_password_appears_nowhere(tmp_path, vault, pg_schema, pg_database)
     good = write_stack(tmp_path, pg_schema, pg_database)
     ok = run_cli(good, env, "run")
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    refused = run_cli(write_stack(tmp_path, pg_schema, pg_database | {"port": 1}), env, "run")
+    refused_stack = write_stack(tmp_path, pg_schema, pg_database | {"port": 1})
+    refused = run_cli(refused_stack, env | {"MDSTACK_LOG_FORMAT": "json"}, "run")
     assert refused.returncode == 1
+    logged = [json.loads(line) for line in refused.stderr.splitlines() if line.startswith("{")]
+    assert any(line["level"] == "ERROR" and line["stream"] == "crm.items" for line in logged)
     checked = run_cli(good, env, "secrets", "check")
     assert checked.returncode == 0 and "mdstack/crm#password" in checked.stdout
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import typer
 
 from stack.cli import runs, tools, warehouse
+from stack.cli._common import LogFormatOpt
+from stack.logs import set_log_format
 from stack.redact import install_redaction
 
 app = typer.Typer(
@@ -39,9 +41,10 @@ app.add_typer(connector_app, name="connector")
 
 
 @app.callback()
-def _main() -> None:
+def _main(log_format: LogFormatOpt = "human") -> None:
     """mdstack: sources -> warehouse (DuckDB or Snowflake) -> dbt -> BI, run by Prefect."""
     install_redaction()
+    set_log_format(log_format)
 
 
 app.command()(tools.validate)

@@ -6,6 +6,7 @@ with no traceback; the exit code is 2 for a bad config and 1 for anything else.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -18,9 +19,11 @@ from rich.console import Console
 
 from stack.config import StackConfig, config_path, load_config
 from stack.errors import ConfigError, ConfigProblems, MdstackError
+from stack.logs import LogFormat, json_logs
 from stack.run import pipeline
 from stack.warehouse import Warehouse
 
+log = logging.getLogger("stack.cli")
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -46,6 +49,15 @@ StreamOpt = Annotated[
     list[str] | None,
     typer.Option("--stream", help="Only these streams (repeatable; default: every stream)."),
 ]
+LogFormatOpt = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        help="human: lines for people (default); json: one JSON object per line on stderr "
+        "(time, level, logger, run_id, pipeline, region, stream, message) for log shippers.",
+        envvar="MDSTACK_LOG_FORMAT",
+    ),
+]
 EnvArg = Annotated[str, typer.Argument(help="Environment name (letters, digits, - and _).")]
 
 
@@ -57,13 +69,22 @@ def errors() -> Iterator[None]:
     except ConfigError as exc:
         several = exc.problems if isinstance(exc, ConfigProblems) else (exc,)
         for problem in several:
-            console.print(f"[bold red]config error:[/] {problem}", highlight=False, soft_wrap=True)
-        if len(several) > 1:
+            say_error("config error", str(problem))
+        if len(several) > 1 and not json_logs():
             console.print(f"{len(several)} problems in {exc.file}", highlight=False)
         raise typer.Exit(2) from None
     except MdstackError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        say_error("error", str(exc))
         raise typer.Exit(1) from None
+
+
+def say_error(label: str, text: str) -> None:
+    """An error for the user: a red line on the console, or an ERROR record when logging
+    as JSON (a log shipper reads stderr as JSON lines only)."""
+    if json_logs():
+        log.error("%s: %s", label, text)
+    else:
+        console.print(f"[bold red]{label}:[/] {text}", highlight=False, soft_wrap=True)
 
 
 @contextmanager

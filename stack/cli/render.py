@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,8 +13,11 @@ from rich.progress import Progress, TaskID, TextColumn
 from rich.table import Table
 
 from stack.cli._common import console, out
+from stack.logs import json_logs
 from stack.run.summary import RunSummary
 from stack.transform.result import TransformResult
+
+log = logging.getLogger(__name__)
 
 _SUMMARY_COLUMNS = (
     "stream",
@@ -28,9 +32,17 @@ _SUMMARY_COLUMNS = (
 )
 
 
+PROGRESS_EVERY = 10.0
+"""Seconds between two progress lines of one stream when logging as JSON."""
+
+
 @contextmanager
 def progress() -> Iterator[Callable[[str, int], None]]:
-    """A progress callback showing rows read and rows/s per stream."""
+    """A progress callback showing rows read and rows/s per stream: a live display for
+    people, a log line per stream every :data:`PROGRESS_EVERY` seconds for JSON logs."""
+    if json_logs():
+        yield _logged_progress()
+        return
     tasks: dict[str, tuple[TaskID, float]] = {}
     with Progress(
         TextColumn("{task.description}"),
@@ -47,6 +59,21 @@ def progress() -> Iterator[Callable[[str, int], None]]:
             bar.update(task, rows=f"{rows:,} rows  {rate:,.0f} rows/s")
 
         yield update
+
+
+def _logged_progress() -> Callable[[str, int], None]:
+    started: dict[str, float] = {}
+    shown: dict[str, float] = {}
+
+    def update(stream: str, rows: int) -> None:
+        now = time.perf_counter()
+        first = started.setdefault(stream, now)
+        if now - shown.get(stream, first) >= PROGRESS_EVERY:
+            shown[stream] = now
+            rate = rows / max(now - first, 1e-6)
+            log.info("%s: %s rows read, %s rows/s", stream, f"{rows:,}", f"{rate:,.0f}")
+
+    return update
 
 
 def print_summary(summary: RunSummary) -> None:

@@ -21,9 +21,11 @@ from stack.cli._common import (
     errors,
     out,
     prefect_defaults,
+    say_error,
 )
 from stack.cli.render import print_summary, progress, status
 from stack.config import config_path, load_config
+from stack.logs import apply_log_format
 from stack.run import pipeline
 from stack.run.backfill import BackfillOutcome, BackfillSelection, check_partitioning
 from stack.run.summary import RunSummary
@@ -85,6 +87,8 @@ def run(
         prefect_defaults()
         from flows.pipeline import pipeline as flow
 
+        apply_log_format()
+
         failed = False
         for name in regions:
             state = flow(
@@ -115,7 +119,7 @@ def _reported(summary: RunSummary, verb: str) -> bool:
     """Print the summary (and what failed); True when the run succeeded."""
     print_summary(summary)
     if not summary.ok:
-        console.print(f"[bold red]{verb} failed:[/] {summary.failure()}", soft_wrap=True)
+        say_error(f"{verb} failed", summary.failure())
     return summary.ok
 
 
@@ -134,6 +138,8 @@ def deploy(
     with errors():
         prefect_defaults()
         from flows.deploy import deploy as apply_deployments
+
+        apply_log_format()
 
         changes = apply_deployments(config_path(config), dry_run=dry_run)
     for change in changes:
@@ -169,6 +175,8 @@ def backfill(
         prefect_defaults()
         from flows.backfill import backfill as flow
 
+        apply_log_format()
+
         state = flow(
             start,
             end,
@@ -200,6 +208,8 @@ def sensor(
     with errors():
         prefect_defaults()
         from flows.sensors import watch
+
+        apply_log_format()
 
         try:
             watch(config_path(config), interval)

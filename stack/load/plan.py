@@ -7,6 +7,7 @@ A :class:`StreamPlan` merges what the source declares (``discover``) with what
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -14,6 +15,7 @@ from connectors.base import Catalog, ConfiguredStream
 from stack import sql
 from stack.config.sources import BadRecordPolicy, DeleteMode, SchemaPolicy, SourceConfig
 from stack.errors import ConfigError
+from stack.logs import log_context
 
 
 def utcnow() -> datetime:
@@ -29,6 +31,12 @@ class RunContext:
     region: str
     run_id: str
     loaded_at: datetime = field(default_factory=utcnow)
+
+    def logging(self, stream: str) -> AbstractContextManager[None]:
+        """Name this run and ``stream`` in every line logged inside (:mod:`stack.logs`)."""
+        return log_context(
+            run_id=self.run_id, pipeline=self.pipeline, region=self.region, stream=stream
+        )
 
 
 @dataclass(frozen=True)

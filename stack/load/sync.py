@@ -87,10 +87,26 @@ def sync_stream(
         MdstackError: anything that stops the stream; the ledger records it as failed
             and committed checkpoints stay committed.
     """
-    with wh.lock(f"{ctx.pipeline}.{ctx.region}.{plan.lock_name}"):
+    with (
+        ctx.logging(plan.lock_name),
+        wh.lock(f"{ctx.pipeline}.{ctx.region}.{plan.lock_name}"),
+    ):
         if plan.stream.spec.loaded_externally:
-            return sync_external(wh, source, plan, ctx)
-        return _sync_locked(wh, source, plan, ctx, progress, policy, replace)
+            entry = sync_external(wh, source, plan, ctx)
+        else:
+            entry = _sync_locked(wh, source, plan, ctx, progress, policy, replace)
+        log.info(
+            "%s [%s] %s: %s read, %s inserted, %s updated, %s deleted in %.1fs",
+            plan.lock_name,
+            ctx.region,
+            entry.status,
+            f"{entry.rows_read:,}",
+            f"{entry.inserted:,}",
+            f"{entry.updated:,}",
+            f"{entry.deleted:,}",
+            entry.seconds,
+        )
+        return entry
 
 
 def _sync_locked(

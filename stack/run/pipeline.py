@@ -22,6 +22,7 @@ from stack.config import DuckDBTarget, StackConfig, load_config
 from stack.errors import ConfigError
 from stack.load import Progress, RunContext, ledger, utcnow
 from stack.load.ledger import RunEntry
+from stack.logs import log_context
 from stack.redact import install_redaction
 from stack.run.parallel import Bounds, StreamJob, run_bounded
 from stack.run.scope import RunScope, close_scope, shared_scope
@@ -229,7 +230,10 @@ def transform_changes(
     picked = transform.selection(changed)
     if picked is None:
         return None
-    with secrets_for(config) as resolver:
+    with (
+        log_context(run_id=run_id, pipeline=config.name, region=region),
+        secrets_for(config) as resolver,
+    ):
         published = open_target(config, target, resolver)
         audit_env = f"audit-{region}" if config.publish.audit else None
         building = published.clone_into(audit_env) if audit_env else published
@@ -325,7 +329,10 @@ def refresh_dashboards(
     if not published:
         return bi.skip_all(config.bi, bi.NOT_PUBLISHED)
     run = bi.RunInfo(config.name, region, run_id, utcnow())
-    with secrets_for(config) as resolver:
+    with (
+        log_context(run_id=run_id, pipeline=config.name, region=region),
+        secrets_for(config) as resolver,
+    ):
         hooks = [bi.resolve_hook(h, resolver.resolve, f"bi[{i}]") for i, h in enumerate(config.bi)]
         return [bi.refresh(hook, run) for hook in hooks]
 

@@ -17,6 +17,7 @@ without a scope (for scripts and benchmarks).
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from contextlib import ExitStack
@@ -27,9 +28,11 @@ from connectors.base import Catalog, Source
 from stack.config import SourceConfig, StackConfig
 from stack.errors import ConfigError
 from stack.load import Progress, RunContext, plan_stream, sync_stream
-from stack.load.ledger import RunEntry
+from stack.load.ledger import RunEntry, describe_error
 from stack.secrets import Resolver, reveal
 from stack.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
 
 
 def open_source(
@@ -132,12 +135,22 @@ class RunScope:
             return self._sources[name]
 
     def sync(self, source_name: str, stream: str, progress: Progress | None = None) -> RunEntry:
-        """Sync one stream on a warehouse handle of its own; returns its ledger entry."""
-        declared = declared_streams(self.config, source_name, [stream])
-        source, catalog = self.source(source_name)
-        plan = plan_stream(source_name, declared, catalog, stream)
-        with self.warehouse.cursor() as wh:
-            return sync_stream(wh, source, plan, self.ctx, progress)
+        """Sync one stream on a warehouse handle of its own; returns its ledger entry.
+
+        Every line logged meanwhile names the run and the stream; a failure, from opening
+        the source to the last commit, is logged here once.
+        """
+        ctx, name = self.ctx, f"{source_name}.{stream}"
+        with ctx.logging(name):
+            try:
+                declared = declared_streams(self.config, source_name, [stream])
+                source, catalog = self.source(source_name)
+                plan = plan_stream(source_name, declared, catalog, stream)
+                with self.warehouse.cursor() as wh:
+                    return sync_stream(wh, source, plan, ctx, progress)
+            except Exception as exc:
+                log.error("%s [%s] failed: %s", name, ctx.region, describe_error(exc))
+                raise
 
     def close(self) -> None:
         self._stack.close()
