@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import typer
 
-from stack.cli import runs, tools, warehouse
+from stack.cli import doctor, runs, tools, warehouse
 from stack.redact import install_redaction
 
 app = typer.Typer(
@@ -60,6 +60,7 @@ app.command()(warehouse.check)
 app.command()(warehouse.clone)
 app.command()(warehouse.publish)
 app.command("drop-env")(warehouse.drop_env)
+app.command()(doctor.doctor)
 secrets_app.command("check")(tools.secrets_check)
 connector_app.command("install")(tools.connector_install)
 connector_app.command("list")(tools.connector_list)
