@@ -163,7 +163,8 @@ def test_cdc_ready_passes_every_line(tmp_path, pg_database, cdc):
     assert code == 0, output
     for text in ("connects", "wal_level", "replication role", f"publication {schema}"):
         assert line(output, text).startswith("✓")
-    assert "replica identity DEFAULT" in line(output, f"table {schema}.items")
+    assert f"in publication '{schema}'" in line(output, f"✓ source pg: {schema}.items published")
+    assert "DEFAULT: carries the key ['id']" in line(output, f"{schema}.items replica identity")
     assert "first sync creates it" in line(output, f"slot {schema}_{schema}_items")
 
 
@@ -188,14 +189,15 @@ def test_cdc_table_without_a_key_and_default_identity(tmp_path, pg_database, cdc
     path = cdc_config(tmp_path, pg_database, schema, **streams)
     code, output = doctor(path)
     assert code == 1
-    found = line(output, f"table {schema}.nokey")
-    assert found.startswith("✗") and "do not carry the key" in found
-    fix = fix_of(output, f"table {schema}.nokey")
+    found = line(output, f"{schema}.nokey replica identity")
+    assert found.startswith("✗")
+    assert "do not carry the key ['a'] (replica identity DEFAULT)" in found
+    fix = fix_of(output, f"{schema}.nokey replica identity")
     assert fix == f'ALTER TABLE "{schema}"."nokey" REPLICA IDENTITY FULL;'
     conn.execute(fix)
     code, output = doctor(path)
     assert code == 0, output
-    assert "replica identity FULL" in line(output, f"table {schema}.nokey")
+    assert "FULL: carries the key ['a']" in line(output, f"✓ source pg: {schema}.nokey replica")
 
 
 def test_cdc_role_without_replication(tmp_path, pg_database, cdc):
@@ -348,3 +350,30 @@ def test_prefect_api_health(tmp_path: Path, monkeypatch):
         server.queue(Reply(503, b"down"))
         code, output = doctor(path)
         assert code == 1 and "answered 503" in line(output, "✗ prefect: api answers")
+
+
+@pytest.fixture
+def fakesnow() -> Iterator[dict[str, Any]]:
+    """fakesnow's server, stopped after the test (this module's one Snowflake test)."""
+    from tests.snowflake_fixtures import fakesnow_server, stop_fakesnow_server
+
+    yield fakesnow_server()
+    stop_fakesnow_server()
+
+
+def test_a_snowflake_target_connects(tmp_path: Path, fakesnow, monkeypatch):
+    server = fakesnow
+    monkeypatch.setenv("DOC_SF_PASSWORD", "sf-secret-5b1e")
+    target = {
+        "type": "snowflake",
+        "account": "fakesnow",
+        "user": "fake",
+        "password": "${env:DOC_SF_PASSWORD}",
+        "database": "DOCTOR",
+        "fakesnow": True,
+    } | {k: server[k] for k in ("host", "port", "protocol")}
+    path = write_config(tmp_path, target="sf", targets={"sf": target})
+    code, output = doctor(path)
+    assert code == 0, output
+    assert "version" in line(output, "✓ warehouse: sf connects")
+    assert "sf-secret-5b1e" not in output

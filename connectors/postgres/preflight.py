@@ -29,7 +29,7 @@ __all__ = [
     "findings",
     "server_findings",
     "server_problems",
-    "table_finding",
+    "table_findings",
 ]
 
 Status = Literal["ok", "warn", "fail"]
@@ -57,7 +57,7 @@ class Finding:
 def server_findings(
     conn: Connection, publication: str, tables: Sequence[Target] = ()
 ) -> list[Finding]:
-    """wal_level, the user's replication attribute, the publication: server-wide, in order."""
+    """wal_level, the user's replication attribute, the publication (last): server-wide."""
     return [
         _wal_level(conn),
         _replication_role(conn),
@@ -72,14 +72,19 @@ def server_problems(conn: Connection, publication: str) -> list[tuple[str, str]]
 
 def check_prerequisites(conn: Connection, target: Target, publication: str) -> None:
     """Raise a ConnectorError that names the SQL to run when CDC cannot work for ``target``."""
-    for finding in [*server_findings(conn, publication), table_finding(conn, target, publication)]:
+    found = server_findings(conn, publication) + table_findings(conn, target, publication)
+    for finding in found:
         if finding.failed:
             raise target.error(finding.detail, finding.fix)
 
 
-def table_finding(conn: Connection, target: Target, publication: str) -> Finding:
-    """Whether the publication carries the table's inserts, updates and deletes with its key."""
-    name = f"table {target.schema}.{target.table}"
+def table_findings(conn: Connection, target: Target, publication: str) -> list[Finding]:
+    """Whether the publication carries the table's changes, and whether they carry its key."""
+    return [_published(conn, target, publication), _identity(conn, target)]
+
+
+def _published(conn: Connection, target: Target, publication: str) -> Finding:
+    name = f"{target.schema}.{target.table} published"
     row = conn.execute(
         "SELECT pubinsert AND pubupdate AND pubdelete,"
         " EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = p.pubname"
@@ -108,6 +113,14 @@ def table_finding(conn: Connection, target: Target, publication: str) -> Finding
             f"publication {publication!r} does not publish inserts, updates and deletes",
             _sql_text(conn, publish.format(pub)),
         )
+    return Finding(name, "ok", f"in publication {publication!r}")
+
+
+def _identity(conn: Connection, target: Target) -> Finding:
+    """Updates and deletes must carry the key: REPLICA IDENTITY DEFAULT needs a primary key,
+    NOTHING never does, FULL always does, USING INDEX when the index covers the key."""
+    name = f"{target.schema}.{target.table} replica identity"
+    label = _IDENTITIES.get(target.replica_identity, target.replica_identity)
     if not target.primary_key:
         return Finding(
             name,
@@ -116,17 +129,16 @@ def table_finding(conn: Connection, target: Target, publication: str) -> Finding
             "add a PRIMARY KEY to the table or set `primary_key:` for the stream",
         )
     identity = _identity_columns(conn, target)
-    label = _IDENTITIES.get(target.replica_identity, target.replica_identity)
     if identity is None or not set(target.primary_key) <= identity:
         fix = sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL;").format(target.qualified)
         return Finding(
             name,
             "fail",
             f"deletes and updates of {target.schema}.{target.table} do not carry the key "
-            f"{list(target.primary_key)} (replica identity {target.replica_identity!r})",
+            f"{list(target.primary_key)} (replica identity {label})",
             _sql_text(conn, fix),
         )
-    return Finding(name, "ok", f"in publication {publication!r}, replica identity {label}")
+    return Finding(name, "ok", f"{label}: carries the key {list(target.primary_key)}")
 
 
 def findings(
@@ -155,8 +167,11 @@ def findings(
         with psycopg.connect(**params, autocommit=True) as conn:
             targets = _targets(conn, cfg, source, streams)
             found = [Finding("connects", "ok", cfg.where)]
-            found += server_findings(conn, repl.publication, targets)
-            found += [table_finding(conn, t, repl.publication) for t in targets]
+            server = server_findings(conn, repl.publication, targets)
+            found += server
+            for target in targets:
+                published, identity = table_findings(conn, target, repl.publication)
+                found += [identity] if server[-1].failed else [published, identity]
             found += [
                 _slot(conn, slot_name(repl.slot, t.schema, t.table), slot_lag_warn) for t in targets
             ]

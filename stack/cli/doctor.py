@@ -58,7 +58,8 @@ def doctor(
         failures = sum(c.failed for c in checks)
         warnings = sum(c.status == "warn" for c in checks)
         verdict = "[bold red]not ready[/]" if failures else "[green]ready[/]"
-        out.print(f"{verdict}: {len(checks)} checks, {failures} failed, {warnings} warnings")
+        warned = f"{warnings} warning{'' if warnings == 1 else 's'}"
+        out.print(f"{verdict}: {len(checks)} checks, {failures} failed, {warned}")
     if any(c.failed for c in checks):
         raise typer.Exit(1)
 

@@ -19,13 +19,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from stack.config import config_path
-from stack.doctor.check import Check, Status
+from stack.doctor.check import Check, Status, failed
 from stack.doctor.config import check_config
 from stack.doctor.dbt import dbt_checks
 from stack.doctor.prefect import prefect_checks
 from stack.doctor.secrets import vault_checks
 from stack.doctor.sources import SLOT_LAG_WARN_BYTES, source_checks
 from stack.doctor.warehouse import MIN_FREE_BYTES, warehouse_checks
+from stack.errors import ConfigError
 from stack.run import pipeline
 
 __all__ = ["MIN_FREE_BYTES", "SLOT_LAG_WARN_BYTES", "Check", "Status", "diagnose"]
@@ -52,7 +53,11 @@ def diagnose(
     yield check
     if config is None:
         return
-    chosen = region or config.region_names()[0]
+    try:
+        chosen = config.check_region(region) if region else config.region_names()[0]
+    except ConfigError as exc:
+        yield failed("config", "region", exc)
+        return
     with pipeline.secrets_for(config) as resolver:
         yield from vault_checks(config, resolver)
         yield from warehouse_checks(config, target, resolver, min_free)

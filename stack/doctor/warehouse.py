@@ -44,7 +44,7 @@ def warehouse_checks(
     if isinstance(warehouse, DuckDBWarehouse):
         yield from _duckdb(name, warehouse, min_free)
     else:
-        yield _queries(name, warehouse, "connects", "SELECT CURRENT_VERSION()")
+        yield _queries(name, warehouse, "connects", "SELECT CURRENT_VERSION() AS version")
 
 
 def _duckdb(name: str, warehouse: DuckDBWarehouse, min_free: int) -> Iterator[Check]:
