@@ -291,6 +291,33 @@ def test_vault_healthy_shows_the_token_ttl(tmp_path, vault: DevVault, monkeypatc
     assert token not in output
 
 
+def test_vault_approle_login_passes_and_leaves_no_token(tmp_path, vault: DevVault, monkeypatch):
+    root = vault.client()
+    mount = f"approle-doc-{uuid.uuid4().hex[:6]}"
+    root.sys.enable_auth_method("approle", path=mount)
+    root.write_data(f"auth/{mount}/role/doctor", data={"token_ttl": "20m", "policies": "default"})
+    role_id = root.read(f"auth/{mount}/role/doctor/role-id")["data"]["role_id"]
+    secret_id = root.write_data(f"auth/{mount}/role/doctor/secret-id")["data"]["secret_id"]
+    monkeypatch.setenv("DOC_VAULT_ADDR", vault.url)
+    monkeypatch.setenv("DOC_ROLE_ID", role_id)
+    monkeypatch.setenv("DOC_SECRET_ID", secret_id)
+    auth = {
+        "method": "approle",
+        "mount": mount,
+        "role_id": "${env:DOC_ROLE_ID}",
+        "secret_id": "${env:DOC_SECRET_ID}",
+    }
+    path = write_config(tmp_path, secrets={"vault": {"url": "${env:DOC_VAULT_ADDR}", "auth": auth}})
+    code, output = doctor(path)
+    assert code == 0, output
+    assert "policies: default" in line(output, "✓ vault: approle login")
+    assert "a run renews it" in line(output, "✓ vault: token ttl")  # 20 min: no warning
+    assert secret_id not in output
+    accessors = root.list("auth/token/accessors")["data"]["keys"]
+    tokens = [root.auth.token.lookup_accessor(a)["data"] for a in accessors]
+    assert not [t for t in tokens if t.get("path", "").startswith(f"auth/{mount}/")]
+
+
 def test_vault_token_about_to_expire_warns(tmp_path, vault: DevVault, monkeypatch):
     token = vault.client().auth.token.create(ttl="30m", policies=["default"])["auth"][
         "client_token"

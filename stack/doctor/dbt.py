@@ -3,7 +3,8 @@
 ``dbt debug`` runs exactly as the stack runs dbt (:func:`stack.run.pipeline.dbt_passthrough`:
 the profile generated from ``stack.yml`` for the active target, credentials as
 ``DBT_ENV_SECRET_*``), so it proves the profile a run will use, not one on disk. dbt's
-report is captured; a failure's line is what dbt said went wrong.
+report is captured; a failure's line is what dbt said went wrong. (With DuckDB, dbt attaches
+the lake, so a warehouse that has no catalog yet gets an empty one.)
 """
 
 from __future__ import annotations
