@@ -19,7 +19,7 @@ from stack.errors import MdstackError, WarehouseBusy
 from stack.run import pipeline
 from stack.secrets import Resolver
 from stack.warehouse import Warehouse
-from stack.warehouse.duckdb import DuckDBWarehouse
+from stack.warehouse.duckdb import ALIAS, DuckDBWarehouse
 
 AREA = "warehouse"
 MIN_FREE_BYTES = 1 << 30
@@ -57,15 +57,14 @@ def _duckdb(name: str, warehouse: DuckDBWarehouse, min_free: int) -> Iterator[Ch
         )
     else:
         warehouse.read_only, warehouse.busy_timeout = True, 0.0
-        opened = _queries(
+        yield _queries(
             name,
             warehouse,
             "opens, catalog readable",
             "SELECT (SELECT count(*) FROM information_schema.tables"
-            " WHERE table_catalog = current_database()) AS tables,"
-            " (SELECT max(snapshot_id) FROM lake.snapshots()) AS snapshot",
+            f" WHERE table_catalog = '{ALIAS}') AS tables,"
+            f" (SELECT max(snapshot_id) FROM {ALIAS}.snapshots()) AS snapshot",
         )
-        yield opened
     yield _disk(warehouse.path, min_free)
 
 
