@@ -2,7 +2,8 @@
 
 Design (one replication slot per stream, plugin ``pgoutput``, one publication per source):
 
-* **Prerequisites** are checked before anything else (:func:`check_prerequisites`):
+* **Prerequisites** are checked before anything else
+  (:func:`connectors.postgres.preflight.check_prerequisites`):
   ``wal_level = logical``, the publication exists, includes the table and publishes
   inserts, updates and deletes, the table has a replica identity that carries the primary
   key, and the user may use replication. Each failure is a ConnectorError whose hint is the
@@ -50,6 +51,7 @@ from psycopg import sql
 
 from connectors.base import SOURCE_DELETED_AT, Batch, Checkpoint, Deletes, Message
 from connectors.errors import ConnectorError, SourceUnavailable
+from connectors.postgres.fetch import Table
 
 Connection = psycopg.Connection[Any]
 
@@ -85,6 +87,19 @@ class Target:
         cls = SourceUnavailable if retryable else ConnectorError
         return cls(message, source=self.source, stream=self.stream, hint=hint)
 
+    @classmethod
+    def of(cls, source: str, stream: str, table: Table, primary_key: tuple[str, ...]) -> Target:
+        """The table as CDC sees it; ``primary_key`` is the stream's, else the table's own."""
+        return cls(
+            source=source,
+            stream=stream,
+            schema=table.schema,
+            table=table.name,
+            columns=tuple((c.name, c.arrow, c.pg_type) for c in table.columns),
+            primary_key=primary_key or table.primary_key,
+            replica_identity=table.replica_identity,
+        )
+
 
 def slot_name(prefix: str, schema: str, table: str) -> str:
     """The stream's slot: ``<prefix>_<schema>_<table>``, folded to [a-z0-9_], <= 63 chars."""
@@ -119,98 +134,6 @@ def _row(conn: Connection, query: str, params: tuple[Any, ...] = ()) -> tuple[An
 def _value(conn: Connection, query: str, params: tuple[Any, ...] = ()) -> Any:
     """The first column of :func:`_row`."""
     return _row(conn, query, params)[0]
-
-
-def check_prerequisites(conn: Connection, target: Target, publication: str) -> None:
-    """Raise a ConnectorError that names the SQL to run when CDC cannot work for ``target``."""
-    for problem in server_problems(conn, publication):
-        raise target.error(*problem)
-    row = _row(  # the publication exists: server_problems said so
-        conn,
-        "SELECT pubinsert AND pubupdate AND pubdelete,"
-        " EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = p.pubname"
-        "         AND t.schemaname = %s AND t.tablename = %s)"
-        " FROM pg_publication p WHERE pubname = %s",
-        (target.schema, target.table, publication),
-    )
-    pub = sql.Identifier(publication)
-    if not row[1]:
-        fix = sql.SQL("ALTER PUBLICATION {} ADD TABLE {};").format(pub, target.qualified)
-        raise target.error(
-            f"table {target.schema}.{target.table} is not in publication {publication!r}",
-            f"run: {_sql_text(conn, fix)}",
-        )
-    if not row[0]:
-        publish = sql.SQL(
-            "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate');"
-        )
-        raise target.error(
-            f"publication {publication!r} does not publish inserts, updates and deletes",
-            f"run: {_sql_text(conn, publish.format(pub))}",
-        )
-    if not target.primary_key:
-        raise target.error(
-            "CDC needs a primary key to merge changes and delete rows",
-            "add a PRIMARY KEY to the table or set `primary_key:` for the stream",
-        )
-    identity = _identity_columns(conn, target)
-    if identity is None or not set(target.primary_key) <= identity:
-        fix = sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL;").format(target.qualified)
-        raise target.error(
-            f"deletes and updates of {target.schema}.{target.table} do not carry the key "
-            f"{list(target.primary_key)} (replica identity {target.replica_identity!r})",
-            f"run: {_sql_text(conn, fix)}",
-        )
-
-
-def server_problems(conn: Connection, publication: str) -> list[tuple[str, str]]:
-    """(message, hint with the SQL to run) for each server-wide CDC prerequisite missing."""
-    problems = []
-    wal_level = _value(conn, "SHOW wal_level")
-    if wal_level != "logical":
-        problems.append(
-            (
-                f"logical replication needs wal_level = logical (it is {wal_level!r})",
-                "run: ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL",
-            )
-        )
-    row = _row(
-        conn,
-        "SELECT rolsuper OR rolreplication, current_user"
-        " FROM pg_roles WHERE rolname = current_user",
-    )
-    if not row[0]:
-        fix = sql.SQL("ALTER ROLE {} WITH REPLICATION;").format(sql.Identifier(row[1]))
-        problems.append(
-            (f"user {row[1]!r} may not use replication slots", f"run: {_sql_text(conn, fix)}")
-        )
-    if not conn.execute(
-        "SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)
-    ).fetchone():
-        create = sql.SQL("CREATE PUBLICATION {} FOR TABLE <schema>.<table>, ...;")
-        problems.append(
-            (
-                f"publication {publication!r} does not exist",
-                f"run: {_sql_text(conn, create.format(sql.Identifier(publication)))}"
-                " (or FOR ALL TABLES, as a superuser)",
-            )
-        )
-    return problems
-
-
-def _identity_columns(conn: Connection, target: Target) -> set[str] | None:
-    """Columns an old row image carries on update/delete; None if it carries none."""
-    if target.replica_identity == "f":
-        return {name for name, _, _ in target.columns}
-    if target.replica_identity == "n":
-        return None
-    rows = conn.execute(
-        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
-        " AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass"
-        " AND CASE WHEN %s = 'd' THEN i.indisprimary ELSE i.indisreplident END",
-        (_sql_text(conn, target.qualified), target.replica_identity),
-    ).fetchall()
-    return {r[0] for r in rows} or None
 
 
 def begin_snapshot(conn: Connection, target: Target, slot: str) -> str:

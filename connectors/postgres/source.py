@@ -74,7 +74,7 @@ from connectors.base import (
     StreamSpec,
 )
 from connectors.errors import ConnectorError
-from connectors.postgres import cdc, fetch
+from connectors.postgres import cdc, fetch, preflight
 from connectors.postgres.config import PostgresConfig
 from connectors.postgres.errors import translate_error
 
@@ -95,10 +95,10 @@ class PostgresSource(BaseSource[PostgresConfig]):
         with self._translate(None), self._connect(cfg) as conn:
             conn.execute("SELECT 1").fetchone()
             repl = cfg.replication
-            problems = cdc.server_problems(conn, repl.publication) if repl else []
+            problems = preflight.server_problems(conn, repl.publication) if repl else []
         where = f"connected to {cfg.where}"
         if problems:
-            text = "; ".join(f"{message} ({hint})" for message, hint in problems)
+            text = "; ".join(f"{message} (fix: {hint})" for message, hint in problems)
             raise ConnectorError(f"{where}, but CDC cannot work: {text}", source=self.name)
         return where
 
@@ -254,16 +254,8 @@ class PostgresSource(BaseSource[PostgresConfig]):
         cfg = self.config
         repl = cfg.replication
         assert repl is not None
-        target = cdc.Target(
-            source=self.name,
-            stream=stream.name,
-            schema=table.schema,
-            table=table.name,
-            columns=tuple((c.name, c.arrow, c.pg_type) for c in table.columns),
-            primary_key=stream.primary_key or table.primary_key,
-            replica_identity=table.replica_identity,
-        )
-        cdc.check_prerequisites(conn, target, repl.publication)
+        target = cdc.Target.of(self.name, stream.name, table, stream.primary_key)
+        preflight.check_prerequisites(conn, target, repl.publication)
         slot = cdc.slot_name(repl.slot, table.schema, table.name)
         lsn = (state or {}).get("lsn")
         if lsn is None:  # a first read, a reset, or a switch from cursor mode: snapshot

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import typer
 
-from stack.cli import runs, tools, warehouse
+from stack.cli import doctor, runs, tools, warehouse
 from stack.cli._common import LogFormatOpt
 from stack.logs import set_log_format
 from stack.redact import install_redaction
@@ -48,6 +48,7 @@ def _main(log_format: LogFormatOpt = "human") -> None:
 
 
 app.command()(tools.validate)
+app.command()(doctor.doctor)
 app.command()(runs.sync)
 app.command()(runs.run)
 app.command()(runs.deploy)

@@ -190,6 +190,22 @@ class VaultSession:
         log.info("leased database credentials for role %s (ttl %ss)", role, lease.ttl)
         return lease
 
+    def token_lookup(self) -> dict[str, Any]:
+        """Log in if not yet, and return what Vault says of the session's token.
+
+        ``auth/token/lookup-self`` without the token's ``id`` and ``accessor``: its
+        ``ttl`` (seconds left; 0 for a token that never expires), ``expire_time``,
+        ``renewable``, ``policies``. ``mdstack doctor`` shows it; a run learns as much at login.
+
+        Raises:
+            SecretError: unreachable/sealed, or the login was refused.
+        """
+        ref = "secrets.vault.auth"
+        client = self._ready(ref)
+        with self._lock, self._translate(ref, "looking up the token", "auth/token/lookup-self"):
+            data = client.auth.token.lookup_self()["data"]
+        return {k: v for k, v in data.items() if k not in ("id", "accessor")}
+
     # -- lifecycle -------------------------------------------------------------
 
     def close(self) -> None:

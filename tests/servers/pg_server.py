@@ -114,12 +114,20 @@ class PgCluster:
         if self.hba:
             hba = self.data / "pg_hba.conf"
             hba.write_text("\n".join(self.hba) + "\n" + hba.read_text())
+        self._pg_ctl("start")
+        return self
+
+    def restart(self) -> None:
+        """Restart with the current ``settings`` (a test changes them, e.g. leaves one out
+        so that a value set by ``ALTER SYSTEM`` applies)."""
+        self._pg_ctl("restart")
+
+    def _pg_ctl(self, action: str) -> None:
         options = " ".join(f"-c {k}={v}" for k, v in self.settings.items())
         options += f" -c port={self.port} -c listen_addresses=127.0.0.1"
         options += " -c unix_socket_directories=''"
         log = str(self.root / "server.log")
-        self._run("pg_ctl", "-D", str(self.data), "-l", log, "-o", options, "-w", "start")
-        return self
+        self._run("pg_ctl", "-D", str(self.data), "-l", log, "-o", options, "-w", action)
 
     def stop(self) -> None:
         """Immediate shutdown by signal (SIGQUIT), like ``pg_ctl -m immediate``.
