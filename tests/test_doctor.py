@@ -364,7 +364,7 @@ def test_dbt_debug_runs_against_the_generated_profile(tmp_path: Path):
     assert code == 0, output
     assert "✓ dbt: dbt debug" in output
     code, output = doctor(write_config(tmp_path, dbt={"project_dir": str(tmp_path / "none")}))
-    assert code == 1 and "dbt.project_dir" in line(output, "✗ dbt: project")
+    assert code == 1 and "dbt.project_dir" in line(output, "✗ config")
 
 
 def test_prefect_api_health(tmp_path: Path, monkeypatch):

@@ -25,20 +25,10 @@ AREA = "dbt"
 
 
 def dbt_checks(config: StackConfig, config_file: Path, target: str | None) -> Iterator[Check]:
-    """The project folder, then ``dbt debug``; nothing without an enabled ``dbt:``."""
+    """``dbt debug``; nothing without an enabled ``dbt:``. (That the project folder is there
+    and names the stack's profile, loading ``stack.yml`` has checked already.)"""
     if config.dbt is None or not config.dbt.enabled:
         return
-    project = config.resolve_path(config.dbt.project_dir)
-    if not (project / "dbt_project.yml").is_file():
-        yield Check(
-            AREA,
-            "project",
-            "fail",
-            f"no dbt_project.yml in {project}",
-            "set dbt.project_dir in stack.yml to the dbt project's folder",
-        )
-        return
-    yield Check(AREA, "project", "ok", str(project))
     output = io.StringIO()
     try:
         with contextlib.redirect_stdout(output):
