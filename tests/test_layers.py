@@ -39,6 +39,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("stack.lineage",),
     ("stack.bi",),
     ("stack.run",),
+    ("stack.scaffold",),
     ("stack.cli",),
 )
 """stack/ from the bottom up: a package imports only from the floors below its own.

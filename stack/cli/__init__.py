@@ -8,6 +8,7 @@ config and 1 for anything else.
 ::
 
     _common.py    the consoles, the shared options, how errors print
+    init.py       init: a new project's skeleton
     runs.py       sync, run, backfill, deploy, sensor: running the pipeline
     warehouse.py  status, lineage, check, sql, dbt, docs, clone, publish, drop-env
     tools.py      secrets check, connector install and list
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import typer
 
-from stack.cli import runs, tools, warehouse
+from stack.cli import init, runs, tools, warehouse
 from stack.redact import install_redaction
 
 app = typer.Typer(
@@ -44,6 +45,7 @@ def _main() -> None:
     install_redaction()
 
 
+app.command()(init.init)
 app.command()(runs.sync)
 app.command()(runs.run)
 app.command()(runs.deploy)
