@@ -39,8 +39,11 @@ def init(
         ),
     ] = False,
 ) -> None:
-    """Start a project: stack.yml, a dbt project with a staging model per stream,
-    .gitignore and README.md. Nothing is installed or downloaded; no file is overwritten."""
+    """Start a project: stack.yml, a dbt project, .gitignore and README.md.
+
+    The dbt project has a staging model per stream of the source. Offline: nothing is
+    installed or downloaded, and no file is overwritten.
+    """
     folder = directory.resolve()
     with errors():
         made = project(project_name(name or folder.name), source, warehouse)
