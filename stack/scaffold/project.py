@@ -35,19 +35,14 @@ class _Template(string.Template):
 
 @dataclass(frozen=True)
 class Project:
-    """A new project: its name, its source, and its files (relative path -> text)."""
+    """A new project: its name, its source, its files (relative path -> text), and the
+    environment variables its ``${env:...}`` references need."""
 
     name: str
     source: Starter
     warehouse: WarehouseKind
     files: Mapping[str, str]
-
-    @property
-    def env(self) -> tuple[str, ...]:
-        """The environment variables its ``${env:...}`` references need, in order."""
-        config = yaml.safe_load(self.files[DEFAULT_CONFIG])  # comments left out
-        found = (parse_reference(text) for _, text in iter_references(config))
-        return tuple(dict.fromkeys(ref.target for ref in found if ref.kind == "env"))
+    env: tuple[str, ...]
 
 
 def project_name(folder_name: str) -> str:
@@ -80,6 +75,7 @@ def project(name: str, source: SourceKind, warehouse: WarehouseKind) -> Project:
         targets=_fill(f"targets/{warehouse}.yml", values),
         sources=_fill(f"sources/{source}.yml", values),
     )
+    env = _env_names(config)
     staging = f"{DBT_DIR}/models/staging"
     files = {
         DEFAULT_CONFIG: config,
@@ -91,9 +87,16 @@ def project(name: str, source: SourceKind, warehouse: WarehouseKind) -> Project:
             "dbt/macros/generate_schema_name.sql"
         ),
         ".gitignore": _template("gitignore"),
+        "README.md": _readme(start, warehouse, env, values),
     }
-    draft = Project(name, start, warehouse, files)
-    return Project(name, start, warehouse, {**files, "README.md": _readme(draft, values)})
+    return Project(name, start, warehouse, files, env)
+
+
+def _env_names(config: str) -> tuple[str, ...]:
+    """The variables the ``${env:...}`` references of ``config`` name, in order (those in
+    comments left out)."""
+    found = (parse_reference(text) for _, text in iter_references(yaml.safe_load(config)))
+    return tuple(dict.fromkeys(ref.target for ref in found if ref.kind == "env"))
 
 
 def _sources_yml(start: Starter, values: Mapping[str, str]) -> str:
@@ -127,14 +130,16 @@ def _staging(start: Starter, stream: Stream) -> str:
     )
 
 
-def _readme(draft: Project, values: Mapping[str, str]) -> str:
+def _readme(
+    start: Starter, warehouse: WarehouseKind, env: tuple[str, ...], values: Mapping[str, str]
+) -> str:
     edit = (
         "the lines marked `EDIT`."
-        if draft.source.placeholder or draft.warehouse != "duckdb"
+        if start.placeholder or warehouse != "duckdb"
         else "nothing, to start with: the lines marked `EDIT` are what your own pipeline changes."
     )
-    if draft.env:
-        names = ", ".join(f"`{name}`" for name in draft.env)
+    if env:
+        names = ", ".join(f"`{name}`" for name in env)
         secrets = (
             f"Set {names} in the environment of a run (a `.env` file you `source` is "
             "git-ignored), or use `${vault:...}` references and a `secrets: vault:` block."
