@@ -40,7 +40,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("stack.lineage",),
     ("stack.bi",),
     ("stack.run",),
-    ("stack.doctor",),
+    ("stack.doctor", "stack.scaffold"),
     ("stack.cli",),
 )
 """stack/ from the bottom up: a package imports only from the floors below its own.

@@ -8,6 +8,7 @@ config and 1 for anything else.
 ::
 
     _common.py    the consoles, the shared options, how errors print
+    init.py       init: a new project's skeleton
     runs.py       sync, run, backfill, deploy, sensor: running the pipeline
     warehouse.py  status, lineage, check, sql, dbt, docs, clone, publish, drop-env
     tools.py      validate, secrets check, connector install and list
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import typer
 
-from stack.cli import doctor, runs, tools, warehouse
+from stack.cli import doctor, init, runs, tools, warehouse
 from stack.cli._common import LogFormatOpt
 from stack.logs import set_log_format
 from stack.redact import install_redaction
@@ -47,6 +48,7 @@ def _main(log_format: LogFormatOpt = "human") -> None:
     set_log_format(log_format)
 
 
+app.command()(init.init)
 app.command()(tools.validate)
 app.command()(doctor.doctor)
 app.command()(runs.sync)
