@@ -83,7 +83,8 @@ def _explain_one(
     elif error["type"] in ("literal_error", "enum", "union_tag_invalid"):
         hint = "use one of the values listed"
     elif error["type"] == "value_error":
-        hint = "change it as the message says"
+        problem = error.get("ctx", {}).get("error")
+        hint = getattr(problem, "hint", None) or "change it as the message says"
     elif loc[:1] in _SECRET_SECTIONS:
         hint = "change it to the expected type"  # never echo: the value may be a secret
     else:

@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from connectors.config import ConfigProblem
+
 DEFAULT_POOL_TYPE = "process"
 
 Outcome = Literal["failure", "success"]
@@ -80,30 +82,32 @@ def default_deployments() -> dict[str, DeploymentSpec]:
 
 
 def check_cron(expression: str) -> str:
-    """A five-field cron expression, parsed as Prefect's scheduler parses it, or ValueError
-    saying what is wrong (``99 99 * * *``: the minute field is out of range)."""
+    """A five-field cron expression, parsed as Prefect's scheduler parses it, or a
+    :class:`ConfigProblem` saying what is wrong (``99 99 * * *``: a bad minute)."""
     fields = expression.split()
-    problem = "expected 5 fields" if len(fields) != 5 else None
+    problem = f"{len(fields)} fields, not 5" if len(fields) != 5 else None
     if problem is None:
         try:
             CronSim(expression, datetime(2000, 1, 1))
         except CronSimError as exc:
-            problem = str(exc)
+            problem = str(exc).lower()
     if problem:
-        raise ValueError(
-            f"{expression!r} is not a cron expression ({problem}): five fields "
-            "(minute hour day-of-month month day-of-week), e.g. '0 6 * * *'"
+        raise ConfigProblem(
+            f"{expression!r} is not a cron schedule ({problem})",
+            hint="five fields: minute hour day-of-month month day-of-week, "
+            "e.g. '0 6 * * *' (06:00 every day) or '*/15 * * * 1-5'",
         )
     return expression
 
 
 def check_timezone(name: str) -> str:
-    """An IANA time zone name, or ValueError."""
+    """An IANA time zone name, or a :class:`ConfigProblem`."""
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        msg = f"unknown time zone {name!r}; use an IANA name such as Europe/Berlin"
-        raise ValueError(msg) from None
+        raise ConfigProblem(
+            f"unknown time zone {name!r}", hint="use an IANA name such as Europe/Berlin or UTC"
+        ) from None
     return name
 
 

@@ -65,7 +65,7 @@ def _target(config: StackConfig, at: Any) -> Iterator[ConfigError]:
 def _names(config: StackConfig, at: Any) -> Iterator[ConfigError]:
     """Regions, sources and streams named by deployments, checks, alerts and backfill."""
     regions = config.region_names()
-    streams = {f"{s}.{t}" for s, source in config.sources.items() for t in source.streams}
+    streams = [f"{s}.{t}" for s, source in config.sources.items() for t in source.streams]
     for name, spec in config.deployments.items():
         key = ("deployments", name)
         yield from _unknown(at, (*key, "regions"), spec.regions or (), regions, "region")
