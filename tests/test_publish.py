@@ -237,6 +237,7 @@ def test_clone_and_drop_env_from_the_command_line(tmp_path):
     source = lake(tmp_path / "warehouse", rows=10)
     config = yaml.safe_load((ROOT / "stack.yml").read_text())
     config["targets"]["local"]["path"] = str(source.path)
+    config["dbt"]["project_dir"] = str(ROOT / "dbt_project")
     path = tmp_path / "stack.yml"
     path.write_text(yaml.safe_dump(config))
     cli = CliRunner()

@@ -21,9 +21,13 @@ import yaml
 from connectors import source_class
 from connectors.config import config_problems
 from stack.config.locate import line_of
-from stack.config.model import StackConfig
+from stack.config.model import StackConfig, render
 from stack.config.references import find_references
 from stack.errors import ConfigError, ConnectorError
+
+_A_WINDOW = {"start": "2000-01-01", "end": "2000-01-02"}
+"""What ``{{ start }}`` and ``{{ end }}`` render to in a backfill partition (a config may
+use them for backfills alone): any window will do to judge the rest of the config."""
 
 DBT_PROFILE = "mdstack"
 """The profile name the stack writes for dbt (:mod:`stack.transform.dbt`)."""
@@ -104,7 +108,7 @@ def _sources(config: StackConfig, at: Any) -> Iterator[ConfigError]:
         model = getattr(cls, "config_model", None)
         for region in config.region_names():
             try:
-                rendered = config.source_config(name, region)
+                rendered = render(source.config, config.template_vars(region) | _A_WINDOW)
             except ConfigError as exc:
                 yield at(("sources", name, "config"), exc.message, exc.hint or "")
                 break
