@@ -9,16 +9,31 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
 import connectors
-from connectors.base import SYNC_MODES, Catalog
+from connectors.base import (
+    SYNC_MODES,
+    Catalog,
+    ConfiguredStream,
+    Message,
+    State,
+    StreamSpec,
+    check_state,
+)
+from connectors.errors import ConnectorError
 from stack.cli import app
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.counting_source import CountingSource, reads
@@ -40,6 +55,18 @@ class EveryMode(CountingSource):
     def discover(self) -> Catalog:
         streams = super().discover().streams
         return Catalog(tuple(dataclasses.replace(s, sync_modes=SYNC_MODES) for s in streams))
+
+
+class Stalling(EveryMode):
+    """Says ``stalled`` on stdout after its first batch of a read from scratch, then hangs:
+    a process to kill in the middle of a full refresh."""
+
+    def read(self, stream: ConfiguredStream, state: State | None) -> Iterator[Message]:
+        for index, message in enumerate(super().read(stream, state)):
+            yield message
+            if state is None and index == 0:
+                print("stalled", flush=True)
+                time.sleep(600)
 
 
 @pytest.fixture(autouse=True)
@@ -189,6 +216,44 @@ def test_full_refresh_drops_what_the_source_deleted_and_stores_the_new_state(tmp
     assert last_read(tmp_path, "items") == {"day": "2026-01-04"}
 
 
+KILLED_WORKER = """
+import sys
+sys.path.insert(0, {root!r})
+import connectors
+connectors.REGISTRY["every-mode"] = "tests.test_state_commands:Stalling"
+from stack.cli import app
+app(["sync", "--config", {path!r}, "--region", "us", "--source", "feed", "--stream", {stream!r},
+     "--full-refresh"])
+"""
+
+
+@pytest.mark.parametrize("stream", ["events", "items"])
+def test_a_full_refresh_killed_mid_read_leaves_the_old_rows_and_state(tmp_path, stream):
+    """kill -9 while the rows are being replaced (direct load: appended inside the open
+    transaction; staged: staged): the old rows and state stand, no audit row is left."""
+    path = write_config(tmp_path)
+    sync(path, stream)
+    old_days, old_states = days(tmp_path, stream), shown(path)
+    write_config(tmp_path, {"start": "2026-01-02", "end": "2026-01-05"})
+    root = Path(__file__).resolve().parent.parent
+    script = tmp_path / "worker.py"
+    script.write_text(KILLED_WORKER.format(root=str(root), path=str(path), stream=stream))
+    worker = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=root
+    )
+    try:
+        assert worker.stdout is not None
+        assert worker.stdout.readline().strip() == "stalled"
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(60)
+    assert days(tmp_path, stream) == old_days
+    assert shown(path) == old_states
+    assert audit(path) == []
+    sync(path, stream, "--full-refresh")  # the next one lands
+    assert days(tmp_path, stream) == [date(2026, 1, d) for d in (2, 3, 4)]
+
+
 BAD = [
     (
         ["set", "nope", "--region", "us", "{}"],
@@ -268,3 +333,85 @@ def test_run_full_refresh_goes_through_the_prefect_flow(tmp_path, prefect_api):
     assert last_read(tmp_path, "events") is None
     assert days(tmp_path, "events") == [date(2026, 1, d) for d in (2, 3, 4)]
     assert [row[1] for row in audit(path)] == ["full_refresh"]
+
+
+# -- what each source accepts -----------------------------------------------------------------
+def stream(cursor: pa.DataType, mode: str = "incremental_deduped") -> ConfiguredStream:
+    schema = pa.schema([("id", pa.int64()), ("updated_at", cursor)])
+    spec = StreamSpec("items", schema, ("id",), "updated_at", SYNC_MODES)
+    return ConfiguredStream(spec, mode, "updated_at", ("id",))
+
+
+PG = {"host": "localhost", "database": "shop", "user": "reader"}
+REST = {"base_url": "http://localhost:1", "streams": {"items": {"path": "/items"}}}
+TIMESTAMP, INTEGER = pa.timestamp("us"), pa.int64()
+SOURCES: list[tuple[str, dict[str, Any], pa.DataType, list[Any], list[tuple[Any, str]]]] = [
+    (
+        "demo",
+        {"seed": 1, "region": "us"},
+        TIMESTAMP,
+        [{}, {"day": 0}, {"day": 12}],
+        [({"day": -1}, '{"day": <the last day'), ({"day": "3"}, "is not"), ({"days": 3}, "is not")],
+    ),
+    (
+        "postgres",
+        PG,
+        TIMESTAMP,
+        [{}, {"cursor": "2026-01-01T10:00:00"}, {"cursor": "2026-01-01T10:00:00.123456"}],
+        [
+            ({"cursor": 5}, "no valid cursor (text)"),
+            ({"cursor": "yesterday"}, "is not a timestamp[us] (column 'updated_at')"),
+            ({"lsn": "0/16B3748"}, 'is not {"cursor"'),
+        ],
+    ),
+    ("postgres", PG, INTEGER, [{"cursor": "12"}], [({"cursor": "twelve"}, "is not a int64")]),
+    (
+        "postgres",
+        {**PG, "replication": {}},
+        TIMESTAMP,
+        [{"lsn": "0/16B3748"}, {"cursor": "2026-01-01"}],
+        [({"lsn": "16B3748"}, "no valid LSN (<hex>/<hex>)")],
+    ),
+    (
+        "rest",
+        REST,
+        TIMESTAMP,
+        [{}, {"cursor": "2026-01-01T00:00:00Z"}, {"cursor": "2026-01-01"}],
+        [
+            ({"cursor": 5}, "is not a value of column 'updated_at'"),
+            ({"cursor": "soon"}, "ISO 8601"),
+            ({"cursor": True}, "no valid cursor"),
+        ],
+    ),
+    ("rest", REST, INTEGER, [{"cursor": 5}, {"cursor": 2.5}], [({"cursor": "5"}, "a number")]),
+    (
+        "files",
+        {"url": "/nowhere/*.csv"},
+        TIMESTAMP,
+        [{}, {"files": {"/nowhere/a.csv": {"size": 1, "mtime": 2.0, "etag": None}}}],
+        [({"files": ["/nowhere/a.csv"]}, 'not a valid files state: {"files"')],
+    ),
+    (
+        "airbyte",
+        {"executable": "source-nothing"},
+        TIMESTAMP,
+        [{}, {"airbyte_state": [{"type": "LEGACY", "data": {}}]}],
+        [({"airbyte_state": {"type": "LEGACY"}}, 'is not {"airbyte_state": [<Airbyte')],
+    ),
+]
+
+
+@pytest.mark.parametrize(("connector", "config", "cursor", "good", "bad"), SOURCES)
+def test_each_source_takes_the_states_its_reads_write_and_names_the_shape_it_expects(
+    connector, config, cursor, good, bad
+):
+    source = connectors.load_source(connector, "src", config)
+    for state in good:
+        assert check_state(source, stream(cursor), state) == state
+    for state, needle in [*bad, ([state for state, _ in bad], "a state is a JSON object")]:
+        with pytest.raises(ConnectorError) as refused:
+            check_state(source, stream(cursor), state)
+        assert needle in refused.value.message, (state, refused.value.message)
+    if connector != "demo":  # a full refresh reads everything: the state is only kept
+        for state, _ in bad:
+            assert check_state(source, stream(cursor, "full_refresh_overwrite"), state) == state
