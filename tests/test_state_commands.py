@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,8 @@ from connectors.base import (
 )
 from connectors.errors import ConnectorError
 from stack.cli import app
+from stack.load.ledger import RunEntry
+from stack.run.summary import changed_streams
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.counting_source import CountingSource, reads
 from tests.servers.prefect_server import shared_server, using_api
@@ -222,6 +224,8 @@ sys.path.insert(0, {root!r})
 import connectors
 connectors.REGISTRY["every-mode"] = "tests.test_state_commands:Stalling"
 from stack.cli import app
+from stack.load.ledger import RunEntry
+from stack.run.summary import changed_streams
 app(["sync", "--config", {path!r}, "--region", "us", "--source", "feed", "--stream", {stream!r},
      "--full-refresh"])
 """
@@ -252,6 +256,19 @@ def test_a_full_refresh_killed_mid_read_leaves_the_old_rows_and_state(tmp_path, 
     assert audit(path) == []
     sync(path, stream, "--full-refresh")  # the next one lands
     assert days(tmp_path, stream) == [date(2026, 1, d) for d in (2, 3, 4)]
+
+
+def test_dbt_rebuilds_what_is_downstream_of_a_full_refresh_of_any_mode():
+    """Rows a full refresh dropped are gone from the source table: dbt's incremental models
+    downstream only see that when rebuilt (``--full-refresh`` for them too)."""
+    now = datetime(2026, 1, 1)
+    entries = [
+        RunEntry("r", "shop", "feed", "items", "us", "incremental_deduped", "succeeded", now,
+                 full_refresh=True),
+        RunEntry("r", "shop", "feed", "events", "us", "incremental_append", "succeeded", now,
+                 inserted=3),
+    ]  # fmt: skip
+    assert changed_streams(entries) == {"feed": {"items": True, "events": False}}
 
 
 BAD = [
