@@ -204,6 +204,7 @@ def _text(state: dict[str, Any] | None) -> str:
 
 
 def _said(change: StateChange, then: str) -> None:
+    """One line per change: where, the state now, ``then`` (what it was), who."""
     key = change.key
     now = _text(change.after) or "none"
     out.print(
@@ -224,7 +225,7 @@ def _print(rows: Iterable[dict[str, Any]], columns: tuple[str, ...], as_json: bo
                     row[column] = json.loads(value)
                 elif isinstance(value, datetime):
                     row[column] = value.isoformat()
-        typer.echo(redact(json.dumps(picked, sort_keys=False)))
+        typer.echo(redact(json.dumps(picked)))
         return
     table = Table(*columns)
     for row in picked:
