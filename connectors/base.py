@@ -20,7 +20,8 @@ source's own bookkeeping.
 
 The sources of this package build on :class:`BaseSource`, which owns the name, the config
 (validated into the source's pydantic model, :mod:`connectors.config`), ``spec`` and
-``check``; a source adds ``discover``, ``read`` and, where it can, a connection check.
+``check``; a source adds ``discover``, ``read`` and, where it can, a connection check and
+a check of the states it accepts (:func:`check_state`, for states set by hand).
 """
 
 from __future__ import annotations
@@ -245,9 +246,37 @@ class BaseSource(Generic[ConfigT]):
         """Hook, run once the config has validated: set up what every read shares
         (credentials, a rate limiter). Runs in ``__init__``, so it must not do I/O."""
 
+    def check_state(self, stream: ConfiguredStream, state: State) -> None:
+        """Hook for :func:`check_state`: raise ConnectorError, saying what shape is expected,
+        if ``read`` would refuse ``state`` for ``stream``. The default accepts any object;
+        a source whose ``read`` looks into its state checks it the way ``read`` does."""
+
     def check_connection(self) -> str:
         """Hook for ``check``: prove the config works (connect, list, fetch one page) and
         say what was seen, or raise ConnectorError. The default only validates the config.
         """
         self.config  # noqa: B018 - raises the config's error, if it has one
         return ""
+
+
+def check_state(source: Source, stream: ConfiguredStream, state: object) -> State:
+    """``state`` (parsed JSON) as ``source`` would take it to read ``stream``.
+
+    Every state is a JSON object; a :class:`BaseSource` checks the rest
+    (:meth:`BaseSource.check_state`). A state set by hand goes through here, so that
+    the next read does not fail on it, or silently start over.
+
+    Raises:
+        ConnectorError: the source would not accept it (the message says what it expects).
+    """
+    if not isinstance(state, dict):
+        raise ConnectorError(
+            f"a state is a JSON object, not {type(state).__name__} {state!r}"[:300],
+            source=source.name,
+            stream=stream.name,
+            hint='give an object, such as {"cursor": "2026-01-01"}; '
+            "`mdstack state show` shows the states stored",
+        )
+    if isinstance(source, BaseSource):
+        source.check_state(stream, state)
+    return state

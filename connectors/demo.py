@@ -188,22 +188,33 @@ class DemoSource(BaseSource[DemoConfig]):
                 yield from _slices(Deletes, spec.name, deletes, size)
             yield Checkpoint(spec.name, {"day": day})
 
+    def check_state(self, stream: ConfiguredStream, state: State) -> None:
+        """Every stream's state is ``{"day": d}``, the last day delivered (or ``{}``)."""
+        self._saved_day(stream.name, state)
+
     def _window(self, stream: str, state: State | None) -> tuple[int, int]:
         """First day to deliver and target day (the last one, or the snapshot's)."""
         cfg = self.config
         last = cfg.last_day
-        if not state:
+        day = self._saved_day(stream, state)
+        if day is None:
             return 0, cfg.history_days - 1 if last is None else last
+        return day + 1, day + 1 if last is None else max(day, last)
+
+    def _saved_day(self, stream: str, state: State | None) -> int | None:
+        """The state's day; None for no state (``None`` or ``{}``)."""
+        if not state:
+            return None
         day = state.get("day")
-        if isinstance(day, bool) or not isinstance(day, int) or day < 0:
+        if isinstance(day, bool) or not isinstance(day, int) or day < 0 or len(state) > 1:
             raise ConnectorError(
-                f"state {state!r} has no valid day",
+                f'state {state!r} is not {{"day": <the last day delivered, 0 or more>}}',
                 source=self.name,
                 stream=stream,
                 key="day",
                 hint="reset the stream's state to read from day 0",
             )
-        return day + 1, day + 1 if last is None else max(day, last)
+        return day
 
 
 def _slices(

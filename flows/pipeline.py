@@ -26,7 +26,7 @@ from flows.limits import source_limits, source_slot
 from stack.bi import HookResult
 from stack.config import StackConfig, load_config
 from stack.config import config_path as default_config_path
-from stack.errors import TransformError
+from stack.errors import ConfigError, TransformError
 from stack.load import RunContext
 from stack.load.ledger import RunEntry
 from stack.run import alerts
@@ -67,16 +67,20 @@ def sync_stream(
     start: str | None = None,
     end: str | None = None,
     limit: str | None = None,
+    full_refresh: bool = False,
 ) -> RunEntry:
-    """Sync one stream (resuming from its committed state), or overwrite the backfill
-    partition ``[start, end)`` of it; committed work survives a failure of this task.
-    ``limit``: the source's global concurrency limit, a slot of which is held meanwhile."""
+    """Sync one stream (resuming from its committed state, or from scratch replacing its
+    rows with ``full_refresh``), or overwrite the backfill partition ``[start, end)`` of
+    it; committed work survives a failure of this task. ``limit``: the source's global
+    concurrency limit, a slot of which is held meanwhile."""
     with source_slot(limit):
         if start and end:
             return partitions.sync_partition(
                 config_path, target, region, source, stream, start, end, run_id
             )
-        return engine.sync_run_stream(config_path, target, region, source, stream, run_id)
+        return engine.sync_run_stream(
+            config_path, target, region, source, stream, run_id, full_refresh
+        )
 
 
 @task(name="dbt", task_run_name="dbt [{region}]", timeout_seconds=DBT_TIMEOUT_SECONDS)
@@ -119,6 +123,7 @@ def pipeline(
     config_path: str | None = None,
     start: str | None = None,
     end: str | None = None,
+    full_refresh: bool = False,
 ) -> RunSummary | State:
     """sources -> warehouse -> dbt for one region; returns the run summary.
 
@@ -126,6 +131,8 @@ def pipeline(
     summary as its data) when any stream or dbt node failed. With ``start`` and
     ``end`` (ISO dates, end exclusive) the run is one backfill partition: each
     incremental stream's rows in that window are overwritten (``stack.run.backfill``).
+    With ``full_refresh`` each stream is read from scratch and its region's rows are
+    replaced in one transaction (``mdstack run --full-refresh``).
     Alerts go out at the end (``alerts:`` in stack.yml).
     """
     path = str(default_config_path(config_path))
@@ -135,7 +142,13 @@ def pipeline(
     )
     summary = RunSummary(engine.new_run_id(), selection.region)
     ctx = RunContext(config.name, selection.region, summary.run_id)
-    summary.streams = _sync_all(path, target, config, selection, ctx, start, end)
+    if full_refresh and start and end:
+        raise ConfigError(
+            "a full refresh reloads every row; a backfill partition only its window",
+            key="full_refresh",
+            hint="pass either full_refresh or start and end, not both",
+        )
+    summary.streams = _sync_all(path, target, config, selection, ctx, start, end, full_refresh)
     summary.dbt = transform(
         path, target, selection.region, changed_streams(summary.streams), summary.run_id
     )
@@ -165,6 +178,7 @@ def _sync_all(
     ctx: RunContext,
     start: str | None,
     end: str | None,
+    full_refresh: bool,
 ) -> list[RunEntry]:
     """One task per stream, started within the run's bounds; entries in ``stack.yml`` order.
 
@@ -178,7 +192,7 @@ def _sync_all(
 
     def submit(job: StreamJob) -> PrefectFuture[RunEntry]:
         args = (path, target, region, job.source, job.stream, ctx.run_id, start, end)
-        return sync_stream.submit(*args, limit=limits.get(job.source))
+        return sync_stream.submit(*args, limit=limits.get(job.source), full_refresh=full_refresh)
 
     entries: dict[StreamJob, RunEntry] = {}
     try:

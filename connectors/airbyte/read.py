@@ -60,7 +60,9 @@ class States:
         messages = (stored or {}).get(STATE_KEY, [])
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise ConnectorError(
-                f"the stored state is not a list of Airbyte STATE messages: {stored!r}"[:300],
+                f'the state is not {{"{STATE_KEY}": [<Airbyte STATE message>, ...]}}: {stored!r}'[
+                    :300
+                ],
                 source=source,
                 stream=stream,
                 hint="reset the stream's state to read it again from the start",

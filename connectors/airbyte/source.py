@@ -244,6 +244,12 @@ class AirbyteSource(BaseSource[AirbyteConfig]):
                 scrub=self._scrub,
             )
 
+    def check_state(self, stream: ConfiguredStream, state: State) -> None:
+        """An incremental stream's state holds the connector's STATE messages
+        (``{"airbyte_state": [...]}``); a full refresh ignores it."""
+        if stream.incremental:
+            States(self.name, stream.name, state)
+
     # -- internals ----------------------------------------------------------------------------
     def _run(self, verb: str) -> Iterator[dict[str, Any]]:
         connector = self._ready()

@@ -173,6 +173,12 @@ class FilesSource(BaseSource[FilesConfig]):
         if not todo:
             yield Checkpoint(stream.name, {"files": done})
 
+    def check_state(self, stream: ConfiguredStream, state: State) -> None:
+        """An incremental stream's state lists the files read (see the module docstring);
+        a full refresh reads every file and ignores it."""
+        if stream.incremental:
+            self._saved(stream.name, state)
+
     # -- internals ----------------------------------------------------------------------------
     def _saved(
         self, stream: str, state: State | None
@@ -189,7 +195,9 @@ class FilesSource(BaseSource[FilesConfig]):
         if not valid:
             hint = "reset the stream's state to read every file again"
             raise ConnectorError(
-                f"state {state!r} is not a valid files state",
+                f"state {state!r} is not a valid files state: "
+                '{"files": {<path>: {"size", "mtime", "etag"}, ...}}, and while a file is '
+                'read "reading": {"file": <path>, "fingerprint": {...}, "rows": <count>}',
                 source=self.name,
                 stream=stream,
                 hint=hint,

@@ -149,6 +149,46 @@ class PostgresSource(BaseSource[PostgresConfig]):
             else:
                 yield from self._read_cursor(conn, table, stream, state)
 
+    def check_state(self, stream: ConfiguredStream, state: State) -> None:
+        """An incremental stream's state is ``{"cursor": <text of the cursor column's type>}``,
+        or, with ``replication:``, ``{"lsn": "XXXXXXXX/XXXXXXXX"}``; a full refresh ignores it."""
+        if not stream.incremental or not state:
+            return
+        expected = '{"cursor": <a value of the cursor column, as text>}'
+        if self.config.replication:
+            expected += ' or {"lsn": "<hex>/<hex>"}'
+        hint = f"the source expects {expected}"
+        if set(state) - ({"cursor", "lsn"} if self.config.replication else {"cursor"}):
+            raise self._fail(stream, f"state {state!r} is not {expected}", hint)
+        if "lsn" in state:
+            self._saved_lsn(stream, state)
+            return
+        saved = self._saved_cursor(stream, state)
+        if saved is None or not stream.cursor:
+            return
+        arrow = stream.spec.schema.field(stream.cursor).type
+        try:
+            pa.array([saved]).cast(arrow)
+        except pa.ArrowNotImplementedError:
+            pass  # no text form in Arrow: PostgreSQL casts the text itself
+        except pa.ArrowInvalid:
+            message = f"cursor {saved!r} is not a {arrow} (column {stream.cursor!r})"
+            raise self._fail(stream, message, hint, "cursor") from None
+
+    def _saved_cursor(self, stream: ConfiguredStream, state: State | None) -> str | None:
+        saved = (state or {}).get("cursor")
+        if saved is not None and not isinstance(saved, str):
+            hint = "reset the stream's state to read it again from the start"
+            raise self._fail(stream, f"state {state!r} has no valid cursor (text)", hint)
+        return saved
+
+    def _saved_lsn(self, stream: ConfiguredStream, state: State | None) -> str | None:
+        lsn = (state or {}).get("lsn")
+        if lsn is not None and (not isinstance(lsn, str) or not _LSN.fullmatch(lsn)):
+            hint = "reset the stream's state to take a new snapshot"
+            raise self._fail(stream, f"state {state!r} has no valid LSN (<hex>/<hex>)", hint)
+        return lsn
+
     def _fail(
         self, stream: ConfiguredStream, message: str, hint: str, key: str | None = None
     ) -> ConnectorError:
@@ -191,10 +231,7 @@ class PostgresSource(BaseSource[PostgresConfig]):
         """Rows after the saved cursor, in cursor order, checkpointed between cursor values."""
         cfg = self.config
         cursor = self._cursor(table, stream)
-        saved = (state or {}).get("cursor")
-        if saved is not None and not isinstance(saved, str):
-            hint = "reset the stream's state to read it again from the start"
-            raise self._fail(stream, f"state {state!r} has no valid cursor", hint)
+        saved = self._saved_cursor(stream, state)
         where = None
         if saved is not None:
             bound = sql.SQL("{}::{}").format(sql.Literal(saved), sql.SQL(cursor.pg_type))
@@ -257,15 +294,12 @@ class PostgresSource(BaseSource[PostgresConfig]):
         target = cdc.Target.of(self.name, stream.name, table, stream.primary_key)
         preflight.check_prerequisites(conn, target, repl.publication)
         slot = cdc.slot_name(repl.slot, table.schema, table.name)
-        lsn = (state or {}).get("lsn")
+        lsn = self._saved_lsn(stream, state)
         if lsn is None:  # a first read, a reset, or a switch from cursor mode: snapshot
             start = cdc.begin_snapshot(conn, target, slot)
             yield from self._scan(conn, table, stream)
             yield Checkpoint(stream.name, {"lsn": start})
             return
-        if not isinstance(lsn, str) or not _LSN.fullmatch(lsn):
-            hint = "reset the stream's state to take a new snapshot"
-            raise self._fail(stream, f"state {state!r} has no valid LSN", hint)
         cdc.resume(conn, target, slot, lsn)
         yield from cdc.read_changes(conn, target, slot, repl.publication, lsn, cfg.batch_size)
 

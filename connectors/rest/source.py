@@ -193,16 +193,7 @@ class RestSource(BaseSource[RestConfig]):
         cursor = None
         params: dict[str, Any] = {}
         if stream.incremental:
-            field = stream.cursor or definition.cursor
-            if field is None:
-                raise ConnectorError(
-                    "incremental read needs a cursor",
-                    source=self.name,
-                    stream=stream.name,
-                    key="cursor",
-                    hint=f"set `cursor:` under `config: streams: {stream.name}:` in stack.yml",
-                )
-            cursor = _Cursor(self.name, stream.name, field, state, definition.lookback)
+            cursor = self._cursor(stream, definition, state)
             if definition.cursor_param and cursor.low is not None:
                 params[definition.cursor_param] = cursor.low
         started, rows = time.perf_counter(), 0
@@ -228,6 +219,52 @@ class RestSource(BaseSource[RestConfig]):
             final,
         )
         yield Checkpoint(stream.name, final)
+
+    def check_state(self, stream: ConfiguredStream, state: State) -> None:
+        """An incremental stream's state is ``{"cursor": <the greatest value read>}``: a
+        number for a numeric cursor, ISO 8601 text for a date or time one, text otherwise;
+        a full refresh ignores it."""
+        definition = self.config.streams.get(stream.name)
+        if not stream.incremental or definition is None:
+            return
+        cursor = self._cursor(stream, definition, state)
+        schema = stream.spec.schema
+        if cursor.saved is None or cursor.field not in schema.names:
+            return
+        kind = schema.field(cursor.field).type
+        numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind)
+        fits = isinstance(cursor.saved, str) != numeric
+        if fits and (pa.types.is_timestamp(kind) or pa.types.is_date(kind)):
+            fits = _iso_moment(cursor.saved) is not None
+        if not fits:
+            raise ConnectorError(
+                f"cursor {cursor.saved!r} is not a value of column {cursor.field!r} ({kind}): "
+                'the state is {"cursor": <a number>} for a numeric cursor, '
+                '{"cursor": "<ISO 8601 date or time>"} for a date or time one',
+                source=self.name,
+                stream=stream.name,
+                key="cursor",
+                hint="reset the stream's state to read it again from the start",
+            )
+
+    def _cursor(
+        self, stream: ConfiguredStream, definition: StreamDef, state: State | None
+    ) -> _Cursor:
+        """The incremental cursor of a read of ``stream`` from ``state``.
+
+        Raises:
+            ConnectorError: the stream has no cursor, or the state no valid one.
+        """
+        field = stream.cursor or definition.cursor
+        if field is None:
+            raise ConnectorError(
+                "incremental read needs a cursor",
+                source=self.name,
+                stream=stream.name,
+                key="cursor",
+                hint=f"set `cursor:` under `config: streams: {stream.name}:` in stack.yml",
+            )
+        return _Cursor(self.name, stream.name, field, state, definition.lookback)
 
     @contextmanager
     def _reading(self) -> Iterator[Pager]:
@@ -464,19 +501,29 @@ def _minus(saved: Any, lookback: Any, source: str, stream: str) -> Any:
         return saved - lookback
     delta = iso_duration(lookback) if isinstance(lookback, str) else timedelta(seconds=lookback)
     assert delta is not None  # the config validated it
-    try:
-        if len(saved) == 10:
-            days = delta.days + (1 if delta - timedelta(days=delta.days) else 0)
-            return (date.fromisoformat(saved) - timedelta(days=days)).isoformat()
-        zulu = saved.endswith(("Z", "z"))
-        moment = datetime.fromisoformat(saved[:-1] + "+00:00" if zulu else saved) - delta
-        text = moment.isoformat()
-        return text.removesuffix("+00:00") + "Z" if zulu else text
-    except ValueError:
+    moment = _iso_moment(saved)
+    if moment is None:
         raise ConnectorError(
             f"lookback needs an ISO 8601 date or timestamp cursor, and the state holds {saved!r}",
             source=source,
             stream=stream,
             key="lookback",
             hint="remove `lookback`, or use a date/time cursor",
-        ) from None
+        )
+    if not isinstance(moment, datetime):
+        days = delta.days + (1 if delta - timedelta(days=delta.days) else 0)
+        return (moment - timedelta(days=days)).isoformat()
+    text = (moment - delta).isoformat()
+    return text.removesuffix("+00:00") + "Z" if saved.endswith(("Z", "z")) else text
+
+
+def _iso_moment(text: str) -> date | datetime | None:
+    """ISO 8601 text as a date (10 characters) or a datetime (a trailing ``Z`` is UTC);
+    None when it is neither."""
+    try:
+        if len(text) == 10:
+            return date.fromisoformat(text)
+        zulu = text.endswith(("Z", "z"))
+        return datetime.fromisoformat(text[:-1] + "+00:00" if zulu else text)
+    except ValueError:
+        return None

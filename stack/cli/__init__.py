@@ -12,6 +12,7 @@ config and 1 for anything else.
     runs.py       sync, run, backfill, deploy, sensor: running the pipeline
     warehouse.py  status, lineage, check, sql, dbt, docs, clone, publish, drop-env
     tools.py      validate, secrets check, connector install and list
+    state.py      state show, set, reset and log: where each stream resumes
     render.py     progress, the run summary, colours and numbers
 
 Every command is registered here, in the order ``mdstack --help`` lists them.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import typer
 
-from stack.cli import doctor, init, runs, tools, warehouse
+from stack.cli import doctor, init, runs, state, tools, warehouse
 from stack.cli._common import LogFormatOpt
 from stack.logs import set_log_format
 from stack.redact import install_redaction
@@ -39,6 +40,11 @@ connector_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(connector_app, name="connector")
+state_app = typer.Typer(
+    help="Where each stream resumes: show, set or reset its state; who changed it.",
+    no_args_is_help=True,
+)
+app.add_typer(state_app, name="state")
 
 
 @app.callback()
@@ -70,5 +76,9 @@ app.command("drop-env")(warehouse.drop_env)
 secrets_app.command("check")(tools.secrets_check)
 connector_app.command("install")(tools.connector_install)
 connector_app.command("list")(tools.connector_list)
+state_app.command("show")(state.show)
+state_app.command("set")(state.set_state)
+state_app.command("reset")(state.reset)
+state_app.command("log")(state.log)
 
 __all__ = ["app"]

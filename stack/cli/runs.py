@@ -32,6 +32,15 @@ from stack.run.summary import RunSummary
 
 _Result = TypeVar("_Result")
 
+FullRefreshOpt = Annotated[
+    bool,
+    typer.Option(
+        "--full-refresh",
+        help="Reload the selected streams from scratch: ignore their stored state and replace "
+        "each region's rows in one transaction (readers see the old rows until it commits).",
+    ),
+]
+
 
 class _FlowState(Protocol):
     """A finished flow run's state, as Prefect returns it (``return_state=True``)."""
@@ -45,11 +54,13 @@ def sync(
     region: RegionOpt = None,
     source: SourceOpt = None,
     stream: StreamOpt = None,
+    full_refresh: FullRefreshOpt = False,
 ) -> None:
     """Sync sources into the warehouse with the engine alone (no Prefect, no dbt).
 
-    Each stream resumes from its last committed state; progress shows rows and
-    rows/s per stream, and a summary table follows.
+    Each stream resumes from its last committed state (from scratch with
+    --full-refresh); progress shows rows and rows/s per stream, and a summary table
+    follows.
     """
     with errors():
         path = config_path(config)
@@ -59,7 +70,12 @@ def sync(
             selection = pipeline.select(cfg, name, source or (), stream or ())
             with progress() as shown:
                 summary = pipeline.run_pipeline(
-                    path, target, selection, progress=shown, transform=False
+                    path,
+                    target,
+                    selection,
+                    progress=shown,
+                    transform=False,
+                    full_refresh=full_refresh,
                 )
             failed |= not _reported(summary, "sync")
         if failed:
@@ -72,6 +88,7 @@ def run(
     region: RegionOpt = None,
     source: SourceOpt = None,
     stream: StreamOpt = None,
+    full_refresh: FullRefreshOpt = False,
 ) -> None:
     """Run the pipeline as a Prefect flow: sync every stream, then dbt, then a summary.
 
@@ -97,6 +114,7 @@ def run(
                 streams=stream,
                 target=target,
                 config_path=str(path),
+                full_refresh=full_refresh,
                 return_state=True,
             )
             failed |= not _reported(_flow_result(state, RunSummary), "run")

@@ -13,7 +13,9 @@
                   transaction (append and overwrite without deletes)
     feed.py       the bounded hand-over of batches to a streaming write
     external.py   streams another system loads: the bookkeeping only
-    ledger.py     the state, run, quarantine and dbt results tables in the warehouse
+    ledger.py     the state, run, quarantine, state audit and dbt results tables in the
+                  warehouse
+    repair.py     changes by hand, audited: a state set or reset, a full refresh
 
 The engine's entry points are re-exported here. Opening a source for a run (its
 config rendered for the region, its secrets revealed) is :mod:`stack.run.scope`'s.

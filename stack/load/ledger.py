@@ -7,7 +7,9 @@ stream: what was read, inserted, updated, deleted and quarantined, the schema
 changes applied, and how it ended; :func:`ledger_source_count` reads back from it
 the rows each stream delivered, for reconcile checks. ``_mds_quarantine`` keeps
 records that could not be loaded (with ``on_bad_record: quarantine``), with the
-reason.
+reason. ``_mds_state_audit`` holds one row per change made by hand (a state set or
+reset, a full refresh): who, what, the state before and after; each is written in
+the transaction that makes the change.
 ``_mds_dbt_results`` holds one row per run, region and dbt node: the status,
 timing, rows and message dbt reported, so the warehouse also says which model
 or test failed in which run.
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 STATE_TABLE = "_mds_state"
 RUNS_TABLE = "_mds_runs"
 QUARANTINE_TABLE = "_mds_quarantine"
+AUDIT_TABLE = "_mds_state_audit"
 
 _STREAM_FIELDS = [
     ("pipeline", pa.string()),
@@ -59,6 +62,19 @@ _STATE_SCHEMA = pa.schema(
 )
 
 
+_AUDIT_SCHEMA = pa.schema(
+    [
+        *_STREAM_FIELDS,
+        ("action", pa.string()),
+        ("user", pa.string()),
+        ("before", pa.string()),
+        ("after", pa.string()),
+        ("run_id", pa.string()),
+        ("changed_at", pa.timestamp("us")),
+    ]
+)
+
+
 @dataclass(frozen=True)
 class StreamKey:
     """Identifies one stream's state: runs of different regions never share it."""
@@ -70,6 +86,12 @@ class StreamKey:
 
     def params(self) -> list[str]:
         return [self.pipeline, self.source, self.stream, self.region]
+
+    @property
+    def lock(self) -> str:
+        """The name of the lock a run of the stream holds: whatever changes its state
+        takes it too, so it never races a run."""
+        return f"{self.pipeline}.{self.region}.{self.source}.{self.stream}"
 
 
 @dataclass
@@ -96,6 +118,8 @@ class RunEntry:
     seconds: float = 0.0
     schema_changes: str | None = None
     error: str | None = None
+    full_refresh: bool = False
+    """The run read from scratch and replaced the region's rows (``--full-refresh``)."""
 
 
 _RUNS_SCHEMA = pa.schema(
@@ -116,6 +140,7 @@ _RUNS_SCHEMA = pa.schema(
         ("seconds", pa.float64()),
         ("schema_changes", pa.string()),
         ("error", pa.string()),
+        ("full_refresh", pa.bool_()),
     ]
 )
 assert [f.name for f in fields(RunEntry)] == _RUNS_SCHEMA.names
@@ -150,6 +175,7 @@ def ensure_tables(wh: Warehouse) -> None:
         (STATE_TABLE, _STATE_SCHEMA),
         (RUNS_TABLE, _RUNS_SCHEMA),
         (QUARANTINE_TABLE, _QUARANTINE_SCHEMA),
+        (AUDIT_TABLE, _AUDIT_SCHEMA),
         (DBT_RESULTS_TABLE, _DBT_RESULTS_SCHEMA),
         (COLUMNS_TABLE, COLUMNS_SCHEMA),
     )
@@ -204,13 +230,77 @@ def write_state(wh: Warehouse, key: StreamKey, state: State, run_id: str, now: d
         wh.execute(f"DELETE FROM {ref} WHERE {_KEY_WHERE}", key.params())
         wh.execute(
             f"INSERT INTO {ref} VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [*key.params(), json.dumps(state, sort_keys=True, default=str), run_id, now],
+            [*key.params(), state_text(state), run_id, now],
         )
+
+
+def state_text(state: State | None) -> str | None:
+    """A state as the ledger stores it: JSON text with sorted keys (None stays None)."""
+    return None if state is None else json.dumps(state, sort_keys=True, default=str)
 
 
 def reset_state(wh: Warehouse, key: StreamKey) -> None:
     """Forget a stream's state: its next sync starts from the beginning."""
     wh.execute(f"DELETE FROM {table(wh.meta_schema, STATE_TABLE)} WHERE {_KEY_WHERE}", key.params())
+
+
+def stored_states(wh: Warehouse, pipeline: str) -> list[dict[str, object]]:
+    """Every stored state of the pipeline (``_mds_state`` rows, the state as JSON text),
+    by source, stream and region; none before the first sync (nothing is created)."""
+    if wh.columns(wh.meta_schema, STATE_TABLE) is None:
+        return []
+    order = ", ".join(ident(c) for c in ("source", "stream", "region"))
+    return wh.query(
+        f"SELECT * FROM {table(wh.meta_schema, STATE_TABLE)} WHERE {ident('pipeline')} = ? "
+        f"ORDER BY {order}",
+        [pipeline],
+    ).to_pylist()
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """One row of ``_mds_state_audit``: a change of a stream's state made by hand."""
+
+    key: StreamKey
+    action: str
+    """``set``, ``reset`` or ``full_refresh``."""
+    user: str
+    """Who made it (the operating system's user name)."""
+    before: State | None
+    after: State | None
+    changed_at: datetime
+    run_id: str | None = None
+    """The run that made it, for a full refresh."""
+
+
+def record_change(wh: Warehouse, change: StateChange) -> None:
+    """Write an audit row; call inside the transaction that changes the state."""
+    states = (state_text(s) for s in (change.before, change.after))
+    values = [
+        *change.key.params(),
+        change.action,
+        change.user,
+        *(None if text is None else redact(text) for text in states),
+        change.run_id,
+        change.changed_at,
+    ]
+    names = ", ".join(ident(f.name) for f in _AUDIT_SCHEMA)
+    wh.execute(
+        f"INSERT INTO {table(wh.meta_schema, AUDIT_TABLE)} ({names}) "
+        f"VALUES ({', '.join('?' for _ in values)})",
+        values,
+    )
+
+
+def state_changes(wh: Warehouse, pipeline: str) -> list[dict[str, object]]:
+    """The pipeline's audit rows, oldest first; none if nothing was ever changed by hand."""
+    if wh.columns(wh.meta_schema, AUDIT_TABLE) is None:
+        return []
+    return wh.query(
+        f"SELECT * FROM {table(wh.meta_schema, AUDIT_TABLE)} WHERE {ident('pipeline')} = ? "
+        f"ORDER BY {ident('changed_at')}",
+        [pipeline],
+    ).to_pylist()
 
 
 def record(wh: Warehouse, entry: RunEntry) -> None:
@@ -322,17 +412,18 @@ def ledger_source_count(wh: Warehouse, pipeline: str) -> Callable[[str, str, str
     """``(source, stream, region) -> rows``: what the run ledger says each stream delivered
     (a ``SourceCount`` for reconcile checks, :func:`stack.transform.checks.run_checks`).
 
-    Rows = the last successful ``full_refresh_overwrite`` load's inserts, plus every later
-    run's inserts minus its deletes. Exact for the sync modes and hard deletes; a soft-deleted
-    row that reappears counts as an update, not an insert, so soft-delete streams may drift.
-    Checkpoints of failed runs count (their data was committed with them). ``None``: the
+    Rows = the last successful ``full_refresh_overwrite`` or ``--full-refresh`` load's
+    inserts, plus every later run's inserts minus its deletes. Exact for the sync modes and
+    hard deletes; a soft-deleted row that reappears counts as an update, not an insert, so
+    soft-delete streams may drift. Checkpoints of failed runs count (their data was
+    committed with them). ``None``: the
     ledger holds no run of the stream.
     """
 
     def count(source: str, stream: str, region: str) -> int | None:
         rows = wh.query(
             f"SELECT {ident('mode')}, {ident('status')}, {ident('inserted')}, "
-            f"{ident('deleted')} FROM {table(wh.meta_schema, RUNS_TABLE)} "
+            f"{ident('deleted')}, {ident('full_refresh')} FROM {table(wh.meta_schema, RUNS_TABLE)} "
             f"WHERE {ident('pipeline')} = ? AND {ident('source')} = ? AND {ident('stream')} = ? "
             f"AND {ident('region')} = ? ORDER BY {ident('started_at')}",
             [pipeline, source, stream, region],
@@ -341,7 +432,7 @@ def ledger_source_count(wh: Warehouse, pipeline: str) -> Callable[[str, str, str
             return None
         total = 0
         for row in rows:
-            if row["mode"] == "full_refresh_overwrite":
+            if row["mode"] == "full_refresh_overwrite" or row["full_refresh"]:
                 total = row["inserted"] if row["status"] == "succeeded" else total
             else:
                 total += (row["inserted"] or 0) - (row["deleted"] or 0)

@@ -51,6 +51,8 @@ class LoadContext:
         the stream's ledger row and a replacement's own closing step."""
         if state is not None:
             ledger.write_state(self.wh, self.key, state, self.ctx.run_id, now)
+        elif self.replace is not None and self.replace.whole:
+            ledger.reset_state(self.wh, self.key)  # the old state no longer covers the rows
         self.entry.checkpoints += 1
         self.record()
         if self.replace is not None:
@@ -59,35 +61,50 @@ class LoadContext:
 
 @dataclass
 class Replacement:
-    """The region's rows whose ``column`` lies in ``[low, high)``, replaced by a load's rows.
+    """Rows of the region replaced by a load's rows: those whose ``column`` lies in
+    ``[low, high)`` (a backfill partition), or with no ``column`` every row of the
+    region (a full refresh).
 
     They are deleted inside the transaction that writes their replacement, never
     before: a load that fails (the source, a bad record, a kill) leaves them as they
     were, and readers see the old rows or the new ones, never neither.
+
+    Replacing every row, the load reads from scratch: a read resumed from the stored
+    state would bring only what changed since, and the rest would be lost. The state
+    stored after it is the read's own (none if the read checkpointed nothing).
     """
 
-    column: str
-    low: Any
-    high: Any
+    column: str | None = None
+    low: Any = None
+    high: Any = None
     settle: Callable[[ledger.RunEntry], None] = field(default=lambda entry: None)
     """Runs last in the replacing transaction, with the load's counts (a backfill writes
     its ledger row there)."""
     replaced: int = 0
     """How many rows were deleted (set by :meth:`clear`)."""
+    prior: State | None = None
+    """The stream's state when the load began (set by the engine, under the stream's lock)."""
 
     @property
-    def bounds(self) -> list[Any]:
-        return [self.low, self.high]
+    def whole(self) -> bool:
+        """Every row of the region is replaced (a full refresh)."""
+        return self.column is None
+
+    def window(self, alias: str = "t") -> tuple[str, list[Any]]:
+        """The condition (on ``alias``) the replaced rows meet, and its parameters."""
+        if self.column is None:
+            return "TRUE", []
+        return sql.in_window(self.column, alias), [self.low, self.high]
 
     def clear(self, wh: Warehouse, target: str, region: str) -> None:
-        """Delete the window's rows of ``region``; call inside the replacing transaction."""
-        inside = sql.in_window(self.column)
+        """Delete the replaced rows of ``region``; call inside the replacing transaction."""
+        inside, params = self.window()
         where = f"t.{sql.ident(sql.REGION)} = ? AND {inside}"
         self.replaced = _count(
-            wh, f"SELECT count(*) FROM {target} AS t WHERE {where}", [region, *self.bounds]
+            wh, f"SELECT count(*) FROM {target} AS t WHERE {where}", [region, *params]
         )
         if self.replaced:
-            wh.execute(f"DELETE FROM {target} AS t WHERE {where}", [region, *self.bounds])
+            wh.execute(f"DELETE FROM {target} AS t WHERE {where}", [region, *params])
 
 
 class Load(Protocol):
@@ -162,16 +179,23 @@ class StagedLoad:
         for stage in (self.records, self.deletes):
             stage.flush()
         rows, deletes = _prepare(wh, plan, self, ctx)
-        # The region's first rows (a first load, a new region): nothing to match, so no
-        # stale check, no match count and an INSERT instead of a MERGE (a 2 M-row first
-        # load spent 1.1 s of 5.5 s in those three statements).
-        merge = bool(rows) and _dedupes(plan) and self._filled(wh, plan.target, ctx.region)
+        # The region's first rows (a first load, a new region, a full refresh, which clears
+        # the region first): nothing to match, so no stale check, no match count and an
+        # INSERT instead of a MERGE (a 2 M-row first load spent 1.1 s of 5.5 s in those
+        # three statements).
+        replace = self.lc.replace
+        fresh = replace is not None and replace.whole
+        merge = (
+            bool(rows)
+            and _dedupes(plan)
+            and not fresh
+            and self._filled(wh, plan.target, ctx.region)
+        )
         cursor = plan.stream.cursor
         if merge and rows and cursor and plan.mode == "incremental_deduped":
             _check_stale(wh, plan, self, rows, cursor)
         self.bad.flush()
         now = utcnow()
-        replace = self.lc.replace
         with wh.transaction():
             if replace is not None:
                 replace.clear(wh, plan.target, ctx.region)
@@ -257,8 +281,7 @@ def _check_stale(
     """
     ref = wh.stage_ref(rows)
     replace = pending.lc.replace
-    outside = None if replace is None else sql.in_window(replace.column)
-    params = None if replace is None else replace.bounds
+    outside, params = (None, None) if replace is None else replace.window()
     stale_where = sql.stale_rows(plan.target, ref, plan.keys, cursor, outside)
     stale = wh.query(f"SELECT * FROM {ref} AS s WHERE {stale_where}", params)
     if not stale.num_rows:

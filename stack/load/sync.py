@@ -8,7 +8,10 @@ transaction** (:mod:`stack.load.staged`): a crash anywhere leaves the last
 committed state matching the data, and the next run resumes from it.
 Full refreshes commit once, at the end: ``full_refresh_overwrite`` replaces the
 region's rows in a single transaction, so readers never see a half table, and
-a ``full_refresh_append`` run that dies leaves no partial copy.
+a ``full_refresh_append`` run that dies leaves no partial copy. A
+:class:`~stack.load.staged.Replacement` makes any stream commit once, replacing
+a window of the region's rows (a backfill partition) or all of them, read from
+scratch (``--full-refresh``).
 
 Every table is scoped by region (``_mds_region``): runs for different regions
 never see or touch each other's rows or state. Two runs of the same stream
@@ -77,7 +80,8 @@ def sync_stream(
     """Read one stream from its last committed state and write it to the warehouse.
 
     With ``replace`` the rows it names are replaced by what the read yields, in the
-    one commit of the load (a backfill partition); ``policy`` does not apply.
+    one commit of the load (a backfill partition, a full refresh); ``policy`` does not
+    apply.
 
     Returns:
         The stream's run-ledger entry (also stored in ``_mds_runs``).
@@ -89,7 +93,7 @@ def sync_stream(
     """
     with (
         ctx.logging(plan.lock_name),
-        wh.lock(f"{ctx.pipeline}.{ctx.region}.{plan.lock_name}"),
+        wh.lock(ledger.StreamKey(ctx.pipeline, plan.source, plan.name, ctx.region).lock),
     ):
         if plan.stream.spec.loaded_externally:
             entry = sync_external(wh, source, plan, ctx)
@@ -141,13 +145,17 @@ def _sync_locked(
         _drop_unfinished(wh, plan, key)
         read, names = plan.stream, load_names(wh, plan.schema, plan.name)
         plan = column_plan(plan, names)
+        state = ledger.read_state(wh, key)
         if replace is not None:  # the caller reads its counts back: the same object
-            replace.column = names.column(replace.column)
+            if replace.column is not None:
+                replace.column = names.column(replace.column)
+            replace.prior, entry.full_refresh = state, replace.whole
+            state = None if replace.whole else state
         changes.extend(r.describe() for r in names.store(wh, plan.schema, plan.name, ctx.run_id))
         schema = _destination(wh, plan)
         lc = LoadContext(wh, plan, ctx, key, entry, record, replace)
         load = DirectLoad(lc) if _direct(plan, wh.capabilities) else StagedLoad(lc)
-        messages = _in_columns(source.read(read, ledger.read_state(wh, key)), lc, names, changes)
+        messages = _in_columns(source.read(read, state), lc, names, changes)
         _read_stream(lc, messages, schema, load, changes, progress, None if whole_run else policy)
         # The last commit records the finished run in its own transaction: no extra commit.
         recorded = False

@@ -82,13 +82,16 @@ def sync_run_stream(
     source: str,
     stream: str,
     run_id: str,
+    full_refresh: bool = False,
 ) -> RunEntry:
     """Sync one stream of run ``run_id``: the step of a Prefect task.
 
     The run's streams in this process share one scope (:mod:`stack.run.scope`);
-    call :func:`end_syncs` when the last one finished.
+    call :func:`end_syncs` when the last one finished. ``full_refresh``: see
+    :meth:`RunScope.sync <stack.run.scope.RunScope.sync>`.
     """
-    return _shared(config_path, target, region, run_id).sync(source, stream)
+    scope = _shared(config_path, target, region, run_id)
+    return scope.sync(source, stream, full_refresh=full_refresh)
 
 
 def end_syncs(config_path: str | Path, target: str | None, region: str, run_id: str) -> None:
@@ -102,12 +105,14 @@ def sync_selection(
     selection: Selection,
     run_id: str,
     progress: Progress | None = None,
+    full_refresh: bool = False,
 ) -> list[RunEntry]:
     """Sync every stream of the selection in parallel threads, within ``stack.yml``'s bounds.
 
     A stream that fails is reported in its entry (``status: failed``) and the others go
     on; what each committed stays committed. Returns the entries in the order of
-    ``stack.yml``.
+    ``stack.yml``. ``full_refresh``: each stream is read from scratch and its region's
+    rows replaced in one transaction.
     """
     scope = _shared(config_path, target, selection.region, run_id)
     bounds = Bounds.of(scope.config)
@@ -117,7 +122,7 @@ def sync_selection(
         with ThreadPoolExecutor(bounds.max_parallel, thread_name_prefix="mdstack-sync") as pool:
 
             def start(job: StreamJob) -> Future[RunEntry]:
-                return pool.submit(scope.sync, job.source, job.stream, progress)
+                return pool.submit(scope.sync, job.source, job.stream, progress, full_refresh)
 
             for job, future in run_bounded(jobs, bounds, start):
                 error = future.exception()
@@ -186,10 +191,17 @@ def run_pipeline(
     run_id: str | None = None,
     progress: Progress | None = None,
     transform: bool = True,
+    full_refresh: bool = False,
 ) -> RunSummary:
-    """Sync the selection, then run dbt on what changed — without Prefect."""
+    """Sync the selection, then run dbt on what changed — without Prefect.
+
+    ``full_refresh``: the selected streams are read from scratch, their stored state
+    ignored, and each region's rows replaced in one transaction (``--full-refresh``).
+    """
     summary = RunSummary(run_id or new_run_id(), selection.region)
-    summary.streams = sync_selection(config_path, target, selection, summary.run_id, progress)
+    summary.streams = sync_selection(
+        config_path, target, selection, summary.run_id, progress, full_refresh
+    )
     if transform:
         summary.dbt = transform_changes(
             config_path,

@@ -11,8 +11,9 @@ scope (revoking secret leases and releasing the warehouse) before dbt needs
 the warehouse.
 
 :func:`open_source` is where a source's connector is built for a region, its
-secrets revealed; :func:`sync_source` syncs the streams of one source in order,
-without a scope (for scripts and benchmarks).
+secrets revealed (:func:`check_state` asks it whether it takes a state);
+:func:`sync_source` syncs the streams of one source in order, without a scope (for
+scripts and benchmarks).
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ import logging
 import threading
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from contextlib import ExitStack
+from dataclasses import replace
 from typing import Any
 
-from connectors import load_source
-from connectors.base import Catalog, Source
+from connectors import base, load_source
+from connectors.base import Catalog, Source, State
 from stack.config import SourceConfig, StackConfig
-from stack.errors import ConfigError
-from stack.load import Progress, RunContext, plan_stream, sync_stream
-from stack.load.ledger import RunEntry, describe_error
+from stack.errors import ConfigError, ConnectorError
+from stack.load import Progress, RunContext, plan_stream, repair, sync_stream
+from stack.load.ledger import RunEntry, StreamKey, describe_error
 from stack.secrets import Resolver, reveal
 from stack.warehouse import Warehouse
 
@@ -51,6 +53,36 @@ def open_source(
     if resolve is not None:
         settings = reveal(resolve(settings, f"sources.{source_name}.config"))
     return load_source(config.source(source_name).connector, source_name, settings)
+
+
+def check_state(
+    config: StackConfig,
+    source_name: str,
+    stream: str,
+    region: str,
+    state: object,
+    resolve: Callable[[Any, str], Any] | None = None,
+) -> State:
+    """``state`` as the source would take it to read ``stream`` in ``region``: a state
+    set by hand must not make the next read fail, or silently start over.
+
+    The source is opened and discovered (the stream's cursor type is the catalog's).
+
+    Raises:
+        ConfigError: the source would not accept it; the message says what it expects.
+        ConnectorError: the source could not be discovered.
+    """
+    source_cfg = declared_streams(config, source_name, [stream])
+    source = open_source(config, source_name, region, resolve)
+    plan = plan_stream(source_name, source_cfg, source.discover(), stream)
+    try:
+        return base.check_state(source, plan.stream, state)
+    except ConnectorError as exc:
+        raise ConfigError(
+            f"{source_name}.{stream} does not accept this state: {exc.message}",
+            key="VALUE",
+            hint="give a state of that shape (`mdstack state show` shows the stored ones)",
+        ) from None
 
 
 def declared_streams(config: StackConfig, source_name: str, names: Sequence[str]) -> SourceConfig:
@@ -134,9 +166,17 @@ class RunScope:
                 self._sources[name] = (source, source.discover())
             return self._sources[name]
 
-    def sync(self, source_name: str, stream: str, progress: Progress | None = None) -> RunEntry:
+    def sync(
+        self,
+        source_name: str,
+        stream: str,
+        progress: Progress | None = None,
+        full_refresh: bool = False,
+    ) -> RunEntry:
         """Sync one stream on a warehouse handle of its own; returns its ledger entry.
 
+        ``full_refresh``: read it from scratch, its stored state ignored, and replace the
+        region's rows in one transaction (audited, :func:`stack.load.repair.full_refresh`).
         Every line logged meanwhile names the run and the stream; a failure, from opening
         the source to the last commit, is logged here once.
         """
@@ -147,7 +187,13 @@ class RunScope:
                 source, catalog = self.source(source_name)
                 plan = plan_stream(source_name, declared, catalog, stream)
                 with self.warehouse.cursor() as wh:
-                    return sync_stream(wh, source, plan, ctx, progress)
+                    if not full_refresh:
+                        return sync_stream(wh, source, plan, ctx, progress)
+                    key = StreamKey(ctx.pipeline, source_name, stream, ctx.region)
+                    swap = repair.full_refresh(wh, key, ctx.run_id)
+                    # What the read brings is the source's whole truth: nothing to detect.
+                    plan = replace(plan, snapshot_deletes=False)
+                    return sync_stream(wh, source, plan, ctx, progress, replace=swap)
             except Exception as exc:
                 log.error("%s [%s] failed: %s", name, ctx.region, describe_error(exc))
                 raise

@@ -43,11 +43,16 @@ def failed_entry(ctx: RunContext, job: StreamJob, error: BaseException) -> RunEn
 
 
 def changed_streams(entries: Iterable[RunEntry]) -> dict[str, dict[str, bool]]:
-    """source -> {stream: was fully refreshed} for streams that wrote anything."""
+    """source -> {stream: was fully refreshed} for streams that wrote anything.
+
+    A ``--full-refresh`` run of any mode counts as fully refreshed: rows it replaced may
+    be gone, which dbt's incremental models only see when rebuilt.
+    """
     changed: dict[str, dict[str, bool]] = {}
     for e in entries:
-        if e.inserted or e.updated or e.deleted or e.mode == FULL_REFRESH:
-            changed.setdefault(e.source, {})[e.stream] = e.mode == FULL_REFRESH
+        full = e.mode == FULL_REFRESH or e.full_refresh
+        if e.inserted or e.updated or e.deleted or full:
+            changed.setdefault(e.source, {})[e.stream] = full
     return changed
 
 

@@ -50,6 +50,7 @@ from stack.load import (
     sync_stream,
 )
 from stack.load.ledger import RunEntry
+from stack.load.staged import Replacement
 from stack.sql import ident, table
 from stack.warehouse.base import Warehouse
 from stack.warehouse.duckdb import DuckDBWarehouse
@@ -104,11 +105,13 @@ def sync(
     run_id: str,
     policy: CommitPolicy,
     progress: Progress | None = None,
+    replace: Replacement | None = None,
     **stream: Any,
 ) -> RunEntry:
     """One run of the stream ``items`` of ``source`` into ``raw.items``, for ``region``.
 
-    ``stream`` adds options of the stream's entry in ``stack.yml`` (``on_bad_record``).
+    ``stream`` adds options of the stream's entry in ``stack.yml`` (``on_bad_record``);
+    ``replace``: the rows the run replaces (a full refresh, a backfill partition).
     """
     config = SourceConfig.model_validate(
         {
@@ -119,7 +122,7 @@ def sync(
     )
     plan = plan_stream(SOURCE, config, source.discover(), STREAM)
     ctx = RunContext(PIPELINE, region, run_id)
-    return sync_stream(wh, source, plan, ctx, progress=progress, policy=policy)
+    return sync_stream(wh, source, plan, ctx, progress=progress, policy=policy, replace=replace)
 
 
 SCALE = int(os.environ.get("MDSTACK_EXAMPLES_SCALE", "1"))
