@@ -171,6 +171,24 @@ class CheckResult:
     message: str = ""
 
 
+Status = Literal["ok", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One prerequisite a source looked at before reading (``mdstack doctor`` shows them):
+    what, whether it holds, and, whenever it does not, the fix to paste."""
+
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "fail"
+
+
 @runtime_checkable
 class Source(Protocol):
     """An Airbyte-style source. Implementations take their config in ``__init__``."""

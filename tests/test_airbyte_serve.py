@@ -29,7 +29,7 @@ from airbyte_protocol_dataclasses.models import airbyte_protocol as ab
 
 from connectors import load_source
 from connectors.base import SOURCE_DELETED_AT, Batch, ConfiguredStream, Deletes, Source
-from tests.servers.pg_server import connect_kwargs
+from tests.servers.pg_server import connect_kwargs, drop_slots
 
 SCRIPT = Path(sys.executable).with_name("mdstack-source")
 DEMO = {"region": "eu", "history_days": 10, "orders_per_day": 200, "batch_size": 500}
@@ -334,8 +334,5 @@ def test_postgres_cdc_deletes_become_ab_cdc_deleted_at(tmp_path, pg_logical):
         assert datetime.fromisoformat(gone["_ab_cdc_deleted_at"]).utcoffset().total_seconds() == 0
         assert new == {"id": 5, "name": "five"}
     finally:
-        for (slot,) in conn.execute(
-            "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE %s", (f"{schema}%",)
-        ).fetchall():
-            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        drop_slots(conn, schema)
         conn.close()

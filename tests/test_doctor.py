@@ -25,7 +25,7 @@ from stack.cli import app
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.conftest import ROOT
 from tests.servers.http_server import Reply, ScriptedServer
-from tests.servers.pg_server import REPLICA, PgCluster, _cluster, connect_kwargs
+from tests.servers.pg_server import REPLICA, PgCluster, _cluster, connect_kwargs, drop_slots
 
 if TYPE_CHECKING:
     from tests.servers.vault_server import DevVault
@@ -146,10 +146,7 @@ def cdc(pg_database: dict[str, Any]) -> Iterator[tuple[psycopg.Connection, str]]
     try:
         yield conn, schema
     finally:
-        for (slot,) in conn.execute(
-            "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE %s", (f"{schema}%",)
-        ).fetchall():
-            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        drop_slots(conn, schema)
         conn.close()
 
 

@@ -10,12 +10,11 @@ SQL to paste wherever one exists.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
 
 import psycopg
 from psycopg import sql
 
+from connectors.base import Finding
 from connectors.errors import ConnectorError
 from connectors.postgres import fetch
 from connectors.postgres.cdc import Connection, Target, _row, _sql_text, _value, slot_name
@@ -32,26 +31,10 @@ __all__ = [
     "table_findings",
 ]
 
-Status = Literal["ok", "warn", "fail"]
-
 SLOT_LAG_WARN_BYTES = 1 << 30
 """WAL a slot may hold back before it is worth a warning: the server keeps it on disk."""
 STATEMENT_TIMEOUT_MS = 10_000
 """No preflight query waits longer (a catalog lock must not hang ``mdstack doctor``)."""
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One prerequisite: what was looked at, whether it holds, and the fix when it does not."""
-
-    name: str
-    status: Status
-    detail: str
-    fix: str = ""
-
-    @property
-    def failed(self) -> bool:
-        return self.status == "fail"
 
 
 def server_findings(

@@ -18,8 +18,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from connectors.base import Status
 from stack.config import config_path
-from stack.doctor.check import Check, Status, failed
+from stack.doctor.check import Check, failed
 from stack.doctor.config import check_config
 from stack.doctor.dbt import dbt_checks
 from stack.doctor.prefect import prefect_checks

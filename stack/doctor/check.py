@@ -8,39 +8,32 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any, Literal, TypeVar
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
 
+from connectors.base import Finding
 from stack.errors import MdstackError
 from stack.redact import redact
 
-Status = Literal["ok", "warn", "fail"]
 _T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
-class Check:
-    """The result of one check. ``fix`` is set whenever ``status`` is not ``ok``."""
+class Check(Finding):
+    """The result of one check (a source's preflight :class:`Finding`, or one of the
+    doctor's own), with the area it belongs to."""
 
-    area: str
+    area: str = field(kw_only=True)
     """What the check belongs to: ``config``, ``vault``, ``warehouse``, ``source shop``..."""
-    name: str
-    status: Status
-    detail: str
-    fix: str = ""
-
-    @property
-    def failed(self) -> bool:
-        return self.status == "fail"
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"area": self.area, **{k: v for k, v in asdict(self).items() if k != "area"}}
 
 
 def failed(area: str, name: str, exc: MdstackError, fix: str = "") -> Check:
     """A failed check from one of mdstack's errors: its text (where included), its hint."""
     detail = redact(str(exc).partition("\n  ")[0])
-    return Check(area, name, "fail", detail, redact(exc.hint or fix))
+    return Check(name, "fail", detail, redact(exc.hint or fix), area=area)
 
 
 class TimedOut(Exception):

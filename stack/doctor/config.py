@@ -18,4 +18,4 @@ def check_config(path: Path | None) -> tuple[Check, StackConfig | None]:
         return failed("config", "loads", exc, "fix stack.yml"), None
     streams = sum(len(s.streams) for s in config.sources.values())
     detail = f"{file}: {len(config.sources)} sources, {streams} streams, target {config.target}"
-    return Check("config", "loads", "ok", detail), config
+    return Check("loads", "ok", detail, area="config"), config

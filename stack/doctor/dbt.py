@@ -37,14 +37,14 @@ def dbt_checks(config: StackConfig, config_file: Path, target: str | None) -> It
         yield failed(AREA, "dbt debug", exc)
         return
     if run.success:
-        yield Check(AREA, "dbt debug", "ok", "the generated profile connects")
+        yield Check("dbt debug", "ok", "the generated profile connects", area=AREA)
     else:
         yield Check(
-            AREA,
             "dbt debug",
             "fail",
             redact(_failure(output.getvalue())),
             "run `mdstack dbt debug` for dbt's whole report",
+            area=AREA,
         )
 
 

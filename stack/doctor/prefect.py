@@ -28,12 +28,12 @@ def prefect_checks() -> Iterator[Check]:
         response = httpx.get(f"{url}/health", headers=headers, timeout=TIMEOUT_SECONDS)
     except httpx.HTTPError as exc:
         yield Check(
-            AREA, "api answers", "fail", f"{url} is unreachable ({type(exc).__name__})", fix
+            "api answers", "fail", f"{url} is unreachable ({type(exc).__name__})", fix, area=AREA
         )
         return
     if response.status_code != 200:
         yield Check(
-            AREA, "api answers", "fail", f"{url}/health answered {response.status_code}", fix
+            "api answers", "fail", f"{url}/health answered {response.status_code}", fix, area=AREA
         )
         return
-    yield Check(AREA, "api answers", "ok", url)
+    yield Check("api answers", "ok", url, area=AREA)

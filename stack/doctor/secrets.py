@@ -51,11 +51,11 @@ def vault_checks(config: StackConfig, resolver: Resolver) -> Iterator[Check]:
         yield failed(AREA, f"{settings.auth.method} login", exc)
         return
     except TimedOut as exc:
-        yield Check(AREA, f"{settings.auth.method} login", "fail", str(exc), _UP)
+        yield Check(f"{settings.auth.method} login", "fail", str(exc), _UP, area=AREA)
         return
     finally:
         session.close()  # revokes a token it logged in with: the doctor leaves none behind
-    yield Check(AREA, f"{settings.auth.method} login", "ok", _policies(token))
+    yield Check(f"{settings.auth.method} login", "ok", _policies(token), area=AREA)
     yield _ttl(token, settings)
 
 
@@ -68,24 +68,26 @@ def _health(url: str, settings: VaultConfig) -> Check:
         )
     except requests.RequestException as exc:
         kind = "timed out" if isinstance(exc, requests.Timeout) else "is unreachable"
-        return Check(AREA, "reachable", "fail", f"{url} {kind} ({type(exc).__name__})", _UP)
+        return Check("reachable", "fail", f"{url} {kind} ({type(exc).__name__})", _UP, area=AREA)
     except hvac.exceptions.VaultError as exc:
-        return Check(AREA, "reachable", "fail", f"{url} answered sys/health with {exc}", _UP)
+        return Check("reachable", "fail", f"{url} answered sys/health with {exc}", _UP, area=AREA)
     finally:
         client.adapter.close()
     data: dict[str, Any] = status if isinstance(status, dict) else {}
     version = data.get("version", "?")
     if not data.get("initialized", True):
-        return Check(AREA, "unsealed", "fail", f"{url} is not initialised", "bao operator init")
+        return Check(
+            "unsealed", "fail", f"{url} is not initialised", "bao operator init", area=AREA
+        )
     if data.get("sealed"):
         return Check(
-            AREA,
             "unsealed",
             "fail",
             f"{url} is sealed: nothing can be read until an operator unseals it",
             "bao operator unseal   # once per unseal key share, with BAO_ADDR/VAULT_ADDR set",
+            area=AREA,
         )
-    return Check(AREA, "reachable, unsealed", "ok", f"{url} (version {version})")
+    return Check("reachable, unsealed", "ok", f"{url} (version {version})", area=AREA)
 
 
 def _policies(token: dict[str, Any]) -> str:
@@ -96,23 +98,23 @@ def _policies(token: dict[str, Any]) -> str:
 def _ttl(token: dict[str, Any], settings: VaultConfig) -> Check:
     ttl = int(token.get("ttl") or 0)
     if ttl == 0:
-        return Check(AREA, "token ttl", "ok", "never expires")
+        return Check("token ttl", "ok", "never expires", area=AREA)
     left = f"{_duration(ttl)} left"
     if not isinstance(settings.auth, TokenAuth):
-        return Check(AREA, "token ttl", "ok", f"{left}; a run renews it or logs in again")
+        return Check("token ttl", "ok", f"{left}; a run renews it or logs in again", area=AREA)
     renewable = bool(token.get("renewable"))
     detail = f"{left} ({'renewable' if renewable else 'not renewable'})"
     if ttl < TTL_WARN_SECONDS:
         fix = "renew it (`bao token renew`)" if renewable else "issue a new token"
         return Check(
-            AREA,
             "token ttl",
             "warn",
             f"{detail}: a longer run will lose access",
             f"{fix}, or log in with AppRole (secrets.vault.auth.method: approle), "
             "which a run renews itself",
+            area=AREA,
         )
-    return Check(AREA, "token ttl", "ok", detail)
+    return Check("token ttl", "ok", detail, area=AREA)
 
 
 def _duration(seconds: int) -> str:

@@ -50,13 +50,13 @@ def source_checks(
             yield failed(area, "check", exc)
             continue
         except TimedOut as exc:
-            yield Check(area, "check", "fail", str(exc), "check that the source is reachable")
+            yield Check("check", "fail", str(exc), "check that the source is reachable", area=area)
             continue
         message, _, hint = redact(result.message).partition("\n  hint: ")
         if result.ok:
-            yield Check(area, "check", "ok", message or f"{declared.connector}: config valid")
+            yield Check("check", "ok", message or f"{declared.connector}: config valid", area=area)
         else:
-            yield Check(area, "check", "fail", message, hint or _CHECK_FIX)
+            yield Check("check", "fail", message, hint or _CHECK_FIX, area=area)
 
 
 def _postgres(source: Source, declared: SourceConfig, slot_lag_warn: int) -> list[Check]:
@@ -82,8 +82,10 @@ def _postgres(source: Source, declared: SourceConfig, slot_lag_warn: int) -> lis
     try:
         found = bounded(run, seconds)
     except TimedOut as exc:
-        return [Check(area, "connects", "fail", str(exc), "check that the server is reachable")]
-    return [Check(area, f.name, f.status, redact(f.detail), redact(f.fix)) for f in found]
+        return [
+            Check("connects", "fail", str(exc), "check that the server is reachable", area=area)
+        ]
+    return [Check(f.name, f.status, redact(f.detail), redact(f.fix), area=area) for f in found]
 
 
 _PREFLIGHTS: dict[str, Preflight] = {"postgres": _postgres}

@@ -50,10 +50,10 @@ def warehouse_checks(
 def _duckdb(name: str, warehouse: DuckDBWarehouse, min_free: int) -> Iterator[Check]:
     if not warehouse.catalog.exists():
         yield Check(
-            AREA,
             f"{name} opens",
             "ok",
             f"no catalog yet at {warehouse.catalog}: the first sync creates it",
+            area=AREA,
         )
     else:
         warehouse.read_only, warehouse.busy_timeout = True, 0.0
@@ -77,13 +77,15 @@ def _queries(name: str, warehouse: Warehouse, what: str, query: str) -> Check:
         return ", ".join(f"{k.lower()} {v}" for k, v in row.items())
 
     try:
-        return Check(AREA, f"{name} {what}", "ok", bounded(attempt, OPEN_SECONDS))
+        return Check(f"{name} {what}", "ok", bounded(attempt, OPEN_SECONDS), area=AREA)
     except WarehouseBusy as exc:
         return _locked(name, exc)
     except MdstackError as exc:
         return failed(AREA, f"{name} {what}", exc)
     except TimedOut as exc:
-        return Check(AREA, f"{name} {what}", "fail", str(exc), "check the network and the account")
+        return Check(
+            f"{name} {what}", "fail", str(exc), "check the network and the account", area=AREA
+        )
 
 
 def _locked(name: str, exc: WarehouseBusy) -> Check:
@@ -93,12 +95,12 @@ def _locked(name: str, exc: WarehouseBusy) -> Check:
         return failed(AREA, f"{name} not locked", exc)
     pid = found.group(1)
     return Check(
-        AREA,
         f"{name} not locked",
         "fail",
         f"another process holds the catalog: PID {pid} ({_command(pid)})",
         f"wait for it to finish (another run, dbt, a BI tool or a notebook), or stop it: "
         f"kill {pid}",
+        area=AREA,
     )
 
 
@@ -117,10 +119,10 @@ def _disk(path: Path, min_free: int) -> Check:
     detail = f"{free / (1 << 30):.1f} GiB free at {existing}"
     if free < min_free:
         return Check(
-            AREA,
             "free disk",
             "warn",
             f"{detail} (under {min_free / (1 << 30):.1f} GiB): a load spills to it",
             "free some space, or move the target's path to a larger disk",
+            area=AREA,
         )
-    return Check(AREA, "free disk", "ok", detail)
+    return Check("free disk", "ok", detail, area=AREA)

@@ -183,6 +183,15 @@ def connect_kwargs(dsn: dict[str, Any]) -> dict[str, Any]:
     return {("dbname" if k == "database" else k): v for k, v in dsn.items()}
 
 
+def drop_slots(conn: psycopg.Connection[Any], prefix: str) -> None:
+    """Drop the replication slots a test made (their names start with ``prefix``): a slot
+    left behind holds WAL back for every later test on the cluster."""
+    for (slot,) in conn.execute(
+        "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE %s", (f"{prefix}%",)
+    ).fetchall():
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+
+
 @pytest.fixture(scope="session")
 def pg_logical() -> Iterator[PgCluster]:
     """The session's cluster, with ``wal_level=logical``: every PostgreSQL test uses it."""
