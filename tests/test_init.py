@@ -8,6 +8,7 @@ makes it) and its models land in the warehouse.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from stack.run.deployments import plan_deployments
 from stack.scaffold import SOURCE_KINDS, WAREHOUSE_KINDS
 from stack.secrets import Resolver, reveal
 from stack.warehouse.duckdb import DuckDBWarehouse
+from tests.servers.prefect_server import shared_server, using_api
 
 ENV = {"POSTGRES_PASSWORD": "pg-pw-1", "API_TOKEN": "api-token-1", "SNOWFLAKE_PASSWORD": "sf-pw-1"}
 """The variables the generated references name, as the README of each project tells."""
@@ -153,15 +155,23 @@ def staged_counts(folder: Path) -> dict[str, tuple[int, int]]:
     return found
 
 
-def test_the_demo_project_syncs_and_builds_at_once_from_the_clean_folder(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with shared_server(tmp_path_factory.mktemp("prefect-server")) as server:
+        yield server.url
+
+
+def test_the_demo_project_validates_and_runs_green_at_once_from_the_clean_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_api: str
 ) -> None:
     folder = tmp_path / "shop"
     init_demo(folder)
     monkeypatch.chdir(folder)
-    for command in (["sync"], ["dbt", "build"]):
-        result = mdstack(*command)
-        assert result.exit_code == 0, result.output
+    validated = mdstack("validate")
+    assert validated.exit_code == 0, validated.output
+    with using_api(prefect_api):
+        result = mdstack("run")
+    assert result.exit_code == 0, result.output
     counts = staged_counts(folder)
     assert all(staged == live > 0 for staged, live in counts.values()), counts
 
