@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 from pydantic import TypeAdapter
+from typer.testing import CliRunner
 
+from stack.cli import app
 from stack.config import StackConfig
 from stack.load import RunContext
 from stack.redact import register_secret
@@ -214,3 +216,30 @@ def test_a_bad_smtp_url_is_reported_not_raised(tmp_path, smtp):
     channel = alerts.EmailAlert(type="email", to=("a@b.c",), smtp=smtp)
     (delivery,) = alerts.send_alerts([channel], report(tmp_path))
     assert not delivery.ok and "smtp://user:password@host" in delivery.error
+
+
+def test_secrets_check_lists_the_references_of_alerts(tmp_path, monkeypatch):
+    path = tmp_path / "stack.yml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "shop",
+                "target": "local",
+                "targets": {"local": {"type": "duckdb"}},
+                "sources": {
+                    "crm": {"connector": "demo", "config": {"region": "eu"}, "schema": "raw"}
+                    | {"streams": {"orders": {}}}
+                },
+                "alerts": [{"type": "slack", "webhook": "${env:SLACK_HOOK_URL}"}],
+            }
+        )
+    )
+    monkeypatch.setenv("SLACK_HOOK_URL", f"https://hooks.slack.com/services/{SECRET}")
+    found = CliRunner().invoke(app, ["secrets", "check", "--config", str(path)])
+    assert found.exit_code == 0, found.output
+    assert "alerts" in found.output and "${env:SLACK_HOOK_URL}" in found.output
+    assert SECRET not in found.output
+
+    monkeypatch.delenv("SLACK_HOOK_URL")
+    missing = CliRunner().invoke(app, ["secrets", "check", "--config", str(path)])
+    assert missing.exit_code == 1 and "SLACK_HOOK_URL" in missing.output

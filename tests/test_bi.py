@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar
 
 import pytest
@@ -614,6 +615,16 @@ def test_webhook_sends_the_run_and_a_templated_body(bi: dict[str, Any]) -> None:
     }
     assert second.method == "PUT"
     assert second.json() == {"text": "shop/eu published by run-42", "n": 1}
+
+
+def test_webhook_published_at_carries_its_time_zone(bi: dict[str, Any]) -> None:
+    """The warehouse's clock is naive UTC; a receiver elsewhere must read the same instant."""
+    webhook: WebhookDouble = bi["webhook"]
+    case = WebhookCase()
+    name = case.add(webhook, Behavior())
+    published = RunInfo("shop", "eu", "run-43", datetime(2026, 12, 6, 6, 0, 0))
+    assert refresh(case.hook(webhook, name), published).status == "succeeded"
+    assert webhook.received[-1].json()["published_at"] == "2026-12-06T06:00:00+00:00"
 
 
 def test_webhook_errors_never_show_its_url(bi: dict[str, Any]) -> None:
