@@ -142,6 +142,11 @@ def test_a_fault_at_any_step_leaves_state_matching_data_and_a_rerun_exact(
     each); full refreshes read a longer script each time, so that their old and
     new tables differ.
     """
+    if mode == "incremental_append" and not warehouse.capabilities.transactional_ddl:
+        pytest.skip(
+            "without transactional DDL every load is staged: the staged commit, one per "
+            "checkpoint, is the incremental_deduped case's (the append path is DuckDB's)"
+        )
     options = dict(mode=mode, deletes=deletes, policy=EVERY_CHECKPOINT)
     steps = probe_steps(warehouse, regions(), per_run, **options)
     rounds = change_rounds(random.Random(2), per_run * len(steps) + 2, 3)
