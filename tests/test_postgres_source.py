@@ -28,7 +28,7 @@ from connectors.base import (
 )
 from connectors.errors import ConnectorError, SourceUnavailable
 from connectors.postgres import PostgresSource, fetch
-from tests.servers.pg_server import PASSWORD_USER, PgCluster, connect_kwargs
+from tests.servers.pg_server import PASSWORD_USER, PgCluster, connect_kwargs, drop_slots
 
 SECRET = "s3cr3t-Pa55word"
 
@@ -344,10 +344,7 @@ def cdc(pg_logical: PgCluster) -> Iterator[tuple[psycopg.Connection, str, dict]]
     try:
         yield conn, schema, config
     finally:
-        for (slot,) in conn.execute(
-            "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE %s", (f"{schema}%",)
-        ).fetchall():
-            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        drop_slots(conn, schema)
         conn.close()
 
 

@@ -26,6 +26,15 @@ Design (one replication slot per stream, plugin ``pgoutput``, one publication pe
   bounded pieces and checkpointed once, at its commit. A read that fails or is not
   committed leaves the slot where it was: re-reading from the same state yields the same
   changes again (exactly-once).
+* **Idle tables, busy database**: every read ends with a Checkpoint at the position it read
+  up to, even when none of the changes were ours. PostgreSQL 15+ sends no BEGIN/COMMIT for a
+  transaction that touched no published table, so no commit boundary would otherwise move
+  the state. Checkpointing there is safe: every transaction committed before it was
+  decoded, and one still running commits after it and is decoded by a later read (the slot's
+  restart position keeps its start). So the WAL a slot holds back after a run is what the
+  server wrote since the previous run began, whatever the stream's own traffic; the restart
+  position follows at the next running-transactions record (the background writer logs
+  one every 15 s on a busy server).
 * Values arrive as PostgreSQL's text output (the session pins ``TimeZone=UTC``,
   ``DateStyle=ISO``...) and are cast to the stream's Arrow types. An unchanged TOASTed value
   (not sent by pgoutput) is taken from the old row image (``REPLICA IDENTITY FULL``) or
@@ -217,7 +226,7 @@ def read_changes(
 ) -> Iterator[Message]:
     """Peek the changes after ``lsn`` and yield them as Batch / Deletes / Checkpoint windows."""
     upto = _value(conn, "SELECT pg_current_wal_flush_lsn()::text")
-    last = max(lsn_int(lsn), lsn_int(upto))
+    last = max(lsn_int(lsn), lsn_int(upto))  # the end checkpoint, with or without changes
     decoder, window = _Decoder(target), _Window(target)
     pubs = _sql_text(conn, sql.Identifier(publication))  # pgoutput splits quoted identifiers
     with conn.transaction(), conn.cursor(name=f"mds_cdc_{slot}", binary=True) as cur:
