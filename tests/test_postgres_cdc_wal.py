@@ -22,7 +22,7 @@ from typer.testing import CliRunner, Result
 from connectors.postgres.cdc import slot_name
 from stack.cli import app
 from stack.warehouse.duckdb import DuckDBWarehouse
-from tests.servers.pg_server import PgCluster, connect_kwargs, drop_slots
+from tests.servers.pg_server import LOGICAL, PgCluster, _cluster, connect_kwargs, drop_slots
 
 MB = 1 << 20
 
@@ -144,4 +144,98 @@ def test_an_idle_stream_lets_its_slot_follow_the_busy_rest_of_the_database(
 
     confirmed, restart = held_back(conn, slot)
     assert confirmed < MB and restart < MB, (confirmed, restart)
+    assert landed(tmp_path) == source_rows(conn, schema)
+
+
+# A slot the server invalidated ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg_small_keep() -> Iterator[PgCluster]:
+    """A cluster that keeps at most 1 MB of WAL for a slot: it invalidates a lagging one."""
+    yield from _cluster(LOGICAL | {"max_slot_wal_keep_size": "1MB", "wal_keep_size": "0"})
+
+
+@pytest.fixture
+def kept(pg_small_keep: PgCluster) -> Iterator[tuple[psycopg.Connection, str]]:
+    with psycopg.connect(**connect_kwargs(pg_small_keep.dsn), autocommit=True) as conn:
+        schema = make_items(conn)
+        try:
+            yield conn, schema
+        finally:
+            drop_slots(conn, schema)
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def invalidate(conn: psycopg.Connection, schema: str, slot: str) -> None:
+    """Write WAL past ``max_slot_wal_keep_size`` until a checkpoint invalidates ``slot``."""
+    status = "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s"
+    for _ in range(10):
+        write_unrelated(conn, schema, 4 * MB)
+        conn.execute("CHECKPOINT")
+        if conn.execute(status, (slot,)).fetchone()[0] == "lost":
+            return
+    raise AssertionError(f"slot {slot} still not invalidated")
+
+
+def failure(path: Path) -> str:
+    result = mdstack(path, "sync", "--source", "pg", "--stream", "items")
+    assert result.exit_code == 1, result.output
+    return " ".join(result.output.split())  # the console wraps long lines
+
+
+RECOVERY = "mdstack sync --source pg --stream items --full-refresh"
+
+
+def test_an_invalidated_slot_fails_before_reading_and_a_full_refresh_restores_an_exact_copy(
+    tmp_path, pg_small_keep, kept
+):
+    conn, schema = kept
+    path = write_config(tmp_path, pg_small_keep.dsn, schema)
+    slot = slot_name(schema, schema, "items")
+    sync(path)
+    before = stored_lsn(path)
+    conn.execute(f"DELETE FROM {schema}.items WHERE id = 2")
+    conn.execute(f"UPDATE {schema}.items SET name = 'three' WHERE id = 3")
+    conn.execute(f"INSERT INTO {schema}.items VALUES (9, 'nine')")
+    invalidate(conn, schema, slot)
+
+    for _ in range(2):  # never a silent snapshot: every run fails the same way
+        said = failure(path)
+        assert f"replication slot '{slot}' was invalidated" in said
+        assert "max_slot_wal_keep_size = 1MB" in said and RECOVERY in said
+    assert stored_lsn(path) == before
+    assert (2, "item 2") in landed(tmp_path)
+    doctor = mdstack(path, "doctor")
+    assert doctor.exit_code == 1
+    [line] = [x for x in doctor.output.splitlines() if f"slot {slot}" in x]
+    assert "✗" in line and "invalidated" in line
+    assert RECOVERY in " ".join(doctor.output.split())
+
+    sync(path, "--full-refresh")
+    assert landed(tmp_path) == source_rows(conn, schema)  # id 2 is gone, 3 and 9 are new
+    assert held_back(conn, slot)[0] < MB  # a new slot, usable again
+
+    conn.execute(f"DELETE FROM {schema}.items WHERE id = 1")
+    sync(path)  # CDC goes on from the refresh's state
+    assert landed(tmp_path) == source_rows(conn, schema)
+
+
+def test_a_missing_slot_fails_with_the_recovery_and_a_full_refresh_creates_it(
+    tmp_path, pg_logical, idle
+):
+    conn, schema = idle
+    path = write_config(tmp_path, pg_logical.dsn, schema)
+    slot = slot_name(schema, schema, "items")
+    sync(path)
+    conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+    conn.execute(f"DELETE FROM {schema}.items WHERE id = 5")
+
+    said = failure(path)
+    assert f"replication slot '{slot}' does not exist" in said and RECOVERY in said
+
+    sync(path, "--full-refresh")
+    assert landed(tmp_path) == source_rows(conn, schema)
+    conn.execute(f"INSERT INTO {schema}.items VALUES (5, 'back')")
+    sync(path)
     assert landed(tmp_path) == source_rows(conn, schema)

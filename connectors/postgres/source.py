@@ -74,7 +74,7 @@ from connectors.base import (
     StreamSpec,
 )
 from connectors.errors import ConnectorError
-from connectors.postgres import cdc, fetch, preflight
+from connectors.postgres import cdc, fetch, preflight, slot
 from connectors.postgres.config import PostgresConfig
 from connectors.postgres.errors import translate_error
 
@@ -185,7 +185,7 @@ class PostgresSource(BaseSource[PostgresConfig]):
     def _saved_lsn(self, stream: ConfiguredStream, state: State | None) -> str | None:
         lsn = (state or {}).get("lsn")
         if lsn is not None and (not isinstance(lsn, str) or not _LSN.fullmatch(lsn)):
-            hint = "reset the stream's state to take a new snapshot"
+            hint = slot.resnapshot(self.name, stream.name)
             raise self._fail(stream, f"state {state!r} has no valid LSN (<hex>/<hex>)", hint)
         return lsn
 
