@@ -146,6 +146,24 @@ def test_an_idle_stream_lets_its_slot_follow_the_busy_rest_of_the_database(
     assert confirmed < MB and restart < MB, (confirmed, restart)
     assert landed(tmp_path) == source_rows(conn, schema)
 
+    # Each run records what the slot held back when its read ended: the first read after
+    # the writes had not advanced the slot past them yet, the next one had.
+    snapshot, busy, caught_up = recorded_lags(tmp_path)
+    assert snapshot < MB and busy > 32 * MB and caught_up < MB
+    status = mdstack(path, "status")
+    assert status.exit_code == 0, status.output
+    assert "replication lag" in status.output and "MiB" in status.output
+
+
+def recorded_lags(folder: Path) -> list[int]:
+    """``replication_lag_bytes`` of each run of ``pg.items`` in ``_mds_runs``, oldest first."""
+    with DuckDBWarehouse(folder / "wh") as wh:
+        runs = wh.query(
+            f"SELECT replication_lag_bytes FROM {wh.meta_schema}._mds_runs"
+            " WHERE stream = 'items' ORDER BY started_at"
+        )
+    return runs.column(0).to_pylist()
+
 
 # A slot the server invalidated ---------------------------------------------------------------
 

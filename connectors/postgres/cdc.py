@@ -272,7 +272,8 @@ def read_changes(
         if decoder.last_commit is not None:
             last = max(last, decoder.last_commit)
     yield from window.flush(conn)
-    yield Checkpoint(target.stream, {"lsn": lsn_text(last)})
+    held = slots.held_back(conn, slot)  # until the next read advances the slot to ``last``
+    yield Checkpoint(target.stream, {"lsn": lsn_text(last)}, replication_lag_bytes=held)
 
 
 class _Decoder:

@@ -57,6 +57,13 @@ def inspect(conn: Connection, slot: str) -> SlotInfo | None:
     )
 
 
+def held_back(conn: Connection, slot: str) -> int | None:
+    """Bytes of WAL the server keeps for ``slot`` now (None: no such slot, or it lost its
+    WAL): what a read reports with its last checkpoint, for the run ledger."""
+    info = inspect(conn, slot)
+    return None if info is None else info.held_back
+
+
 def _invalidation(conn: Connection, info: dict[str, Any]) -> tuple[str | None, str]:
     reason = info.get("invalidation_reason")  # PostgreSQL 17+
     if reason is None and info.get("conflicting"):  # 16: a conflict with recovery

@@ -293,15 +293,16 @@ class PostgresSource(BaseSource[PostgresConfig]):
         assert repl is not None
         target = cdc.Target.of(self.name, stream.name, table, stream.primary_key)
         preflight.check_prerequisites(conn, target, repl.publication)
-        slot = cdc.slot_name(repl.slot, table.schema, table.name)
+        name = cdc.slot_name(repl.slot, table.schema, table.name)
         lsn = self._saved_lsn(stream, state)
         if lsn is None:  # a first read, a reset, or a switch from cursor mode: snapshot
-            start = cdc.begin_snapshot(conn, target, slot)
+            start = cdc.begin_snapshot(conn, target, name)
             yield from self._scan(conn, table, stream)
-            yield Checkpoint(stream.name, {"lsn": start})
+            held = slot.held_back(conn, name)  # what the snapshot made the server keep
+            yield Checkpoint(stream.name, {"lsn": start}, replication_lag_bytes=held)
             return
-        cdc.resume(conn, target, slot, lsn)
-        yield from cdc.read_changes(conn, target, slot, repl.publication, lsn, cfg.batch_size)
+        cdc.resume(conn, target, name, lsn)
+        yield from cdc.read_changes(conn, target, name, repl.publication, lsn, cfg.batch_size)
 
 
 def _projected(table: fetch.Table, stream: ConfiguredStream) -> fetch.Table:
