@@ -142,6 +142,10 @@ class Checkpoint:
 
     stream: str
     state: State = field(default_factory=dict)
+    replication_lag_bytes: int | None = None
+    """Bytes of change log the source server keeps for this stream at this point (with
+    PostgreSQL CDC, the WAL the stream's slot holds back); None when it has none. The
+    engine records the last one of a run in the run ledger."""
 
 
 @dataclass(frozen=True)

@@ -8,24 +8,37 @@ Design (one replication slot per stream, plugin ``pgoutput``, one publication pe
   inserts, updates and deletes, the table has a replica identity that carries the primary
   key, and the user may use replication. Each failure is a ConnectorError whose hint is the
   exact SQL to run.
-* **First read** (no state, :func:`begin_snapshot`): create the stream's slot (or, on a reset,
-  move the existing one to the current WAL position), call that position ``L0``, then wait
+* **First read** (no state, :func:`begin_snapshot`): create the stream's slot (or, on a reset
+  or a full refresh, move the existing one to the current WAL position; one the server
+  invalidated is dropped and created again), call that position ``L0``, then wait
   until every transaction that was running at ``L0`` has ended, so that the snapshot the
   caller takes next sees every transaction committed before ``L0``. The caller streams the
   table and checkpoints ``{"lsn": L0}``. Changes committed after ``L0`` may already be in the
   snapshot and are replayed on the next read: rows are full images keyed by primary key, so
   replaying them converges (a merge by key makes them harmless).
-* **Later reads** (:func:`read_changes`): the state's LSN was committed together with the
-  data, so the slot is first advanced to it (``pg_replication_slot_advance``). Changes are
-  then *peeked* (``pg_logical_slot_peek_binary_changes``, non-consuming) up to the WAL flush
-  position at the start of the read, decoded from pgoutput's binary protocol, and compacted
-  per window of at most ``batch_size`` keys: the last event per key wins, upserts become a
+* **Later reads** (:func:`resume`, :func:`read_changes`): a slot that is missing or was
+  invalidated (:mod:`connectors.postgres.slot`) fails the read before anything is read, with
+  the full refresh that re-snapshots as the fix: a read never re-snapshots by itself. The
+  state's LSN was committed together with the data, so the slot is first advanced to it
+  (``pg_replication_slot_advance``). Changes are then *peeked*
+  (``pg_logical_slot_peek_binary_changes``, non-consuming) up to the WAL flush position at
+  the start of the read, decoded from pgoutput's binary protocol, and compacted per window
+  of at most ``batch_size`` keys: the last event per key wins, upserts become a
   :class:`Batch`, deletes a :class:`Deletes` (key columns plus ``_deleted_at`` = commit
   time, naive UTC). A :class:`Checkpoint` with the commit's end LSN follows the first
   transaction boundary after a window is yielded, so a huge transaction is yielded in
   bounded pieces and checkpointed once, at its commit. A read that fails or is not
   committed leaves the slot where it was: re-reading from the same state yields the same
   changes again (exactly-once).
+* **Idle tables, busy database**: every read ends with a Checkpoint at the position it read
+  up to, even when none of the changes were ours. PostgreSQL 15+ sends no BEGIN/COMMIT for a
+  transaction that touched no published table, so no commit boundary would otherwise move
+  the state. Checkpointing there is safe: every transaction committed before it was
+  decoded, and one still running commits after it and is decoded by a later read (the slot's
+  restart position keeps its start). So the WAL a slot holds back after a run is what the
+  server wrote since the previous run began, whatever the stream's own traffic; the restart
+  position follows at the next running-transactions record (the background writer logs
+  one every 15 s on a busy server).
 * Values arrive as PostgreSQL's text output (the session pins ``TimeZone=UTC``,
   ``DateStyle=ISO``...) and are cast to the stream's Arrow types. An unchanged TOASTed value
   (not sent by pgoutput) is taken from the old row image (``REPLICA IDENTITY FULL``) or
@@ -51,6 +64,7 @@ from psycopg import sql
 
 from connectors.base import SOURCE_DELETED_AT, Batch, Checkpoint, Deletes, Message
 from connectors.errors import ConnectorError, SourceUnavailable
+from connectors.postgres import slot as slots
 from connectors.postgres.fetch import Table
 
 Connection = psycopg.Connection[Any]
@@ -82,6 +96,11 @@ class Target:
     @property
     def arrow_schema(self) -> pa.Schema:
         return pa.schema([(name, typ) for name, typ, _ in self.columns])
+
+    @property
+    def resnapshot(self) -> str:
+        """The fix when the changes since the state cannot be read: a full refresh."""
+        return slots.resnapshot(self.source, self.stream)
 
     def error(self, message: str, hint: str, retryable: bool = False) -> ConnectorError:
         cls = SourceUnavailable if retryable else ConnectorError
@@ -141,18 +160,21 @@ def begin_snapshot(conn: Connection, target: Target, slot: str) -> str:
 
     Waits (up to :data:`SNAPSHOT_WAIT_S`) until every transaction running at ``L0`` has
     ended, so a snapshot taken after this call sees everything committed before ``L0``.
+    A slot the server invalidated cannot move: it is dropped and created again (a snapshot
+    needs no change from before it).
     """
-    row = conn.execute(
-        "SELECT plugin FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-    ).fetchone()
-    if row is None:
+    info = slots.inspect(conn, slot)
+    if info is not None and info.invalidated:
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        info = None
+    if info is None:
         start = _value(
             conn,
             "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')",
             (slot,),
         )
     else:
-        _check_plugin(target, slot, row[0])
+        _check_plugin(target, slot, info.plugin)
         start = _value(
             conn,
             "SELECT COALESCE(end_lsn, pg_current_wal_flush_lsn())::text"
@@ -174,39 +196,49 @@ def begin_snapshot(conn: Connection, target: Target, slot: str) -> str:
     return start
 
 
-def _check_plugin(target: Target, slot: str, plugin: str) -> None:
+def _check_plugin(target: Target, slot: str, plugin: str | None) -> None:
     if plugin != "pgoutput":
         raise target.error(
             f"replication slot {slot!r} uses plugin {plugin!r}, not pgoutput",
-            f"run: SELECT pg_drop_replication_slot('{slot}'); then reset the stream's state",
+            f"run: SELECT pg_drop_replication_slot('{slot}'); then {target.resnapshot}",
         )
 
 
 def resume(conn: Connection, target: Target, slot: str, lsn: str) -> None:
-    """Advance ``slot`` to the committed ``lsn`` (the state proves the warehouse has it)."""
-    row = conn.execute(
-        "SELECT plugin, confirmed_flush_lsn::text, active_pid FROM pg_replication_slots"
-        " WHERE slot_name = %s",
-        (slot,),
-    ).fetchone()
-    reset = "reset the stream's state to take a new snapshot"
-    if row is None:
+    """Advance ``slot`` to the committed ``lsn`` (the state proves the warehouse has it).
+
+    Raises:
+        ConnectorError: the slot is missing or invalidated, or behind the state: the changes
+            since ``lsn`` cannot be read, and the hint is the command that re-snapshots. A
+            read never takes a new snapshot by itself: that replaces the stream's rows.
+    """
+    info = slots.inspect(conn, slot)
+    if info is None:
         raise target.error(
-            f"replication slot {slot!r} is gone: changes since {lsn} are lost", reset
+            f"replication slot {slot!r} does not exist (it was dropped, or the server failed"
+            f" over to one without it): the changes since {lsn} cannot be read",
+            target.resnapshot,
         )
-    _check_plugin(target, slot, row[0])
-    if row[2] is not None:
+    if info.invalidated:
         raise target.error(
-            f"replication slot {slot!r} is in use by process {row[2]}",
+            f"replication slot {slot!r} was invalidated: {info.invalidated}; the changes"
+            f" since {lsn} are lost",
+            f"{target.resnapshot}. Then, so it does not happen again: {info.prevent}",
+        )
+    _check_plugin(target, slot, info.plugin)
+    if info.active_pid is not None:
+        raise target.error(
+            f"replication slot {slot!r} is in use by process {info.active_pid}",
             "another read of this stream is running; retry when it has finished",
             retryable=True,
         )
-    confirmed = lsn_int(row[1])
+    confirmed = lsn_int(info.confirmed_flush_lsn or "0/0")
     if lsn_int(lsn) < confirmed:
         raise target.error(
-            f"the state's LSN {lsn} is behind replication slot {slot!r} ({row[1]}): the changes"
-            " in between were consumed without being committed here",
-            reset,
+            f"the state's LSN {lsn} is behind replication slot {slot!r}"
+            f" ({info.confirmed_flush_lsn}): the changes in between were consumed without"
+            " being committed here",
+            target.resnapshot,
         )
     if lsn_int(lsn) > confirmed:
         conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (slot, lsn))
@@ -217,7 +249,7 @@ def read_changes(
 ) -> Iterator[Message]:
     """Peek the changes after ``lsn`` and yield them as Batch / Deletes / Checkpoint windows."""
     upto = _value(conn, "SELECT pg_current_wal_flush_lsn()::text")
-    last = max(lsn_int(lsn), lsn_int(upto))
+    last = max(lsn_int(lsn), lsn_int(upto))  # the end checkpoint, with or without changes
     decoder, window = _Decoder(target), _Window(target)
     pubs = _sql_text(conn, sql.Identifier(publication))  # pgoutput splits quoted identifiers
     with conn.transaction(), conn.cursor(name=f"mds_cdc_{slot}", binary=True) as cur:
@@ -240,7 +272,8 @@ def read_changes(
         if decoder.last_commit is not None:
             last = max(last, decoder.last_commit)
     yield from window.flush(conn)
-    yield Checkpoint(target.stream, {"lsn": lsn_text(last)})
+    held = slots.held_back(conn, slot)  # until the next read advances the slot to ``last``
+    yield Checkpoint(target.stream, {"lsn": lsn_text(last)}, replication_lag_bytes=held)
 
 
 class _Decoder:
@@ -273,7 +306,7 @@ class _Decoder:
                 t = self.target
                 raise t.error(
                     f"{t.schema}.{t.table} was truncated: its rows cannot be sent as deletes",
-                    "reset the stream's state to take a new snapshot",
+                    t.resnapshot,
                 )
         return None  # 'Y' types, 'O' origins, 'M' messages: nothing to do
 

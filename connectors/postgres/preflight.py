@@ -17,6 +17,7 @@ from psycopg import sql
 from connectors.base import Finding
 from connectors.errors import ConnectorError
 from connectors.postgres import fetch
+from connectors.postgres import slot as slots
 from connectors.postgres.cdc import Connection, Target, _row, _sql_text, _value, slot_name
 from connectors.postgres.config import SESSION, PostgresConfig
 from connectors.postgres.errors import translate_error
@@ -155,9 +156,7 @@ def findings(
             for target in targets:
                 published, identity = table_findings(conn, target, repl.publication)
                 found += [identity] if server[-1].failed else [published, identity]
-            found += [
-                _slot(conn, slot_name(repl.slot, t.schema, t.table), slot_lag_warn) for t in targets
-            ]
+            found += [_slot(conn, t, repl.slot, slot_lag_warn) for t in targets]
     except ConnectorError as exc:
         return [Finding("connects", "fail", exc.message, exc.hint or "")]
     except psycopg.Error as exc:
@@ -234,29 +233,34 @@ def _publication(conn: Connection, publication: str, tables: Sequence[Target]) -
     )
 
 
-def _slot(conn: Connection, slot: str, warn_bytes: int) -> Finding:
+def _slot(conn: Connection, target: Target, prefix: str, warn_bytes: int) -> Finding:
     """The stream's slot: absent before the first sync; else the WAL it holds back."""
-    row = conn.execute(
-        "SELECT active, wal_status,"
-        " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint"
-        " FROM pg_replication_slots WHERE slot_name = %s",
-        (slot,),
-    ).fetchone()
+    slot = slot_name(prefix, target.schema, target.table)
     name = f"slot {slot}"
-    if row is None:
+    info = slots.inspect(conn, slot)
+    if info is None:
         return Finding(name, "ok", "not created yet: the stream's first sync creates it")
-    active, wal_status, held = row
-    drop = f"SELECT pg_drop_replication_slot('{slot}');"
-    if wal_status == "lost":
+    if info.invalidated:
         return Finding(
             name,
             "fail",
-            "the server removed WAL the slot still needed: its changes are lost",
-            f"{drop}  -- then reset the stream's state so the next sync takes a new snapshot",
+            f"invalidated: {info.invalidated}; the stream's changes since are lost",
+            f"{target.resnapshot}. Then, so it does not happen again: {info.prevent}",
         )
-    state = "active" if active else "inactive"
-    detail = f"{state}, holds back {_size(held or 0)} of WAL"
-    if (held or 0) > warn_bytes:
+    held = info.held_back or 0
+    drop = f"SELECT pg_drop_replication_slot('{slot}');"
+    if info.wal_status == "unreserved":
+        return Finding(
+            name,
+            "warn",
+            f"holds back {_size(held)} of WAL, past max_slot_wal_keep_size: the next"
+            " checkpoint invalidates it",
+            f"sync the stream now (`mdstack sync --source {target.source} --stream"
+            f" {target.stream}`), and raise max_slot_wal_keep_size",
+        )
+    state = "inactive" if info.active_pid is None else "active"
+    detail = f"{state}, holds back {_size(held)} of WAL"
+    if held > warn_bytes:
         return Finding(
             name,
             "warn",

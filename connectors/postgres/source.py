@@ -74,7 +74,7 @@ from connectors.base import (
     StreamSpec,
 )
 from connectors.errors import ConnectorError
-from connectors.postgres import cdc, fetch, preflight
+from connectors.postgres import cdc, fetch, preflight, slot
 from connectors.postgres.config import PostgresConfig
 from connectors.postgres.errors import translate_error
 
@@ -185,7 +185,7 @@ class PostgresSource(BaseSource[PostgresConfig]):
     def _saved_lsn(self, stream: ConfiguredStream, state: State | None) -> str | None:
         lsn = (state or {}).get("lsn")
         if lsn is not None and (not isinstance(lsn, str) or not _LSN.fullmatch(lsn)):
-            hint = "reset the stream's state to take a new snapshot"
+            hint = slot.resnapshot(self.name, stream.name)
             raise self._fail(stream, f"state {state!r} has no valid LSN (<hex>/<hex>)", hint)
         return lsn
 
@@ -293,15 +293,16 @@ class PostgresSource(BaseSource[PostgresConfig]):
         assert repl is not None
         target = cdc.Target.of(self.name, stream.name, table, stream.primary_key)
         preflight.check_prerequisites(conn, target, repl.publication)
-        slot = cdc.slot_name(repl.slot, table.schema, table.name)
+        name = cdc.slot_name(repl.slot, table.schema, table.name)
         lsn = self._saved_lsn(stream, state)
         if lsn is None:  # a first read, a reset, or a switch from cursor mode: snapshot
-            start = cdc.begin_snapshot(conn, target, slot)
+            start = cdc.begin_snapshot(conn, target, name)
             yield from self._scan(conn, table, stream)
-            yield Checkpoint(stream.name, {"lsn": start})
+            held = slot.held_back(conn, name)  # what the snapshot made the server keep
+            yield Checkpoint(stream.name, {"lsn": start}, replication_lag_bytes=held)
             return
-        cdc.resume(conn, target, slot, lsn)
-        yield from cdc.read_changes(conn, target, slot, repl.publication, lsn, cfg.batch_size)
+        cdc.resume(conn, target, name, lsn)
+        yield from cdc.read_changes(conn, target, name, repl.publication, lsn, cfg.batch_size)
 
 
 def _projected(table: fetch.Table, stream: ConfiguredStream) -> fetch.Table:

@@ -33,19 +33,22 @@ from stack.run.status import StreamStatus, stream_status
 
 
 def status_command(config: ConfigOpt = None, target: TargetOpt = None) -> None:
-    """Per stream and region: last run, mode, rows, state and freshness; then the fields
-    loaded under another column name."""
+    """Per stream and region: last run, mode, rows, state and freshness (and, when a source
+    reports it, the change log its server kept for the stream); then the fields loaded
+    under another column name."""
     with errors():
         rows = stream_status(config_path(config), target)
     if not rows:
         console.print("No runs yet: try `mdstack run`.")
         return
     table = Table(title="mdstack status")
-    for column in ("stream", "region", "mode", "last run", "status", "rows", "state", "freshness"):
+    columns = ["stream", "region", "mode", "last run", "status", "rows", "state", "freshness"]
+    lag = any(r.replication_lag_bytes is not None for r in rows)
+    for column in columns + (["replication lag"] if lag else []):
         table.add_column(column)
     now = utcnow()
     for r in rows:
-        table.add_row(
+        cells = [
             f"{r.source}.{r.stream}",
             r.region,
             r.mode,
@@ -54,13 +57,18 @@ def status_command(config: ConfigOpt = None, target: TargetOpt = None) -> None:
             num(r.rows),
             short(r.state),
             age(now, r.last_loaded_at),
-        )
+        ]
+        table.add_row(*cells, *([_mib(r.replication_lag_bytes)] if lag else []))
     out.print(table)
     _print_renames(rows)
     with warehouse(config, target) as (cfg, unopened), unopened as wh:
         nodes = ledger.last_dbt_results(wh, cfg.name).to_pylist()
     if nodes:
         out.print(dbt_results_table(nodes))
+
+
+def _mib(size: int | None) -> str:
+    return "" if size is None else f"{size / (1 << 20):,.1f} MiB"
 
 
 def _print_renames(rows: list[StreamStatus]) -> None:

@@ -120,6 +120,9 @@ class RunEntry:
     error: str | None = None
     full_refresh: bool = False
     """The run read from scratch and replaced the region's rows (``--full-refresh``)."""
+    replication_lag_bytes: int | None = None
+    """Change log the source server kept for the stream when its read ended (a CDC
+    stream's slot: the WAL it holds back), as its last checkpoint reported."""
 
 
 _RUNS_SCHEMA = pa.schema(
@@ -141,6 +144,7 @@ _RUNS_SCHEMA = pa.schema(
         ("schema_changes", pa.string()),
         ("error", pa.string()),
         ("full_refresh", pa.bool_()),
+        ("replication_lag_bytes", pa.int64()),
     ]
 )
 assert [f.name for f in fields(RunEntry)] == _RUNS_SCHEMA.names

@@ -221,6 +221,8 @@ def _read_stream(
             _add_deletes(plan, load, message.keys)
         elif isinstance(message, Checkpoint):
             load.state = message.state
+            if message.replication_lag_bytes is not None:
+                entry.replication_lag_bytes = message.replication_lag_bytes
             if policy is not None and policy.due(load.rows, last_commit):
                 load.commit()
                 last_commit = time.perf_counter()
