@@ -216,12 +216,3 @@ def pg_database(pg_logical: PgCluster, request: pytest.FixtureRequest) -> dict[s
 def pg_replica() -> Iterator[PgCluster]:
     """A second cluster, with ``wal_level=replica``: for what a server without CDC says."""
     yield from _cluster(REPLICA)
-
-
-def drop_slots(conn: psycopg.Connection[Any], prefix: str) -> None:
-    """Drop the replication slots whose names start with ``prefix`` (a test's own): a slot
-    left behind would hold WAL back for the rest of the session."""
-    for (slot,) in conn.execute(
-        "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE %s", (f"{prefix}%",)
-    ).fetchall():
-        conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
