@@ -194,10 +194,10 @@ def stored_renames(wh: Warehouse, schema: str, name: str) -> list[Rename]:
     return [Rename(r["source_name"], r["column_name"], r["reason"]) for r in stored]
 
 
-def load_names(wh: Warehouse, schema: str, name: str) -> ColumnNames:
-    """The stored renames and existing columns of ``schema.name``."""
+def load_names(wh: Warehouse, schema: str, name: str, columns: Iterable[str] | None) -> ColumnNames:
+    """The stored renames of ``schema.name``, with its existing ``columns`` (None: no table)."""
     renames = {r.source: r.column for r in stored_renames(wh, schema, name)}
-    return ColumnNames(renames, wh.columns(schema, name) or ())
+    return ColumnNames(renames, columns or ())
 
 
 def column_plan(plan: StreamPlan, names: ColumnNames) -> StreamPlan:

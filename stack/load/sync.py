@@ -37,6 +37,7 @@ from connectors.base import (
     Deletes,
     Message,
     Source,
+    State,
 )
 from stack import sql
 from stack.errors import SchemaError
@@ -142,17 +143,17 @@ def _sync_locked(
     )
     try:
         ledger.begin_run(wh, key, ctx.run_id)
-        _drop_unfinished(wh, plan, key)
-        read, names = plan.stream, load_names(wh, plan.schema, plan.name)
-        plan = column_plan(plan, names)
         state = ledger.read_state(wh, key)
+        existing = _existing_columns(wh, plan, state)
+        read, names = plan.stream, load_names(wh, plan.schema, plan.name, existing)
+        plan = column_plan(plan, names)
         if replace is not None:  # the caller reads its counts back: the same object
             if replace.column is not None:
                 replace.column = names.column(replace.column)
             replace.prior, entry.full_refresh = state, replace.whole
             state = None if replace.whole else state
         changes.extend(r.describe() for r in names.store(wh, plan.schema, plan.name, ctx.run_id))
-        schema = _destination(wh, plan)
+        schema = _destination(wh, plan, exists=existing is not None)
         lc = LoadContext(wh, plan, ctx, key, entry, record, replace)
         load = DirectLoad(lc) if _direct(plan, wh.capabilities) else StagedLoad(lc)
         messages = _in_columns(source.read(read, state), lc, names, changes)
@@ -240,12 +241,12 @@ def _direct(plan: StreamPlan, capabilities: Capabilities) -> bool:
     return plan.mode in ("full_refresh_append", "incremental_append") and not deletes
 
 
-def _destination(wh: Warehouse, plan: StreamPlan) -> StreamSchema:
+def _destination(wh: Warehouse, plan: StreamPlan, exists: bool) -> StreamSchema:
     """The destination's schema (creating the table from the declared schema if new)."""
     declared = plan.stream.spec.schema
     if plan.columns:
         declared = pa.schema([f for f in declared if f.name in plan.columns])
-    if wh.columns(plan.schema, plan.name) is None:
+    if not exists:
         wh.create_table(plan.schema, plan.name, pa.schema([*declared, *_META_SCHEMA]))
     current = wh.query(f"SELECT * FROM {plan.target} LIMIT 0").schema
     data = pa.schema([f for f in current if f.name not in sql.META_COLUMNS])
@@ -253,14 +254,23 @@ def _destination(wh: Warehouse, plan: StreamPlan) -> StreamSchema:
     return StreamSchema(data, plan.schema_policy, plan.columns, required)
 
 
-def _drop_unfinished(wh: Warehouse, plan: StreamPlan, key: ledger.StreamKey) -> None:
-    """Drop an empty table that no run of this stream committed to (a failed first sync
-    left it): its columns and types came from that run's schema and data, and would
-    otherwise decide this run's (refused under ``freeze``); this run creates it afresh."""
-    if wh.columns(plan.schema, plan.name) is None or ledger.read_state(wh, key) is not None:
-        return
+def _existing_columns(
+    wh: Warehouse, plan: StreamPlan, state: State | None
+) -> dict[str, str] | None:
+    """The destination table's columns (None when there is no table), read once per run.
+
+    An empty table that no run of this stream committed to (``state`` is None: a failed
+    first sync left it) is dropped first: its columns and types came from that run's schema
+    and data, and would otherwise decide this run's (refused under ``freeze``); this run
+    creates it afresh.
+    """
+    columns = wh.columns(plan.schema, plan.name)
+    if columns is None or state is not None:
+        return columns
     if wh.query(f"SELECT COUNT(*) AS n FROM {plan.target}").column(0)[0].as_py() == 0:
         wh.execute(f"DROP TABLE {plan.target}")
+        return None
+    return columns
 
 
 def _add_batch(
