@@ -305,6 +305,14 @@ def test_unreachable_server_is_retryable_and_hides_the_password(pg_database):
     assert not result.ok and SECRET not in result.message and "unavailable" in result.message
 
 
+def test_a_short_password_does_not_mask_the_rest_of_an_error(pg_database):
+    """A one-letter password is no secret worth masking: every "o" of the message stays."""
+    source = PostgresSource("pg", pg_database | {"database": "no_such_db_x", "password": "o"})
+    with pytest.raises(ConnectorError) as err:
+        source.discover()
+    assert 'database "no_such_db_x" does not exist' in str(err.value)
+
+
 def test_unknown_database_is_not_retryable(pg_database):
     source = PostgresSource("pg", pg_database | {"database": "no_such_db_x", "password": SECRET})
     with pytest.raises(ConnectorError) as err:

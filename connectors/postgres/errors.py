@@ -7,6 +7,7 @@ ConnectorError with a hint. The password is scrubbed from every message.
 
 from __future__ import annotations
 
+from connectors._http_redact import Redactor
 from connectors.errors import ConnectorError, SourceUnavailable
 from connectors.postgres.config import PostgresConfig
 
@@ -34,9 +35,7 @@ def translate_error(
     exc: Exception, cfg: PostgresConfig, source: str, stream: str | None
 ) -> ConnectorError:
     """Map a psycopg or DuckDB error to ConnectorError / SourceUnavailable, password scrubbed."""
-    text = str(exc).strip()
-    if cfg.secret:
-        text = text.replace(cfg.secret, "***")
+    text = Redactor([cfg.secret] if cfg.secret else [])(str(exc).strip())
     state = getattr(exc, "sqlstate", None) or ""
     lower = text.lower()
     where = f"PostgreSQL {cfg.host}:{cfg.port}/{cfg.database}"
