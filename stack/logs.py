@@ -76,6 +76,12 @@ def json_logs() -> bool:
     return os.environ.get(LOG_FORMAT_ENV) == "json"
 
 
+def log_reported_error(logger: logging.Logger, message: str, *args: object) -> None:
+    """An error the run's summary also reports: an ERROR line for log shippers (JSON logs),
+    a DEBUG one for people, who read it in the summary and need it once."""
+    logger.log(logging.ERROR if json_logs() else logging.DEBUG, message, *args)
+
+
 def apply_log_format() -> None:
     """JSON logs if asked for; call it again after Prefect sets up its console logging,
     which it does when imported."""

@@ -31,6 +31,7 @@ from stack.config import SourceConfig, StackConfig
 from stack.errors import ConfigError, ConnectorError
 from stack.load import Progress, RunContext, plan_stream, repair, sync_stream
 from stack.load.ledger import RunEntry, StreamKey, describe_error
+from stack.logs import log_reported_error
 from stack.secrets import Resolver, reveal
 from stack.warehouse import Warehouse
 
@@ -195,7 +196,7 @@ class RunScope:
                     plan = replace(plan, snapshot_deletes=False)
                     return sync_stream(wh, source, plan, ctx, progress, replace=swap)
             except Exception as exc:
-                log.error("%s [%s] failed: %s", name, ctx.region, describe_error(exc))
+                log_reported_error(log, "%s [%s] failed: %s", name, ctx.region, describe_error(exc))
                 raise
 
     def close(self) -> None:
