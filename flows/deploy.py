@@ -59,21 +59,25 @@ def deploy(
 
     Args:
         config_path: the ``stack.yml`` (default: ``./stack.yml`` or ``$MDSTACK_CONFIG``).
-        dry_run: only compare with the server and return what would change.
+        dry_run: only compare with the server and return what would change (with no
+            server, the plan: every deployment a create).
         project_dir: the code's folder, where workers run flows.
         specs: the ``deployments:`` section (default: the config's own).
 
     Returns:
         One change per planned deployment, plus ``delete`` for stale ones.
     """
+    config = load_config(config_path)
+    plan = plans.plan_deployments(config, specs)
     if not PREFECT_API_URL.value():
+        if dry_run:  # the plan alone: every deployment would be created
+            return plans.diff(plan, {})
         raise ConfigError(
             "PREFECT_API_URL is not set: there is no Prefect server to deploy to",
             hint="start one (`prefect server start`) and "
-            "`export PREFECT_API_URL=http://127.0.0.1:4200/api`",
+            "`export PREFECT_API_URL=http://127.0.0.1:4200/api`; "
+            "`mdstack deploy --dry-run` shows the plan without one",
         )
-    config = load_config(config_path)
-    plan = plans.plan_deployments(config, specs)
     with get_client(sync_client=True) as client:
         existing = read_existing(client, config.name)
         changes = plans.diff(plan, {name: facts for name, (_, facts) in existing.items()})

@@ -610,3 +610,24 @@ def test_a_source_slot_held_by_another_run_holds_the_stream_tasks_back(
     state, summary = outcome["run"]
     assert state.is_completed(), summary
     assert {r["stream"] for r in reads(log)} == {"events", "items"}
+
+
+def test_a_dry_run_without_a_server_shows_the_plan_and_its_schedules(monkeypatch):
+    """The shipped demo: one deployment per region, 06:00 in each region's time zone."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from typer.testing import CliRunner
+
+    from stack.cli import app
+
+    monkeypatch.chdir(ROOT)
+    written = (ROOT / "prefect.yaml").read_text()
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        planned = CliRunner().invoke(app, ["deploy", "--dry-run"])
+        refused = CliRunner().invoke(app, ["deploy"])
+    assert planned.exit_code == 0, planned.output
+    assert "create    shop-pipeline-eu (0 6 * * * Europe/Berlin; pool default)" in planned.output
+    assert "shop-pipeline-us (0 6 * * * America/New_York" in planned.output
+    assert "shop-pipeline-apac (0 6 * * * Asia/Singapore" in planned.output
+    assert (ROOT / "prefect.yaml").read_text() == written  # nothing was changed
+    assert refused.exit_code == 2
+    assert "--dry-run` shows the plan" in " ".join(refused.output.split())

@@ -300,7 +300,8 @@ def diff(
     for planned in plan:
         current = existing.get(planned.name)
         if current is None:
-            changes.append(Change("create", planned.name))
+            when = f"{planned.cron} {planned.timezone}" if planned.cron else "on demand"
+            changes.append(Change("create", planned.name, (when, f"pool {planned.work_pool}")))
             continue
         wanted = planned.facts()
         differences = tuple(
