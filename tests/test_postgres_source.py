@@ -351,8 +351,17 @@ def cdc(pg_logical: PgCluster) -> Iterator[tuple[psycopg.Connection, str, dict]]
 def _slot_lsn(conn: psycopg.Connection, schema: str) -> str:
     return conn.execute(
         "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
-        (f"{schema}_{schema}_items",),
+        (schema,),  # the source's one slot: ``replication.slot`` itself
     ).fetchone()[0]
+
+
+def _group(source: PostgresSource, states: dict, held: list | None = None, **kw) -> list:
+    """A shared read of the streams of ``states`` (name -> state); ``held``: every stream's
+    committed state (default: those of ``states``)."""
+    catalog = source.discover()
+    streams = [ConfiguredStream(catalog.stream(n), "incremental_deduped", **kw) for n in states]
+    committed = [s for s in states.values() if s] if held is None else held
+    return list(source.read_group(streams, states, committed))
 
 
 def _deletes(messages: list) -> list[dict]:
@@ -402,9 +411,9 @@ def test_cdc_snapshot_then_changes_with_deletes(cdc):
     again = _read(source, "items", "incremental_deduped", state)
     assert _rows(again) == _rows(changes) and _deletes(again) == deletes
 
-    # the next read starts from the committed state: the slot moves there first
+    # the next shared read starts from the committed state: the slot moves there first
     conn.execute(f"UPDATE {schema}.items SET name = 'FIVE' WHERE id = 5")
-    later = _read(source, "items", "incremental_deduped", new_state)
+    later = _group(source, {"items": new_state})
     assert _slot_lsn(conn, schema) == new_state["lsn"]
     assert _rows(later) == [{"id": 5, "name": "FIVE", "price": Decimal("5.00")}]
     assert _deletes(later) == []
@@ -459,7 +468,7 @@ def test_cdc_big_transaction_comes_in_bounded_batches_and_one_checkpoint(cdc):
     assert kinds == ["Batch", "Batch", "Batch", "Checkpoint", "Checkpoint"]
     assert [r["id"] for r in _rows(changes)] == [10, 11, 12, 13, 14]
     # once that state is committed, an older one proves nothing: the read refuses it
-    _read(source, "items", "incremental_deduped", _states(changes)[-1])
+    _group(source, {"items": _states(changes)[-1]})
     with pytest.raises(ConnectorError, match="behind") as err:
         _read(source, "items", "incremental_deduped", state)
     assert "snapshot" in err.value.hint
