@@ -72,9 +72,12 @@ def make(
                 conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
-def write_config(folder: Path, dsn: dict[str, Any], schema: str, names: list[str]) -> Path:
+def write_config(
+    folder: Path, dsn: dict[str, Any], schema: str, names: list[str], concurrency: int = 1
+) -> Path:
     source = {
         "connector": "postgres",
+        "concurrency": concurrency,
         "schema": "raw_pg",
         "config": dsn
         | {
@@ -169,7 +172,8 @@ def test_twelve_tables_sync_through_one_slot_on_a_server_that_allows_ten(
     tmp_path, pg_ten_slots, make
 ):
     conn, schema, names = make(12)
-    path = write_config(tmp_path, pg_ten_slots.dsn, schema, names)
+    # streams of a source that may sync 4 at once: the shared read is still one job
+    path = write_config(tmp_path, pg_ten_slots.dsn, schema, names, concurrency=4)
     sync(path)  # twelve snapshots, one slot
     assert slots_of(conn, schema) == [schema]
     assert landed(tmp_path, names) == at_source(conn, schema, names)
@@ -182,6 +186,12 @@ def test_twelve_tables_sync_through_one_slot_on_a_server_that_allows_ten(
     # every stream committed past the slot: it was released up to the slowest of them
     states = stored(path)
     assert all(lsn_le(conn, confirmed(conn, schema), lsn) for lsn in states.values())
+    with DuckDBWarehouse(tmp_path / "wh") as wh:
+        runs = wh.query(
+            f"SELECT stream, count(*) AS n FROM {wh.meta_schema}._mds_runs"
+            " WHERE status = 'succeeded' GROUP BY stream"
+        ).to_pylist()
+    assert sorted((r["stream"], r["n"]) for r in runs) == [(n, 3) for n in names]
 
 
 def test_a_run_of_one_stream_keeps_what_the_others_have_not_loaded(tmp_path, pg_ten_slots, make):

@@ -474,6 +474,58 @@ def test_cdc_big_transaction_comes_in_bounded_batches_and_one_checkpoint(cdc):
     assert "snapshot" in err.value.hint
 
 
+def _more(conn: psycopg.Connection, schema: str) -> None:
+    """A second CDC table, ``more``, in the same publication."""
+    conn.execute(f"CREATE TABLE {schema}.more (id int PRIMARY KEY, name text)")
+    conn.execute(f"ALTER PUBLICATION {schema} ADD TABLE {schema}.more")
+
+
+def _of(messages: list, stream: str) -> list:
+    return [m for m in messages if m.stream == stream]
+
+
+def test_cdc_streams_at_different_positions_each_get_every_change_once(cdc):
+    conn, schema, config = cdc
+    _more(conn, schema)
+    source = PostgresSource("pg", config)
+    snap = _group(source, {"items": None, "more": None})
+    states = {name: _states(_of(snap, name))[-1] for name in ("items", "more")}
+    with conn.transaction():
+        conn.execute(f"INSERT INTO {schema}.items VALUES (6, 'six', 6)")
+        conn.execute(f"INSERT INTO {schema}.more VALUES (1, 'one')")
+    first = _group(source, states)
+    # as after a crash between the two streams' commits: items committed, more did not
+    items_at = _states(_of(first, "items"))[-1]
+    with conn.transaction():
+        conn.execute(f"UPDATE {schema}.items SET name = 'SIX' WHERE id = 6")
+        conn.execute(f"INSERT INTO {schema}.more VALUES (2, 'two')")
+    second = _group(source, {"items": items_at, "more": states["more"]})
+    assert _rows(_of(second, "items")) == [{"id": 6, "name": "SIX", "price": Decimal("6.00")}]
+    assert sorted(r["id"] for r in _rows(_of(second, "more"))) == [1, 2]
+    # a stream read alone peeks the same slot and releases nothing
+    before = _slot_lsn(conn, schema)
+    _read(source, "more", "incremental_deduped", _states(_of(second, "more"))[-1])
+    assert _slot_lsn(conn, schema) == before
+
+
+def test_cdc_windows_of_all_streams_share_the_batch_size(cdc):
+    conn, schema, config = cdc
+    _more(conn, schema)
+    source = PostgresSource("pg", config | {"batch_size": 2})
+    snap = _group(source, {"items": None, "more": None})
+    states = {name: _states(_of(snap, name))[-1] for name in ("items", "more")}
+    with conn.transaction():  # one transaction: data comes early, checkpoints at its commit
+        conn.execute(f"INSERT INTO {schema}.items SELECT g, 'n', g FROM generate_series(10, 14) g")
+        conn.execute(f"INSERT INTO {schema}.more SELECT g, 'm' FROM generate_series(1, 5) g")
+    changes = _group(source, states)
+    assert max(m.data.num_rows for m in changes if isinstance(m, Batch)) <= 2
+    assert [r["id"] for r in _rows(_of(changes, "items"))] == [10, 11, 12, 13, 14]
+    assert [r["id"] for r in _rows(_of(changes, "more"))] == [1, 2, 3, 4, 5]
+    for name in ("items", "more"):  # each checkpoints at the commit, after all of its rows
+        kinds = [type(m).__name__ for m in _of(changes, name)]
+        assert kinds[-2:] == ["Checkpoint", "Checkpoint"] and "Checkpoint" not in kinds[:-2]
+
+
 def test_cdc_prerequisites_say_what_to_run(cdc):
     conn, schema, config = cdc
     conn.execute(f"CREATE TABLE {schema}.nokey (a int, b text)")

@@ -1,6 +1,7 @@
 """Change data capture for :mod:`connectors.postgres`: logical replication through SQL.
 
-Design (one replication slot per stream, plugin ``pgoutput``, one publication per source):
+Design (one replication slot and one publication per source, plugin ``pgoutput``; how the
+streams of a source share the slot is :mod:`connectors.postgres.shared_slot`'s):
 
 * **Prerequisites** are checked before anything else
   (:func:`connectors.postgres.preflight.check_prerequisites`):
@@ -8,37 +9,38 @@ Design (one replication slot per stream, plugin ``pgoutput``, one publication pe
   inserts, updates and deletes, the table has a replica identity that carries the primary
   key, and the user may use replication. Each failure is a ConnectorError whose hint is the
   exact SQL to run.
-* **First read** (no state, :func:`begin_snapshot`): create the stream's slot (or, on a reset
-  or a full refresh, move the existing one to the current WAL position; one the server
-  invalidated is dropped and created again), call that position ``L0``, then wait
-  until every transaction that was running at ``L0`` has ended, so that the snapshot the
-  caller takes next sees every transaction committed before ``L0``. The caller streams the
-  table and checkpoints ``{"lsn": L0}``. Changes committed after ``L0`` may already be in the
-  snapshot and are replayed on the next read: rows are full images keyed by primary key, so
-  replaying them converges (a merge by key makes them harmless).
-* **Later reads** (:func:`resume`, :func:`read_changes`): a slot that is missing or was
-  invalidated (:mod:`connectors.postgres.slot`) fails the read before anything is read, with
-  the full refresh that re-snapshots as the fix: a read never re-snapshots by itself. The
-  state's LSN was committed together with the data, so the slot is first advanced to it
-  (``pg_replication_slot_advance``). Changes are then *peeked*
-  (``pg_logical_slot_peek_binary_changes``, non-consuming) up to the WAL flush position at
-  the start of the read, decoded from pgoutput's binary protocol, and compacted per window
-  of at most ``batch_size`` keys: the last event per key wins, upserts become a
-  :class:`Batch`, deletes a :class:`Deletes` (key columns plus ``_deleted_at`` = commit
-  time, naive UTC). A :class:`Checkpoint` with the commit's end LSN follows the first
-  transaction boundary after a window is yielded, so a huge transaction is yielded in
-  bounded pieces and checkpointed once, at its commit. A read that fails or is not
-  committed leaves the slot where it was: re-reading from the same state yields the same
-  changes again (exactly-once).
-* **Idle tables, busy database**: every read ends with a Checkpoint at the position it read
-  up to, even when none of the changes were ours. PostgreSQL 15+ sends no BEGIN/COMMIT for a
-  transaction that touched no published table, so no commit boundary would otherwise move
-  the state. Checkpointing there is safe: every transaction committed before it was
-  decoded, and one still running commits after it and is decoded by a later read (the slot's
-  restart position keeps its start). So the WAL a slot holds back after a run is what the
-  server wrote since the previous run began, whatever the stream's own traffic; the restart
-  position follows at the next running-transactions record (the background writer logs
-  one every 15 s on a busy server).
+* **First read** (no state, :func:`begin_snapshot`): create the source's slot if it is
+  missing (its start is ``L0``), else take the WAL flush position as ``L0`` and leave the
+  slot alone; then wait until every transaction that was running at ``L0`` has ended, so
+  that the snapshot the caller takes next sees every transaction committed before ``L0``.
+  The caller streams the table and checkpoints ``{"lsn": L0}``. Changes committed after
+  ``L0`` may already be in the snapshot and are replayed on the next read: rows are full
+  images keyed by primary key, so replaying them converges (a merge by key makes them
+  harmless).
+* **Later reads** (:func:`usable`, :func:`advance`, :func:`read_changes`): a slot that is
+  missing or was invalidated (:mod:`connectors.postgres.slot`) fails the read before
+  anything is read, with the full refresh that re-snapshots as the fix: a read never
+  re-snapshots by itself. States are committed together with the data, so the slot is first
+  advanced to the smallest of them (``pg_replication_slot_advance``). Changes are then
+  *peeked* (``pg_logical_slot_peek_binary_changes``, non-consuming) up to the WAL flush
+  position at the start of the read, decoded from pgoutput's binary protocol once for every
+  stream, routed by table, skipped by a stream whose LSN is past their commit, and compacted
+  per stream window, the windows holding at most ``batch_size`` keys together: the last
+  event per key wins, upserts become a :class:`Batch`, deletes a :class:`Deletes` (key
+  columns plus ``_deleted_at`` = commit time, naive UTC). A :class:`Checkpoint` with the
+  commit's end LSN follows the first transaction boundary after a stream's window is
+  yielded, so a huge transaction is yielded in bounded pieces and checkpointed once, at its
+  commit. A read that fails or is not committed leaves the slot where it was: re-reading
+  from the same states yields the same changes again (exactly-once).
+* **Idle tables, busy database**: every read ends with a Checkpoint for every stream at the
+  position it read up to, even when none of the changes were its own. PostgreSQL 15+ sends
+  no BEGIN/COMMIT for a transaction that touched no published table, so no commit boundary
+  would otherwise move the state. Checkpointing there is safe: every transaction committed
+  before it was decoded, and one still running commits after it and is decoded by a later
+  read (the slot's restart position keeps its start). So the WAL the slot holds back after
+  every stream ran is what the server wrote since the previous run began, whatever the
+  streams' own traffic; the restart position follows at the next running-transactions
+  record (the background writer logs one every 15 s on a busy server).
 * Values arrive as PostgreSQL's text output (the session pins ``TimeZone=UTC``,
   ``DateStyle=ISO``...) and are cast to the stream's Arrow types. An unchanged TOASTed value
   (not sent by pgoutput) is taken from the old row image (``REPLICA IDENTITY FULL``) or

@@ -4,10 +4,10 @@ Config (:class:`~connectors.postgres.config.PostgresConfig`): ``host``, ``port``
 ``database``, ``user``, ``password``,
 ``schemas`` (``["public"]``), ``tables`` (include list: ``name`` or ``schema.name``),
 ``batch_size`` (16 384 rows), ``lookback``, ``connect_timeout`` (10 s), ``sslmode``, and
-``replication: {slot, publication, plugin}`` to turn on CDC: ``slot`` (``mdstack``) prefixes
-one slot per stream, ``<slot>_<schema>_<table>``, so give each pipeline and region reading the
-same database its own (``slot: mds_{{ region }}``), and drop the slots of streams you remove
-(they hold WAL); ``publication`` (``mdstack``) must exist; ``plugin`` is ``pgoutput``.
+``replication: {slot, publication, plugin}`` to turn on CDC: ``slot`` (``mdstack``) names the
+source's one slot, shared by all its CDC streams, so give each pipeline and region reading the
+same database its own (``slot: mds_{{ region }}``), and drop it when the source stops reading
+by CDC (it holds WAL); ``publication`` (``mdstack``) must exist; ``plugin`` is ``pgoutput``.
 
 Streams: every table, view, materialized view and foreign table of the schemas (partitioned
 tables as one stream, their partitions left out), named after the table, or
@@ -34,7 +34,10 @@ Reads:
   such as ``"PT15M"``; for numeric cursors a number in cursor units) re-reads late rows; the
   state never moves back. Rows whose cursor is NULL are read by the first read only.
 * **CDC** (``replication`` set and an incremental sync mode): a snapshot, then logical
-  replication changes as Batch / Deletes; see :mod:`connectors.postgres.cdc`.
+  replication changes as Batch / Deletes; see :mod:`connectors.postgres.cdc`. The engine
+  reads a source's CDC streams together (:meth:`PostgresSource.read_group`), through one
+  slot (:mod:`connectors.postgres.shared_slot`); ``read`` of one CDC stream alone peeks the
+  same slot and never advances it (it does not know what the other streams still need).
 
 Fetch path (:mod:`connectors.postgres.fetch`): DuckDB's postgres scanner, streamed as Arrow. On a
 2 M-row, 10-column table (2 busy cores) a full read took 1.7-2.2 s, about what ``COPY ... TO
