@@ -239,6 +239,44 @@ def test_a_stream_with_a_slot_of_its_own_moves_to_the_source_slot_without_losing
     assert landed(tmp_path, names) == at_source(conn, schema, names)
 
 
+def test_one_failing_stream_stops_the_shared_read_and_its_full_refresh_lets_all_go_on(
+    tmp_path, pg_ten_slots, make
+):
+    conn, schema, names = make(2)
+    path = write_config(tmp_path, pg_ten_slots.dsn, schema, names)
+    sync(path)
+    conn.execute(f"UPDATE {schema}.t01 SET name = 'before' WHERE id = 1")
+    conn.execute(f"TRUNCATE {schema}.t02")  # cannot be sent as deletes
+    before = stored(path)
+    failed = mdstack(path, "sync", "--source", "pg")
+    assert failed.exit_code == 1
+    said = " ".join(failed.output.split())
+    assert "t02 was truncated" in said and "--stream t02 --full-refresh" in said
+    assert stored(path) == before  # nothing committed past what the read could not give
+    sync(path, "--stream", "t02", "--full-refresh")
+    conn.execute(f"INSERT INTO {schema}.t02 VALUES (7, 'after', 0)")
+    sync(path)
+    assert landed(tmp_path, names) == at_source(conn, schema, names)
+
+
+def test_a_stream_added_later_snapshots_alone_and_the_others_keep_their_changes(
+    tmp_path, pg_ten_slots, make
+):
+    conn, schema, names = make(3)
+    path = write_config(tmp_path, pg_ten_slots.dsn, schema, names[:2])
+    sync(path)
+    rng = random.Random(11)
+    churn(conn, schema, names, rng)
+    slot_before = confirmed(conn, schema)
+    path = write_config(tmp_path, pg_ten_slots.dsn, schema, names)
+    sync(path, "--stream", "t03")  # its snapshot leaves the slot where it is
+    assert confirmed(conn, schema) == slot_before
+    churn(conn, schema, names, rng)
+    sync(path)
+    assert landed(tmp_path, names) == at_source(conn, schema, names)
+    assert slots_of(conn, schema) == [schema]
+
+
 # -- kill -9 at random moments ---------------------------------------------------------------
 
 WORKER = """
