@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from typer.testing import CliRunner, Result
 from connectors.postgres.cdc import stream_slot_name
 from stack.cli import app
 from stack.config import load_config
+from stack.run import pipeline
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.servers.pg_server import LOGICAL, PgCluster, _cluster, connect_kwargs, drop_slots
 
@@ -277,12 +279,33 @@ def test_a_stream_added_later_snapshots_alone_and_the_others_keep_their_changes(
     assert slots_of(conn, schema) == [schema]
 
 
+def test_the_first_stream_of_a_run_syncs_the_shared_read_and_a_retry_syncs_alone(
+    tmp_path, pg_ten_slots, make
+):
+    conn, schema, names = make(2)
+    path = write_config(tmp_path, pg_ten_slots.dsn, schema, names)
+    region = load_config(path).region_names()[0]
+    step = partial(pipeline.sync_run_stream, path, None, region, "pg", run_id="r1", group=names)
+    try:
+        first = step("t01")  # syncs t02 too, in the same read
+        second = step("t02")  # takes its outcome: no second read
+        retried = step("t01")  # a retry (a Prefect task's): t01 alone
+    finally:
+        pipeline.end_syncs(path, None, region, "r1")
+    assert (first.stream, second.stream, retried.stream) == ("t01", "t02", "t01")
+    assert {first.status, second.status, retried.status} == {"succeeded"}
+    # the snapshots came from the first job; the retry read again, finding nothing new
+    assert (first.rows_read, second.rows_read, retried.rows_read) == (ROWS, ROWS, 0)
+    assert landed(tmp_path, names) == at_source(conn, schema, names)
+
+
 # -- kill -9 at random moments ---------------------------------------------------------------
 
 WORKER = """
 import sys
 sys.path.insert(0, {root!r})
 from stack.config import load_config
+from stack.run import pipeline
 from stack.load import EVERY_CHECKPOINT, RunContext, plan_stream
 from stack.load.group import sync_group
 from stack.run.scope import open_source

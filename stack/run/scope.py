@@ -251,8 +251,8 @@ class RunScope:
             source, catalog = self.source(source_name)
             source_cfg = self.config.source(source_name)
             plans = []
-            for name in [stream, *group]:
-                if name in shared.claimed or name not in source_cfg.streams:
+            for name in dict.fromkeys([stream, *group]):
+                if name != stream and (name in shared.claimed or name not in source_cfg.streams):
                     continue
                 try:
                     plan = plan_stream(source_name, source_cfg, catalog, name)
