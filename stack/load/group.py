@@ -39,6 +39,7 @@ def sync_group(
     progress: Progress | None = None,
     policy: CommitPolicy = CommitPolicy(),
     full_refresh: bool = False,
+    finished: dict[str, ledger.RunEntry] | None = None,
 ) -> dict[str, ledger.RunEntry]:
     """Read ``plans``' streams in one pass of ``source`` and load each into its table.
 
@@ -47,6 +48,8 @@ def sync_group(
             read (it releases nothing they still need), their tables are left alone.
         full_refresh: read every stream from scratch and replace its region's rows in one
             transaction, audited (:func:`stack.load.repair.full_refresh`).
+        finished: filled with each stream's entry once it has succeeded, so that a caller
+            can tell, after a failure, the streams that had finished before it.
 
     Returns:
         Each stream's run-ledger entry, by stream name.
@@ -76,8 +79,10 @@ def sync_group(
             messages = source.read_group([r.read for r in runs.values()], states, held)
             for message in messages:
                 _route(runs, message).feed(message)
-            for run in runs.values():
+            for stream, run in runs.items():
                 run.finish(source)
+                if finished is not None:
+                    finished[stream] = run.entry
         except Exception as exc:
             for run in runs.values():
                 if run.entry.status != "succeeded":

@@ -262,16 +262,22 @@ class RunScope:
                     plans.append(replace(plan, snapshot_deletes=False) if full_refresh else plan)
                     shared.claimed.add(name)
             others = [s for s in source_cfg.streams if s not in {p.name for p in plans}]
+            finished: dict[str, RunEntry] = {}
             try:
                 with self.warehouse.cursor() as wh:
-                    entries: dict[str, RunEntry | Exception] = dict(
-                        sync_group(
-                            wh, source, plans, self.ctx, others, progress, full_refresh=full_refresh
-                        )
+                    sync_group(
+                        wh,
+                        source,
+                        plans,
+                        self.ctx,
+                        others,
+                        progress,
+                        full_refresh=full_refresh,
+                        finished=finished,
                     )
             except Exception as exc:
-                entries = {p.name: exc for p in plans}
-            shared.outcomes.update(entries)
+                shared.outcomes.update({p.name: exc for p in plans})
+            shared.outcomes.update(finished)
             return shared.take(stream)
 
     def close(self) -> None:
