@@ -26,7 +26,7 @@ a check of the states it accepts (:func:`check_state`, for states set by hand).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, get_args, runtime_checkable
 
@@ -213,6 +213,31 @@ class Source(Protocol):
 
     def read(self, stream: ConfiguredStream, state: State | None) -> Iterator[Message]:
         """Read one stream from ``state`` on; see the module docstring for the order."""
+        ...
+
+
+@runtime_checkable
+class SharedRead(Protocol):
+    """A source that reads some of its streams in one pass over one change log (PostgreSQL
+    CDC: one replication slot per source). The engine syncs such streams together, as one
+    job (:func:`stack.load.group.sync_group`); every message names its stream."""
+
+    def shares_read(self, stream: ConfiguredStream) -> bool:
+        """Whether ``stream`` is read by :meth:`read_group` rather than :meth:`Source.read`."""
+        ...
+
+    def read_group(
+        self,
+        streams: Sequence[ConfiguredStream],
+        states: Mapping[str, State | None],
+        held: Sequence[State],
+    ) -> Iterator[Message]:
+        """Read ``streams`` together, each from its state in ``states`` (None: from scratch).
+
+        ``held`` holds the committed state of every declared stream of the source, selected
+        or not: the shared log is never released past any of them. Each stream's messages
+        keep the order :class:`Source` ``read`` promises; streams interleave.
+        """
         ...
 
 

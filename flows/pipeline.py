@@ -68,18 +68,20 @@ def sync_stream(
     end: str | None = None,
     limit: str | None = None,
     full_refresh: bool = False,
+    group: tuple[str, ...] = (),
 ) -> RunEntry:
     """Sync one stream (resuming from its committed state, or from scratch replacing its
     rows with ``full_refresh``), or overwrite the backfill partition ``[start, end)`` of
     it; committed work survives a failure of this task. ``limit``: the source's global
-    concurrency limit, a slot of which is held meanwhile."""
+    concurrency limit, a slot of which is held meanwhile. ``group``: the run's streams of
+    the source, synced along where the source reads them in one pass."""
     with source_slot(limit):
         if start and end:
             return partitions.sync_partition(
                 config_path, target, region, source, stream, start, end, run_id
             )
         return engine.sync_run_stream(
-            config_path, target, region, source, stream, run_id, full_refresh
+            config_path, target, region, source, stream, run_id, full_refresh, group
         )
 
 
@@ -192,7 +194,10 @@ def _sync_all(
 
     def submit(job: StreamJob) -> PrefectFuture[RunEntry]:
         args = (path, target, region, job.source, job.stream, ctx.run_id, start, end)
-        return sync_stream.submit(*args, limit=limits.get(job.source), full_refresh=full_refresh)
+        group = tuple(selection.streams_of(config, job.source))
+        return sync_stream.submit(
+            *args, limit=limits.get(job.source), full_refresh=full_refresh, group=group
+        )
 
     entries: dict[StreamJob, RunEntry] = {}
     try:

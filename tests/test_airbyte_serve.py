@@ -333,6 +333,12 @@ def test_postgres_cdc_deletes_become_ab_cdc_deleted_at(tmp_path, pg_logical):
         assert set(gone) == {"id", "_ab_cdc_deleted_at"}
         assert datetime.fromisoformat(gone["_ab_cdc_deleted_at"]).utcoffset().total_seconds() == 0
         assert new == {"id": 5, "name": "five"}
+        # the next read releases the source's slot up to the state the platform kept
+        code, _ = _cli(tmp_path, "postgres", "read", config=config, catalog=catalog,
+                       state=_state_file(changes))  # fmt: skip
+        [kept] = [m.state.stream.stream_state for m in _of(changes, "STATE")][-1:]
+        slot = "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s"
+        assert code == 0 and conn.execute(slot, (schema,)).fetchone()[0] == kept["lsn"]
     finally:
         drop_slots(conn, schema)
         conn.close()

@@ -162,7 +162,7 @@ def test_cdc_ready_passes_every_line(tmp_path, pg_database, cdc):
         assert line(output, text).startswith("✓")
     assert f"in publication '{schema}'" in line(output, f"✓ source pg: {schema}.items published")
     assert "DEFAULT: carries the key ['id']" in line(output, f"{schema}.items replica identity")
-    assert "first sync creates it" in line(output, f"slot {schema}_{schema}_items")
+    assert "first CDC sync creates it" in line(output, f"slot {schema} ")
 
 
 def test_cdc_without_the_publication(tmp_path, pg_database, cdc):
@@ -216,7 +216,7 @@ def test_cdc_role_without_replication(tmp_path, pg_database, cdc):
 
 def test_cdc_slot_holding_wal_back_is_a_warning_with_the_way_out(tmp_path, pg_database, cdc):
     conn, schema = cdc
-    slot = slot_name(schema, schema, "items")
+    slot = slot_name(schema)
     conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
     conn.execute(
         f"INSERT INTO {schema}.items SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g"

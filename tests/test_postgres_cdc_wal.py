@@ -127,7 +127,7 @@ def test_an_idle_stream_lets_its_slot_follow_the_busy_rest_of_the_database(
 ):
     conn, schema = idle
     path = write_config(tmp_path, pg_logical.dsn, schema)
-    slot = slot_name(schema, schema, "items")
+    slot = slot_name(schema)
     sync(path)  # the snapshot creates the slot
     snapshot_lsn = stored_lsn(path)
 
@@ -202,7 +202,7 @@ def failure(path: Path) -> str:
     return " ".join(result.output.split())  # the console wraps long lines
 
 
-RECOVERY = "mdstack sync --source pg --stream items --full-refresh"
+RECOVERY = "mdstack sync --source pg --full-refresh"
 
 
 def test_an_invalidated_slot_fails_before_reading_and_a_full_refresh_restores_an_exact_copy(
@@ -210,7 +210,7 @@ def test_an_invalidated_slot_fails_before_reading_and_a_full_refresh_restores_an
 ):
     conn, schema = kept
     path = write_config(tmp_path, pg_small_keep.dsn, schema)
-    slot = slot_name(schema, schema, "items")
+    slot = slot_name(schema)
     sync(path)
     before = stored_lsn(path)
     conn.execute(f"DELETE FROM {schema}.items WHERE id = 2")
@@ -244,7 +244,7 @@ def test_a_missing_slot_fails_with_the_recovery_and_a_full_refresh_creates_it(
 ):
     conn, schema = idle
     path = write_config(tmp_path, pg_logical.dsn, schema)
-    slot = slot_name(schema, schema, "items")
+    slot = slot_name(schema)
     sync(path)
     conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
     conn.execute(f"DELETE FROM {schema}.items WHERE id = 5")

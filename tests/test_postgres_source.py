@@ -359,8 +359,17 @@ def cdc(pg_logical: PgCluster) -> Iterator[tuple[psycopg.Connection, str, dict]]
 def _slot_lsn(conn: psycopg.Connection, schema: str) -> str:
     return conn.execute(
         "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
-        (f"{schema}_{schema}_items",),
+        (schema,),  # the source's one slot: ``replication.slot`` itself
     ).fetchone()[0]
+
+
+def _group(source: PostgresSource, states: dict, held: list | None = None, **kw) -> list:
+    """A shared read of the streams of ``states`` (name -> state); ``held``: every stream's
+    committed state (default: those of ``states``)."""
+    catalog = source.discover()
+    streams = [ConfiguredStream(catalog.stream(n), "incremental_deduped", **kw) for n in states]
+    committed = [s for s in states.values() if s] if held is None else held
+    return list(source.read_group(streams, states, committed))
 
 
 def _deletes(messages: list) -> list[dict]:
@@ -410,9 +419,9 @@ def test_cdc_snapshot_then_changes_with_deletes(cdc):
     again = _read(source, "items", "incremental_deduped", state)
     assert _rows(again) == _rows(changes) and _deletes(again) == deletes
 
-    # the next read starts from the committed state: the slot moves there first
+    # the next shared read starts from the committed state: the slot moves there first
     conn.execute(f"UPDATE {schema}.items SET name = 'FIVE' WHERE id = 5")
-    later = _read(source, "items", "incremental_deduped", new_state)
+    later = _group(source, {"items": new_state})
     assert _slot_lsn(conn, schema) == new_state["lsn"]
     assert _rows(later) == [{"id": 5, "name": "FIVE", "price": Decimal("5.00")}]
     assert _deletes(later) == []
@@ -467,10 +476,62 @@ def test_cdc_big_transaction_comes_in_bounded_batches_and_one_checkpoint(cdc):
     assert kinds == ["Batch", "Batch", "Batch", "Checkpoint", "Checkpoint"]
     assert [r["id"] for r in _rows(changes)] == [10, 11, 12, 13, 14]
     # once that state is committed, an older one proves nothing: the read refuses it
-    _read(source, "items", "incremental_deduped", _states(changes)[-1])
+    _group(source, {"items": _states(changes)[-1]})
     with pytest.raises(ConnectorError, match="behind") as err:
         _read(source, "items", "incremental_deduped", state)
     assert "snapshot" in err.value.hint
+
+
+def _more(conn: psycopg.Connection, schema: str) -> None:
+    """A second CDC table, ``more``, in the same publication."""
+    conn.execute(f"CREATE TABLE {schema}.more (id int PRIMARY KEY, name text)")
+    conn.execute(f"ALTER PUBLICATION {schema} ADD TABLE {schema}.more")
+
+
+def _of(messages: list, stream: str) -> list:
+    return [m for m in messages if m.stream == stream]
+
+
+def test_cdc_streams_at_different_positions_each_get_every_change_once(cdc):
+    conn, schema, config = cdc
+    _more(conn, schema)
+    source = PostgresSource("pg", config)
+    snap = _group(source, {"items": None, "more": None})
+    states = {name: _states(_of(snap, name))[-1] for name in ("items", "more")}
+    with conn.transaction():
+        conn.execute(f"INSERT INTO {schema}.items VALUES (6, 'six', 6)")
+        conn.execute(f"INSERT INTO {schema}.more VALUES (1, 'one')")
+    first = _group(source, states)
+    # as after a crash between the two streams' commits: items committed, more did not
+    items_at = _states(_of(first, "items"))[-1]
+    with conn.transaction():
+        conn.execute(f"UPDATE {schema}.items SET name = 'SIX' WHERE id = 6")
+        conn.execute(f"INSERT INTO {schema}.more VALUES (2, 'two')")
+    second = _group(source, {"items": items_at, "more": states["more"]})
+    assert _rows(_of(second, "items")) == [{"id": 6, "name": "SIX", "price": Decimal("6.00")}]
+    assert sorted(r["id"] for r in _rows(_of(second, "more"))) == [1, 2]
+    # a stream read alone peeks the same slot and releases nothing
+    before = _slot_lsn(conn, schema)
+    _read(source, "more", "incremental_deduped", _states(_of(second, "more"))[-1])
+    assert _slot_lsn(conn, schema) == before
+
+
+def test_cdc_windows_of_all_streams_share_the_batch_size(cdc):
+    conn, schema, config = cdc
+    _more(conn, schema)
+    source = PostgresSource("pg", config | {"batch_size": 2})
+    snap = _group(source, {"items": None, "more": None})
+    states = {name: _states(_of(snap, name))[-1] for name in ("items", "more")}
+    with conn.transaction():  # one transaction: data comes early, checkpoints at its commit
+        conn.execute(f"INSERT INTO {schema}.items SELECT g, 'n', g FROM generate_series(10, 14) g")
+        conn.execute(f"INSERT INTO {schema}.more SELECT g, 'm' FROM generate_series(1, 5) g")
+    changes = _group(source, states)
+    assert max(m.data.num_rows for m in changes if isinstance(m, Batch)) <= 2
+    assert [r["id"] for r in _rows(_of(changes, "items"))] == [10, 11, 12, 13, 14]
+    assert [r["id"] for r in _rows(_of(changes, "more"))] == [1, 2, 3, 4, 5]
+    for name in ("items", "more"):  # each checkpoints at the commit, after all of its rows
+        kinds = [type(m).__name__ for m in _of(changes, name)]
+        assert kinds[-2:] == ["Checkpoint", "Checkpoint"] and "Checkpoint" not in kinds[:-2]
 
 
 def test_cdc_prerequisites_say_what_to_run(cdc):

@@ -42,6 +42,7 @@ from connectors.base import (
     Checkpoint,
     ConfiguredStream,
     Deletes,
+    SharedRead,
     Source,
     State,
     SyncMode,
@@ -98,16 +99,28 @@ def _run(args: argparse.Namespace, out: BinaryIO) -> None:
         configured = _json_file(args.catalog, "--catalog")
         states = _stream_states(_json_file(args.state, "--state") if args.state else None)
         streams = [_configured(catalog, entry) for entry in configured.get("streams", [])]
+        held = [state for state in states.values() if state]
         for stream in streams:
-            _read_stream(source, stream, states.get(stream.name), out)
+            _read_stream(source, stream, states.get(stream.name), held, out)
 
 
-def _read_stream(source: Source, stream: ConfiguredStream, state: State | None, out: BinaryIO):
-    """Emit one stream's records and states between STARTED and COMPLETE traces."""
+def _read_stream(
+    source: Source, stream: ConfiguredStream, state: State | None, held: list[State], out: BinaryIO
+):
+    """Emit one stream's records and states between STARTED and COMPLETE traces.
+
+    A stream whose source shares one change log among streams (PostgreSQL CDC's one slot
+    per source) is read through it with every state of the ``--state`` file holding the
+    log: it is released only as far as every stream has got.
+    """
     out.write(msg.status_trace(stream.name, "STARTED"))
     records, running = 0, False
+    if isinstance(source, SharedRead) and source.shares_read(stream):
+        messages = source.read_group([stream], {stream.name: state}, held)
+    else:
+        messages = source.read(stream, state)
     try:
-        for message in source.read(stream, state):
+        for message in messages:
             if not running:
                 out.write(msg.status_trace(stream.name, "RUNNING"))
                 running = True

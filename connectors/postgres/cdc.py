@@ -1,6 +1,7 @@
 """Change data capture for :mod:`connectors.postgres`: logical replication through SQL.
 
-Design (one replication slot per stream, plugin ``pgoutput``, one publication per source):
+Design (one replication slot and one publication per source, plugin ``pgoutput``; how the
+streams of a source share the slot is :mod:`connectors.postgres.shared_slot`'s):
 
 * **Prerequisites** are checked before anything else
   (:func:`connectors.postgres.preflight.check_prerequisites`):
@@ -8,37 +9,38 @@ Design (one replication slot per stream, plugin ``pgoutput``, one publication pe
   inserts, updates and deletes, the table has a replica identity that carries the primary
   key, and the user may use replication. Each failure is a ConnectorError whose hint is the
   exact SQL to run.
-* **First read** (no state, :func:`begin_snapshot`): create the stream's slot (or, on a reset
-  or a full refresh, move the existing one to the current WAL position; one the server
-  invalidated is dropped and created again), call that position ``L0``, then wait
-  until every transaction that was running at ``L0`` has ended, so that the snapshot the
-  caller takes next sees every transaction committed before ``L0``. The caller streams the
-  table and checkpoints ``{"lsn": L0}``. Changes committed after ``L0`` may already be in the
-  snapshot and are replayed on the next read: rows are full images keyed by primary key, so
-  replaying them converges (a merge by key makes them harmless).
-* **Later reads** (:func:`resume`, :func:`read_changes`): a slot that is missing or was
-  invalidated (:mod:`connectors.postgres.slot`) fails the read before anything is read, with
-  the full refresh that re-snapshots as the fix: a read never re-snapshots by itself. The
-  state's LSN was committed together with the data, so the slot is first advanced to it
-  (``pg_replication_slot_advance``). Changes are then *peeked*
-  (``pg_logical_slot_peek_binary_changes``, non-consuming) up to the WAL flush position at
-  the start of the read, decoded from pgoutput's binary protocol, and compacted per window
-  of at most ``batch_size`` keys: the last event per key wins, upserts become a
-  :class:`Batch`, deletes a :class:`Deletes` (key columns plus ``_deleted_at`` = commit
-  time, naive UTC). A :class:`Checkpoint` with the commit's end LSN follows the first
-  transaction boundary after a window is yielded, so a huge transaction is yielded in
-  bounded pieces and checkpointed once, at its commit. A read that fails or is not
-  committed leaves the slot where it was: re-reading from the same state yields the same
-  changes again (exactly-once).
-* **Idle tables, busy database**: every read ends with a Checkpoint at the position it read
-  up to, even when none of the changes were ours. PostgreSQL 15+ sends no BEGIN/COMMIT for a
-  transaction that touched no published table, so no commit boundary would otherwise move
-  the state. Checkpointing there is safe: every transaction committed before it was
-  decoded, and one still running commits after it and is decoded by a later read (the slot's
-  restart position keeps its start). So the WAL a slot holds back after a run is what the
-  server wrote since the previous run began, whatever the stream's own traffic; the restart
-  position follows at the next running-transactions record (the background writer logs
-  one every 15 s on a busy server).
+* **First read** (no state, :func:`begin_snapshot`): create the source's slot if it is
+  missing (its start is ``L0``), else take the WAL flush position as ``L0`` and leave the
+  slot alone; then wait until every transaction that was running at ``L0`` has ended, so
+  that the snapshot the caller takes next sees every transaction committed before ``L0``.
+  The caller streams the table and checkpoints ``{"lsn": L0}``. Changes committed after
+  ``L0`` may already be in the snapshot and are replayed on the next read: rows are full
+  images keyed by primary key, so replaying them converges (a merge by key makes them
+  harmless).
+* **Later reads** (:func:`usable`, :func:`advance`, :func:`read_changes`): a slot that is
+  missing or was invalidated (:mod:`connectors.postgres.slot`) fails the read before
+  anything is read, with the full refresh that re-snapshots as the fix: a read never
+  re-snapshots by itself. States are committed together with the data, so the slot is first
+  advanced to the smallest of them (``pg_replication_slot_advance``). Changes are then
+  *peeked* (``pg_logical_slot_peek_binary_changes``, non-consuming) up to the WAL flush
+  position at the start of the read, decoded from pgoutput's binary protocol once for every
+  stream, routed by table, skipped by a stream whose LSN is past their commit, and compacted
+  per stream window, the windows holding at most ``batch_size`` keys together: the last
+  event per key wins, upserts become a :class:`Batch`, deletes a :class:`Deletes` (key
+  columns plus ``_deleted_at`` = commit time, naive UTC). A :class:`Checkpoint` with the
+  commit's end LSN follows the first transaction boundary after a stream's window is
+  yielded, so a huge transaction is yielded in bounded pieces and checkpointed once, at its
+  commit. A read that fails or is not committed leaves the slot where it was: re-reading
+  from the same states yields the same changes again (exactly-once).
+* **Idle tables, busy database**: every read ends with a Checkpoint for every stream at the
+  position it read up to, even when none of the changes were its own. PostgreSQL 15+ sends
+  no BEGIN/COMMIT for a transaction that touched no published table, so no commit boundary
+  would otherwise move the state. Checkpointing there is safe: every transaction committed
+  before it was decoded, and one still running commits after it and is decoded by a later
+  read (the slot's restart position keeps its start). So the WAL the slot holds back after
+  every stream ran is what the server wrote since the previous run began, whatever the
+  streams' own traffic; the restart position follows at the next running-transactions
+  record (the background writer logs one every 15 s on a busy server).
 * Values arrive as PostgreSQL's text output (the session pins ``TimeZone=UTC``,
   ``DateStyle=ISO``...) and are cast to the stream's Arrow types. An unchanged TOASTed value
   (not sent by pgoutput) is taken from the old row image (``REPLICA IDENTITY FULL``) or
@@ -52,7 +54,7 @@ import hashlib
 import re
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -120,12 +122,18 @@ class Target:
         )
 
 
-def slot_name(prefix: str, schema: str, table: str) -> str:
-    """The stream's slot: ``<prefix>_<schema>_<table>``, folded to [a-z0-9_], <= 63 chars."""
-    name = re.sub(r"[^a-z0-9_]", "_", f"{prefix}_{schema}_{table}".lower())
+def slot_name(name: str) -> str:
+    """A slot name PostgreSQL takes: folded to [a-z0-9_], at most 63 characters."""
+    name = re.sub(r"[^a-z0-9_]", "_", name.lower())
     if len(name) > 63:
         name = f"{name[:54]}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
     return name
+
+
+def stream_slot_name(prefix: str, schema: str, table: str) -> str:
+    """The slot a stream had to itself before slots were shared: ``<prefix>_<schema>_<table>``
+    (:mod:`connectors.postgres.group` moves such a stream to the source's slot)."""
+    return slot_name(f"{prefix}_{schema}_{table}")
 
 
 def lsn_int(lsn: str) -> int:
@@ -156,12 +164,14 @@ def _value(conn: Connection, query: str, params: tuple[Any, ...] = ()) -> Any:
 
 
 def begin_snapshot(conn: Connection, target: Target, slot: str) -> str:
-    """Make ``slot`` start at the current WAL position and return that LSN (``L0``).
+    """The LSN (``L0``) a snapshot of ``target`` taken after this call starts from.
 
-    Waits (up to :data:`SNAPSHOT_WAIT_S`) until every transaction running at ``L0`` has
-    ended, so a snapshot taken after this call sees everything committed before ``L0``.
-    A slot the server invalidated cannot move: it is dropped and created again (a snapshot
-    needs no change from before it).
+    The source's slot is created when missing (``L0`` is where it starts) and left where it
+    is otherwise: other streams still need what it holds, and the new stream skips every
+    transaction that commits before its ``L0``. Waits (up to :data:`SNAPSHOT_WAIT_S`) until
+    every transaction running at ``L0`` has ended, so the snapshot sees everything committed
+    before ``L0``. A slot the server invalidated is dropped and created again: its changes
+    are lost to every stream of the source anyway, and each of them says so at its next read.
     """
     info = slots.inspect(conn, slot)
     if info is not None and info.invalidated:
@@ -174,13 +184,8 @@ def begin_snapshot(conn: Connection, target: Target, slot: str) -> str:
             (slot,),
         )
     else:
-        _check_plugin(target, slot, info.plugin)
-        start = _value(
-            conn,
-            "SELECT COALESCE(end_lsn, pg_current_wal_flush_lsn())::text"
-            " FROM pg_replication_slot_advance(%s, pg_current_wal_flush_lsn())",
-            (slot,),
-        )
+        _check_plugin(target.error, target.resnapshot, slot, info.plugin)
+        start = _value(conn, "SELECT pg_current_wal_flush_lsn()::text")
     xmax = _value(conn, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text")
     deadline, pause = time.monotonic() + SNAPSHOT_WAIT_S, 0.02
     while not _value(conn, "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= %s::xid8", (xmax,)):
@@ -196,100 +201,135 @@ def begin_snapshot(conn: Connection, target: Target, slot: str) -> str:
     return start
 
 
-def _check_plugin(target: Target, slot: str, plugin: str | None) -> None:
+Fail = Callable[..., ConnectorError]
+"""Builds the error of a read: ``fail(message, hint, retryable=False)``."""
+
+
+def _check_plugin(fail: Fail, resnapshot: str, slot: str, plugin: str | None) -> None:
     if plugin != "pgoutput":
-        raise target.error(
+        raise fail(
             f"replication slot {slot!r} uses plugin {plugin!r}, not pgoutput",
-            f"run: SELECT pg_drop_replication_slot('{slot}'); then {target.resnapshot}",
+            f"run: SELECT pg_drop_replication_slot('{slot}'); then {resnapshot}",
         )
 
 
-def resume(conn: Connection, target: Target, slot: str, lsn: str) -> None:
-    """Advance ``slot`` to the committed ``lsn`` (the state proves the warehouse has it).
+def usable(conn: Connection, slot: str, fail: Fail, resnapshot: str, since: str) -> int:
+    """The confirmed position of ``slot``, once it can give the changes since ``since``.
 
     Raises:
-        ConnectorError: the slot is missing or invalidated, or behind the state: the changes
-            since ``lsn`` cannot be read, and the hint is the command that re-snapshots. A
-            read never takes a new snapshot by itself: that replaces the stream's rows.
+        ConnectorError: the slot is missing, invalidated, of another plugin, or in use; the
+            hint is ``resnapshot``, the command that takes a new snapshot. A read never takes
+            one by itself: that replaces the stream's rows.
     """
     info = slots.inspect(conn, slot)
     if info is None:
-        raise target.error(
+        raise fail(
             f"replication slot {slot!r} does not exist (it was dropped, or the server failed"
-            f" over to one without it): the changes since {lsn} cannot be read",
-            target.resnapshot,
+            f" over to one without it): the changes since {since} cannot be read",
+            resnapshot,
         )
     if info.invalidated:
-        raise target.error(
+        raise fail(
             f"replication slot {slot!r} was invalidated: {info.invalidated}; the changes"
-            f" since {lsn} are lost",
-            f"{target.resnapshot}. Then, so it does not happen again: {info.prevent}",
+            f" since {since} are lost",
+            f"{resnapshot}. Then, so it does not happen again: {info.prevent}",
         )
-    _check_plugin(target, slot, info.plugin)
+    _check_plugin(fail, resnapshot, slot, info.plugin)
     if info.active_pid is not None:
-        raise target.error(
+        raise fail(
             f"replication slot {slot!r} is in use by process {info.active_pid}",
-            "another read of this stream is running; retry when it has finished",
+            "another read of this source is running; retry when it has finished",
             retryable=True,
         )
-    confirmed = lsn_int(info.confirmed_flush_lsn or "0/0")
-    if lsn_int(lsn) < confirmed:
+    return lsn_int(info.confirmed_flush_lsn or "0/0")
+
+
+def check_behind(target: Target, slot: str, lsn: int, confirmed: int) -> None:
+    """Raise when the stream's state is behind the slot: what lies in between is gone."""
+    if lsn < confirmed:
         raise target.error(
-            f"the state's LSN {lsn} is behind replication slot {slot!r}"
-            f" ({info.confirmed_flush_lsn}): the changes in between were consumed without"
+            f"the state's LSN {lsn_text(lsn)} is behind replication slot {slot!r}"
+            f" ({lsn_text(confirmed)}): the changes in between were released without"
             " being committed here",
             target.resnapshot,
         )
-    if lsn_int(lsn) > confirmed:
-        conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (slot, lsn))
+
+
+def advance(conn: Connection, slot: str, confirmed: int, to: int) -> None:
+    """Release the WAL before ``to``: only what every stream's committed state is past."""
+    if to > confirmed:
+        conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (slot, lsn_text(to)))
 
 
 def read_changes(
-    conn: Connection, target: Target, slot: str, publication: str, lsn: str, size: int
+    conn: Connection,
+    slot: str,
+    publication: str,
+    positions: Mapping[str, tuple[Target, int]],
+    size: int,
+    upto: int | None = None,
 ) -> Iterator[Message]:
-    """Peek the changes after ``lsn`` and yield them as Batch / Deletes / Checkpoint windows."""
-    upto = _value(conn, "SELECT pg_current_wal_flush_lsn()::text")
-    last = max(lsn_int(lsn), lsn_int(upto))  # the end checkpoint, with or without changes
-    decoder, window = _Decoder(target), _Window(target)
+    """Peek the changes of every stream of ``positions`` (stream -> its target and the LSN
+    its state is at) and yield them as Batch / Deletes / Checkpoint windows, per stream.
+
+    One pass serves every stream: each change goes to its table's stream, which skips a
+    transaction that committed before its own LSN (PostgreSQL's own rule for a slot's
+    confirmed position), so streams at different positions each get every change exactly
+    once. The windows share ``size`` keys: past it, the largest is yielded, and its stream
+    checkpoints at the next commit. Every stream ends with a checkpoint at ``upto`` (default:
+    the WAL flush position at the start), changes of its own or not.
+    """
+    if upto is None:
+        upto = lsn_int(_value(conn, "SELECT pg_current_wal_flush_lsn()::text"))
+    pos = {stream: lsn for stream, (_, lsn) in positions.items()}
+    windows = {stream: _Window(target) for stream, (target, _) in positions.items()}
+    decoder = _Decoder(windows, pos)
     pubs = _sql_text(conn, sql.Identifier(publication))  # pgoutput splits quoted identifiers
     with conn.transaction(), conn.cursor(name=f"mds_cdc_{slot}", binary=True) as cur:
         cur.itersize = _FETCH
         cur.execute(
             "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, %s::pg_lsn, NULL,"
             " 'proto_version', '1', 'publication_names', %s)",
-            (slot, upto, pubs),
+            (slot, lsn_text(upto), pubs),
         )
-        flushed = False  # data yielded since the last checkpoint
+        pending: set[str] = set()  # streams that yielded data since their last checkpoint
         for (data,) in cur:
-            end = decoder.feed(bytes(data), window)
-            if end is not None and (flushed or window.size >= size):
-                yield from window.flush(conn)
-                yield Checkpoint(target.stream, {"lsn": lsn_text(end)})
-                flushed = False
-            elif window.size >= size:  # inside a big transaction: data now, checkpoint at commit
-                yield from window.flush(conn)
-                flushed = True
-        if decoder.last_commit is not None:
-            last = max(last, decoder.last_commit)
-    yield from window.flush(conn)
-    held = slots.held_back(conn, slot)  # until the next read advances the slot to ``last``
-    yield Checkpoint(target.stream, {"lsn": lsn_text(last)}, replication_lag_bytes=held)
+            end = decoder.feed(bytes(data))
+            if end is not None:
+                for stream in sorted(pending):
+                    yield from windows[stream].flush(conn)
+                    pos[stream] = max(pos[stream], end)
+                    yield Checkpoint(stream, {"lsn": lsn_text(pos[stream])})
+                pending.clear()
+            while sum(w.size for w in windows.values()) >= size:
+                stream = max(windows, key=lambda s: windows[s].size)
+                yield from windows[stream].flush(conn)  # data now, its checkpoint at a commit
+                pending.add(stream)
+        last = max(upto, decoder.last_commit or 0)
+    held = slots.held_back(conn, slot)  # until a later read advances the slot past ``last``
+    for stream, window in windows.items():
+        yield from window.flush(conn)
+        state = {"lsn": lsn_text(max(pos[stream], last))}
+        yield Checkpoint(stream, state, replication_lag_bytes=held)
 
 
 class _Decoder:
-    """pgoutput protocol version 1 messages -> events on a :class:`_Window`."""
+    """pgoutput protocol version 1 messages -> events on each stream's :class:`_Window`."""
 
-    def __init__(self, target: Target) -> None:
-        self.target = target
+    def __init__(self, windows: Mapping[str, _Window], positions: Mapping[str, int]) -> None:
+        self.windows = windows
+        self.positions = positions
+        self.tables = {(w.target.schema, w.target.table): s for s, w in windows.items()}
         self.relations: dict[int, tuple[str, str, list[str]]] = {}
         self.committed_at = _PG_EPOCH
+        self.final_lsn = 0
         self.last_commit: int | None = None
 
-    def feed(self, msg: bytes, window: _Window) -> int | None:
+    def feed(self, msg: bytes) -> int | None:
         """Apply one message; returns the end LSN when it is a commit."""
         kind = msg[:1]
         if kind == b"B":
-            (_, ts, _) = struct.unpack_from(">QqI", msg, 1)
+            (self.final_lsn, ts, _) = struct.unpack_from(">QqI", msg, 1)
             self.committed_at = _PG_EPOCH + timedelta(microseconds=ts)
         elif kind == b"C":
             (_, _, end, _) = struct.unpack_from(">BQQq", msg, 1)
@@ -298,16 +338,20 @@ class _Decoder:
         elif kind == b"R":
             self._relation(msg)
         elif kind in (b"I", b"U", b"D"):
-            self._change(kind, msg, window)
+            (relid,) = struct.unpack_from(">I", msg, 1)
+            window = self._window(relid)
+            if window is not None:
+                self._change(kind, msg, self.relations[relid][2], window)
         elif kind == b"T":
             (count, _) = struct.unpack_from(">IB", msg, 1)
-            ids = struct.unpack_from(f">{count}I", msg, 6)
-            if any(self._ours(rel) for rel in ids):
-                t = self.target
-                raise t.error(
-                    f"{t.schema}.{t.table} was truncated: its rows cannot be sent as deletes",
-                    t.resnapshot,
-                )
+            for relid in struct.unpack_from(f">{count}I", msg, 6):
+                window = self._window(relid)
+                if window is not None:
+                    t = window.target
+                    raise t.error(
+                        f"{t.schema}.{t.table} was truncated: its rows cannot be sent as deletes",
+                        t.resnapshot,
+                    )
         return None  # 'Y' types, 'O' origins, 'M' messages: nothing to do
 
     def _relation(self, msg: bytes) -> None:
@@ -324,15 +368,16 @@ class _Decoder:
             pos += 8  # type oid, typmod
         self.relations[relid] = (namespace, name, columns)
 
-    def _ours(self, relid: int) -> bool:
+    def _window(self, relid: int) -> _Window | None:
+        """The window of the stream the relation belongs to, unless that stream's state is
+        already past this transaction (it committed before the stream's LSN)."""
         rel = self.relations.get(relid)
-        return rel is not None and rel[:2] == (self.target.schema, self.target.table)
+        stream = None if rel is None else self.tables.get(rel[:2])
+        if stream is None or self.final_lsn < self.positions[stream]:
+            return None
+        return self.windows[stream]
 
-    def _change(self, kind: bytes, msg: bytes, window: _Window) -> None:
-        (relid,) = struct.unpack_from(">I", msg, 1)
-        if not self._ours(relid):
-            return
-        columns = self.relations[relid][2]
+    def _change(self, kind: bytes, msg: bytes, columns: list[str], window: _Window) -> None:
         pos, old, full = 5, None, msg[5:6] == b"O"  # 'O': the whole old row, 'K': its key
         if msg[pos : pos + 1] in (b"K", b"O"):
             old, pos = _tuple(msg, pos + 1, columns)

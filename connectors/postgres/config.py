@@ -39,9 +39,9 @@ def _lookback(value: Any) -> Any:
 
 
 class Replication(SourceConfig):
-    """CDC through logical replication: one slot per stream, ``<slot>_<schema>_<table>``."""
+    """CDC through logical replication: one slot per source, shared by its CDC streams."""
 
-    slot: Name = Field("mdstack", description="prefix of the stream slots")
+    slot: Name = Field("mdstack", description="the source's slot, e.g. mds_{{ region }}")
     publication: Name = Field("mdstack", description="an existing publication")
     plugin: Literal["pgoutput"] = Field(
         "pgoutput",

@@ -18,7 +18,15 @@ from connectors.base import Finding
 from connectors.errors import ConnectorError
 from connectors.postgres import fetch
 from connectors.postgres import slot as slots
-from connectors.postgres.cdc import Connection, Target, _row, _sql_text, _value, slot_name
+from connectors.postgres.cdc import (
+    Connection,
+    Target,
+    _row,
+    _sql_text,
+    _value,
+    slot_name,
+    stream_slot_name,
+)
 from connectors.postgres.config import SESSION, PostgresConfig
 from connectors.postgres.errors import translate_error
 
@@ -141,7 +149,7 @@ def findings(
 
     Returns:
         A ``connects`` finding first; when the server answers, the server-wide findings,
-        one per table and one per stream slot.
+        one per table, then the source's slot (and any slot a stream still has of its own).
     """
     repl = cfg.replication
     assert repl is not None, "findings() is for sources with replication"
@@ -156,7 +164,8 @@ def findings(
             for target in targets:
                 published, identity = table_findings(conn, target, repl.publication)
                 found += [identity] if server[-1].failed else [published, identity]
-            found += [_slot(conn, t, repl.slot, slot_lag_warn) for t in targets]
+            found.append(_slot(conn, source, slot_name(repl.slot), slot_lag_warn))
+            found += [f for t in targets if (f := _own_slot(conn, t, repl.slot)) is not None]
     except ConnectorError as exc:
         return [Finding("connects", "fail", exc.message, exc.hint or "")]
     except psycopg.Error as exc:
@@ -233,19 +242,18 @@ def _publication(conn: Connection, publication: str, tables: Sequence[Target]) -
     )
 
 
-def _slot(conn: Connection, target: Target, prefix: str, warn_bytes: int) -> Finding:
-    """The stream's slot: absent before the first sync; else the WAL it holds back."""
-    slot = slot_name(prefix, target.schema, target.table)
+def _slot(conn: Connection, source: str, slot: str, warn_bytes: int) -> Finding:
+    """The source's slot: absent before the first sync; else the WAL it holds back."""
     name = f"slot {slot}"
     info = slots.inspect(conn, slot)
     if info is None:
-        return Finding(name, "ok", "not created yet: the stream's first sync creates it")
+        return Finding(name, "ok", "not created yet: the source's first CDC sync creates it")
     if info.invalidated:
         return Finding(
             name,
             "fail",
-            f"invalidated: {info.invalidated}; the stream's changes since are lost",
-            f"{target.resnapshot}. Then, so it does not happen again: {info.prevent}",
+            f"invalidated: {info.invalidated}; the changes of every stream since are lost",
+            f"{slots.resnapshot_source(source)}. Then, so it does not happen again: {info.prevent}",
         )
     held = info.held_back or 0
     drop = f"SELECT pg_drop_replication_slot('{slot}');"
@@ -255,20 +263,35 @@ def _slot(conn: Connection, target: Target, prefix: str, warn_bytes: int) -> Fin
             "warn",
             f"holds back {_size(held)} of WAL, past max_slot_wal_keep_size: the next"
             " checkpoint invalidates it",
-            f"sync the stream now (`mdstack sync --source {target.source} --stream"
-            f" {target.stream}`), and raise max_slot_wal_keep_size",
+            f"sync the source now (`mdstack sync --source {source}`), and raise"
+            " max_slot_wal_keep_size",
         )
     state = "inactive" if info.active_pid is None else "active"
-    detail = f"{state}, holds back {_size(held)} of WAL"
+    detail = f"{state}, holds back {_size(held)} of WAL for every CDC stream of the source"
     if held > warn_bytes:
         return Finding(
             name,
             "warn",
             f"{detail} (over {_size(warn_bytes)})",
-            "sync the stream (`mdstack sync`) to let the slot advance; if the stream was "
-            f"removed: {drop}",
+            f"sync every CDC stream of the source (`mdstack sync --source {source}`): the slot"
+            " advances only as far as the stream furthest behind; if the source no longer"
+            f" reads by CDC: {drop}",
         )
     return Finding(name, "ok", detail)
+
+
+def _own_slot(conn: Connection, target: Target, prefix: str) -> Finding | None:
+    """A slot the stream had to itself before slots were shared, if it is still there."""
+    slot = stream_slot_name(prefix, target.schema, target.table)
+    if slot == slot_name(prefix) or slots.inspect(conn, slot) is None:
+        return None
+    return Finding(
+        f"slot {slot}",
+        "warn",
+        f"{target.stream}'s slot of its own, from before the source's streams shared one:"
+        " it holds WAL back until the stream's next sync moves it to the source's slot",
+        f"sync the stream (`mdstack sync --source {target.source} --stream {target.stream}`)",
+    )
 
 
 def _identity_columns(conn: Connection, target: Target) -> set[str] | None:

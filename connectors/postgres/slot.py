@@ -111,3 +111,12 @@ def resnapshot(source: str, stream: str) -> str:
         " --full-refresh (add --region R to refresh one region). It re-creates the slot and"
         " replaces the stream's rows in one transaction, so rows deleted meanwhile go too"
     )
+
+
+def resnapshot_source(source: str) -> str:
+    """The fix when the source's slot can no longer give what its streams need."""
+    return (
+        f"take a new snapshot of every stream of the source: mdstack sync --source {source}"
+        " --full-refresh (add --region R to refresh one region). It re-creates the slot and"
+        " replaces each stream's rows in one transaction, so rows deleted meanwhile go too"
+    )

@@ -4,10 +4,10 @@ Config (:class:`~connectors.postgres.config.PostgresConfig`): ``host``, ``port``
 ``database``, ``user``, ``password``,
 ``schemas`` (``["public"]``), ``tables`` (include list: ``name`` or ``schema.name``),
 ``batch_size`` (16 384 rows), ``lookback``, ``connect_timeout`` (10 s), ``sslmode``, and
-``replication: {slot, publication, plugin}`` to turn on CDC: ``slot`` (``mdstack``) prefixes
-one slot per stream, ``<slot>_<schema>_<table>``, so give each pipeline and region reading the
-same database its own (``slot: mds_{{ region }}``), and drop the slots of streams you remove
-(they hold WAL); ``publication`` (``mdstack``) must exist; ``plugin`` is ``pgoutput``.
+``replication: {slot, publication, plugin}`` to turn on CDC: ``slot`` (``mdstack``) names the
+source's one slot, shared by all its CDC streams, so give each pipeline and region reading the
+same database its own (``slot: mds_{{ region }}``), and drop it when the source stops reading
+by CDC (it holds WAL); ``publication`` (``mdstack``) must exist; ``plugin`` is ``pgoutput``.
 
 Streams: every table, view, materialized view and foreign table of the schemas (partitioned
 tables as one stream, their partitions left out), named after the table, or
@@ -34,7 +34,10 @@ Reads:
   such as ``"PT15M"``; for numeric cursors a number in cursor units) re-reads late rows; the
   state never moves back. Rows whose cursor is NULL are read by the first read only.
 * **CDC** (``replication`` set and an incremental sync mode): a snapshot, then logical
-  replication changes as Batch / Deletes; see :mod:`connectors.postgres.cdc`.
+  replication changes as Batch / Deletes; see :mod:`connectors.postgres.cdc`. The engine
+  reads a source's CDC streams together (:meth:`PostgresSource.read_group`), through one
+  slot (:mod:`connectors.postgres.shared_slot`); ``read`` of one CDC stream alone peeks the
+  same slot and never advances it (it does not know what the other streams still need).
 
 Fetch path (:mod:`connectors.postgres.fetch`): DuckDB's postgres scanner, streamed as Arrow. On a
 2 M-row, 10-column table (2 busy cores) a full read took 1.7-2.2 s, about what ``COPY ... TO
@@ -52,7 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -74,7 +77,7 @@ from connectors.base import (
     StreamSpec,
 )
 from connectors.errors import ConnectorError
-from connectors.postgres import cdc, fetch, preflight, slot
+from connectors.postgres import cdc, fetch, preflight, shared_slot, slot
 from connectors.postgres.config import PostgresConfig
 from connectors.postgres.errors import translate_error
 
@@ -145,7 +148,8 @@ class PostgresSource(BaseSource[PostgresConfig]):
                 yield from self._scan(conn, _projected(table, stream), stream)
                 yield Checkpoint(stream.name, {})
             elif cfg.replication and table.kind in _TABLES:
-                yield from self._read_cdc(conn, table, stream, state)
+                # Read alone, a stream does not know what the others hold: no release.
+                yield from self._read_cdc(conn, [(stream, table)], {stream.name: state}, None)
             else:
                 yield from self._read_cursor(conn, table, stream, state)
 
@@ -284,25 +288,56 @@ class PostgresSource(BaseSource[PostgresConfig]):
         msg = f"lookback {lookback!r} does not fit cursor {cursor.name!r} ({cursor.pg_type})"
         raise self._fail(stream, msg, hint, "lookback")
 
-    def _read_cdc(
-        self, conn: Connection, table: fetch.Table, stream: ConfiguredStream, state: State | None
+    def shares_read(self, stream: ConfiguredStream) -> bool:
+        """CDC streams share the source's replication slot: one read serves them all."""
+        repl = self._config.replication if self._config else None
+        return repl is not None and stream.incremental and stream.spec.emits_deletes
+
+    def read_group(
+        self,
+        streams: Sequence[ConfiguredStream],
+        states: Mapping[str, State | None],
+        held: Sequence[State],
     ) -> Iterator[Message]:
-        """A snapshot on the first read, then logical replication changes from the state's LSN."""
+        """CDC streams through the source's one slot (:mod:`connectors.postgres.shared_slot`),
+        released only up to the smallest LSN of ``held``."""
+        cfg = self.config
+        with self._translate(None), self._connect(cfg) as conn:
+            tables = {t.stream: t for t in fetch.tables(conn, cfg.schemas, cfg.tables, self.name)}
+            reads = []
+            for stream in streams:
+                table = tables.get(stream.name)
+                if table is None or not self.shares_read(stream):
+                    raise self._fail(stream, "not a table read by CDC", "run discover")
+                reads.append((stream, table))
+            lsns = [
+                lsn for s in held if isinstance(lsn := s.get("lsn"), str) and _LSN.fullmatch(lsn)
+            ]
+            yield from self._read_cdc(conn, reads, states, lsns)
+
+    def _read_cdc(
+        self,
+        conn: Connection,
+        reads: Sequence[tuple[ConfiguredStream, fetch.Table]],
+        states: Mapping[str, State | None],
+        held: Sequence[str] | None,
+    ) -> Iterator[Message]:
+        """A snapshot on a stream's first read, then logical replication changes from its
+        state's LSN, every stream through the source's one slot."""
         cfg = self.config
         repl = cfg.replication
         assert repl is not None
-        target = cdc.Target.of(self.name, stream.name, table, stream.primary_key)
-        preflight.check_prerequisites(conn, target, repl.publication)
-        name = cdc.slot_name(repl.slot, table.schema, table.name)
-        lsn = self._saved_lsn(stream, state)
-        if lsn is None:  # a first read, a reset, or a switch from cursor mode: snapshot
-            start = cdc.begin_snapshot(conn, target, name)
-            yield from self._scan(conn, table, stream)
-            held = slot.held_back(conn, name)  # what the snapshot made the server keep
-            yield Checkpoint(stream.name, {"lsn": start}, replication_lag_bytes=held)
-            return
-        cdc.resume(conn, target, name, lsn)
-        yield from cdc.read_changes(conn, target, name, repl.publication, lsn, cfg.batch_size)
+        targets, scans = [], {}
+        for stream, table in reads:
+            target = cdc.Target.of(self.name, stream.name, table, stream.primary_key)
+            preflight.check_prerequisites(conn, target, repl.publication)
+            targets.append((target, self._saved_lsn(stream, states.get(stream.name))))
+            scans[stream.name] = (table, stream)
+
+        def snapshot(target: cdc.Target) -> Iterator[Message]:
+            return self._scan(conn, *scans[target.stream])
+
+        yield from shared_slot.read(conn, self.name, repl, targets, held, cfg.batch_size, snapshot)
 
 
 def _projected(table: fetch.Table, stream: ConfiguredStream) -> fetch.Table:

@@ -1,8 +1,10 @@
-"""The sync engine: one stream of one source into one warehouse table, resumable.
+"""The sync engine: each stream of a source into its own warehouse table, resumable.
 
 ::
 
     sync.py       sync_stream: read, fit, stage, commit at checkpoints, in bounded memory
+    group.py      sync_group: the streams one read of a source serves (one replication slot),
+                  each loaded as sync_stream loads it
     plan.py       what one sync is to do (StreamPlan), the run it belongs to (RunContext),
                   when to commit (CommitPolicy)
     schema.py     fitting each batch to the destination table by the schema policy

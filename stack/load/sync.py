@@ -24,7 +24,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -123,110 +123,157 @@ def _sync_locked(
     policy: CommitPolicy,
     replace: Replacement | None,
 ) -> ledger.RunEntry:
-    entry, key = ledger.new_run(plan, ctx)
-    started = time.perf_counter()
-    changes: list[str] = []
+    run = _StreamRun(wh, plan, ctx, progress, policy, replace)
+    try:
+        state = run.open()
+        for message in source.read(run.read, state):
+            run.feed(message)
+        run.finish(source)
+    except Exception as exc:
+        run.fail(exc)
+        raise
+    finally:
+        run.close()
+    return run.entry
 
-    def record() -> None:
-        entry.seconds = round(time.perf_counter() - started, 3)
-        entry.schema_changes = json.dumps(changes) if changes else None
+
+class _StreamRun:
+    """One stream's load in a run, step by step, so that one read may feed several
+    (:mod:`stack.load.group`): :meth:`open` returns the state to read from, :meth:`feed`
+    takes each message, :meth:`finish` commits what is left, :meth:`fail` records a
+    failure, :meth:`close` rolls back whatever is still open."""
+
+    def __init__(
+        self,
+        wh: Warehouse,
+        plan: StreamPlan,
+        ctx: RunContext,
+        progress: Progress | None,
+        policy: CommitPolicy,
+        replace: Replacement | None,
+    ) -> None:
+        self.wh, self.plan, self.ctx, self.progress = wh, plan, ctx, progress
+        self.replace = replace
+        self.entry, self.key = ledger.new_run(plan, ctx)
+        self.started = time.perf_counter()
+        self.changes: list[str] = []
+        self.load: Load | None = None
+        self.read = plan.stream
+        # Full refreshes and replacements commit once, at the end: a run that dies leaves no
+        # partial copy, and the rows replaced stay until their replacement lands.
+        self.whole_run = replace is not None or plan.mode in (
+            "full_refresh_overwrite",
+            "full_refresh_append",
+        )
+        self.policy = None if self.whole_run else policy
+        self.last_commit = time.perf_counter()
+        self.committed: State | None = None
+        """The stream's state as committed before this run (set by :meth:`open`)."""
+
+    def record(self) -> None:
+        entry = self.entry
+        entry.seconds = round(time.perf_counter() - self.started, 3)
+        entry.schema_changes = json.dumps(self.changes) if self.changes else None
         if entry.status != "running":
             entry.finished_at = utcnow()
-        ledger.record(wh, entry)
+        ledger.record(self.wh, entry)
 
-    load: Load | None = None
-    # Full refreshes and replacements commit once, at the end: a run that dies leaves no
-    # partial copy, and the rows replaced stay until their replacement lands.
-    whole_run = replace is not None or plan.mode in (
-        "full_refresh_overwrite",
-        "full_refresh_append",
-    )
-    try:
+    def open(self) -> State | None:
+        """Start the run in the ledger and prepare the load; returns the state to read from."""
+        wh, plan, ctx, key, replace = self.wh, self.plan, self.ctx, self.key, self.replace
         ledger.begin_run(wh, key, ctx.run_id)
-        state = ledger.read_state(wh, key)
+        self.committed = state = ledger.read_state(wh, key)
         existing = _existing_columns(wh, plan, state)
-        read, names = plan.stream, load_names(wh, plan.schema, plan.name, existing)
-        plan = column_plan(plan, names)
+        self.names = names = load_names(wh, plan.schema, plan.name, existing)
+        self.plan = plan = column_plan(plan, names)
         if replace is not None:  # the caller reads its counts back: the same object
             if replace.column is not None:
                 replace.column = names.column(replace.column)
-            replace.prior, entry.full_refresh = state, replace.whole
+            replace.prior, self.entry.full_refresh = state, replace.whole
             state = None if replace.whole else state
-        changes.extend(r.describe() for r in names.store(wh, plan.schema, plan.name, ctx.run_id))
-        schema = _destination(wh, plan, exists=existing is not None)
-        lc = LoadContext(wh, plan, ctx, key, entry, record, replace)
-        load = DirectLoad(lc) if _direct(plan, wh.capabilities) else StagedLoad(lc)
-        messages = _in_columns(source.read(read, state), lc, names, changes)
-        _read_stream(lc, messages, schema, load, changes, progress, None if whole_run else policy)
-        # The last commit records the finished run in its own transaction: no extra commit.
+        stored = names.store(wh, plan.schema, plan.name, ctx.run_id)
+        self.changes.extend(r.describe() for r in stored)
+        self.schema = _destination(wh, plan, exists=existing is not None)
+        self.lc = lc = LoadContext(wh, plan, ctx, key, self.entry, self.record, replace)
+        self.load = DirectLoad(lc) if _direct(plan, wh.capabilities) else StagedLoad(lc)
+        return state
+
+    def feed(self, message: Message) -> None:
+        """One message of the read: fitted under the stream's columns, then loaded."""
+        assert self.load is not None, "open() first"
+        message = _in_columns(message, self.lc, self.names, self.changes)
+        _feed(self.lc, message, self.schema, self.load, self.changes, self.progress)
+        if not isinstance(message, Checkpoint) or self.policy is None:
+            return
+        if self.policy.due(self.load.rows, self.last_commit):
+            self.load.commit()
+            self.last_commit = time.perf_counter()
+
+    def finish(self, source: Source) -> None:
+        """Commit what the read left (the last commit records the finished run in its own
+        transaction: no extra commit), then detect snapshot deletes if asked."""
+        load, entry, plan = self.load, self.entry, self.plan
+        assert load is not None, "open() first"
         recorded = False
-        if whole_run or load.rows or load.state is not None:
+        if self.whole_run or load.rows or load.state is not None:
             if not plan.snapshot_deletes:
                 entry.status, recorded = "succeeded", True
             load.commit()
         if plan.snapshot_deletes:
-            _snapshot_deletes(wh, source, read, plan, ctx, entry)
+            _snapshot_deletes(self.wh, source, self.read, plan, self.ctx, entry)
         entry.status = "succeeded"
         if not recorded:
-            record()
-    except Exception as exc:
-        if load is not None:
-            load.close()  # roll back first: the failure row must not join the open transaction
-        entry.status, entry.error = "failed", ledger.describe_error(exc)
-        ledger.record_failure(record, entry)
-        raise
-    finally:
-        if load is not None:
-            load.close()
-    return entry
+            self.record()
+
+    def fail(self, exc: BaseException) -> None:
+        if self.load is not None:
+            self.load.close()  # roll back first: the failure row must not join the open one
+        self.entry.status, self.entry.error = "failed", ledger.describe_error(exc)
+        ledger.record_failure(self.record, self.entry)
+
+    def close(self) -> None:
+        if self.load is not None:
+            self.load.close()
 
 
 def _in_columns(
-    messages: Iterator[Message], lc: LoadContext, names: ColumnNames, changes: list[str]
-) -> Iterator[Message]:
-    """The source's messages with each field under its column (:mod:`stack.load.names`);
-    a rename is stored before the message that needs it goes on."""
-    for message in messages:
-        if isinstance(message, Batch):
-            message = dataclasses.replace(message, data=names.batch(message.data))
-        elif isinstance(message, Deletes):
-            fields = message.keys.schema.names
-            columns = [n if n == SOURCE_DELETED_AT else names.column(n) for n in fields]
-            message = dataclasses.replace(message, keys=message.keys.rename_columns(columns))
-        stored = names.store(lc.wh, lc.plan.schema, lc.plan.name, lc.ctx.run_id)
-        changes.extend(r.describe() for r in stored)
-        yield message
+    message: Message, lc: LoadContext, names: ColumnNames, changes: list[str]
+) -> Message:
+    """The message with each field under its column (:mod:`stack.load.names`); a rename is
+    stored before the message that needs it goes on."""
+    if isinstance(message, Batch):
+        message = dataclasses.replace(message, data=names.batch(message.data))
+    elif isinstance(message, Deletes):
+        fields = message.keys.schema.names
+        columns = [n if n == SOURCE_DELETED_AT else names.column(n) for n in fields]
+        message = dataclasses.replace(message, keys=message.keys.rename_columns(columns))
+    stored = names.store(lc.wh, lc.plan.schema, lc.plan.name, lc.ctx.run_id)
+    changes.extend(r.describe() for r in stored)
+    return message
 
 
-def _read_stream(
+def _feed(
     lc: LoadContext,
-    messages: Iterator[Message],
+    message: Message,
     schema: StreamSchema,
     load: Load,
     changes: list[str],
     progress: Progress | None,
-    policy: CommitPolicy | None,
 ) -> None:
-    """Feed the messages into ``load``: batches fitted and added, deletes
-    staged, each checkpoint's state kept and committed when ``policy`` says it is due
-    (``None``: the load commits once, after the read)."""
+    """One message into ``load``: a batch fitted and added, deletes staged, a checkpoint's
+    state kept (the caller commits it when its policy says it is due)."""
     wh, plan, entry = lc.wh, lc.plan, lc.entry
-    last_commit = time.perf_counter()
-    for message in messages:
-        if isinstance(message, Batch):
-            _add_batch(wh, plan, schema, load, message.data, changes)
-            entry.rows_read += message.data.num_rows
-            if progress:
-                progress(plan.name, entry.rows_read)
-        elif isinstance(message, Deletes):
-            _add_deletes(plan, load, message.keys)
-        elif isinstance(message, Checkpoint):
-            load.state = message.state
-            if message.replication_lag_bytes is not None:
-                entry.replication_lag_bytes = message.replication_lag_bytes
-            if policy is not None and policy.due(load.rows, last_commit):
-                load.commit()
-                last_commit = time.perf_counter()
+    if isinstance(message, Batch):
+        _add_batch(wh, plan, schema, load, message.data, changes)
+        entry.rows_read += message.data.num_rows
+        if progress:
+            progress(plan.name, entry.rows_read)
+    elif isinstance(message, Deletes):
+        _add_deletes(plan, load, message.keys)
+    elif isinstance(message, Checkpoint):
+        load.state = message.state
+        if message.replication_lag_bytes is not None:
+            entry.replication_lag_bytes = message.replication_lag_bytes
 
 
 def _direct(plan: StreamPlan, capabilities: Capabilities) -> bool:

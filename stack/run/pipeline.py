@@ -12,7 +12,7 @@ bounds of :mod:`stack.run.parallel`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -83,15 +83,17 @@ def sync_run_stream(
     stream: str,
     run_id: str,
     full_refresh: bool = False,
+    group: Sequence[str] = (),
 ) -> RunEntry:
     """Sync one stream of run ``run_id``: the step of a Prefect task.
 
     The run's streams in this process share one scope (:mod:`stack.run.scope`);
-    call :func:`end_syncs` when the last one finished. ``full_refresh``: see
-    :meth:`RunScope.sync <stack.run.scope.RunScope.sync>`.
+    call :func:`end_syncs` when the last one finished. ``full_refresh`` and ``group``
+    (the run's streams of the source): see :meth:`RunScope.sync
+    <stack.run.scope.RunScope.sync>`.
     """
     scope = _shared(config_path, target, region, run_id)
-    return scope.sync(source, stream, full_refresh=full_refresh)
+    return scope.sync(source, stream, full_refresh=full_refresh, group=group)
 
 
 def end_syncs(config_path: str | Path, target: str | None, region: str, run_id: str) -> None:
@@ -122,7 +124,10 @@ def sync_selection(
         with ThreadPoolExecutor(bounds.max_parallel, thread_name_prefix="mdstack-sync") as pool:
 
             def start(job: StreamJob) -> Future[RunEntry]:
-                return pool.submit(scope.sync, job.source, job.stream, progress, full_refresh)
+                group = selection.streams_of(scope.config, job.source)
+                return pool.submit(
+                    scope.sync, job.source, job.stream, progress, full_refresh, group
+                )
 
             for job, future in run_bounded(jobs, bounds, start):
                 error = future.exception()

@@ -13,7 +13,8 @@ the warehouse.
 :func:`open_source` is where a source's connector is built for a region, its
 secrets revealed (:func:`check_state` asks it whether it takes a state);
 :func:`sync_source` syncs the streams of one source in order, without a scope (for
-scripts and benchmarks).
+scripts and benchmarks). Streams a source reads in one pass (every CDC stream of a
+PostgreSQL source shares its replication slot) sync together, as one job.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from dataclasses import replace
 from typing import Any
 
 from connectors import base, load_source
-from connectors.base import Catalog, Source, State
+from connectors.base import Catalog, SharedRead, Source, State
 from stack.config import SourceConfig, StackConfig
-from stack.errors import ConfigError, ConnectorError
-from stack.load import Progress, RunContext, plan_stream, repair, sync_stream
+from stack.errors import ConfigError, ConnectorError, MdstackError
+from stack.load import Progress, RunContext, StreamPlan, plan_stream, repair, sync_stream
+from stack.load.group import sync_group
 from stack.load.ledger import RunEntry, StreamKey, describe_error
 from stack.logs import log_reported_error
 from stack.secrets import Resolver, reveal
@@ -123,7 +125,30 @@ def sync_source(
     source = open_source(config, source_name, ctx.region, resolve)
     catalog = source.discover()
     plans = [plan_stream(source_name, source_cfg, catalog, n) for n in names]
-    return [sync_stream(wh, source, plan, ctx, progress) for plan in plans]
+    shared = [p for p in plans if _shared(source, p)]
+    others = [s for s in source_cfg.streams if s not in {p.name for p in shared}]
+    entries = sync_group(wh, source, shared, ctx, others, progress) if shared else {}
+    return [entries.get(p.name) or sync_stream(wh, source, p, ctx, progress) for p in plans]
+
+
+def _shared(source: Source, plan: StreamPlan) -> bool:
+    """Whether the source reads the stream together with others of its streams."""
+    return isinstance(source, SharedRead) and source.shares_read(plan.stream)
+
+
+class _Group:
+    """The shared reads of one source in a run: who was synced, and how it went."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.claimed: set[str] = set()
+        self.outcomes: dict[str, RunEntry | Exception] = {}
+
+    def take(self, stream: str) -> RunEntry:
+        outcome = self.outcomes.pop(stream)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
 
 class RunScope:
@@ -155,6 +180,7 @@ class RunScope:
         self._sources: dict[str, tuple[Source, Catalog]] = {}
         self._discovering: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._groups: dict[str, _Group] = {}
 
     def source(self, name: str) -> tuple[Source, Catalog]:
         """The source's connector and catalog, discovered on first use (once per source,
@@ -173,13 +199,18 @@ class RunScope:
         stream: str,
         progress: Progress | None = None,
         full_refresh: bool = False,
+        group: Sequence[str] = (),
     ) -> RunEntry:
         """Sync one stream on a warehouse handle of its own; returns its ledger entry.
 
         ``full_refresh``: read it from scratch, its stored state ignored, and replace the
         region's rows in one transaction (audited, :func:`stack.load.repair.full_refresh`).
-        Every line logged meanwhile names the run and the stream; a failure, from opening
-        the source to the last commit, is logged here once.
+        ``group``: the streams of the source this run syncs; a stream the source reads
+        together with others (:class:`~connectors.base.SharedRead`) syncs with those of
+        them it shares the read with, in one job, run by the first of them to get here
+        (:func:`stack.load.group.sync_group`). Every line logged meanwhile names the run
+        and the stream; a failure, from opening the source to the last commit, is logged
+        here once.
         """
         ctx, name = self.ctx, f"{source_name}.{stream}"
         with ctx.logging(name):
@@ -187,6 +218,8 @@ class RunScope:
                 declared = declared_streams(self.config, source_name, [stream])
                 source, catalog = self.source(source_name)
                 plan = plan_stream(source_name, declared, catalog, stream)
+                if _shared(source, plan):
+                    return self._sync_shared(source_name, stream, group, progress, full_refresh)
                 with self.warehouse.cursor() as wh:
                     if not full_refresh:
                         return sync_stream(wh, source, plan, ctx, progress)
@@ -198,6 +231,55 @@ class RunScope:
             except Exception as exc:
                 log_reported_error(log, "%s [%s] failed: %s", name, ctx.region, describe_error(exc))
                 raise
+
+    def _sync_shared(
+        self,
+        source_name: str,
+        stream: str,
+        group: Sequence[str],
+        progress: Progress | None,
+        full_refresh: bool,
+    ) -> RunEntry:
+        """The stream's outcome in its source's shared read: taken if another stream's job
+        synced it already, else from a job of its own that syncs the streams of ``group``
+        the source reads with it and no job of this run took yet (a retried stream syncs
+        alone)."""
+        with self._lock:
+            shared = self._groups.setdefault(source_name, _Group())
+        with shared.lock:
+            if stream in shared.outcomes:
+                return shared.take(stream)
+            source, catalog = self.source(source_name)
+            source_cfg = self.config.source(source_name)
+            plans = []
+            for name in dict.fromkeys([stream, *group]):
+                if name != stream and (name in shared.claimed or name not in source_cfg.streams):
+                    continue
+                try:
+                    plan = plan_stream(source_name, source_cfg, catalog, name)
+                except MdstackError:
+                    continue  # it fails on its own, when its turn comes
+                if name == stream or _shared(source, plan):
+                    plans.append(replace(plan, snapshot_deletes=False) if full_refresh else plan)
+                    shared.claimed.add(name)
+            others = [s for s in source_cfg.streams if s not in {p.name for p in plans}]
+            finished: dict[str, RunEntry] = {}
+            try:
+                with self.warehouse.cursor() as wh:
+                    sync_group(
+                        wh,
+                        source,
+                        plans,
+                        self.ctx,
+                        others,
+                        progress,
+                        full_refresh=full_refresh,
+                        finished=finished,
+                    )
+            except Exception as exc:
+                shared.outcomes.update({p.name: exc for p in plans})
+            shared.outcomes.update(finished)
+            return shared.take(stream)
 
     def close(self) -> None:
         self._stack.close()
