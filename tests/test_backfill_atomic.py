@@ -11,9 +11,6 @@ from __future__ import annotations
 import contextlib
 import random
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -47,6 +44,7 @@ from stack.run.backfill import BackfillSelection
 from stack.run.backfill import load as partition_load
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.contract import SCALE
+from tests.kill import run_worker
 from tests.test_backfill import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -344,31 +342,6 @@ def test_kill_9_at_random_moments_of_a_multi_day_backfill_leaves_whole_partition
         for rows in data_rows(tmp_path, "raw_feed", FEED_STREAMS).values():
             assert {r[2] // 100_000 for r in rows} == {2} and len(rows) == 4 * 100
     assert kills >= 1  # at least one kill landed inside the backfill
-
-
-def run_worker(script: Path, kill_after: float | None) -> float | None:
-    """Run the backfill worker; with ``kill_after``, SIGKILL it that long after it is ready.
-
-    Returns how long the start took (to "ready"), or None if the kill landed before "done".
-    """
-    started = time.perf_counter()
-    worker = subprocess.Popen(
-        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=ROOT
-    )
-    assert worker.stdout is not None
-    assert worker.stdout.readline().strip() == "ready"
-    ready = time.perf_counter() - started
-    if kill_after is None:
-        assert worker.wait(timeout=300) == 0
-        return ready
-    time.sleep(kill_after)
-    worker.send_signal(signal.SIGKILL)
-    worker.wait(timeout=60)
-    return (
-        None
-        if worker.returncode == -signal.SIGKILL and "done" not in (worker.stdout.read() or "")
-        else ready
-    )
 
 
 # -- random windows over random histories -----------------------------------------------------

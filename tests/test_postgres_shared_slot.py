@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,6 +27,7 @@ from stack.cli import app
 from stack.config import load_config
 from stack.run import pipeline
 from stack.warehouse.duckdb import DuckDBWarehouse
+from tests.kill import run_worker
 from tests.servers.pg_server import LOGICAL, PgCluster, _cluster, connect_kwargs, drop_slots
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -335,14 +333,14 @@ def test_kill_9_at_random_moments_of_a_multi_table_sync_then_a_rerun_is_exact(
     rng = random.Random(20261207)
     churn(conn, schema, names, rng)
     started = time.perf_counter()
-    ready = run_worker(script, "whole", None)
+    ready = run_worker(script, "whole", kill_after=None)
     assert ready is not None
     span = time.perf_counter() - started - ready
     kills = apart = 0
     for life in range(6):
         for _ in range(3):
             churn(conn, schema, names, rng)
-        kills += run_worker(script, f"life-{life}", rng.uniform(0, span)) is None
+        kills += run_worker(script, f"life-{life}", kill_after=rng.uniform(0, span)) is None
         apart += len(set(stored(path).values())) > 1  # streams left at different positions
         if life % 2:
             churn(conn, schema, names, rng)  # changes after the kill, before the rerun
@@ -350,25 +348,3 @@ def test_kill_9_at_random_moments_of_a_multi_table_sync_then_a_rerun_is_exact(
         assert landed(tmp_path, names) == at_source(conn, schema, names), f"life {life}"
         assert slots_of(conn, schema) == [schema]
     assert kills >= 1 and apart >= 1  # kills landed inside a sync, between streams' commits
-
-
-def run_worker(script: Path, run_id: str, kill_after: float | None) -> float | None:
-    """Run the worker; with ``kill_after``, SIGKILL it that long after it is ready.
-
-    Returns how long the start took (to "ready"), or None if the kill landed before "done".
-    """
-    started = time.perf_counter()
-    worker = subprocess.Popen(
-        [sys.executable, str(script), run_id], stdout=subprocess.PIPE, text=True, cwd=ROOT
-    )
-    assert worker.stdout is not None
-    assert worker.stdout.readline().strip() == "ready"
-    ready = time.perf_counter() - started
-    if kill_after is None:
-        assert worker.wait(timeout=300) == 0
-        return ready
-    time.sleep(kill_after)
-    worker.send_signal(signal.SIGKILL)
-    worker.wait(timeout=60)
-    killed = worker.returncode == -signal.SIGKILL
-    return None if killed and "done" not in (worker.stdout.read() or "") else ready
