@@ -4,12 +4,14 @@ the session's throwaway PostgreSQL (``tests/servers/pg_server.py``)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.servers.pg_server import pg_database, pg_logical, pg_replica  # noqa: F401  (fixtures)
+from tests.servers.prefect_server import PrefectServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,3 +39,16 @@ def warehouse(tmp_path: Path):
     """An open DuckDB (DuckLake) warehouse in a fresh folder."""
     with DuckDBWarehouse(tmp_path / "wh") as wh:
         yield wh
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The API URL of one Prefect server per test process, started when a test first needs
+    it and kept to the end: Prefect's clients (its events worker) hold on to the first
+    server they talked to, so a second server in the same process would miss their events."""
+    server = PrefectServer(tmp_path_factory.mktemp("prefect-server"))
+    try:
+        server.wait_ready()
+        yield server.url
+    finally:
+        server.stop()

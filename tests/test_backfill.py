@@ -14,7 +14,7 @@ from stack.errors import ConfigError
 from stack.run import backfill, pipeline
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.counting_source import reads
-from tests.servers.prefect_server import shared_server, using_api
+from tests.servers.prefect_server import using_api
 
 WINDOW = {"start": "{{ start }}", "end": "{{ end }}"}
 
@@ -162,12 +162,6 @@ def test_full_refresh_streams_are_not_backfilled(tmp_path):
     assert backfill.backfill_streams(load_config(path)) == [("feed", "events")]
     with pytest.raises(ConfigError, match="no partitions"):
         backfill.backfill_streams(load_config(path), streams=["items"])
-
-
-@pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory):
-    with shared_server(tmp_path_factory.mktemp("prefect-server")) as server:
-        yield server.url
 
 
 @pytest.mark.slow

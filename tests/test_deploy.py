@@ -23,7 +23,7 @@ from stack.run import deployments as plans
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.conftest import ROOT
 from tests.counting_source import reads
-from tests.servers.prefect_server import Worker, shared_server, using_api, wait_for
+from tests.servers.prefect_server import Worker, using_api, wait_for
 from tests.servers.webhook_server import WebhookServer
 
 POOL = "mdstack-test"
@@ -237,12 +237,6 @@ def test_only_retryable_errors_are_retried():
 
 
 # -- on a real Prefect server -------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def prefect_api(tmp_path_factory):
-    with shared_server(tmp_path_factory.mktemp("prefect-server")) as server:
-        yield server.url
 
 
 @pytest.fixture(scope="module")

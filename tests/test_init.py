@@ -8,7 +8,6 @@ makes it) and its models land in the warehouse.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from stack.run.deployments import plan_deployments
 from stack.scaffold import SOURCE_KINDS, WAREHOUSE_KINDS
 from stack.secrets import Resolver, reveal
 from stack.warehouse.duckdb import DuckDBWarehouse
-from tests.servers.prefect_server import shared_server, using_api
+from tests.servers.prefect_server import using_api
 
 ENV = {"POSTGRES_PASSWORD": "pg-pw-1", "API_TOKEN": "api-token-1", "SNOWFLAKE_PASSWORD": "sf-pw-1"}
 """The variables the generated references name, as the README of each project tells."""
@@ -153,12 +152,6 @@ def staged_counts(folder: Path) -> dict[str, tuple[int, int]]:
             )["n"][0]
             found[stream] = (staged.as_py(), live.as_py())
     return found
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with shared_server(tmp_path_factory.mktemp("prefect-server")) as server:
-        yield server.url
 
 
 def test_the_demo_project_validates_and_runs_green_at_once_from_the_clean_folder(

@@ -39,7 +39,7 @@ from stack.load.ledger import RunEntry
 from stack.run.summary import changed_streams
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.counting_source import CountingSource, reads
-from tests.servers.prefect_server import shared_server, using_api
+from tests.servers.prefect_server import using_api
 
 STREAMS = {
     "snapshot": "full_refresh_overwrite",
@@ -331,12 +331,6 @@ def test_show_lists_every_declared_stream_and_region_and_says_none_before_a_run(
         for stream in names
         for region in ("us", "eu")
     }
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    with shared_server(tmp_path_factory.mktemp("prefect-server")) as server:
-        yield server.url
 
 
 @pytest.mark.slow

@@ -6,9 +6,8 @@ its default (a worker started from a background shell inherits SIGINT ignored an
 cannot stop itself) and in its own session, so that it and the flow-run processes it
 spawns are stopped by its process-group id at the end.
 
-Several test modules share one server: :func:`shared_server` counts its users and the
-last one to leave stops it (the fixtures are session-scoped, so that happens at the end
-of the run).
+Every test module of a process shares one server: the session fixture ``prefect_api``
+in ``tests/conftest.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -164,33 +162,6 @@ class Worker:
 
     def stop(self) -> None:
         self.process.stop()
-
-
-_lock = threading.Lock()
-_shared: dict[str, Any] = {"server": None, "users": 0}
-
-
-@contextmanager
-def shared_server(home: Path) -> Iterator[PrefectServer]:
-    """One server for the whole test run, whichever module asks first (``home`` then)."""
-    with _lock:
-        if _shared["server"] is None:
-            server = PrefectServer(home)
-            try:
-                server.wait_ready()
-            except BaseException:
-                server.stop()
-                raise
-            _shared["server"] = server
-        _shared["users"] += 1
-    try:
-        yield _shared["server"]
-    finally:
-        with _lock:
-            _shared["users"] -= 1
-            if _shared["users"] == 0:
-                _shared["server"].stop()
-                _shared["server"] = None
 
 
 @contextmanager
