@@ -83,9 +83,12 @@ class PgCluster:
         return {"host": "127.0.0.1", "port": self.port, "user": self.user, "database": "postgres"}
 
     def _run(self, *args: str) -> None:
+        # runuser rather than ``user=``: without a uid change the child is started with
+        # vfork, which does not ask the kernel to commit a copy of the test process's
+        # memory (a fork of a big test process can fail with ENOMEM without swap).
+        run_as = ["runuser", "-u", self._run_as, "--"] if self._run_as else []
         result = subprocess.run(
-            [str(self.bin_dir / args[0]), *args[1:]],
-            user=self._run_as,
+            [*run_as, str(self.bin_dir / args[0]), *args[1:]],
             capture_output=True,
             text=True,
             timeout=60,

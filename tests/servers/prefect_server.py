@@ -48,8 +48,14 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, every: float =
         time.sleep(every)
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+_DEFAULT_SIGINT = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+"""Run argv with SIGINT at its default. A Python trampoline rather than ``preexec_fn``:
+without ``preexec_fn`` the child is started with vfork, which does not ask the kernel to
+commit a copy of the test process's memory (a fork of a big test process can fail with
+ENOMEM on a machine without swap)."""
 
 
 class Process:
@@ -59,13 +65,12 @@ class Process:
         self.log = log
         self._handle = open(log, "wb")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
-            argv,
+            [sys.executable, "-c", _DEFAULT_SIGINT, *argv],
             env=env,
             stdout=self._handle,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_default_sigint,
         )
 
     @property
