@@ -26,7 +26,7 @@ a check of the states it accepts (:func:`check_state`, for states set by hand).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, Protocol, get_args, runtime_checkable
 
@@ -230,13 +230,15 @@ class SharedRead(Protocol):
         self,
         streams: Sequence[ConfiguredStream],
         states: Mapping[str, State | None],
-        held: Sequence[State],
+        held: Callable[[], Sequence[State]],
     ) -> Iterator[Message]:
         """Read ``streams`` together, each from its state in ``states`` (None: from scratch).
 
-        ``held`` holds the committed state of every declared stream of the source, selected
-        or not: the shared log is never released past any of them. Each stream's messages
-        keep the order :class:`Source` ``read`` promises; streams interleave.
+        ``held()`` gives the committed state of every declared stream of the source,
+        selected or not, as of the call: the shared log is never released past any of them.
+        The engine commits while the read goes on, so a long read asks again to release
+        what has been committed since it began. Each stream's messages keep the order
+        :class:`Source` ``read`` promises; streams interleave.
         """
         ...
 

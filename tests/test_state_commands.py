@@ -380,8 +380,19 @@ SOURCES: list[tuple[str, dict[str, Any], pa.DataType, list[Any], list[tuple[Any,
         "postgres",
         {**PG, "replication": {}},
         TIMESTAMP,
-        [{"lsn": "0/16B3748"}, {"cursor": "2026-01-01"}],
-        [({"lsn": "16B3748"}, "no valid LSN (<hex>/<hex>)")],
+        [
+            {"lsn": "0/16B3748"},
+            {"cursor": "2026-01-01"},
+            {"lsn": "0/16B3748", "snapshot": {"after": None}},  # a snapshot being copied
+            {"lsn": "0/16B3748", "snapshot": {"after": ["41"]}},
+        ],
+        [
+            ({"lsn": "16B3748"}, "no valid LSN (<hex>/<hex>)"),
+            ({"snapshot": {"after": None}}, "no valid LSN (<hex>/<hex>)"),
+            ({"lsn": "0/16B3748", "snapshot": {"after": [41]}}, "key value(s) as text"),
+            ({"lsn": "0/16B3748", "snapshot": {"after": ["1", "2"]}}, "1 key value(s)"),
+            ({"lsn": "0/16B3748", "snapshot": "done"}, "'snapshot' must be"),
+        ],
     ),
     (
         "rest",

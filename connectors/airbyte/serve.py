@@ -116,7 +116,7 @@ def _read_stream(
     out.write(msg.status_trace(stream.name, "STARTED"))
     records, running = 0, False
     if isinstance(source, SharedRead) and source.shares_read(stream):
-        messages = source.read_group([stream], {stream.name: state}, held)
+        messages = source.read_group([stream], {stream.name: state}, lambda: held)
     else:
         messages = source.read(stream, state)
     try:

@@ -9,14 +9,12 @@ streams of a source share the slot is :mod:`connectors.postgres.shared_slot`'s):
   inserts, updates and deletes, the table has a replica identity that carries the primary
   key, and the user may use replication. Each failure is a ConnectorError whose hint is the
   exact SQL to run.
-* **First read** (no state, :func:`begin_snapshot`): create the source's slot if it is
-  missing (its start is ``L0``), else take the WAL flush position as ``L0`` and leave the
-  slot alone; then wait until every transaction that was running at ``L0`` has ended, so
-  that the snapshot the caller takes next sees every transaction committed before ``L0``.
-  The caller streams the table and checkpoints ``{"lsn": L0}``. Changes committed after
-  ``L0`` may already be in the snapshot and are replayed on the next read: rows are full
-  images keyed by primary key, so replaying them converges (a merge by key makes them
-  harmless).
+* **First read** (no state): the source's slot is created if it is missing, and the stream
+  reads changes from the WAL flush position on (:func:`start_position`) while its table is
+  copied in key-ordered chunks between passes over the changes
+  (:mod:`connectors.postgres.shared_slot`). Rows are full images keyed by primary key, so a
+  change replayed over a chunk that already had it converges (a merge by key makes it
+  harmless); :func:`settle` makes sure a chunk is never older than a change yielded before it.
 * **Later reads** (:func:`usable`, :func:`advance`, :func:`read_changes`): a slot that is
   missing or was invalidated (:mod:`connectors.postgres.slot`) fails the read before
   anything is read, with the full refresh that re-snapshots as the fix: a read never
@@ -163,42 +161,52 @@ def _value(conn: Connection, query: str, params: tuple[Any, ...] = ()) -> Any:
     return _row(conn, query, params)[0]
 
 
-def begin_snapshot(conn: Connection, target: Target, slot: str) -> str:
-    """The LSN (``L0``) a snapshot of ``target`` taken after this call starts from.
+def start_position(conn: Connection, target: Target, slot: str) -> str:
+    """The LSN (``L0``) a new snapshot of ``target`` starts from: its changes are read from
+    there on.
 
     The source's slot is created when missing (``L0`` is where it starts) and left where it
     is otherwise: other streams still need what it holds, and the new stream skips every
-    transaction that commits before its ``L0``. Waits (up to :data:`SNAPSHOT_WAIT_S`) until
-    every transaction running at ``L0`` has ended, so the snapshot sees everything committed
-    before ``L0``. A slot the server invalidated is dropped and created again: its changes
-    are lost to every stream of the source anyway, and each of them says so at its next read.
+    transaction that commits before its ``L0``. A slot the server invalidated is dropped and
+    created again: its changes are lost to every stream of the source anyway, and each of
+    them says so at its next read.
     """
     info = slots.inspect(conn, slot)
     if info is not None and info.invalidated:
         conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
         info = None
     if info is None:
-        start = _value(
-            conn,
-            "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')",
-            (slot,),
+        return str(
+            _value(
+                conn,
+                "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')",
+                (slot,),
+            )
         )
-    else:
-        _check_plugin(target.error, target.resnapshot, slot, info.plugin)
-        start = _value(conn, "SELECT pg_current_wal_flush_lsn()::text")
+    _check_plugin(target.error, target.resnapshot, slot, info.plugin)
+    return str(_value(conn, "SELECT pg_current_wal_flush_lsn()::text"))
+
+
+def settle(conn: Connection, fail: Fail) -> None:
+    """Wait (up to :data:`SNAPSHOT_WAIT_S`) until every transaction running now has ended.
+
+    A transaction's commit record is in the WAL (and decoded) a moment before other
+    sessions see its rows: the flush to disk, a synchronous standby's answer, come in
+    between. After this wait, a snapshot sees every transaction whose commit was decoded
+    before the call, so rows read then are never older than changes already yielded.
+    """
     xmax = _value(conn, "SELECT pg_snapshot_xmax(pg_current_snapshot())::text")
     deadline, pause = time.monotonic() + SNAPSHOT_WAIT_S, 0.02
     while not _value(conn, "SELECT pg_snapshot_xmin(pg_current_snapshot()) >= %s::xid8", (xmax,)):
         if time.monotonic() > deadline:
-            raise target.error(
+            raise fail(
                 f"transactions older than xid {xmax} are still running after "
-                f"{SNAPSHOT_WAIT_S:.0f} s; the initial snapshot must wait for them",
+                f"{SNAPSHOT_WAIT_S:.0f} s; the snapshot must wait for them",
                 "find them in pg_stat_activity (state 'idle in transaction'), end them, retry",
                 retryable=True,
             )
         time.sleep(pause)
         pause = min(pause * 2, 1.0)
-    return start
 
 
 Fail = Callable[..., ConnectorError]

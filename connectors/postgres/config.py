@@ -47,6 +47,11 @@ class Replication(SourceConfig):
         "pgoutput",
         description="pgoutput: built into PostgreSQL 10+, needs no extension",
     )
+    snapshot_chunk: StrictInt = Field(
+        100_000,
+        ge=1,
+        description="rows per snapshot chunk: the slot advances between chunks",
+    )
 
 
 class PostgresConfig(SourceConfig):

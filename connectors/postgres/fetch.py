@@ -283,6 +283,29 @@ def select(table: Table, where: sql.Composable | None = None, order: str | None 
     return query
 
 
+def chunk(
+    table: Table, key: Sequence[str], after: Sequence[str] | None, rows: int
+) -> sql.Composable:
+    """The next ``rows`` rows of ``table`` in ``key`` order, after the key ``after`` (its
+    values as text, cast back to the columns' types; None: from the first row).
+
+    Comparisons and order use the table's own columns (their types and collations), not
+    the text the query returns, so the order the chunks follow is the index's.
+    """
+    types = {c.name: c.pg_type for c in table.columns}
+    columns = [sql.Identifier(table.schema, table.name, k) for k in key]
+    where = None
+    if after is not None:
+        bound = sql.SQL(", ").join(
+            sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(types[k]))
+            for k, v in zip(key, after, strict=True)
+        )
+        where = sql.SQL("({}) > ({})").format(sql.SQL(", ").join(columns), bound)
+    return sql.SQL("{} ORDER BY {} LIMIT {}").format(
+        select(table, where), sql.SQL(", ").join(columns), sql.Literal(rows)
+    )
+
+
 def batches(reader: pa.RecordBatchReader, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     """The reader's non-empty batches, cast to ``schema`` where DuckDB's types differ."""
     for batch in reader:

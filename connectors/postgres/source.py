@@ -55,8 +55,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import duckdb
@@ -155,17 +155,21 @@ class PostgresSource(BaseSource[PostgresConfig]):
 
     def check_state(self, stream: ConfiguredStream, state: State) -> None:
         """An incremental stream's state is ``{"cursor": <text of the cursor column's type>}``,
-        or, with ``replication:``, ``{"lsn": "XXXXXXXX/XXXXXXXX"}``; a full refresh ignores it."""
+        or, with ``replication:``, ``{"lsn": "XXXXXXXX/XXXXXXXX"}`` (plus, while its snapshot
+        is copied, ``"snapshot": {"after": [<key as text>, ...] or null}``); a full refresh
+        ignores it."""
         if not stream.incremental or not state:
             return
         expected = '{"cursor": <a value of the cursor column, as text>}'
+        allowed = {"cursor"}
         if self.config.replication:
             expected += ' or {"lsn": "<hex>/<hex>"}'
+            allowed = {"cursor", "lsn", "snapshot"}
         hint = f"the source expects {expected}"
-        if set(state) - ({"cursor", "lsn"} if self.config.replication else {"cursor"}):
+        if set(state) - allowed:
             raise self._fail(stream, f"state {state!r} is not {expected}", hint)
-        if "lsn" in state:
-            self._saved_lsn(stream, state)
+        if "lsn" in state or "snapshot" in state:
+            self._check_cdc_state(stream, state)
             return
         saved = self._saved_cursor(stream, state)
         if saved is None or not stream.cursor:
@@ -179,19 +183,33 @@ class PostgresSource(BaseSource[PostgresConfig]):
             message = f"cursor {saved!r} is not a {arrow} (column {stream.cursor!r})"
             raise self._fail(stream, message, hint, "cursor") from None
 
+    def _check_cdc_state(self, stream: ConfiguredStream, state: State) -> None:
+        """A CDC state: a valid LSN, and a snapshot's progress as one text per key column."""
+        hint = slot.resnapshot(self.name, stream.name)
+        if not isinstance(state.get("lsn"), str) or not _LSN.fullmatch(state["lsn"]):
+            raise self._fail(stream, f"state {state!r} has no valid LSN (<hex>/<hex>)", hint)
+        if "snapshot" not in state:
+            return
+        snapshot, keys = state["snapshot"], len(stream.primary_key or stream.spec.primary_key)
+        after = snapshot.get("after") if isinstance(snapshot, dict) else ()
+        valid = after is None or (
+            isinstance(after, list)
+            and len(after) == keys
+            and all(isinstance(v, str) for v in after)
+        )
+        if set(snapshot if isinstance(snapshot, dict) else ()) != {"after"} or not valid:
+            message = (
+                f"state {state!r}: 'snapshot' must be {{\"after\": null or a list of"
+                f" {keys} key value(s) as text}}"
+            )
+            raise self._fail(stream, message, hint)
+
     def _saved_cursor(self, stream: ConfiguredStream, state: State | None) -> str | None:
         saved = (state or {}).get("cursor")
         if saved is not None and not isinstance(saved, str):
             hint = "reset the stream's state to read it again from the start"
             raise self._fail(stream, f"state {state!r} has no valid cursor (text)", hint)
         return saved
-
-    def _saved_lsn(self, stream: ConfiguredStream, state: State | None) -> str | None:
-        lsn = (state or {}).get("lsn")
-        if lsn is not None and (not isinstance(lsn, str) or not _LSN.fullmatch(lsn)):
-            hint = slot.resnapshot(self.name, stream.name)
-            raise self._fail(stream, f"state {state!r} has no valid LSN (<hex>/<hex>)", hint)
-        return lsn
 
     def _fail(
         self, stream: ConfiguredStream, message: str, hint: str, key: str | None = None
@@ -297,10 +315,10 @@ class PostgresSource(BaseSource[PostgresConfig]):
         self,
         streams: Sequence[ConfiguredStream],
         states: Mapping[str, State | None],
-        held: Sequence[State],
+        held: Callable[[], Sequence[State]],
     ) -> Iterator[Message]:
         """CDC streams through the source's one slot (:mod:`connectors.postgres.shared_slot`),
-        released only up to the smallest LSN of ``held``."""
+        released only up to the smallest LSN of ``held()``."""
         cfg = self.config
         with self._translate(None), self._connect(cfg) as conn:
             tables = {t.stream: t for t in fetch.tables(conn, cfg.schemas, cfg.tables, self.name)}
@@ -310,9 +328,14 @@ class PostgresSource(BaseSource[PostgresConfig]):
                 if table is None or not self.shares_read(stream):
                     raise self._fail(stream, "not a table read by CDC", "run discover")
                 reads.append((stream, table))
-            lsns = [
-                lsn for s in held if isinstance(lsn := s.get("lsn"), str) and _LSN.fullmatch(lsn)
-            ]
+
+            def lsns() -> list[str]:
+                return [
+                    lsn
+                    for s in held()
+                    if isinstance(lsn := s.get("lsn"), str) and _LSN.fullmatch(lsn)
+                ]
+
             yield from self._read_cdc(conn, reads, states, lsns)
 
     def _read_cdc(
@@ -320,24 +343,32 @@ class PostgresSource(BaseSource[PostgresConfig]):
         conn: Connection,
         reads: Sequence[tuple[ConfiguredStream, fetch.Table]],
         states: Mapping[str, State | None],
-        held: Sequence[str] | None,
+        held: shared_slot.Held | None,
     ) -> Iterator[Message]:
-        """A snapshot on a stream's first read, then logical replication changes from its
-        state's LSN, every stream through the source's one slot."""
+        """Logical replication changes from each stream's state, a snapshot copied in chunks
+        first on a stream's first read, every stream through the source's one slot."""
         cfg = self.config
         repl = cfg.replication
         assert repl is not None
-        targets, scans = [], {}
+        targets, tables = [], {}
         for stream, table in reads:
             target = cdc.Target.of(self.name, stream.name, table, stream.primary_key)
             preflight.check_prerequisites(conn, target, repl.publication)
-            targets.append((target, self._saved_lsn(stream, states.get(stream.name))))
-            scans[stream.name] = (table, stream)
+            state = states.get(stream.name)
+            self.check_state(stream, state or {})
+            targets.append((target, shared_slot.Position.of(state)))
+            tables[stream.name] = table
+        with ExitStack() as stack:
+            scanners: list[fetch.Scanner] = []
 
-        def snapshot(target: cdc.Target) -> Iterator[Message]:
-            return self._scan(conn, *scans[target.stream])
+            def chunk(target: cdc.Target, after: Sequence[str] | None) -> Iterator[pa.RecordBatch]:
+                if not scanners:  # a read with no snapshot to copy never starts DuckDB
+                    scanners.append(stack.enter_context(self._scanner(cfg)))
+                table = tables[target.stream]
+                query = fetch.chunk(table, target.primary_key, after, repl.snapshot_chunk)
+                return fetch.batches(scanners[0].query(query, conn), table.arrow_schema)
 
-        yield from shared_slot.read(conn, self.name, repl, targets, held, cfg.batch_size, snapshot)
+            yield from shared_slot.read(conn, self.name, repl, targets, held, cfg.batch_size, chunk)
 
 
 def _projected(table: fetch.Table, stream: ConfiguredStream) -> fetch.Table:

@@ -3,7 +3,7 @@
 A source that reads several streams in one pass (:class:`~connectors.base.SharedRead`:
 PostgreSQL CDC through one replication slot per source) hands the engine one interleaved
 flow of messages. Each stream still loads as :func:`~stack.load.sync.sync_stream` loads
-it (the same :class:`~stack.load.sync._StreamRun`), on a warehouse handle of its own, so
+it (the same :class:`~stack.load.sync.StreamRun`), on a warehouse handle of its own, so
 each commits its rows and its state in its own transaction. The first failure stops the
 read: what every stream committed before it stays committed, and each stream's next read
 starts from its own state.
@@ -22,7 +22,7 @@ from connectors.base import Message, SharedRead, Source, State
 from connectors.errors import ConnectorError
 from stack.load import ledger, repair
 from stack.load.plan import CommitPolicy, RunContext, StreamPlan
-from stack.load.sync import Progress, _StreamRun
+from stack.load.sync import Progress, StreamRun
 from stack.warehouse.base import Warehouse
 
 __all__ = ["sync_group"]
@@ -66,16 +66,19 @@ def sync_group(
         for plan in sorted(plans, key=lambda p: p.name):
             key = ledger.StreamKey(ctx.pipeline, plan.source, plan.name, ctx.region)
             stack.enter_context(wh.lock(key.lock))
-        runs: dict[str, _StreamRun] = {}
+        runs: dict[str, StreamRun] = {}
         try:
             for plan in plans:
                 cursor = stack.enter_context(wh.cursor())
                 key = ledger.StreamKey(ctx.pipeline, plan.source, plan.name, ctx.region)
                 swap = repair.full_refresh(cursor, key, ctx.run_id) if full_refresh else None
-                runs[plan.name] = _StreamRun(cursor, plan, ctx, progress, policy, swap)
+                runs[plan.name] = StreamRun(cursor, plan, ctx, progress, policy, swap)
             states = {stream: run.open() for stream, run in runs.items()}
-            held = [run.committed for run in runs.values() if run.committed is not None]
-            held += _committed(wh, ctx, name, others)
+            elsewhere = _committed(wh, ctx, name, others)
+
+            def held() -> list[State]:
+                return [r.committed for r in runs.values() if r.committed] + elsewhere
+
             messages = source.read_group([r.read for r in runs.values()], states, held)
             for message in messages:
                 _route(runs, message).feed(message)
@@ -101,7 +104,7 @@ def _committed(wh: Warehouse, ctx: RunContext, source: str, streams: Sequence[st
     return [state for key in keys if (state := ledger.read_state(wh, key)) is not None]
 
 
-def _route(runs: Mapping[str, _StreamRun], message: Message) -> _StreamRun:
+def _route(runs: Mapping[str, StreamRun], message: Message) -> StreamRun:
     run = runs.get(message.stream)
     if run is None:
         raise ConnectorError(
@@ -113,7 +116,7 @@ def _route(runs: Mapping[str, _StreamRun], message: Message) -> _StreamRun:
     return run
 
 
-def _log(run: _StreamRun) -> None:
+def _log(run: StreamRun) -> None:
     entry = run.entry
     log.info(
         "%s [%s] %s: %s read, %s inserted, %s updated, %s deleted in %.1fs",

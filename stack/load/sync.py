@@ -51,7 +51,7 @@ from stack.load.staging import Stage
 from stack.load.streaming import DirectLoad
 from stack.warehouse.base import Capabilities, Warehouse
 
-__all__ = ["Progress", "sync_stream"]
+__all__ = ["Progress", "StreamRun", "sync_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def _sync_locked(
     policy: CommitPolicy,
     replace: Replacement | None,
 ) -> ledger.RunEntry:
-    run = _StreamRun(wh, plan, ctx, progress, policy, replace)
+    run = StreamRun(wh, plan, ctx, progress, policy, replace)
     try:
         state = run.open()
         for message in source.read(run.read, state):
@@ -137,7 +137,7 @@ def _sync_locked(
     return run.entry
 
 
-class _StreamRun:
+class StreamRun:
     """One stream's load in a run, step by step, so that one read may feed several
     (:mod:`stack.load.group`): :meth:`open` returns the state to read from, :meth:`feed`
     takes each message, :meth:`finish` commits what is left, :meth:`fail` records a
@@ -168,7 +168,8 @@ class _StreamRun:
         self.policy = None if self.whole_run else policy
         self.last_commit = time.perf_counter()
         self.committed: State | None = None
-        """The stream's state as committed before this run (set by :meth:`open`)."""
+        """The stream's last committed state: before this run (set by :meth:`open`), then
+        at each commit of the run."""
 
     def record(self) -> None:
         entry = self.entry
@@ -206,7 +207,9 @@ class _StreamRun:
         if not isinstance(message, Checkpoint) or self.policy is None:
             return
         if self.policy.due(self.load.rows, self.last_commit):
+            state = self.load.state
             self.load.commit()
+            self.committed = state if state is not None else self.committed
             self.last_commit = time.perf_counter()
 
     def finish(self, source: Source) -> None:
