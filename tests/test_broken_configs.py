@@ -24,6 +24,7 @@ DEMO = (
 )
 SEED = "config: {seed: 7, "
 ORDERS = "orders:          {sync: incremental_deduped, deletes: hard}"
+WARN_CHECK = "volume: {min_rows: 1}, severity: warn}"
 
 
 def append(text: str) -> tuple[str, str]:
@@ -212,6 +213,27 @@ CASES: list[tuple[str, str, str, str, str]] = [
         "{table: raw_shop.orders, stream: shop.orders, freshness",
         "checks.0",
         "stream: shop.orders, freshness",
+    ),
+    (
+        "check-size",
+        WARN_CHECK,
+        f"{WARN_CHECK}\n  - {{source: shop, replication_lag: {{max: 1 gigabyte}}}}",
+        "checks.4.replication_lag.max",
+        "1 gigabyte",
+    ),
+    (
+        "check-lag-unknown-source",
+        WARN_CHECK,
+        f"{WARN_CHECK}\n  - {{source: crm, replication_lag: {{max: 1GB}}}}",
+        "checks.4.source",
+        "source: crm",
+    ),
+    (
+        "check-lag-without-slot",
+        WARN_CHECK,
+        f"{WARN_CHECK}\n  - {{source: shop, replication_lag: {{max: 1GB}}}}",
+        "checks.4.source",
+        "source: shop",
     ),
     ("lineage-transport", "transport: file", "transport: kafka", "lineage.transport", "kafka"),
     (

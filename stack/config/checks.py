@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from stack.config.durations import Duration
+from stack.config.sizes import Size
 from stack.errors import ConfigError
 from stack.sql import LOADED_AT
 
@@ -28,6 +29,7 @@ __all__ = [
     "CheckList",
     "Freshness",
     "Reconcile",
+    "ReplicationLag",
     "SchemaExpectation",
     "Severity",
     "Values",
@@ -35,7 +37,7 @@ __all__ = [
 ]
 
 Severity = Literal["warn", "error"]
-CheckKind = Literal["freshness", "volume", "schema", "values", "reconcile"]
+CheckKind = Literal["freshness", "volume", "schema", "values", "reconcile", "replication_lag"]
 CHECK_KINDS: tuple[CheckKind, ...] = get_args(CheckKind)
 
 
@@ -113,8 +115,19 @@ class Reconcile(_Model):
     """Allowed relative difference (``1%``)."""
 
 
+class ReplicationLag(_Model):
+    """The source's replication slot held back at most ``max`` of WAL at its latest run
+    (``_mds_runs.replication_lag_bytes``, recorded by PostgreSQL sources with CDC).
+
+    Sizes: ``1GB``, ``512MB``, ``64 MiB`` or bytes; see :mod:`stack.config.sizes`.
+    """
+
+    max: Size
+
+
 class Check(_Model):
-    """One entry of ``checks:`` in ``stack.yml``: a table or stream, one kind, a severity.
+    """One entry of ``checks:`` in ``stack.yml``: a table, stream or source, one kind, a
+    severity.
 
     Example::
 
@@ -122,12 +135,15 @@ class Check(_Model):
         - {stream: shop.orders, volume: {min_rows: 1, max_change: 50%}, severity: warn}
         - {table: marts.marketing_roi, region_column: region,
            values: {column: roi, between: [-1, 100]}}
+        - {source: crm, replication_lag: {max: 1GB}}
     """
 
     table: str | None = Field(default=None, pattern=r"^[^.\s]+\.[^.\s]+$")
     """``schema.table`` in the warehouse."""
     stream: str | None = Field(default=None, pattern=r"^[^.\s]+\.[^.\s]+$")
     """``source.stream``: the table the stream loads (and the default of ``reconcile``)."""
+    source: str | None = Field(default=None, pattern=r"^[^.\s]+$")
+    """A source of ``sources:``, for ``replication_lag`` (its streams share one slot)."""
     name: str | None = None
     """Unique name (default: ``<kind>:<table>[.<column>]``); a volume check's history key."""
     severity: Severity = "error"
@@ -138,14 +154,27 @@ class Check(_Model):
     schema_: SchemaExpectation | None = Field(default=None, alias="schema")
     values: Values | None = None
     reconcile: Reconcile | None = None
+    replication_lag: ReplicationLag | None = None
 
     @model_validator(mode="after")
     def _one_of_each(self) -> Check:
-        if (self.table is None) == (self.stream is None):
-            raise ValueError("give exactly one of `table: schema.table` or `stream: source.stream`")
         kinds = [k for k in CHECK_KINDS if self._spec(k) is not None]
         if len(kinds) != 1:
             raise ValueError(f"give exactly one of {', '.join(CHECK_KINDS)}")
+        if self.replication_lag is not None:
+            if self.source is None or self.table or self.stream or self.region_column:
+                raise ValueError(
+                    "replication_lag is checked per source, as its streams share one "
+                    "replication slot: write `source: <name>` alone, without table, stream "
+                    "or region_column"
+                )
+            return self
+        if self.source is not None:
+            raise ValueError(
+                "`source:` goes with replication_lag; other kinds take `table:` or `stream:`"
+            )
+        if (self.table is None) == (self.stream is None):
+            raise ValueError("give exactly one of `table: schema.table` or `stream: source.stream`")
         partial = self.reconcile and None in (self.reconcile.source, self.reconcile.stream)
         if partial and self.stream is None:
             raise ValueError("reconcile needs `source:` and `stream:` (or use `stream:`)")
@@ -159,7 +188,7 @@ class Check(_Model):
         return next(k for k in CHECK_KINDS if self._spec(k) is not None)
 
     @property
-    def spec(self) -> Freshness | Volume | SchemaExpectation | Values | Reconcile:
+    def spec(self) -> Freshness | Volume | SchemaExpectation | Values | Reconcile | ReplicationLag:
         return self._spec(self.kind)
 
     def relation(self, schemas: Mapping[str, str]) -> tuple[str, str]:
@@ -168,13 +197,21 @@ class Check(_Model):
             schema, _, name = self.table.partition(".")
             return schema, name
         source, _, stream = (self.stream or "").partition(".")
+        return schemas[self.known_source(source, schemas)], stream
+
+    def known_source(self, source: str, schemas: Mapping[str, str]) -> str:
+        """``source``, when ``schemas`` (source -> schema) declares it.
+
+        Raises:
+            ConfigError: ``source`` is not declared.
+        """
         if source not in schemas:
             raise ConfigError(
                 f"check {self.label!r} names unknown source {source!r}",
                 key="checks",
                 hint=f"use one of: {', '.join(schemas) or '(none)'}",
             )
-        return schemas[source], stream
+        return source
 
     @property
     def label(self) -> str:
@@ -182,7 +219,7 @@ class Check(_Model):
         if self.name:
             return self.name
         column = getattr(self.spec, "column", None)
-        where = self.table or self.stream
+        where = self.table or self.stream or self.source
         return f"{self.kind}:{where}" + (f".{column}" if column else "")
 
 

@@ -2,8 +2,9 @@
 
 pydantic checks each section alone; this module checks what connects them and what
 lies outside the file: every name a deployment, check, alert or backfill refers to is
-declared, every source's ``config:`` is one its connector accepts (in every region,
-templates filled in), and the dbt project the file points at exists and uses the
+declared (and a ``replication_lag`` check's source has a replication slot), every
+source's ``config:`` is one its connector accepts (in every region, templates filled
+in), and the dbt project the file points at exists and uses the
 profile the stack writes. Every problem is a :class:`~stack.errors.ConfigError` with
 the file, line, key path and fix; :func:`problems` returns them all, not the first.
 
@@ -84,8 +85,30 @@ def _names(config: StackConfig, at: Any) -> Iterator[ConfigError]:
         if check.reconcile and check.reconcile.source and check.reconcile.stream:
             pair = f"{check.reconcile.source}.{check.reconcile.stream}"
             yield from _unknown(at, ("checks", index, "reconcile"), [pair], streams, "stream")
+        if check.source is not None:
+            yield from _lag_source(config, at, ("checks", index, "source"), check.source)
     for pair in config.backfill.partition_by:
         yield from _unknown(at, ("backfill", "partition_by", pair), [pair], streams, "stream")
+
+
+def _lag_source(
+    config: StackConfig, at: Any, key: tuple[Any, ...], source: str
+) -> Iterator[ConfigError]:
+    """The source of a ``replication_lag`` check is declared and reads through a
+    replication slot, the one thing whose lag the ledger records
+    (``_mds_runs.replication_lag_bytes``): PostgreSQL with ``replication:``."""
+    yield from _unknown(at, key, [source], config.sources, "source")
+    declared = config.sources.get(source)
+    if declared is None:
+        return
+    if declared.connector != "postgres" or declared.config.get("replication") is None:
+        yield at(
+            key,
+            f"source {source!r} has no replication slot to check: replication_lag applies "
+            "to a PostgreSQL source with `replication:` (CDC)",
+            f"add `replication: {{slot: ..., publication: ...}}` to the config of source "
+            f"{source!r}, or remove the check",
+        )
 
 
 def _unknown(

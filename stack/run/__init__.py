@@ -6,6 +6,7 @@
                     refresh BI, emit lineage; run_pipeline chains them
     summary.py      what a run did: each stream's ledger entry, dbt, dashboards
     status.py       what the warehouse says of each stream: latest run, state, table
+    replication_lag.py  what the ledger says a CDC source's slot holds back (for checks)
     scope.py        what the streams of one run share in one process (config, secrets,
                     warehouse, discovered sources); opening a source for a region
     parallel.py     which streams sync at once (max_parallel_streams, each source's

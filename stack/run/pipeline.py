@@ -25,6 +25,7 @@ from stack.load.ledger import RunEntry
 from stack.logs import log_context
 from stack.redact import install_redaction
 from stack.run.parallel import Bounds, StreamJob, run_bounded
+from stack.run.replication_lag import ledger_replication_lag
 from stack.run.scope import RunScope, close_scope, shared_scope
 from stack.run.summary import RunSummary, changed_streams, failed_entry
 from stack.secrets import Resolver
@@ -309,6 +310,7 @@ def _data_checks(
         run_id,
         utcnow(),
         source_count=ledger.ledger_source_count(wh, config.name),
+        source_lag=ledger_replication_lag(wh, config.name),
         schemas={name: s.schema_ for name, s in config.sources.items()},
     )
 

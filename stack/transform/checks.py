@@ -10,7 +10,8 @@ Provides:
 - :func:`blocking` picks the failures that must block the publish (severity ``error``).
 - :mod:`stack.transform.source_freshness` turns dbt's ``source freshness`` results into
   check results. A :data:`SourceCount` for reconciliation comes from the run ledger
-  (:func:`stack.load.ledger.ledger_source_count`).
+  (:func:`stack.load.ledger.ledger_source_count`), and so does a :data:`SourceLag` for
+  ``replication_lag`` checks (:func:`stack.run.replication_lag.ledger_replication_lag`).
 
 A check never raises for bad data: a missing table or column is a failed result. Only the
 warehouse being busy (:class:`~stack.errors.WarehouseBusy`, retryable) propagates. SQL is
@@ -33,6 +34,7 @@ from stack.config.checks import (
     Severity,
     duplicate_names,
 )
+from stack.config.sizes import binary_units, describe_size
 from stack.errors import ConfigError, MdstackError, WarehouseBusy, WarehouseError
 from stack.sql import DELETED_AT, REGION, ident, table
 
@@ -43,6 +45,7 @@ __all__ = [
     "CHECKS_TABLE",
     "DataCheckResult",
     "SourceCount",
+    "SourceLag",
     "blocking",
     "ensure_checks_table",
     "record_results",
@@ -52,6 +55,9 @@ __all__ = [
 CHECKS_TABLE = "_mds_checks"
 SourceCount = Callable[[str, str, str], "int | None"]
 """``(source, stream, region) -> rows the source holds``, or None when it cannot count."""
+SourceLag = Callable[[str, str], "int | None"]
+"""``(source, region) -> bytes of WAL the source's replication slot held back`` at its latest
+run that recorded it, or None when no run did (not a CDC source, or no run yet)."""
 
 
 @dataclass(frozen=True)
@@ -59,8 +65,9 @@ class DataCheckResult:
     """The outcome of one check in one region.
 
     ``observed`` is what was measured: rows (volume, reconcile), age in seconds
-    (freshness), offending rows (values), or a description (schema); None when
-    nothing could be measured. ``skipped`` results (nothing to compare with) pass.
+    (freshness), offending rows (values), bytes (replication_lag), or a description
+    (schema); None when nothing could be measured. ``skipped`` results (nothing to
+    compare with) pass.
     """
 
     name: str
@@ -142,6 +149,7 @@ def run_checks(
     now: datetime,
     *,
     source_count: SourceCount | None = None,
+    source_lag: SourceLag | None = None,
     schemas: Mapping[str, str] | None = None,
     record: bool = True,
 ) -> list[DataCheckResult]:
@@ -155,14 +163,19 @@ def run_checks(
         now: the run's time, naive UTC (``stack.load.utcnow()``), for freshness.
         source_count: counts rows at the source, for ``reconcile`` checks; without it
             they are skipped. :func:`stack.load.ledger.ledger_source_count` makes one.
-        schemas: source name -> warehouse schema, for checks declared with ``stream:``.
+        source_lag: reads the WAL a source's slot held back, for ``replication_lag``
+            checks; without it they are skipped.
+            :func:`stack.run.replication_lag.ledger_replication_lag` makes one.
+        schemas: source name -> warehouse schema, for checks declared with ``stream:``
+            or ``source:``.
         record: write the results to ``_mds_checks`` (see :func:`record_results`).
 
     Returns:
         One result per check, in order. Failures are results, never exceptions.
 
     Raises:
-        ConfigError: two checks share a name, or a ``stream:`` names an unknown source.
+        ConfigError: two checks share a name, or a ``stream:`` or ``source:`` names an
+            unknown source.
         WarehouseBusy: another process holds the warehouse (retryable).
     """
     if duplicate := duplicate_names(checks):
@@ -173,7 +186,10 @@ def run_checks(
         )
     ensure_checks_table(wh)
     results = [
-        _evaluate(wh, check, region, run_id, now, source_count, schemas or {}) for check in checks
+        _replication_lag(check, region, run_id, now, source_lag, schemas or {})
+        if check.replication_lag is not None
+        else _evaluate(wh, check, region, run_id, now, source_count, schemas or {})
+        for check in checks
     ]
     if record:
         record_results(wh, results, run_id, now)
@@ -345,6 +361,48 @@ def _reconcile(wh: Warehouse, t: _Target, count: SourceCount | None) -> DataChec
         "" if passed else f" ({difference:+,})"
     )
     return t.result(passed, rows, expected, message)
+
+
+def _replication_lag(
+    check: Check,
+    region: str,
+    run_id: str,
+    now: datetime,
+    source_lag: SourceLag | None,
+    schemas: Mapping[str, str],
+) -> DataCheckResult:
+    """A source's slot lag: no table is read, the run ledger holds the figure."""
+    spec = _spec(check.replication_lag)
+    source = check.known_source(check.source or "", schemas)
+    t = _Target(check, "", f"source {source}", {}, None, region, run_id, now)
+    binary = binary_units(spec.max)  # the limit's units, so that both figures compare
+    limit = describe_size(spec.max, binary)
+    expected = f"<= {limit} of WAL held back"
+    if source_lag is None:
+        return t.result(True, None, expected, "skipped: no run ledger to read the lag from", True)
+    try:
+        held = source_lag(source, region)
+    except WarehouseBusy:
+        raise
+    except WarehouseError as exc:
+        return t.result(False, None, expected, f"cannot read the replication lag: {exc}")
+    if held is None:
+        return t.result(
+            True,
+            None,
+            expected,
+            f"skipped: no run of source {source} in region {region} recorded a replication "
+            "lag (not a CDC source, or no run yet)",
+            True,
+        )
+    shown = describe_size(held, binary)
+    if shown == limit and held != spec.max:  # rounded to the same figure: show the bytes
+        shown, limit = f"{held:,} B", f"{spec.max:,} B"
+    passed = held <= spec.max
+    message = f"slot of source {source} holds back {shown} of WAL" + (
+        "" if passed else f" (max {limit}): sync {source} more often, or see `mdstack doctor`"
+    )
+    return t.result(passed, held, expected, message)
 
 
 _EVALUATORS: dict[str, Callable[[Warehouse, _Target, SourceCount | None], DataCheckResult]] = {
