@@ -25,8 +25,9 @@ SCENARIOS: dict[str, str] = {
     "clone": "bench.clone",
     "orchestration": "bench.orchestration",
     "scaling": "bench.scaling",
+    "cdc": "bench.cdc",
 }
-"""Scenario name -> module; numbered 1-7 in this order."""
+"""Scenario name -> module; numbered 1-8 in this order."""
 
 QUICK = ("full_load", "incremental", "orchestration")
 """What ``--quick`` runs: the mdstack rows of these, on small tables, once (scaling would
@@ -65,12 +66,14 @@ class Context:
 
 
 def resolve(name: str) -> str:
-    """A scenario by name or by its number (``1``..``7``)."""
+    """A scenario by name or by its number (``1``..``8``)."""
     names = list(SCENARIOS)
     if name.isdigit() and 1 <= int(name) <= len(names):
         return names[int(name) - 1]
     if name not in SCENARIOS:
-        raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(names)} or 1-7")
+        raise SystemExit(
+            f"unknown scenario {name!r}; choose from {', '.join(names)} or 1-{len(names)}"
+        )
     return name
 
 
