@@ -242,6 +242,16 @@ class SharedRead(Protocol):
         """
         ...
 
+    def release(self, held: Sequence[State]) -> int | None:
+        """Let the shared log go up to the smallest of ``held`` (the committed state of every
+        declared stream), once a read's last states are committed: what the source server
+        keeps between runs is then only what was written since.
+
+        Returns the bytes of log the server still keeps for the source (None: unknown), what
+        the run ledger records as its replication lag.
+        """
+        ...
+
 
 class BaseSource(Generic[ConfigT]):
     """What every source shares: its name, its validated config, ``spec`` and ``check``.

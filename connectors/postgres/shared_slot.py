@@ -7,9 +7,9 @@ every stream (:func:`connectors.postgres.cdc.read_changes`).
 
 * **Release**: the slot is advanced only to the smallest LSN every stream of the source
   has committed, selected in this run or not (the engine gives their states through
-  ``held``), at the start of a read and between snapshot chunks: a stream that did not
-  run keeps the changes it has not loaded yet. A read without ``held`` (one stream read
-  alone) advances nothing.
+  ``held``), at the start of a read, between snapshot chunks and once the read's last
+  states are committed: a stream that did not run keeps the changes it has not loaded
+  yet. A read without ``held`` (one stream read alone) advances nothing.
 * **Snapshots in chunks** (the DBLog approach): a new stream, or one refreshed in full,
   starts reading changes at the WAL flush position (``L0``,
   :func:`~connectors.postgres.cdc.start_position`), never moving the slot, and copies its
@@ -109,7 +109,7 @@ def read(
         if not copying:
             return
         if held is not None:
-            _release(conn, slot, held)
+            release(conn, slot, held())
         cdc.settle(conn, _failure(source))
         for stream, after in copying.items():
             rows, last = 0, None
@@ -204,9 +204,8 @@ def _prepare(
         lsns[stream] = confirmed  # where its last checkpoint put it
 
 
-def _release(conn: Connection, slot: str, held: Held) -> None:
-    """Advance the slot to what every stream has committed since the read began."""
-    committed = held()
+def release(conn: Connection, slot: str, committed: Sequence[str]) -> None:
+    """Advance the slot to the smallest of the ``committed`` LSNs (every stream's)."""
     info = slots.inspect(conn, slot)
     if committed and info is not None and info.confirmed_flush_lsn:
         to = min(map(cdc.lsn_int, committed))

@@ -329,14 +329,17 @@ class PostgresSource(BaseSource[PostgresConfig]):
                     raise self._fail(stream, "not a table read by CDC", "run discover")
                 reads.append((stream, table))
 
-            def lsns() -> list[str]:
-                return [
-                    lsn
-                    for s in held()
-                    if isinstance(lsn := s.get("lsn"), str) and _LSN.fullmatch(lsn)
-                ]
+            yield from self._read_cdc(conn, reads, states, lambda: _lsns(held()))
 
-            yield from self._read_cdc(conn, reads, states, lsns)
+    def release(self, held: Sequence[State]) -> int | None:
+        """Advance the source's slot to the smallest LSN of ``held``; returns the bytes of
+        WAL the server still keeps for it."""
+        cfg = self.config
+        assert cfg.replication is not None, "only CDC streams share a read"
+        name = cdc.slot_name(cfg.replication.slot)
+        with self._translate(None), self._connect(cfg) as conn:
+            shared_slot.release(conn, name, _lsns(held))
+            return slot.held_back(conn, name)
 
     def _read_cdc(
         self,
@@ -369,6 +372,11 @@ class PostgresSource(BaseSource[PostgresConfig]):
                 return fetch.batches(scanners[0].query(query, conn), table.arrow_schema)
 
             yield from shared_slot.read(conn, self.name, repl, targets, held, cfg.batch_size, chunk)
+
+
+def _lsns(states: Sequence[State]) -> list[str]:
+    """The valid LSNs of ``states`` (CDC states; others have none)."""
+    return [lsn for s in states if isinstance(lsn := s.get("lsn"), str) and _LSN.fullmatch(lsn)]
 
 
 def _projected(table: fetch.Table, stream: ConfiguredStream) -> fetch.Table:

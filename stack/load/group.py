@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 
 from connectors.base import Message, SharedRead, Source, State
-from connectors.errors import ConnectorError
+from connectors.errors import ConnectorError, MdstackError
 from stack.load import ledger, repair
 from stack.load.plan import CommitPolicy, RunContext, StreamPlan
 from stack.load.sync import Progress, StreamRun
@@ -86,6 +86,7 @@ def sync_group(
                 run.finish(source)
                 if finished is not None:
                     finished[stream] = run.entry
+            _release(wh, source, list(runs.values()), held())
         except Exception as exc:
             for run in runs.values():
                 if run.entry.status != "succeeded":
@@ -97,6 +98,25 @@ def sync_group(
         for run in runs.values():
             _log(run)
         return {stream: run.entry for stream, run in runs.items()}
+
+
+def _release(
+    wh: Warehouse, source: SharedRead, runs: Sequence[StreamRun], held: Sequence[State]
+) -> None:
+    """Let the source release its log up to the states just committed, and record in each
+    run's ledger row what the server keeps for it now. The data is in: a failure here only
+    leaves the log held until the next read releases it."""
+    try:
+        kept = source.release(held)
+    except MdstackError as exc:
+        log.warning("the source kept its change log held back: %s", exc.message)
+        return
+    if kept is None:
+        return
+    with wh.transaction():
+        for run in runs:
+            run.entry.replication_lag_bytes = kept
+            ledger.record(wh, run.entry)
 
 
 def _committed(wh: Warehouse, ctx: RunContext, source: str, streams: Sequence[str]) -> list[State]:

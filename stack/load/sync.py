@@ -207,10 +207,15 @@ class StreamRun:
         if not isinstance(message, Checkpoint) or self.policy is None:
             return
         if self.policy.due(self.load.rows, self.last_commit):
-            state = self.load.state
-            self.load.commit()
-            self.committed = state if state is not None else self.committed
+            self._commit()
             self.last_commit = time.perf_counter()
+
+    def _commit(self) -> None:
+        """Commit what is staged; the state it stores is the stream's committed one now."""
+        assert self.load is not None, "open() first"
+        state = self.load.state
+        self.load.commit()
+        self.committed = state if state is not None else self.committed
 
     def finish(self, source: Source) -> None:
         """Commit what the read left (the last commit records the finished run in its own
@@ -221,7 +226,7 @@ class StreamRun:
         if self.whole_run or load.rows or load.state is not None:
             if not plan.snapshot_deletes:
                 entry.status, recorded = "succeeded", True
-            load.commit()
+            self._commit()
         if plan.snapshot_deletes:
             _snapshot_deletes(self.wh, source, self.read, plan, self.ctx, entry)
         entry.status = "succeeded"
