@@ -168,14 +168,39 @@ def test_cdc_ready_passes_every_line(tmp_path, pg_database, cdc):
 def test_cdc_without_the_publication(tmp_path, pg_database, cdc):
     conn, schema = cdc
     conn.execute(f"DROP PUBLICATION {schema}")
-    path = cdc_config(tmp_path, pg_database, schema)
+    role = f"doc_{uuid.uuid4().hex[:8]}"  # may read and replicate, owns nothing
+    conn.execute(f"CREATE ROLE {role} LOGIN REPLICATION")
+    conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+    conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}")
+    path = cdc_config(tmp_path, pg_database | {"user": role}, schema)
     code, output = doctor(path)
     assert code == 1
     assert line(output, f"publication {schema}").startswith("✗")
     fix = fix_of(output, f"publication {schema}")
     assert fix == f'CREATE PUBLICATION "{schema}" FOR TABLE "{schema}"."items";'
+    # the owner of the tables may create it: a sync does, so it is only a warning
+    owner = cdc_config(tmp_path, pg_database, schema)
+    code, output = doctor(owner)
+    assert code == 0, output
+    assert "a sync creates it" in line(output, f"! source pg: publication {schema}")
     conn.execute(fix)
     assert doctor(path)[0] == 0
+
+
+def test_cdc_publication_carrying_a_table_no_stream_reads(tmp_path, pg_database, cdc):
+    conn, schema = cdc
+    conn.execute(f"CREATE TABLE {schema}.gone (id int PRIMARY KEY)")
+    conn.execute(f"ALTER PUBLICATION {schema} ADD TABLE {schema}.gone")
+    code, output = doctor(cdc_config(tmp_path, pg_database, schema))
+    assert code == 0, output  # a warning: the changes are decoded and skipped
+    found = line(output, f"! source pg: publication {schema} tables")
+    assert f"{schema}.gone, which no CDC stream of pg reads" in found
+    fix = fix_of(output, f"publication {schema} tables")
+    assert fix == f'ALTER PUBLICATION "{schema}" DROP TABLE "{schema}"."gone";'
+    conn.execute(fix)
+    assert "tables" not in " ".join(
+        n for n in doctor(cdc_config(tmp_path, pg_database, schema))[1].splitlines() if "!" in n
+    )
 
 
 def test_cdc_table_without_a_key_and_default_identity(tmp_path, pg_database, cdc):

@@ -547,14 +547,44 @@ def test_cdc_prerequisites_say_what_to_run(cdc):
         _read(source, "nokey", "incremental_append", primary_key=("a",))
     assert f'ALTER TABLE "{schema}"."nokey" REPLICA IDENTITY FULL;' in err.value.hint
     conn.execute(f"CREATE TABLE {schema}.other (id int PRIMARY KEY)")
+    role = f"{schema}_reader"  # may read and replicate, owns neither table nor publication
+    conn.execute(f"CREATE ROLE {role} LOGIN REPLICATION")
+    conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+    conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}")
+    reader = PostgresSource("pg", config | {"user": role})
     with pytest.raises(ConnectorError) as err:
-        _read(source, "other", "incremental_deduped")
+        _read(reader, "other", "incremental_deduped")
     assert f'ALTER PUBLICATION "{schema}" ADD TABLE "{schema}"."other";' in err.value.hint
-    missing = PostgresSource("pg", config | {"replication": {"publication": "nope"}})
+    slot = config["replication"]["slot"]
+    renamed = config | {"user": role, "replication": {"slot": slot, "publication": "nope"}}
+    missing = PostgresSource("pg", renamed)
     with pytest.raises(ConnectorError) as err:
         _read(missing, "items", "incremental_deduped")
     assert 'CREATE PUBLICATION "nope" FOR TABLE' in err.value.hint
     assert 'CREATE PUBLICATION "nope"' in missing.check().message
+    conn.execute(f"DROP OWNED BY {role}")
+    conn.execute(f"DROP ROLE {role}")
+
+
+def test_cdc_a_new_stream_joins_the_publication_when_the_role_owns_it(cdc):
+    conn, schema, config = cdc
+    conn.execute(f"CREATE TABLE {schema}.later (id int PRIMARY KEY, v text)")
+    conn.execute(f"INSERT INTO {schema}.later VALUES (1, 'one')")
+    source = PostgresSource("pg", config)
+    state = _states(_read(source, "later", "incremental_deduped"))[-1]
+    published = conn.execute(
+        "SELECT tablename FROM pg_publication_tables WHERE pubname = %s ORDER BY 1", (schema,)
+    ).fetchall()
+    assert published == [("items",), ("later",)]
+    conn.execute(f"UPDATE {schema}.later SET v = 'uno'")
+    changes = _read(source, "later", "incremental_deduped", state)
+    assert _rows(changes) == [{"id": 1, "v": "uno"}]
+    owned = config | {"replication": {"slot": f"{schema}_own", "publication": f"{schema}_own"}}
+    made = PostgresSource("pg", owned)  # a missing publication is created for its tables
+    assert [r["id"] for r in _rows(_read(made, "later", "incremental_deduped"))] == [1]
+    tables = "SELECT count(*) FROM pg_publication_tables WHERE pubname = %s"
+    assert conn.execute(tables, (f"{schema}_own",)).fetchone() == (1,)
+    conn.execute(f"DROP PUBLICATION {schema}_own")
 
 
 def test_cdc_truncate_asks_for_a_new_snapshot(cdc):

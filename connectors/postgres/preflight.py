@@ -17,6 +17,7 @@ from psycopg import sql
 from connectors.base import Finding
 from connectors.errors import ConnectorError
 from connectors.postgres import fetch
+from connectors.postgres import publication as publications
 from connectors.postgres import slot as slots
 from connectors.postgres.cdc import (
     Connection,
@@ -88,6 +89,8 @@ def _published(conn: Connection, target: Target, publication: str) -> Finding:
     if row is None:
         return Finding(name, "fail", f"publication {publication!r} does not exist")
     if not row[1]:
+        if publications.may_add(conn, publication, target):
+            return Finding(name, "warn", f"not in publication {publication!r}: a sync adds it")
         fix = sql.SQL("ALTER PUBLICATION {} ADD TABLE {};").format(pub, target.qualified)
         return Finding(
             name,
@@ -163,7 +166,8 @@ def findings(
             found += server
             for target in targets:
                 published, identity = table_findings(conn, target, repl.publication)
-                found += [identity] if server[-1].failed else [published, identity]
+                found += [identity] if server[-1].status != "ok" else [published, identity]
+            found += _unread(conn, source, repl.publication, targets)
             found.append(_slot(conn, source, slot_name(repl.slot), slot_lag_warn))
             found += [f for t in targets if (f := _own_slot(conn, t, repl.slot)) is not None]
     except ConnectorError as exc:
@@ -230,6 +234,8 @@ def _publication(conn: Connection, publication: str, tables: Sequence[Target]) -
     name = f"publication {publication}"
     if conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)).fetchone():
         return Finding(name, "ok", "exists")
+    if tables and publications.may_create(conn, tables):
+        return Finding(name, "warn", "does not exist: a sync creates it for the CDC tables")
     listed = sql.SQL(", ").join(t.qualified for t in tables) if tables else None
     create = sql.SQL("CREATE PUBLICATION {} FOR TABLE {};").format(
         sql.Identifier(publication), listed or sql.SQL("<schema>.<table>, ...")
@@ -240,6 +246,28 @@ def _publication(conn: Connection, publication: str, tables: Sequence[Target]) -
         f"publication {publication!r} does not exist",
         _sql_text(conn, create) + ("" if tables else "  -- or FOR ALL TABLES, as a superuser"),
     )
+
+
+def _unread(
+    conn: Connection, source: str, publication: str, targets: Sequence[Target]
+) -> list[Finding]:
+    """A warning for the tables the publication carries that no CDC stream reads."""
+    tables = publications.unread(conn, publication, targets)
+    if not tables:
+        return []
+    drop = sql.SQL("ALTER PUBLICATION {} DROP TABLE {};").format(
+        sql.Identifier(publication),
+        sql.SQL(", ").join(sql.Identifier(*t.split(".", 1)) for t in tables),
+    )
+    return [
+        Finding(
+            f"publication {publication} tables",
+            "warn",
+            f"it also carries {', '.join(tables)}, which no CDC stream of {source} reads:"
+            " their changes are decoded and skipped (unless another subscriber needs them)",
+            _sql_text(conn, drop),
+        )
+    ]
 
 
 def _slot(conn: Connection, source: str, slot: str, warn_bytes: int) -> Finding:

@@ -77,7 +77,7 @@ from connectors.base import (
     StreamSpec,
 )
 from connectors.errors import ConnectorError
-from connectors.postgres import cdc, fetch, preflight, shared_slot, slot
+from connectors.postgres import cdc, fetch, preflight, publication, shared_slot, slot
 from connectors.postgres.config import PostgresConfig
 from connectors.postgres.errors import translate_error
 
@@ -356,11 +356,13 @@ class PostgresSource(BaseSource[PostgresConfig]):
         targets, tables = [], {}
         for stream, table in reads:
             target = cdc.Target.of(self.name, stream.name, table, stream.primary_key)
-            preflight.check_prerequisites(conn, target, repl.publication)
             state = states.get(stream.name)
             self.check_state(stream, state or {})
             targets.append((target, shared_slot.Position.of(state)))
             tables[stream.name] = table
+        publication.follow(conn, repl.publication, [t for t, _ in targets])
+        for target, _ in targets:
+            preflight.check_prerequisites(conn, target, repl.publication)
         with ExitStack() as stack:
             scanners: list[fetch.Scanner] = []
 
