@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,11 @@ class StackConfig(_Model):
     def source_config(self, name: str, region: str) -> dict[str, Any]:
         """The source's ``config:`` with ``{{ region }}`` and region vars filled in."""
         return render(self.source(name).config, self.template_vars(region))
+
+
+def window_vars(start: date, end: date) -> dict[str, str]:
+    """What ``{{ start }}`` and ``{{ end }}`` (exclusive) render to in a backfill partition."""
+    return {"start": start.isoformat(), "end": end.isoformat()}
 
 
 def render(value: Any, variables: Mapping[str, Any]) -> Any:

@@ -15,6 +15,7 @@ it is not judged here: ``mdstack secrets check`` and ``mdstack doctor`` resolve 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from datetime import date
 from typing import Any
 
 import yaml
@@ -22,11 +23,11 @@ import yaml
 from connectors import source_class
 from connectors.config import config_problems
 from stack.config.locate import line_of
-from stack.config.model import StackConfig, render
+from stack.config.model import StackConfig, render, window_vars
 from stack.config.references import find_references
 from stack.errors import ConfigError, ConnectorError
 
-_A_WINDOW = {"start": "2000-01-01", "end": "2000-01-02"}
+_A_WINDOW = window_vars(date(2000, 1, 1), date(2000, 1, 2))
 """What ``{{ start }}`` and ``{{ end }}`` render to in a backfill partition (a config may
 use them for backfills alone): any window will do to judge the rest of the config."""
 

@@ -27,6 +27,7 @@ from connectors.base import (
     Source,
     State,
 )
+from stack.config.model import window_vars
 from stack.config.orchestration import Grain
 from stack.errors import ConfigError, SchemaError
 
@@ -44,7 +45,7 @@ class Partition:
 
     def template_vars(self) -> dict[str, str]:
         """What ``{{ start }}`` and ``{{ end }}`` (exclusive) render to."""
-        return {"start": self.start.isoformat(), "end": self.end.isoformat()}
+        return window_vars(self.start, self.end)
 
     def __str__(self) -> str:
         return f"{self.start}..{self.end}"
