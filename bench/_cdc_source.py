@@ -170,20 +170,31 @@ class Source:
             got = conn.execute(_LAG, (self.name,)).fetchone()
         return (got[0] / 2**20, got[1] / 2**20) if got else (float("nan"), float("nan"))
 
+    def forget(self) -> None:
+        """Back to before the first sync: the slots dropped, the warehouse deleted."""
+        with self.pg.connect() as conn:
+            _drop_slots(conn, self.name)
+        shutil.rmtree(self.warehouse, ignore_errors=True)
+
     def drop(self) -> None:
         with self.pg.connect() as conn:
             _drop(conn, self.name)
 
 
 def _drop(conn: psycopg.Connection[Any], name: str) -> None:
-    """The bench's slots (``name`` and ``name_*``), publication and schema."""
+    """The bench's slots, publication and schema."""
+    _drop_slots(conn, name)
+    conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
+    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+def _drop_slots(conn: psycopg.Connection[Any], name: str) -> None:
+    """The source's slot ``name`` and the bench's copies of it (``name_*``)."""
     for (slot,) in conn.execute(
         "SELECT slot_name FROM pg_replication_slots WHERE slot_name = %s OR slot_name LIKE %s",
         (name, f"{name}\\_%"),
     ).fetchall():
         conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-    conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
-    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
 
 
 def mdstack() -> str:

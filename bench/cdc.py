@@ -22,6 +22,9 @@ updating every row (peak RSS: bounded by ``batch_size``, not by the transaction)
 retention: 500 MB written to a table outside the publication, then syncs, with what the
 slot holds back after each (``pg_current_wal_lsn()`` minus ``confirmed_flush_lsn`` and
 minus ``restart_lsn``).
+
+Then a big snapshot under writes, and a snapshot killed and resumed
+(:mod:`bench._cdc_snapshot`). ``BENCH_CDC_ONLY`` (:data:`ONLY`) runs only the parts it names.
 """
 
 from __future__ import annotations
