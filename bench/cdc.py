@@ -22,49 +22,35 @@ updating every row (peak RSS: bounded by ``batch_size``, not by the transaction)
 retention: 500 MB written to a table outside the publication, then syncs, with what the
 slot holds back after each (``pg_current_wal_lsn()`` minus ``confirmed_flush_lsn`` and
 minus ``restart_lsn``).
+
+Then a big snapshot under writes, and a snapshot killed and resumed
+(:mod:`bench._cdc_snapshot`). ``BENCH_CDC_ONLY`` (:data:`ONLY`) runs only the parts it names.
 """
 
 from __future__ import annotations
 
 import itertools
-import shutil
-import sys
-from collections.abc import Callable
+import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import psycopg
-import yaml
 from psycopg import sql
 
-from bench import _measure, _pg_cluster
+from bench import _cdc_snapshot, _measure, _pg_cluster
+from bench._cdc_source import ROWS, Source
 from bench._measure import Sample, Tool, interleave
 from bench._pg import PgServer
-from bench._pg_tools import restore
 from bench._results import Row, ScenarioResult, Table
 from bench.scenarios import Context
-from stack.warehouse.duckdb import DuckDBWarehouse
 
 TITLE = "8. PostgreSQL CDC: one replication slot per source"
-RAW = "raw_cdc"
 TXN_ROWS = 500  # rows per workload statement, each its own transaction
 SMALL_CHANGE = 1_000
 SYNC = "mdstack sync"
 FLOOR = "floor: pg_recvlogical"
-_COLUMNS = (
-    "(id bigint PRIMARY KEY, name text NOT NULL, n integer NOT NULL,"
-    " amount numeric(12, 2) NOT NULL, updated_at timestamptz NOT NULL)"
-)
-_ROWS = (
-    "INSERT INTO {} SELECT g, 'row ' || g, 0, (g %% 10000) / 100.0, now()"
-    " FROM generate_series(%s::bigint, %s::bigint) g"
-)
-_LAG = (
-    "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,"
-    " pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint"
-    " FROM pg_replication_slots WHERE slot_name = %s"
-)
+PARTS = ("slots", "big", "snapshot")
+ONLY = "BENCH_CDC_ONLY"
+"""Environment variable: the parts to run, comma-separated (default all): ``slots`` (1, 5
+and 20 tables), ``big`` (one big transaction, WAL retention), ``snapshot`` (big snapshot)."""
 
 
 @dataclass(frozen=True)
@@ -74,14 +60,17 @@ class Sizes:
     changes: int  # workload changes, all tables together
     big: int  # rows of the one-transaction table
     filler_mb: int  # WAL written outside the publication
+    snapshot: int  # rows of the big-snapshot table
+    snapshot_chunk: int | None  # rows per snapshot chunk (None: the connector's default)
 
 
-FULL = Sizes((1, 5, 20), 100_000, 200_000, 1_000_000, 500)
-QUICK = Sizes((1, 5), 2_000, 4_000, 20_000, 20)
+FULL = Sizes((1, 5, 20), 100_000, 200_000, 1_000_000, 500, 5_000_000, None)
+QUICK = Sizes((1, 5), 2_000, 4_000, 20_000, 20, 50_000, 5_000)
 
 
 def run(ctx: Context) -> ScenarioResult:
     sizes = QUICK if ctx.quick else FULL
+    parts = _parts()
     result = ScenarioResult("cdc", TITLE)
     recvlogical = _pg_cluster.program("pg_recvlogical")
     try:
@@ -89,135 +78,27 @@ def run(ctx: Context) -> ScenarioResult:
             with pg.connect() as conn:
                 version = conn.execute("SHOW server_version").fetchone()[0].split()[0]  # type: ignore[index]
             result.notes.append(f"Server: PostgreSQL {version}, {where}.")
-            summary = []
-            for count in sizes.counts:
-                summary.append(_slots(ctx, pg, count, sizes, recvlogical, result))
-            result.notes += _summary(summary)
-            _big_and_idle(ctx, pg, sizes, version, result)
+            if "slots" in parts:
+                summary = [_slots(ctx, pg, n, sizes, recvlogical, result) for n in sizes.counts]
+                result.notes += _summary(summary)
+            if "big" in parts:
+                _big_and_idle(ctx, pg, sizes, version, result)
+            if "snapshot" in parts:
+                _cdc_snapshot.run(ctx, pg, sizes.snapshot, sizes.snapshot_chunk, result)
     except RuntimeError as exc:
         result.skipped = str(exc)
     return result
 
 
-@dataclass
-class Source:
-    """One CDC source of the bench: its schema, publication and slot share one name."""
-
-    pg: PgServer
-    name: str
-    tables: list[str]
-    folder: Path
-
-    @property
-    def config(self) -> Path:
-        return self.folder / "stack.yml"
-
-    @property
-    def warehouse(self) -> Path:
-        return self.folder / "warehouse"
-
-    def create(self, rows_each: int) -> None:
-        with self.pg.connect() as conn:
-            _drop(conn, self.name)
-            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.name)))
-            for table in self.tables:
-                name = sql.Identifier(self.name, table)
-                conn.execute(sql.SQL("CREATE TABLE {} " + _COLUMNS).format(name))
-                conn.execute(sql.SQL(_ROWS).format(name), (1, rows_each))
-                conn.execute(sql.SQL("VACUUM (FREEZE, ANALYZE) {}").format(name))
-            listed = sql.SQL(", ").join(sql.Identifier(self.name, t) for t in self.tables)
-            pub = sql.Identifier(self.name)
-            conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(pub, listed))
-        source = {
-            "connector": "postgres",
-            "schema": RAW,
-            "config": self.pg.source_config(self.name, self.tables[0])
-            | {"tables": self.tables, "replication": {"slot": self.name, "publication": self.name}},
-            "streams": {t: {"sync": "incremental_deduped"} for t in self.tables},
-        }
-        stack = {
-            "name": "bench",
-            "target": "local",
-            "targets": {"local": {"type": "duckdb", "path": str(self.warehouse)}},
-            "sources": {"pg": source},
-        }
-        self.config.write_text(yaml.safe_dump(stack, sort_keys=False))
-
-    def sync_argv(self) -> list[str]:
-        return [_mdstack(), "sync", "--source", "pg", "--config", str(self.config)]
-
-    def sync_tool(self, name: str, before: Callable[[], None] | None) -> Tool:
-        return Tool(name, lambda: (self.sync_argv(), {}, self.folder), before=before)
-
-    def save(self, label: str) -> Callable[[], None]:
-        """Copy the warehouse aside; returns the hook that puts this copy back."""
-        copy = self.folder / f"warehouse.{label}"
-        shutil.rmtree(copy, ignore_errors=True)
-        shutil.copytree(self.warehouse, copy, symlinks=True)
-        return restore(copy, self.warehouse)
-
-    def copy_slot(self, name: str, template: str | None = None) -> str:
-        with self.pg.connect() as conn:
-            if conn.execute(
-                "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (name,)
-            ).fetchone():
-                conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
-            conn.execute(
-                "SELECT pg_copy_logical_replication_slot(%s, %s)", (template or self.name, name)
-            )
-        return name
-
-    def lsn(self) -> str:
-        with self.pg.connect() as conn:
-            return str(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])  # type: ignore[index]
-
-    def checksum(self) -> tuple[int, int]:
-        """Rows and sum of ``n`` over every table, in PostgreSQL."""
-        with self.pg.connect() as conn:
-            rows = total = 0
-            for table in self.tables:
-                query = sql.SQL("SELECT count(*), coalesce(sum(n), 0) FROM {}")
-                got = conn.execute(query.format(sql.Identifier(self.name, table))).fetchone()
-                rows, total = rows + int(got[0]), total + int(got[1])  # type: ignore[index]
-        return rows, total
-
-    def landed(self) -> tuple[int, int]:
-        """The same over the synced tables in the warehouse."""
-        rows = total = 0
-        with DuckDBWarehouse(self.warehouse) as wh:
-            for table in self.tables:
-                got = wh.query(
-                    f'SELECT count(*) AS r, coalesce(sum(n), 0) AS s FROM "{RAW}"."{table}"'
-                ).to_pylist()[0]
-                rows, total = rows + int(got["r"]), total + int(got["s"])
-        return rows, total
-
-    def lag(self) -> tuple[float, float]:
-        """MB of WAL the source's slot holds back: by confirmed_flush_lsn, by restart_lsn."""
-        with self.pg.connect() as conn:
-            got = conn.execute(_LAG, (self.name,)).fetchone()
-        return (got[0] / 2**20, got[1] / 2**20) if got else (float("nan"), float("nan"))
-
-    def drop(self) -> None:
-        with self.pg.connect() as conn:
-            _drop(conn, self.name)
-
-
-def _drop(conn: psycopg.Connection[Any], name: str) -> None:
-    """The bench's slots (``name`` and ``name_*``), publication and schema."""
-    for (slot,) in conn.execute(
-        "SELECT slot_name FROM pg_replication_slots WHERE slot_name = %s OR slot_name LIKE %s",
-        (name, f"{name}\\_%"),
-    ).fetchall():
-        conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-    conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(name)))
-    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
-
-
-def _mdstack() -> str:
-    """The ``mdstack`` command of the interpreter running the bench (as a user runs it)."""
-    beside = Path(sys.executable).with_name("mdstack")
-    return str(beside) if beside.exists() else shutil.which("mdstack") or "mdstack"
+def _parts() -> set[str]:
+    """The parts :data:`ONLY` names, every part when it is unset."""
+    named = {p.strip() for p in os.environ.get(ONLY, "").split(",") if p.strip()}
+    unknown = named - set(PARTS)
+    if unknown:
+        raise SystemExit(
+            f"{ONLY}: unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}"
+        )
+    return named or set(PARTS)
 
 
 def _snapshot(ctx: Context, source: Source) -> Sample:
@@ -235,7 +116,7 @@ def _workload(pg: PgServer, schema: str, tables: list[str], changes: int) -> int
     per_table = []
     for table in tables:
         name = sql.Identifier(schema, table)
-        steps = [(sql.SQL(_ROWS).format(name), (base + a, base + b)) for a, b in _spans(inserts)]
+        steps = [(sql.SQL(ROWS).format(name), (base + a, base + b)) for a, b in _spans(inserts)]
         steps += [
             (
                 sql.SQL(
