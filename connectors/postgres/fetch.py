@@ -12,7 +12,6 @@ r"""Catalog and fetch path of :mod:`connectors.postgres`: PostgreSQL relations a
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import pyarrow as pa
 from psycopg import sql
 from sqlglot import exp
 
+from connectors.duckdb_extensions import packaged_extension
 from connectors.errors import ConnectorError
 
 
@@ -189,14 +189,12 @@ def tables(
 
 def _extension_file() -> Path:
     """The postgres_scanner binary shipped by the ``duckdb-extension-postgres-scanner`` wheel."""
-    spec = importlib.util.find_spec("duckdb_extension_postgres_scanner")
-    pin = f"pip install 'duckdb-extension-postgres-scanner=={duckdb.__version__}'"
-    if spec is None or not spec.submodule_search_locations:
-        raise ConnectorError("DuckDB's postgres extension package is not installed", hint=pin)
-    root = Path(next(iter(spec.submodule_search_locations)))
-    path = root / "extensions" / f"v{duckdb.__version__}" / "postgres_scanner.duckdb_extension"
-    if not path.exists():
-        raise ConnectorError(f"no postgres extension for DuckDB {duckdb.__version__}", hint=pin)
+    path = packaged_extension("duckdb_extension_postgres_scanner", "postgres_scanner")
+    if path is None:
+        raise ConnectorError(
+            f"DuckDB's postgres extension for DuckDB {duckdb.__version__} is not installed",
+            hint=f"pip install 'duckdb-extension-postgres-scanner=={duckdb.__version__}'",
+        )
     return path
 
 

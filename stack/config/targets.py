@@ -9,13 +9,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["TARGET_TYPES", "DuckDBTarget", "SnowflakeTarget", "Target"]
+__all__ = ["TARGET_TYPES", "DuckDBTarget", "PostgresCatalog", "SnowflakeTarget", "Target"]
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PostgresCatalog(_Model):
+    """DuckLake's catalog in a PostgreSQL database: several processes, on several machines,
+    write one lake at once (each commit is a PostgreSQL transaction; DuckLake retries one
+    that raced another when their changes do not conflict)."""
+
+    type: Literal["postgres"]
+    host: str
+    port: int = Field(default=5432, ge=1, le=65535)
+    database: str
+    user: str
+    password: str | None = None
+    """A secret reference (``${vault:kv/lake#password}``), resolved at run time."""
+    schema_: str = Field(default="ducklake", alias="schema", pattern=r"^[a-z_][a-z0-9_]*$")
+    """The PostgreSQL schema holding the catalog's tables: one lake per schema."""
+    sslmode: str | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
 class DuckDBTarget(_Model):
@@ -23,6 +42,23 @@ class DuckDBTarget(_Model):
 
     type: Literal["duckdb"]
     path: Path = Path("warehouse")
+    """The warehouse folder: the catalog file (unless ``catalog:`` is set), the data files
+    (unless ``data_path:`` is set), temporary files and extensions."""
+    catalog: PostgresCatalog | None = None
+    """Where the catalog lives; default: the DuckDB file ``<path>/catalog.ducklake``, which
+    one process writes at a time."""
+    data_path: str | None = None
+    """The folder of the lake's Parquet files, seen alike by every writer (with a PostgreSQL
+    catalog, a folder every machine mounts at the same path); default ``<path>/data``."""
+
+    @model_validator(mode="after")
+    def _data_path_needs_a_shared_catalog(self) -> DuckDBTarget:
+        if self.data_path is not None and self.catalog is None:
+            raise ValueError(
+                "data_path is for a lake with a PostgreSQL catalog (`catalog: {type:"
+                " postgres, ...}`); a DuckDB-file catalog keeps its data in <path>/data"
+            )
+        return self
     threads: int = Field(default=4, ge=1)
     memory_limit: str = "1GB"
     """DuckDB's memory limit; staged data beyond it spills to ``<path>/.tmp``."""

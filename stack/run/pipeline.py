@@ -28,7 +28,7 @@ from stack.run.parallel import Bounds, StreamJob, run_bounded
 from stack.run.replication_lag import ledger_replication_lag
 from stack.run.scope import RunScope, close_scope, shared_scope
 from stack.run.summary import RunSummary, changed_streams, failed_entry
-from stack.secrets import Resolver
+from stack.secrets import Resolver, reveal
 from stack.transform import checks
 from stack.transform.result import TransformResult
 from stack.transform.source_freshness import freshness_from_nodes
@@ -181,6 +181,13 @@ def open_target(config: StackConfig, name: str | None, resolver: Resolver) -> Wa
 def _target_warehouse(config: StackConfig, name: str | None, resolver: Resolver) -> Warehouse:
     target = config.active_target(name)
     if isinstance(target, DuckDBTarget):
+        catalog = target.catalog
+        if catalog is not None and catalog.password:  # a reference: resolved here
+            key = f"targets.{name or config.target}.catalog.password"
+            password = reveal(resolver.resolve(catalog.password, key))
+            target = target.model_copy(
+                update={"catalog": catalog.model_copy(update={"password": password})}
+            )
         return connect(target, config.root)
     resolved = resolver.resolve(
         target.model_dump(by_alias=True), f"targets.{name or config.target}"

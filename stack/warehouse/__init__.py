@@ -30,6 +30,8 @@ def connect(target: Target, root: Path) -> Warehouse:
             target.threads,
             target.memory_limit,
             busy_timeout=target.busy_timeout,
+            catalog=target.catalog,
+            data_path=target.data_path,
         )
     from stack.warehouse.snowflake import SnowflakeWarehouse
 

@@ -16,9 +16,9 @@ land there outside any transaction, and one transaction then writes the lake
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fcntl
 import functools
-import importlib.util
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -29,6 +29,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from connectors.duckdb_extensions import packaged_extension
+from stack.config.targets import PostgresCatalog
 from stack.errors import SyncConflict, WarehouseBusy, WarehouseError
 from stack.sql import ident, table
 from stack.warehouse._ducklake_envs import (
@@ -42,6 +44,7 @@ from stack.warehouse._ducklake_envs import (
     publish_lake,
     wait_while_locked,
 )
+from stack.warehouse._ducklake_pg import PASSWORD_ENV, RETRIES, PostgresCatalogLink
 from stack.warehouse.base import Capabilities
 
 EXTENSION_DIR = ".extensions"
@@ -54,14 +57,24 @@ of peak RSS instead of ~400 MB (measured), at no loss of speed."""
 
 def ducklake_extension_file() -> Path:
     """The DuckLake extension binary shipped by the ``duckdb-extension-ducklake`` wheel."""
-    spec = importlib.util.find_spec("duckdb_extension_ducklake")
-    if spec is None or not spec.submodule_search_locations:
+    return _extension("duckdb_extension_ducklake", "ducklake", "duckdb-extension-ducklake")
+
+
+def postgres_extension_file() -> Path:
+    """DuckDB's postgres extension binary (a lake's PostgreSQL catalog is reached with it)."""
+    return _extension(
+        "duckdb_extension_postgres_scanner", "postgres_scanner", "duckdb-extension-postgres-scanner"
+    )
+
+
+def _extension(package: str, name: str, wheel: str) -> Path:
+    path = packaged_extension(package, name)
+    if path is None:
         raise WarehouseError(
-            "the DuckLake extension package is not installed",
-            hint="pip install 'duckdb-extension-ducklake==1.5.5' (it must match duckdb's version)",
+            f"DuckDB's {name} extension for DuckDB {duckdb.__version__} is not installed",
+            hint=f"pip install '{wheel}=={duckdb.__version__}' (it must match duckdb's version)",
         )
-    root = Path(next(iter(spec.submodule_search_locations)))
-    return root / "extensions" / f"v{duckdb.__version__}" / "ducklake.duckdb_extension"
+    return path
 
 
 class DuckDBWarehouse:
@@ -90,9 +103,16 @@ class DuckDBWarehouse:
         memory_limit: str = "1GB",
         busy_timeout: float = BUSY_WAIT_SECONDS,
         read_only: bool = False,
+        catalog: PostgresCatalog | None = None,
+        data_path: str | None = None,
     ):
         self.read_only = read_only
         self.path = Path(path).resolve()
+        self.pg = PostgresCatalogLink(catalog) if catalog is not None else None
+        """The lake's PostgreSQL catalog; None: the DuckDB file ``W/catalog.ducklake``."""
+        self._data_path = data_path
+        if self.pg is not None:  # several processes, on several machines, write at once
+            self.capabilities = dataclasses.replace(self.capabilities, concurrent_writers=True)
         self.threads = threads
         self.memory_limit = memory_limit
         self.busy_timeout = busy_timeout
@@ -103,6 +123,8 @@ class DuckDBWarehouse:
 
     # -- connection ---------------------------------------------------------------------------
     def __enter__(self) -> DuckDBWarehouse:
+        if self.pg is not None:
+            return self._enter_postgres(self.pg)
         (self.path / DATA_DIR).mkdir(parents=True, exist_ok=True)
         self._link_extension()
         con = duckdb.connect(config=self._config())
@@ -127,6 +149,36 @@ class DuckDBWarehouse:
         except WarehouseError:
             con.close()
             raise
+        con.execute(f"USE {ALIAS}")
+        if not self.read_only:
+            _set_default_options(con)
+        self._con = con
+        return self
+
+    def _enter_postgres(self, pg: PostgresCatalogLink) -> DuckDBWarehouse:
+        """Attach the lake through its PostgreSQL catalog (no file lock: writers commit at
+        once, and DuckLake retries a commit that raced another)."""
+        if not self._data_path or "://" not in self._data_path:
+            Path(self.data_path).mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._link_extension()
+        con = duckdb.connect(config=self._config())
+        options = f"DATA_PATH {_literal(self.data_path)}, METADATA_SCHEMA {_literal(pg.schema)}"
+        if self.read_only:
+            options += ", READ_ONLY"
+        try:
+            if password := pg.catalog.password:
+                con.execute("CREATE TEMPORARY SECRET (TYPE postgres, PASSWORD ?)", [password])
+            con.execute(f"SET ducklake_max_retry_count = {RETRIES}")
+            con.execute(f"ATTACH {_literal(pg.attach_path)} AS {ALIAS} ({options})")
+        except duckdb.Error as exc:
+            con.close()
+            text = str(exc).replace(pg.catalog.password or chr(0), "***")
+            raise WarehouseBusy(
+                f"cannot open the lake's catalog {pg.where}: {text}",
+                hint="check that the catalog database is up and reachable from here, and the "
+                "user may create tables in it (the first open creates the catalog's tables)",
+            ) from None
         con.execute(f"USE {ALIAS}")
         if not self.read_only:
             _set_default_options(con)
@@ -161,6 +213,8 @@ class DuckDBWarehouse:
 
     @property
     def data_path(self) -> str:
+        if self._data_path:
+            return self._data_path.rstrip("/") + "/"
         return f"{self.path / DATA_DIR}/"
 
     def _config(self) -> dict[str, Any]:
@@ -186,14 +240,18 @@ class DuckDBWarehouse:
         costs a connection (~0.1 s) in every process.
         """
         versioned = self.path / EXTENSION_DIR / f"v{duckdb.__version__}"
-        packaged = ducklake_extension_file().resolve()
-        found = versioned.glob("*/ducklake.duckdb_extension")
-        if any(f.is_symlink() and f.resolve() == packaged for f in found):
-            return
-        link = versioned / _platform() / "ducklake.duckdb_extension"
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.unlink(missing_ok=True)
-        link.symlink_to(packaged)
+        wanted = [ducklake_extension_file()]
+        if self.pg is not None:  # the catalog is reached through the postgres extension
+            wanted.append(postgres_extension_file())
+        for extension in wanted:
+            packaged = extension.resolve()
+            found = versioned.glob(f"*/{extension.name}")
+            if any(f.is_symlink() and f.resolve() == packaged for f in found):
+                continue
+            link = versioned / _platform() / extension.name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.unlink(missing_ok=True)
+            link.symlink_to(packaged)
 
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -284,8 +342,14 @@ class DuckDBWarehouse:
         """Hold a named lock for the block, across processes; raise SyncConflict if taken.
 
         An OS file lock in ``W/.locks``: released by the OS when its holder dies, so a
-        killed run never leaves a stale lock behind.
+        killed run never leaves a stale lock behind. With a PostgreSQL catalog, an advisory
+        lock in the catalog's database instead: it holds across machines, and the server
+        releases it when its holder dies.
         """
+        if self.pg is not None:
+            with self.pg.lock(name):
+                yield
+            return
         folder = self.path / ".locks"
         folder.mkdir(exist_ok=True)
         with open(folder / f"{name}.lock", "w") as handle:
@@ -351,23 +415,38 @@ class DuckDBWarehouse:
 
     # -- environments -------------------------------------------------------------------------
     def environment(self, name: str) -> DuckDBWarehouse:
+        self._file_catalog_only("environments (mdstack clone, publish.audit)")
         return DuckDBWarehouse(
             environment_path(self.path, name), self.threads, self.memory_limit, self.busy_timeout
         )
 
     def clone_into(self, name: str) -> DuckDBWarehouse:
+        self._file_catalog_only("environments (mdstack clone, publish.audit)")
         clone_lake(self.path, environment_path(self.path, name), self.busy_timeout)
         return self.environment(name)
 
     def publish(self, name: str) -> None:
+        self._file_catalog_only("publishing an environment (publish.audit)")
         publish_lake(environment_path(self.path, name), self.path, self.busy_timeout)
 
     def drop_environment(self, name: str) -> None:
+        self._file_catalog_only("environments (mdstack clone, publish.audit)")
         drop_lake(environment_path(self.path, name))
+
+    def _file_catalog_only(self, what: str) -> None:
+        if self.pg is not None:
+            raise WarehouseError(
+                f"{what}: not available yet on a lake with a PostgreSQL catalog",
+                hint="use a DuckDB-file catalog for write-audit-publish and clones, or set "
+                "publish: {audit: false}",
+            )
 
     # -- dbt ----------------------------------------------------------------------------------
     def dbt_env(self) -> dict[str, str]:
-        return {}  # a local DuckLake needs no credentials
+        """The catalog's password for the profile's ``env_var`` (a local DuckLake has none)."""
+        if self.pg is not None and self.pg.catalog.password:
+            return {PASSWORD_ENV: self.pg.catalog.password}
+        return {}
 
     def dbt_output(self) -> dict[str, Any]:
         self._link_extension()
@@ -380,14 +459,23 @@ class DuckDBWarehouse:
             # (a view created by one thread was missing for another's tests).
             "threads": 1,
             "config_options": self._config(),
-            "attach": [
-                {
-                    "path": f"ducklake:{self.catalog}",
-                    "alias": ALIAS,
-                    "options": {"data_path": self.data_path},
-                }
-            ],
+            "attach": [self._dbt_attach()],
+            **self._dbt_secrets(),
         }
+
+    def _dbt_attach(self) -> dict[str, Any]:
+        if self.pg is None:
+            path, options = f"ducklake:{self.catalog}", {"data_path": self.data_path}
+        else:
+            path = self.pg.attach_path
+            options = {"data_path": self.data_path, "metadata_schema": self.pg.schema}
+        return {"path": path, "alias": ALIAS, "options": options}
+
+    def _dbt_secrets(self) -> dict[str, Any]:
+        if self.pg is None or not self.pg.catalog.password:
+            return {}
+        password = "{{ env_var('" + PASSWORD_ENV + "') }}"
+        return {"secrets": [{"type": "postgres", "password": password}]}
 
 
 @functools.cache
@@ -398,6 +486,11 @@ def _platform() -> str:
     if row is None:
         raise WarehouseError("DuckDB did not name its platform")
     return str(row[0])
+
+
+def _literal(text: str) -> str:
+    """``text`` as a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _set_default_options(con: duckdb.DuckDBPyConnection) -> None:

@@ -28,6 +28,7 @@ multiplies them for a deep run.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -40,6 +41,7 @@ from hypothesis import HealthCheck, settings
 
 from connectors.base import SOURCE_DELETED_AT, Batch, Deletes, Message, Source
 from stack.config import SourceConfig
+from stack.config.targets import PostgresCatalog
 from stack.load import (
     EVERY_CHECKPOINT,
     CommitPolicy,
@@ -80,11 +82,34 @@ class Adapter:
     shared_location: bool
 
 
+CATALOG_PORT = "MDSTACK_TEST_CATALOG_PORT"
+"""The port of the PostgreSQL cluster holding the catalogs of ``duckdb-pg`` lakes (set by the
+suite's ``adapter`` fixture; a worker process the suite starts inherits it)."""
+
+
+def open_pg_catalog(path: Path) -> DuckDBWarehouse:
+    """A lake in ``path`` whose catalog is a schema (named after ``path``) of the session's
+    PostgreSQL cluster."""
+    schema = "lake_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    catalog = PostgresCatalog.model_validate(
+        {
+            "type": "postgres",
+            "host": "127.0.0.1",
+            "port": int(os.environ[CATALOG_PORT]),
+            "database": "postgres",
+            "user": "postgres",
+            "schema": schema,
+        }
+    )
+    return DuckDBWarehouse(path, threads=1, catalog=catalog)
+
+
 ADAPTERS: dict[str, Adapter] = {
     adapter.name: adapter
     for adapter in (
         # One thread: the suite's tables are tiny; starting threads costs more than it saves.
         Adapter("duckdb", lambda path: DuckDBWarehouse(path, threads=1), shared_location=True),
+        Adapter("duckdb-pg", open_pg_catalog, shared_location=True),
         # fakesnow's server lives in the test process: no other process can reach it.
         Adapter("snowflake", open_for_contract, shared_location=False),
     )

@@ -8,18 +8,21 @@ engine scopes rows and state by region, so examples never see each other.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from stack.warehouse.base import Warehouse
-from tests.contract import ADAPTERS, Adapter
+from tests.contract import ADAPTERS, CATALOG_PORT, Adapter
 from tests.snowflake_fixtures import stop_fakesnow_server
 
 
 @pytest.fixture(params=sorted(ADAPTERS))
 def adapter(request: pytest.FixtureRequest) -> Adapter:
+    if request.param == "duckdb-pg":  # the catalogs' server: the session's PostgreSQL
+        os.environ[CATALOG_PORT] = str(request.getfixturevalue("pg_logical").dsn["port"])
     return ADAPTERS[request.param]
 
 
