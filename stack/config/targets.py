@@ -59,6 +59,7 @@ class DuckDBTarget(_Model):
                 " postgres, ...}`); a DuckDB-file catalog keeps its data in <path>/data"
             )
         return self
+
     threads: int = Field(default=4, ge=1)
     memory_limit: str = "1GB"
     """DuckDB's memory limit; staged data beyond it spills to ``<path>/.tmp``."""
