@@ -99,11 +99,20 @@ class Source:
         return Tool(name, lambda: (self.sync_argv(), {}, self.folder), before=before)
 
     def save(self, label: str) -> Callable[[], None]:
-        """Copy the warehouse aside; returns the hook that puts this copy back."""
+        """Copy the warehouse and the source's slot aside; returns the hook that puts both
+        back. A sync releases the slot up to the states it committed: a warehouse put back
+        alone would be behind its slot (the sync would refuse it, as it must)."""
         copy = self.folder / f"warehouse.{label}"
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(self.warehouse, copy, symlinks=True)
-        return restore(copy, self.warehouse)
+        saved = self.copy_slot(f"{self.name}_{label}", self.name)
+        put_back = restore(copy, self.warehouse)
+
+        def before() -> None:
+            put_back()
+            self.copy_slot(self.name, saved)
+
+        return before
 
     def copy_slot(self, name: str, template: str | None = None) -> str:
         with self.pg.connect() as conn:

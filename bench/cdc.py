@@ -365,10 +365,10 @@ def _retention(
         )
     )
     result.notes.append(
-        "Retention is measured after each sync, from `pg_current_wal_lsn()`. A read advances "
-        "the slot, at its start, to the smallest position every stream has committed: the "
-        "first sync reads the writes and checkpoints past them, the second moves the slot "
-        "there. `restart_lsn` moves once the slot has decoded a running-transactions record "
+        "Retention is measured after each sync, from `pg_current_wal_lsn()`. Once a sync "
+        "has committed its states (each checkpointed where its read ended, past the writes), "
+        "it advances the slot to the smallest position every stream has committed. "
+        "`restart_lsn` moves once the slot has decoded a running-transactions record "
         "past it; "
         + (
             "PostgreSQL 16+ could log one on demand (`pg_log_standby_snapshot()`); "
