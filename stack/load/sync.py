@@ -317,10 +317,11 @@ def _existing_columns(
     An empty table that no run of this stream committed to (``state`` is None: a failed
     first sync left it) is dropped first: its columns and types came from that run's schema
     and data, and would otherwise decide this run's (refused under ``freeze``); this run
-    creates it afresh.
+    creates it afresh. Not on a warehouse with several writers: there the empty table may be
+    another region's first run, still loading into it.
     """
     columns = wh.columns(plan.schema, plan.name)
-    if columns is None or state is not None:
+    if columns is None or state is not None or wh.capabilities.concurrent_writers:
         return columns
     if wh.query(f"SELECT COUNT(*) AS n FROM {plan.target}").column(0)[0].as_py() == 0:
         wh.execute(f"DROP TABLE {plan.target}")

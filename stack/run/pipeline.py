@@ -11,15 +11,18 @@ bounds of :mod:`stack.run.parallel`.
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from stack import bi, lineage, transform
 from stack.config import DuckDBTarget, StackConfig, load_config
-from stack.errors import ConfigError
+from stack.errors import ConfigError, SyncConflict
 from stack.load import Progress, RunContext, ledger, utcnow
 from stack.load.ledger import RunEntry
 from stack.logs import log_context
@@ -33,6 +36,8 @@ from stack.transform import checks
 from stack.transform.result import TransformResult
 from stack.transform.source_freshness import freshness_from_nodes
 from stack.warehouse import Warehouse, connect
+
+log = logging.getLogger(__name__)
 
 
 def new_run_id() -> str:
@@ -258,8 +263,12 @@ def transform_changes(
     with (
         log_context(run_id=run_id, pipeline=config.name, region=region),
         secrets_for(config) as resolver,
+        ExitStack() as held,
     ):
         published = open_target(config, target, resolver)
+        if published.capabilities.concurrent_writers:  # a handle of its own holds the lock
+            locker = held.enter_context(open_target(config, target, resolver))
+            held.enter_context(one_build_at_a_time(locker))
         audit_env = f"audit-{region}" if config.publish.audit else None
         building = published.clone_into(audit_env) if audit_env else published
         run, freshness = (
@@ -290,6 +299,34 @@ def transform_changes(
                     wh, (run_id, config.name, region), done.command, done.nodes, utcnow()
                 )
     return result
+
+
+DBT_BUILD_LOCK = "dbt-build"
+DBT_BUILD_WAIT_S = 3600.0
+"""How long a region's dbt build waits for another region's to finish."""
+
+
+@contextmanager
+def one_build_at_a_time(wh: Warehouse, wait: float = DBT_BUILD_WAIT_S) -> Iterator[None]:
+    """Hold the warehouse's dbt build lock for the block, waiting up to ``wait`` seconds.
+
+    On a warehouse several processes write at once, the regions' dbt runs replace the same
+    models (a view renamed to its backup, the new one created): two at once collide. The
+    loads still run side by side; the builds take turns.
+    """
+    deadline, pause = time.monotonic() + wait, 0.5
+    with ExitStack() as stack:
+        while True:
+            try:
+                stack.enter_context(wh.lock(DBT_BUILD_LOCK))
+                break
+            except SyncConflict:
+                if time.monotonic() > deadline:
+                    raise
+                log.info("waiting for another region's dbt build to finish")
+                time.sleep(pause)
+                pause = min(pause * 2, 5.0)
+        yield
 
 
 def _publish(published: Warehouse, built: TransformResult, run_id: str) -> TransformResult:
