@@ -5,8 +5,10 @@ only talks to the server named by ``PREFECT_API_URL``:
 
 * the work pools the plan uses are created if missing (``process`` type by default);
 * each planned deployment is created or updated in place with
-  ``flow.from_source(<project dir>, "flows/pipeline.py:pipeline").deploy(...)``:
-  no Docker image and no git, the worker runs the code where it is;
+  ``flow.from_source(<project storage>, "flows.pipeline.pipeline").deploy(...)``:
+  no Docker image and no git. The worker imports the flow from the installed package
+  and its one pull step (:mod:`flows.project`) enters the project folder as that
+  worker sees it; no folder of this machine is stored;
 * deployments of this stack (tag ``mdstack:<name>``) that the plan no longer has
   are deleted, and ``prefect.yaml`` beside ``stack.yml`` is rewritten to match;
 * each source gets a global concurrency limit of its ``concurrency`` slots
@@ -36,6 +38,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.events import DeploymentEventTrigger
 from prefect.exceptions import ObjectNotFound
+from prefect.runner.storage import LocalStorage
 from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL
 from prefect.workers.base import BaseWorker
@@ -45,15 +48,25 @@ from stack.config import load_config
 from stack.errors import ConfigError
 from stack.run import deployments as plans
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-"""Where the code lives: the folder holding ``flows/`` (the deployments' working directory)."""
+
+class ProjectStorage(LocalStorage):
+    """The project folder here (to load the flow at deploy time) and, as the pull step
+    stored in the deployment, :func:`flows.project.enter_project` with the folder the
+    workers see."""
+
+    def __init__(self, local_root: Path, pull_steps: list[dict[str, Any]]) -> None:
+        super().__init__(str(local_root))
+        self._pull_steps = pull_steps
+
+    def to_pull_step(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self._pull_steps
 
 
 def deploy(
     config_path: str | Path | None = None,
     dry_run: bool = False,
-    project_dir: Path = PROJECT_DIR,
     specs: dict[str, plans.DeploymentSpec] | None = None,
+    project_dir: str | None = None,
 ) -> list[plans.Change]:
     """Create, update or delete deployments until the server matches ``stack.yml``.
 
@@ -61,14 +74,15 @@ def deploy(
         config_path: the ``stack.yml`` (default: ``./stack.yml`` or ``$MDSTACK_CONFIG``).
         dry_run: only compare with the server and return what would change (with no
             server, the plan: every deployment a create).
-        project_dir: the code's folder, where workers run flows.
         specs: the ``deployments:`` section (default: the config's own).
+        project_dir: the project folder as the workers see it, for deployments whose
+            spec names none (default: the worker's ``MDSTACK_PROJECT_DIR``).
 
     Returns:
         One change per planned deployment, plus ``delete`` for stale ones.
     """
     config = load_config(config_path)
-    plan = plans.plan_deployments(config, specs)
+    plan = plans.plan_deployments(config, specs, project_dir)
     if not PREFECT_API_URL.value():
         if dry_run:  # the plan alone: every deployment would be created
             return plans.diff(plan, {})
@@ -83,9 +97,9 @@ def deploy(
         changes = plans.diff(plan, {name: facts for name, (_, facts) in existing.items()})
         if dry_run:
             return changes
-        _make_changes(client, plan, changes, {n: i for n, (i, _) in existing.items()}, project_dir)
+        _make_changes(client, plan, changes, {n: i for n, (i, _) in existing.items()}, config.root)
         ensure_source_limits(client, config)
-    write_prefect_yaml(config.root / "prefect.yaml", plan, project_dir)
+    write_prefect_yaml(config.root / "prefect.yaml", plan)
     return changes
 
 
@@ -94,25 +108,23 @@ def _make_changes(
     plan: list[plans.PlannedDeployment],
     changes: list[plans.Change],
     ids: dict[str, Any],
-    project_dir: Path,
+    local_root: Path,
 ) -> None:
     for pool, kind in dict.fromkeys((d.work_pool, d.work_pool_type) for d in plan):
         ensure_work_pool(client, pool, kind)
-    todo = [p for p, c in zip(plan, changes, strict=False) if c.action != "unchanged"]
-    if todo:
-        source = _done(Flow.from_source(source=str(project_dir), entrypoint=plans.ENTRYPOINT))
-        for planned in todo:
+    for planned, change in zip(plan, changes, strict=False):
+        if change.action != "unchanged":
+            storage = ProjectStorage(local_root, planned.pull_steps())
+            source = _done(Flow.from_source(source=storage, entrypoint=plans.ENTRYPOINT))
             apply(client, source, planned)
     for change in changes[len(plan) :]:  # delete: deployments of this stack no longer planned
         client.delete_resource_owned_automations(f"prefect.deployment.{ids[change.name]}")
         client.delete_deployment(ids[change.name])
 
 
-def write_prefect_yaml(
-    path: Path, plan: list[plans.PlannedDeployment], project_dir: Path = PROJECT_DIR
-) -> Path:
+def write_prefect_yaml(path: Path, plan: list[plans.PlannedDeployment]) -> Path:
     """Write ``prefect.yaml`` for ``plan`` (``prefect deploy --all`` makes the same)."""
-    path.write_text(plans.prefect_yaml(plan, project_dir, prefect.__version__))
+    path.write_text(plans.prefect_yaml(plan, prefect.__version__))
     return path
 
 
@@ -181,6 +193,7 @@ def _facts(client: SyncPrefectClient, d: Any) -> dict[str, Any]:
     automations = client.read_resource_related_automations(f"prefect.deployment.{d.id}")
     return {
         "entrypoint": d.entrypoint,
+        "pull_steps": d.pull_steps,
         "parameters": d.parameters,
         "schedules": [
             (getattr(s.schedule, "cron", None), getattr(s.schedule, "timezone", None), s.active)

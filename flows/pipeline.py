@@ -136,8 +136,10 @@ def pipeline(
     With ``full_refresh`` each stream is read from scratch and its region's rows are
     replaced in one transaction (``mdstack run --full-refresh``).
     Alerts go out at the end (``alerts:`` in stack.yml).
+    A relative ``config_path`` (a deployment's ``stack.yml``) is taken in the working
+    directory, the project folder the deployment's pull step entered.
     """
-    path = str(default_config_path(config_path))
+    path = str(default_config_path(config_path).absolute())
     config = load_config(path)
     selection = engine.select(
         config, region or config.region_names()[0], sources or (), streams or ()

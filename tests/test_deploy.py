@@ -7,6 +7,7 @@ are stopped by pid at the end of the run.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from datetime import UTC, datetime
@@ -109,7 +110,7 @@ def test_the_plan_has_one_deployment_per_region_and_source_as_asked(tmp_path):
         POOL,
         1,
     )
-    assert us.parameters == {"region": "us", "config_path": str(tmp_path / "stack.yml")}
+    assert us.parameters == {"region": "us", "config_path": "stack.yml"}
     assert us.tags == ("mdstack", "mdstack:shop", "region:us", "deployment:pipeline")
     assert us.facts()["concurrency"] == (1, "ENQUEUE")
     hourly = by_name["shop-crm-hourly-eu-crm"]
@@ -131,16 +132,20 @@ def test_the_plan_has_one_deployment_per_region_and_source_as_asked(tmp_path):
     ]
 
 
-def test_prefect_yaml_mirrors_the_plan(tmp_path):
+def test_prefect_yaml_mirrors_the_plan_and_names_no_folder_of_this_machine(tmp_path):
     config = load_config(stack(tmp_path))
-    plan = plans.plan_deployments(config, {"pipeline": spec(after=["pipeline"])})
-    document = yaml.safe_load(plans.prefect_yaml(plan, ROOT, "3.8.8"))
+    specs = {"pipeline": spec(after=["pipeline"]), "moved": spec(project_dir="/mdstack")}
+    plan = plans.plan_deployments(config, specs)
+    text = plans.prefect_yaml(plan, "3.8.8")
+    assert str(tmp_path) not in text and str(ROOT) not in text
+    document = yaml.safe_load(text)
     assert document["build"] is None and document["push"] is None
-    (pull,) = document["pull"]
-    assert pull == {"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}
-    first = document["deployments"][0]
+    first, moved = document["deployments"][0], document["deployments"][2]
+    assert first["pull"] == [{"flows.project.enter_project": {}}]  # the worker's env says
+    assert moved["pull"] == [{"flows.project.enter_project": {"directory": "/mdstack"}}]
     assert first["name"] == "shop-pipeline-us"
-    assert first["entrypoint"] == "flows/pipeline.py:pipeline"
+    assert first["parameters"] == {"region": "us", "config_path": "stack.yml"}
+    assert first["entrypoint"] == "flows.pipeline.pipeline"
     assert first["schedules"] == [
         {"cron": "0 6 * * *", "timezone": "America/New_York", "active": True}
     ]
@@ -236,6 +241,94 @@ def test_only_retryable_errors_are_retried():
     assert sync_stream.timeout_seconds is None  # in a worker thread it could not interrupt
 
 
+def test_the_pull_step_enters_the_named_folder_else_the_one_the_worker_names(tmp_path, monkeypatch):
+    from flows.project import enter_project
+
+    monkeypatch.chdir(tmp_path)  # the step changes folder; monkeypatch changes it back
+    named, from_env = tmp_path / "named", tmp_path / "from-env"
+    named.mkdir(), from_env.mkdir()
+    monkeypatch.setenv("MDSTACK_PROJECT_DIR", str(from_env))
+    assert enter_project(str(named)) == {"directory": str(named.resolve())}
+    assert Path.cwd() == named.resolve()
+    assert enter_project() == {"directory": str(from_env.resolve())}
+    with pytest.raises(ConfigError, match=r"gone \(project_dir\) does not exist on this worker"):
+        enter_project(str(tmp_path / "gone"))
+    monkeypatch.delenv("MDSTACK_PROJECT_DIR")
+    with pytest.raises(ConfigError, match="names no project folder") as caught:
+        enter_project()
+    assert "start the worker with MDSTACK_PROJECT_DIR=" in str(caught.value)
+
+
+def test_a_relative_project_dir_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="project_dir 'mdstack' is not absolute"):
+        spec(project_dir="mdstack")
+    with pytest.raises(ConfigError, match=r"--project-dir: project_dir '\.' is not absolute"):
+        plans.plan_deployments(load_config(stack(tmp_path)), project_dir=".")
+
+
+def localhost_stack(folder: Path, deployments: dict | None = None) -> Path:
+    """A stack whose CRM database is on this machine (and whose password says so too)."""
+    crm = {
+        "connector": "postgres",
+        "config": {
+            "host": "localhost",
+            "database": "crm",
+            "user": "crm",
+            "password": "hunter2@localhost",
+        },
+        "schema": "raw_crm",
+        "streams": {"accounts": {}},
+    }
+    path = stack(folder, {"crm": crm}, {"us": {"timezone": "UTC"}})
+    if deployments is not None:
+        path.write_text(path.read_text() + yaml.safe_dump({"deployments": deployments}))
+    return path
+
+
+def dry_run(path: Path, *flags: str) -> str:
+    """What `mdstack deploy --dry-run` prints (no server), whitespace made single spaces."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from typer.testing import CliRunner
+
+    from stack.cli import app
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        result = CliRunner().invoke(app, ["deploy", "--dry-run", "--config", str(path), *flags])
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())
+
+
+def test_localhost_is_flagged_only_for_workers_that_run_elsewhere(tmp_path):
+    path = localhost_stack(tmp_path)
+    assert "warning" not in dry_run(path)  # process pool, no project_dir: maybe this machine
+    assert "warning" not in dry_run(path, "--project-dir", str(tmp_path))  # this very folder
+    moved = dry_run(path, "--project-dir", "/mdstack")
+    assert (
+        "warning: deployments run on workers elsewhere (shop-pipeline-us: project_dir /mdstack "
+        "is not this folder), where localhost is the worker's own machine or container, yet "
+        "stack.yml names this machine at sources.crm.config.host (localhost), "
+        "sources.crm.config.password (localhost)." in moved
+    )
+    assert "${env:NAME} reference set on each worker" in moved
+    assert "hunter2" not in moved  # keys are named, never values
+    assert "create shop-pipeline-us" in moved
+
+    docker = localhost_stack(tmp_path, {"pipeline": {"work_pool": "k", "work_pool_type": "docker"}})
+    assert "pool 'k' is of type docker), where localhost" in dry_run(docker)
+
+
+def test_a_local_prefect_api_url_is_flagged_for_workers_elsewhere(tmp_path):
+    config = load_config(stack(tmp_path))  # its addresses are all files
+    here = plans.plan_deployments(config)
+    moved = plans.plan_deployments(config, project_dir="/srv/shop")
+    api = "http://127.0.0.1:4200/api"
+    assert plans.localhost_warnings(config, moved, "http://prefect:4200/api") == []
+    assert plans.localhost_warnings(config, here, api) == []
+    (warning,) = plans.localhost_warnings(config, moved, api)
+    assert "PREFECT_API_URL names this machine (127.0.0.1)" in warning
+    assert "start those workers with a PREFECT_API_URL of this server that they reach" in warning
+
+
 # -- on a real Prefect server -------------------------------------------------------------
 
 
@@ -281,7 +374,7 @@ def test_deploy_schedules_and_runs_one_at_a_time_per_region(tmp_path, prefect_ap
     from flows.deploy import deploy
 
     path = stack(tmp_path)
-    specs = {"pipeline": spec(work_pool=POOL)}
+    specs = {"pipeline": spec(work_pool=POOL, project_dir=str(tmp_path))}  # the shared worker
     with using_api(prefect_api), get_client(sync_client=True) as client:
         assert [c.action for c in deploy(path, dry_run=True, specs=specs)] == ["create", "create"]
         assert "shop-pipeline-us" not in {d.name for d in client.read_deployments()}
@@ -294,11 +387,11 @@ def test_deploy_schedules_and_runs_one_at_a_time_per_region(tmp_path, prefect_ap
             "0 6 * * *",
             "America/New_York",
         )
-        assert us.parameters == {"region": "us", "config_path": str(path)}
+        assert us.parameters == {"region": "us", "config_path": "stack.yml"}
         assert us.work_pool_name == POOL and "mdstack:shop" in us.tags
         assert us.global_concurrency_limit.limit == 1
         assert us.concurrency_options.collision_strategy.value == "ENQUEUE"
-        assert us.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"]
+        assert us.pull_steps == [{"flows.project.enter_project": {"directory": str(tmp_path)}}]
         assert (tmp_path / "prefect.yaml").exists()
 
         first = run_deployment(us.id, parameters={"region": "us"}, timeout=0)
@@ -314,6 +407,46 @@ def test_deploy_schedules_and_runs_one_at_a_time_per_region(tmp_path, prefect_ap
     with DuckDBWarehouse(tmp_path / "warehouse") as wh:
         runs = wh.query("SELECT DISTINCT run_id, region FROM _mds_runs").to_pylist()
     assert len(runs) == 2 and {r["region"] for r in runs} == {"us"}
+
+
+@pytest.mark.slow
+def test_a_deployment_made_in_one_folder_runs_from_a_copy_of_the_project_elsewhere(
+    tmp_path, prefect_api
+):
+    """Deployed from folder A, which is then removed; a worker started with a copy at B
+    runs it there: the deployment names no folder of the machine that deployed it."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from flows.deploy import deploy
+
+    here, there = tmp_path / "deployed-from", tmp_path / "worker-copy"
+    here.mkdir()
+    path = stack(here, regions={"us": {"timezone": "America/New_York"}})
+    config = yaml.safe_load(path.read_text())
+    config["name"] = "shop5"
+    config["targets"]["local"]["path"] = "warehouse"  # relative to stack.yml
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    pool = "mdstack-elsewhere"  # a pool of its own: the shared worker must not take the run
+    with using_api(prefect_api), get_client(sync_client=True) as client:
+        deploy(path, specs={"pipeline": spec(work_pool=pool)})
+        deployment = client.read_deployment_by_name("mdstack-pipeline/shop5-pipeline-us")
+        assert str(here) not in deployment.model_dump_json()
+        shutil.copytree(here, there)
+        shutil.rmtree(here)
+        worker = Worker(
+            prefect_api, pool, tmp_path / "worker-home", {"MDSTACK_PROJECT_DIR": str(there)}
+        )
+        try:
+            worker.wait_ready()
+            run = wait_final(client, run_deployment(deployment.id, timeout=0).id)
+        finally:
+            worker.stop()
+        assert run.state.is_completed(), worker.process.output()[-3000:]
+    assert not here.exists()
+    with DuckDBWarehouse(there / "warehouse") as wh:
+        (orders,) = wh.query("SELECT count(*) AS n FROM raw_shop.orders").to_pylist()
+    assert orders["n"] > 0
 
 
 @pytest.mark.slow
@@ -381,11 +514,11 @@ def test_prefect_deploy_of_the_written_prefect_yaml_makes_the_same_deployments(
     path.write_text(yaml.safe_dump(config))
     specs = {"pipeline": spec(work_pool=POOL), "marts": spec(work_pool=POOL, after=["pipeline"])}
     plan = plans.plan_deployments(load_config(path), specs)
-    written = write_prefect_yaml(tmp_path / "prefect.yaml", plan, ROOT)
+    written = write_prefect_yaml(tmp_path / "prefect.yaml", plan)
     command = [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all"]
-    done = subprocess.run(
+    done = subprocess.run(  # from the project folder, which holds no code
         [*command, "--prefect-file", str(written)],
-        cwd=ROOT,
+        cwd=tmp_path,
         env={**os.environ, "PREFECT_API_URL": prefect_api},
         capture_output=True,
         text=True,
@@ -411,8 +544,10 @@ def test_a_file_landing_starts_the_deployment_that_watches_its_folder(
     config["name"] = "shop3"
     path.write_text(yaml.safe_dump(config))
     specs = {
-        "landing": spec(work_pool=POOL, on_file={"path": "landing/{{ region }}"}),
-        "after": spec(work_pool=POOL, after=["landing"]),
+        "landing": spec(
+            work_pool=POOL, project_dir=str(tmp_path), on_file={"path": "landing/{{ region }}"}
+        ),
+        "after": spec(work_pool=POOL, project_dir=str(tmp_path), after=["landing"]),
     }
     folder = tmp_path / "landing" / "us"
     folder.mkdir(parents=True)

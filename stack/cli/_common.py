@@ -87,6 +87,15 @@ def say_error(label: str, text: str) -> None:
         console.print(f"[bold red]{label}:[/] {text}", highlight=False, soft_wrap=True)
 
 
+def say_warning(text: str) -> None:
+    """A warning for the user: a yellow line on the console, or a WARNING record when
+    logging as JSON."""
+    if json_logs():
+        log.warning("%s", text)
+    else:
+        console.print(f"[bold yellow]warning:[/] {text}", highlight=False, soft_wrap=True)
+
+
 @contextmanager
 def warehouse(config: Path | None, target: str | None) -> Iterator[tuple[StackConfig, Warehouse]]:
     """The loaded config and the (unopened) warehouse of ``--target``, secrets resolved."""

@@ -22,6 +22,7 @@ from stack.cli._common import (
     out,
     prefect_defaults,
     say_error,
+    say_warning,
 )
 from stack.cli.render import print_summary, progress, status
 from stack.config import config_path, load_config
@@ -146,20 +147,38 @@ def deploy(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only show what would change on the server.")
     ] = False,
+    project_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--project-dir",
+            help="The folder of stack.yml as the workers see it (e.g. /mdstack), for "
+            "deployments that set no `project_dir:`; default: each worker's "
+            "MDSTACK_PROJECT_DIR.",
+        ),
+    ] = None,
 ) -> None:
     """Create or update the Prefect deployments stack.yml declares, on PREFECT_API_URL.
 
     One per region (and per source where `deployments:` says so), with cron schedules
     in the region's time zone, at most one active run per deployment (later ones wait),
     and event triggers; stale ones are deleted and prefect.yaml is rewritten to match.
+    Warns where stack.yml names localhost for deployments whose workers run elsewhere.
     """
     with errors():
         prefect_defaults()
+        from prefect.settings import PREFECT_API_URL
+
         from flows.deploy import deploy as apply_deployments
+        from stack.run.deployments import localhost_warnings, plan_deployments
 
         apply_log_format()
 
-        changes = apply_deployments(config_path(config), dry_run=dry_run)
+        path = config_path(config)
+        cfg = load_config(path)
+        plan = plan_deployments(cfg, project_dir=project_dir)
+        for warning in localhost_warnings(cfg, plan, PREFECT_API_URL.value()):
+            say_warning(warning)
+        changes = apply_deployments(path, dry_run=dry_run, project_dir=project_dir)
     for change in changes:
         out.print(change.describe(), highlight=False, soft_wrap=True)
     if dry_run:

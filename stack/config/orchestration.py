@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -52,6 +53,10 @@ class DeploymentSpec(_Model):
     work_pool: str = "default"
     work_pool_type: str = DEFAULT_POOL_TYPE
     work_queue: str | None = None
+    project_dir: str | None = None
+    """The project folder (the one holding ``stack.yml``) as the pool's workers see it,
+    e.g. ``/mdstack``; default: ``mdstack deploy --project-dir``, else the worker's
+    ``MDSTACK_PROJECT_DIR``. Absolute: a worker runs each flow in a folder of its own."""
     concurrency: int = Field(default=1, ge=1)
     """Runs of one deployment at a time; later runs wait (``ENQUEUE``)."""
     tags: tuple[str, ...] = ()
@@ -68,6 +73,13 @@ class DeploymentSpec(_Model):
             check_cron(value)
         return value
 
+    @field_validator("project_dir")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_project_dir(value)
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str | None) -> str | None:
@@ -79,6 +91,17 @@ class DeploymentSpec(_Model):
 def default_deployments() -> dict[str, DeploymentSpec]:
     """With no ``deployments:`` section: one deployment per region, named ``pipeline``."""
     return {"pipeline": DeploymentSpec()}
+
+
+def check_project_dir(folder: str) -> str:
+    """An absolute folder (POSIX or Windows), or a :class:`ConfigProblem`: a relative one
+    would be taken relative to the temporary folder a worker runs each flow in."""
+    if not (PurePosixPath(folder).is_absolute() or PureWindowsPath(folder).is_absolute()):
+        raise ConfigProblem(
+            f"project_dir {folder!r} is not absolute",
+            hint="name the project folder as the workers see it, e.g. /mdstack",
+        )
+    return folder
 
 
 def check_cron(expression: str) -> str:

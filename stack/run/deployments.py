@@ -20,6 +20,13 @@ to a Prefect server; :func:`prefect_yaml` renders the same plan as a readable
 A deployment named ``<stack>-<key>-<region>`` (``-<source>`` with ``per:
 source``) runs flow ``mdstack-pipeline``. Its schedule is the spec's
 ``schedule``, else the region's; its time zone the spec's, else the region's.
+
+A deployment names no folder of the machine that deployed it: the flow is imported from
+the installed package, ``config_path`` is the file's name inside the project folder, and
+the one pull step (:func:`flows.project.enter_project`) enters that folder as the worker
+sees it: the spec's ``project_dir``, else ``mdstack deploy --project-dir``, else the
+worker's ``MDSTACK_PROJECT_DIR``. :func:`localhost_warnings` says where ``stack.yml``
+names this machine for workers that run elsewhere.
 """
 
 from __future__ import annotations
@@ -32,12 +39,14 @@ from typing import Any, Literal
 
 import yaml
 
+from connectors.config import ConfigProblem
 from stack.config import StackConfig, render
 from stack.config.orchestration import (
     DEFAULT_POOL_TYPE,
     DeploymentSpec,
     FileTrigger,
     check_cron,
+    check_project_dir,
     check_timezone,
     default_deployments,
 )
@@ -52,13 +61,20 @@ __all__ = [
     "check_timezone",
     "default_deployments",
     "diff",
+    "localhost_warnings",
     "plan_deployments",
     "prefect_yaml",
 ]
 
 FLOW_NAME = "mdstack-pipeline"
 """The pipeline flow's name (``flows/pipeline.py``)."""
-ENTRYPOINT = "flows/pipeline.py:pipeline"
+ENTRYPOINT = "flows.pipeline.pipeline"
+"""A module path: workers import the flow from the installed package, so the project folder
+holds only ``stack.yml`` and what it names."""
+PROJECT_STEP = "flows.project.enter_project"
+"""The pull step that enters the project folder on the worker (``flows/project.py``)."""
+PROJECT_DIR_ENV = "MDSTACK_PROJECT_DIR"
+"""On a worker: the project folder, for deployments that name none."""
 MANAGED_TAG = "mdstack"
 """Every deployment ``mdstack deploy`` makes carries this tag and ``mdstack:<stack name>``."""
 FILE_LANDED = "mdstack.file.landed"
@@ -98,12 +114,19 @@ class PlannedDeployment:
     after: tuple[str, ...] = ()
     """Full names (``flow/deployment``) whose completed runs start this one."""
     landing: Landing | None = None
+    project_dir: str | None = None
+    """The project folder as the workers see it; none: their ``MDSTACK_PROJECT_DIR``."""
     entrypoint: str = ENTRYPOINT
     flow: str = FLOW_NAME
 
     @property
     def full_name(self) -> str:
         return f"{self.flow}/{self.name}"
+
+    def pull_steps(self) -> list[dict[str, Any]]:
+        """What a worker does before the flow: enter the project folder."""
+        given = {"directory": self.project_dir} if self.project_dir else {}
+        return [{PROJECT_STEP: given}]
 
     def triggers(self) -> list[dict[str, Any]]:
         """Event triggers, in the shape of Prefect's ``DeploymentEventTrigger`` fields."""
@@ -139,6 +162,7 @@ class PlannedDeployment:
         """What ``diff`` compares: the same shape :func:`flows.deploy` reads from a server."""
         return {
             "entrypoint": self.entrypoint,
+            "pull_steps": self.pull_steps(),
             "parameters": dict(self.parameters),
             "schedules": [(self.cron, self.timezone, True)] if self.cron else [],
             "tags": sorted(self.tags),
@@ -152,7 +176,9 @@ class PlannedDeployment:
 
 
 def plan_deployments(
-    config: StackConfig, specs: Mapping[str, DeploymentSpec] | None = None
+    config: StackConfig,
+    specs: Mapping[str, DeploymentSpec] | None = None,
+    project_dir: str | None = None,
 ) -> list[PlannedDeployment]:
     """The deployments ``config`` asks for, in a stable order.
 
@@ -160,12 +186,20 @@ def plan_deployments(
         config: the loaded ``stack.yml``.
         specs: the ``deployments:`` section; default: the config's own, else
             :func:`default_deployments`.
+        project_dir: the project folder as the workers see it, for specs that name
+            none (``mdstack deploy --project-dir``).
 
     Raises:
         ConfigError: a key is not a slug, or names an unknown source, region or
-            ``after`` deployment, or two deployments would share a name.
+            ``after`` deployment, or two deployments would share a name, or
+            ``project_dir`` is not absolute.
     """
     specs = specs if specs is not None else config.deployments
+    if project_dir is not None:
+        try:
+            check_project_dir(project_dir)
+        except ConfigProblem as exc:
+            raise ConfigError(str(exc), key="--project-dir", hint=exc.hint) from None
     plan: list[PlannedDeployment] = []
     for key, spec in specs.items():
         _check_spec(config, specs, key, spec)
@@ -174,7 +208,7 @@ def plan_deployments(
                 [(s,) for s in spec.sources or config.sources] if spec.per == "source" else []
             )
             for sources in groups or [spec.sources]:
-                plan.append(_plan_one(config, specs, key, spec, region, sources))
+                plan.append(_plan_one(config, specs, key, spec, region, sources, project_dir))
     names = [d.name for d in plan]
     clash = sorted({n for n in names if names.count(n) > 1})
     if clash:
@@ -212,10 +246,11 @@ def _plan_one(
     spec: DeploymentSpec,
     region: str,
     sources: tuple[str, ...] | None,
+    project_dir: str | None,
 ) -> PlannedDeployment:
     declared = config.regions.get(region)
     suffix = f"-{sources[0]}" if spec.per == "source" and sources else ""
-    parameters: dict[str, Any] = {"region": region, "config_path": str(config.path)}
+    parameters: dict[str, Any] = {"region": region, "config_path": config.path.name}
     if sources:
         parameters["sources"] = list(sources)
     if spec.target:
@@ -239,6 +274,7 @@ def _plan_one(
         description=spec.description or f"mdstack {config.name}: {key}, region {region} ({what})",
         after=tuple(_upstreams(config, specs, spec.after, region)),
         landing=_landing(config, spec.on_file, region),
+        project_dir=spec.project_dir or project_dir,
     )
 
 
@@ -268,6 +304,79 @@ def _landing(config: StackConfig, trigger: FileTrigger | None, region: str) -> L
 def landings(plan: Iterable[PlannedDeployment]) -> list[Landing]:
     """The folders ``mdstack sensor`` watches: every planned deployment's ``on_file``."""
     return list(dict.fromkeys(d.landing for d in plan if d.landing is not None))
+
+
+# -- localhost, seen from a worker elsewhere ----------------------------------------------
+
+_LOCAL_HOST = re.compile(r"(?<![\w.-])(localhost|127(?:\.\d{1,3}){3}|\[::1\])(?![\w-])", re.I)
+_LOCAL_SECTIONS = ("sources", "targets", "secrets", "bi")
+"""The parts of ``stack.yml`` a run connects to: where a literal ``localhost`` matters."""
+
+
+def _runs_elsewhere(plan_item: PlannedDeployment, project_root: Path) -> str | None:
+    """Why the deployment's workers are not this machine in this folder, or None.
+
+    The rule is deliberately plain: a pool that is not of type ``process`` runs flows in
+    containers or pods; a ``project_dir`` other than this project's folder is another
+    machine or a container (the compose worker's ``/mdstack``). A process pool without
+    ``project_dir`` may be served from anywhere; it is not flagged.
+    """
+    if plan_item.work_pool_type != DEFAULT_POOL_TYPE:
+        return f"pool {plan_item.work_pool!r} is of type {plan_item.work_pool_type}"
+    if plan_item.project_dir and Path(plan_item.project_dir) != project_root.resolve():
+        return f"project_dir {plan_item.project_dir} is not this folder"
+    return None
+
+
+def localhost_warnings(
+    config: StackConfig, plan: Sequence[PlannedDeployment], api_url: str | None
+) -> list[str]:
+    """Warnings for addresses of this machine that workers elsewhere would read as theirs.
+
+    Only keys are named, never values: a config string may hold a password.
+    """
+    reasons: dict[str, list[str]] = {}
+    for planned in plan:
+        reason = _runs_elsewhere(planned, config.root)
+        if reason:
+            reasons.setdefault(reason, []).append(planned.name)
+    if not reasons:
+        return []
+    dumped = config.model_dump(mode="json", include=set(_LOCAL_SECTIONS))
+    named = [f"{key} ({host})" for key, host in _local_hosts(dumped, ())]
+    api_host = _LOCAL_HOST.search(api_url or "")
+    where = "; ".join(f"{', '.join(names)}: {reason}" for reason, names in reasons.items())
+    warnings = []
+    if named:
+        warnings.append(
+            f"deployments run on workers elsewhere ({where}), where localhost is the "
+            f"worker's own machine or container, yet stack.yml names this machine at "
+            f"{', '.join(named)}. Use an address the workers reach (a host name, or a "
+            "compose service such as `postgres`), or a ${env:NAME} reference set on "
+            "each worker."
+        )
+    if api_host:
+        warnings.append(
+            f"deployments run on workers elsewhere ({where}), and PREFECT_API_URL names "
+            f"this machine ({api_host.group(1)}): start those workers with a "
+            "PREFECT_API_URL of this server that they reach (the compose worker has "
+            "http://prefect:4200/api)."
+        )
+    return warnings
+
+
+def _local_hosts(value: Any, key: tuple[str, ...]) -> Iterable[tuple[str, str]]:
+    """``(dotted key, host)`` for each string under ``value`` naming this machine."""
+    if isinstance(value, str):
+        found = _LOCAL_HOST.search(value)
+        if found:
+            yield ".".join(key), found.group(1)
+    elif isinstance(value, Mapping):
+        for name, item in value.items():
+            yield from _local_hosts(item, (*key, str(name)))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _local_hosts(item, (*key, str(index)))
 
 
 # -- diff and prefect.yaml ----------------------------------------------------------------
@@ -323,10 +432,11 @@ def _normal(value: Any) -> Any:
     return value
 
 
-def prefect_yaml(plan: Sequence[PlannedDeployment], project_dir: Path, version: str) -> str:
-    """``prefect.yaml`` for the plan: no build or push step, the code is run in place.
+def prefect_yaml(plan: Sequence[PlannedDeployment], version: str) -> str:
+    """``prefect.yaml`` for the plan: no build or push step, each deployment's pull step
+    enters the project folder on the worker.
 
-    ``prefect deploy --all`` from ``project_dir`` creates the same deployments as
+    ``prefect deploy --all`` from the project folder creates the same deployments as
     ``mdstack deploy`` (which remains the source of truth and rewrites this file).
     """
     document = {
@@ -334,9 +444,7 @@ def prefect_yaml(plan: Sequence[PlannedDeployment], project_dir: Path, version: 
         "prefect-version": version,
         "build": None,
         "push": None,
-        "pull": [
-            {"prefect.deployments.steps.set_working_directory": {"directory": str(project_dir)}}
-        ],
+        "pull": None,
         "deployments": [_yaml_deployment(d) for d in plan],
     }
     header = (
@@ -357,6 +465,7 @@ def _yaml_deployment(d: PlannedDeployment) -> dict[str, Any]:
         "concurrency_limit": {"limit": d.concurrency, "collision_strategy": COLLISION_STRATEGY},
         "paused": d.paused,
         "work_pool": {"name": d.work_pool, "work_queue_name": d.work_queue},
+        "pull": d.pull_steps(),
     }
     if d.triggers():
         entry["triggers"] = [{"type": "event", **t} for t in d.triggers()]
