@@ -62,6 +62,11 @@ class ProjectStorage(LocalStorage):
         return self._pull_steps
 
 
+def api_url() -> str | None:
+    """The Prefect server deployments go to (``PREFECT_API_URL``), None when unset."""
+    return PREFECT_API_URL.value() or None
+
+
 def deploy(
     config_path: str | Path | None = None,
     dry_run: bool = False,

@@ -166,8 +166,7 @@ def deploy(
     """
     with errors():
         prefect_defaults()
-        from prefect.settings import PREFECT_API_URL
-
+        from flows.deploy import api_url
         from flows.deploy import deploy as apply_deployments
         from stack.run.deployments import localhost_warnings, plan_deployments
 
@@ -176,7 +175,7 @@ def deploy(
         path = config_path(config)
         cfg = load_config(path)
         plan = plan_deployments(cfg, project_dir=project_dir)
-        for warning in localhost_warnings(cfg, plan, PREFECT_API_URL.value()):
+        for warning in localhost_warnings(cfg, plan, api_url()):
             say_warning(warning)
         changes = apply_deployments(path, dry_run=dry_run, project_dir=project_dir)
     for change in changes:
