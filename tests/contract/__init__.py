@@ -131,17 +131,19 @@ def sync(
     policy: CommitPolicy,
     progress: Progress | None = None,
     replace: Replacement | None = None,
+    schema: str = SCHEMA,
     **stream: Any,
 ) -> RunEntry:
     """One run of the stream ``items`` of ``source`` into ``raw.items``, for ``region``.
 
     ``stream`` adds options of the stream's entry in ``stack.yml`` (``on_bad_record``);
-    ``replace``: the rows the run replaces (a full refresh, a backfill partition).
+    ``replace``: the rows the run replaces (a full refresh, a backfill partition);
+    ``schema``: another table, ``<schema>.items`` (its state is still keyed by region alone).
     """
     config = SourceConfig.model_validate(
         {
             "connector": "scripted",
-            "schema": SCHEMA,
+            "schema": schema,
             "streams": {STREAM: {"sync": mode, "deletes": deletes, **stream}},
         }
     )
@@ -174,12 +176,12 @@ def _micros(value: datetime | None) -> int | None:
     return None if value is None else (value - _EPOCH) // timedelta(microseconds=1)
 
 
-def table_rows(wh: Warehouse, region: str, mode: str) -> list[Row]:
-    """The region's rows of ``raw.items``, in the shape of :func:`expected_rows`."""
-    if wh.columns(SCHEMA, STREAM) is None:
+def table_rows(wh: Warehouse, region: str, mode: str, schema: str = SCHEMA) -> list[Row]:
+    """The region's rows of ``<schema>.items``, in the shape of :func:`expected_rows`."""
+    if wh.columns(schema, STREAM) is None:
         return []
     result = wh.query(
-        f"SELECT _mds_run_id, id, name, updated_at, _mds_deleted_at FROM {table(SCHEMA, STREAM)} "
+        f"SELECT _mds_run_id, id, name, updated_at, _mds_deleted_at FROM {table(schema, STREAM)} "
         "WHERE _mds_region = ?",
         [region],
     )
