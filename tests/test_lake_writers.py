@@ -24,7 +24,6 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from stack.load import EVERY_CHECKPOINT
 from stack.load.ledger import StreamKey
 from stack.sql import table
 from tests import lake_writer
@@ -37,10 +36,8 @@ from tests.contract import (
     open_pg_catalog,
     run_ledger,
     stored_state,
-    sync,
     table_rows,
 )
-from tests.scripted import ScriptedSource, checkpoint, rows
 from tests.servers.pg_server import PgCluster, connect_kwargs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +99,6 @@ def test_concurrent_writers_and_a_killed_one_land_every_region_exactly(
     os.environ[CATALOG_PORT] = str(pg_logical.dsn["port"])
     location, log = tmp_path / "lake", pg_logical.root / "server.log"
     logged, started, team = log.stat().st_size, time.monotonic(), writers(count)
-    seed_tables(location, team)
     victim = subprocess.Popen(
         team[0].args(location), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
     )
@@ -145,29 +141,6 @@ def test_concurrent_writers_and_a_killed_one_land_every_region_exactly(
             live, written, recorded = catalog_counts(conn, schema)
             assert scan == {"n": live, "ids": live}, f"{schema}.{STREAM}: a scan vs the catalog"
             assert recorded == written, f"{schema}.{STREAM}: statistics vs rows written"
-
-
-def seed_tables(location: Path, team: list[Writer]) -> None:
-    """A region ``seed`` of one row in every table, before the writers start.
-
-    A region's first run drops the stream's table when it finds it empty (a failed first
-    sync left it: stack/load/sync.py ``_existing_columns``), even if another region's first
-    run just created it and is loading it: that run then fails, and when the drop lands
-    inside it, with "Table ... does not exist", which is not retryable. Tables that are
-    never empty keep that known race out of this test.
-    """
-    with open_pg_catalog(location) as wh:
-        for w in {w.schema: w for w in team}.values():
-            sync(
-                wh,
-                ScriptedSource([rows((0, "seed", 0)), checkpoint()]),
-                mode=w.mode,
-                deletes=w.deletes,
-                region="seed",
-                run_id="seed",
-                policy=EVERY_CHECKPOINT,
-                schema=w.schema,
-            )
 
 
 def kill_after_batches(worker: subprocess.Popen, batches: int) -> list[str]:
