@@ -66,14 +66,6 @@ def _target(config: StackConfig, at: Any) -> Iterator[ConfigError]:
             f"default target {config.target!r} is not declared under `targets:`",
             f"set `target:` to one of: {', '.join(config.targets) or '(none declared)'}",
         )
-    for name, target in config.targets.items():
-        if getattr(target, "catalog", None) is not None and config.publish.audit:
-            yield at(
-                ("targets", name, "catalog"),
-                "write-audit-publish (publish.audit) is not available yet on a lake with a"
-                " PostgreSQL catalog",
-                "set `publish: {audit: false}`, or use the DuckDB-file catalog (no `catalog:`)",
-            )
 
 
 def _names(config: StackConfig, at: Any) -> Iterator[ConfigError]:

@@ -124,7 +124,10 @@ class Warehouse(Protocol):
         """Atomically make environment ``name`` what this warehouse holds (write-audit-publish).
 
         Readers see the old content or the new, never a mix. Raises ``WarehouseError``
-        if this warehouse changed after the environment was cloned from it.
+        if this warehouse changed after the environment was cloned from it. A warehouse
+        that several processes write at once publishes what the environment changed (its
+        relations replace the published ones), and refuses only when the published side
+        changed one of those same relations meanwhile.
         """
         ...
 

@@ -21,18 +21,21 @@ import fcntl
 import functools
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import psycopg
 import pyarrow as pa
 
 from connectors.duckdb_extensions import packaged_extension
 from stack.config.targets import PostgresCatalog
 from stack.errors import SyncConflict, WarehouseBusy, WarehouseError
 from stack.sql import ident, table
+from stack.warehouse import _ducklake_pg_envs as pg_envs
 from stack.warehouse._ducklake_envs import (
     BUSY_WAIT_SECONDS,
     CATALOG_FILE,
@@ -49,6 +52,8 @@ from stack.warehouse.base import Capabilities
 
 EXTENSION_DIR = ".extensions"
 ALIAS = "lake"
+ENV_ALIAS = "mds_env"
+"""The alias an environment's lake is attached under while it is published."""
 _LAKE_OPTIONS = {"parquet_row_group_size": 30_000}
 """DuckLake options set on a lake that has none of its own. Each writer thread buffers a
 whole Parquet row group: 30 k rows instead of 122,880 keeps a 2 M-row load near 300 MB
@@ -170,7 +175,15 @@ class DuckDBWarehouse:
             if password := pg.catalog.password:
                 con.execute("CREATE TEMPORARY SECRET (TYPE postgres, PASSWORD ?)", [password])
             con.execute(f"SET ducklake_max_retry_count = {RETRIES}")
-            con.execute(f"ATTACH {_literal(pg.attach_path)} AS {ALIAS} ({options})")
+            attach = f"ATTACH {_literal(pg.attach_path)} AS {ALIAS} ({options})"
+            for attempt in range(CREATE_RACE_ATTEMPTS):
+                try:
+                    con.execute(attach)
+                    break
+                except duckdb.Error as exc:  # a fresh lake: another process created it first
+                    if attempt + 1 == CREATE_RACE_ATTEMPTS or not _creation_race(exc):
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
         except duckdb.Error as exc:
             con.close()
             text = str(exc).replace(pg.catalog.password or chr(0), "***")
@@ -415,31 +428,58 @@ class DuckDBWarehouse:
 
     # -- environments -------------------------------------------------------------------------
     def environment(self, name: str) -> DuckDBWarehouse:
-        self._file_catalog_only("environments (mdstack clone, publish.audit)")
+        catalog = None
+        if self.pg is not None:  # a schema of its own in the same catalog database
+            schema = pg_envs.env_schema(self.pg.schema, name)
+            catalog = self.pg.catalog.model_copy(update={"schema_": schema})
         return DuckDBWarehouse(
-            environment_path(self.path, name), self.threads, self.memory_limit, self.busy_timeout
+            environment_path(self.path, name),
+            self.threads,
+            self.memory_limit,
+            self.busy_timeout,
+            catalog=catalog,
+            data_path=self.data_path if catalog else None,
         )
 
     def clone_into(self, name: str) -> DuckDBWarehouse:
-        self._file_catalog_only("environments (mdstack clone, publish.audit)")
-        clone_lake(self.path, environment_path(self.path, name), self.busy_timeout)
-        return self.environment(name)
+        if self.pg is None:
+            clone_lake(self.path, environment_path(self.path, name), self.busy_timeout)
+            return self.environment(name)
+        env = self.environment(name)
+        assert env.pg is not None
+        pg_envs.clone(self.pg.conninfo(password=True), self.pg.schema, env.pg.schema)
+        return env
 
     def publish(self, name: str) -> None:
-        self._file_catalog_only("publishing an environment (publish.audit)")
-        publish_lake(environment_path(self.path, name), self.path, self.busy_timeout)
+        if self.pg is None:
+            publish_lake(environment_path(self.path, name), self.path, self.busy_timeout)
+            return
+        env = self.environment(name)
+        assert env.pg is not None
+        with psycopg.connect(self.pg.conninfo(password=True)) as conn:
+            base = pg_envs.base_snapshot(conn, env.pg.schema)
+            changed = pg_envs.changes(conn, env.pg.schema, base)
+            replaced = pg_envs.changed_after(conn, self.pg.schema, base, changed, self.meta_schema)
+        if replaced:
+            raise WarehouseError(
+                f"the published lake changed {', '.join(replaced)} while {name} held its own"
+                " version",
+                hint="rerun: the next run audits on top of the newer data (for a clone made by"
+                " hand, clone again and redo its changes)",
+            )
+        with self:
+            options = f"METADATA_SCHEMA {_literal(env.pg.schema)}, READ_ONLY"
+            self.con.execute(f"ATTACH {_literal(env.pg.attach_path)} AS {ENV_ALIAS} ({options})")
+            try:
+                with self.transaction():
+                    pg_envs.apply(self, changed, ALIAS, ENV_ALIAS, self.meta_schema)
+            finally:
+                self.con.execute(f"DETACH {ENV_ALIAS}")
 
     def drop_environment(self, name: str) -> None:
-        self._file_catalog_only("environments (mdstack clone, publish.audit)")
-        drop_lake(environment_path(self.path, name))
-
-    def _file_catalog_only(self, what: str) -> None:
         if self.pg is not None:
-            raise WarehouseError(
-                f"{what}: not available yet on a lake with a PostgreSQL catalog",
-                hint="use a DuckDB-file catalog for write-audit-publish and clones, or set "
-                "publish: {audit: false}",
-            )
+            pg_envs.drop(self.pg.conninfo(password=True), pg_envs.env_schema(self.pg.schema, name))
+        drop_lake(environment_path(self.path, name))
 
     # -- dbt ----------------------------------------------------------------------------------
     def dbt_env(self) -> dict[str, str]:
@@ -486,6 +526,16 @@ def _platform() -> str:
     if row is None:
         raise WarehouseError("DuckDB did not name its platform")
     return str(row[0])
+
+
+CREATE_RACE_ATTEMPTS = 5
+"""Opens of a lake whose catalog tables several processes are creating at once."""
+
+
+def _creation_race(exc: duckdb.Error) -> bool:
+    """Whether the error is two processes creating a fresh catalog's tables at once."""
+    text = str(exc)
+    return "duplicate key" in text or "already exists" in text
 
 
 def _literal(text: str) -> str:
