@@ -7,8 +7,6 @@ region publishes, and what a clone lets a developer do without touching the lake
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from stack.errors import WarehouseError
 from stack.warehouse import connect
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.servers.pg_server import PgCluster, connect_kwargs
-from tests.test_publish import MARTS, project, rows_of, run, set_vars
+from tests.test_publish import MARTS, failing_audit, project, rows_of, run
 
 
 def on_pg_catalog(path: Path, cluster: PgCluster) -> DuckDBWarehouse:
@@ -62,24 +60,7 @@ def test_a_failing_audit_leaves_the_published_marts_while_another_region_publish
     before = rows_of(lake, MARTS)
     assert before and catalog_schemas(pg_logical, lake.pg.schema) == [lake.pg.schema]
 
-    set_vars(path, fail_audit=True)
-    failed = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from stack.cli import app; app()",
-            "run",
-            "-c",
-            str(path),
-            "--region",
-            "eu",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert failed.returncode == 1, failed.stdout + failed.stderr
-    said = " ".join((failed.stdout + failed.stderr).split())
+    said = failing_audit(path)
     assert "dbt test assert_audit_gate fail" in said and "not published" in said
     assert rows_of(lake, MARTS) == before  # dashboards still read the last good marts
     audit = lake.environment("audit-eu")

@@ -12,47 +12,17 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
-import yaml
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from connectors.postgres.cdc import slot_name
-from stack.cli import app
 from stack.warehouse.duckdb import DuckDBWarehouse
+from tests.cdc_stack import mdstack, write_config
 from tests.servers.pg_server import LOGICAL, PgCluster, _cluster, connect_kwargs, drop_slots
 
 MB = 1 << 20
-
-
-def write_config(folder: Path, dsn: dict[str, Any], schema: str) -> Path:
-    """One source ``pg`` with the CDC stream ``items`` (a table of ``schema``)."""
-    source = {
-        "connector": "postgres",
-        "schema": "raw_pg",
-        "config": dsn
-        | {
-            "schemas": [schema],
-            "tables": [f"{schema}.items"],
-            "replication": {"slot": schema, "publication": schema},
-        },
-        "streams": {"items": {"sync": "incremental_deduped"}},
-    }
-    config = {
-        "name": "wal",
-        "target": "local",
-        "targets": {"local": {"type": "duckdb", "path": str(folder / "wh")}},
-        "sources": {"pg": source},
-    }
-    path = folder / "stack.yml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def mdstack(path: Path, *args: str) -> Result:
-    return CliRunner().invoke(app, [*args, "--config", str(path)])
 
 
 def sync(path: Path, *more: str) -> Result:
@@ -126,7 +96,7 @@ def test_an_idle_stream_lets_its_slot_follow_the_busy_rest_of_the_database(
     tmp_path, pg_logical, idle
 ):
     conn, schema = idle
-    path = write_config(tmp_path, pg_logical.dsn, schema)
+    path = write_config(tmp_path, pg_logical.dsn, schema, ["items"])
     slot = slot_name(schema)
     sync(path)  # the snapshot creates the slot
     snapshot_lsn = stored_lsn(path)
@@ -206,7 +176,7 @@ def test_an_invalidated_slot_fails_before_reading_and_a_full_refresh_restores_an
     tmp_path, pg_small_keep, kept
 ):
     conn, schema = kept
-    path = write_config(tmp_path, pg_small_keep.dsn, schema)
+    path = write_config(tmp_path, pg_small_keep.dsn, schema, ["items"])
     slot = slot_name(schema)
     sync(path)
     before = stored_lsn(path)
@@ -240,7 +210,7 @@ def test_a_missing_slot_fails_with_the_recovery_and_a_full_refresh_creates_it(
     tmp_path, pg_logical, idle
 ):
     conn, schema = idle
-    path = write_config(tmp_path, pg_logical.dsn, schema)
+    path = write_config(tmp_path, pg_logical.dsn, schema, ["items"])
     slot = slot_name(schema)
     sync(path)
     conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))

@@ -144,24 +144,7 @@ def wap_scenario(tmp_path: Path, dashboards: WebhookDouble) -> None:
     published = DuckDBWarehouse(tmp_path / "warehouse")
     before = rows_of(published, MARTS)
 
-    set_vars(path, fail_audit=True)
-    failed = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from stack.cli import app; app()",
-            "run",
-            "-c",
-            str(path),
-            "--region",
-            "eu",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert failed.returncode == 1, failed.stdout + failed.stderr
-    said = " ".join((failed.stdout + failed.stderr).split())
+    said = failing_audit(path)
     assert "run failed: dbt test assert_audit_gate fail" in said
     assert "not published" in said
     assert "dashboard webhook (webhook): skipped" in said
@@ -175,6 +158,21 @@ def wap_scenario(tmp_path: Path, dashboards: WebhookDouble) -> None:
     assert len(dashboards.received) == 2
     after = rows_of(published, MARTS)
     assert len(after) > len(before) and not audit.path.exists()
+
+
+def failing_audit(path: Path, region: str = "eu") -> str:
+    """``mdstack run`` of ``region`` as a process, with the audit gate failing: what it said
+    (it must exit 1)."""
+    set_vars(path, fail_audit=True)
+    command = ["run", "-c", str(path), "--region", region]
+    failed = subprocess.run(
+        [sys.executable, "-c", "from stack.cli import app; app()", *command],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    return " ".join((failed.stdout + failed.stderr).split())
 
 
 def rows_of(wh: DuckDBWarehouse, sql: str) -> list[tuple]:
