@@ -1,8 +1,9 @@
 """DuckDB extensions from their PyPI wheels: installed with mdstack, never downloaded.
 
 DuckDB's ``INSTALL`` fetches extensions over the network at first use; the wheels
-``duckdb-extension-ducklake`` and ``duckdb-extension-postgres-scanner`` ship the same
-binaries, pinned to DuckDB's version, so a machine without internet access runs too.
+``duckdb-extension-ducklake``, ``duckdb-extension-postgres-scanner`` and
+``duckdb-extension-httpfs`` ship the same binaries, pinned to DuckDB's version, so a machine
+without internet access runs too.
 """
 
 from __future__ import annotations

@@ -11,7 +11,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["TARGET_TYPES", "DuckDBTarget", "PostgresCatalog", "SnowflakeTarget", "Target"]
+__all__ = [
+    "TARGET_TYPES",
+    "DuckDBTarget",
+    "ObjectStorage",
+    "PostgresCatalog",
+    "SnowflakeTarget",
+    "Target",
+]
 
 
 class _Model(BaseModel):
@@ -37,6 +44,39 @@ class PostgresCatalog(_Model):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class ObjectStorage(_Model):
+    """How DuckDB reaches an ``s3://`` data_path (its httpfs extension): AWS S3 by default,
+    or an S3-compatible server (MinIO, Ceph, R2...) at ``endpoint``. Without it DuckDB
+    uses its own defaults: AWS, no credentials."""
+
+    endpoint: str | None = None
+    """``host:port`` of an S3-compatible server; default AWS (``s3.amazonaws.com``)."""
+    region: str | None = None
+    key_id: str | None = None
+    """A secret reference (``${vault:kv/lake#key_id}``), resolved at run time."""
+    secret: str | None = None
+    """A secret reference (``${vault:kv/lake#secret}``), resolved at run time."""
+    url_style: Literal["path", "vhost"] | None = None
+    """``path`` (``endpoint/bucket/key``, most S3-compatible servers) or ``vhost``
+    (``bucket.endpoint/key``, AWS's default)."""
+    use_ssl: bool = True
+    """HTTPS; ``false`` for a server that speaks plain HTTP (a local MinIO)."""
+
+    @model_validator(mode="after")
+    def _checked(self) -> ObjectStorage:
+        if self.endpoint is not None and "://" in self.endpoint:
+            raise ValueError(
+                f"storage.endpoint is host:port, without a scheme (got {self.endpoint!r}): "
+                "write `endpoint: 127.0.0.1:9000`, and `use_ssl: false` for plain HTTP"
+            )
+        if (self.key_id is None) != (self.secret is None):
+            raise ValueError(
+                "storage.key_id and storage.secret go together: set both (secret references"
+                " such as ${vault:kv/lake#key_id}), or neither for DuckDB's defaults"
+            )
+        return self
+
+
 class DuckDBTarget(_Model):
     """DuckDB on DuckLake: a catalog plus a folder of Parquet files, no server."""
 
@@ -48,8 +88,11 @@ class DuckDBTarget(_Model):
     """Where the catalog lives; default: the DuckDB file ``<path>/catalog.ducklake``, which
     one process writes at a time."""
     data_path: str | None = None
-    """The folder of the lake's Parquet files, seen alike by every writer (with a PostgreSQL
-    catalog, a folder every machine mounts at the same path); default ``<path>/data``."""
+    """Where the lake's Parquet files are, seen alike by every writer (with a PostgreSQL
+    catalog): a folder every machine mounts at the same path, or object storage
+    (``s3://bucket/prefix/``); default ``<path>/data``."""
+    storage: ObjectStorage | None = None
+    """How to reach an ``s3://`` data_path: endpoint, region, credentials."""
 
     @model_validator(mode="after")
     def _data_path_needs_a_shared_catalog(self) -> DuckDBTarget:
@@ -57,6 +100,18 @@ class DuckDBTarget(_Model):
             raise ValueError(
                 "data_path is for a lake with a PostgreSQL catalog (`catalog: {type:"
                 " postgres, ...}`); a DuckDB-file catalog keeps its data in <path>/data"
+            )
+        data_path = self.data_path or ""
+        remote = "://" in data_path
+        if remote and not data_path.startswith("s3://"):
+            raise ValueError(
+                f"data_path {data_path!r}: the object storage supported is S3 and"
+                " S3-compatible servers; write `data_path: s3://bucket/prefix/`, or a folder"
+            )
+        if self.storage is not None and not remote:
+            raise ValueError(
+                "storage is for object storage: set `data_path: s3://bucket/prefix/`, or"
+                " remove `storage:` (a folder needs none)"
             )
         return self
 

@@ -19,6 +19,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from stack import bi, lineage, transform
 from stack.config import DuckDBTarget, StackConfig, load_config
@@ -38,6 +41,7 @@ from stack.transform.source_freshness import freshness_from_nodes
 from stack.warehouse import Warehouse, connect
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
 
 
 def new_run_id() -> str:
@@ -186,20 +190,31 @@ def open_target(config: StackConfig, name: str | None, resolver: Resolver) -> Wa
 def _target_warehouse(config: StackConfig, name: str | None, resolver: Resolver) -> Warehouse:
     target = config.active_target(name)
     if isinstance(target, DuckDBTarget):
-        catalog = target.catalog
-        if catalog is not None and catalog.password:  # a reference: resolved here
-            key = f"targets.{name or config.target}.catalog.password"
-            password = reveal(resolver.resolve(catalog.password, key))
-            target = target.model_copy(
-                update={"catalog": catalog.model_copy(update={"password": password})}
-            )
-        return connect(target, config.root)
+        where = f"targets.{name or config.target}"
+        update: dict[str, BaseModel] = {}  # the credentials: references, resolved here
+        if target.catalog is not None:
+            catalog = _resolved(target.catalog, ["password"], resolver, f"{where}.catalog")
+            update["catalog"] = catalog
+        if target.storage is not None:
+            storage = _resolved(target.storage, ["key_id", "secret"], resolver, f"{where}.storage")
+            update["storage"] = storage
+        return connect(target.model_copy(update=update), config.root)
     resolved = resolver.resolve(
         target.model_dump(by_alias=True), f"targets.{name or config.target}"
     )
     fields = type(target).model_fields
     values = {field: resolved[info.alias or field] for field, info in fields.items()}
     return connect(type(target).model_construct(**values), config.root)
+
+
+def _resolved(model: M, fields: Sequence[str], resolver: Resolver, where: str) -> M:
+    """``model`` with the secret references in ``fields`` resolved (``where``: its key path)."""
+    values = {
+        field: reveal(resolver.resolve(value, f"{where}.{field}"))
+        for field in fields
+        if (value := getattr(model, field))
+    }
+    return model.model_copy(update=values)
 
 
 def run_pipeline(

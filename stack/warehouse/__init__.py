@@ -32,6 +32,7 @@ def connect(target: Target, root: Path) -> Warehouse:
             busy_timeout=target.busy_timeout,
             catalog=target.catalog,
             data_path=target.data_path,
+            storage=target.storage,
         )
     from stack.warehouse.snowflake import SnowflakeWarehouse
 

@@ -32,10 +32,11 @@ import psycopg
 import pyarrow as pa
 
 from connectors.duckdb_extensions import packaged_extension
-from stack.config.targets import PostgresCatalog
+from stack.config.targets import ObjectStorage, PostgresCatalog
 from stack.errors import SyncConflict, WarehouseBusy, WarehouseError
 from stack.sql import ident, table
 from stack.warehouse import _ducklake_pg_envs as pg_envs
+from stack.warehouse import _ducklake_s3 as s3
 from stack.warehouse._ducklake_envs import (
     BUSY_WAIT_SECONDS,
     CATALOG_FILE,
@@ -54,6 +55,10 @@ EXTENSION_DIR = ".extensions"
 ALIAS = "lake"
 ENV_ALIAS = "mds_env"
 """The alias an environment's lake is attached under while it is published."""
+_STORAGE_HINT = (
+    "the lake's data files in object storage could not be read or written: check the target's"
+    " data_path and storage (endpoint, region, key_id, secret) and the bucket's permissions"
+)
 _LAKE_OPTIONS = {"parquet_row_group_size": 30_000}
 """DuckLake options set on a lake that has none of its own. Each writer thread buffers a
 whole Parquet row group: 30 k rows instead of 122,880 keeps a 2 M-row load near 300 MB
@@ -70,6 +75,11 @@ def postgres_extension_file() -> Path:
     return _extension(
         "duckdb_extension_postgres_scanner", "postgres_scanner", "duckdb-extension-postgres-scanner"
     )
+
+
+def httpfs_extension_file() -> Path:
+    """DuckDB's httpfs extension binary (a lake's ``s3://`` data path is reached with it)."""
+    return _extension("duckdb_extension_httpfs", "httpfs", "duckdb-extension-httpfs")
 
 
 def _extension(package: str, name: str, wheel: str) -> Path:
@@ -110,12 +120,15 @@ class DuckDBWarehouse:
         read_only: bool = False,
         catalog: PostgresCatalog | None = None,
         data_path: str | None = None,
+        storage: ObjectStorage | None = None,
     ):
         self.read_only = read_only
         self.path = Path(path).resolve()
         self.pg = PostgresCatalogLink(catalog) if catalog is not None else None
         """The lake's PostgreSQL catalog; None: the DuckDB file ``W/catalog.ducklake``."""
         self._data_path = data_path
+        self.storage = storage
+        """How to reach an ``s3://`` data path (credentials resolved); None: DuckDB's defaults."""
         if self.pg is not None:  # several processes, on several machines, write at once
             self.capabilities = dataclasses.replace(self.capabilities, concurrent_writers=True)
         self.threads = threads
@@ -163,7 +176,8 @@ class DuckDBWarehouse:
     def _enter_postgres(self, pg: PostgresCatalogLink) -> DuckDBWarehouse:
         """Attach the lake through its PostgreSQL catalog (no file lock: writers commit at
         once, and DuckLake retries a commit that raced another)."""
-        if not self._data_path or "://" not in self._data_path:
+        remote = s3.is_remote(self.data_path)
+        if not remote:
             Path(self.data_path).mkdir(parents=True, exist_ok=True)
         self.path.mkdir(parents=True, exist_ok=True)
         self._link_extension()
@@ -174,6 +188,8 @@ class DuckDBWarehouse:
         try:
             if password := pg.catalog.password:
                 con.execute("CREATE TEMPORARY SECRET (TYPE postgres, PASSWORD ?)", [password])
+            if remote and self.storage is not None:
+                s3.create_secret(con, self.storage, self.data_path)
             con.execute(f"SET ducklake_max_retry_count = {RETRIES}")
             attach = f"ATTACH {_literal(pg.attach_path)} AS {ALIAS} ({options})"
             for attempt in range(CREATE_RACE_ATTEMPTS):
@@ -186,7 +202,9 @@ class DuckDBWarehouse:
                     time.sleep(0.2 * (attempt + 1))
         except duckdb.Error as exc:
             con.close()
-            text = str(exc).replace(pg.catalog.password or chr(0), "***")
+            text = str(exc)
+            for secret in filter(None, [pg.catalog.password, *s3.credentials(self.storage)]):
+                text = text.replace(secret, "***")
             raise WarehouseBusy(
                 f"cannot open the lake's catalog {pg.where}: {text}",
                 hint="check that the catalog database is up and reachable from here, and the "
@@ -245,7 +263,8 @@ class DuckDBWarehouse:
         }
 
     def _link_extension(self) -> None:
-        """Link the packaged DuckLake binary into this warehouse's extension directory.
+        """Link the packaged DuckLake binary (and the postgres and httpfs ones a lake in
+        PostgreSQL and S3 needs) into this warehouse's extension directory.
 
         A symlink, not DuckDB's ``INSTALL`` (which copies 36 MB per warehouse), and
         refreshed when the virtualenv moved. An existing link to the packaged (and so
@@ -256,6 +275,8 @@ class DuckDBWarehouse:
         wanted = [ducklake_extension_file()]
         if self.pg is not None:  # the catalog is reached through the postgres extension
             wanted.append(postgres_extension_file())
+        if s3.is_remote(self.data_path):  # the data files are reached through httpfs
+            wanted.append(httpfs_extension_file())
         for extension in wanted:
             packaged = extension.resolve()
             found = versioned.glob(f"*/{extension.name}")
@@ -439,6 +460,7 @@ class DuckDBWarehouse:
             self.busy_timeout,
             catalog=catalog,
             data_path=self.data_path if catalog else None,
+            storage=self.storage if catalog else None,
         )
 
     def clone_into(self, name: str) -> DuckDBWarehouse:
@@ -483,10 +505,12 @@ class DuckDBWarehouse:
 
     # -- dbt ----------------------------------------------------------------------------------
     def dbt_env(self) -> dict[str, str]:
-        """The catalog's password for the profile's ``env_var`` (a local DuckLake has none)."""
+        """The catalog's password and the storage's credentials for the profile's
+        ``env_var`` (a local DuckLake has none)."""
+        env = s3.dbt_env(self.storage) if self.storage is not None else {}
         if self.pg is not None and self.pg.catalog.password:
-            return {PASSWORD_ENV: self.pg.catalog.password}
-        return {}
+            env[PASSWORD_ENV] = self.pg.catalog.password
+        return env
 
     def dbt_output(self) -> dict[str, Any]:
         self._link_extension()
@@ -512,10 +536,13 @@ class DuckDBWarehouse:
         return {"path": path, "alias": ALIAS, "options": options}
 
     def _dbt_secrets(self) -> dict[str, Any]:
-        if self.pg is None or not self.pg.catalog.password:
-            return {}
-        password = "{{ env_var('" + PASSWORD_ENV + "') }}"
-        return {"secrets": [{"type": "postgres", "password": password}]}
+        secrets = []
+        if self.pg is not None and self.pg.catalog.password:
+            password = "{{ env_var('" + PASSWORD_ENV + "') }}"
+            secrets.append({"type": "postgres", "password": password})
+        if self.storage is not None and s3.is_remote(self.data_path):
+            secrets.append(s3.dbt_secret(self.storage, self.data_path))
+        return {"secrets": secrets} if secrets else {}
 
 
 @functools.cache
@@ -562,4 +589,8 @@ def _translate(what: str) -> Iterator[None]:
             hint="rerun; the other writer finished",
         ) from exc
     except duckdb.Error as exc:
-        raise WarehouseError(f"{type(exc).__name__}: {exc}\n  while running: {what[:300]}") from exc
+        storage = isinstance(exc, duckdb.HTTPException)  # only httpfs raises it: s3:// files
+        raise WarehouseError(
+            f"{type(exc).__name__}: {exc}\n  while running: {what[:300]}",
+            hint=_STORAGE_HINT if storage else None,
+        ) from exc

@@ -87,21 +87,25 @@ CATALOG_PORT = "MDSTACK_TEST_CATALOG_PORT"
 suite's ``adapter`` fixture; a worker process the suite starts inherits it)."""
 
 
-def open_pg_catalog(path: Path) -> DuckDBWarehouse:
-    """A lake in ``path`` whose catalog is a schema (named after ``path``) of the session's
-    PostgreSQL cluster."""
+def pg_catalog(path: Path, port: int) -> PostgresCatalog:
+    """A catalog for a lake in ``path``: a schema (named after ``path``) of the PostgreSQL
+    cluster on ``port``."""
     schema = "lake_" + hashlib.sha1(str(path).encode()).hexdigest()[:12]
-    catalog = PostgresCatalog.model_validate(
+    return PostgresCatalog.model_validate(
         {
             "type": "postgres",
             "host": "127.0.0.1",
-            "port": int(os.environ[CATALOG_PORT]),
+            "port": port,
             "database": "postgres",
             "user": "postgres",
             "schema": schema,
         }
     )
-    return DuckDBWarehouse(path, threads=1, catalog=catalog)
+
+
+def open_pg_catalog(path: Path) -> DuckDBWarehouse:
+    """A lake in ``path`` whose catalog is in the session's PostgreSQL cluster."""
+    return DuckDBWarehouse(path, threads=1, catalog=pg_catalog(path, int(os.environ[CATALOG_PORT])))
 
 
 ADAPTERS: dict[str, Adapter] = {

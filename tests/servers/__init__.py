@@ -1,5 +1,5 @@
 """Local servers the tests talk to: PostgreSQL, OpenBao, Prefect, a REST API, BI tools,
-an Airbyte API, SMTP and webhooks, each started on a free loopback port.
+an Airbyte API, SMTP, webhooks and S3 (moto), each started on a free loopback port.
 
 Never imported by product code.
 """
