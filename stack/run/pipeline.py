@@ -191,12 +191,14 @@ def _target_warehouse(config: StackConfig, name: str | None, resolver: Resolver)
     target = config.active_target(name)
     if isinstance(target, DuckDBTarget):
         where = f"targets.{name or config.target}"
-        update: dict[str, BaseModel] = {}  # the credentials: references, resolved here
+        update: dict[str, BaseModel] = {}  # where and who: references, resolved here
         if target.catalog is not None:
-            catalog = _resolved(target.catalog, ["password"], resolver, f"{where}.catalog")
+            who = ["host", "database", "user", "password"]
+            catalog = _resolved(target.catalog, who, resolver, f"{where}.catalog")
             update["catalog"] = catalog
         if target.storage is not None:
-            storage = _resolved(target.storage, ["key_id", "secret"], resolver, f"{where}.storage")
+            where_and_who = ["endpoint", "key_id", "secret"]
+            storage = _resolved(target.storage, where_and_who, resolver, f"{where}.storage")
             update["storage"] = storage
         return connect(target.model_copy(update=update), config.root)
     resolved = resolver.resolve(
