@@ -37,6 +37,7 @@ __all__ = [
     "TransformError",
     "WarehouseBusy",
     "WarehouseError",
+    "WriteConflict",
 ]
 
 
@@ -98,6 +99,10 @@ class WarehouseBusy(WarehouseError):
     """Another process holds the warehouse; retry when it is done."""
 
     retryable = True
+
+
+class WriteConflict(WarehouseBusy):
+    """A commit lost a race with another writer's; rolled back, it can be run again."""
 
 
 class SyncConflict(MdstackError):

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -29,7 +31,7 @@ from functools import partial
 import pyarrow as pa
 
 from connectors.base import State
-from stack.errors import MdstackError
+from stack.errors import MdstackError, WriteConflict
 from stack.load.names import COLUMNS_SCHEMA, COLUMNS_TABLE
 from stack.load.plan import RunContext, StreamPlan, utcnow
 from stack.redact import redact
@@ -385,16 +387,26 @@ def describe_error(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, MdstackError) else f"{type(exc).__name__}: {exc}"
 
 
+FAILURE_RECORD_ATTEMPTS = 10
+"""Writes of a failed run's row that lost a race with another writer's commit."""
+
+
 def record_failure(record_entry: Callable[[], None], entry: RunEntry) -> None:
     """Write a failed run's entry through ``record_entry``, best effort.
 
     The failure itself must surface even if the ledger cannot be written, so a
     warehouse error here is logged, not raised.
     """
-    try:
-        record_entry()
-    except MdstackError as exc:
-        log.warning("could not record the failure of %s in the ledger: %s", entry.stream, exc)
+    for attempt in range(1, FAILURE_RECORD_ATTEMPTS + 1):
+        try:
+            record_entry()
+            return
+        except WriteConflict:  # another writer's commit won the race: write it again
+            time.sleep(random.uniform(0, 0.2 * attempt))
+        except MdstackError as exc:
+            log.warning("could not record the failure of %s in the ledger: %s", entry.stream, exc)
+            return
+    log.warning("could not record the failure of %s in the ledger: busy", entry.stream)
 
 
 def latest_runs(wh: Warehouse, pipeline: str) -> pa.Table:

@@ -11,7 +11,10 @@ what replaces it is ready.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,7 +24,7 @@ import pyarrow as pa
 
 from connectors.base import SOURCE_DELETED_AT, State
 from stack import sql
-from stack.errors import SchemaError
+from stack.errors import SchemaError, WriteConflict
 from stack.load import ledger
 from stack.load.plan import RunContext, StreamPlan, utcnow
 from stack.load.staging import Stage
@@ -30,6 +33,9 @@ from stack.warehouse.base import Warehouse
 log = logging.getLogger(__name__)
 
 STALE = "cursor went backwards: older than the row already loaded"
+COMMIT_ATTEMPTS = 20
+"""Times a commit that lost a race with another writer's (a warehouse several processes
+write at once) is run again, from what is still staged, before the run fails as busy."""
 
 
 @dataclass
@@ -195,18 +201,19 @@ class StagedLoad:
         if merge and rows and cursor and plan.mode == "incremental_deduped":
             _check_stale(wh, plan, self, rows, cursor)
         self.bad.flush()
-        now = utcnow()
-        with wh.transaction():
-            if replace is not None:
-                replace.clear(wh, plan.target, ctx.region)
-            _apply(wh, plan, self.records.columns, rows, deletes, ctx, entry, merge)
-            if self.bad.ref:
-                wh.execute(
-                    ledger.quarantine_sql(wh, self.bad.ref),
-                    [ctx.run_id, ctx.pipeline, plan.source, plan.name, ctx.region, now],
-                )
-                entry.quarantined += self.bad.rows
-            self.lc.end_checkpoint(self.state, now)
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            counts, replaced = dataclasses.replace(entry), replace and replace.replaced
+            try:
+                self._apply(rows, deletes, merge)
+                break
+            except WriteConflict as exc:  # rolled back: what it counted is undone too
+                entry.__dict__.update(counts.__dict__)
+                if replace is not None:
+                    replace.replaced = replaced or 0
+                if attempt == COMMIT_ATTEMPTS:
+                    raise
+                log.info("%s [%s]: %s; committing again", plan.name, ctx.region, exc.message)
+                time.sleep(random.uniform(0, 0.2 * attempt))
         if rows:
             self._region_filled = True
         log.info(
@@ -221,6 +228,28 @@ class StagedLoad:
             if name:
                 wh.drop_stage(name)
         self.close()
+
+    def _apply(self, rows: str | None, deletes: str | None, merge: bool) -> None:
+        """The commit's one transaction: what is staged, the quarantine, the state."""
+        wh, plan, ctx, entry, replace = (
+            self.lc.wh,
+            self.lc.plan,
+            self.lc.ctx,
+            self.lc.entry,
+            self.lc.replace,
+        )
+        now = utcnow()
+        with wh.transaction():
+            if replace is not None:
+                replace.clear(wh, plan.target, ctx.region)
+            _apply(wh, plan, self.records.columns, rows, deletes, ctx, entry, merge)
+            if self.bad.ref:
+                wh.execute(
+                    ledger.quarantine_sql(wh, self.bad.ref),
+                    [ctx.run_id, ctx.pipeline, plan.source, plan.name, ctx.region, now],
+                )
+                entry.quarantined += self.bad.rows
+            self.lc.end_checkpoint(self.state, now)
 
     def _filled(self, wh: Warehouse, target: str, region: str) -> bool:
         if self._region_filled is None:

@@ -287,8 +287,10 @@ def _feed(
 def _direct(plan: StreamPlan, capabilities: Capabilities) -> bool:
     """Whether rows can go straight into the table: nothing to merge, nothing to delete,
     and a schema change mid-load cannot commit part of them (a warehouse whose DDL
-    commits the open transaction stages every load)."""
-    if not capabilities.transactional_ddl:
+    commits the open transaction stages every load). A warehouse several processes write
+    at once stages every load too: a commit that loses a race with another writer's is
+    run again from what is staged, which rows streamed from the source cannot be."""
+    if not capabilities.transactional_ddl or capabilities.concurrent_writers:
         return False
     deletes = plan.stream.spec.emits_deletes and plan.deletes != "none" and bool(plan.keys)
     if plan.mode == "full_refresh_overwrite":

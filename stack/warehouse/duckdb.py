@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from connectors.duckdb_extensions import packaged_extension
 from stack.config.targets import ObjectStorage, PostgresCatalog
-from stack.errors import SyncConflict, WarehouseBusy, WarehouseError
+from stack.errors import SyncConflict, WarehouseBusy, WarehouseError, WriteConflict
 from stack.sql import ident, table
 from stack.warehouse import _ducklake_pg_envs as pg_envs
 from stack.warehouse import _ducklake_s3 as s3
@@ -584,7 +584,7 @@ def _translate(what: str) -> Iterator[None]:
     try:
         yield
     except duckdb.TransactionException as exc:
-        raise WarehouseBusy(
+        raise WriteConflict(
             f"write conflict: {exc}",
             hint="rerun; the other writer finished",
         ) from exc
