@@ -123,6 +123,12 @@ def test_a_clone_is_isolated_both_ways_costs_no_data_copy_and_publishes_its_chan
     with pytest.raises(WarehouseError, match=r"changed s\.t while dev held its own version"):
         lake.publish("dev")  # both changed s.t: nothing written meanwhile is lost
     assert rows(lake, "SELECT count(*) FROM s.t") == (400,)
+
+    synced = lake.clone_into("dev")  # loads write the ledger: not a clone's to publish
+    with synced as wh:
+        wh.execute("CREATE TABLE main._mds_state AS SELECT 'r1' AS run_id")
+    with pytest.raises(WarehouseError, match=r"wrote the ledger tables \['_mds_state'\]"):
+        lake.publish("dev")
     lake.drop_environment("dev")
     assert catalog_schemas(pg_logical, lake.pg.schema) == [lake.pg.schema]
 

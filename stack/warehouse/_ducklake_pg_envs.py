@@ -31,6 +31,9 @@ from stack.sql import ident, table
 from stack.warehouse.base import Warehouse
 
 _COMMENT = "mdstack clone at snapshot "
+ADDED_LEDGER = ("_mds_checks",)
+"""Ledger tables whose rows an audit writes (its check results; ``stack.transform.checks``):
+added to the lake's, run by run, when it is published."""
 _OWN_CATALOG = "{DUCKLAKE_CATALOG}"
 """What DuckLake stores in a view's query where it names its own lake."""
 _CHANGE = re.compile(r'(\w+):((?:"(?:[^"]|"")*"\.)?"(?:[^"]|"")*"|\d+)')
@@ -194,10 +197,17 @@ def apply(wh: Warehouse, relations: list[Change], lake: str, env: str, meta_sche
     """Make the published lake (attached to ``wh`` as ``lake``, in ``wh``'s open
     transaction) hold the version of each changed relation the environment (attached as
     ``env``) has; add the ledger rows of runs it has not seen."""
+    ledger = sorted(c.name for c in relations if c.schema == meta_schema)
+    if unpublishable := [name for name in ledger if name not in ADDED_LEDGER]:
+        raise WarehouseError(
+            f"the environment wrote the ledger tables {unpublishable} (it ran syncs): a lake"
+            " several processes write publishes what dbt builds, not loads",
+            hint="sync into the lake itself; use an environment for dbt builds and checks",
+        )
     ordered = sorted(relations, key=lambda c: {"table": 0, "view": 1}.get(c.now or "", 2))
     for c in ordered:
         if c.schema == meta_schema:
-            if c.now == "table" and "run_id" in (wh.columns(c.schema, c.name) or {}):
+            if c.now == "table":
                 _add_new_runs(wh, lake, env, c)
             continue
         target, source = _in(lake, c), _in(env, c)

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from tests.servers.pg_server import free_port
+from tests.servers.processes import stop
 
 STARTUP_TIMEOUT = 30.0
 REGION = "us-east-1"
@@ -122,7 +123,7 @@ def moto_s3(folder: Path) -> Iterator[S3Server]:
             time.sleep(0.05)  # a polling interval, not a wait for readiness
         if process.poll() is None and _ready(url):
             break
-        _stop(process)
+        stop(process)
         log.close()
     else:
         raise RuntimeError(f"moto's server did not start; see {folder}/moto-*.log")
@@ -130,18 +131,8 @@ def moto_s3(folder: Path) -> Iterator[S3Server]:
         key_id, secret = _with_authentication(url)
         yield S3Server(f"127.0.0.1:{port}", key_id, secret, process)
     finally:
-        _stop(process)
+        stop(process)
         log.close()
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="session")

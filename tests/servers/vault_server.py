@@ -28,6 +28,8 @@ from pathlib import Path
 import hvac
 import pytest
 
+from tests.servers.processes import stop
+
 STARTUP_TIMEOUT = 20.0
 
 
@@ -110,25 +112,15 @@ def dev_vault(folder: Path) -> Iterator[DevVault]:
             time.sleep(0.02)  # a polling interval, not a wait for readiness
         if process.poll() is None and _healthy(url):
             break
-        _stop(process)
+        stop(process)
         log.close()
     else:
         raise RuntimeError(f"bao dev server did not start; see {folder}/bao-*.log")
     try:
         yield DevVault(url=url, root_token=token, home=home, process=process)
     finally:
-        _stop(process)
+        stop(process)
         log.close()
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="session")
