@@ -55,6 +55,7 @@ def run(
     cwd: str | Path | None = None,
     timeout: float = 1800.0,
     discard_stdout: bool = False,
+    log_to: Path | None = None,
 ) -> Sample:
     """Run ``argv`` to completion and measure it.
 
@@ -64,6 +65,7 @@ def run(
         cwd: working directory.
         timeout: seconds before the process group is killed.
         discard_stdout: send stdout to /dev/null (a floor writing its data there).
+        log_to: a file to keep the command's stdout and stderr in (its log, read after).
 
     Returns:
         The sample; ``seconds`` is the worker's own report if it made one.
@@ -98,6 +100,8 @@ def run(
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read(), err.read()
+        if log_to is not None:
+            log_to.write_text(stdout + stderr)
         peak_kib = int(rss.read().strip() or usage.ru_maxrss)
     if proc.returncode:
         why = "timed out" if proc.returncode == -signal.SIGKILL else f"exit {proc.returncode}"

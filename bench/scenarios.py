@@ -26,8 +26,9 @@ SCENARIOS: dict[str, str] = {
     "orchestration": "bench.orchestration",
     "scaling": "bench.scaling",
     "cdc": "bench.cdc",
+    "lake": "bench.lake",
 }
-"""Scenario name -> module; numbered 1-8 in this order."""
+"""Scenario name -> module; numbered 1-9 in this order."""
 
 QUICK = ("full_load", "incremental", "orchestration")
 """What ``--quick`` runs: the mdstack rows of these, on small tables, once (scaling would
@@ -66,7 +67,7 @@ class Context:
 
 
 def resolve(name: str) -> str:
-    """A scenario by name or by its number (``1``..``8``)."""
+    """A scenario by name or by its number (``1``..``9``)."""
     names = list(SCENARIOS)
     if name.isdigit() and 1 <= int(name) <= len(names):
         return names[int(name) - 1]
