@@ -40,7 +40,7 @@ from connectors.base import (
     State,
 )
 from stack import sql
-from stack.errors import SchemaError
+from stack.errors import SchemaError, WriteConflict
 from stack.load import ledger
 from stack.load.external import sync_external
 from stack.load.names import ColumnNames, column_plan, load_names
@@ -304,7 +304,11 @@ def _destination(wh: Warehouse, plan: StreamPlan, exists: bool) -> StreamSchema:
     if plan.columns:
         declared = pa.schema([f for f in declared if f.name in plan.columns])
     if not exists:
-        wh.create_table(plan.schema, plan.name, pa.schema([*declared, *_META_SCHEMA]))
+        try:
+            wh.create_table(plan.schema, plan.name, pa.schema([*declared, *_META_SCHEMA]))
+        except WriteConflict:  # another region's first run created it a moment before
+            if wh.columns(plan.schema, plan.name) is None:
+                raise
     current = wh.query(f"SELECT * FROM {plan.target} LIMIT 0").schema
     data = pa.schema([f for f in current if f.name not in sql.META_COLUMNS])
     required = [*plan.keys, *((plan.stream.cursor,) if plan.stream.cursor else ())]
