@@ -324,6 +324,7 @@ def test_pages_read_into_arrow_equal_the_json_path(pages, envelope, pretty):
         ("$.data", b'{"data": [{"id": 1, "s": "\xff"}]}'),  # not UTF-8
         ("$.data", b'{"data": [{"id": 1, "v": -0}]}'),  # orjson: the integer 0
         ("$", b'[{"id": 1}], "z": 1'),  # not one JSON document once wrapped
+        ("$.data", b'{"data": [{"id": 2, "v": 100000000000000000000000000000000000000}]}'),
     ],
 )
 def test_bodies_orjson_would_refuse_or_read_otherwise_are_left_to_it(selector, body):

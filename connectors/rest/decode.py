@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from connectors._json_arrow import CONVERSION_ERRORS
+from connectors._json_arrow import CONVERSION_ERRORS, inexact
 from connectors.rest.jsonpath import JsonPath
 
 _ROOT = "_"
@@ -117,6 +117,8 @@ class PageDecoder:
         declined = Decoded(None, {}, types)
         if body.lstrip()[:1] != (b"[" if self._wrap else b"{"):
             return declined  # null, a BOM, not JSON: orjson's path answers (Arrow may crash)
+        if pa.float64() in types.values() and inexact(body):
+            return declined  # Arrow would round an integer of 20+ digits into a float column
         if self._wrap:
             body = b'{"' + _ROOT.encode() + b'":' + body + b"}"
         try:

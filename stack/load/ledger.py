@@ -409,6 +409,23 @@ def record_failure(record_entry: Callable[[], None], entry: RunEntry) -> None:
     log.warning("could not record the failure of %s in the ledger: busy", entry.stream)
 
 
+def running_elsewhere(wh: Warehouse, key: StreamKey) -> bool:
+    """Whether a run of the stream in another region is under way (its latest ledger row
+    says ``running``): on a warehouse several processes write, it may be loading the table
+    this one shares."""
+    runs = table(wh.meta_schema, RUNS_TABLE)
+    if wh.columns(wh.meta_schema, RUNS_TABLE) is None:
+        return False
+    found = wh.query(
+        f"SELECT {ident('status')} FROM {runs} WHERE {ident('pipeline')} = ?"
+        f" AND {ident('source')} = ? AND {ident('stream')} = ? AND {ident('region')} <> ?"
+        f" QUALIFY row_number() OVER (PARTITION BY {ident('region')}"
+        f" ORDER BY {ident('started_at')} DESC) = 1",
+        [key.pipeline, key.source, key.stream, key.region],
+    )
+    return "running" in found.column(0).to_pylist()
+
+
 def latest_runs(wh: Warehouse, pipeline: str) -> pa.Table:
     """The most recent ledger row per (source, stream, region), with the stored state."""
     runs = table(wh.meta_schema, RUNS_TABLE)

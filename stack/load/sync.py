@@ -184,7 +184,7 @@ class StreamRun:
         wh, plan, ctx, key, replace = self.wh, self.plan, self.ctx, self.key, self.replace
         ledger.begin_run(wh, key, ctx.run_id)
         self.committed = state = ledger.read_state(wh, key)
-        existing = _existing_columns(wh, plan, state)
+        existing = _existing_columns(wh, plan, state, key)
         self.names = names = load_names(wh, plan.schema, plan.name, existing)
         self.plan = plan = column_plan(plan, names)
         if replace is not None:  # the caller reads its counts back: the same object
@@ -316,18 +316,20 @@ def _destination(wh: Warehouse, plan: StreamPlan, exists: bool) -> StreamSchema:
 
 
 def _existing_columns(
-    wh: Warehouse, plan: StreamPlan, state: State | None
+    wh: Warehouse, plan: StreamPlan, state: State | None, key: ledger.StreamKey
 ) -> dict[str, str] | None:
     """The destination table's columns (None when there is no table), read once per run.
 
     An empty table that no run of this stream committed to (``state`` is None: a failed
     first sync left it) is dropped first: its columns and types came from that run's schema
     and data, and would otherwise decide this run's (refused under ``freeze``); this run
-    creates it afresh. Not on a warehouse with several writers: there the empty table may be
-    another region's first run, still loading into it.
+    creates it afresh. Not while another region's run of the stream is under way on a
+    warehouse several processes write: the empty table may be its first load, in progress.
     """
     columns = wh.columns(plan.schema, plan.name)
-    if columns is None or state is not None or wh.capabilities.concurrent_writers:
+    if columns is None or state is not None:
+        return columns
+    if wh.capabilities.concurrent_writers and ledger.running_elsewhere(wh, key):
         return columns
     if wh.query(f"SELECT COUNT(*) AS n FROM {plan.target}").column(0)[0].as_py() == 0:
         wh.execute(f"DROP TABLE {plan.target}")

@@ -230,6 +230,9 @@ def _in(catalog: str, c: Change) -> str:
 
 def _add_new_runs(wh: Warehouse, lake: str, env: str, c: Change) -> None:
     target, source = _in(lake, c), _in(env, c)
+    if wh.columns(c.schema, c.name) is None:  # the lake's first audit made the table
+        wh.execute(f"CREATE TABLE {target} AS SELECT * FROM {source}")
+        return
     wh.execute(
         f"INSERT INTO {target} BY NAME SELECT * FROM {source} e WHERE NOT EXISTS"
         f" (SELECT 1 FROM {target} p WHERE p.run_id IS NOT DISTINCT FROM e.run_id)"
