@@ -232,7 +232,7 @@ def _replication_role(conn: Connection) -> Finding:
 
 def _publication(conn: Connection, publication: str, tables: Sequence[Target]) -> Finding:
     name = f"publication {publication}"
-    if conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)).fetchone():
+    if publications.exists(conn, publication):
         return Finding(name, "ok", "exists")
     if tables and publications.may_create(conn, tables):
         return Finding(name, "warn", "does not exist: a sync creates it for the CDC tables")

@@ -22,7 +22,7 @@ from psycopg import sql
 
 from connectors.postgres.cdc import Connection, Target, _sql_text, _value
 
-__all__ = ["follow", "may_add", "may_create", "unread"]
+__all__ = ["exists", "follow", "may_add", "may_create", "unread"]
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def follow(conn: Connection, publication: str, targets: Sequence[Target]) -> lis
     Returns the statements run (each logged), none when nothing was missing or allowed.
     """
     pub = sql.Identifier(publication)
-    if not _exists(conn, publication):
+    if not exists(conn, publication):
         if not targets or not may_create(conn, targets):
             return []
         tables = sql.SQL(", ").join(t.qualified for t in targets)
@@ -94,7 +94,8 @@ def unread(conn: Connection, publication: str, targets: Sequence[Target]) -> lis
     return [f"{schema}.{table}" for schema, table in rows if (schema, table) not in read]
 
 
-def _exists(conn: Connection, publication: str) -> bool:
+def exists(conn: Connection, publication: str) -> bool:
+    """Whether the database has the publication."""
     query = "SELECT 1 FROM pg_publication WHERE pubname = %s"
     return conn.execute(query, (publication,)).fetchone() is not None
 

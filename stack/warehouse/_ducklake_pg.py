@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from connectors._http_redact import Redactor
 from stack.config.targets import PostgresCatalog
 from stack.errors import SyncConflict, WarehouseBusy
 
@@ -82,7 +83,7 @@ class PostgresCatalogLink:
         except psycopg.OperationalError as exc:
             raise WarehouseBusy(
                 f"cannot reach the lake's catalog {self.where} to lock {name!r}: "
-                f"{str(exc).replace(self.catalog.password or chr(0), '***')}",
+                f"{Redactor(filter(None, [self.catalog.password]))(str(exc))}",
                 hint="check that the catalog database is up and reachable from here",
             ) from None
         with conn:

@@ -31,6 +31,7 @@ import duckdb
 import psycopg
 import pyarrow as pa
 
+from connectors._http_redact import Redactor
 from connectors.duckdb_extensions import packaged_extension
 from stack.config.targets import ObjectStorage, PostgresCatalog
 from stack.errors import SyncConflict, WarehouseBusy, WarehouseError, WriteConflict
@@ -202,9 +203,8 @@ class DuckDBWarehouse:
                     time.sleep(0.2 * (attempt + 1))
         except duckdb.Error as exc:
             con.close()
-            text = str(exc)
-            for secret in filter(None, [pg.catalog.password, *s3.credentials(self.storage)]):
-                text = text.replace(secret, "***")
+            secrets = filter(None, [pg.catalog.password, *s3.credentials(self.storage)])
+            text = Redactor(secrets)(str(exc))
             raise WarehouseBusy(
                 f"cannot open the lake's catalog {pg.where}: {text}",
                 hint="check that the catalog database is up and reachable from here, and the "
