@@ -65,6 +65,10 @@ def test_a_failing_audit_leaves_the_published_marts_while_another_region_publish
     assert rows_of(lake, MARTS) == before  # dashboards still read the last good marts
     audit = lake.environment("audit-eu")
     assert audit.pg is not None and rows_of(audit, MARTS) != before  # kept for debugging
+    audit_wrote = catalog_files(pg_logical, audit.pg.schema) - catalog_files(
+        pg_logical, lake.pg.schema
+    )
+    assert audit_wrote and audit_wrote <= files_on_disk(lake)
 
     other = run(path, "us", fail_audit=False)  # another region publishes meanwhile
     assert other.published, other
@@ -75,6 +79,8 @@ def test_a_failing_audit_leaves_the_published_marts_while_another_region_publish
     fixed = run(path, "eu")
     assert fixed.published, fixed
     assert catalog_schemas(pg_logical, lake.pg.schema) == [lake.pg.schema]  # audits dropped
+    assert catalog_files(pg_logical, lake.pg.schema) <= files_on_disk(lake)
+    assert not audit_wrote & files_on_disk(lake)  # nor the files the failed audit wrote
     with lake as wh:
         checks = wh.query(
             f"SELECT count(*) AS n FROM {wh.meta_schema}._mds_checks WHERE run_id = ?",
@@ -123,14 +129,41 @@ def test_a_clone_is_isolated_both_ways_costs_no_data_copy_and_publishes_its_chan
     with pytest.raises(WarehouseError, match=r"changed s\.t while dev held its own version"):
         lake.publish("dev")  # both changed s.t: nothing written meanwhile is lost
     assert rows(lake, "SELECT count(*) FROM s.t") == (400,)
+    assert again.pg is not None
+    dev_wrote = catalog_files(pg_logical, again.pg.schema) - catalog_files(
+        pg_logical, lake.pg.schema
+    )
+    assert dev_wrote and dev_wrote <= files_on_disk(lake)
 
     synced = lake.clone_into("dev")  # loads write the ledger: not a clone's to publish
+    assert not dev_wrote & files_on_disk(lake)  # a new clone replaces the old one's files
     with synced as wh:
-        wh.execute("CREATE TABLE main._mds_state AS SELECT 'r1' AS run_id")
+        wh.execute("CREATE TABLE main._mds_state AS SELECT 'r1' AS run_id FROM range(1000)")
     with pytest.raises(WarehouseError, match=r"wrote the ledger tables \['_mds_state'\]"):
         lake.publish("dev")
+    assert synced.pg is not None
+    dev_wrote = catalog_files(pg_logical, synced.pg.schema) - catalog_files(
+        pg_logical, lake.pg.schema
+    )
+    assert dev_wrote and dev_wrote <= files_on_disk(lake)
     lake.drop_environment("dev")
     assert catalog_schemas(pg_logical, lake.pg.schema) == [lake.pg.schema]
+    assert not dev_wrote & files_on_disk(lake)  # the files dev wrote went with it
+    assert catalog_files(pg_logical, lake.pg.schema) <= files_on_disk(lake)  # the lake's stay
+
+
+def files_on_disk(lake: DuckDBWarehouse) -> set[str]:
+    return {p.name for p in Path(lake.data_path).rglob("*.parquet")}
+
+
+def catalog_files(cluster: PgCluster, schema: str) -> set[str]:
+    """The names of every data and delete file the lake's catalog knows, live or not."""
+    with psycopg.connect(**connect_kwargs(cluster.dsn)) as conn:
+        found = conn.execute(
+            f'SELECT path FROM "{schema}".ducklake_data_file'
+            f' UNION SELECT path FROM "{schema}".ducklake_delete_file'
+        ).fetchall()
+    return {Path(path).name for (path,) in found}
 
 
 def rows(wh: DuckDBWarehouse, query: str) -> tuple:

@@ -15,15 +15,20 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from connectors.base import ConfiguredStream, Message, State
+from stack.load import EVERY_CHECKPOINT
 from stack.load.ledger import StreamKey
 from stack.sql import table
 from tests import lake_writer
@@ -36,13 +41,16 @@ from tests.contract import (
     open_pg_catalog,
     run_ledger,
     stored_state,
+    sync,
     table_rows,
 )
+from tests.scripted import ScriptedSource
 from tests.servers.pg_server import PgCluster, connect_kwargs
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "lake_writer.py"
-COMMITS = 8
+COMMITS = int(os.environ.get("MDSTACK_LAKE_COMMITS", "8"))
+"""Commits each writer makes (``MDSTACK_LAKE_COMMITS=25`` for the long run)."""
 KILL_AFTER = 10
 """The victim is killed after this many batches (in its 4th round, its second run), then a
 random pause up to about a commit."""
@@ -239,3 +247,52 @@ def one(conn: psycopg.Connection, sql: str, params: tuple = ()) -> tuple:
     row = conn.execute(sql, params).fetchone()
     assert row is not None, sql
     return row
+
+
+class HeldSource(ScriptedSource):
+    """Replays its script, but waits for ``go`` once it has given its first message."""
+
+    def __init__(self, script: list[Message]) -> None:
+        super().__init__(script)
+        self.given, self.go = threading.Event(), threading.Event()
+
+    def read(self, stream: ConfiguredStream, state: State | None) -> Iterator[Message]:
+        for index, message in enumerate(super().read(stream, state)):
+            if index == 1:
+                self.given.set()
+                assert self.go.wait(60)
+            yield message
+
+
+def test_a_first_load_in_progress_keeps_its_new_table_from_another_region(
+    pg_logical: PgCluster, tmp_path: Path
+):
+    """Region eu's first run creates the shared table and stages its first batch; region
+    us's first run, in another process's shoes, finds the table empty and no committed
+    state of its own: it must keep the table (eu is loading it), not drop it as a failed
+    run's leftover."""
+    os.environ[CATALOG_PORT] = str(pg_logical.dsn["port"])
+    script = [m for r in lake_writer.script(7, 1) for m in r]
+    held = HeldSource(script)
+    load = partial(sync, mode="incremental_deduped", deletes="hard", policy=EVERY_CHECKPOINT)
+    lake = tmp_path / "lake"  # one catalog (named after the path), two connections to it
+    with open_pg_catalog(lake) as first, open_pg_catalog(lake) as second:
+        with ThreadPoolExecutor(1) as pool:
+            loading = pool.submit(load, first, held, region="eu", run_id="eu-1")
+            assert held.given.wait(60), loading.exception()
+            load(second, ScriptedSource(script), region="us", run_id="us-1")
+            held.go.set()
+            assert loading.result().status == "succeeded"
+        for region in ("eu", "us"):
+            assert table_rows(second, region, "incremental_deduped") == expected_rows(
+                "incremental_deduped", "hard", [("", script)]
+            ), region
+        assert second.pg is not None
+        catalog = second.pg.schema
+    with psycopg.connect(**connect_kwargs(pg_logical.dsn)) as conn:
+        created = one(
+            conn,
+            f'SELECT count(*) FROM "{catalog}".ducklake_table WHERE table_name = %s',
+            (STREAM,),
+        )
+    assert created == (1,)  # never dropped under eu's load (and created again by us)

@@ -387,8 +387,22 @@ def describe_error(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, MdstackError) else f"{type(exc).__name__}: {exc}"
 
 
-FAILURE_RECORD_ATTEMPTS = 10
-"""Writes of a failed run's row that lost a race with another writer's commit."""
+LEDGER_WRITE_ATTEMPTS = 10
+"""Writes of a ledger row that lost a race with another writer's commit."""
+
+
+def write_again_on_conflict(write: Callable[[], None]) -> None:
+    """Call ``write`` (a ledger write, its own commit) until it no longer loses a race
+    with another writer's commit, pausing a random moment longer each time; after
+    :data:`LEDGER_WRITE_ATTEMPTS` losses the last ``WriteConflict`` is raised."""
+    for attempt in range(1, LEDGER_WRITE_ATTEMPTS + 1):
+        try:
+            write()
+            return
+        except WriteConflict:
+            if attempt == LEDGER_WRITE_ATTEMPTS:
+                raise
+            time.sleep(random.uniform(0, 0.2 * attempt))
 
 
 def record_failure(record_entry: Callable[[], None], entry: RunEntry) -> None:
@@ -397,16 +411,10 @@ def record_failure(record_entry: Callable[[], None], entry: RunEntry) -> None:
     The failure itself must surface even if the ledger cannot be written, so a
     warehouse error here is logged, not raised.
     """
-    for attempt in range(1, FAILURE_RECORD_ATTEMPTS + 1):
-        try:
-            record_entry()
-            return
-        except WriteConflict:  # another writer's commit won the race: write it again
-            time.sleep(random.uniform(0, 0.2 * attempt))
-        except MdstackError as exc:
-            log.warning("could not record the failure of %s in the ledger: %s", entry.stream, exc)
-            return
-    log.warning("could not record the failure of %s in the ledger: busy", entry.stream)
+    try:
+        write_again_on_conflict(record_entry)
+    except MdstackError as exc:
+        log.warning("could not record the failure of %s in the ledger: %s", entry.stream, exc)
 
 
 def running_elsewhere(wh: Warehouse, key: StreamKey) -> bool:

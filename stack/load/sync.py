@@ -194,6 +194,10 @@ class StreamRun:
             state = None if replace.whole else state
         stored = names.store(wh, plan.schema, plan.name, ctx.run_id)
         self.changes.extend(r.describe() for r in stored)
+        if existing is None and wh.capabilities.concurrent_writers:
+            # Seen running before its table is: a run of another region that finds the
+            # table still empty keeps it (_existing_columns), never drops it mid-load.
+            ledger.write_again_on_conflict(self.record)
         self.schema = _destination(wh, plan, exists=existing is not None)
         self.lc = lc = LoadContext(wh, plan, ctx, key, self.entry, self.record, replace)
         self.load = DirectLoad(lc) if _direct(plan, wh.capabilities) else StagedLoad(lc)

@@ -14,14 +14,18 @@
   schema are never copied; the ledger rows of runs the published lake has not seen yet
   (check results written during the audit) are added. It refuses when one of those
   relations was replaced in the published lake after the clone.
-* **Drop** removes the environment's schema. The data files the environment wrote stay in
-  the data path (the published lake holds copies of what was published).
+* **Drop** deletes the data files the environment wrote (the published lake holds copies
+  of what was published, never these files), then its schema. The files are found in the
+  environment's catalog (created after its clone) and handed to DuckLake's own cleanup, so
+  an ``s3://`` data path is served like a folder; the published lake's files, which the
+  environment only read, are never touched.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import partial
 
 import psycopg
 from psycopg import sql
@@ -144,6 +148,48 @@ def changed_after(
     return sorted(
         f"{c.schema}.{c.name}" for c in changes(conn, schema, base) if (c.schema, c.name) in wanted
     )
+
+
+def schedule_own_files(conninfo: str, env: str) -> int:
+    """Schedule for deletion, in ``env``'s catalog, exactly the files it wrote itself: the
+    data and delete files created after its clone. What the schedule held before (rows the
+    clone copied from the published lake: files of *its* expired snapshots, which readers of
+    the published lake may still scan) is emptied first. Returns how many were scheduled;
+    0 for an environment that does not exist (nothing to clean).
+    """
+    with psycopg.connect(conninfo) as conn, conn.transaction():
+        try:
+            base = base_snapshot(conn, env)
+        except WarehouseError:
+            return 0
+        ref = partial(sql.Identifier, env)
+        scheduled = ref("ducklake_files_scheduled_for_deletion")
+        conn.execute(sql.SQL("DELETE FROM {}").format(scheduled))
+        cursor = conn.execute(
+            sql.SQL(
+                "INSERT INTO {scheduled} (data_file_id, path, path_is_relative, schedule_start)"
+                " SELECT DISTINCT f.id, CASE"
+                "  WHEN NOT f.path_is_relative THEN f.path"
+                "  WHEN NOT t.path_is_relative THEN t.path || f.path"
+                "  WHEN NOT s.path_is_relative THEN s.path || t.path || f.path"
+                "  ELSE m.value || s.path || t.path || f.path END, false, now() - interval '1 day'"
+                " FROM (SELECT data_file_id AS id, table_id, path, path_is_relative FROM {data}"
+                "  WHERE begin_snapshot > %(base)s UNION ALL"
+                "  SELECT delete_file_id, table_id, path, path_is_relative FROM {deletes}"
+                "  WHERE begin_snapshot > %(base)s) AS f"
+                " JOIN {tables} AS t USING (table_id) JOIN {schemas} AS s USING (schema_id)"
+                " JOIN {meta} AS m ON m.key = 'data_path' AND m.scope IS NULL"
+            ).format(
+                scheduled=scheduled,
+                data=ref("ducklake_data_file"),
+                deletes=ref("ducklake_delete_file"),
+                tables=ref("ducklake_table"),
+                schemas=ref("ducklake_schema"),
+                meta=ref("ducklake_metadata"),
+            ),
+            {"base": base},
+        )
+        return cursor.rowcount
 
 
 def drop(conninfo: str, env: str) -> None:

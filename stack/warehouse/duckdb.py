@@ -469,6 +469,7 @@ class DuckDBWarehouse:
             return self.environment(name)
         env = self.environment(name)
         assert env.pg is not None
+        env.delete_own_files()  # a clone replaces the environment: its files go first
         pg_envs.clone(self.pg.conninfo(password=True), self.pg.schema, env.pg.schema)
         return env
 
@@ -500,8 +501,19 @@ class DuckDBWarehouse:
 
     def drop_environment(self, name: str) -> None:
         if self.pg is not None:
-            pg_envs.drop(self.pg.conninfo(password=True), pg_envs.env_schema(self.pg.schema, name))
+            env = self.environment(name)
+            assert env.pg is not None
+            env.delete_own_files()
+            pg_envs.drop(self.pg.conninfo(password=True), env.pg.schema)
         drop_lake(environment_path(self.path, name))
+
+    def delete_own_files(self) -> None:
+        """Delete the data files this environment of a PostgreSQL-catalog lake wrote since
+        its clone (:func:`pg_envs.schedule_own_files`), through DuckLake's cleanup."""
+        assert self.pg is not None
+        if pg_envs.schedule_own_files(self.pg.conninfo(password=True), self.pg.schema):
+            with self:
+                self.con.execute(f"CALL ducklake_cleanup_old_files('{ALIAS}', cleanup_all => true)")
 
     # -- dbt ----------------------------------------------------------------------------------
     def dbt_env(self) -> dict[str, str]:
