@@ -376,9 +376,10 @@ def new_run(plan: StreamPlan, ctx: RunContext) -> tuple[RunEntry, StreamKey]:
 def begin_run(wh: Warehouse, key: StreamKey, run_id: str) -> None:
     """Make the ledger ready for a stream's run: tables created, dead runs closed.
 
-    Call holding the stream's lock (:func:`close_abandoned` relies on it).
+    Call holding the stream's lock (:func:`close_abandoned` relies on it). The first runs
+    on a lake several processes write may race to create the tables: the loser looks again.
     """
-    ensure_tables(wh)
+    write_again_on_conflict(partial(ensure_tables, wh))
     close_abandoned(wh, key, run_id)
 
 

@@ -223,11 +223,16 @@ class StreamRun:
 
     def finish(self, source: Source) -> None:
         """Commit what the read left (the last commit records the finished run in its own
-        transaction: no extra commit), then detect snapshot deletes if asked."""
+        transaction: no extra commit), then detect snapshot deletes if asked.
+
+        A read that brought nothing and ends on the state already stored (an incremental
+        sync with nothing new) commits nothing: only its ledger row is written.
+        """
         load, entry, plan = self.load, self.entry, self.plan
         assert load is not None, "open() first"
         recorded = False
-        if self.whole_run or load.rows or load.state is not None:
+        moved = load.state is not None and load.state != self.committed
+        if self.whole_run or load.rows or moved:
             if not plan.snapshot_deletes:
                 entry.status, recorded = "succeeded", True
             self._commit()
