@@ -53,6 +53,29 @@ def _latest(source: str, keys: Sequence[str], order: Sequence[str]) -> str:
     )
 
 
+def has_duplicate_keys(target: str, keys: Sequence[str]) -> str:
+    """Whether the region holds two rows of one key (a query: a row, or none).
+    Parameters: region."""
+    return (
+        f"SELECT 1 FROM {target} WHERE {ident(REGION)} = ? GROUP BY {_cols(keys)} "
+        "HAVING count(*) > 1 LIMIT 1"
+    )
+
+
+def delete_superseded(target: str, keys: Sequence[str], cursor: str | None) -> str:
+    """DELETE every row of the region but the latest per key: the highest cursor (a NULL
+    cursor loses, as in :func:`prepare_rows`). Of rows with the same key and cursor one is
+    kept, the last written where ``rowid`` follows write order (DuckDB's parallel writes do
+    not promise it: like rows of one batch in :func:`prepare_rows`, such ties have no
+    defined order). Parameters: region."""
+    by = f"{ident(cursor)} DESC NULLS LAST, rowid DESC" if cursor else "rowid DESC"
+    return (
+        f"DELETE FROM {target} WHERE rowid IN (SELECT rowid FROM {target} "
+        f"WHERE {ident(REGION)} = ? "
+        f"QUALIFY row_number() OVER (PARTITION BY {_cols(keys)} ORDER BY {by}) > 1)"
+    )
+
+
 _META_PARAMS = (
     f"?::VARCHAR AS {ident(REGION)}, ?::VARCHAR AS {ident(RUN_ID)}, "
     f"?::TIMESTAMP AS {ident(LOADED_AT)}"

@@ -1,4 +1,5 @@
-"""The direct load (append and overwrite streams): one streaming INSERT fed by a bounded queue.
+"""The direct load (append and overwrite streams, a deduped stream's first load): one
+streaming INSERT fed by a bounded queue.
 
 What is checked: memory stays bounded by a few batches whatever the number of
 batches, the rows and state land the same through the streaming path and the
@@ -18,7 +19,7 @@ import pytest
 from connectors.base import Batch, Checkpoint, ConfiguredStream, Message, State
 from stack.config import SourceConfig
 from stack.errors import SchemaError, WarehouseError
-from stack.load import RunContext, plan_stream, sync_stream
+from stack.load import EVERY_CHECKPOINT, RunContext, plan_stream, sync_stream
 from stack.load.feed import Feed, FeedAborted
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.scripted import SCHEMA, ScriptedSource, checkpoint, rows
@@ -186,3 +187,34 @@ def test_an_engine_failure_closes_the_source_and_writes_nothing(warehouse, mode)
     assert warehouse.query("SELECT count(*) AS n FROM raw.items").to_pylist() == [{"n": 0}]
     status = warehouse.query("SELECT status FROM _mds_runs").to_pylist()
     assert status == [{"status": "failed"}]
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_a_deduped_first_load_goes_direct_and_keeps_the_latest_row_per_key(warehouse, streaming):
+    """An empty region's first load of a deduped stream streams into the table and drops
+    superseded rows at its commit (the highest cursor wins; a NULL cursor loses; a row read
+    twice is kept once); the next commit of the same run, and a region loaded after another,
+    still end with one row per key."""
+    wh = warehouse if streaming else buffered(warehouse)
+    script = [
+        rows((1, "a", 5), (2, "b", 5), (3, "c-old", 1), (6, "f", 1)),
+        rows((1, "a2", 6), (3, "c", 2), (4, "d", None), (4, "d2", 3), (6, "f", 1)),
+        checkpoint(),
+        rows((2, "b3", 6), (5, "e", 1)),
+        checkpoint(),
+    ]
+    latest = [(1, "a2", 6), (2, "b3", 6), (3, "c", 2), (4, "d2", 3), (5, "e", 1), (6, "f", 1)]
+    for region in ("eu", "us"):  # us: the table exists and holds another region's rows
+        cfg = SourceConfig.model_validate(
+            {"connector": "scripted", "schema": "raw", "streams": {"items": {"deletes": "none"}}}
+        )
+        plan = plan_stream("src", cfg, ScriptedSource([]).discover(), "items")
+        entry = sync_stream(
+            wh, ScriptedSource(script), plan, RunContext("p", region, "r1"), policy=EVERY_CHECKPOINT
+        )
+        got = wh.query(
+            "SELECT id, name, updated_at FROM raw.items WHERE _mds_region = ? ORDER BY id",
+            [region],
+        ).to_pylist()
+        assert [tuple(r.values()) for r in got] == latest, region
+        assert (entry.inserted, entry.updated, entry.checkpoints) == (6, 1, 2), region

@@ -253,7 +253,7 @@ class StagedLoad:
 
     def _filled(self, wh: Warehouse, target: str, region: str) -> bool:
         if self._region_filled is None:
-            self._region_filled = _region_has_rows(wh, target, region)
+            self._region_filled = region_has_rows(wh, target, region)
         return self._region_filled
 
 
@@ -414,7 +414,7 @@ def detect_deletes(
         wh.drop_stage(gone)
 
 
-def _region_has_rows(wh: Warehouse, target: str, region: str) -> bool:
+def region_has_rows(wh: Warehouse, target: str, region: str) -> bool:
     """Whether the target holds any row of ``region``, deleted (soft) rows included."""
     found = wh.query(f"SELECT 1 FROM {target} WHERE {sql.ident(sql.REGION)} = ? LIMIT 1", [region])
     return found.num_rows > 0

@@ -26,16 +26,22 @@ from stack import sql
 from stack.errors import SchemaError
 from stack.load import ledger
 from stack.load.feed import Feed
-from stack.load.plan import utcnow
+from stack.load.plan import StreamPlan, utcnow
 from stack.load.staged import LoadContext
 from stack.load.staging import BUFFER_ROWS
+from stack.warehouse.base import Capabilities
 
 
 class DirectLoad:
     """Append records to the destination in an open transaction; commit with the state."""
 
-    def __init__(self, lc: LoadContext, max_rows: int = BUFFER_ROWS) -> None:
+    def __init__(
+        self, lc: LoadContext, max_rows: int = BUFFER_ROWS, *, dedupe: bool = False
+    ) -> None:
         self.lc = lc
+        self.dedupe = dedupe
+        """Keep one row per key at commit (a deduped stream's first load of an empty region:
+        see :func:`first_load_direct`)."""
         self.max_rows = max_rows
         self.state: State | None = None
         self._pending = 0
@@ -99,10 +105,24 @@ class DirectLoad:
             }
             wh.append(wh.meta_schema, ledger.QUARANTINE_TABLE, _Constants(meta).add(bad))
             entry.quarantined += bad.num_rows
+        if self.dedupe:
+            self._keep_latest_per_key()
         self.lc.end_checkpoint(self.state, now)
         self._tx = None
         tx.close()  # COMMIT
         self._bad, self._pending, self.state = [], 0, None
+
+    def _keep_latest_per_key(self) -> None:
+        """Delete the rows a later one of the same key supersedes; the region held no row
+        before this load, so every row in it is this load's and the inserts are what is left."""
+        wh, plan, region, entry = self.lc.wh, self.lc.plan, self.lc.ctx.region, self.lc.entry
+        if not wh.query(sql.has_duplicate_keys(plan.target, plan.keys), [region]).num_rows:
+            return
+        wh.execute(sql.delete_superseded(plan.target, plan.keys, plan.stream.cursor), [region])
+        left = wh.query(
+            f"SELECT count(*) FROM {plan.target} WHERE {sql.ident(sql.REGION)} = ?", [region]
+        )
+        entry.inserted = int(left.column(0)[0].as_py())
 
     def close(self) -> None:
         """Roll back whatever was written since the last commit."""
@@ -173,3 +193,20 @@ class _Constants:
         for name, column in zip(self.values, self._columns, strict=True):
             data = data.append_column(name, column.slice(0, rows))
         return data
+
+
+def first_load_direct(plan: StreamPlan, capabilities: Capabilities) -> bool:
+    """Whether a deduped stream's load may stream straight into its table when the region
+    holds no rows yet (the caller checks that): nothing to merge with, so rows need no
+    staging; rows of a key a later cursor supersedes are deleted at the commit, by row id.
+    Not for streams with deletes (a tombstone must meet the row it follows), nor where a
+    direct load is refused anyway (DDL that commits, several processes writing)."""
+    deletes = plan.stream.spec.emits_deletes and plan.deletes != "none"
+    return (
+        plan.mode == "incremental_deduped"
+        and bool(plan.keys)
+        and not deletes
+        and capabilities.row_ids
+        and capabilities.transactional_ddl
+        and not capabilities.concurrent_writers
+    )

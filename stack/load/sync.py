@@ -46,9 +46,16 @@ from stack.load.external import sync_external
 from stack.load.names import ColumnNames, column_plan, load_names
 from stack.load.plan import CommitPolicy, RunContext, StreamPlan, utcnow
 from stack.load.schema import StreamSchema
-from stack.load.staged import Load, LoadContext, Replacement, StagedLoad, detect_deletes
+from stack.load.staged import (
+    Load,
+    LoadContext,
+    Replacement,
+    StagedLoad,
+    detect_deletes,
+    region_has_rows,
+)
 from stack.load.staging import Stage
-from stack.load.streaming import DirectLoad
+from stack.load.streaming import DirectLoad, first_load_direct
 from stack.warehouse.base import Capabilities, Warehouse
 
 __all__ = ["Progress", "StreamRun", "sync_stream"]
@@ -200,7 +207,7 @@ class StreamRun:
             ledger.write_again_on_conflict(self.record)
         self.schema = _destination(wh, plan, exists=existing is not None)
         self.lc = lc = LoadContext(wh, plan, ctx, key, self.entry, self.record, replace)
-        self.load = DirectLoad(lc) if _direct(plan, wh.capabilities) else StagedLoad(lc)
+        self.load = _load(lc, existing is not None)
         return state
 
     def feed(self, message: Message) -> None:
@@ -210,15 +217,24 @@ class StreamRun:
         _feed(self.lc, message, self.schema, self.load, self.changes, self.progress)
         if not isinstance(message, Checkpoint) or self.policy is None:
             return
-        if self.policy.due(self.load.rows, self.last_commit):
+        if self._news() and self.policy.due(self.load.rows, self.last_commit):
             self._commit()
             self.last_commit = time.perf_counter()
+
+    def _news(self) -> bool:
+        """Whether a commit now would change anything: rows (records, deletes, bad records)
+        are waiting, or the read's state moved past the committed one."""
+        assert self.load is not None, "open() first"
+        state = self.load.state
+        return bool(self.load.rows) or (state is not None and state != self.committed)
 
     def _commit(self) -> None:
         """Commit what is staged; the state it stores is the stream's committed one now."""
         assert self.load is not None, "open() first"
         state = self.load.state
         self.load.commit()
+        if isinstance(self.load, DirectLoad) and self.load.dedupe:
+            self.load = StagedLoad(self.lc)  # the region holds rows now: later commits merge
         self.committed = state if state is not None else self.committed
 
     def finish(self, source: Source) -> None:
@@ -231,8 +247,7 @@ class StreamRun:
         load, entry, plan = self.load, self.entry, self.plan
         assert load is not None, "open() first"
         recorded = False
-        moved = load.state is not None and load.state != self.committed
-        if self.whole_run or load.rows or moved:
+        if self.whole_run or self._news():
             if not plan.snapshot_deletes:
                 entry.status, recorded = "succeeded", True
             self._commit()
@@ -305,6 +320,21 @@ def _direct(plan: StreamPlan, capabilities: Capabilities) -> bool:
     if plan.mode == "full_refresh_overwrite":
         return not (plan.soft and plan.keys)
     return plan.mode in ("full_refresh_append", "incremental_append") and not deletes
+
+
+def _load(lc: LoadContext, table_existed: bool) -> Load:
+    """How the run writes: straight into the table where nothing needs merging (appends,
+    overwrites; a deduped stream's first load of an empty region), else staged."""
+    wh, plan = lc.wh, lc.plan
+    if _direct(plan, wh.capabilities):
+        return DirectLoad(lc)
+    if (
+        lc.replace is None
+        and first_load_direct(plan, wh.capabilities)
+        and not (table_existed and region_has_rows(wh, plan.target, lc.ctx.region))
+    ):
+        return DirectLoad(lc, dedupe=True)
+    return StagedLoad(lc)
 
 
 def _destination(wh: Warehouse, plan: StreamPlan, exists: bool) -> StreamSchema:

@@ -31,6 +31,8 @@ class Capabilities:
             than the one holding it (the caller then leaves the connection to it).
         transactional_ddl: ``CREATE TABLE`` joins an open transaction instead of
             committing it, so several tables can be created in one commit.
+        row_ids: every row, uncommitted ones included, has a unique ``rowid`` a
+            statement can name (to delete one of two rows that are otherwise alike).
     """
 
     dialect: str
@@ -40,6 +42,7 @@ class Capabilities:
     concurrent_writers: bool = False
     stream_append: bool = False
     transactional_ddl: bool = False
+    row_ids: bool = False
 
 
 class Warehouse(Protocol):

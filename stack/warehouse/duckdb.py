@@ -109,6 +109,7 @@ class DuckDBWarehouse:
         concurrent_writers=False,
         stream_append=True,
         transactional_ddl=True,
+        row_ids=True,
     )
     meta_schema = "main"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from connectors.base import Checkpoint
 from stack.config import SourceConfig
 from stack.errors import SchemaError
 from stack.load import EVERY_CHECKPOINT, CommitPolicy, RunContext, ledger, plan_stream, sync_stream
@@ -66,6 +67,35 @@ def test_second_run_resumes_from_committed_state_and_merges(warehouse):
     assert source.states_seen == [None, {"position": 2}]
     assert table(warehouse) == [(1, "a", 1, False), (2, "b2", 5, False), (3, "c", 5, False)]
     assert (entry.rows_read, entry.inserted, entry.updated) == (2, 1, 1)
+
+
+class SaysItsStateAgain(ScriptedSource):
+    """Ends every resumed read on the state it was given, as a database source does when
+    no row is newer than its cursor."""
+
+    def read(self, stream, state):
+        yield from super().read(stream, state)
+        if state:
+            yield Checkpoint("items", state)
+
+
+def test_a_sync_with_nothing_new_commits_nothing_but_its_ledger_row(warehouse):
+    source = SaysItsStateAgain([rows((1, "a", 1)), checkpoint()])
+    run(warehouse, source)
+    entry = run(warehouse, source, run_id="r2")
+    assert (entry.status, entry.rows_read, entry.checkpoints) == ("succeeded", 0, 0)
+    stored = warehouse.query(
+        f"SELECT state, run_id FROM {warehouse.meta_schema}.{ledger.STATE_TABLE}"
+    ).to_pylist()
+    assert stored == [{"state": '{"position": 2}', "run_id": "r1"}]  # not written again
+    runs = warehouse.query(
+        f"SELECT run_id, status FROM {warehouse.meta_schema}.{ledger.RUNS_TABLE} ORDER BY run_id"
+    ).to_pylist()
+    assert runs == [
+        {"run_id": "r1", "status": "succeeded"},
+        {"run_id": "r2", "status": "succeeded"},
+    ]
+    assert table(warehouse) == [(1, "a", 1, False)]
 
 
 def test_older_cursor_is_refused_or_quarantined_never_silently_dropped(warehouse):
