@@ -262,6 +262,33 @@ def test_incremental_read_checkpoints_between_cursor_values_and_resumes(events, 
     assert _rows(nothing) == [] and _states(nothing) == [{"cursor": "2024-01-01T00:10:00+00:00"}]
 
 
+def test_nothing_new_on_an_indexed_cursor_ends_the_read_without_the_scanner(
+    local, pg_database, monkeypatch
+):
+    """Where an index leads with the cursor, a read with nothing past its state asks the
+    index, yields its state again and never starts DuckDB's scanner; a newer row is read."""
+    conn, schema = local
+    conn.execute(f'CREATE TABLE "{schema}".indexed (id int PRIMARY KEY, at bigint)')
+    conn.execute(f'CREATE INDEX ON "{schema}".indexed (at)')
+    conn.execute(f'INSERT INTO "{schema}".indexed SELECT g, g * 10 FROM generate_series(1, 20) g')
+    source = _source(pg_database, schema)
+    first = _read(source, "indexed", "incremental_deduped", cursor="at")
+    assert len(_rows(first)) == 20 and _states(first)[-1] == {"cursor": "200"}
+
+    def no_scanner(*args, **kwargs):
+        raise AssertionError("the scanner was started")
+
+    monkeypatch.setattr(fetch, "Scanner", no_scanner)
+    nothing = _read(source, "indexed", "incremental_deduped", {"cursor": "200"}, cursor="at")
+    assert nothing == [Checkpoint("indexed", {"cursor": "200"})]
+    conn.execute(f'INSERT INTO "{schema}".indexed VALUES (21, 210)')
+    with pytest.raises(AssertionError, match="scanner was started"):
+        _read(source, "indexed", "incremental_deduped", {"cursor": "200"}, cursor="at")
+    monkeypatch.undo()
+    newer = _read(source, "indexed", "incremental_deduped", {"cursor": "200"}, cursor="at")
+    assert [r["id"] for r in _rows(newer)] == [21] and _states(newer)[-1] == {"cursor": "210"}
+
+
 def test_incremental_without_a_cursor_says_how_to_fix(events, pg_database):
     _, schema = events
     with pytest.raises(ConnectorError, match="cursor") as err:

@@ -281,6 +281,27 @@ def select(table: Table, where: sql.Composable | None = None, order: str | None 
     return query
 
 
+def has_rows_after(
+    conn: psycopg.Connection, table: Table, cursor: str, where: sql.Composable
+) -> bool:
+    """Whether any row passes ``where`` (the cursor's bound), asked only where an index leads
+    with the cursor column, so the answer is a seek: an incremental read with nothing new
+    then ends without starting DuckDB's scanner. Without such an index it is ``True``
+    (asking would scan the table once more)."""
+    relation = sql.Identifier(table.schema, table.name)
+    indexed = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
+        " AND a.attnum = i.indkey[0] WHERE i.indrelid = %s::regclass AND a.attname = %s)",
+        (relation.as_string(conn), cursor),
+    ).fetchone()
+    if not (indexed and indexed[0]):
+        return True
+    found = conn.execute(
+        sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(relation, where)
+    ).fetchone()
+    return bool(found and found[0])
+
+
 def chunk(
     table: Table, key: Sequence[str], after: Sequence[str] | None, rows: int
 ) -> sql.Composable:

@@ -261,6 +261,9 @@ class PostgresSource(BaseSource[PostgresConfig]):
                 bound = sql.SQL("({} - {})").format(bound, self._lookback(cursor, stream))
             where = sql.SQL("{} > {}").format(sql.Identifier(cursor.name), bound)
         high = _state_value(saved, cursor.arrow) if saved is not None else None
+        if where is not None and not fetch.has_rows_after(conn, table, cursor.name, where):
+            yield Checkpoint(stream.name, {"cursor": _state_text(high)})  # nothing new
+            return
         last, started = None, False
         with self._scanner(cfg) as scanner:
             reader = scanner.query(fetch.select(table, where, cursor.name), conn)

@@ -186,8 +186,9 @@ def ensure_tables(wh: Warehouse) -> None:
         (COLUMNS_TABLE, COLUMNS_SCHEMA),
     )
     changes: list[Callable[[], None]] = []
+    found = wh.tables_columns(wh.meta_schema, [name for name, _ in tables])
     for name, schema in tables:
-        existing = wh.columns(wh.meta_schema, name)
+        existing = found.get(name)
         if existing is None:
             changes.append(partial(wh.create_table, wh.meta_schema, name, schema))
         elif missing := [f for f in schema if f.name not in existing]:

@@ -72,6 +72,11 @@ class Warehouse(Protocol):
         """Column name -> SQL type of an existing table, or ``None`` if it does not exist."""
         ...
 
+    def tables_columns(self, schema: str, tables: Sequence[str]) -> dict[str, dict[str, str]]:
+        """:meth:`columns` of several tables of one schema at once (one lookup where the
+        warehouse allows: each costs a catalog read); tables that do not exist are absent."""
+        ...
+
     def create_table(self, schema: str, table: str, columns: pa.Schema) -> None:
         """Create ``schema.table`` (and the schema) with columns typed from Arrow."""
         ...

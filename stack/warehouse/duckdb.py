@@ -336,6 +336,18 @@ class DuckDBWarehouse:
         ).fetchall()
         return dict(rows) if rows else None
 
+    def tables_columns(self, schema: str, tables: Sequence[str]) -> dict[str, dict[str, str]]:
+        rows = self.con.execute(
+            "SELECT table_name, column_name, data_type FROM information_schema.columns "
+            "WHERE table_catalog = ? AND table_schema = ? AND list_contains(?, table_name) "
+            "ORDER BY table_name, ordinal_position",
+            [ALIAS, schema, list(tables)],
+        ).fetchall()
+        found: dict[str, dict[str, str]] = {}
+        for name, column, kind in rows:
+            found.setdefault(name, {})[column] = kind
+        return found
+
     def create_table(self, schema: str, table_name: str, columns: pa.Schema) -> None:
         self.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}")
         with self._scan(columns.empty_table()) as empty:

@@ -283,6 +283,11 @@ class SnowflakeWarehouse:
             return None
         return {name: sftypes.engine_type(*spec) for name, spec in info.items()}
 
+    def tables_columns(self, schema: str, tables: Sequence[str]) -> dict[str, dict[str, str]]:
+        """One lookup per table: each may need a cut-short rebuild finished first."""
+        found = {name: self.columns(schema, name) for name in tables}
+        return {name: columns for name, columns in found.items() if columns is not None}
+
     def _columns(self, schema: str, table_name: str) -> dict[str, tuple] | None:
         """A table's columns, after finishing or undoing a column rebuild that was cut short.
 
