@@ -297,3 +297,22 @@ def _stack_yml(target: str) -> str:
         assert old in demo, old
         demo = demo.replace(old, new, 1)
     return demo
+
+
+def test_a_dropped_environment_takes_its_objects_and_leaves_the_lakes(
+    lake: Lake, s3_server: S3Server
+) -> None:
+    """A clone's writes are objects in the same bucket; dropping the clone deletes exactly
+    those, through DuckLake's cleanup on S3, and the lake still reads the same rows."""
+    wh = lake.open(storage(s3_server))
+    before = set(s3_server.keys(lake.bucket, PREFIX))
+    env = wh.clone_into("dev")
+    with env as dev:
+        dev.execute("DELETE FROM raw.items WHERE id < 50")  # a delete file
+        dev.execute("CREATE TABLE raw.copy AS SELECT * FROM raw.items")  # a data file
+    written = set(s3_server.keys(lake.bucket, PREFIX)) - before
+    assert len(written) >= 2, written
+    wh.drop_environment("dev")
+    assert set(s3_server.keys(lake.bucket, PREFIX)) == before
+    with lake.open(storage(s3_server), read_only=True) as again:
+        assert table_rows(again, REGION_NAME, MODE) == EXPECTED
