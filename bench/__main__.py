@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench import peers
 from bench._pg import PgServer
-from bench._results import ScenarioResult, render, render_scenario, write
+from bench._results import ScenarioResult, memory_target, render, render_scenario, write
 from bench.scenarios import QUICK, SCENARIOS, Context, resolve
 from bench.scenarios import run as run_scenario
 
@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
                 result = ScenarioResult(name, name, skipped=f"crashed: {exc!r}")
                 problems.append(f"{name} crashed: {exc!r}")
+            if (memory := memory_target(result)) is not None:
+                result.targets.append(memory)
             problems += _failed(result)
             results.append(result)
             ctx.log(render_scenario(result))

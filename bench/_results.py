@@ -101,6 +101,25 @@ class ScenarioResult:
     skipped: str | None = None
 
 
+RSS_LIMIT_MB = 300.0
+"""Peak RSS every mdstack run of every scenario must stay under."""
+
+
+def memory_target(result: ScenarioResult) -> Target | None:
+    """``peak RSS ≤ 300 MB`` over every mdstack row of the scenario: the worst one named."""
+    runs = [
+        (row.rss, row.tool, table.title)
+        for table in result.tables
+        for row in table.rows
+        if row.ok and row.tool.startswith("mdstack")
+    ]
+    if not runs:
+        return None
+    rss, tool, title = max(runs)
+    goal = f"every mdstack run: peak RSS ≤ {RSS_LIMIT_MB:.0f} MB"
+    return Target(goal, f"worst {rss:.0f} MB ({tool}, {title})", rss <= RSS_LIMIT_MB)
+
+
 def ratio(value: float, base: float | None) -> str:
     return f"{value / base:.2f}x" if base else "-"
 
