@@ -304,6 +304,8 @@ def test_incremental_without_a_cursor_says_how_to_fix(events, pg_database):
         ({"lookback": "one hour"}, "lookback"),
         ({"replication": {"plugin": "wal2json"}}, "replication.plugin"),
         ({"schemas": []}, "schemas"),
+        ({"readers": 0}, "readers"),
+        ({"readers": "4"}, "readers"),
     ],
 )
 def test_bad_config_names_the_key(config, key, pg_database):

@@ -7,6 +7,7 @@ decoder rely on.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated, Any, Literal
 
@@ -23,6 +24,9 @@ SESSION = (
 _ISO_DURATION = re.compile(r"^P(?!$)(\d+[YMWD])*(T(?=\d)(\d+[HM])*(\d+(\.\d+)?S)?)?$")
 
 Name = Annotated[str, Field(min_length=1)]
+
+MAX_READERS = 16
+"""Each reader is a server connection (a backend); more than this is rarely faster."""
 
 
 def _lookback(value: Any) -> Any:
@@ -69,6 +73,13 @@ class PostgresConfig(SourceConfig):
         None, min_length=1, description="an include list: name or schema.name"
     )
     batch_size: StrictInt = Field(16_384, ge=1, description="rows per Arrow batch")
+    readers: StrictInt | None = Field(
+        None,
+        ge=1,
+        le=MAX_READERS,
+        description=f"connections reading a big table at once, 1 to {MAX_READERS}"
+        " (leave it out for min(4, cores))",
+    )
     lookback: Annotated[int | float | str | None, BeforeValidator(_lookback)] = Field(
         None, description="seconds or an ISO 8601 duration; cursor units for numeric cursors"
     )
@@ -80,6 +91,11 @@ class PostgresConfig(SourceConfig):
     def secret(self) -> str | None:
         """The password itself, or None when there is none."""
         return (self.password.get_secret_value() or None) if self.password else None
+
+    @property
+    def reader_count(self) -> int:
+        """``readers``, or min(4, cores): past that the server's CPU, not the client, limits."""
+        return self.readers or min(4, os.cpu_count() or 1)
 
     @property
     def where(self) -> str:

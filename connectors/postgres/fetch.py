@@ -4,10 +4,16 @@ r"""Catalog and fetch path of :mod:`connectors.postgres`: PostgreSQL relations a
   :class:`Table`\ s, mapping each column type to Arrow (see ``connectors.postgres``).
 * :class:`Scanner` streams a relation or a query through DuckDB's postgres scanner, loaded
   offline from the PyPI package ``duckdb-extension-postgres-scanner``. A table whose columns
-  DuckDB reads exactly takes the attached scan: binary COPY over parallel ctid ranges that
-  share one exported snapshot. Anything else (views, other types, ordered incremental reads)
-  goes through ``postgres_query`` with the casts of :func:`select`: one binary COPY, run and
-  ordered by the server, in bounded memory.
+  DuckDB reads exactly takes the attached scan: binary COPY over ctid ranges of
+  :data:`RANGE_PAGES` pages, read by up to ``readers`` connections at once (one DuckDB thread
+  each) that share one exported snapshot. Anything else (views, other types, ordered
+  incremental reads) goes through ``postgres_query`` with the casts of :func:`select`: one
+  binary COPY, run and ordered by the server, in bounded memory.
+
+The scanner shares the snapshot only where PostgreSQL can export one: not on a standby
+(``pg_is_in_recovery()``, or a WAL receiver running), not on Aurora. There it reads the
+ranges in transactions of their own, each seeing another moment; :func:`shares_snapshot`
+tells the source to read with one connection instead.
 """
 
 from __future__ import annotations
@@ -198,6 +204,23 @@ def _extension_file() -> Path:
     return path
 
 
+RANGE_PAGES = 1000
+"""Heap pages (8 kB each) per ctid range: a table of fewer pages is one range, one reader."""
+
+_SNAPSHOT_EXPORTABLE = """
+SELECT NOT pg_is_in_recovery()
+       AND NOT EXISTS (SELECT FROM pg_stat_wal_receiver)
+       AND to_regproc('aurora_version') IS NULL
+"""
+
+
+def shares_snapshot(conn: psycopg.Connection) -> bool:
+    """Whether the attached scan's parallel ranges see one snapshot on this server (the
+    extension exports none on a standby or on Aurora)."""
+    row = conn.execute(_SNAPSHOT_EXPORTABLE).fetchone()
+    return bool(row and row[0])
+
+
 def _conninfo(params: Mapping[str, Any]) -> str:
     """libpq ``key='value'`` string (no password: DuckDB gets that through a secret)."""
     quote = lambda v: "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"  # noqa: E731
@@ -211,9 +234,13 @@ class Scanner:
         params: libpq connection parameters, without the password.
         password: given to DuckDB as a secret, so it never appears in a statement.
         batch_size: rows per Arrow batch.
+        readers: connections (and DuckDB threads) reading a table's ranges at once; memory
+            grows with ``batch_size`` x ``readers``.
     """
 
-    def __init__(self, params: Mapping[str, Any], password: str | None, batch_size: int) -> None:
+    def __init__(
+        self, params: Mapping[str, Any], password: str | None, batch_size: int, readers: int = 1
+    ) -> None:
         self.batch_size = batch_size
         config: dict[str, str | bool | int | float | list[str]] = {
             "autoinstall_known_extensions": False,
@@ -224,6 +251,9 @@ class Scanner:
             self.con.execute(f"LOAD '{str(_extension_file()).replace(chr(39), chr(39) * 2)}'")
             self.con.execute("SET pg_array_as_varchar = true")  # arrays in PostgreSQL's text form
             self.con.execute("SET TimeZone = 'UTC'")
+            self.con.execute(f"SET threads = {int(readers)}")
+            self.con.execute(f"SET pg_pages_per_task = {RANGE_PAGES}")
+            self.con.execute(f"SET pg_pool_max_connections = {int(readers)}")
             secret = ""
             if password:
                 self.con.execute("CREATE SECRET mds_pg (TYPE postgres, PASSWORD ?)", [password])

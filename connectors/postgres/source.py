@@ -233,8 +233,8 @@ class PostgresSource(BaseSource[PostgresConfig]):
         return psycopg.connect(**cfg.libpq(password=True), autocommit=True)
 
     @contextmanager
-    def _scanner(self, cfg: PostgresConfig) -> Iterator[fetch.Scanner]:
-        scanner = fetch.Scanner(cfg.libpq(password=False), cfg.secret, cfg.batch_size)
+    def _scanner(self, cfg: PostgresConfig, readers: int = 1) -> Iterator[fetch.Scanner]:
+        scanner = fetch.Scanner(cfg.libpq(password=False), cfg.secret, cfg.batch_size, readers)
         try:
             yield scanner
         finally:
@@ -243,7 +243,11 @@ class PostgresSource(BaseSource[PostgresConfig]):
     def _scan(
         self, conn: Connection, table: fetch.Table, stream: ConfiguredStream
     ) -> Iterator[Message]:
-        with self._scanner(self.config) as scanner:
+        """The whole relation (or its key columns), its ctid ranges read by ``readers``
+        connections in one snapshot; by one where the server cannot share a snapshot."""
+        cfg = self.config
+        readers = cfg.reader_count if fetch.shares_snapshot(conn) else 1
+        with self._scanner(cfg, readers) as scanner:
             for batch in fetch.batches(scanner.table(table, conn), table.arrow_schema):
                 yield Batch(stream.name, batch)
 
