@@ -62,9 +62,11 @@ def mdstack_argv(
     cursor: str | None = None,
     delete_detection: str | None = None,
     profile: Path | None = None,
+    readers: int | None = None,
 ) -> list[str]:
+    config = ctx.pg.source_config(schema, table) | ({"readers": readers} if readers else {})
     argv = [ctx.python(), ctx.worker("mdstack_pg.py")]
-    argv += ["--source", json.dumps(ctx.pg.source_config(schema, table))]
+    argv += ["--source", json.dumps(config)]
     argv += ["--table", table, "--warehouse", str(warehouse), "--mode", mode]
     argv += ["--cursor", cursor] if cursor else []
     argv += ["--delete-detection", delete_detection] if delete_detection else []
@@ -79,7 +81,7 @@ def mdstack(
     warehouse: Path,
     name: str = "mdstack",
     before: Callable[[], None] | None = None,
-    **options: str | None,
+    **options: str | int | None,
 ) -> Tool:
     argv = mdstack_argv(ctx, schema, table, warehouse, **options)
     return Tool(name, lambda: (argv, {}, None), before=before or reset(warehouse))

@@ -9,6 +9,12 @@ libraries take before any data moves.
 
 Targets: full load ≤ 1.5x the floor, ≥ 3x faster than dlt's best, peak
 RSS ≤ 300 MB.
+
+Then the source's ``readers`` (connections reading the table's ctid ranges at once): mdstack
+with 1, 2 and 4 readers against the floor, on the same table (``--quick``: 300 k rows, enough
+for several ranges). Its *model* column is N x the one-reader rate: what N readers could reach
+with N free cores on both the server and the client and a writer that keeps up; a model, not
+a measurement. Target: peak RSS ≤ 300 MB with 4 readers.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ SCHEMA = "bench_full"
 TABLE = "orders"
 EMPTY = "orders_empty"
 FLOOR_LIMIT, DLT_FACTOR, RSS_LIMIT = 1.5, 3.0, 300.0
+READERS = (1, 2, 4)
+READERS_TABLE, READERS_MIN_ROWS = "orders_readers", 300_000
 
 
 def run(ctx: Context) -> ScenarioResult:
@@ -64,9 +72,50 @@ def run(ctx: Context) -> ScenarioResult:
         result.targets += targets(table)
         if ctx.profile and any(t.met is False for t in result.targets):
             result.notes += profile(ctx, folder)
+        readers(ctx, result, rows)
     finally:
         _pg.drop_schema(ctx.pg, SCHEMA)
     return result
+
+
+def readers(ctx: Context, result: ScenarioResult, rows: int) -> None:
+    """mdstack with 1, 2 and 4 readers and the floor, on a table of several ctid ranges."""
+    table = TABLE
+    if rows < READERS_MIN_ROWS:
+        rows, table = READERS_MIN_ROWS, READERS_TABLE
+        ctx.log(f"creating {SCHEMA}.{table} with {rows:,} rows ...")
+        _pg.create_table(ctx.pg, SCHEMA, table, rows, key=False)
+    folder = ctx.folder("full_load", "readers")
+    tools = [_pg_tools.floor(ctx, SCHEMA, table)]
+    tools += [
+        _pg_tools.mdstack(
+            ctx, SCHEMA, table, folder / str(n), name=f"mdstack, readers: {n}", readers=n
+        )
+        for n in READERS
+    ]
+    interleave(tools, ctx.runs, ctx.log)
+    measured = [Row.of(tools[0], rows), *(Row.of(t, rows) for t in tools[1:])]
+    one = measured[1]
+    for n, row in zip(READERS, measured[1:], strict=True):
+        if row.ok and one.ok:
+            row.extra = {"model rows/s": f"{n * rows / one.wall:,.0f}"}
+    result.tables.append(
+        Table(
+            f"readers: the same load by 1, 2 and 4 connections, {rows:,} rows",
+            measured,
+            floor="floor: COPY binary",
+            extra_columns=("model rows/s",),
+        )
+    )
+    four = measured[-1]
+    if four.ok:
+        result.targets.append(
+            Target(
+                f"peak RSS ≤ {RSS_LIMIT:.0f} MB with {READERS[-1]} readers",
+                f"{four.rss:.0f} MB",
+                four.rss <= RSS_LIMIT,
+            )
+        )
 
 
 def _loaded(tool) -> str:
