@@ -3,7 +3,8 @@
 Config (:class:`~connectors.postgres.config.PostgresConfig`): ``host``, ``port`` (5432),
 ``database``, ``user``, ``password``,
 ``schemas`` (``["public"]``), ``tables`` (include list: ``name`` or ``schema.name``),
-``batch_size`` (16 384 rows), ``lookback``, ``connect_timeout`` (10 s), ``sslmode``, and
+``batch_size`` (16 384 rows), ``readers`` (connections reading a big table at once, 1-16;
+min(4, cores) when left out), ``lookback``, ``connect_timeout`` (10 s), ``sslmode``, and
 ``replication: {slot, publication, plugin}`` to turn on CDC: ``slot`` (``mdstack``) names the
 source's one slot, shared by all its CDC streams, so give each pipeline and region reading the
 same database its own (``slot: mds_{{ region }}``), and drop it when the source stops reading
@@ -38,6 +39,12 @@ Reads:
   reads a source's CDC streams together (:meth:`PostgresSource.read_group`), through one
   slot (:mod:`connectors.postgres.shared_slot`); ``read`` of one CDC stream alone peeks the
   same slot and never advances it (it does not know what the other streams still need).
+
+Full refreshes and key-set reads (snapshot delete detection) of a table DuckDB reads exactly
+split it into ctid ranges of 1 000 pages (8 MB), read by ``readers`` connections at once in one
+exported snapshot: the rows of one moment, none missing or doubled while the table changes. A
+table smaller than one range is one COPY. On a standby or Aurora, where the scanner cannot
+share a snapshot, one connection reads.
 
 Fetch path (:mod:`connectors.postgres.fetch`): DuckDB's postgres scanner, streamed as Arrow. On a
 2 M-row, 10-column table (2 busy cores) a full read took 1.7-2.2 s, about what ``COPY ... TO
