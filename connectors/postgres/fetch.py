@@ -234,8 +234,9 @@ class Scanner:
         params: libpq connection parameters, without the password.
         password: given to DuckDB as a secret, so it never appears in a statement.
         batch_size: rows per Arrow batch.
-        readers: connections (and DuckDB threads) reading a table's ranges at once; memory
-            grows with ``batch_size`` x ``readers``.
+        readers: connections (and DuckDB threads) reading a table's ranges at once. Each
+            holds DuckDB vectors of 2 048 rows and a connection's buffers (~1-2 MB), not a
+            batch: the ranges' rows meet in one stream of ``batch_size``-row batches.
     """
 
     def __init__(
