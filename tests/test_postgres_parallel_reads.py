@@ -2,17 +2,18 @@
 once must land the table as of one moment, with no row missing or doubled.
 
 The tables span several ranges of :data:`connectors.postgres.fetch.RANGE_PAGES` pages
-(rows of ~420 bytes, ~19 a page). A read is paused after its first batch while another
-connection changes the table: the ranges not yet started then begin after that commit,
-so only a read whose connections share one snapshot lands the table as it was before.
+(rows of ~420 bytes, ~19 a page). A read is paused once two connections have read ranges,
+while another connection changes the table: the ranges not yet started then begin after
+that commit, so only a read whose connections share one snapshot lands the table as it
+was before.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 
 import psycopg
 import pyarrow as pa
@@ -83,17 +84,11 @@ def _snapshot(conn: psycopg.Connection, schema: str) -> pa.Table:
     return pa.table({"id": pa.array(ids, pa.int32()), "v": pa.array(values, pa.int32())})
 
 
-def _wait_for_ranges(conn: psycopg.Connection, schema: str, at_least: int) -> None:
-    """Until ``at_least`` connections have been given a range of the table (the query they
-    were last given stays in ``pg_stat_activity`` while they are open)."""
-    deadline = time.monotonic() + 30
-    while True:
-        pattern = f'COPY (SELECT % FROM "{schema}"."items" WHERE ctid BETWEEN %'
-        copying = conn.execute(_RANGES_COPYING, (pattern,)).fetchone()[0]
-        if copying >= at_least:
-            return
-        assert time.monotonic() < deadline, f"{copying} connection(s) read ranges, not {at_least}"
-        time.sleep(0.05)
+def _ranges_read(conn: psycopg.Connection, schema: str) -> int:
+    """Connections given a range of the table so far (the query a connection was last given
+    stays in ``pg_stat_activity`` while it is open)."""
+    pattern = f'COPY (SELECT % FROM "{schema}"."items" WHERE ctid BETWEEN %'
+    return conn.execute(_RANGES_COPYING, (pattern,)).fetchone()[0]
 
 
 def test_parallel_full_refresh_lands_the_rows_one_reader_does(items, pg_database):
@@ -107,21 +102,24 @@ def test_parallel_full_refresh_lands_the_rows_one_reader_does(items, pg_database
 
 def test_parallel_read_is_the_table_of_one_moment_while_it_changes(items, pg_database):
     conn, schema = items
-    _fill(conn, schema, ranges=8)
+    _fill(conn, schema, ranges=12)
     before = _snapshot(conn, schema)
-    messages = _read(_source(pg_database, schema, 2), "id", "v")
-    first = next(messages)
-    _wait_for_ranges(conn, schema, 2)
-    with conn.transaction():
-        # the first range's rows move to new pages at the end (the last range reads them),
-        # rows of every range change, rows are added and deleted
-        conn.execute(f'UPDATE "{schema}".items SET v = -v WHERE id <= 20000 OR id % 1000 = 0')
-        conn.execute(f'DELETE FROM "{schema}".items WHERE id % 1000 = 1')
-        conn.execute(
-            f"INSERT INTO \"{schema}\".items SELECT g, g, 'new'"
-            " FROM generate_series(1000001, 1001000) g"
-        )
-    landed = _landed([first, *messages])
+    with closing(_read(_source(pg_database, schema, 4), "id", "v")) as messages:
+        read = [next(messages)]
+        while _ranges_read(conn, schema) < 2:  # until the read is parallel
+            batch = next(messages, None)
+            assert batch is not None, "one connection read the whole table"
+            read.append(batch)
+        with conn.transaction():
+            # the first range's rows move to new pages at the end (the last range reads
+            # them), rows of every range change, rows are added and deleted
+            conn.execute(f'UPDATE "{schema}".items SET v = -v WHERE id <= 20000 OR id % 1000 = 0')
+            conn.execute(f'DELETE FROM "{schema}".items WHERE id % 1000 = 1')
+            conn.execute(
+                f"INSERT INTO \"{schema}\".items SELECT g, g, 'new'"
+                " FROM generate_series(1000001, 1001000) g"
+            )
+        landed = _landed([*read, *messages])
     assert landed.equals(before)
     assert not _snapshot(conn, schema).equals(before)  # the change did commit
 
