@@ -38,6 +38,7 @@ from tests.contract import (
     Adapter,
     examples,
     expected_rows,
+    merge_path_only,
     records_read,
     run_ledger,
     stored_state,
@@ -142,11 +143,7 @@ def test_a_fault_at_any_step_leaves_state_matching_data_and_a_rerun_exact(
     each); full refreshes read a longer script each time, so that their old and
     new tables differ.
     """
-    if getattr(warehouse, "pg", None) is not None and mode != "incremental_deduped":
-        pytest.skip(
-            "the engine runs the same statements whatever holds a DuckLake's catalog: the "
-            "merge path covers what a PostgreSQL catalog changes (where commits land)"
-        )
+    merge_path_only(warehouse, mode)
     if mode == "incremental_append" and not warehouse.capabilities.transactional_ddl:
         pytest.skip(
             "without transactional DDL every load is staged: the staged commit, one per "

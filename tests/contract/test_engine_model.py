@@ -22,6 +22,7 @@ from tests.contract import (
     elsewhere,
     examples,
     expected_rows,
+    merge_path_only,
     records_read,
     run_ledger,
     stored_state,
@@ -81,6 +82,7 @@ def deleted_flags(table: list[Row]) -> list[Row]:
 def test_every_run_leaves_the_table_the_model_says(
     warehouse, regions, mode: str, deletes: str, script: Script, policy: str
 ):
+    merge_path_only(warehouse, mode)
     region = regions()
     untouched = elsewhere(warehouse, region)
     runs, entries, position = [], [], 0

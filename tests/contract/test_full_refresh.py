@@ -25,6 +25,7 @@ from tests.contract import (
     STREAM,
     elsewhere,
     expected_rows,
+    merge_path_only,
     run_ledger,
     stored_state,
     sync,
@@ -91,6 +92,7 @@ def first_runs(wh, mode: str, deletes: str) -> None:
 
 @pytest.mark.parametrize(("mode", "deletes"), CASES)
 def test_a_full_refresh_leaves_what_a_first_read_of_the_source_leaves(warehouse, mode, deletes):
+    merge_path_only(warehouse, mode)
     first_runs(warehouse, mode, deletes)
     other = elsewhere(warehouse, "eu")
     source = ScriptedSource(NOW)
