@@ -7,6 +7,7 @@ line starts without Prefect.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Annotated, Protocol, TypeVar
 
 import typer
@@ -42,6 +43,18 @@ FullRefreshOpt = Annotated[
     ),
 ]
 
+RefreshCatalogOpt = Annotated[
+    bool,
+    typer.Option(
+        "--refresh-catalog",
+        help="Run each Airbyte connector's `discover` again instead of using the catalog "
+        "cached by an earlier sync (cached per connector version and config in "
+        "~/.cache/mdstack/catalogs, or $MDSTACK_CATALOGS_DIR), and cache the new one: after "
+        "the source behind a connector gained streams or columns. A stream missing from the "
+        "cached catalog is discovered again without it.",
+    ),
+]
+
 
 class _FlowState(Protocol):
     """A finished flow run's state, as Prefect returns it (``return_state=True``)."""
@@ -56,14 +69,16 @@ def sync(
     source: SourceOpt = None,
     stream: StreamOpt = None,
     full_refresh: FullRefreshOpt = False,
+    refresh_catalog: RefreshCatalogOpt = False,
 ) -> None:
     """Sync sources into the warehouse with the engine alone (no Prefect, no dbt).
 
     Each stream resumes from its last committed state (from scratch with
     --full-refresh); progress shows rows and rows/s per stream, and a summary table
-    follows.
+    follows. Airbyte connectors' catalogs come from the cache of earlier syncs
+    (--refresh-catalog discovers them again).
     """
-    with errors():
+    with errors(), _catalogs_refreshed(refresh_catalog):
         path = config_path(config)
         cfg = load_config(path)
         failed = False
@@ -81,6 +96,16 @@ def sync(
             failed |= not _reported(summary, "sync")
         if failed:
             raise typer.Exit(1)
+
+
+def _catalogs_refreshed(refresh: bool) -> AbstractContextManager[None]:
+    """Airbyte connectors discover again within it if ``refresh`` (imported only then: the
+    Airbyte adapter is loaded only by projects that use it)."""
+    if not refresh:
+        return nullcontext()
+    from connectors.airbyte.catalogs import refreshing
+
+    return refreshing()
 
 
 def run(
