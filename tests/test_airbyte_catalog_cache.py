@@ -133,7 +133,13 @@ def test_sync_refresh_catalog_discovers_again_and_replaces_the_cached_catalog(
 
 @pytest.mark.parametrize(
     "damage",
-    [b"", b'{"format": 1, "streams": [{"na', b"\x00\xff", b'{"format": 1, "streams": [3]}'],
+    [
+        b"",
+        b'{"format": 1, "streams": [{"na',
+        b"\x00\xff",
+        b'{"format": 1, "streams": [3]}',
+        b'{"format": 1, "streams": [{"name": "items", "json_schema": 3}]}',
+    ],
 )
 def test_a_damaged_cache_file_is_ignored_and_rewritten(
     tmp_path: Path, cache: Path, damage: bytes

@@ -124,11 +124,20 @@ def load(connector: str, config: Any) -> list[dict[str, Any]] | None:
         not isinstance(content, dict)
         or content.get("format") != FORMAT
         or not isinstance(streams, list)
-        or not all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in streams)
+        or not all(_stream(s) for s in streams)
     ):
         log.info("ignoring the cached catalog %s (not a catalog); discovering again", path)
         return None
     return streams
+
+
+def _stream(entry: Any) -> bool:
+    """Whether ``entry`` looks like an AirbyteStream of a catalog."""
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("name"), str)
+        and isinstance(entry.get("json_schema", {}), dict)
+    )
 
 
 def store(
