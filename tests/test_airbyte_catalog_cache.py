@@ -21,10 +21,11 @@ from typer.testing import CliRunner
 
 from connectors import load_source
 from connectors.airbyte import catalogs
+from connectors.airbyte.records import Records
 from connectors.base import Batch, ConfiguredStream, StreamSpec
 from connectors.errors import ConnectorError
 from stack.cli import app
-from tests.test_airbyte_source import FAKE, fake, received, rows, sync
+from tests.test_airbyte_source import FAKE, fake, items_state, received, rows, stored, sync
 
 STREAMS = {"items": {"sync": "incremental_deduped"}}
 
@@ -238,3 +239,107 @@ def test_concurrent_syncs_never_read_half_a_catalog() -> None:
         stop.set()
         writer.join()
     assert all(s in (big, small) for s in seen)
+
+
+# -- a column added upstream: fields the cached catalog lacks ---------------------------------
+COLOR = {"color": {"type": ["null", "string"]}}
+
+
+def columns(wh, table: str = "items") -> list[str]:
+    result = wh.query(f"SELECT * FROM raw.{table} LIMIT 0")
+    return [c for c in result.column_names if not c.startswith("_mds")]
+
+
+def test_a_column_added_upstream_fails_the_cached_sync_retryably_then_is_loaded(
+    warehouse, tmp_path: Path, cache: Path
+) -> None:
+    log, upstream = tmp_path / "commands.jsonl", tmp_path / "upstream.json"
+    source = fake(count=5, upstream=str(upstream), record_to=str(log))
+    sync(warehouse, tmp_path, source, STREAMS, "r1")
+    upstream.write_text(json.dumps({"count": 8, "columns": COLOR}))  # the table gained a column
+    with pytest.raises(ConnectorError) as err:
+        sync(warehouse, tmp_path, source, STREAMS, "r2")
+    message = str(err.value)
+    assert err.value.retryable and err.value.stream == "items" and "'color'" in message
+    assert "--refresh-catalog" in message and "discovered again" in message
+    assert rows(warehouse) == [(i,) for i in range(1, 6)]  # rows 6-8 did not land without it
+    assert "color" not in columns(warehouse) and stored(warehouse) == items_state(5)
+    (entry,) = entries(cache)  # the outdated catalog was replaced by the connector's own
+    items = json.loads(entry.read_text())["streams"][0]
+    assert "color" in items["json_schema"]["properties"]
+    sync(warehouse, tmp_path, source, STREAMS, "r3")
+    assert verbs(log) == ["discover", "read", "read", "discover", "read"]
+    assert rows(warehouse, columns="id, color") == [
+        *((i, None) for i in range(1, 6)),
+        *((i, f"color {i}") for i in range(6, 9)),
+    ]
+    assert stored(warehouse) == items_state(8)
+
+
+def test_a_retry_of_the_same_source_reads_the_added_column(tmp_path: Path) -> None:
+    log, upstream = tmp_path / "commands.jsonl", tmp_path / "upstream.json"
+    config = fake(count=3, upstream=str(upstream), record_to=str(log))
+    load_source("airbyte", "src", config).discover()
+    upstream.write_text(json.dumps({"columns": COLOR}))
+    source = load_source("airbyte", "src", config)  # a flow run's source, kept for retries
+    events = ConfiguredStream(source.discover().stream("events"), "full_refresh_append")
+    assert sum(m.data.num_rows for m in source.read(events, None) if isinstance(m, Batch)) == 3
+    spec = source.discover().stream("items")
+    with pytest.raises(ConnectorError, match="'color'") as err:
+        list(source.read(ConfiguredStream(spec, "full_refresh_append"), None))
+    assert err.value.retryable
+    got = source.read(ConfiguredStream(spec, "full_refresh_append"), None)
+    batch = next(m.data for m in got if isinstance(m, Batch))
+    assert batch.column("color").to_pylist() == ["color 1", "color 2", "color 3"]
+    assert verbs(log) == ["discover", "read", "read", "discover", "read"]
+
+
+def test_fields_the_connector_never_declares_are_dropped_with_a_fresh_or_cached_catalog(
+    warehouse, tmp_path: Path, cache: Path
+) -> None:
+    log = tmp_path / "commands.jsonl"
+    source = fake(count=4, undeclared={"debug": "x", "trace_id": 7}, record_to=str(log))
+    sync(warehouse, tmp_path, source, STREAMS, "r1")  # discovered fresh: dropped, as ever
+    assert "debug" not in columns(warehouse) and rows(warehouse) == [(i,) for i in range(1, 5)]
+    sync(warehouse, tmp_path, source, STREAMS | {"items": {"sync": "full_refresh_overwrite"}}, "r2")
+    # cached: the connector's discover is asked again, declares neither, so they are dropped
+    assert verbs(log) == ["discover", "read", "read", "discover"]
+    assert "debug" not in columns(warehouse) and rows(warehouse) == [(i,) for i in range(1, 5)]
+    assert len(entries(cache)) == 1
+
+
+def test_nested_fields_and_streams_without_properties_never_count_as_added(
+    tmp_path: Path, cache: Path
+) -> None:
+    log = tmp_path / "commands.jsonl"
+    config = fake(count=2, record_to=str(log))
+    load_source("airbyte", "src", config).discover()
+    source = load_source("airbyte", "src", config)
+    catalog = source.discover()
+    for name in ("items", "blobs"):  # items: meta holds {"n", "even"}; blobs: any record
+        stream = ConfiguredStream(catalog.stream(name), "full_refresh_append")
+        assert sum(m.data.num_rows for m in source.read(stream, None) if isinstance(m, Batch))
+    assert verbs(log) == ["discover", "read", "read"]
+
+
+@pytest.mark.parametrize("meta", [False, True], ids=["Arrow-read columns", "JSON-text column"])
+def test_records_report_undeclared_fields_of_their_own_stream_only(meta: bool) -> None:
+    properties: dict[str, Any] = {"id": {"type": "integer"}, "price": {"type": "number"}}
+    nested = {"meta": {"deep": 1}} if meta else {}  # a nested field: never reported
+    properties |= {"meta": {"type": "object"}} if meta else {}
+    found: list[tuple[str, ...]] = []
+    records = Records("src", "items", {"properties": properties}, undeclared=found.append)
+
+    def line(data: dict[str, Any], stream: str = "items") -> bytes:
+        return json.dumps({"type": "RECORD", "record": {"stream": stream, "data": data}}).encode()
+
+    def batch(*lines: bytes) -> list[dict[str, Any]]:
+        return records.to_batch(lines, max(map(len, lines))).to_pylist()
+
+    assert batch(line({"id": 1} | nested), line({"id": 2, "x": 1}, "other"))
+    assert batch(line({"id": 1, "price": "n/a"}))[0]["price"] == "n/a"  # re-read, no field
+    assert found == []
+    assert batch(line({"id": 3, "price": "n/a", "b": None}), line({"id": 4, "a": 1}))
+    assert found == [("a", "b")]
+    assert batch(line({"id": 5, "c": 1}))[0]["id"] == 5  # reported once, then dropped
+    assert found == [("a", "b")]

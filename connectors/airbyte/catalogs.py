@@ -26,7 +26,9 @@ future format) is ignored, and replaced by the next ``discover``.
 
 **Refresh**: :func:`refreshing` (``mdstack sync --refresh-catalog``) makes every look-up
 miss, so each connector discovers again and its entry is rewritten; a stream the cached
-catalog lacks is discovered for real once by the source (:mod:`connectors.airbyte.source`).
+catalog lacks is discovered for real once by the source (:mod:`connectors.airbyte.source`),
+and a record with a field its cached stream schema lacks (a column added upstream) makes
+the source :func:`forget` the entry and fail the stream, retryably: the next try discovers.
 """
 
 from __future__ import annotations
@@ -129,6 +131,18 @@ def load(connector: str, config: Any) -> list[dict[str, Any]] | None:
         log.info("ignoring the cached catalog %s (not a catalog); discovering again", path)
         return None
     return streams
+
+
+def forget(connector: str, config: Any) -> None:
+    """Remove the cached catalog of ``connector`` with ``config``: it is out of date, and the
+    next look-up, in any process, discovers again."""
+    path = _entry(connector, config)
+    if path is None:
+        return
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not remove the outdated catalog %s: %s", path, exc)
 
 
 def _stream(entry: Any) -> bool:

@@ -30,11 +30,12 @@ says. ``batch_size`` (default 50 000) caps the records of one Arrow batch.
 ``discover`` runs the connector's ``discover`` once per connector version and config: what
 it printed is cached on disk and used by later syncs instead (where, the key, refreshing:
 :mod:`connectors.airbyte.catalogs`; a stream the cached catalog lacks makes the connector
-discover again, once, before it is an error). Each stream's JSON Schema becomes an Arrow
-schema (:mod:`connectors.airbyte.json_schema`); the source-defined primary key and cursor are the
-stream's (nested paths are not columns and are left out); ``full_refresh`` offers both
-full-refresh modes, ``incremental`` both incremental ones; a stream with an
-``_ab_cdc_deleted_at`` column and a key emits deletes.
+discover again, once, before it is an error; a record with a top-level field the cached
+schema lacks makes it discover again too, see :meth:`AirbyteSource.read`). Each stream's
+JSON Schema becomes an Arrow schema (:mod:`connectors.airbyte.json_schema`); the
+source-defined primary key and cursor are the stream's (nested paths are not columns and
+are left out); ``full_refresh`` offers both full-refresh modes, ``incremental`` both
+incremental ones; a stream with an ``_ab_cdc_deleted_at`` column and a key emits deletes.
 
 ``read`` runs ``read`` with a configured catalog of the one stream (its sync mode, cursor
 and primary key as ``stack.yml`` chose them), and, for incremental modes, ``--state`` with
@@ -50,6 +51,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Annotated, Any
 
 import jsonschema
@@ -217,10 +219,14 @@ class AirbyteSource(BaseSource[AirbyteConfig]):
     def read(self, stream: ConfiguredStream, state: State | None) -> Iterator[Message]:
         """Run the connector's ``read`` for this one stream; see :mod:`connectors.airbyte.read`.
 
+        With a catalog from the cache, the first record carrying a top-level field the
+        stream's cached schema lacks is checked before its batch is yielded (fields beyond a
+        freshly discovered schema are dropped unseen): see :meth:`_undeclared_fields`.
+
         Raises:
             ConnectorError: bad config or state, an unknown stream, an incremental stream
                 without a cursor, the connector's ERROR trace (retryable if transient) or
-                non-zero exit.
+                non-zero exit; retryable: the cached catalog lacked a column of the stream.
         """
         cfg = self.config
         connector = self._ready()
@@ -228,6 +234,7 @@ class AirbyteSource(BaseSource[AirbyteConfig]):
             self.discover()
         if stream.name not in self._streams:
             self._rediscover()
+        live = self._live  # before the streams: a live catalog replaces them, then sets it
         raw = self._streams.get(stream.name)
         if raw is None:
             raise ConnectorError(
@@ -240,13 +247,17 @@ class AirbyteSource(BaseSource[AirbyteConfig]):
         states = States(self.name, stream.name, state if stream.incremental else None)
         prior = states.messages if stream.incremental and states.messages else None
         keys = tuple(stream.primary_key or stream.spec.primary_key)
+        undeclared = None if live else partial(self._undeclared_fields, stream.name)
+        records = Records(
+            self.name, stream.name, raw.get("json_schema") or {}, undeclared=undeclared
+        )
         with (
             private_files(config=cfg.config, catalog=catalog, state=prior) as files,
             closing(run(connector, "read", files, self._scrub)) as lines,
         ):
             yield from read_messages(
                 lines,
-                Records(self.name, stream.name, raw.get("json_schema") or {}),
+                records,
                 states,
                 keys=keys,
                 deletes=stream.spec.emits_deletes and bool(keys),
@@ -284,6 +295,45 @@ class AirbyteSource(BaseSource[AirbyteConfig]):
             if not self._live:
                 return self._discover_live()
             return Catalog(self._specs())
+
+    def _undeclared_fields(self, stream: str, fields: tuple[str, ...]) -> None:
+        """Records of ``stream`` read with a cached catalog carry ``fields``, which its
+        schema lacks. Before the cache every sync discovered, so what the connector's
+        ``discover`` says now decides: the cached catalog is removed and discovered again
+        (and cached anew). If it declares one of them (a column added upstream), the stream
+        fails, retryably, before the record's batch is yielded: dropping the values would
+        lose them for good (an incremental sync does not read those rows again), and the
+        next try reads with the new schema. If not (a connector whose records have fields
+        it never declares), they are dropped, as with a fresh catalog.
+
+        Raises:
+            ConnectorError: retryable: the stream gained a column since the catalog was
+                cached; or the connector's ``discover`` failed.
+        """
+        if self._identity is not None:
+            catalogs.forget(self._identity, self.config.config)
+        self._rediscover()
+        fresh = (self._streams.get(stream) or {}).get("json_schema") or {}
+        added = [f for f in fields if f in (fresh.get("properties") or {})]
+        if not added:
+            log.info(
+                "%s.%s: records carry %s, which the connector's discover does not declare: dropped",
+                self.name,
+                stream,
+                ", ".join(map(repr, fields)),
+            )
+            return
+        names = ", ".join(map(repr, added))
+        raise ConnectorError(
+            f"records carry {names}, which the cached catalog lacked (added upstream since it "
+            "was discovered); no record carrying them was loaded, and the catalog has been "
+            "discovered again: the next try loads them",
+            source=self.name,
+            stream=stream,
+            hint="retry the sync (a flow run retries it by itself); "
+            "`mdstack sync --refresh-catalog` discovers every connector's catalog again",
+            retryable=True,
+        )
 
     def _specs(self) -> tuple[StreamSpec, ...]:
         return tuple(_stream_spec(s) for s in self._streams.values())
