@@ -27,8 +27,8 @@ future format) is ignored, and replaced by the next ``discover``.
 **Refresh**: :func:`refreshing` (``mdstack sync --refresh-catalog``) makes every look-up
 miss, so each connector discovers again and its entry is rewritten; a stream the cached
 catalog lacks is discovered for real once by the source (:mod:`connectors.airbyte.source`),
-and a record with a field its cached stream schema lacks (a column added upstream) makes
-the source :func:`forget` the entry and fail the stream, retryably: the next try discovers.
+and a record with a field its cached stream schema lacks (a column added upstream?) makes
+the source :func:`forget` the entry and discover again.
 """
 
 from __future__ import annotations
