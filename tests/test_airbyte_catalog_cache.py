@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -130,6 +131,17 @@ def test_sync_refresh_catalog_discovers_again_and_replaces_the_cached_catalog(
     assert verbs(log) == ["discover", "read", "read", "discover", "read", "read"]
     help_text = " ".join(runner.invoke(app, ["sync", "--help"]).output.split())
     assert "--refresh-catalog" in help_text and "discover" in help_text
+
+
+def test_run_refresh_catalog_discovers_again_in_the_flow(tmp_path: Path, cache: Path) -> None:
+    log = tmp_path / "commands.jsonl"
+    config = fake(count=2, record_to=str(log))
+    load_source("airbyte", "src", config).discover()  # cached by an earlier run
+    command = [sys.executable, "-c", "from stack.cli import app; app()", "run"]
+    command += ["--config", str(project(tmp_path, config)), "--refresh-catalog"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert verbs(log) == ["discover", "discover", "read"]
 
 
 @pytest.mark.parametrize(

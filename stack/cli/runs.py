@@ -48,10 +48,11 @@ RefreshCatalogOpt = Annotated[
     typer.Option(
         "--refresh-catalog",
         help="Run each Airbyte connector's `discover` again instead of using the catalog "
-        "cached by an earlier sync (cached per connector version and config in "
+        "cached by an earlier run (cached per connector version and config in "
         "~/.cache/mdstack/catalogs, or $MDSTACK_CATALOGS_DIR), and cache the new one: after "
         "the source behind a connector gained streams or columns. A stream missing from the "
-        "cached catalog is discovered again without it.",
+        "cached catalog, or a column its records have beyond it, is discovered again "
+        "without it.",
     ),
 ]
 
@@ -115,13 +116,17 @@ def run(
     source: SourceOpt = None,
     stream: StreamOpt = None,
     full_refresh: FullRefreshOpt = False,
+    refresh_catalog: RefreshCatalogOpt = False,
 ) -> None:
     """Run the pipeline as a Prefect flow: sync every stream, then dbt, then a summary.
 
     With no PREFECT_API_URL the flow runs in Prefect's ephemeral mode (no server
-    needed). One flow run per region.
+    needed). One flow run per region. --refresh-catalog: Airbyte connectors run
+    `discover` again.
     """
-    with errors():
+    # The flow runs in this process and its stream tasks in its threads: the refresh holds
+    # for them without being a flow parameter.
+    with errors(), _catalogs_refreshed(refresh_catalog):
         path = config_path(config)
         cfg = load_config(path)
         regions = region or cfg.region_names()
