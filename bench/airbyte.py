@@ -3,24 +3,28 @@ as ``mdstack connector install`` does), 200 k records.
 
 Table 1, one stream (``users``, ``count`` 200 000): the floor is the connector's own
 ``read`` to /dev/null; mdstack syncs it through the airbyte source and ``sync_source``
-(``incremental_deduped``) into a fresh DuckLake folder, which costs one more connector
-process (``discover``); PyAirbyte (in its own virtualenv, offline, ``local_executable=``
-the same faker) reads it into its DuckDB cache.
+(``incremental_deduped``) into a fresh DuckLake folder, twice over: ``mdstack`` with the
+connector's catalog cached by an earlier sync (every sync but the first: no ``discover``
+process), and ``mdstack, cold catalog cache`` as the first sync ever (the connector's
+``discover`` runs first, and is cached); PyAirbyte (in its own virtualenv, offline,
+``local_executable=`` the same faker) reads it into its DuckDB cache.
 
 Table 2, two streams (``users`` and ``purchases``, ``count`` 100 000 each): mdstack reads
 each stream with a connector process of its own, where the floor reads both in one. A
-second floor runs what mdstack asks of the connector (``discover``, then one ``read`` per
-stream) with nothing reading the output: the difference between the two floors is the
-price of a process per stream, the rest is mdstack's.
+second floor runs what mdstack's first sync asks of the connector (``discover``, then one
+``read`` per stream; later syncs skip the ``discover``) with nothing reading the output.
 
-Target: mdstack ≤ 1.1x the floor.
+Target: mdstack (cached catalog) ≤ 1.1x the floor, timed as a user runs it: the whole
+process, interpreter start and imports included (*process s*).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import _pg_tools, peers
@@ -77,10 +81,28 @@ def _table(
     tools = [floor]
     if len(streams) > 1:
         tools.append(_per_stream_floor(faker, folder, config_file, catalog_file))
+    from connectors.airbyte.catalogs import CACHE_ENV
+
     warehouse = folder / "mdstack"
     mds_argv = [ctx.python(), ctx.worker("mdstack_airbyte.py"), json.dumps(config)]
     mds_argv += [str(warehouse), *streams]
-    tools.append(Tool("mdstack", lambda: (mds_argv, {}, None), before=_pg_tools.reset(warehouse)))
+    warm, cold = folder / "catalogs-warm", folder / "catalogs-cold"
+    tools.append(
+        Tool(
+            "mdstack",
+            lambda: (mds_argv, {CACHE_ENV: str(warm)}, None),
+            before=_warm(warehouse, warm, config),
+            note="catalog cached by an earlier sync",
+        )
+    )
+    tools.append(
+        Tool(
+            "mdstack, cold catalog cache",
+            lambda: (mds_argv, {CACHE_ENV: str(cold)}, None),
+            before=_pg_tools.reset(warehouse, cold),
+            note="first sync ever: discover runs",
+        )
+    )
     if pyairbyte is not None:
         tools.append(_pyairbyte_tool(ctx, pyairbyte, faker, folder, config, streams))
     interleave(tools, ctx.runs, ctx.log)
@@ -93,6 +115,28 @@ def _table(
         subject="mdstack",
         extra_columns=("loaded",),
     )
+
+
+def _warm(warehouse: Path, catalogs: Path, config: dict) -> Callable[[], None]:
+    """A ``before`` hook: a fresh warehouse, and the connector's catalog in ``catalogs`` as
+    an earlier sync left it (discovered here once, untimed)."""
+    reset = _pg_tools.reset(warehouse)
+
+    def before() -> None:
+        reset()
+        if any(catalogs.glob("*.json")):
+            return
+        from connectors.airbyte import AirbyteSource
+        from connectors.airbyte.catalogs import CACHE_ENV
+
+        source = {"package": "airbyte-source-faker", "version": VERSION, "config": config}
+        os.environ[CACHE_ENV] = str(catalogs)
+        try:
+            AirbyteSource("faker", source).discover()
+        finally:
+            del os.environ[CACHE_ENV]
+
+    return before
 
 
 def _catalog(faker: Path, config_file: Path, streams: list[str]) -> dict:
@@ -124,7 +168,8 @@ def _catalog(faker: Path, config_file: Path, streams: list[str]) -> dict:
 
 
 def _per_stream_floor(faker: Path, folder: Path, config_file: Path, catalog_file: Path) -> Tool:
-    """``discover`` then one ``read`` per stream, output to /dev/null: mdstack's connector work."""
+    """``discover`` then one ``read`` per stream, output to /dev/null: the connector work of
+    mdstack's first sync (later ones skip the ``discover``)."""
     catalog = json.loads(catalog_file.read_text())
     commands = [f"{faker} discover --config {config_file}"]
     for entry in catalog["streams"]:
@@ -136,7 +181,7 @@ def _per_stream_floor(faker: Path, folder: Path, config_file: Path, catalog_file
         "floor: discover + a read per stream",
         lambda: (["sh", "-c", script], {}, None),
         discard_stdout=True,
-        note="what mdstack runs of the connector",
+        note="what mdstack's first sync runs of the connector",
     )
 
 
@@ -176,9 +221,11 @@ def _loaded(tool: Tool) -> str:
 
 
 def _target(table: Table, what: str) -> Target:
+    """mdstack's whole process (as a user runs it) against the floor; its own timing of
+    the work (imports excluded) alongside."""
     mds, floor = table.row("mdstack"), table.row("floor: connector read")
-    label = f"{what}: ≤ {LIMIT}x the connector's own read"
+    label = f"{what}, catalog cached: ≤ {LIMIT}x the connector's own read (whole process)"
     if not (mds and floor):
         return Target(label, "not measured", None)
-    x = mds.wall / floor.wall
-    return Target(label, f"{x:.2f}x", x <= LIMIT)
+    x = mds.process / floor.process
+    return Target(label, f"{x:.2f}x (work alone {mds.wall / floor.wall:.2f}x)", x <= LIMIT)

@@ -24,7 +24,11 @@ the state file exactly as received), ``check_fails`` (check answers FAILED), ``b
 (record 2's ``price`` is the text ``"n/a"``), ``wild`` (``{"schema": <JSON Schema>, "records":
 "<JSON text of a list of records>"}``: a stream ``wild``, full refresh, with exactly those
 records, written by ``json.dumps``: integers beyond 64 bits, NaN and Infinity as Python
-writes them).
+writes them), ``undeclared`` (``{field: value}`` every ``items`` record carries and
+``discover`` never declares), ``upstream`` (the path of a JSON file read by each command, the
+source's data as it is now, which may change while the config does not: ``count`` overrides
+the config's, ``columns`` ``{name: JSON Schema}`` are columns ``items`` gained, declared by
+``discover`` and in every record, ``"<name> <id>"``).
 """
 
 from __future__ import annotations
@@ -125,6 +129,8 @@ def item(i: int, config: dict, deleted: bool = False) -> dict:
         "tags": ["a", f"t{i}"],
         "meta": {"n": i, "even": i % 2 == 0},
     }
+    data |= config.get("undeclared", {})
+    data |= {name: f"{name} {i}" for name in config.get("columns", {})}
     if config.get("bad_type") and i == 2:
         data |= {"price": "n/a"}
     if deleted:
@@ -208,6 +214,8 @@ def load(path: str):
 def main(argv: list[str]) -> int:
     verb, opts = argv[1], options(argv)
     config = load(opts["config"]) if "config" in opts else {}
+    if config.get("upstream") and os.path.exists(config["upstream"]):
+        config |= load(config["upstream"])
     saved = load(opts["state"]) if "state" in opts else []
     if config.get("record_to"):
         with open(config["record_to"], "a") as handle:
@@ -224,7 +232,9 @@ def main(argv: list[str]) -> int:
         status = {"status": "SUCCEEDED"} if ok else {"status": "FAILED", "message": "bad key"}
         emit("CONNECTION_STATUS", "connectionStatus", status)
     elif verb == "discover":
-        streams = [ITEMS, EVENTS, BLOBS]
+        items = json.loads(json.dumps(ITEMS))
+        items["json_schema"]["properties"] |= config.get("columns", {})
+        streams = [items, EVENTS, BLOBS]
         if config.get("wild"):
             schema = config["wild"]["schema"]
             streams.append(

@@ -27,11 +27,15 @@ only the user can read (0600, in a 0700 folder), deleted when the command ends; 
 logged, and values the spec marks ``airbyte_secret`` are masked in whatever the connector
 says. ``batch_size`` (default 50 000) caps the records of one Arrow batch.
 
-``discover`` runs the connector's ``discover``: each stream's JSON Schema becomes an Arrow
-schema (:mod:`connectors.airbyte.json_schema`); the source-defined primary key and cursor are the
-stream's (nested paths are not columns and are left out); ``full_refresh`` offers both
-full-refresh modes, ``incremental`` both incremental ones; a stream with an
-``_ab_cdc_deleted_at`` column and a key emits deletes.
+``discover`` runs the connector's ``discover`` once per connector version and config: what
+it printed is cached on disk and used by later syncs instead (where, the key, refreshing:
+:mod:`connectors.airbyte.catalogs`; a stream the cached catalog lacks makes the connector
+discover again, once, before it is an error; a record with a top-level field the cached
+schema lacks makes it discover again too, see :meth:`AirbyteSource.read`). Each stream's
+JSON Schema becomes an Arrow schema (:mod:`connectors.airbyte.json_schema`); the
+source-defined primary key and cursor are the stream's (nested paths are not columns and
+are left out); ``full_refresh`` offers both full-refresh modes, ``incremental`` both
+incremental ones; a stream with an ``_ab_cdc_deleted_at`` column and a key emits deletes.
 
 ``read`` runs ``read`` with a configured catalog of the one stream (its sync mode, cursor
 and primary key as ``stack.yml`` chose them), and, for incremental modes, ``--state`` with
@@ -44,8 +48,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Annotated, Any
 
 import jsonschema
@@ -59,6 +65,7 @@ from pydantic import (
     model_validator,
 )
 
+from connectors.airbyte import catalogs
 from connectors.airbyte.install import ensure_installed, package_name
 from connectors.airbyte.process import (
     Connector,
@@ -172,6 +179,9 @@ class AirbyteSource(BaseSource[AirbyteConfig]):
         self._connector: Connector | None = None
         self._lock = threading.Lock()
         self._streams: dict[str, dict[str, Any]] = {}
+        self._identity: str | None = None  # the connector version; None: never cached
+        self._discovering = threading.Lock()
+        self._live = False  # whether the connector's discover ran (not the cache)
         self._scrub = Scrubber()
 
     def check_connection(self) -> str:
@@ -192,32 +202,39 @@ class AirbyteSource(BaseSource[AirbyteConfig]):
         return text
 
     def discover(self) -> Catalog:
-        """The connector's streams (see the module docstring).
+        """The connector's streams (see the module docstring): the cached catalog of this
+        connector version and config, else what its ``discover`` prints (then cached).
 
         Raises:
             ConnectorError: bad config (naming the key), the connector failed.
         """
-        streams = None
-        for message in self._run("discover"):  # to the end: a failed exit must raise
-            if message.get("type") == "CATALOG":
-                streams = (message.get("catalog") or {}).get("streams") or []
-        if streams is None:
-            raise ConnectorError("the connector's discover printed no CATALOG", source=self.name)
-        self._streams = {s["name"]: s for s in streams if isinstance(s, dict)}
-        return Catalog(tuple(_stream_spec(s) for s in self._streams.values()))
+        self._ready()
+        identity, config = self._identity, self.config.config
+        cached = catalogs.load(identity, config) if identity else None
+        if cached is None:
+            return self._discover_live()
+        self._streams = {s["name"]: s for s in cached}
+        return _CachedCatalog(self._specs(), rediscover=self._rediscover)
 
     def read(self, stream: ConfiguredStream, state: State | None) -> Iterator[Message]:
         """Run the connector's ``read`` for this one stream; see :mod:`connectors.airbyte.read`.
 
+        With a catalog from the cache, the first record carrying a top-level field the
+        stream's cached schema lacks is checked before its batch is yielded (fields beyond a
+        freshly discovered schema are dropped unseen): see :meth:`_undeclared_fields`.
+
         Raises:
             ConnectorError: bad config or state, an unknown stream, an incremental stream
                 without a cursor, the connector's ERROR trace (retryable if transient) or
-                non-zero exit.
+                non-zero exit; retryable: the cached catalog lacked a column of the stream.
         """
         cfg = self.config
         connector = self._ready()
         if stream.name not in self._streams:
             self.discover()
+        if stream.name not in self._streams:
+            self._rediscover()
+        live = self._live  # before the streams: a live catalog replaces them, then sets it
         raw = self._streams.get(stream.name)
         if raw is None:
             raise ConnectorError(
@@ -230,13 +247,17 @@ class AirbyteSource(BaseSource[AirbyteConfig]):
         states = States(self.name, stream.name, state if stream.incremental else None)
         prior = states.messages if stream.incremental and states.messages else None
         keys = tuple(stream.primary_key or stream.spec.primary_key)
+        undeclared = None if live else partial(self._undeclared_fields, stream.name)
+        records = Records(
+            self.name, stream.name, raw.get("json_schema") or {}, undeclared=undeclared
+        )
         with (
             private_files(config=cfg.config, catalog=catalog, state=prior) as files,
             closing(run(connector, "read", files, self._scrub)) as lines,
         ):
             yield from read_messages(
                 lines,
-                Records(self.name, stream.name, raw.get("json_schema") or {}),
+                records,
                 states,
                 keys=keys,
                 deletes=stream.spec.emits_deletes and bool(keys),
@@ -251,6 +272,72 @@ class AirbyteSource(BaseSource[AirbyteConfig]):
             States(self.name, stream.name, state)
 
     # -- internals ----------------------------------------------------------------------------
+    def _discover_live(self) -> Catalog:
+        """Run the connector's ``discover`` and cache what it printed."""
+        streams = None
+        for message in self._run("discover"):  # to the end: a failed exit must raise
+            if message.get("type") == "CATALOG":
+                streams = (message.get("catalog") or {}).get("streams") or []
+        if streams is None:
+            raise ConnectorError("the connector's discover printed no CATALOG", source=self.name)
+        self._streams = {s["name"]: s for s in streams if isinstance(s, dict)}
+        self._live = True
+        if self._identity is not None:
+            found = list(self._streams.values())
+            catalogs.store(self._identity, self.config.config, found, self._scrub.secrets)
+        return Catalog(self._specs())
+
+    def _rediscover(self) -> Catalog:
+        """The connector's own catalog: a cached one may predate a stream the connector has
+        gained since, so a stream missing from it is looked for once more, for real (once per
+        source: the engine asks for each stream, perhaps in parallel threads)."""
+        with self._discovering:
+            if not self._live:
+                return self._discover_live()
+            return Catalog(self._specs())
+
+    def _undeclared_fields(self, stream: str, fields: tuple[str, ...]) -> None:
+        """Records of ``stream`` read with a cached catalog carry ``fields``, which its
+        schema lacks. Before the cache every sync discovered, so what the connector's
+        ``discover`` says now decides: the cached catalog is removed and discovered again
+        (and cached anew). If it declares one of them (a column added upstream), the stream
+        fails, retryably, before the record's batch is yielded: dropping the values would
+        lose them for good (an incremental sync does not read those rows again), and the
+        next try reads with the new schema. If not (a connector whose records have fields
+        it never declares), they are dropped, as with a fresh catalog.
+
+        Raises:
+            ConnectorError: retryable: the stream gained a column since the catalog was
+                cached; or the connector's ``discover`` failed.
+        """
+        if self._identity is not None:
+            catalogs.forget(self._identity, self.config.config)
+        self._rediscover()
+        fresh = (self._streams.get(stream) or {}).get("json_schema") or {}
+        added = [f for f in fields if f in (fresh.get("properties") or {})]
+        if not added:
+            log.info(
+                "%s.%s: records carry %s, which the connector's discover does not declare: dropped",
+                self.name,
+                stream,
+                ", ".join(map(repr, fields)),
+            )
+            return
+        names = ", ".join(map(repr, added))
+        raise ConnectorError(
+            f"records carry {names}, which the cached catalog lacked (added upstream since it "
+            "was discovered); no record carrying them was loaded, and the catalog has been "
+            "discovered again: the next try loads them",
+            source=self.name,
+            stream=stream,
+            hint="retry the sync (a flow run retries it by itself); "
+            "`mdstack sync --refresh-catalog` discovers every connector's catalog again",
+            retryable=True,
+        )
+
+    def _specs(self) -> tuple[StreamSpec, ...]:
+        return tuple(_stream_spec(s) for s in self._streams.values())
+
     def _run(self, verb: str) -> Iterator[dict[str, Any]]:
         connector = self._ready()
         with private_files(config=self.config.config) as files:
@@ -271,8 +358,10 @@ class AirbyteSource(BaseSource[AirbyteConfig]):
             done = ensure_installed(cfg.package, cfg.version)
             connector = Connector(self.name, (str(done.executable),))
             spec = done.spec
+            self._identity = catalogs.package_identity(done.package, done.version)
         elif cfg.executable is not None:
             connector = Connector(self.name, cfg.executable)
+            self._identity = catalogs.executable_identity(cfg.executable)
         else:
             problem = docker_problem()
             if problem:
@@ -283,6 +372,7 @@ class AirbyteSource(BaseSource[AirbyteConfig]):
                     hint="use `package:` (a PyPI connector) or `executable:` instead",
                 )
             connector = Connector(self.name, image=cfg.image)
+            self._identity = catalogs.image_identity(cfg.image or "")
         if spec is None:
             spec = spec_of(connector)
         self._scrub = Scrubber.for_config(cfg.config, spec)
@@ -308,6 +398,20 @@ class AirbyteSource(BaseSource[AirbyteConfig]):
             )
         entry["cursor_field"] = [cursor] if cursor else list(raw.get("default_cursor_field") or [])
         return entry
+
+
+@dataclass(frozen=True)
+class _CachedCatalog(Catalog):
+    """A catalog from the cache: asked for a stream it lacks (one the connector may have
+    gained since it was cached), it has the connector discover once for real before the
+    stream is an error."""
+
+    rediscover: Callable[[], Catalog] = field(kw_only=True, compare=False, repr=False)
+
+    def stream(self, name: str) -> StreamSpec:
+        if name in self.names:
+            return super().stream(name)
+        return self.rediscover().stream(name)
 
 
 def _validate(

@@ -7,6 +7,7 @@ line starts without Prefect.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Annotated, Protocol, TypeVar
 
 import typer
@@ -42,6 +43,19 @@ FullRefreshOpt = Annotated[
     ),
 ]
 
+RefreshCatalogOpt = Annotated[
+    bool,
+    typer.Option(
+        "--refresh-catalog",
+        help="Run each Airbyte connector's `discover` again instead of using the catalog "
+        "cached by an earlier run (cached per connector version and config in "
+        "~/.cache/mdstack/catalogs, or $MDSTACK_CATALOGS_DIR), and cache the new one: after "
+        "the source behind a connector gained streams or columns. A stream missing from the "
+        "cached catalog, or a column its records have beyond it, is discovered again "
+        "without it.",
+    ),
+]
+
 
 class _FlowState(Protocol):
     """A finished flow run's state, as Prefect returns it (``return_state=True``)."""
@@ -56,14 +70,16 @@ def sync(
     source: SourceOpt = None,
     stream: StreamOpt = None,
     full_refresh: FullRefreshOpt = False,
+    refresh_catalog: RefreshCatalogOpt = False,
 ) -> None:
     """Sync sources into the warehouse with the engine alone (no Prefect, no dbt).
 
     Each stream resumes from its last committed state (from scratch with
     --full-refresh); progress shows rows and rows/s per stream, and a summary table
-    follows.
+    follows. Airbyte connectors' catalogs come from the cache of earlier syncs
+    (--refresh-catalog discovers them again).
     """
-    with errors():
+    with errors(), _catalogs_refreshed(refresh_catalog):
         path = config_path(config)
         cfg = load_config(path)
         failed = False
@@ -83,6 +99,16 @@ def sync(
             raise typer.Exit(1)
 
 
+def _catalogs_refreshed(refresh: bool) -> AbstractContextManager[None]:
+    """Airbyte connectors discover again within it if ``refresh`` (imported only then: the
+    Airbyte adapter is loaded only by projects that use it)."""
+    if not refresh:
+        return nullcontext()
+    from connectors.airbyte.catalogs import refreshing
+
+    return refreshing()
+
+
 def run(
     config: ConfigOpt = None,
     target: TargetOpt = None,
@@ -90,13 +116,17 @@ def run(
     source: SourceOpt = None,
     stream: StreamOpt = None,
     full_refresh: FullRefreshOpt = False,
+    refresh_catalog: RefreshCatalogOpt = False,
 ) -> None:
     """Run the pipeline as a Prefect flow: sync every stream, then dbt, then a summary.
 
     With no PREFECT_API_URL the flow runs in Prefect's ephemeral mode (no server
-    needed). One flow run per region.
+    needed). One flow run per region. --refresh-catalog: Airbyte connectors run
+    `discover` again.
     """
-    with errors():
+    # The flow runs in this process and its stream tasks in its threads: the refresh holds
+    # for them without being a flow parameter.
+    with errors(), _catalogs_refreshed(refresh_catalog):
         path = config_path(config)
         cfg = load_config(path)
         regions = region or cfg.region_names()
