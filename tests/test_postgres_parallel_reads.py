@@ -11,7 +11,6 @@ was before.
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Iterator
 from contextlib import closing
 
@@ -23,7 +22,7 @@ from connectors.base import Batch, ConfiguredStream
 from connectors.postgres import PostgresSource, fetch
 from stack.config import SourceConfig
 from stack.load import RunContext, plan_stream, sync_stream
-from tests.servers.pg_server import connect_kwargs
+from tests.servers.pg_server import schema_of_its_own
 
 ROWS_PER_PAGE = 19  # what a row of the table below takes with its tuple header
 _RANGES_COPYING = """
@@ -35,14 +34,8 @@ WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE %s
 @pytest.fixture
 def items(pg_database: dict) -> Iterator[tuple[psycopg.Connection, str]]:
     """A schema of its own holding ``items``; the test fills it with :func:`_fill`."""
-    conn = psycopg.connect(**connect_kwargs(pg_database), autocommit=True)
-    schema = f"par_{uuid.uuid4().hex[:10]}"
-    conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield conn, schema
-    finally:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        conn.close()
+    with schema_of_its_own(pg_database, "par") as found:
+        yield found
 
 
 def _fill(conn: psycopg.Connection, schema: str, ranges: int) -> int:

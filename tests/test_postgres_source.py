@@ -29,7 +29,13 @@ from connectors.base import (
 from connectors.errors import ConnectorError, SourceUnavailable
 from connectors.postgres import PostgresSource, fetch
 from connectors.postgres.cdc import lsn_int
-from tests.servers.pg_server import PASSWORD_USER, PgCluster, connect_kwargs, drop_slots
+from tests.servers.pg_server import (
+    PASSWORD_USER,
+    PgCluster,
+    connect_kwargs,
+    drop_slots,
+    schema_of_its_own,
+)
 
 SECRET = "s3cr3t-Pa55word"
 
@@ -41,14 +47,8 @@ def _connect(params: dict) -> psycopg.Connection:
 @pytest.fixture(scope="module")
 def local(pg_database: dict) -> Iterator[tuple[psycopg.Connection, str]]:
     """This module's database and a fresh schema, dropped at the end."""
-    conn = _connect(pg_database)
-    schema = f"mds_test_{uuid.uuid4().hex[:10]}"
-    conn.execute(f'CREATE SCHEMA "{schema}"')
-    try:
-        yield conn, schema
-    finally:
-        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        conn.close()
+    with schema_of_its_own(pg_database, "mds_test") as found:
+        yield found
 
 
 def _source(server: dict, schema: str, **extra) -> PostgresSource:

@@ -28,6 +28,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,21 @@ PASSWORD_USER = "mds_pw"
 def connect_kwargs(dsn: dict[str, Any]) -> dict[str, Any]:
     """psycopg's keyword arguments for connect parameters in the connectors' shape."""
     return {("dbname" if k == "database" else k): v for k, v in dsn.items()}
+
+
+@contextmanager
+def schema_of_its_own(
+    dsn: dict[str, Any], prefix: str
+) -> Iterator[tuple[psycopg.Connection[Any], str]]:
+    """An autocommit connection and a fresh schema ``<prefix>_<hex>``, dropped at the end."""
+    conn = psycopg.connect(**connect_kwargs(dsn), autocommit=True)
+    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    conn.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield conn, schema
+    finally:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        conn.close()
 
 
 def drop_slots(conn: psycopg.Connection[Any], prefix: str) -> None:
