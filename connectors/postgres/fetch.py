@@ -254,7 +254,8 @@ class Scanner:
             self.con.execute("SET TimeZone = 'UTC'")
             self.con.execute(f"SET threads = {int(readers)}")
             self.con.execute(f"SET pg_pages_per_task = {RANGE_PAGES}")
-            self.con.execute(f"SET pg_pool_max_connections = {int(readers)}")
+            # The connection pool keeps its own default: capped at one connection, a read
+            # and the catalog lookups of the same scanner wait on each other.
             secret = ""
             if password:
                 self.con.execute("CREATE SECRET mds_pg (TYPE postgres, PASSWORD ?)", [password])
