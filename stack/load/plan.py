@@ -93,6 +93,11 @@ class StreamPlan:
         return self.deletes == "soft"
 
     @property
+    def propagates_deletes(self) -> bool:
+        """Whether the source's deletes reach the table (they need a key to name a row)."""
+        return self.stream.spec.emits_deletes and self.deletes != "none" and bool(self.keys)
+
+    @property
     def lock_name(self) -> str:
         return f"{self.source}.{self.stream.name}"
 

@@ -142,7 +142,7 @@ class StagedLoad:
     must not commit half of it).
     """
 
-    def __init__(self, lc: LoadContext) -> None:
+    def __init__(self, lc: LoadContext, region_filled: bool | None = None) -> None:
         self.lc = lc
         name = lc.plan.name
         self.records = Stage(lc.wh, f"_mds_stage_{name}")
@@ -150,7 +150,7 @@ class StagedLoad:
         self.bad = Stage(lc.wh, f"_mds_bad_{name}")
         self.state: State | None = None
         self._seq = 0
-        self._region_filled: bool | None = None
+        self._region_filled = region_filled
         """Whether the region holds rows: looked up once, then known (under the stream's
         lock only this load writes the region)."""
 

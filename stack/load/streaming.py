@@ -201,12 +201,10 @@ def first_load_direct(plan: StreamPlan, capabilities: Capabilities) -> bool:
     staging; rows of a key a later cursor supersedes are deleted at the commit, by row id.
     Not for streams with deletes (a tombstone must meet the row it follows), nor where a
     direct load is refused anyway (DDL that commits, several processes writing)."""
-    deletes = plan.stream.spec.emits_deletes and plan.deletes != "none"
     return (
         plan.mode == "incremental_deduped"
         and bool(plan.keys)
-        and not deletes
+        and not plan.propagates_deletes
         and capabilities.row_ids
-        and capabilities.transactional_ddl
-        and not capabilities.concurrent_writers
+        and capabilities.streams_into_tables
     )

@@ -310,16 +310,14 @@ def _feed(
 
 def _direct(plan: StreamPlan, capabilities: Capabilities) -> bool:
     """Whether rows can go straight into the table: nothing to merge, nothing to delete,
-    and a schema change mid-load cannot commit part of them (a warehouse whose DDL
-    commits the open transaction stages every load). A warehouse several processes write
-    at once stages every load too: a commit that loses a race with another writer's is
-    run again from what is staged, which rows streamed from the source cannot be."""
-    if not capabilities.transactional_ddl or capabilities.concurrent_writers:
+    on a warehouse that streams into tables (:attr:`Capabilities.streams_into_tables`)."""
+    if not capabilities.streams_into_tables:
         return False
-    deletes = plan.stream.spec.emits_deletes and plan.deletes != "none" and bool(plan.keys)
     if plan.mode == "full_refresh_overwrite":
         return not (plan.soft and plan.keys)
-    return plan.mode in ("full_refresh_append", "incremental_append") and not deletes
+    return plan.mode in ("full_refresh_append", "incremental_append") and not (
+        plan.propagates_deletes
+    )
 
 
 def _load(lc: LoadContext, table_existed: bool) -> Load:
@@ -328,12 +326,10 @@ def _load(lc: LoadContext, table_existed: bool) -> Load:
     wh, plan = lc.wh, lc.plan
     if _direct(plan, wh.capabilities):
         return DirectLoad(lc)
-    if (
-        lc.replace is None
-        and first_load_direct(plan, wh.capabilities)
-        and not (table_existed and region_has_rows(wh, plan.target, lc.ctx.region))
-    ):
-        return DirectLoad(lc, dedupe=True)
+    if lc.replace is None and first_load_direct(plan, wh.capabilities):
+        if not (table_existed and region_has_rows(wh, plan.target, lc.ctx.region)):
+            return DirectLoad(lc, dedupe=True)
+        return StagedLoad(lc, region_filled=True)
     return StagedLoad(lc)
 
 

@@ -44,6 +44,14 @@ class Capabilities:
     transactional_ddl: bool = False
     row_ids: bool = False
 
+    @property
+    def streams_into_tables(self) -> bool:
+        """Whether a load may write rows straight into its table: a schema change mid-load
+        cannot commit part of them (DDL joins the transaction), and no other writer's
+        commit can win a race that would have the load run again from rows it no longer
+        has (streamed rows are not kept)."""
+        return self.transactional_ddl and not self.concurrent_writers
+
 
 class Warehouse(Protocol):
     """A connection to one warehouse target, used as a context manager."""
