@@ -37,6 +37,9 @@ from tests.kill import run_worker
 from tests.servers.pg_server import PgCluster, connect_kwargs
 
 CHUNK = 100
+CHURN_ROUNDS = 150
+"""Rounds of writes at most while a copy runs: on a loaded machine a copy can be slower
+than the writes, and would never end if they went on as long as it does."""
 
 
 @pytest.fixture
@@ -79,13 +82,17 @@ def test_a_table_copied_in_chunks_under_writes_lands_exact_and_the_slot_moves_me
     watcher.start()
     rng = random.Random(61)
     try:
-        while worker.poll() is None:  # inserts, updates and deletes all over the key range
+        for _ in range(CHURN_ROUNDS):  # inserts, updates and deletes all over the key range
+            if worker.poll() is not None:
+                break
             churn(conn, schema, names, rng, 3_000)
             time.sleep(0.1)  # a busy database, not one written faster than it can be read
+        assert worker.wait(timeout=300) == 0
     finally:
         stop.set()
         watcher.join()
-    assert worker.wait() == 0
+        if worker.poll() is None:
+            worker.kill()
     assert len(seen) > 2, "the slot stood still while the tables were copied"
 
     sync(path)  # what was written after the copy's last pass
