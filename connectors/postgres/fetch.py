@@ -29,7 +29,7 @@ import pyarrow as pa
 from psycopg import sql
 from sqlglot import exp
 
-from connectors.duckdb_extensions import packaged_extension
+from connectors.duckdb_extensions import FROM_WHEELS_ONLY, load, packaged_extension
 from connectors.errors import ConnectorError
 
 
@@ -243,13 +243,9 @@ class Scanner:
         self, params: Mapping[str, Any], password: str | None, batch_size: int, readers: int = 1
     ) -> None:
         self.batch_size = batch_size
-        config: dict[str, str | bool | int | float | list[str]] = {
-            "autoinstall_known_extensions": False,
-            "autoload_known_extensions": False,
-        }
-        self.con = duckdb.connect(":memory:", config=config)
+        self.con = duckdb.connect(":memory:", config=FROM_WHEELS_ONLY)
         try:
-            self.con.execute(f"LOAD '{str(_extension_file()).replace(chr(39), chr(39) * 2)}'")
+            load(self.con, _extension_file())
             self.con.execute("SET pg_array_as_varchar = true")  # arrays in PostgreSQL's text form
             self.con.execute("SET TimeZone = 'UTC'")
             self.con.execute(f"SET threads = {int(readers)}")

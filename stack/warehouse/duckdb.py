@@ -32,7 +32,7 @@ import psycopg
 import pyarrow as pa
 
 from connectors._http_redact import Redactor
-from connectors.duckdb_extensions import packaged_extension
+from connectors.duckdb_extensions import FROM_WHEELS_ONLY, load, packaged_extension
 from stack.config.targets import ObjectStorage, PostgresCatalog
 from stack.errors import SyncConflict, WarehouseBusy, WarehouseError, WriteConflict
 from stack.sql import ident, table
@@ -147,7 +147,7 @@ class DuckDBWarehouse:
             return self._enter_postgres(self.pg)
         (self.path / DATA_DIR).mkdir(parents=True, exist_ok=True)
         self._link_extension()
-        con = duckdb.connect(config=self._config())
+        con = self._connect()
         mode = ", READ_ONLY" if self.read_only else ""
 
         def attach() -> None:
@@ -183,7 +183,7 @@ class DuckDBWarehouse:
             Path(self.data_path).mkdir(parents=True, exist_ok=True)
         self.path.mkdir(parents=True, exist_ok=True)
         self._link_extension()
-        con = duckdb.connect(config=self._config())
+        con = self._connect()
         options = f"DATA_PATH {_literal(self.data_path)}, METADATA_SCHEMA {_literal(pg.schema)}"
         if self.read_only:
             options += ", READ_ONLY"
@@ -263,6 +263,26 @@ class DuckDBWarehouse:
             "preserve_insertion_order": False,
         }
 
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        """This process's connection, the extensions the lake needs loaded from the wheels
+        (:data:`~connectors.duckdb_extensions.FROM_WHEELS_ONLY`: no signature hashing)."""
+        con = duckdb.connect(config=self._config() | FROM_WHEELS_ONLY)
+        try:
+            load(con, *self._extensions())
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _extensions(self) -> list[Path]:
+        """The extension binaries this lake is reached with."""
+        wanted = [ducklake_extension_file()]
+        if self.pg is not None:  # the catalog is reached through the postgres extension
+            wanted.append(postgres_extension_file())
+        if s3.is_remote(self.data_path):  # the data files are reached through httpfs
+            wanted.append(httpfs_extension_file())
+        return wanted
+
     def _link_extension(self) -> None:
         """Link the packaged DuckLake binary (and the postgres and httpfs ones a lake in
         PostgreSQL and S3 needs) into this warehouse's extension directory.
@@ -273,12 +293,7 @@ class DuckDBWarehouse:
         costs a connection (~0.1 s) in every process.
         """
         versioned = self.path / EXTENSION_DIR / f"v{duckdb.__version__}"
-        wanted = [ducklake_extension_file()]
-        if self.pg is not None:  # the catalog is reached through the postgres extension
-            wanted.append(postgres_extension_file())
-        if s3.is_remote(self.data_path):  # the data files are reached through httpfs
-            wanted.append(httpfs_extension_file())
-        for extension in wanted:
+        for extension in self._extensions():
             packaged = extension.resolve()
             found = versioned.glob(f"*/{extension.name}")
             if any(f.is_symlink() and f.resolve() == packaged for f in found):
