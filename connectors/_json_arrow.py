@@ -28,9 +28,18 @@ _INEXACT = re.compile(rb"\d{20}|-\d{19}")
 _NON_FINITE = re.compile(rb"NaN|Infinity")
 
 
+_DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+"""A translation table: every digit to ``0``, every other byte to a space."""
+_NINETEEN = b"0" * 19
+
+
 def inexact(data: bytes) -> bool:
-    """Whether ``data`` may hold an integer that a float reader (orjson, polars) rounds."""
-    return _INEXACT.search(data) is not None
+    """Whether ``data`` may hold an integer that a float reader (orjson, polars) rounds.
+
+    A run of 19 digits is looked for first, as a run of ``0`` in the translated bytes (two C
+    loops: 0.2 ms for a 200 kB page, against 3.5 ms for the pattern alone); only a page
+    that has one is searched with the pattern."""
+    return _NINETEEN in data.translate(_DIGITS) and _INEXACT.search(data) is not None
 
 
 CONVERSION_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError)
