@@ -31,6 +31,12 @@ def ident(name: str) -> str:
     return exp.to_identifier(name, quoted=True).sql("duckdb")
 
 
+def literal(text: str) -> str:
+    """``text`` as a SQL string literal (for the statements that take no parameters:
+    ``ATTACH``, ``SET``)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def table(schema: str, name: str) -> str:
     """A quoted ``schema.table`` reference."""
     return f"{ident(schema)}.{ident(name)}"

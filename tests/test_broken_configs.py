@@ -52,6 +52,13 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ),
     ("config-unknown-key", SEED, "config: {sed: 7, ", "sources.shop.config.sed", "sed: 7"),
     (
+        "bi-file-named-like-its-schema",
+        "path: warehouse/bi.duckdb",
+        "path: warehouse/marts.duckdb",
+        "targets.local.bi_file",
+        "bi_file:",
+    ),
+    (
         "region-template-typo",
         'region: "{{ region }}"',
         'region: "{{ regoin }}"',

@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import duckdb
 import pytest
 import yaml
 
@@ -143,6 +144,8 @@ def wap_scenario(tmp_path: Path, dashboards: WebhookDouble) -> None:
     assert len(dashboards.received) == 1
     published = DuckDBWarehouse(tmp_path / "warehouse")
     before = rows_of(published, MARTS)
+    bi_file = tmp_path / "warehouse" / "bi.duckdb"  # the demo's BI file: the marts, for BI
+    assert bi_rows(bi_file) == before
 
     said = failing_audit(path)
     assert "run failed: dbt test assert_audit_gate fail" in said
@@ -150,6 +153,7 @@ def wap_scenario(tmp_path: Path, dashboards: WebhookDouble) -> None:
     assert "dashboard webhook (webhook): skipped" in said
     assert len(dashboards.received) == 1  # no refresh fired after the failed audit
     assert rows_of(published, MARTS) == before  # dashboards still see yesterday's marts
+    assert bi_rows(bi_file) == before  # and so do those reading the BI file
     audit = published.environment("audit-eu")
     assert audit.path.exists() and rows_of(audit, MARTS) != before  # kept for debugging
 
@@ -158,6 +162,8 @@ def wap_scenario(tmp_path: Path, dashboards: WebhookDouble) -> None:
     assert len(dashboards.received) == 2
     after = rows_of(published, MARTS)
     assert len(after) > len(before) and not audit.path.exists()
+    assert bi_rows(bi_file) == after
+    assert [p.name for p in bi_file.parent.glob(".bi.duckdb.*")] == []  # no half-written file
 
 
 def failing_audit(path: Path, region: str = "eu") -> str:
@@ -178,6 +184,12 @@ def failing_audit(path: Path, region: str = "eu") -> str:
 def rows_of(wh: DuckDBWarehouse, sql: str) -> list[tuple]:
     with wh:
         return [tuple(r.values()) for r in wh.query(sql).to_pylist()]
+
+
+def bi_rows(path: Path, sql: str = MARTS) -> list[tuple]:
+    """What a BI tool reads from the BI file, opened as any DuckDB client opens it."""
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.execute(sql).fetchall()
 
 
 READER = textwrap.dedent(

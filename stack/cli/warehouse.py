@@ -225,7 +225,10 @@ def publish(env: EnvArg, config: ConfigOpt = None, target: TargetOpt = None) -> 
     """Atomically replace the warehouse's content with environment ENV's."""
     with warehouse(config, target) as (_, unopened):
         unopened.publish(env)
+        written = unopened.refresh_bi_file()
     out.print(f"published environment [bold]{env}[/]")
+    if written is not None:
+        out.print(f"BI file {written.path}: {written.tables} tables, {written.rows} rows")
 
 
 def drop_env(env: EnvArg, config: ConfigOpt = None, target: TargetOpt = None) -> None:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "TARGET_TYPES",
+    "BiFile",
     "DuckDBTarget",
     "ObjectStorage",
     "PostgresCatalog",
@@ -77,6 +78,27 @@ class ObjectStorage(_Model):
         return self
 
 
+class BiFile(_Model):
+    """A plain DuckDB database file of the published schemas, for BI tools: rewritten after
+    every good publish and swapped in one rename (readers see the old file or the new)."""
+
+    path: Path
+    """The file (relative to ``stack.yml``); point the BI tool's DuckDB connection here,
+    read-only (``duckdb:///<path>?access_mode=read_only`` for Superset)."""
+    schemas: list[str] = Field(default_factory=lambda: ["marts"], min_length=1)
+    """The schemas copied: dbt's marts by default; add ``raw`` for the loaded tables."""
+
+    @model_validator(mode="after")
+    def _name_is_not_a_schema(self) -> BiFile:
+        if self.path.stem in self.schemas:  # DuckDB names the database after the file
+            raise ValueError(
+                f"bi_file.path {str(self.path)!r}: a file named like the schema"
+                f" {self.path.stem!r} makes `{self.path.stem}.<table>` ambiguous in every"
+                " query (DuckDB names the database after the file); name it e.g. bi.duckdb"
+            )
+        return self
+
+
 class DuckDBTarget(_Model):
     """DuckDB on DuckLake: a catalog plus a folder of Parquet files, no server."""
 
@@ -93,6 +115,9 @@ class DuckDBTarget(_Model):
     (``s3://bucket/prefix/``); default ``<path>/data``."""
     storage: ObjectStorage | None = None
     """How to reach an ``s3://`` data_path: endpoint, region, credentials."""
+    bi_file: BiFile | None = None
+    """A DuckDB file of the published marts for BI tools (a DuckLake catalog is metadata,
+    not tables a BI tool's DuckDB driver can show); none by default."""
 
     @model_validator(mode="after")
     def _data_path_needs_a_shared_catalog(self) -> DuckDBTarget:

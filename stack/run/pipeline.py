@@ -310,6 +310,8 @@ def transform_changes(
             run, audit=audit_env, blocked=bool(checks.blocking(results)), checks=tuple(results)
         )
         result = _publish(published, built, run_id)
+        if result.published:
+            published.refresh_bi_file()
         with published as wh:  # after the publish: the ledger of the published warehouse
             for done in (run, freshness):
                 ledger.record_dbt_results(

@@ -25,6 +25,9 @@ def connect(target: Target, root: Path) -> Warehouse:
         from stack.warehouse.duckdb import DuckDBWarehouse
 
         path = target.path if target.path.is_absolute() else (root / target.path).resolve()
+        bi_file = target.bi_file
+        if bi_file is not None and not bi_file.path.is_absolute():
+            bi_file = bi_file.model_copy(update={"path": (root / bi_file.path).resolve()})
         return DuckDBWarehouse(
             path,
             target.threads,
@@ -33,6 +36,7 @@ def connect(target: Target, root: Path) -> Warehouse:
             catalog=target.catalog,
             data_path=target.data_path,
             storage=target.storage,
+            bi_file=bi_file,
         )
     from stack.warehouse.snowflake import SnowflakeWarehouse
 

@@ -135,11 +135,11 @@ def publish_lake(audit: Path, published: Path, busy_timeout: float = BUSY_WAIT_S
         try:
             shutil.copy2(audit / CATALOG_FILE, staged)
             _set_data_path(staged, published / DATA_DIR)
-            _fsync(staged)
+            fsync(staged)
             os.replace(staged, published / CATALOG_FILE)
         finally:
             staged.unlink(missing_ok=True)
-        _fsync(published)
+        fsync(published)
 
 
 def drop_lake(path: Path) -> None:
@@ -222,7 +222,7 @@ def _publishing(published: Path, busy_timeout: float) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
     """Flush a file, or a folder's entries, to disk (a rename is durable once both are)."""
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
@@ -51,6 +52,15 @@ class Capabilities:
         commit can win a race that would have the load run again from rows it no longer
         has (streamed rows are not kept)."""
         return self.transactional_ddl and not self.concurrent_writers
+
+
+@dataclass(frozen=True)
+class BiFileWritten:
+    """What :meth:`Warehouse.refresh_bi_file` wrote: the file, its tables and their rows."""
+
+    path: Path
+    tables: int
+    rows: int
 
 
 class Warehouse(Protocol):
@@ -149,6 +159,11 @@ class Warehouse(Protocol):
 
     def drop_environment(self, name: str) -> None:
         """Remove environment ``name`` (never touches this warehouse's data)."""
+        ...
+
+    def refresh_bi_file(self) -> BiFileWritten | None:
+        """Rewrite the file BI tools read, after a good publish (a DuckDB target's
+        ``bi_file:``); None where there is none (Snowflake: BI tools read it directly)."""
         ...
 
     def dbt_output(self) -> dict[str, Any]:

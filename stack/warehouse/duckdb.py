@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import fcntl
 import functools
+import logging
 import os
 import threading
 import time
@@ -33,11 +34,12 @@ import pyarrow as pa
 
 from connectors._http_redact import Redactor
 from connectors.duckdb_extensions import FROM_WHEELS_ONLY, load, packaged_extension
-from stack.config.targets import ObjectStorage, PostgresCatalog
+from stack.config.targets import BiFile, ObjectStorage, PostgresCatalog
 from stack.errors import SyncConflict, WarehouseBusy, WarehouseError, WriteConflict
-from stack.sql import ident, table
+from stack.sql import ident, literal, table
 from stack.warehouse import _ducklake_pg_envs as pg_envs
 from stack.warehouse import _ducklake_s3 as s3
+from stack.warehouse._bi_file import write_bi_file
 from stack.warehouse._ducklake_envs import (
     BUSY_WAIT_SECONDS,
     CATALOG_FILE,
@@ -50,9 +52,10 @@ from stack.warehouse._ducklake_envs import (
     wait_while_locked,
 )
 from stack.warehouse._ducklake_pg import PASSWORD_ENV, RETRIES, PostgresCatalogLink
-from stack.warehouse.base import Capabilities
+from stack.warehouse.base import BiFileWritten, Capabilities
 
 EXTENSION_DIR = ".extensions"
+log = logging.getLogger(__name__)
 ALIAS = "lake"
 ENV_ALIAS = "mds_env"
 """The alias an environment's lake is attached under while it is published."""
@@ -123,8 +126,11 @@ class DuckDBWarehouse:
         catalog: PostgresCatalog | None = None,
         data_path: str | None = None,
         storage: ObjectStorage | None = None,
+        bi_file: BiFile | None = None,
     ):
         self.read_only = read_only
+        self.bi_file = bi_file
+        """Where the published schemas are copied for BI tools (:meth:`refresh_bi_file`)."""
         self.path = Path(path).resolve()
         self.pg = PostgresCatalogLink(catalog) if catalog is not None else None
         """The lake's PostgreSQL catalog; None: the DuckDB file ``W/catalog.ducklake``."""
@@ -184,7 +190,7 @@ class DuckDBWarehouse:
         self.path.mkdir(parents=True, exist_ok=True)
         self._link_extension()
         con = self._connect()
-        options = f"DATA_PATH {_literal(self.data_path)}, METADATA_SCHEMA {_literal(pg.schema)}"
+        options = f"DATA_PATH {literal(self.data_path)}, METADATA_SCHEMA {literal(pg.schema)}"
         if self.read_only:
             options += ", READ_ONLY"
         try:
@@ -193,7 +199,7 @@ class DuckDBWarehouse:
             if remote and self.storage is not None:
                 s3.create_secret(con, self.storage, self.data_path)
             con.execute(f"SET ducklake_max_retry_count = {RETRIES}")
-            attach = f"ATTACH {_literal(pg.attach_path)} AS {ALIAS} ({options})"
+            attach = f"ATTACH {literal(pg.attach_path)} AS {ALIAS} ({options})"
             for attempt in range(CREATE_RACE_ATTEMPTS):
                 try:
                     con.execute(attach)
@@ -519,13 +525,23 @@ class DuckDBWarehouse:
                 " hand, clone again and redo its changes)",
             )
         with self:
-            options = f"METADATA_SCHEMA {_literal(env.pg.schema)}, READ_ONLY"
-            self.con.execute(f"ATTACH {_literal(env.pg.attach_path)} AS {ENV_ALIAS} ({options})")
+            options = f"METADATA_SCHEMA {literal(env.pg.schema)}, READ_ONLY"
+            self.con.execute(f"ATTACH {literal(env.pg.attach_path)} AS {ENV_ALIAS} ({options})")
             try:
                 with self.transaction():
                     pg_envs.apply(self, changed, ALIAS, ENV_ALIAS, self.meta_schema)
             finally:
                 self.con.execute(f"DETACH {ENV_ALIAS}")
+
+    def refresh_bi_file(self) -> BiFileWritten | None:
+        """Copy the published schemas into the BI file (``bi_file:``), swapped in one rename
+        (:mod:`stack.warehouse._bi_file`); None when the target has none."""
+        if self.bi_file is None:
+            return None
+        with self:
+            written = write_bi_file(self.con, ALIAS, self.bi_file.path, self.bi_file.schemas)
+        log.info("BI file %s: %d tables, %d rows", written.path, written.tables, written.rows)
+        return written
 
     def drop_environment(self, name: str) -> None:
         if self.pg is not None:
@@ -603,11 +619,6 @@ def _creation_race(exc: duckdb.Error) -> bool:
     """Whether the error is two processes creating a fresh catalog's tables at once."""
     text = str(exc)
     return "duplicate key" in text or "already exists" in text
-
-
-def _literal(text: str) -> str:
-    """``text`` as a SQL string literal."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _set_default_options(con: duckdb.DuckDBPyConnection) -> None:

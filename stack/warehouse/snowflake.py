@@ -488,6 +488,10 @@ class SnowflakeWarehouse:
             database = sfsql.environment_database(self.target.database, name)
             self._run(sfsql.drop_database_sql(database))
 
+    def refresh_bi_file(self) -> None:
+        """None: BI tools read Snowflake directly."""
+        return None
+
     # -- dbt ----------------------------------------------------------------------------------
     def dbt_output(self) -> dict[str, Any]:
         """The dbt-snowflake profile output (see :func:`_snowflake_connect.dbt_output`)."""
