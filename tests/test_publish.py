@@ -196,16 +196,23 @@ READER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
+    import duckdb
     from stack.warehouse.duckdb import DuckDBWarehouse
-    wh = DuckDBWarehouse(sys.argv[1], read_only=True, busy_timeout=60)
-    done, seen, deadline = Path(sys.argv[2]), set(), time.monotonic() + 900
+    path, done, kind = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+    TOTALS = [f"SELECT region, sum(revenue) AS r FROM marts.{t} GROUP BY ALL ORDER BY 1"
+              for t in ("daily_revenue", "marketing_roi")]
+
+    def read():
+        if kind == "lake":  # the lake, through mdstack
+            with DuckDBWarehouse(path, read_only=True, busy_timeout=60) as wh:
+                return [wh.query(q).to_pylist() for q in TOTALS]
+        with duckdb.connect(path, read_only=True) as con:  # a file, as any DuckDB client
+            return [con.execute(q).fetchall() for q in TOTALS]
+
+    seen, deadline = set(), time.monotonic() + 900
     while time.monotonic() < deadline:
         finished = done.exists()  # one more read after the writer is done
-        with wh:
-            daily = wh.query("SELECT region, sum(revenue) AS r FROM marts.daily_revenue "
-                             "GROUP BY ALL ORDER BY 1").to_pylist()
-            roi = wh.query("SELECT region, sum(revenue) AS r FROM marts.marketing_roi "
-                           "GROUP BY ALL ORDER BY 1").to_pylist()
+        daily, roi = read()
         assert daily == roi, ("half-published", daily, roi)
         seen.add(str(daily))
         if finished:
@@ -216,27 +223,48 @@ READER = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
-def test_a_reader_never_sees_a_half_published_state(tmp_path):
-    path = project(tmp_path)
-    run(path)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = tmp_path / "writer-done"
-    reader = subprocess.Popen(
-        [sys.executable, "-c", READER, str(tmp_path / "warehouse"), str(done)],
+def polling_reader(path: Path, done: Path, kind: str) -> subprocess.Popen:
+    """A dashboard polling the marts' totals at ``path`` (``kind``: ``lake`` or ``file``)
+    until ``done`` exists; it fails on totals that disagree (half-published marts) and
+    prints how many published states it saw."""
+    return subprocess.Popen(
+        [sys.executable, "-c", READER, str(path), str(done), kind],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+
+
+@pytest.mark.slow
+def test_readers_of_the_lake_and_of_the_bi_file_never_see_half_published_marts(tmp_path):
+    """Dashboards polling the lake and the BI file while two runs publish, and one holding
+    the BI file open across a publish: each sees whole old or whole new marts."""
+    path = project(tmp_path)
+    run(path)
+    bi_file = tmp_path / "warehouse" / "bi.duckdb"  # the demo's: a plain DuckDB file
+    with duckdb.connect(str(bi_file), read_only=True) as con:
+        tables = con.execute("SELECT schema_name, table_name FROM duckdb_tables()").fetchall()
+    assert {("marts", "daily_revenue"), ("marts", "marketing_roi")} <= set(tables)
+    assert {schema for schema, _ in tables} == {"marts"}  # the schemas chosen, nothing else
+    done = tmp_path / "writer-done"
+    readers = [polling_reader(tmp_path / "warehouse", done, "lake")]
+    readers.append(polling_reader(bi_file, done, "file"))
     try:
-        for _ in range(2):
-            assert run(path).published
+        before = bi_rows(bi_file)
+        with duckdb.connect(str(bi_file), read_only=True) as held:
+            assert run(path).published  # publishes while this reader has the file open
+            assert held.execute(MARTS).fetchall() == before  # the old marts, whole
+        after = bi_rows(bi_file)
+        assert after != before
+        assert after == rows_of(DuckDBWarehouse(tmp_path / "warehouse"), MARTS)
+        assert run(path).published
     finally:
         done.touch()
-        out, err = reader.communicate(timeout=300)
-    assert reader.returncode == 0, err
-    assert int(out.strip()) >= 2  # it saw more than one published state, each consistent
+        said = [reader.communicate(timeout=300) for reader in readers]
+    for reader, (out, err) in zip(readers, said, strict=True):
+        assert reader.returncode == 0, err
+        assert int(out.strip()) >= 2  # it saw more than one published state, each whole
 
 
 def test_clone_and_drop_env_from_the_command_line(tmp_path):
