@@ -315,9 +315,8 @@ def _direct(plan: StreamPlan, capabilities: Capabilities) -> bool:
         return False
     if plan.mode == "full_refresh_overwrite":
         return not (plan.soft and plan.keys)
-    return plan.mode in ("full_refresh_append", "incremental_append") and not (
-        plan.propagates_deletes
-    )
+    appends = plan.mode in ("full_refresh_append", "incremental_append")
+    return appends and not plan.propagates_deletes
 
 
 def _load(lc: LoadContext, table_existed: bool) -> Load:

@@ -49,12 +49,9 @@ def write_bi_file(
                 continue
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {OUT}.{sql.ident(schema)}")
             for (name,) in names:
-                con.execute(
+                [(count,)] = con.execute(  # DuckDB answers a CREATE TABLE AS with its rows
                     f"CREATE TABLE {OUT}.{sql.ident(schema)}.{sql.ident(name)} AS"
                     f" SELECT * FROM {sql.ident(lake)}.{sql.ident(schema)}.{sql.ident(name)}"
-                )
-                [(count,)] = con.execute(
-                    f"SELECT count(*) FROM {OUT}.{sql.ident(schema)}.{sql.ident(name)}"
                 ).fetchall()
                 tables, rows = tables + 1, rows + count
         con.execute(f"DETACH {OUT}")  # checkpoints: the whole file is on disk

@@ -12,6 +12,7 @@ that wants it configures Superset.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import pwd
 import shutil
@@ -106,7 +107,9 @@ def _superset(venv: Path, home: Path, *args: str) -> None:
 
 def installed() -> tuple[Path, Path]:
     """The virtualenv and an initialised metadata folder (built on first use)."""
-    venv, template = cache_dir() / f"superset-{VERSION}", cache_dir() / f"superset-{VERSION}-home"
+    built = hashlib.sha256("\n".join([*PINS, CONFIG]).encode()).hexdigest()[:8]
+    venv = cache_dir() / f"superset-{VERSION}-{built}"  # new pins or settings: built anew
+    template = venv.with_name(venv.name + "-home")
     with _machine_lock():
         if not (venv / ".mdstack-complete").exists():
             shutil.rmtree(venv, ignore_errors=True)
@@ -115,13 +118,8 @@ def installed() -> tuple[Path, Path]:
             subprocess.run(
                 [str(uv), "venv", "-q", "--python", "python3.11", str(venv)], env=env, check=True
             )
-            pins = cache_dir() / "superset-constraints.txt"
-            pins.write_text("\n".join(PINS) + "\n")
-            packages = [p for p in PINS if p.split("=")[0].split("<")[0] in _DIRECT]
             command = [str(uv), "pip", "install", "-q", "--python", str(venv / "bin" / "python")]
-            subprocess.run(
-                [*command, "-c", str(pins), *packages], env=env, check=True, timeout=1200
-            )
+            subprocess.run([*command, *PINS], env=env, check=True, timeout=1200)
             (venv / ".mdstack-complete").touch()
         if not (template / ".mdstack-complete").exists():
             shutil.rmtree(template, ignore_errors=True)
@@ -147,9 +145,6 @@ def installed() -> tuple[Path, Path]:
             _superset(venv, template, "init")
             (template / ".mdstack-complete").touch()
     return venv, template
-
-
-_DIRECT = {"apache-superset", "duckdb", "duckdb-engine", "cachetools", "rich", "setuptools"}
 
 
 @dataclass
