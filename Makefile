@@ -6,7 +6,7 @@ BIN      = $(VENV)/bin
 # would otherwise compile every module it imports, every time (prefect + dbt: 7.8 s -> 3.4 s).
 INSTALL  = $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python
 
-.PHONY: demo test lint typecheck format bench clean
+.PHONY: demo dashboards test lint typecheck format bench clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,9 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/uv
 demo: $(VENV)/.installed          ## install, then run the demo pipeline (one simulated day per run)
 	$(BIN)/mdstack run
 	$(BIN)/mdstack status
+
+dashboards: $(VENV)/.installed    ## after `make demo`: Superset on the demo's marts, dashboard imported
+	$(BIN)/mdstack dashboards
 
 test: $(VENV)/.installed-dev      ## install dev extras, lint, type-check, run the whole suite
 	$(BIN)/ruff check .

@@ -770,6 +770,16 @@ def test_hook_configs_validate_and_hide_secrets() -> None:
             {"type": "superset", "url": "u", "username": "u", "password": "p", "datasets": []},
             "datasets",
         ),
+        (
+            {
+                "type": "superset",
+                "url": "u",
+                "username": "u",
+                "password": "p",
+                "datasets": ["daily_revenue"],
+            },
+            "schema",  # a name is schema.table
+        ),
         ({"type": "qlik", "url": "u"}, "qlik"),
         ({"type": "webhook", "url": "u", "timeout": "soon"}, "duration"),
         ({"type": "webhook", "url": "u", "on_conflict": "retry"}, "on_conflict"),

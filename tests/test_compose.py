@@ -40,3 +40,13 @@ def test_worker_serves_the_default_pool_of_the_prefect_server_on_postgresql():
     host = re.search(r"@([\w-]+):5432/", database)
     assert database.startswith("postgresql+asyncpg://") and host
     assert host.group(1) in services
+
+
+def test_superset_runs_mdstack_dashboards_on_the_project_with_its_cache_in_a_volume():
+    superset = compose()["services"]["superset"]
+    command = " ".join(superset["command"])
+    assert "-e ." in command and "mdstack dashboards --host 0.0.0.0 --port 8088" in command
+    assert ".:/mdstack" in superset["volumes"] and superset["working_dir"] == "/mdstack"
+    cache = superset["environment"]["XDG_CACHE_HOME"]
+    assert f"superset:{cache}" in superset["volumes"]
+    assert superset["ports"] == ["127.0.0.1:8088:8088"]

@@ -71,7 +71,7 @@ def write_stack(folder: Path, schema: str, server: dict) -> Path:
             }
         },
     }
-    path = folder / f"stack-{server['port']}.yml"
+    path = folder / f"stack-{server['database']}.yml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
@@ -102,7 +102,8 @@ def test_vault_password_appears_nowhere(tmp_path, vault, pg_schema, pg_database)
     good = write_stack(tmp_path, pg_schema, pg_database)
     ok = run_cli(good, env, "run")
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    refused_stack = write_stack(tmp_path, pg_schema, pg_database | {"port": 1})
+    # A server that refuses the login (not one that is down: that the flow retries for a minute).
+    refused_stack = write_stack(tmp_path, pg_schema, pg_database | {"database": "no_such_db"})
     refused = run_cli(refused_stack, env | {"MDSTACK_LOG_FORMAT": "json"}, "run")
     assert refused.returncode == 1
     logged = [json.loads(line) for line in refused.stderr.splitlines() if line.startswith("{")]

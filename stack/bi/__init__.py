@@ -54,7 +54,7 @@ REFRESHERS: dict[str, str] = {
     "tableau": "stack.bi.tableau:TableauRefresher",
     "powerbi": "stack.bi.powerbi:PowerBIRefresher",
     "metabase": "stack.bi.metabase:MetabaseRefresher",
-    "superset": "stack.bi.superset:SupersetRefresher",
+    "superset": "stack.bi.superset.refresher:SupersetRefresher",
     "looker": "stack.bi.looker:LookerRefresher",
     "webhook": "stack.bi.webhook:WebhookRefresher",
 }

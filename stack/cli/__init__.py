@@ -13,6 +13,7 @@ config and 1 for anything else.
     warehouse.py  status, lineage, check, sql, dbt, docs, clone, publish, drop-env
     tools.py      validate, secrets check, connector install and list
     state.py      state show, set, reset and log: where each stream resumes
+    dashboards.py dashboards: a local Superset on the BI file, the demo's dashboards imported
     render.py     progress, the run summary, colours and numbers
 
 Every command is registered here, in the order ``mdstack --help`` lists them.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import typer
 
-from stack.cli import doctor, init, runs, state, tools, warehouse
+from stack.cli import dashboards, doctor, init, runs, state, tools, warehouse
 from stack.cli._common import LogFormatOpt
 from stack.logs import set_log_format
 from stack.redact import install_redaction
@@ -73,6 +74,7 @@ app.command()(warehouse.check)
 app.command()(warehouse.clone)
 app.command()(warehouse.publish)
 app.command("drop-env")(warehouse.drop_env)
+app.command()(dashboards.dashboards)
 secrets_app.command("check")(tools.secrets_check)
 connector_app.command("install")(tools.connector_install)
 connector_app.command("list")(tools.connector_list)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from stack.config.durations import Seconds
 
@@ -33,6 +33,17 @@ __all__ = [
     "TableauHook",
     "WebhookHook",
 ]
+
+
+def _schema_dot_table(name: str) -> str:
+    schema, dot, table = name.partition(".")
+    if not (schema and dot and table) or "." in table or name != name.strip():
+        raise ValueError(f"{name!r}: a dataset is an id or schema.table (marts.daily_revenue)")
+    return name
+
+
+DatasetName = Annotated[str, AfterValidator(_schema_dot_table)]
+"""A Superset dataset as ``schema.table``."""
 
 OnConflict = Literal["wait", "skip"]
 """What to do when the tool says a refresh is already running.
@@ -138,7 +149,11 @@ class SupersetHook(HookBase):
     username: str
     password: SecretStr
     provider: Literal["db", "ldap"] = "db"
-    datasets: tuple[int, ...] = Field(min_length=1)
+    datasets: tuple[int | DatasetName, ...] = Field(min_length=1)
+    """Dataset ids, or ``schema.table`` names looked up at each run (ids change when a
+    dashboard is imported anew, names do not)."""
+    database: str | None = None
+    """The Superset database a dataset name must belong to, when several hold that table."""
     invalidate_cache: bool = True
     csrf: bool = True
     """Fetch a CSRF token after login (needed unless ``WTF_CSRF_ENABLED`` is off)."""

@@ -7,6 +7,10 @@ Bearer``. With ``csrf: true`` (Superset's default ``WTF_CSRF_ENABLED``),
 ``GET /api/v1/security/csrf_token/`` → ``{"result": token}`` plus a session
 cookie; writes then carry ``X-CSRFToken`` and a ``Referer``.
 
+Datasets named ``schema.table`` are looked up at sign-in: ``GET /api/v1/dataset/?q=(filters:
+!((col:table_name,opr:eq,value:'t')))`` → ``{"result": [{"id", "schema", "database":
+{"database_name"}}]}``.
+
 Refresh: ``PUT /api/v1/dataset/{pk}/refresh`` → ``200 {"message": "OK"}``; it is
 synchronous (no job to poll: "times out" means the request does not answer within
 the hook's ``timeout``). ``404`` / ``403`` / ``422 {"message"}`` fail.
@@ -37,9 +41,10 @@ class SupersetRefresher(Refresher[SupersetHook]):
     """Refreshes a Superset hook's datasets, then invalidates their cache keys."""
 
     _api: httpx.Client | None = None
+    _datasets: tuple[int, ...] = ()
 
     def targets(self) -> Sequence[str]:
-        return [f"dataset:{pk}" for pk in self.hook.datasets]
+        return [f"dataset:{pk}" for pk in self._datasets]
 
     def sign_in(self) -> None:
         hook = self.hook
@@ -72,6 +77,31 @@ class SupersetRefresher(Refresher[SupersetHook]):
                 raise BiError("the CSRF answer has no token", hook=hook.label)
             api.headers["X-CSRFToken"] = csrf
             api.headers["Referer"] = hook.url
+        self._datasets = tuple(
+            self._dataset_id(api, name) if isinstance(name, str) else name for name in hook.datasets
+        )
+
+    def _dataset_id(self, api: httpx.Client, name: str) -> int:
+        """The id of the dataset ``schema.table`` (of ``database:`` when it is set)."""
+        schema, table = name.split(".", 1)
+        query = f"(filters:!((col:table_name,opr:eq,value:{_rison(table)})),page_size:100)"
+        answer = raise_for_status(api.get("/api/v1/dataset/", params={"q": query}))
+        found = [
+            row["id"]
+            for row in answer.json().get("result", [])
+            if row.get("schema") == schema
+            and self.hook.database in (None, (row.get("database") or {}).get("database_name"))
+        ]
+        where = f" on database {self.hook.database!r}" if self.hook.database else ""
+        if len(found) != 1:
+            raise BiError(
+                f"{len(found) or 'no'} Superset datasets are named {name}{where}",
+                hook=self.hook.label,
+                hint="name the database with `database:`, or give the dataset's id"
+                if found
+                else "import the dashboards (`mdstack dashboards`) or give the dataset's id",
+            )
+        return int(found[0])
 
     def trigger(self, target: str) -> Outcome:
         pk = target.split(":", 1)[1]
@@ -97,3 +127,8 @@ class SupersetRefresher(Refresher[SupersetHook]):
         response = self._api.post("/api/v1/cachekey/invalidate", json={"datasource_uids": uids})
         raise_for_status(response, ok=(200, 201))
         return f"cache invalidated for {len(uids)} dataset(s)"
+
+
+def _rison(text: str) -> str:
+    """``text`` as a Rison string (the encoding of Superset's ``q`` parameter)."""
+    return "'" + text.replace("!", "!!").replace("'", "!'") + "'"
