@@ -148,9 +148,11 @@ def sign_in(page, dashboards: Dashboards) -> None:
         page.keyboard.press("Enter")
         try:
             page.wait_for_url(lambda url: "/login" not in url, timeout=15_000)
-            return
         except Late:
             continue
+        page.wait_for_load_state("networkidle")
+        if page.request.get(f"{dashboards.url}/api/v1/me/").ok:  # the session is signed in
+            return
     raise AssertionError(f"could not sign in to Superset at {dashboards.url}")
 
 
