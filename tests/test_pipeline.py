@@ -197,6 +197,8 @@ def test_make_demo_twice_through_the_prefect_flow(tmp_path):
     for _ in range(2):
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr
+        said = done.stdout + done.stderr  # a good run says nothing alarming, shutdown included
+        assert "Traceback" not in said and "| ERROR" not in said, said[-3000:]
     assert "region eu" in done.stdout and "dbt build --select" in done.stdout
     runs = query(
         tmp_path,

@@ -113,3 +113,8 @@ def prefect_defaults() -> None:
     # The ephemeral server's start-up (a uvicorn subprocess plus migrations) takes 10-15 s on
     # a busy laptop; Prefect's default 20 s limit turns a slow start into a failed run.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if not os.environ.get("PREFECT_API_URL"):
+        # The temporary server is stopped with events still in flight: Prefect 3.8 then logs
+        # "Error flushing ... events" with four tracebacks after every good run. Its records
+        # go with it, and its real failures reach the client as failed API calls.
+        os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
