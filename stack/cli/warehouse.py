@@ -26,10 +26,12 @@ from stack.cli._common import (
 )
 from stack.cli.render import age, dbt_results_table, num, short, status, when
 from stack.config import config_path, load_config
+from stack.errors import MdstackError
 from stack.lineage import write_lineage_page
 from stack.load import ledger, utcnow
 from stack.run import pipeline
 from stack.run.status import StreamStatus, stream_status
+from stack.warehouse import Warehouse
 
 
 def status_command(config: ConfigOpt = None, target: TargetOpt = None) -> None:
@@ -96,10 +98,22 @@ def sql_command(
     fmt: Annotated[
         Literal["table", "csv", "json"], typer.Option("--format", "-f", help="Output format.")
     ] = "table",
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            metavar="RUN_ID",
+            help="Read the warehouse as run RUN_ID left it (the id in its summary's title; "
+            "DuckDB targets, while DuckLake keeps that snapshot).",
+        ),
+    ] = None,
 ) -> None:
     """Run a query on the active target and print the result."""
-    with warehouse(config, target) as (_, unopened), unopened as wh:
-        result = wh.query(query)
+    with warehouse(config, target) as (cfg, unopened):
+        if as_of is not None:
+            unopened = _as_of_run(cfg.name, unopened, as_of)
+        with unopened as wh:
+            result = wh.query(query)
     records = result.to_pylist()
     if fmt == "json":
         out.print_json(json.dumps(records, default=str))
@@ -112,6 +126,20 @@ def sql_command(
         for r in records:
             table.add_row(*("" if v is None else str(v) for v in r.values()))
         out.print(table)
+
+
+def _as_of_run(pipeline: str, current: Warehouse, run_id: str) -> Warehouse:
+    """The warehouse as run ``run_id`` left it (the version its ledger recorded)."""
+    with current as wh:
+        snapshot = ledger.run_snapshot(wh, pipeline, run_id)
+    if snapshot is None:
+        raise MdstackError(
+            f"run {run_id!r} of {pipeline!r} recorded no version of this warehouse",
+            hint="take the id from a run's summary (`run <id> · region <r>`) or "
+            "`mdstack sql 'SELECT * FROM _mds_run_snapshots'`; a run records one when dbt "
+            "ran (on DuckDB targets)",
+        )
+    return current.as_of(snapshot)
 
 
 def dbt(

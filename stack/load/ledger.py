@@ -12,7 +12,8 @@ reset, a full refresh): who, what, the state before and after; each is written i
 the transaction that makes the change.
 ``_mds_dbt_results`` holds one row per run, region and dbt node: the status,
 timing, rows and message dbt reported, so the warehouse also says which model
-or test failed in which run.
+or test failed in which run. ``_mds_run_snapshots`` holds the warehouse's version
+(a DuckLake snapshot) each run left, so it can be read as it was after that run.
 """
 
 from __future__ import annotations
@@ -183,6 +184,7 @@ def ensure_tables(wh: Warehouse) -> None:
         (QUARANTINE_TABLE, _QUARANTINE_SCHEMA),
         (AUDIT_TABLE, _AUDIT_SCHEMA),
         (DBT_RESULTS_TABLE, _DBT_RESULTS_SCHEMA),
+        (SNAPSHOTS_TABLE, _SNAPSHOTS_SCHEMA),
         (COLUMNS_TABLE, COLUMNS_SCHEMA),
     )
     changes: list[Callable[[], None]] = []
@@ -562,6 +564,50 @@ _NODE_FIELDS = (
     "rows_affected",
     "compiled_path",
 )
+
+
+SNAPSHOTS_TABLE = "_mds_run_snapshots"
+_SNAPSHOTS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("pipeline", pa.string()),
+        ("region", pa.string()),
+        ("snapshot", pa.int64()),
+        ("recorded_at", pa.timestamp("us")),
+    ]
+)
+
+
+def record_snapshot(wh: Warehouse, key: tuple[str, str, str], now: datetime) -> None:
+    """Write the version the (open) warehouse is at as the one run ``key`` left
+    (``(run_id, pipeline, region)``); nothing where the warehouse keeps no versions.
+
+    The row itself is a commit after that version: reading the warehouse as of the run
+    shows everything but this row.
+    """
+    snapshot = wh.current_snapshot()
+    if snapshot is None:
+        return
+    ensure_tables(wh)
+    run_id, pipeline, region = key
+    row = {"run_id": run_id, "pipeline": pipeline, "region": region}
+    rows = pa.Table.from_pylist(
+        [{**row, "snapshot": snapshot, "recorded_at": now}], schema=_SNAPSHOTS_SCHEMA
+    )
+    wh.append(wh.meta_schema, SNAPSHOTS_TABLE, rows)
+
+
+def run_snapshot(wh: Warehouse, pipeline: str, run_id: str) -> int | None:
+    """The version run ``run_id`` left the warehouse at (its last record), if it recorded one."""
+    if wh.columns(wh.meta_schema, SNAPSHOTS_TABLE) is None:
+        return None
+    ref = table(wh.meta_schema, SNAPSHOTS_TABLE)
+    found = wh.query(
+        f"SELECT max({ident('snapshot')}) AS snapshot FROM {ref} "
+        f"WHERE {ident('pipeline')} = ? AND {ident('run_id')} = ?",
+        [pipeline, run_id],
+    ).to_pylist()
+    return found[0]["snapshot"] if found else None
 
 
 def last_dbt_results(wh: Warehouse, pipeline: str) -> pa.Table:

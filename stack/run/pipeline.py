@@ -317,6 +317,7 @@ def transform_changes(
                 ledger.record_dbt_results(
                     wh, (run_id, config.name, region), done.command, done.nodes, utcnow()
                 )
+            ledger.record_snapshot(wh, (run_id, config.name, region), utcnow())
     return result
 
 

@@ -161,6 +161,15 @@ class Warehouse(Protocol):
         """Remove environment ``name`` (never touches this warehouse's data)."""
         ...
 
+    def current_snapshot(self) -> int | None:
+        """The version the (open) warehouse is at now, to open it :meth:`as_of` later; None
+        where it keeps none (Snowflake's time travel is by time, not yet used)."""
+        ...
+
+    def as_of(self, snapshot: int) -> Warehouse:
+        """A read-only handle on the warehouse as it was at ``snapshot`` (unopened)."""
+        ...
+
     def refresh_bi_file(self) -> BiFileWritten | None:
         """Rewrite the file BI tools read, after a good publish (a DuckDB target's
         ``bi_file:``); None where there is none (Snowflake: BI tools read it directly)."""

@@ -127,8 +127,11 @@ class DuckDBWarehouse:
         data_path: str | None = None,
         storage: ObjectStorage | None = None,
         bi_file: BiFile | None = None,
+        snapshot: int | None = None,
     ):
-        self.read_only = read_only
+        self.snapshot = snapshot
+        """Open the lake as it was at this DuckLake snapshot (read-only); None: as it is."""
+        self.read_only = read_only or snapshot is not None
         self.bi_file = bi_file
         """Where the published schemas are copied for BI tools (:meth:`refresh_bi_file`)."""
         self.path = Path(path).resolve()
@@ -155,6 +158,8 @@ class DuckDBWarehouse:
         self._link_extension()
         con = self._connect()
         mode = ", READ_ONLY" if self.read_only else ""
+        if self.snapshot is not None:
+            mode += f", SNAPSHOT_VERSION {int(self.snapshot)}"
 
         def attach() -> None:
             try:
@@ -193,6 +198,8 @@ class DuckDBWarehouse:
         options = f"DATA_PATH {literal(self.data_path)}, METADATA_SCHEMA {literal(pg.schema)}"
         if self.read_only:
             options += ", READ_ONLY"
+        if self.snapshot is not None:
+            options += f", SNAPSHOT_VERSION {int(self.snapshot)}"
         try:
             if password := pg.catalog.password:
                 con.execute("CREATE TEMPORARY SECRET (TYPE postgres, PASSWORD ?)", [password])
@@ -542,6 +549,24 @@ class DuckDBWarehouse:
             written = write_bi_file(self.con, ALIAS, self.bi_file.path, self.bi_file.schemas)
         log.info("BI file %s: %d tables, %d rows", written.path, written.tables, written.rows)
         return written
+
+    def current_snapshot(self) -> int | None:
+        """The lake's current DuckLake snapshot (every commit makes one); on an open handle."""
+        return int(self.query(f"FROM {ALIAS}.current_snapshot()").to_pylist()[0]["id"])
+
+    def as_of(self, snapshot: int) -> DuckDBWarehouse:
+        """The lake at ``snapshot``: its catalog attached with ``SNAPSHOT_VERSION``, read-only.
+        Old snapshots stay readable until their files are cleaned up."""
+        return DuckDBWarehouse(
+            self.path,
+            self.threads,
+            self.memory_limit,
+            self.busy_timeout,
+            catalog=self.pg.catalog if self.pg is not None else None,
+            data_path=self._data_path,
+            storage=self.storage,
+            snapshot=snapshot,
+        )
 
     def drop_environment(self, name: str) -> None:
         if self.pg is not None:

@@ -492,6 +492,16 @@ class SnowflakeWarehouse:
         """None: BI tools read Snowflake directly."""
         return None
 
+    def current_snapshot(self) -> None:
+        """None: runs are not mapped to Snowflake's time travel yet."""
+        return None
+
+    def as_of(self, snapshot: int) -> SnowflakeWarehouse:
+        raise WarehouseError(
+            "--as-of works on DuckDB targets (DuckLake snapshots) for now",
+            hint="on Snowflake, query with AT(TIMESTAMP => ...) within its time-travel retention",
+        )
+
     # -- dbt ----------------------------------------------------------------------------------
     def dbt_output(self) -> dict[str, Any]:
         """The dbt-snowflake profile output (see :func:`_snowflake_connect.dbt_output`)."""
