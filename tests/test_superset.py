@@ -19,13 +19,16 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from pydantic import TypeAdapter
+from typer.testing import CliRunner
 
 from stack.bi import RunInfo, refresh
 from stack.bi.superset.dashboards import signed_in
 from stack.bi.superset.local import USER
+from stack.cli import app
 from stack.config.bi import BiHook
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.servers.pg_server import free_port
@@ -90,8 +93,11 @@ def dashboards(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dashboards]
         assert url, text
         yield Dashboards(path, text, url[1], dashboard[1], Path(secret[1]).read_text().strip())
     finally:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)  # what `docker compose stop` sends
         process.wait(timeout=30)
+    assert process.returncode == 0
+    with pytest.raises(httpx.TransportError):  # Superset went with it
+        httpx.get(f"{url[1]}/health", timeout=5)
 
 
 def test_dashboards_prints_the_dashboard_and_the_hook_to_add(dashboards):
@@ -236,3 +242,20 @@ def test_a_dataset_name_superset_does_not_have_fails_the_hook_with_the_fix(dashb
     assert result.status == "failed"
     assert "no Superset datasets are named marts.no_such_mart" in result.detail
     assert "mdstack dashboards" in result.detail and dashboards.password not in result.detail
+
+
+def test_dashboards_names_what_is_missing_before_installing_anything(tmp_path):
+    path = project(tmp_path)
+    config = yaml.safe_load(path.read_text())
+    bi_file = config["targets"]["local"].pop("bi_file")
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    said = CliRunner().invoke(app, ["dashboards", "-c", str(path)])
+    assert said.exit_code == 2 and "targets.local.bi_file" in said.output, said.output
+    config["targets"]["local"]["bi_file"] = bi_file
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    said = CliRunner().invoke(app, ["dashboards", "-c", str(path)])
+    assert said.exit_code == 1 and "run `mdstack run` first" in said.output, said.output
+    (tmp_path / "warehouse" / "bi.duckdb").parent.mkdir(exist_ok=True)
+    (tmp_path / "warehouse" / "bi.duckdb").touch()
+    said = CliRunner().invoke(app, ["dashboards", "-c", str(path), "--export", str(tmp_path)])
+    assert said.exit_code == 1 and "not a Superset export folder" in said.output, said.output

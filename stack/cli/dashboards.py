@@ -67,6 +67,7 @@ def dashboards(
         cfg = load_config(path)
         chosen, bi_file = _bi_file(cfg.active_target(target), target or cfg.target, path)
         folder = export or exports.SHOP
+        exports.require_export(folder)
         uri = database_uri or f"duckdb:///{bi_file}?access_mode=read_only"
         if url is not None:
             password = os.environ.get(PASSWORD_ENV)

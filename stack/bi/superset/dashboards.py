@@ -27,7 +27,7 @@ import yaml
 from connectors.http import error_text
 from stack.errors import MdstackError
 
-__all__ = ["SHOP", "Imported", "import_dashboards", "signed_in"]
+__all__ = ["SHOP", "Imported", "import_dashboards", "require_export", "signed_in"]
 
 SHOP = Path(__file__).with_name("exports") / "shop"
 """The demo's dashboard: daily revenue by region, marketing ROI by channel and region."""
@@ -62,8 +62,18 @@ def signed_in(url: str, username: str, password: str) -> httpx.Client:
     return api
 
 
+def require_export(folder: Path) -> None:
+    """Refuse a folder that is not a Superset export (before anything starts)."""
+    if not (folder / "metadata.yaml").is_file():
+        raise MdstackError(
+            f"{folder} is not a Superset export folder: it has no metadata.yaml "
+            "(unzip what Superset's Export wrote, and name the folder inside)"
+        )
+
+
 def import_dashboards(api: httpx.Client, folder: Path, database_uri: str) -> list[Imported]:
     """Import the export in ``folder`` with its database pointed at ``database_uri``."""
+    require_export(folder)
     answer = api.post(
         "/api/v1/assets/import/",
         files={"bundle": ("dashboards.zip", _bundle(folder, database_uri), "application/zip")},
