@@ -1,12 +1,15 @@
-"""The warehouse as a run left it: ``mdstack sql --as-of RUN_ID`` on the demo.
+"""History on the demo: ``mdstack sql --as-of RUN_ID`` and ``mdstack diff RUN_A RUN_B``.
 
 Each run records the DuckLake snapshot it left the warehouse at (``_mds_run_snapshots``);
 reading as of a run attaches the lake at that snapshot, read-only. After three days and a
-fourth whose audit failed, each run's marts read back exactly as they were when it ended.
+fourth whose audit failed, each run's marts read back exactly as they were when it ended,
+and what ``diff`` says a day changed in each loaded table is what that day's run
+recorded in its ledger, counted apart from the change feed.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -21,6 +24,18 @@ pytestmark = pytest.mark.slow
 
 MARTS = "SELECT region, day, orders, revenue FROM marts.daily_revenue ORDER BY region, day"
 RAW = "SELECT count(*) AS n FROM raw_shop.orders"
+
+
+def mdstack(path: Path, *args: str) -> str:
+    """What ``mdstack ARGS`` prints (it must succeed)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "from stack.cli import app; app()", *args, "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
 
 
 def mdstack_sql(path: Path, query: str, *more: str) -> subprocess.CompletedProcess:
@@ -44,7 +59,7 @@ def read_as_of(path: Path, query: str, run_id: str) -> list[dict]:
     return [{k: str(v) for k, v in row.items()} for row in json.loads(done.stdout)]
 
 
-def test_each_run_reads_back_as_it_left_the_warehouse_a_failed_audit_included(tmp_path):
+def test_each_run_reads_back_as_it_left_the_warehouse_and_diff_says_what_it_changed(tmp_path):
     path = project(tmp_path)
     lake = DuckDBWarehouse(tmp_path / "warehouse")
     seen: dict[str, tuple[list[dict], list[dict]]] = {}
@@ -71,6 +86,27 @@ def test_each_run_reads_back_as_it_left_the_warehouse_a_failed_audit_included(tm
     last_marts = list(seen.values())[-1][0]
     assert read_as_of(path, MARTS, failed) == last_marts  # its marts: the last published
     assert read_as_of(path, RAW, failed) == raw_now  # its raw tables: what it loaded
+
+    runs = list(seen)
+    for first, second in itertools.pairwise(runs):
+        said_diff = mdstack(path, "diff", first, second, "--format", "json")
+        found = {(d["table"], d["region"]): d for d in json.loads(said_diff)}
+        ledger = rows_of_dicts(
+            lake,
+            f"SELECT stream, region, inserted, updated, deleted FROM _mds_runs "
+            f"WHERE run_id = '{second}' AND stream <> 'products'",  # products: overwritten
+        )
+        assert ledger
+        for row in ledger:
+            d = found.get((f"raw_shop.{row['stream']}", row["region"]), {})
+            counted = (d.get("added", 0), d.get("changed", 0), d.get("deleted", 0))
+            assert counted == (row["inserted"], row["updated"], row["deleted"]), (second, row)
+        changed = found[("raw_shop.orders", "eu")]["columns"]
+        assert "status" in changed and "_mds_run_id" not in changed
+        assert found[("marts.daily_revenue", "eu")]["rebuilt"] is True
+    one = json.loads(mdstack(path, "diff", runs[0], "--table", "raw_shop.orders", "-f", "json"))
+    assert [d["table"] for d in one] == ["raw_shop.orders"]  # to now: two days of changes
+    assert one[0]["added"] > found[("raw_shop.orders", "eu")]["added"]
 
     unknown = mdstack_sql(path, MARTS, "--as-of", "no-such-run")
     assert unknown.returncode == 1

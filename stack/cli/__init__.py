@@ -65,6 +65,7 @@ app.command()(runs.backfill)
 app.command()(runs.sensor)
 app.command("status")(warehouse.status_command)
 app.command("sql")(warehouse.sql_command)
+app.command("diff")(warehouse.diff_command)
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
     warehouse.dbt
 )

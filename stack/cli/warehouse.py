@@ -5,6 +5,7 @@ and dbt against it (``sql``, ``dbt``, ``docs``), and its environments (``clone``
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 import webbrowser
@@ -131,7 +132,12 @@ def sql_command(
 def _as_of_run(pipeline: str, current: Warehouse, run_id: str) -> Warehouse:
     """The warehouse as run ``run_id`` left it (the version its ledger recorded)."""
     with current as wh:
-        snapshot = ledger.run_snapshot(wh, pipeline, run_id)
+        snapshot = _run_snapshot(wh, pipeline, run_id)
+    return current.as_of(snapshot)
+
+
+def _run_snapshot(wh: Warehouse, pipeline: str, run_id: str) -> int:
+    snapshot = ledger.run_snapshot(wh, pipeline, run_id)
     if snapshot is None:
         raise MdstackError(
             f"run {run_id!r} of {pipeline!r} recorded no version of this warehouse",
@@ -139,7 +145,51 @@ def _as_of_run(pipeline: str, current: Warehouse, run_id: str) -> Warehouse:
             "`mdstack sql 'SELECT * FROM _mds_run_snapshots'`; a run records one when dbt "
             "ran (on DuckDB targets)",
         )
-    return current.as_of(snapshot)
+    return snapshot
+
+
+def _schema_table(text: str) -> tuple[str, str]:
+    schema, dot, name = text.partition(".")
+    if not (schema and dot and name):
+        raise MdstackError(f"--table {text!r}: name it as schema.table (e.g. raw_shop.orders)")
+    return schema, name
+
+
+def diff_command(
+    run_a: Annotated[str, typer.Argument(metavar="RUN_A", help="The run to compare from.")],
+    run_b: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[RUN_B]", help="The run to compare to (default: the warehouse now)."
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    target: TargetOpt = None,
+    tables: Annotated[
+        list[str] | None,
+        typer.Option("--table", help="Only this table, as schema.table (repeatable)."),
+    ] = None,
+    fmt: Annotated[
+        Literal["table", "json"], typer.Option("--format", "-f", help="Output format.")
+    ] = "table",
+) -> None:
+    """What changed between two runs (or since one): rows added, changed (with the columns
+    that changed) and deleted, per table and region, from DuckLake's change feed."""
+    with warehouse(config, target) as (cfg, unopened), unopened as wh:
+        before = _run_snapshot(wh, cfg.name, run_a)
+        after = _run_snapshot(wh, cfg.name, run_b) if run_b else wh.current_snapshot()
+        if after is None:
+            raise MdstackError("this warehouse keeps no versions: diff works on DuckDB targets")
+        found = wh.diff(before, after, [_schema_table(t) for t in tables] if tables else None)
+    if fmt == "json":
+        out.print_json(json.dumps([dataclasses.asdict(d) for d in found]))
+        return
+    columns = ("table", "region", "added", "changed", "deleted", "columns changed")
+    shown = Table(*columns, title=f"{run_a} -> {run_b or 'now'}")
+    for d in found:
+        note = ", ".join(d.columns) or ("(rebuilt: compared whole)" if d.rebuilt else "")
+        shown.add_row(d.table, d.region, num(d.added), num(d.changed), num(d.deleted), note)
+    out.print(shown if found else f"no table changed from {run_a} to {run_b or 'now'}")
 
 
 def dbt(

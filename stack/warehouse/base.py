@@ -63,6 +63,23 @@ class BiFileWritten:
     rows: int
 
 
+@dataclass
+class TableDiff:
+    """What changed in one table and region between two versions of the warehouse."""
+
+    table: str
+    region: str
+    added: int = 0
+    changed: int = 0
+    deleted: int = 0
+    """Rows gone, and rows soft-deleted (their ``_mds_deleted_at`` set)."""
+    columns: tuple[str, ...] = ()
+    """The columns whose values changed in the changed rows."""
+    rebuilt: bool = False
+    """The table was created anew in between (a dbt table model): compared whole, so a
+    changed row counts as one deleted and one added."""
+
+
 class Warehouse(Protocol):
     """A connection to one warehouse target, used as a context manager."""
 
@@ -168,6 +185,14 @@ class Warehouse(Protocol):
 
     def as_of(self, snapshot: int) -> Warehouse:
         """A read-only handle on the warehouse as it was at ``snapshot`` (unopened)."""
+        ...
+
+    def diff(
+        self, before: int, after: int, tables: Sequence[tuple[str, str]] | None = None
+    ) -> list[TableDiff]:
+        """Rows added, changed and deleted from version ``before`` to ``after`` (the open
+        warehouse's :meth:`current_snapshot` values), per table and region; ``tables``
+        None: every table but mdstack's own."""
         ...
 
     def refresh_bi_file(self) -> BiFileWritten | None:

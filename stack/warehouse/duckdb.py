@@ -40,6 +40,7 @@ from stack.sql import ident, literal, table
 from stack.warehouse import _ducklake_pg_envs as pg_envs
 from stack.warehouse import _ducklake_s3 as s3
 from stack.warehouse._bi_file import write_bi_file
+from stack.warehouse._ducklake_diff import diff as lake_diff
 from stack.warehouse._ducklake_envs import (
     BUSY_WAIT_SECONDS,
     CATALOG_FILE,
@@ -52,7 +53,7 @@ from stack.warehouse._ducklake_envs import (
     wait_while_locked,
 )
 from stack.warehouse._ducklake_pg import PASSWORD_ENV, RETRIES, PostgresCatalogLink
-from stack.warehouse.base import BiFileWritten, Capabilities
+from stack.warehouse.base import BiFileWritten, Capabilities, TableDiff
 
 EXTENSION_DIR = ".extensions"
 log = logging.getLogger(__name__)
@@ -567,6 +568,24 @@ class DuckDBWarehouse:
             storage=self.storage,
             snapshot=snapshot,
         )
+
+    def diff(
+        self, before: int, after: int, tables: Sequence[tuple[str, str]] | None = None
+    ) -> list[TableDiff]:
+        """From DuckLake's change feed where a table lived through both snapshots
+        (:mod:`stack.warehouse._ducklake_diff`)."""
+        if tables is None:
+            tables = [
+                (schema, name)
+                for schema, name in self.con.execute(
+                    "SELECT table_schema, table_name FROM information_schema.tables "
+                    "WHERE table_catalog = ? AND table_type = 'BASE TABLE' "
+                    "AND NOT (table_schema = ? AND table_name LIKE '\\_mds\\_%' ESCAPE '\\') "
+                    "AND table_name NOT LIKE '%\\_\\_dbt\\_%' ESCAPE '\\' ORDER BY 1, 2",
+                    [ALIAS, self.meta_schema],
+                ).fetchall()
+            ]
+        return lake_diff(self.con, ALIAS, before, after, tables)
 
     def drop_environment(self, name: str) -> None:
         if self.pg is not None:

@@ -101,7 +101,7 @@ from stack.warehouse._snowflake_connect import (
 )
 from stack.warehouse._snowflake_driver import fetch, rows_loaded, translate
 from stack.warehouse._snowflake_envs import publish_database
-from stack.warehouse.base import Capabilities
+from stack.warehouse.base import Capabilities, TableDiff
 
 __all__ = ["DBT_ENV", "SnowflakeWarehouse", "connect_kwargs", "private_key_der"]
 
@@ -495,6 +495,11 @@ class SnowflakeWarehouse:
     def current_snapshot(self) -> None:
         """None: runs are not mapped to Snowflake's time travel yet."""
         return None
+
+    def diff(
+        self, before: int, after: int, tables: Sequence[tuple[str, str]] | None = None
+    ) -> list[TableDiff]:
+        raise WarehouseError("mdstack diff works on DuckDB targets (DuckLake snapshots) for now")
 
     def as_of(self, snapshot: int) -> SnowflakeWarehouse:
         raise WarehouseError(

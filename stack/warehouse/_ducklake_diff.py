@@ -1,0 +1,165 @@
+"""What changed in a DuckLake warehouse between two snapshots, per table and region.
+
+A table that lived through both snapshots is read through DuckLake's change feed
+(``ducklake_table_changes``): only the rows it names are looked up, as they were at the
+first snapshot and as they are at the second, matched by ``rowid`` (DuckLake keeps a
+row's id through an update). So a row updated several times counts once, with the
+columns whose values differ in the end; a row added then deleted counts not at all.
+Rows gone and rows new are matched by value before they count, so a region that a full
+refresh rewrote with the same rows shows no change. Bookkeeping columns
+(``_mds_run_id``, ``_mds_loaded_at``) are not compared, and a row whose
+``_mds_deleted_at`` became set is a soft delete.
+
+A table created in between (dbt rebuilds its table models on every run) has no feed
+that reaches back: its two versions are compared whole (``EXCEPT ALL``), so a changed
+row shows as one row gone and one row new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import duckdb
+
+from stack.sql import ident, literal
+from stack.warehouse.base import TableDiff
+
+REGIONS = ("_mds_region", "region")
+"""The column that names a row's region: the loaded tables', else a model's own."""
+DELETED = "_mds_deleted_at"
+BOOKKEEPING = ("_mds_run_id", "_mds_loaded_at")
+
+
+def diff(
+    con: duckdb.DuckDBPyConnection,
+    lake: str,
+    before: int,
+    after: int,
+    tables: Iterable[tuple[str, str]],
+) -> list[TableDiff]:
+    """Per ``(schema, table)`` and region: rows added, changed and deleted from snapshot
+    ``before`` to ``after``; tables without a change are left out."""
+    rebuilt = _created_between(con, lake, before, after)
+    found: list[TableDiff] = []
+    for schema, name in tables:
+        columns = [
+            row[0]
+            for row in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_catalog = ? "
+                "AND table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+                [lake, schema, name],
+            ).fetchall()
+        ]
+        if f"{schema}.{name}" in rebuilt:
+            found += _whole(con, lake, schema, name, columns, before, after)
+        else:
+            found += _fed(con, lake, schema, name, columns, before, after)
+    return found
+
+
+def _created_between(con: duckdb.DuckDBPyConnection, lake: str, before: int, after: int) -> set:
+    rows = con.execute(
+        f"SELECT unnest(changes['tables_created']) FROM {ident(lake)}.snapshots() "
+        "WHERE snapshot_id > ? AND snapshot_id <= ? AND changes['tables_created'] IS NOT NULL",
+        [before, after],
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def _fed(
+    con: duckdb.DuckDBPyConnection,
+    lake: str,
+    schema: str,
+    name: str,
+    columns: list[str],
+    before: int,
+    after: int,
+) -> list[TableDiff]:
+    ref = f"{ident(lake)}.{ident(schema)}.{ident(name)}"
+    compared = [c for c in columns if c not in BOOKKEEPING]
+    values = ", ".join(ident(c) for c in compared)
+    column = _region_column(columns)
+    region = ident(column) if column else "''"
+    differs = ", ".join(
+        f"CASE WHEN a.{ident(c)} IS DISTINCT FROM b.{ident(c)} THEN {literal(c)} END"
+        for c in compared
+        if c != DELETED
+    )
+    soft = (
+        f"a.{ident(DELETED)} IS NULL AND b.{ident(DELETED)} IS NOT NULL"
+        if DELETED in columns
+        else "false"
+    )
+    touched = (
+        f"SELECT DISTINCT rowid FROM ducklake_table_changes({literal(lake)}, {literal(schema)}, "
+        f"{literal(name)}, {before + 1}, {after})"
+    )
+    # Rows kept (same rowid) are changed, or soft-deleted; rows gone and rows new are
+    # matched by value first, so a region rewritten with the same rows shows nothing.
+    sql = f"""
+        WITH touched AS ({touched}),
+        a AS (SELECT rowid AS _mds_row, * FROM {ref} AT (VERSION => {before})
+              WHERE rowid IN (SELECT rowid FROM touched)),
+        b AS (SELECT rowid AS _mds_row, * FROM {ref} AT (VERSION => {after})
+              WHERE rowid IN (SELECT rowid FROM touched)),
+        kept AS (
+            SELECT b.{region} AS region,
+                   CASE WHEN {soft} THEN 'deleted' ELSE 'changed' END AS kind,
+                   list_filter([{differs}], x -> x IS NOT NULL) AS changed
+            FROM a JOIN b ON a._mds_row = b._mds_row
+        ),
+        gone AS (SELECT {values} FROM a WHERE _mds_row NOT IN (SELECT _mds_row FROM b)),
+        new AS (SELECT {values} FROM b WHERE _mds_row NOT IN (SELECT _mds_row FROM a))
+        SELECT {region}, 'added', count(*), [] FROM (FROM new EXCEPT ALL FROM gone) GROUP BY ALL
+        UNION ALL
+        SELECT {region}, 'deleted', count(*), [] FROM (FROM gone EXCEPT ALL FROM new) GROUP BY ALL
+        UNION ALL
+        SELECT region, kind, count(*), list_distinct(flatten(list(changed))) FROM kept
+        WHERE kind = 'deleted' OR len(changed) > 0 GROUP BY ALL
+    """
+    return _grouped(f"{schema}.{name}", con.execute(sql).fetchall(), rebuilt=False)
+
+
+def _whole(
+    con: duckdb.DuckDBPyConnection,
+    lake: str,
+    schema: str,
+    name: str,
+    columns: list[str],
+    before: int,
+    after: int,
+) -> list[TableDiff]:
+    ref = f"{ident(lake)}.{ident(schema)}.{ident(name)}"
+    names = ", ".join(ident(c) for c in columns if c not in BOOKKEEPING)
+    column = _region_column(columns)
+    region = ident(column) if column else "''"
+    old: str | None = f"SELECT {names} FROM {ref} AT (VERSION => {before})"
+    try:
+        con.execute(f"SELECT 1 FROM ({old}) LIMIT 0")
+    except duckdb.CatalogException:  # created after ``before``: every row is new
+        old = None
+    new = f"SELECT {names} FROM {ref} AT (VERSION => {after})"
+    if old is None:
+        sql = f"SELECT {region} AS region, 'added' AS kind, count(*), [] FROM ({new}) GROUP BY ALL"
+    else:
+        sql = f"""
+            SELECT {region} AS region, 'added' AS kind, count(*), [] FROM ({new} EXCEPT ALL {old})
+            GROUP BY ALL
+            UNION ALL
+            SELECT {region}, 'deleted', count(*), [] FROM ({old} EXCEPT ALL {new}) GROUP BY ALL
+        """
+    return _grouped(f"{schema}.{name}", con.execute(sql).fetchall(), rebuilt=True)
+
+
+def _region_column(columns: list[str]) -> str | None:
+    return next((c for c in REGIONS if c in columns), None)
+
+
+def _grouped(table: str, rows: list[tuple], rebuilt: bool) -> list[TableDiff]:
+    by_region: dict[str, TableDiff] = {}
+    for region, kind, count, columns in rows:
+        found = by_region.setdefault(region or "", TableDiff(table, region or "", rebuilt=rebuilt))
+        setattr(found, kind, getattr(found, kind) + count)  # deleted: gone and soft
+        if kind == "changed":
+            found.columns = tuple(sorted(columns))
+    return [d for _, d in sorted(by_region.items()) if d.added or d.changed or d.deleted]
