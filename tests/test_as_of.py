@@ -65,11 +65,13 @@ def test_each_run_reads_back_as_it_left_the_warehouse_and_diff_says_what_it_chan
     seen: dict[str, tuple[list[dict], list[dict]]] = {}
     for _ in range(3):
         summary = run(path)
-        assert summary.published
+        assert summary.published and summary.dbt is not None
+        assert summary.dbt.previous_run == (list(seen)[-1] if seen else None)  # diff's hint
         marts = as_json(rows_of(lake, MARTS), ["region", "day", "orders", "revenue"])
         seen[summary.run_id] = (marts, as_json(rows_of(lake, RAW), ["n"]))
     said = failing_audit(path)  # day 4: loaded, not published
     assert "not published" in said
+    assert f"what it changed: mdstack diff {list(seen)[-1]} " in said
     raw_now = as_json(rows_of(lake, RAW), ["n"])
     assert raw_now != list(seen.values())[-1][1]
 

@@ -76,3 +76,11 @@ def test_a_good_run_without_dbt_and_the_report_key():
     assert text.splitlines()[0] == "# shop · region us · run r2: succeeded"
     assert "Nothing to build" in text and "Failed" not in text
     assert report_key("My_Shop", "EU west.1") == "mdstack-run-my-shop-eu-west-1"
+
+
+def test_a_run_after_another_names_the_diff_of_what_it_changed():
+    dbt = TransformResult(DbtRun(("build",), True, ()), published=True, previous_run="r1")
+    text = run_markdown(RunSummary("r2", "eu", streams=[entry("accounts")], dbt=dbt), "shop")
+    assert "What it changed: `mdstack diff r1 r2`." in text
+    first = run_markdown(RunSummary("r1", "eu", dbt=replace(dbt, previous_run=None)), "shop")
+    assert "mdstack diff" not in first

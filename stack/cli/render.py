@@ -96,13 +96,13 @@ def print_summary(summary: RunSummary) -> None:
         )
     out.print(table)
     if summary.dbt is not None:
-        _print_dbt(summary.dbt)
+        _print_dbt(summary.dbt, summary.run_id)
     for hook in summary.dashboards:
         colour = {"succeeded": "green", "skipped": "yellow"}.get(hook.status, "red")
         out.print(f"dashboard {hook.name} ({hook.type}): [{colour}]{hook.status}[/] {hook.detail}")
 
 
-def _print_dbt(dbt: TransformResult) -> None:
+def _print_dbt(dbt: TransformResult, run_id: str) -> None:
     counts: dict[str, int] = {}
     for node in dbt.run.nodes:
         counts[node.status] = counts.get(node.status, 0) + 1
@@ -124,6 +124,8 @@ def _print_dbt(dbt: TransformResult) -> None:
             f"[red]not published[/]: the published warehouse is unchanged; the audit "
             f"build is kept in environment {dbt.audit!r} for debugging"
         )
+    if dbt.previous_run:
+        out.print(f"what it changed: mdstack diff {dbt.previous_run} {run_id}", highlight=False)
 
 
 def dbt_results_table(nodes: list[dict[str, Any]]) -> Table:

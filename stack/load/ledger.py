@@ -578,23 +578,31 @@ _SNAPSHOTS_SCHEMA = pa.schema(
 )
 
 
-def record_snapshot(wh: Warehouse, key: tuple[str, str, str], now: datetime) -> None:
+def record_snapshot(wh: Warehouse, key: tuple[str, str, str], now: datetime) -> str | None:
     """Write the version the (open) warehouse is at as the one run ``key`` left
     (``(run_id, pipeline, region)``); nothing where the warehouse keeps no versions.
 
     The row itself is a commit after that version: reading the warehouse as of the run
-    shows everything but this row.
+    shows everything but this row. Returns the region's run recorded before it, if any.
     """
     snapshot = wh.current_snapshot()
     if snapshot is None:
-        return
+        return None
     ensure_tables(wh)
     run_id, pipeline, region = key
+    ref = table(wh.meta_schema, SNAPSHOTS_TABLE)
+    before = wh.query(
+        f"SELECT {ident('run_id')} AS run_id FROM {ref} WHERE {ident('pipeline')} = ? "
+        f"AND {ident('region')} = ? AND {ident('run_id')} <> ? "
+        f"ORDER BY {ident('snapshot')} DESC LIMIT 1",
+        [pipeline, region, run_id],
+    ).to_pylist()
     row = {"run_id": run_id, "pipeline": pipeline, "region": region}
     rows = pa.Table.from_pylist(
         [{**row, "snapshot": snapshot, "recorded_at": now}], schema=_SNAPSHOTS_SCHEMA
     )
     wh.append(wh.meta_schema, SNAPSHOTS_TABLE, rows)
+    return before[0]["run_id"] if before else None
 
 
 def run_snapshot(wh: Warehouse, pipeline: str, run_id: str) -> int | None:

@@ -317,8 +317,8 @@ def transform_changes(
                 ledger.record_dbt_results(
                     wh, (run_id, config.name, region), done.command, done.nodes, utcnow()
                 )
-            ledger.record_snapshot(wh, (run_id, config.name, region), utcnow())
-    return result
+            previous = ledger.record_snapshot(wh, (run_id, config.name, region), utcnow())
+    return replace(result, previous_run=previous)
 
 
 DBT_BUILD_LOCK = "dbt-build"

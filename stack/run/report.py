@@ -51,12 +51,12 @@ def run_markdown(summary: RunSummary, pipeline: str) -> str:
             for s in summary.streams
         ),
     )
-    lines += _dbt(summary.dbt)
+    lines += _dbt(summary.dbt, summary.run_id)
     lines += _dashboards(summary.dashboards)
     return redact("\n".join(lines) + "\n")
 
 
-def _dbt(dbt: TransformResult | None) -> list[str]:
+def _dbt(dbt: TransformResult | None, run_id: str) -> list[str]:
     if dbt is None:
         return ["", "## dbt", "", "Nothing to build: no stream changed (or dbt is off)."]
     published = "published" if dbt.published else "not published"
@@ -69,6 +69,8 @@ def _dbt(dbt: TransformResult | None) -> list[str]:
             for n in dbt.run.nodes
         ),
     )
+    if dbt.previous_run:
+        lines += ["", f"What it changed: `mdstack diff {dbt.previous_run} {run_id}`."]
     if dbt.checks:
         lines += ["", "## Checks", ""]
         lines += _table(

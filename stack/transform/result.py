@@ -28,6 +28,8 @@ class TransformResult:
         blocked: a data check at severity ``error`` failed, so nothing was published.
         checks: dbt's source freshness as check results, then the ``checks:`` of
             ``stack.yml``.
+        previous_run: the region's run before this one that recorded the warehouse's
+            version, for ``mdstack diff previous_run this_run``; None when there is none.
     """
 
     run: DbtRun
@@ -35,6 +37,7 @@ class TransformResult:
     audit: str | None = None
     blocked: bool = False
     checks: tuple[DataCheckResult, ...] = ()
+    previous_run: str | None = None
 
     @property
     def ok(self) -> bool:
