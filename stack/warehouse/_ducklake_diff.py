@@ -18,6 +18,7 @@ row shows as one row gone and one row new.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import duckdb
 
@@ -28,6 +29,34 @@ REGIONS = ("_mds_region", "region")
 """The column that names a row's region: the loaded tables', else a model's own."""
 DELETED = "_mds_deleted_at"
 BOOKKEEPING = ("_mds_run_id", "_mds_loaded_at")
+
+
+@dataclass(frozen=True)
+class _Table:
+    """One table of the lake and its columns (at the later snapshot)."""
+
+    lake: str
+    schema: str
+    name: str
+    columns: tuple[str, ...]
+
+    @property
+    def ref(self) -> str:
+        return f"{ident(self.lake)}.{ident(self.schema)}.{ident(self.name)}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    @property
+    def compared(self) -> list[str]:
+        """The columns whose values count: all but the bookkeeping ones."""
+        return [c for c in self.columns if c not in BOOKKEEPING]
+
+    @property
+    def region(self) -> str | None:
+        """The column that names a row's region, if any."""
+        return next((c for c in REGIONS if c in self.columns), None)
 
 
 def diff(
@@ -42,18 +71,14 @@ def diff(
     rebuilt = _created_between(con, lake, before, after)
     found: list[TableDiff] = []
     for schema, name in tables:
-        columns = [
-            row[0]
-            for row in con.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_catalog = ? "
-                "AND table_schema = ? AND table_name = ? ORDER BY ordinal_position",
-                [lake, schema, name],
-            ).fetchall()
-        ]
-        if f"{schema}.{name}" in rebuilt:
-            found += _whole(con, lake, schema, name, columns, before, after)
-        else:
-            found += _fed(con, lake, schema, name, columns, before, after)
+        columns = con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_catalog = ? "
+            "AND table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+            [lake, schema, name],
+        ).fetchall()
+        one = _Table(lake, schema, name, tuple(row[0] for row in columns))
+        compare = _whole if one.label in rebuilt else _fed
+        found += compare(con, one, before, after)
     return found
 
 
@@ -66,41 +91,30 @@ def _created_between(con: duckdb.DuckDBPyConnection, lake: str, before: int, aft
     return {row[0] for row in rows}
 
 
-def _fed(
-    con: duckdb.DuckDBPyConnection,
-    lake: str,
-    schema: str,
-    name: str,
-    columns: list[str],
-    before: int,
-    after: int,
-) -> list[TableDiff]:
-    ref = f"{ident(lake)}.{ident(schema)}.{ident(name)}"
-    compared = [c for c in columns if c not in BOOKKEEPING]
-    values = ", ".join(ident(c) for c in compared)
-    column = _region_column(columns)
-    region = ident(column) if column else "''"
+def _fed(con: duckdb.DuckDBPyConnection, t: _Table, before: int, after: int) -> list[TableDiff]:
+    values = ", ".join(ident(c) for c in t.compared)
+    region = ident(t.region) if t.region else "''"
     differs = ", ".join(
         f"CASE WHEN a.{ident(c)} IS DISTINCT FROM b.{ident(c)} THEN {literal(c)} END"
-        for c in compared
+        for c in t.compared
         if c != DELETED
     )
     soft = (
         f"a.{ident(DELETED)} IS NULL AND b.{ident(DELETED)} IS NOT NULL"
-        if DELETED in columns
+        if DELETED in t.columns
         else "false"
     )
     touched = (
-        f"SELECT DISTINCT rowid FROM ducklake_table_changes({literal(lake)}, {literal(schema)}, "
-        f"{literal(name)}, {before + 1}, {after})"
+        f"SELECT DISTINCT rowid FROM ducklake_table_changes({literal(t.lake)}, "
+        f"{literal(t.schema)}, {literal(t.name)}, {before + 1}, {after})"
     )
     # Rows kept (same rowid) are changed, or soft-deleted; rows gone and rows new are
     # matched by value first, so a region rewritten with the same rows shows nothing.
     sql = f"""
         WITH touched AS ({touched}),
-        a AS (SELECT rowid AS _mds_row, * FROM {ref} AT (VERSION => {before})
+        a AS (SELECT rowid AS _mds_row, * FROM {t.ref} AT (VERSION => {before})
               WHERE rowid IN (SELECT rowid FROM touched)),
-        b AS (SELECT rowid AS _mds_row, * FROM {ref} AT (VERSION => {after})
+        b AS (SELECT rowid AS _mds_row, * FROM {t.ref} AT (VERSION => {after})
               WHERE rowid IN (SELECT rowid FROM touched)),
         kept AS (
             SELECT b.{region} AS region,
@@ -117,28 +131,18 @@ def _fed(
         SELECT region, kind, count(*), list_distinct(flatten(list(changed))) FROM kept
         WHERE kind = 'deleted' OR len(changed) > 0 GROUP BY ALL
     """
-    return _grouped(f"{schema}.{name}", con.execute(sql).fetchall(), rebuilt=False)
+    return _grouped(t.label, con.execute(sql).fetchall(), rebuilt=False)
 
 
-def _whole(
-    con: duckdb.DuckDBPyConnection,
-    lake: str,
-    schema: str,
-    name: str,
-    columns: list[str],
-    before: int,
-    after: int,
-) -> list[TableDiff]:
-    ref = f"{ident(lake)}.{ident(schema)}.{ident(name)}"
-    names = ", ".join(ident(c) for c in columns if c not in BOOKKEEPING)
-    column = _region_column(columns)
-    region = ident(column) if column else "''"
-    old: str | None = f"SELECT {names} FROM {ref} AT (VERSION => {before})"
+def _whole(con: duckdb.DuckDBPyConnection, t: _Table, before: int, after: int) -> list[TableDiff]:
+    names = ", ".join(ident(c) for c in t.compared)
+    region = ident(t.region) if t.region else "''"
+    old: str | None = f"SELECT {names} FROM {t.ref} AT (VERSION => {before})"
     try:
         con.execute(f"SELECT 1 FROM ({old}) LIMIT 0")
     except duckdb.CatalogException:  # created after ``before``: every row is new
         old = None
-    new = f"SELECT {names} FROM {ref} AT (VERSION => {after})"
+    new = f"SELECT {names} FROM {t.ref} AT (VERSION => {after})"
     if old is None:
         sql = f"SELECT {region} AS region, 'added' AS kind, count(*), [] FROM ({new}) GROUP BY ALL"
     else:
@@ -148,11 +152,7 @@ def _whole(
             UNION ALL
             SELECT {region}, 'deleted', count(*), [] FROM ({old} EXCEPT ALL {new}) GROUP BY ALL
         """
-    return _grouped(f"{schema}.{name}", con.execute(sql).fetchall(), rebuilt=True)
-
-
-def _region_column(columns: list[str]) -> str | None:
-    return next((c for c in REGIONS if c in columns), None)
+    return _grouped(t.label, con.execute(sql).fetchall(), rebuilt=True)
 
 
 def _grouped(table: str, rows: list[tuple], rebuilt: bool) -> list[TableDiff]:
