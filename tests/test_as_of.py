@@ -26,26 +26,25 @@ MARTS = "SELECT region, day, orders, revenue FROM marts.daily_revenue ORDER BY r
 RAW = "SELECT count(*) AS n FROM raw_shop.orders"
 
 
-def mdstack(path: Path, *args: str) -> str:
-    """What ``mdstack ARGS`` prints (it must succeed)."""
-    done = subprocess.run(
+def cli(path: Path, *args: str) -> subprocess.CompletedProcess:
+    """``mdstack ARGS -c stack.yml`` as a user runs it."""
+    return subprocess.run(
         [sys.executable, "-c", "from stack.cli import app; app()", *args, "-c", str(path)],
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def mdstack(path: Path, *args: str) -> str:
+    """What ``mdstack ARGS`` prints (it must succeed)."""
+    done = cli(path, *args)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
 
 def mdstack_sql(path: Path, query: str, *more: str) -> subprocess.CompletedProcess:
-    command = ["sql", query, "-c", str(path), "--format", "json", *more]
-    return subprocess.run(
-        [sys.executable, "-c", "from stack.cli import app; app()", *command],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return cli(path, "sql", query, "--format", "json", *more)
 
 
 def as_json(rows: list[tuple], names: list[str]) -> list[dict]:
@@ -113,6 +112,23 @@ def test_each_run_reads_back_as_it_left_the_warehouse_and_diff_says_what_it_chan
     unknown = mdstack_sql(path, MARTS, "--as-of", "no-such-run")
     assert unknown.returncode == 1
     assert "run 'no-such-run' of 'shop' recorded no version" in unknown.stderr
+
+    # Retention: a dry run removes nothing; expiring keeps what is current and every clone.
+    now_marts = as_json(rows_of(lake, MARTS), ["region", "day", "orders", "revenue"])
+    said = mdstack(path, "expire", "--older-than", "0s", "--dry-run")
+    assert said.startswith("would remove") and read_as_of(path, MARTS, runs[0])
+    mdstack(path, "clone", "dev")
+    said = mdstack(path, "expire", "--older-than", "0s")
+    assert said.startswith("removed") and " 0 file(s)" not in said, said
+    assert as_json(rows_of(lake, MARTS), ["region", "day", "orders", "revenue"]) == now_marts
+    dev = DuckDBWarehouse(tmp_path / "warehouse.dev")
+    assert as_json(rows_of(dev, MARTS), ["region", "day", "orders", "revenue"]) == now_marts
+    gone = mdstack_sql(path, MARTS, "--as-of", runs[0])
+    assert gone.returncode == 1 and "no longer keeps version" in gone.stderr, gone.stderr
+    also = cli(path, "diff", runs[0])
+    assert also.returncode == 1 and "no longer keeps version" in also.stderr
+    unset = cli(path, "expire")
+    assert unset.returncode == 1 and "add `retention: 30d` to targets.local" in unset.stderr
 
 
 def rows_of_dicts(wh: DuckDBWarehouse, sql: str) -> list[dict]:

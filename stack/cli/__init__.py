@@ -66,6 +66,7 @@ app.command()(runs.sensor)
 app.command("status")(warehouse.status_command)
 app.command("sql")(warehouse.sql_command)
 app.command("diff")(warehouse.diff_command)
+app.command()(warehouse.expire)
 app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
     warehouse.dbt
 )

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import sys
 import webbrowser
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -27,6 +28,7 @@ from stack.cli._common import (
 )
 from stack.cli.render import age, dbt_results_table, num, short, status, when
 from stack.config import config_path, load_config
+from stack.config.durations import seconds
 from stack.errors import MdstackError
 from stack.lineage import write_lineage_page
 from stack.load import ledger, utcnow
@@ -146,6 +148,43 @@ def _run_snapshot(wh: Warehouse, pipeline: str, run_id: str) -> int:
             "ran (on DuckDB targets)",
         )
     return snapshot
+
+
+def expire(
+    config: ConfigOpt = None,
+    target: TargetOpt = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            help="Keep this much history (30d, 2w, 12h); default: the target's `retention:`.",
+        ),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Say what would go; remove nothing.")] = False,
+) -> None:
+    """Remove the warehouse's versions older than its retention, and the files only they
+    used: `--as-of` and `diff` reach back as far as what is kept. Environments (clones)
+    keep working."""
+    with warehouse(config, target) as (cfg, wh):
+        chosen = cfg.active_target(target)
+        try:
+            keep = seconds(older_than) if older_than else getattr(chosen, "retention", None)
+        except ValueError as exc:
+            raise MdstackError(f"--older-than {older_than!r}: {exc}") from None
+        if keep is None:
+            raise MdstackError(
+                "how much history to keep is not set",
+                hint=f"add `retention: 30d` to targets.{target or cfg.target}, or pass "
+                "--older-than 30d",
+            )
+        span = keep if isinstance(keep, timedelta) else timedelta(seconds=float(keep))
+        expired = wh.expire(utcnow() - span, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    oldest = expired.oldest_kept.isoformat(" ", "seconds") if expired.oldest_kept else "-"
+    out.print(
+        f"{verb} {expired.snapshots} version(s) and {expired.files} file(s); "
+        f"the oldest version kept is from {oldest}"
+    )
 
 
 def _schema_table(text: str) -> tuple[str, str]:

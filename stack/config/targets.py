@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from stack.config.durations import Duration
+
 __all__ = [
     "TARGET_TYPES",
     "BiFile",
@@ -118,6 +120,9 @@ class DuckDBTarget(_Model):
     bi_file: BiFile | None = None
     """A DuckDB file of the published marts for BI tools (a DuckLake catalog is metadata,
     not tables a BI tool's DuckDB driver can show); none by default."""
+    retention: Duration | None = None
+    """How long the lake's snapshots are kept for ``--as-of`` and ``mdstack diff``:
+    ``mdstack expire`` removes older ones and their files (``30d``); none: all kept."""
 
     @model_validator(mode="after")
     def _data_path_needs_a_shared_catalog(self) -> DuckDBTarget:

@@ -106,7 +106,7 @@ def clone_lake(source: Path, target: Path, busy_timeout: float = BUSY_WAIT_SECON
         base = _snapshot(held)
         shutil.copy2(source / CATALOG_FILE, target / CATALOG_FILE)
         _link_tree(source / DATA_DIR, target / DATA_DIR)
-    _set_data_path(target / CATALOG_FILE, target / DATA_DIR)
+    set_data_path(target / CATALOG_FILE, target / DATA_DIR)
     (target / BASE_MARK).write_text(str(base))
 
 
@@ -134,7 +134,7 @@ def publish_lake(audit: Path, published: Path, busy_timeout: float = BUSY_WAIT_S
         staged = published / f"{CATALOG_FILE}.{uuid.uuid4().hex[:8]}.publishing"
         try:
             shutil.copy2(audit / CATALOG_FILE, staged)
-            _set_data_path(staged, published / DATA_DIR)
+            set_data_path(staged, published / DATA_DIR)
             fsync(staged)
             os.replace(staged, published / CATALOG_FILE)
         finally:
@@ -231,7 +231,9 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _set_data_path(catalog: Path, data: Path) -> None:
+def set_data_path(catalog: Path, data: Path) -> None:
+    """Point a DuckDB-file catalog at the folder its data files are in (its files' paths
+    are relative to it): after a clone, and after the warehouse folder moved."""
     with duckdb.connect(str(catalog)) as con:
         con.execute("UPDATE ducklake_metadata SET value = ? WHERE key = 'data_path'", [f"{data}/"])
 

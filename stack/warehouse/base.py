@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -78,6 +79,16 @@ class TableDiff:
     rebuilt: bool = False
     """The table was created anew in between (a dbt table model): compared whole, so a
     changed row counts as one deleted and one added."""
+
+
+@dataclass(frozen=True)
+class Expired:
+    """What :meth:`Warehouse.expire` removed (or, in a dry run, would remove)."""
+
+    snapshots: int
+    files: int
+    oldest_kept: datetime | None
+    """When the oldest snapshot still kept was taken: ``--as-of`` reaches back to it."""
 
 
 class Warehouse(Protocol):
@@ -193,6 +204,11 @@ class Warehouse(Protocol):
         """Rows added, changed and deleted from version ``before`` to ``after`` (the open
         warehouse's :meth:`current_snapshot` values), per table and region; ``tables``
         None: every table but mdstack's own."""
+        ...
+
+    def expire(self, older_than: datetime, dry_run: bool = False) -> Expired:
+        """Forget the versions taken before ``older_than`` (never the current one) and
+        delete the files only they used; environments keep theirs."""
         ...
 
     def refresh_bi_file(self) -> BiFileWritten | None:

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,11 @@ from stack.warehouse._ducklake_envs import (
     environment_path,
     open_error,
     publish_lake,
+    set_data_path,
     wait_while_locked,
 )
 from stack.warehouse._ducklake_pg import PASSWORD_ENV, RETRIES, PostgresCatalogLink
-from stack.warehouse.base import BiFileWritten, Capabilities, TableDiff
+from stack.warehouse.base import BiFileWritten, Capabilities, Expired, TableDiff
 
 EXTENSION_DIR = ".extensions"
 log = logging.getLogger(__name__)
@@ -163,13 +165,26 @@ class DuckDBWarehouse:
             mode += f", SNAPSHOT_VERSION {int(self.snapshot)}"
 
         def attach() -> None:
+            statement = (
+                f"ATTACH 'ducklake:{self.catalog}' AS {ALIAS} (DATA_PATH '{self.data_path}'{mode})"
+            )
             try:
-                con.execute(
-                    f"ATTACH 'ducklake:{self.catalog}' AS {ALIAS} "
-                    f"(DATA_PATH '{self.data_path}'{mode})"
-                )
+                try:
+                    con.execute(statement)
+                except duckdb.Error as exc:
+                    if "does not match existing data path" not in str(exc):
+                        raise
+                    # The folder moved (a copied project, a container's mount): the catalog
+                    # names the old one. Its files' paths are relative: point it here.
+                    log.warning("warehouse %s was moved here: its catalog now says so", self.path)
+                    set_data_path(self.catalog, self.path / DATA_DIR)
+                    con.execute(statement)
             except duckdb.IOException as exc:
                 raise open_error(exc, "cannot open the warehouse") from exc
+            except duckdb.Error as exc:
+                if self.snapshot is None:
+                    raise
+                raise _not_kept(self.snapshot) from exc
 
         busy = WarehouseBusy(
             f"the warehouse {self.path} is in use by another process",
@@ -585,7 +600,47 @@ class DuckDBWarehouse:
                     [ALIAS, self.meta_schema],
                 ).fetchall()
             ]
+        kept = {
+            row[0]
+            for row in self.con.execute(
+                f"SELECT snapshot_id FROM {ALIAS}.snapshots() WHERE snapshot_id IN (?, ?)",
+                [before, after],
+            ).fetchall()
+        }
+        if missing := sorted({before, after} - kept):
+            raise _not_kept(missing[0])
         return lake_diff(self.con, ALIAS, before, after, tables)
+
+    def expire(self, older_than: datetime, dry_run: bool = False) -> Expired:
+        """DuckLake's ``ducklake_expire_snapshots``, then its cleanup of the files no kept
+        snapshot uses. An environment of a DuckDB-file catalog holds hard links to the
+        files it was cloned with, so deleting the lake's links never breaks it."""
+        if self.pg is not None:
+            raise WarehouseError(
+                "mdstack expire works on a DuckDB-file catalog for now",
+                hint="on a PostgreSQL catalog the environments' schemas read the lake's own "
+                "files: expiring could delete what a running clone reads",
+            )
+        utc = older_than if older_than.tzinfo else older_than.replace(tzinfo=UTC)
+        when = f"TIMESTAMPTZ {literal(utc.isoformat())}"
+        with self:
+            gone = self.con.execute(
+                f"CALL ducklake_expire_snapshots({literal(ALIAS)}, older_than => {when}, "
+                f"dry_run => {str(dry_run).lower()})"
+            ).fetchall()
+            files = self.con.execute(
+                f"CALL ducklake_cleanup_old_files({literal(ALIAS)}, cleanup_all => true, "
+                f"dry_run => {str(dry_run).lower()})"
+            ).fetchall()
+            gone_ids = {row[0] for row in gone}
+            kept = [
+                (row[0], row[1])
+                for row in self.con.execute(
+                    f"SELECT snapshot_id, snapshot_time FROM {ALIAS}.snapshots() ORDER BY 1"
+                ).fetchall()
+                if row[0] not in gone_ids
+            ]
+        return Expired(len(gone), len(files), kept[0][1] if kept else None)
 
     def drop_environment(self, name: str) -> None:
         if self.pg is not None:
@@ -689,3 +744,10 @@ def _translate(what: str) -> Iterator[None]:
             f"{type(exc).__name__}: {exc}\n  while running: {what[:300]}",
             hint=_STORAGE_HINT if storage else None,
         ) from exc
+
+
+def _not_kept(snapshot: int) -> WarehouseError:
+    return WarehouseError(
+        f"the warehouse no longer keeps version {snapshot}: `mdstack expire` removed it",
+        hint="`retention:` on the target says how far back --as-of and diff reach",
+    )

@@ -75,6 +75,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,7 @@ from stack.warehouse._snowflake_connect import (
 )
 from stack.warehouse._snowflake_driver import fetch, rows_loaded, translate
 from stack.warehouse._snowflake_envs import publish_database
-from stack.warehouse.base import Capabilities, TableDiff
+from stack.warehouse.base import Capabilities, Expired, TableDiff
 
 __all__ = ["DBT_ENV", "SnowflakeWarehouse", "connect_kwargs", "private_key_der"]
 
@@ -500,6 +501,12 @@ class SnowflakeWarehouse:
         self, before: int, after: int, tables: Sequence[tuple[str, str]] | None = None
     ) -> list[TableDiff]:
         raise WarehouseError("mdstack diff works on DuckDB targets (DuckLake snapshots) for now")
+
+    def expire(self, older_than: datetime, dry_run: bool = False) -> Expired:
+        raise WarehouseError(
+            "Snowflake keeps its own time travel",
+            hint="set DATA_RETENTION_TIME_IN_DAYS on the database instead of `retention:`",
+        )
 
     def as_of(self, snapshot: int) -> SnowflakeWarehouse:
         raise WarehouseError(
