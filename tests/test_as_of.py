@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.test_publish import failing_audit, project, rows_of, run
@@ -127,6 +128,11 @@ def test_each_run_reads_back_as_it_left_the_warehouse_and_diff_says_what_it_chan
     assert gone.returncode == 1 and "no longer keeps version" in gone.stderr, gone.stderr
     also = cli(path, "diff", runs[0])
     assert also.returncode == 1 and "no longer keeps version" in also.stderr
+    kept = cli(path, "expire")  # the demo's retention: 30d, all of this history is younger
+    assert kept.returncode == 0 and kept.stdout.startswith("removed 0 version(s)"), kept.stdout
+    config = yaml.safe_load(path.read_text())
+    del config["targets"]["local"]["retention"]
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     unset = cli(path, "expire")
     assert unset.returncode == 1 and "add `retention: 30d` to targets.local" in unset.stderr
 
