@@ -110,6 +110,14 @@ def test_each_run_reads_back_as_it_left_the_warehouse_and_diff_says_what_it_chan
     assert [d["table"] for d in one] == ["raw_shop.orders"]  # to now: two days of changes
     assert one[0]["added"] > found[("raw_shop.orders", "eu")]["added"]
 
+    # A table made after a run, without a region column: skipped between earlier runs,
+    # all added since the last.
+    mdstack(path, "sql", "CREATE TABLE raw_shop.extra AS SELECT 1 AS id")
+    again = json.loads(mdstack(path, "diff", runs[0], runs[1], "-f", "json"))
+    assert "raw_shop.extra" not in {d["table"] for d in again}
+    since = json.loads(mdstack(path, "diff", runs[-1], "--table", "raw_shop.extra", "-f", "json"))
+    assert [(d["region"], d["added"]) for d in since] == [("", 1)]
+
     unknown = mdstack_sql(path, MARTS, "--as-of", "no-such-run")
     assert unknown.returncode == 1
     assert "run 'no-such-run' of 'shop' recorded no version" in unknown.stderr

@@ -610,12 +610,12 @@ def run_snapshot(wh: Warehouse, pipeline: str, run_id: str) -> int | None:
     if wh.columns(wh.meta_schema, SNAPSHOTS_TABLE) is None:
         return None
     ref = table(wh.meta_schema, SNAPSHOTS_TABLE)
-    found = wh.query(
+    [found] = wh.query(
         f"SELECT max({ident('snapshot')}) AS snapshot FROM {ref} "
         f"WHERE {ident('pipeline')} = ? AND {ident('run_id')} = ?",
         [pipeline, run_id],
     ).to_pylist()
-    return found[0]["snapshot"] if found else None
+    return found["snapshot"]
 
 
 def last_dbt_results(wh: Warehouse, pipeline: str) -> pa.Table:

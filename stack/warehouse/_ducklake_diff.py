@@ -77,9 +77,20 @@ def diff(
             [lake, schema, name],
         ).fetchall()
         one = _Table(lake, schema, name, tuple(row[0] for row in columns))
+        if not _exists(con, one, after):  # created after ``after``: nothing to say
+            continue
         compare = _whole if one.label in rebuilt else _fed
         found += compare(con, one, before, after)
     return found
+
+
+def _exists(con: duckdb.DuckDBPyConnection, t: _Table, snapshot: int) -> bool:
+    """Whether the lake had table ``t`` (by name) at ``snapshot``."""
+    try:
+        con.execute(f"SELECT 1 FROM {t.ref} AT (VERSION => {snapshot}) LIMIT 0")
+    except duckdb.CatalogException:
+        return False
+    return True
 
 
 def _created_between(con: duckdb.DuckDBPyConnection, lake: str, before: int, after: int) -> set:
@@ -117,7 +128,7 @@ def _fed(con: duckdb.DuckDBPyConnection, t: _Table, before: int, after: int) -> 
         b AS (SELECT rowid AS _mds_row, * FROM {t.ref} AT (VERSION => {after})
               WHERE rowid IN (SELECT rowid FROM touched)),
         kept AS (
-            SELECT b.{region} AS region,
+            SELECT {f"b.{region}" if t.region else region} AS region,
                    CASE WHEN {soft} THEN 'deleted' ELSE 'changed' END AS kind,
                    list_filter([{differs}], x -> x IS NOT NULL) AS changed
             FROM a JOIN b ON a._mds_row = b._mds_row
@@ -137,13 +148,9 @@ def _fed(con: duckdb.DuckDBPyConnection, t: _Table, before: int, after: int) -> 
 def _whole(con: duckdb.DuckDBPyConnection, t: _Table, before: int, after: int) -> list[TableDiff]:
     names = ", ".join(ident(c) for c in t.compared)
     region = ident(t.region) if t.region else "''"
-    old: str | None = f"SELECT {names} FROM {t.ref} AT (VERSION => {before})"
-    try:
-        con.execute(f"SELECT 1 FROM ({old}) LIMIT 0")
-    except duckdb.CatalogException:  # created after ``before``: every row is new
-        old = None
+    old = f"SELECT {names} FROM {t.ref} AT (VERSION => {before})"
     new = f"SELECT {names} FROM {t.ref} AT (VERSION => {after})"
-    if old is None:
+    if not _exists(con, t, before):  # created after ``before``: every row is new
         sql = f"SELECT {region} AS region, 'added' AS kind, count(*), [] FROM ({new}) GROUP BY ALL"
     else:
         sql = f"""
