@@ -110,6 +110,11 @@ class ConfiguredStream:
     sync_mode: SyncMode
     cursor: str | None = None
     primary_key: tuple[str, ...] = ()
+    history: bool = False
+    """The pipeline keeps every version of every row (``incremental_deduped_history``): a
+    source that compacts changes (CDC: the last event per key) yields each one instead, in
+    the order they happened, with :attr:`Batch.changed_at`. ``sync_mode`` stays
+    ``incremental_deduped``, the read the source does."""
 
     @property
     def name(self) -> str:
@@ -126,6 +131,11 @@ class Batch:
 
     stream: str
     data: pa.RecordBatch
+    changed_at: pa.Array | None = None
+    """When the source changed each row (a CDC commit time, naive UTC ``timestamp[us]``), one
+    per row of ``data``, sent on streams read for history (:attr:`ConfiguredStream.history`):
+    the time each version became valid. Rows of one key in one batch are in the order their
+    changes happened."""
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,20 @@ from collections.abc import Sequence
 from sqlglot import exp
 
 SEQ = "_mds_seq"
+POS = "_mds_pos"
+CHANGED_AT = "_mds_changed_at"
 REGION = "_mds_region"
 RUN_ID = "_mds_run_id"
 LOADED_AT = "_mds_loaded_at"
 DELETED_AT = "_mds_deleted_at"
 META_COLUMNS = (REGION, RUN_ID, LOADED_AT, DELETED_AT)
 """Metadata columns on every loaded table."""
+VALID_FROM = "_mds_valid_from"
+VALID_TO = "_mds_valid_to"
+IS_CURRENT = "_mds_is_current"
+HISTORY_COLUMNS = (VALID_FROM, VALID_TO, IS_CURRENT)
+"""Metadata columns of a history table (``incremental_deduped_history``): when each version
+was valid, and whether it is the key's current one."""
 
 
 def ident(name: str) -> str:

@@ -21,11 +21,15 @@ __all__ = [
     "SchemaPolicy",
     "SourceConfig",
     "StreamConfig",
+    "SyncSetting",
 ]
 
 SchemaPolicy = Literal["evolve", "freeze", "discard"]
 DeleteMode = Literal["hard", "soft", "none"]
 BadRecordPolicy = Literal["fail", "quarantine"]
+SyncSetting = SyncMode | Literal["incremental_deduped_history"]
+"""A stream's ``sync:``: a source's sync mode, or ``incremental_deduped_history`` (every
+version of every row kept, read as ``incremental_deduped``: :mod:`stack.load.history`)."""
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 """A name that is also a warehouse identifier (a pipeline's, a source's schema)."""
 
@@ -37,7 +41,7 @@ class _Model(BaseModel):
 class StreamConfig(_Model):
     """How one stream is synced. Keys and cursor default to what the source declares."""
 
-    sync: SyncMode = "incremental_deduped"
+    sync: SyncSetting = "incremental_deduped"
     primary_key: tuple[str, ...] | None = None
     cursor: str | None = None
     deletes: DeleteMode = "hard"

@@ -49,7 +49,7 @@ COLUMNS_SCHEMA = pa.schema(
 )
 """One row per renamed field of a destination table (fields loaded as named have none)."""
 
-_RESERVED = (*sql.META_COLUMNS, sql.SEQ)
+_RESERVED = (*sql.META_COLUMNS, *sql.HISTORY_COLUMNS, sql.SEQ, sql.POS, sql.CHANGED_AT)
 
 
 def _fold(name: str) -> str:

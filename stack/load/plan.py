@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from connectors.base import Catalog, ConfiguredStream
+from connectors.base import Catalog, ConfiguredStream, StreamSpec, SyncMode
 from stack import sql
 from stack.config.sources import BadRecordPolicy, DeleteMode, SchemaPolicy, SourceConfig
 from stack.errors import ConfigError
@@ -82,7 +82,13 @@ class StreamPlan:
 
     @property
     def mode(self) -> str:
-        return self.stream.sync_mode
+        """The stream's ``sync:`` (``incremental_deduped_history`` for a history stream,
+        whose source reads ``incremental_deduped``)."""
+        return HISTORY if self.stream.history else self.stream.sync_mode
+
+    @property
+    def history(self) -> bool:
+        return self.stream.history
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -102,6 +108,16 @@ class StreamPlan:
         return f"{self.source}.{self.stream.name}"
 
 
+HISTORY = "incremental_deduped_history"
+
+
+def _modes(spec: StreamSpec) -> tuple[str, ...]:
+    """The ``sync:`` settings a stream takes: its source's modes, and history where it reads
+    ``incremental_deduped`` into tables mdstack writes."""
+    history = "incremental_deduped" in spec.sync_modes and not spec.loaded_externally
+    return (*spec.sync_modes, HISTORY) if history else spec.sync_modes
+
+
 def plan_stream(
     source_name: str, source_cfg: SourceConfig, catalog: Catalog, stream_name: str
 ) -> StreamPlan:
@@ -115,15 +131,19 @@ def plan_stream(
     where = f"sources.{source_name}.streams.{stream_name}"
     keys = tuple(wanted.primary_key or spec.primary_key)
     cursor = wanted.cursor or spec.cursor
+    history = wanted.sync == "incremental_deduped_history"
+    read: SyncMode = (
+        "incremental_deduped" if wanted.sync == "incremental_deduped_history" else wanted.sync
+    )
     problems = {
         "sync": (
-            wanted.sync not in spec.sync_modes,
+            read not in spec.sync_modes or (history and spec.loaded_externally),
             f"sync mode {wanted.sync!r} is not supported by this stream",
-            f"use one of: {', '.join(spec.sync_modes)}",
+            f"use one of: {', '.join(_modes(spec))}",
         ),
         "primary_key": (
-            wanted.sync == "incremental_deduped" and not keys,
-            "incremental_deduped needs a primary key",
+            read == "incremental_deduped" and not keys,
+            f"{wanted.sync} needs a primary key",
             "set `primary_key: [column, ...]` or use incremental_append",
         ),
         "delete_detection": (
@@ -153,7 +173,7 @@ def plan_stream(
     return StreamPlan(
         source=source_name,
         schema=source_cfg.schema_,
-        stream=ConfiguredStream(spec, wanted.sync, cursor, keys),
+        stream=ConfiguredStream(spec, read, cursor, keys, history),
         deletes=wanted.deletes,
         schema_policy=wanted.schema_policy or source_cfg.schema_policy,
         columns=columns or None,

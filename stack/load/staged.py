@@ -184,6 +184,40 @@ class StagedLoad:
         wh, plan, ctx, entry = self.lc.wh, self.lc.plan, self.lc.ctx, self.lc.entry
         for stage in (self.records, self.deletes):
             stage.flush()
+        write, made = self._prepare()
+        self.bad.flush()
+        replace = self.lc.replace
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            counts, replaced = dataclasses.replace(entry), replace and replace.replaced
+            try:
+                self._apply(write)
+                break
+            except WriteConflict as exc:  # rolled back: what it counted is undone too
+                entry.__dict__.update(counts.__dict__)
+                if replace is not None:
+                    replace.replaced = replaced or 0
+                if attempt == COMMIT_ATTEMPTS:
+                    raise
+                log.info("%s [%s]: %s; committing again", plan.name, ctx.region, exc.message)
+                time.sleep(random.uniform(0, 0.2 * attempt))
+        if self.records.rows:
+            self._region_filled = True
+        log.info(
+            "%s/%s [%s]: committed checkpoint %d (%d rows read)",
+            plan.source,
+            plan.name,
+            ctx.region,
+            entry.checkpoints,
+            entry.rows_read,
+        )
+        for name in made:
+            wh.drop_stage(name)
+        self.close()
+
+    def _prepare(self) -> tuple[Callable[[], None], list[str]]:
+        """Build the commit's staging tables, outside its transaction: returns what writes
+        them to the table (run inside it) and the tables to drop after."""
+        wh, plan, ctx, entry = self.lc.wh, self.lc.plan, self.lc.ctx, self.lc.entry
         rows, deletes = _prepare(wh, plan, self, ctx)
         # The region's first rows (a first load, a new region, a full refresh, which clears
         # the region first): nothing to match, so no stale check, no match count and an
@@ -199,50 +233,24 @@ class StagedLoad:
         )
         cursor = plan.stream.cursor
         if merge and rows and cursor and plan.mode == "incremental_deduped":
-            _check_stale(wh, plan, self, rows, cursor)
-        self.bad.flush()
-        for attempt in range(1, COMMIT_ATTEMPTS + 1):
-            counts, replaced = dataclasses.replace(entry), replace and replace.replaced
-            try:
-                self._apply(rows, deletes, merge)
-                break
-            except WriteConflict as exc:  # rolled back: what it counted is undone too
-                entry.__dict__.update(counts.__dict__)
-                if replace is not None:
-                    replace.replaced = replaced or 0
-                if attempt == COMMIT_ATTEMPTS:
-                    raise
-                log.info("%s [%s]: %s; committing again", plan.name, ctx.region, exc.message)
-                time.sleep(random.uniform(0, 0.2 * attempt))
-        if rows:
-            self._region_filled = True
-        log.info(
-            "%s/%s [%s]: committed checkpoint %d (%d rows read)",
-            plan.source,
-            plan.name,
-            ctx.region,
-            entry.checkpoints,
-            entry.rows_read,
-        )
-        for name in (rows, deletes):
-            if name:
-                wh.drop_stage(name)
-        self.close()
+            outside, params = (None, []) if replace is None else replace.window()
+            stale = sql.stale_rows(plan.target, wh.stage_ref(rows), plan.keys, cursor, outside)
+            check_stale(wh, plan, self, wh.stage_ref(rows), stale, params)
+        columns = self.records.columns
 
-    def _apply(self, rows: str | None, deletes: str | None, merge: bool) -> None:
-        """The commit's one transaction: what is staged, the quarantine, the state."""
-        wh, plan, ctx, entry, replace = (
-            self.lc.wh,
-            self.lc.plan,
-            self.lc.ctx,
-            self.lc.entry,
-            self.lc.replace,
-        )
-        now = utcnow()
-        with wh.transaction():
+        def write() -> None:
             if replace is not None:
                 replace.clear(wh, plan.target, ctx.region)
-            _apply(wh, plan, self.records.columns, rows, deletes, ctx, entry, merge)
+            _apply(wh, plan, columns, rows, deletes, ctx, entry, merge)
+
+        return write, [name for name in (rows, deletes) if name]
+
+    def _apply(self, write: Callable[[], None]) -> None:
+        """The commit's one transaction: what is staged, the quarantine, the state."""
+        wh, plan, ctx, entry = self.lc.wh, self.lc.plan, self.lc.ctx, self.lc.entry
+        now = utcnow()
+        with wh.transaction():
+            write()
             if self.bad.ref:
                 wh.execute(
                     ledger.quarantine_sql(wh, self.bad.ref),
@@ -301,18 +309,15 @@ def _soft_overwrite(plan: StreamPlan) -> bool:
     return plan.mode == "full_refresh_overwrite" and plan.soft and bool(plan.keys)
 
 
-def _check_stale(
-    wh: Warehouse, plan: StreamPlan, pending: StagedLoad, rows: str, cursor: str
+def check_stale(
+    wh: Warehouse, plan: StreamPlan, pending: StagedLoad, rows: str, where: str, params: list
 ) -> None:
-    """Rows older than the loaded version would be skipped by the merge: never silently.
+    """Rows older than the loaded version would be lost in the merge: never silently.
 
-    Loaded rows a :class:`Replacement` deletes in the same commit are no obstacle.
+    ``where`` (on alias ``s`` of ``rows``, with ``params``) names them: they fail the run, or
+    go to quarantine and out of ``rows``.
     """
-    ref = wh.stage_ref(rows)
-    replace = pending.lc.replace
-    outside, params = (None, None) if replace is None else replace.window()
-    stale_where = sql.stale_rows(plan.target, ref, plan.keys, cursor, outside)
-    stale = wh.query(f"SELECT * FROM {ref} AS s WHERE {stale_where}", params)
+    stale = wh.query(f"SELECT * FROM {rows} AS s WHERE {where}", params)
     if not stale.num_rows:
         return
     if plan.on_bad_record == "fail":
@@ -326,9 +331,10 @@ def _check_stale(
             hint="the source's cursor went backwards; fix the source, or set "
             "`on_bad_record: quarantine` to keep such records in _mds_quarantine",
         )
-    data = stale.drop_columns([c for c in sql.META_COLUMNS if c in stale.schema.names])
+    engine = (*sql.META_COLUMNS, sql.SEQ, sql.POS, sql.CHANGED_AT)
+    data = stale.drop_columns([c for c in engine if c in stale.schema.names])
     pending.add_bad(ledger.bad_records(data, STALE))
-    wh.execute(f"DELETE FROM {ref} AS s WHERE {stale_where}", params)
+    wh.execute(f"DELETE FROM {rows} AS s WHERE {where}", params)
 
 
 def _apply(
@@ -376,22 +382,16 @@ def _apply(
 
 
 def detect_deletes(
-    wh: Warehouse, plan: StreamPlan, keys: Stage, ctx: RunContext, entry: ledger.RunEntry
+    wh: Warehouse, plan: StreamPlan, keys: str, ctx: RunContext, entry: ledger.RunEntry
 ) -> None:
     """Delete (hard or soft) the region's rows whose keys the source no longer has.
 
     ``keys`` holds the source's complete key set (from a full read). With a
     ``delete_window``, only rows whose cursor falls inside it are candidates.
     """
-    keys.flush()
-    if keys.ref is None:
-        log.warning(
-            "%s [%s]: the source returned no keys; not deleting every row", plan.name, ctx.region
-        )
-        return
     since = ctx.loaded_at - plan.delete_window if plan.delete_window else None
     cursor = plan.stream.cursor if since else None
-    where = sql.missing_keys(plan.target, keys.ref, plan.keys, cursor)
+    where = sql.missing_keys(plan.target, keys, plan.keys, cursor)
     live = f" AND t.{sql.ident(sql.DELETED_AT)} IS NULL" if plan.soft else ""
     # The anti-join runs once, into a staging table of the keys that went: it gives the
     # count, and the delete is then a join with that (small) table.

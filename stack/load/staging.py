@@ -7,14 +7,15 @@ warehouse's staging table in one call: memory stays bounded by the buffer,
 and the number of round trips by the data size, not the batch count.
 
 Every row carries ``_mds_seq``, its batch's position in the read, so the
-merge can tell which of two events for a key came last.
+merge can tell which of two events for a key came last; a history stream's rows also
+carry ``_mds_pos``, their place in the stage, to order a key's versions inside one batch.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-from stack.sql import SEQ, ident
+from stack.sql import POS, SEQ, ident
 from stack.warehouse.base import Warehouse
 
 BUFFER_ROWS = 200_000
@@ -23,8 +24,11 @@ BUFFER_ROWS = 200_000
 class Stage:
     """One staging table (records or deletes) of one stream."""
 
-    def __init__(self, wh: Warehouse, name: str, max_rows: int = BUFFER_ROWS) -> None:
+    def __init__(
+        self, wh: Warehouse, name: str, max_rows: int = BUFFER_ROWS, *, positions: bool = False
+    ) -> None:
         self.wh = wh
+        self.positions = positions
         self.base = name
         self.name = name
         self._generation = 0
@@ -46,6 +50,9 @@ class Stage:
         self.columns.extend(n for n in batch.schema.names if n not in self.columns)
         # pa.repeat, not pa.array(np.full(...)): that imports numpy.ma (~0.2 s) in every run
         numbered = batch.append_column(SEQ, pa.repeat(pa.scalar(seq, pa.int64()), batch.num_rows))
+        if self.positions:
+            places = pa.array(range(self.rows, self.rows + batch.num_rows), pa.int64())
+            numbered = numbered.append_column(POS, places)
         self._buffer.append(numbered)
         self._buffered += batch.num_rows
         self.rows += batch.num_rows
@@ -69,17 +76,20 @@ class Stage:
         self.flush()
         if self._written:
             old = self.wh.stage_ref(self.name)
-            kept = [*(n for n in self.columns if n in schema.names), SEQ]
+            engine = [SEQ, POS] if self.positions else [SEQ]
+            kept = [*(n for n in self.columns if n in schema.names), *engine]
             self._generation += 1
             self.name = f"{self.base}_{self._generation}"
-            empty = schema.append(pa.field(SEQ, pa.int64())).empty_table()
+            for name in engine:
+                schema = schema.append(pa.field(name, pa.int64()))
+            empty = schema.empty_table()
             self.wh.stage(self.name, empty)
             names = ", ".join(ident(n) for n in kept)
             self.wh.execute(
                 f"INSERT INTO {self.wh.stage_ref(self.name)} ({names}) SELECT {names} FROM {old}"
             )
             self.wh.execute(f"DROP TABLE {old}")
-        self.columns = list(schema.names)
+        self.columns = [n for n in schema.names if n not in (SEQ, POS)]
 
     def reset(self) -> None:
         """Forget everything staged (after a commit, or when the stream ends)."""

@@ -25,6 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import suppress
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -41,7 +42,7 @@ from connectors.base import (
 )
 from stack import sql
 from stack.errors import SchemaError, WriteConflict
-from stack.load import ledger
+from stack.load import history, ledger
 from stack.load.external import sync_external
 from stack.load.names import ColumnNames, column_plan, load_names
 from stack.load.plan import CommitPolicy, RunContext, StreamPlan, utcnow
@@ -207,7 +208,7 @@ class StreamRun:
             ledger.write_again_on_conflict(self.record)
         self.schema = _destination(wh, plan, exists=existing is not None)
         self.lc = lc = LoadContext(wh, plan, ctx, key, self.entry, self.record, replace)
-        self.load = _load(lc, existing is not None)
+        self.load = _load(lc, existing is not None, self.schema)
         return state
 
     def feed(self, message: Message) -> None:
@@ -296,7 +297,8 @@ def _feed(
     state kept (the caller commits it when its policy says it is due)."""
     wh, plan, entry = lc.wh, lc.plan, lc.entry
     if isinstance(message, Batch):
-        _add_batch(wh, plan, schema, load, message.data, changes)
+        changed_at = message.changed_at if plan.history else None
+        _add_batch(wh, plan, schema, load, message.data, changes, changed_at)
         entry.rows_read += message.data.num_rows
         if progress:
             progress(plan.name, entry.rows_read)
@@ -319,10 +321,18 @@ def _direct(plan: StreamPlan, capabilities: Capabilities) -> bool:
     return appends and not plan.propagates_deletes
 
 
-def _load(lc: LoadContext, table_existed: bool) -> Load:
+def _temporal(kind: pa.DataType) -> bool:
+    return pa.types.is_timestamp(kind) or pa.types.is_date(kind)
+
+
+def _load(lc: LoadContext, table_existed: bool, schema: StreamSchema) -> Load:
     """How the run writes: straight into the table where nothing needs merging (appends,
     overwrites; a deduped stream's first load of an empty region), else staged."""
     wh, plan = lc.wh, lc.plan
+    if plan.history:
+        cursor = plan.stream.cursor
+        kind = schema.current.field(cursor).type if cursor in schema.current.names else None
+        return history.HistoryLoad(lc, kind is not None and _temporal(kind))
     if _direct(plan, wh.capabilities):
         return DirectLoad(lc)
     if lc.replace is None and first_load_direct(plan, wh.capabilities):
@@ -338,15 +348,25 @@ def _destination(wh: Warehouse, plan: StreamPlan, exists: bool) -> StreamSchema:
     if plan.columns:
         declared = pa.schema([f for f in declared if f.name in plan.columns])
     if not exists:
+        engine = [*_META_SCHEMA, *(history.COLUMNS if plan.history else ())]
         try:
-            wh.create_table(plan.schema, plan.name, pa.schema([*declared, *_META_SCHEMA]))
+            wh.create_table(plan.schema, plan.name, pa.schema([*declared, *engine]))
         except WriteConflict:  # another region's first run created it a moment before
             if wh.columns(plan.schema, plan.name) is None:
                 raise
+        if plan.history:
+            _current_view(wh, plan, declared.names)
     current = wh.query(f"SELECT * FROM {plan.target} LIMIT 0").schema
-    data = pa.schema([f for f in current if f.name not in sql.META_COLUMNS])
+    engine_columns = (*sql.META_COLUMNS, *sql.HISTORY_COLUMNS)
+    data = pa.schema([f for f in current if f.name not in engine_columns])
     required = [*plan.keys, *((plan.stream.cursor,) if plan.stream.cursor else ())]
     return StreamSchema(data, plan.schema_policy, plan.columns, required)
+
+
+def _current_view(wh: Warehouse, plan: StreamPlan, columns: list[str]) -> None:
+    """(Re)create a history table's view of current versions, with the table's columns."""
+    with suppress(WriteConflict):  # another region's run made the same view a moment before
+        wh.execute(history.current_view_sql(plan.schema, plan.name, columns))
 
 
 def _existing_columns(
@@ -378,17 +398,26 @@ def _add_batch(
     load: Load,
     batch: pa.RecordBatch,
     changes: list[str],
+    changed_at: pa.Array | None = None,
 ) -> None:
+    """Fit ``batch`` and stage it; a history stream's change times go with its rows."""
     if batch.num_rows == 0:
         return
     _check_keys(plan, batch)
+    if changed_at is not None:  # a column for now, so rows quarantined take theirs along
+        batch = batch.append_column(sql.CHANGED_AT, changed_at.cast(pa.timestamp("us")))
     batch = _quarantine_null_keys(plan, load, batch)
+    if changed_at is not None:
+        changed_at = batch.column(sql.CHANGED_AT)
+        batch = batch.drop_columns([sql.CHANGED_AT])
     before = schema.current
     fitted, found = schema.fit(batch)
     changes.extend(c.describe() for c in found)
     if schema.current != before:
         load.migrate(schema.current)
         _evolve(wh, plan, before, schema.current)
+    if changed_at is not None:
+        fitted = fitted.append_column(sql.CHANGED_AT, changed_at)
     load.add(fitted)
 
 
@@ -406,6 +435,8 @@ def _evolve(wh: Warehouse, plan: StreamPlan, before: pa.Schema, after: pa.Schema
         wh.add_columns(plan.schema, plan.name, pa.schema(added))
     if widened:
         wh.widen_columns(plan.schema, plan.name, pa.schema(widened))
+    if plan.history:
+        _current_view(wh, plan, after.names)
 
 
 def _check_keys(plan: StreamPlan, batch: pa.RecordBatch) -> None:
@@ -488,6 +519,15 @@ def _snapshot_deletes(
             if isinstance(message, Batch) and message.data.num_rows:
                 batch = message.data.select(list(read.primary_key))
                 keys.add(batch.rename_columns(list(plan.keys)), 0)
-        detect_deletes(wh, plan, keys, ctx, entry)
+        keys.flush()
+        if keys.ref is None:
+            log.warning(
+                "%s [%s]: the source returned no keys; not deleting every row",
+                plan.name,
+                ctx.region,
+            )
+            return
+        detect = history.detect_deletes if plan.history else detect_deletes
+        detect(wh, plan, keys.ref, ctx, entry)
     finally:
         keys.reset()

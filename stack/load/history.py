@@ -1,0 +1,368 @@
+"""``incremental_deduped_history``: every version of every row, kept as it happened (SCD type 2).
+
+A history table holds one row per version of a key, with the stream's columns and
+``_mds_valid_from`` / ``_mds_valid_to`` (the time the version was current; ``_mds_valid_to``
+NULL while it still is) and ``_mds_is_current``. A view ``<table>_current`` shows the current
+versions, the rows an ``incremental_deduped`` table of the same stream holds.
+
+Each commit turns what it staged into versions, in order, per key: the key's current version
+(from the table), then the staged events, ordered as the engine orders them everywhere (the
+batch, then the cursor, then the row's place in its batch: a CDC source's order of
+changes). Every event leaves the key in a state: *live* with values (a record), *deleted*
+with the last values (a soft delete) or *absent* (a hard delete). An event that leaves the
+state as it was (the same record read again, a delete of a key already gone) makes no version;
+every other one ends the version before it and, unless it leaves the key absent, starts one.
+
+A version is valid from the source's time for the change: the commit time a CDC source sends
+(:attr:`connectors.base.Batch.changed_at`), else the cursor where it is a date or time, else
+the run's load time; a tombstone's from its deletion time. Times never go back within a key
+(a version never ends before it starts): a time earlier than the version before it is taken
+as that one's.
+
+All of it is computed outside the transaction, in one query, into a staging table; the
+commit's transaction then closes the versions it ends and inserts the new ones, with the
+state: a crash leaves the table as the last commit left it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import pyarrow as pa
+
+from connectors.base import SOURCE_DELETED_AT
+from stack import sql
+from stack.load.ledger import RunEntry
+from stack.load.plan import RunContext, StreamPlan
+from stack.load.staged import LoadContext, StagedLoad, check_stale
+from stack.load.staging import Stage
+from stack.sql import (
+    CHANGED_AT,
+    DELETED_AT,
+    IS_CURRENT,
+    LOADED_AT,
+    POS,
+    REGION,
+    RUN_ID,
+    SEQ,
+    VALID_FROM,
+    VALID_TO,
+    ident,
+)
+from stack.warehouse.base import Warehouse
+
+COLUMNS = pa.schema(
+    [(VALID_FROM, pa.timestamp("us")), (VALID_TO, pa.timestamp("us")), (IS_CURRENT, pa.bool_())]
+)
+"""The columns a history table has besides the stream's and the metadata every table has."""
+CURRENT_SUFFIX = "_current"
+
+# Events, in the staging table of versions: the key's current version in the table (its
+# state live or deleted), a staged record, a staged tombstone.
+_CURRENT, _RECORD, _DELETE, _CURRENT_DELETED = 0, 1, 2, 3
+_LIVE, _DELETED, _ABSENT = "'L'", "'D'", "'A'"
+
+
+def _names(columns: Sequence[str], prefix: str = "") -> str:
+    return ", ".join(f"{prefix}{ident(c)}" for c in columns)
+
+
+def current_view(table: str) -> str:
+    """The name of ``table``'s view of current versions."""
+    return table + CURRENT_SUFFIX
+
+
+def current_view_sql(schema: str, table: str, columns: Sequence[str]) -> str:
+    """``CREATE OR REPLACE VIEW`` of the current versions: the stream's and the metadata
+    columns, ``_mds_valid_from`` too (since when the row is as it is)."""
+    names = ", ".join(ident(c) for c in (*columns, *sql.META_COLUMNS, VALID_FROM))
+    return (
+        f"CREATE OR REPLACE VIEW {sql.table(schema, current_view(table))} AS "
+        f"SELECT {names} FROM {sql.table(schema, table)} WHERE {ident(IS_CURRENT)}"
+    )
+
+
+def row_time(columns: Sequence[str], cursor: str | None, temporal_cursor: bool) -> str:
+    """When a staged record (alias ``s``) became valid; the last parameter: load time."""
+    times = [f"s.{ident(CHANGED_AT)}"] if CHANGED_AT in columns else []
+    if cursor and temporal_cursor:
+        times.append(f"CAST(s.{ident(cursor)} AS TIMESTAMP)")
+    return f"coalesce({', '.join([*times, '?::TIMESTAMP'])})"
+
+
+def versions_sql(
+    target: str,
+    keys: Sequence[str],
+    columns: Sequence[str],
+    rows: str | None,
+    deletes: str | None,
+    *,
+    cursor: str | None,
+    time: str,
+    soft: bool,
+) -> str:
+    """SELECT of the versions a commit writes and the current versions it ends.
+
+    ``rows``: staged records (``columns``, ``_mds_seq``, ``_mds_pos``), valid from ``time``
+    (:func:`row_time`); ``deletes``: tombstones (keys, ``_deleted_at``, ``_mds_seq``).
+    Columns are named ``_c0``, ``_c1``... after ``columns`` (no name of the stream's can
+    collide with the query's own), then ``_d`` (a tombstone's time), ``_kind`` (the event),
+    ``_state`` and ``_prev`` (the key's state after and before it), ``_from`` and ``_to``.
+    Parameters: load time (with ``rows``), region.
+    """
+    alias = {c: f"_c{i}" for i, c in enumerate(columns)}
+    key = ", ".join(alias[k] for k in keys)
+    order = "_seq, _oc NULLS FIRST, _pos" if cursor else "_seq, _pos"
+    window = f"PARTITION BY {key} ORDER BY {order}"
+    running = f"{window} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
+    oc = (lambda a: f"{a}.{ident(cursor)}") if cursor else (lambda a: "NULL")
+    events = []
+    if rows:
+        values = ", ".join(f"s.{ident(c)} AS {alias[c]}" for c in columns)
+        events.append(
+            f"SELECT {values}, NULL::TIMESTAMP AS _d, s.{ident(SEQ)} AS _seq, "
+            f"s.{ident(POS)} AS _pos, {oc('s')} AS _oc, {time} AS _at, {_RECORD} AS _kind "
+            f"FROM {rows} AS s"
+        )
+    if deletes:
+        values = ", ".join(
+            f"d.{ident(c)} AS {alias[c]}" if c in keys else f"NULL AS {alias[c]}" for c in columns
+        )
+        gone = f"d.{ident(SOURCE_DELETED_AT)}"
+        events.append(
+            f"SELECT {values}, {gone} AS _d, d.{ident(SEQ)} AS _seq, 0 AS _pos, NULL AS _oc, "
+            f"{gone} AS _at, {_DELETE} AS _kind FROM {deletes} AS d"
+        )
+    touched = " UNION ALL ".join(f"SELECT {_names(keys)} FROM {r}" for r in (rows, deletes) if r)
+    match = " AND ".join(f"k.{ident(c)} = t.{ident(c)}" for c in keys)
+    values = ", ".join(f"t.{ident(c)} AS {alias[c]}" for c in columns)
+    events.append(
+        f"SELECT {values}, t.{ident(DELETED_AT)} AS _d, -1 AS _seq, 0 AS _pos, {oc('t')} AS _oc, "
+        f"t.{ident(VALID_FROM)} AS _at, CASE WHEN t.{ident(DELETED_AT)} IS NULL "
+        f"THEN {_CURRENT} ELSE {_CURRENT_DELETED} END AS _kind FROM {target} AS t "
+        f"WHERE t.{ident(REGION)} = ? AND t.{ident(IS_CURRENT)} "
+        f"AND EXISTS (SELECT 1 FROM ({touched}) AS k WHERE {match})"
+    )
+    others = [alias[c] for c in columns if c not in keys]
+    # A tombstone takes the values of the last record or current version before it: the
+    # events since that one form a group.
+    group = f"PARTITION BY {key}, _grp ORDER BY {order}"
+    filled = ", ".join(
+        [
+            *(alias[k] for k in keys),
+            *(f"first_value({c}) OVER ({group}) AS {c}" for c in others),
+        ]
+    )
+    deleted = _DELETED if soft else _ABSENT
+    state = (
+        f"CASE WHEN _kind IN ({_CURRENT}, {_RECORD}) THEN {_LIVE} "
+        f"WHEN _kind = {_CURRENT_DELETED} THEN {_DELETED} "
+        f"WHEN _grp > 0 THEN {deleted} ELSE {_ABSENT} END"
+    )
+    differs = " OR ".join(f"lag({c}) OVER ({window}) IS DISTINCT FROM {c}" for c in others)
+    changed = f"_state <> _prev OR (_state <> {_ABSENT} AND _differs)"
+    return (
+        f"WITH e AS ({' UNION ALL '.join(events)}), "
+        f"g AS (SELECT *, count(CASE WHEN _kind <> {_DELETE} THEN 1 END) OVER ({running}) "
+        f"AS _grp FROM e), "
+        f"f AS (SELECT {filled}, _d, _seq, _pos, _oc, _at, _kind, {state} AS _state FROM g), "
+        f"m AS (SELECT *, coalesce(lag(_state) OVER ({window}), {_ABSENT}) AS _prev, "
+        f"{differs or 'FALSE'} AS _differs FROM f), "
+        f"kept AS (SELECT * FROM m WHERE _kind IN ({_CURRENT}, {_CURRENT_DELETED}) "
+        f"OR {changed}), "
+        f"timed AS (SELECT *, max(_at) OVER ({running}) AS _from FROM kept), "
+        f"v AS (SELECT *, lead(_from) OVER ({window}) AS _to FROM timed) "
+        f"SELECT {', '.join(alias[c] for c in columns)}, _d, _kind, _state, _prev, _from, _to "
+        f"FROM v WHERE _kind IN ({_RECORD}, {_DELETE}) OR _to IS NOT NULL"
+    )
+
+
+def close_sql(target: str, versions: str, keys: Sequence[str], columns: Sequence[str]) -> str:
+    """End the current versions the commit supersedes. Parameters: region."""
+    alias = {c: f"_c{i}" for i, c in enumerate(columns)}
+    match = " AND ".join(f"t.{ident(k)} = v.{alias[k]}" for k in keys)
+    return (
+        f"UPDATE {target} AS t SET {ident(VALID_TO)} = v._to, {ident(IS_CURRENT)} = FALSE "
+        f"FROM {versions} AS v WHERE v._kind IN ({_CURRENT}, {_CURRENT_DELETED}) AND {match} "
+        f"AND t.{ident(REGION)} = ? AND t.{ident(IS_CURRENT)}"
+    )
+
+
+def insert_sql(target: str, versions: str, columns: Sequence[str]) -> str:
+    """Write the commit's new versions. Parameters: region, run id, load time."""
+    alias = [f"_c{i}" for i in range(len(columns))]
+    names = [*columns, REGION, RUN_ID, LOADED_AT, DELETED_AT, VALID_FROM, VALID_TO, IS_CURRENT]
+    return (
+        f"INSERT INTO {target} ({_names(names)}) SELECT {', '.join(alias)}, ?::VARCHAR, "
+        f"?::VARCHAR, ?::TIMESTAMP, CASE WHEN _state = {_DELETED} THEN _d END, _from, _to, "
+        f"_to IS NULL FROM {versions} WHERE _kind IN ({_RECORD}, {_DELETE}) "
+        f"AND _state <> {_ABSENT}"
+    )
+
+
+def counts_sql(versions: str) -> str:
+    """The commit's (inserted, updated, deleted): keys that became live, new versions of
+    live or deleted keys, and keys deleted."""
+    events = f"_kind IN ({_RECORD}, {_DELETE})"
+    return (
+        f"SELECT coalesce(sum(CASE WHEN {events} AND _state = {_LIVE} AND _prev = {_ABSENT} "
+        f"THEN 1 ELSE 0 END), 0), "
+        f"coalesce(sum(CASE WHEN {events} AND _state = {_LIVE} AND _prev <> {_ABSENT} "
+        f"THEN 1 ELSE 0 END), 0), "
+        f"coalesce(sum(CASE WHEN {events} AND _state <> {_LIVE} AND _prev = {_LIVE} "
+        f"THEN 1 ELSE 0 END), 0) FROM {versions}"
+    )
+
+
+def stale_sql(target: str, rows: str, keys: Sequence[str], cursor: str) -> str:
+    """WHERE clause (on staged records ``s``) of records older than their key's current
+    version. Parameters: region."""
+    match = " AND ".join(f"t.{ident(k)} = s.{ident(k)}" for k in keys)
+    return (
+        f"EXISTS (SELECT 1 FROM {target} AS t WHERE t.{ident(REGION)} = ? "
+        f"AND t.{ident(IS_CURRENT)} AND {match} AND t.{ident(cursor)} > s.{ident(cursor)})"
+    )
+
+
+def gone_sql(target: str, rows: str | None, keys: Sequence[str], window: str) -> str:
+    """SELECT, as tombstones, of the live keys of the region (within ``window``, a condition
+    on ``t``) that the staged records lack: what a full read no longer has.
+    Parameters: load time, region, then the window's."""
+    lacking = ""
+    if rows:
+        match = " AND ".join(f"s.{ident(k)} = t.{ident(k)}" for k in keys)
+        lacking = f" AND NOT EXISTS (SELECT 1 FROM {rows} AS s WHERE {match})"
+    return (
+        f"SELECT {_names(keys, 't.')}, ?::TIMESTAMP AS {ident(SOURCE_DELETED_AT)}, "
+        f"0 AS {ident(SEQ)} FROM {target} AS t WHERE t.{ident(REGION)} = ? "
+        f"AND t.{ident(IS_CURRENT)} AND t.{ident(DELETED_AT)} IS NULL AND {window}{lacking}"
+    )
+
+
+def data_columns(wh: Warehouse, plan: StreamPlan) -> list[str]:
+    """The stream's columns in its history table (all but mdstack's own)."""
+    found = wh.columns(plan.schema, plan.name) or {}
+    engine = (*sql.META_COLUMNS, *sql.HISTORY_COLUMNS)
+    return [c for c in found if c not in engine]
+
+
+@dataclass
+class Versions:
+    """A commit's versions, computed into a staging table (:func:`versions_sql`)."""
+
+    table: str
+    columns: list[str]
+    inserted: int
+    updated: int
+    deleted: int
+
+    def write(self, wh: Warehouse, plan: StreamPlan, ctx: RunContext, entry: RunEntry) -> None:
+        """End the versions superseded and insert the new ones; call inside the transaction."""
+        ref = wh.stage_ref(self.table)
+        wh.execute(close_sql(plan.target, ref, plan.keys, self.columns), [ctx.region])
+        wh.execute(
+            insert_sql(plan.target, ref, self.columns), [ctx.region, ctx.run_id, ctx.loaded_at]
+        )
+        entry.inserted += self.inserted
+        entry.updated += self.updated
+        entry.deleted += self.deleted
+
+
+def stage_versions(
+    wh: Warehouse,
+    plan: StreamPlan,
+    ctx: RunContext,
+    columns: list[str],
+    rows: str | None,
+    deletes: str | None,
+    time: str = "",
+) -> Versions:
+    """Compute the versions ``rows`` (valid from ``time``) and ``deletes`` make, outside the
+    transaction that writes them."""
+    name = f"_mds_versions_{plan.name}"
+    select = versions_sql(
+        plan.target,
+        plan.keys,
+        columns,
+        rows,
+        deletes,
+        cursor=plan.stream.cursor,
+        time=time,
+        soft=plan.soft,
+    )
+    params = [ctx.loaded_at, ctx.region] if rows else [ctx.region]
+    wh.execute(f"CREATE OR REPLACE TEMP TABLE {ident(name)} AS {select}", params)
+    counts = wh.query(counts_sql(wh.stage_ref(name))).to_pylist()[0].values()
+    inserted, updated, deleted = (int(n) for n in counts)
+    return Versions(name, columns, inserted, updated, deleted)
+
+
+class HistoryLoad(StagedLoad):
+    """Stage records and tombstones; each commit writes them as versions (module docstring)."""
+
+    def __init__(self, lc: LoadContext, temporal_cursor: bool) -> None:
+        super().__init__(lc)
+        self.records = Stage(lc.wh, f"_mds_stage_{lc.plan.name}", positions=True)
+        self.temporal_cursor = temporal_cursor
+        """The cursor is a date or time: a record's version is valid from its cursor."""
+
+    def migrate(self, schema: pa.Schema) -> None:
+        if CHANGED_AT in self.records.columns:  # the source's change times stay staged
+            schema = schema.append(pa.field(CHANGED_AT, pa.timestamp("us")))
+        self.records.migrate(schema)
+
+    def _prepare(self) -> tuple[Callable[[], None], list[str]]:
+        wh, plan, ctx, entry = self.lc.wh, self.lc.plan, self.lc.ctx, self.lc.entry
+        replace = self.lc.replace
+        rows, deletes = self.records.ref, self.deletes.ref
+        cursor, made = plan.stream.cursor, []
+        if rows and cursor and self._filled(wh, plan.target, ctx.region):
+            where = stale_sql(plan.target, rows, plan.keys, cursor)
+            check_stale(wh, plan, self, rows, where, [ctx.region])
+        if replace is not None:  # what the read no longer has is deleted, not cleared
+            window, params = replace.window()
+            select = gone_sql(plan.target, rows, plan.keys, window)
+            if deletes:
+                names = _names([*plan.keys, SOURCE_DELETED_AT, SEQ])
+                select += f" UNION ALL SELECT {names} FROM {deletes}"
+            gone = f"_mds_gone_{plan.name}"
+            wh.execute(
+                f"CREATE OR REPLACE TEMP TABLE {ident(gone)} AS {select}",
+                [ctx.loaded_at, ctx.region, *params],
+            )
+            deletes, made = wh.stage_ref(gone), [gone]
+        staged = self.records.columns
+        columns = [c for c in staged if c != CHANGED_AT] if rows else data_columns(wh, plan)
+        time = row_time(staged, cursor, self.temporal_cursor)
+        versions = stage_versions(wh, plan, ctx, columns, rows, deletes, time)
+        return partial(versions.write, wh, plan, ctx, entry), [*made, versions.table]
+
+
+def detect_deletes(
+    wh: Warehouse, plan: StreamPlan, keys: str, ctx: RunContext, entry: RunEntry
+) -> None:
+    """End the current versions of the keys the source no longer has (``keys``: its whole key
+    set): hard, or with a deleted version (soft); with a ``delete_window``, only of rows
+    whose cursor falls in it."""
+    window, params = "TRUE", []
+    if plan.delete_window and plan.stream.cursor:
+        window, params = f"t.{ident(plan.stream.cursor)} >= ?", [ctx.loaded_at - plan.delete_window]
+    gone = f"_mds_gone_{plan.name}"
+    select = gone_sql(plan.target, keys, plan.keys, window)
+    wh.execute(
+        f"CREATE OR REPLACE TEMP TABLE {ident(gone)} AS {select}",
+        [ctx.loaded_at, ctx.region, *params],
+    )
+    versions = None
+    try:
+        if wh.query(f"SELECT 1 FROM {wh.stage_ref(gone)} LIMIT 1").num_rows:
+            columns = data_columns(wh, plan)
+            versions = stage_versions(wh, plan, ctx, columns, None, wh.stage_ref(gone))
+            with wh.transaction():
+                versions.write(wh, plan, ctx, entry)
+    finally:
+        wh.drop_stage(gone)
+        if versions is not None:
+            wh.drop_stage(versions.table)
