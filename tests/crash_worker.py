@@ -27,9 +27,11 @@ from tests.scripted import ScriptedSource
 from tests.strategies import change_rounds
 
 STREAMS = (
-    # (region, mode, deletes): the staged path (merge, deletes) and the direct one.
-    ("deduped", "incremental_deduped", "hard"),
-    ("appended", "incremental_append", "none"),
+    # (region, mode, deletes, schema): the staged paths (merge, deletes; versions) and the
+    # direct one. A history table has columns of its own: it is another table.
+    ("deduped", "incremental_deduped", "hard", "raw"),
+    ("history", "incremental_deduped_history", "soft", "history"),
+    ("appended", "incremental_append", "none", "raw"),
 )
 ROUNDS, ROWS = 8, 250
 
@@ -44,13 +46,14 @@ def main(adapter: str, location: str, life: str) -> None:
     order = int(life) % len(STREAMS)
     with ADAPTERS[adapter].open(Path(location)) as wh:
         print("ready", flush=True)
-        for region, mode, deletes in STREAMS[order:] + STREAMS[:order]:
+        for region, mode, deletes, schema in STREAMS[order:] + STREAMS[:order]:
             sync(
                 wh,
                 ScriptedSource(messages),
                 mode=mode,
                 deletes=deletes,
                 region=region,
+                schema=schema,
                 run_id=f"life-{life}",
                 policy=EVERY_CHECKPOINT,
                 progress=lambda stream, rows: print("read", flush=True),

@@ -22,14 +22,20 @@ streams of a source share the slot is :mod:`connectors.postgres.shared_slot`'s):
   advanced to the smallest of them (``pg_replication_slot_advance``). Changes are then
   *peeked* (``pg_logical_slot_peek_binary_changes``, non-consuming) up to the WAL flush
   position at the start of the read, decoded from pgoutput's binary protocol once for every
-  stream, routed by table, skipped by a stream whose LSN is past their commit, and compacted
-  per stream window, the windows holding at most ``batch_size`` keys together: the last
-  event per key wins, upserts become a :class:`Batch`, deletes a :class:`Deletes` (key
-  columns plus ``_deleted_at`` = commit time, naive UTC). A :class:`Checkpoint` with the
-  commit's end LSN follows the first transaction boundary after a stream's window is
-  yielded, so a huge transaction is yielded in bounded pieces and checkpointed once, at its
-  commit. A read that fails or is not committed leaves the slot where it was: re-reading
-  from the same states yields the same changes again (exactly-once).
+  stream, routed by table, skipped by a stream whose LSN is past their commit, and gathered
+  per stream window, the windows holding at most ``batch_size`` keys (events, for history
+  streams) together. A window is compacted: the last event per key wins, upserts become a
+  :class:`Batch`, deletes a :class:`Deletes` (key columns plus ``_deleted_at`` = commit
+  time, naive UTC). A history stream's window
+  (:attr:`~connectors.base.ConfiguredStream.history`) keeps every event instead, in WAL
+  order, yielded as consecutive runs: a :class:`Batch` per run of upserts, with
+  :attr:`~connectors.base.Batch.changed_at` = each row's commit time, a :class:`Deletes` per
+  run of deletes (an update, a delete and a re-insert of one key: Batch, Deletes, Batch).
+  A :class:`Checkpoint` with the commit's end LSN follows the first transaction boundary
+  after a stream's window is yielded, so a huge transaction is yielded in bounded pieces
+  and checkpointed once, at its commit. A read that fails or is not committed leaves the
+  slot where it was: re-reading from the same states yields the same changes again
+  (exactly-once).
 * **Idle tables, busy database**: every read ends with a Checkpoint for every stream at the
   position it read up to, even when none of the changes were its own. PostgreSQL 15+ sends
   no BEGIN/COMMIT for a transaction that touched no published table, so no commit boundary
@@ -42,17 +48,22 @@ streams of a source share the slot is :mod:`connectors.postgres.shared_slot`'s):
 * Values arrive as PostgreSQL's text output (the session pins ``TimeZone=UTC``,
   ``DateStyle=ISO``...) and are cast to the stream's Arrow types. An unchanged TOASTed value
   (not sent by pgoutput) is taken from the old row image (``REPLICA IDENTITY FULL``) or
-  looked up by key. ``TRUNCATE`` cannot be expressed as deletes: the read fails and asks for
-  a re-snapshot.
+  looked up by key: the value the row has at the time of the read (null once it is
+  deleted). A history stream's window takes it first from the key's previous version in
+  the window, when there is one; else an intermediate version without a full old image gets
+  the looked-up value, the row's current one, not the one it had then: give tables whose
+  history matters ``REPLICA IDENTITY FULL``. ``TRUNCATE`` cannot be expressed as deletes:
+  the read fails and asks for a re-snapshot.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import struct
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -88,6 +99,9 @@ class Target:
     columns: tuple[tuple[str, pa.DataType, str], ...]  # name, Arrow type, format_type()
     primary_key: tuple[str, ...]
     replica_identity: str  # pg_class.relreplident: d(efault) n(othing) f(ull) i(ndex)
+    history: bool = False
+    """The stream keeps every version (:attr:`connectors.base.ConfiguredStream.history`):
+    its changes are not compacted (:class:`_History`)."""
 
     @property
     def qualified(self) -> sql.Identifier:
@@ -107,8 +121,16 @@ class Target:
         return cls(message, source=self.source, stream=self.stream, hint=hint)
 
     @classmethod
-    def of(cls, source: str, stream: str, table: Table, primary_key: tuple[str, ...]) -> Target:
-        """The table as CDC sees it; ``primary_key`` is the stream's, else the table's own."""
+    def of(
+        cls,
+        source: str,
+        stream: str,
+        table: Table,
+        primary_key: tuple[str, ...],
+        history: bool = False,
+    ) -> Target:
+        """The table as CDC sees it; ``primary_key`` is the stream's, else the table's own;
+        ``history``: the stream's :attr:`~connectors.base.ConfiguredStream.history`."""
         return cls(
             source=source,
             stream=stream,
@@ -117,6 +139,7 @@ class Target:
             columns=tuple((c.name, c.arrow, c.pg_type) for c in table.columns),
             primary_key=primary_key or table.primary_key,
             replica_identity=table.replica_identity,
+            history=history,
         )
 
 
@@ -283,14 +306,15 @@ def read_changes(
     One pass serves every stream: each change goes to its table's stream, which skips a
     transaction that committed before its own LSN (PostgreSQL's own rule for a slot's
     confirmed position), so streams at different positions each get every change exactly
-    once. The windows share ``size`` keys: past it, the largest is yielded, and its stream
-    checkpoints at the next commit. Every stream ends with a checkpoint at ``upto`` (default:
-    the WAL flush position at the start), changes of its own or not.
+    once. The windows share ``size`` keys (events, in a history stream's window): past it,
+    the largest is yielded, and its stream checkpoints at the next commit. Every stream ends
+    with a checkpoint at ``upto`` (default: the WAL flush position at the start), changes of
+    its own or not.
     """
     if upto is None:
         upto = lsn_int(_value(conn, "SELECT pg_current_wal_flush_lsn()::text"))
     pos = {stream: lsn for stream, (_, lsn) in positions.items()}
-    windows = {stream: _Window(target) for stream, (target, _) in positions.items()}
+    windows = {stream: _window(target) for stream, (target, _) in positions.items()}
     decoder = _Decoder(windows, pos)
     pubs = _sql_text(conn, sql.Identifier(publication))  # pgoutput splits quoted identifiers
     with conn.transaction(), conn.cursor(name=f"mds_cdc_{slot}", binary=True) as cur:
@@ -396,7 +420,7 @@ class _Decoder:
         key = window.key(new)
         if old is not None and window.key(old) != key:
             window.delete(window.key(old), self.committed_at)
-        window.upsert(key, new, old if full else None)
+        window.upsert(key, new, old if full else None, self.committed_at)
 
 
 def _cstring(buf: bytes, pos: int) -> tuple[str, int]:
@@ -418,6 +442,11 @@ def _tuple(buf: bytes, pos: int, columns: list[str]) -> tuple[dict[str, Any], in
         else:
             values[columns[i]] = _UNCHANGED if kind == b"u" else None
     return values, pos
+
+
+def _window(target: Target) -> _Window:
+    """An empty window for ``target``'s changes: every one kept for a history stream."""
+    return _History(target) if target.history else _Window(target)
 
 
 class _Window:
@@ -443,7 +472,10 @@ class _Window:
             )
         return key
 
-    def upsert(self, key: tuple, new: dict[str, Any], old: dict[str, Any] | None) -> None:
+    def upsert(
+        self, key: tuple, new: dict[str, Any], old: dict[str, Any] | None, at: datetime
+    ) -> None:
+        """``new`` values of ``key``, committed ``at``; ``old``: the full old image, if sent."""
         for name, value in new.items():
             if value is _UNCHANGED and old is not None:
                 new[name] = old.get(name, _UNCHANGED)
@@ -455,45 +487,105 @@ class _Window:
         self.deleted[key] = at
 
     def flush(self, conn: Connection) -> Iterator[Message]:
-        t = self.target
         if self.deleted:
-            keys = list(self.deleted)
-            arrays = [
-                to_arrow([k[i] for k in keys], typ, name, t)
-                for i, (name, typ) in enumerate(self._key_types())
-            ]
-            arrays.append(pa.array(list(self.deleted.values()), pa.timestamp("us")))
-            names = [*t.primary_key, SOURCE_DELETED_AT]
-            yield Deletes(t.stream, pa.RecordBatch.from_arrays(arrays, names=names))
+            yield self._deletes(list(self.deleted), list(self.deleted.values()))
         if self.rows:
-            self._fill_unchanged(conn)
-            rows = list(self.rows.values())
-            arrays = [to_arrow([r.get(n) for r in rows], typ, n, t) for n, typ, _ in t.columns]
-            yield Batch(t.stream, pa.RecordBatch.from_arrays(arrays, schema=t.arrow_schema))
+            self._fill_unchanged(conn, self.rows.items())
+            yield self._batch(list(self.rows.values()))
         self.rows, self.deleted = {}, {}
+
+    def _deletes(self, keys: list[tuple], at: list[datetime]) -> Deletes:
+        t = self.target
+        arrays = [
+            to_arrow([k[i] for k in keys], typ, name, t)
+            for i, (name, typ) in enumerate(self._key_types())
+        ]
+        arrays.append(pa.array(at, pa.timestamp("us")))
+        names = [*t.primary_key, SOURCE_DELETED_AT]
+        return Deletes(t.stream, pa.RecordBatch.from_arrays(arrays, names=names))
+
+    def _batch(self, rows: list[dict[str, Any]], at: list[datetime] | None = None) -> Batch:
+        t = self.target
+        arrays = [to_arrow([r.get(n) for r in rows], typ, n, t) for n, typ, _ in t.columns]
+        data = pa.RecordBatch.from_arrays(arrays, schema=t.arrow_schema)
+        changed_at = None if at is None else pa.array(at, pa.timestamp("us"))
+        return Batch(t.stream, data, changed_at)
 
     def _key_types(self) -> list[tuple[str, pa.DataType]]:
         types = {name: typ for name, typ, _ in self.target.columns}
         return [(k, types[k]) for k in self.target.primary_key]
 
-    def _fill_unchanged(self, conn: Connection) -> None:
-        """Look up TOASTed values pgoutput did not send; a row deleted since stays null."""
+    def _fill_unchanged(
+        self, conn: Connection, rows: Iterable[tuple[tuple, dict[str, Any]]]
+    ) -> None:
+        """Look up TOASTed values pgoutput did not send, once per key: the row's values now,
+        for every row of the key (a history window's versions too); a row deleted since
+        stays null."""
         t = self.target
         pg_types = {name: pg for name, _, pg in t.columns}
         where = sql.SQL(" AND ").join(
             sql.SQL("{} = %s::{}").format(sql.Identifier(k), sql.SQL(pg_types[k]))
             for k in t.primary_key
         )
-        for key, row in self.rows.items():
-            missing = [name for name, value in row.items() if value is _UNCHANGED]
-            if not missing:
-                continue
+        lacking: dict[tuple, list[dict[str, Any]]] = {}
+        for key, row in rows:
+            if any(value is _UNCHANGED for value in row.values()):
+                lacking.setdefault(key, []).append(row)
+        for key, versions in lacking.items():
+            names = {n: None for row in versions for n, v in row.items() if v is _UNCHANGED}
+            missing = list(names)
             cols = sql.SQL(", ").join(
                 sql.SQL("{}::text").format(sql.Identifier(n)) for n in missing
             )
             query = sql.SQL("SELECT {} FROM {} WHERE {}").format(cols, t.qualified, where)
             found = conn.execute(query, key).fetchone()
-            row.update(zip(missing, found or [None] * len(missing), strict=True))
+            values = dict(zip(missing, found or [None] * len(missing), strict=True))
+            for row in versions:
+                row.update({n: values[n] for n, v in row.items() if v is _UNCHANGED})
+
+
+class _History(_Window):
+    """The changes since the last checkpoint of a history stream, every one in WAL order:
+    yielded as runs, a :class:`Batch` per run of upserts (with each row's commit time as
+    ``changed_at``), a :class:`Deletes` per run of deletes. Its size counts events."""
+
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
+        self.events: list[tuple[tuple, dict[str, Any] | None, datetime]] = []
+        """(key, values or None for a delete, commit time), in WAL order."""
+        self.last: dict[tuple, dict[str, Any]] = {}
+        """Each key's latest values in the window, while it is live."""
+
+    @property
+    def size(self) -> int:
+        return len(self.events)
+
+    def upsert(
+        self, key: tuple, new: dict[str, Any], old: dict[str, Any] | None, at: datetime
+    ) -> None:
+        """An unchanged TOASTed value is the old image's, else the key's previous version's
+        in this window (the row's looked up at the flush when neither has it)."""
+        before = old if old is not None else self.last.get(key)
+        for name, value in new.items():
+            if value is _UNCHANGED and before is not None:
+                new[name] = before.get(name, _UNCHANGED)
+        self.last[key] = new
+        self.events.append((key, new, at))
+
+    def delete(self, key: tuple, at: datetime) -> None:
+        self.last.pop(key, None)
+        self.events.append((key, None, at))
+
+    def flush(self, conn: Connection) -> Iterator[Message]:
+        events, self.events, self.last = self.events, [], {}
+        self._fill_unchanged(conn, ((k, row) for k, row, _ in events if row is not None))
+        for deleted, group in itertools.groupby(events, key=lambda event: event[1] is None):
+            run = list(group)
+            times = [at for _, _, at in run]
+            if deleted:
+                yield self._deletes([key for key, _, _ in run], times)
+            else:
+                yield self._batch([row for _, row, _ in run if row is not None], times)
 
 
 def to_arrow(values: list[str | None], typ: pa.DataType, column: str, target: Target) -> pa.Array:

@@ -369,7 +369,9 @@ class PostgresSource(BaseSource[PostgresConfig]):
         assert repl is not None
         targets, tables = [], {}
         for stream, table in reads:
-            target = cdc.Target.of(self.name, stream.name, table, stream.primary_key)
+            target = cdc.Target.of(
+                self.name, stream.name, table, stream.primary_key, stream.history
+            )
             state = states.get(stream.name)
             self.check_state(stream, state or {})
             targets.append((target, shared_slot.Position.of(state)))

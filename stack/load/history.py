@@ -333,6 +333,8 @@ class HistoryLoad(StagedLoad):
                 [ctx.loaded_at, ctx.region, *params],
             )
             deletes, made = wh.stage_ref(gone), [gone]
+        if not (rows or deletes):  # a commit of the state alone
+            return lambda: None, made
         staged = self.records.columns
         columns = [c for c in staged if c != CHANGED_AT] if rows else data_columns(wh, plan)
         time = row_time(staged, cursor, self.temporal_cursor)

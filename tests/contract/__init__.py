@@ -14,6 +14,12 @@ written from ARCHITECTURE.md ("Sync modes and deletes"), never from the SQL:
   row of the key read before the tombstone; a soft delete marks them.
 * ``full_refresh_overwrite``: exactly the records of the last run.
 * ``full_refresh_append``: every run adds a copy of what it read, tagged with its run id.
+* ``incremental_deduped_history``: a row per version of a key, tagged ``current`` on the
+  key's current one. A record makes a version unless it is the key's current one
+  again (same values); a hard delete ends the current version (no version is
+  current then); a soft delete adds a version with the last values and the
+  tombstone's time, current until the key is emitted again; a tombstone for a key
+  not live leaves nothing. Its current versions are the ``incremental_deduped`` rows.
 * ``deletes: none`` (and overwrite) ignores tombstones.
 
 :data:`ADAPTERS` says how to get each warehouse; adding one is one entry. The
@@ -29,6 +35,7 @@ multiplies them for a deep run.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -64,7 +71,9 @@ POLICIES = {"every checkpoint": EVERY_CHECKPOINT, "coalesced": CommitPolicy()}
 """The two commit policies: a commit per checkpoint, and one commit at the end of a short run."""
 Row = tuple[Any, ...]
 """(copy, id, name, updated_at, deleted-at in microseconds or None); copy is the run id
-for ``full_refresh_append`` and ``""`` otherwise."""
+for ``full_refresh_append``, ``"current"`` for a key's current version in a history table,
+and ``""`` otherwise."""
+HISTORY = "incremental_deduped_history"
 
 
 @dataclass(frozen=True)
@@ -193,17 +202,55 @@ def table_rows(wh: Warehouse, region: str, mode: str, schema: str = SCHEMA) -> l
     """The region's rows of ``<schema>.items``, in the shape of :func:`expected_rows`."""
     if wh.columns(schema, STREAM) is None:
         return []
+    copy = (
+        "CASE WHEN _mds_is_current THEN 'current' ELSE '' END" if mode == HISTORY else "_mds_run_id"
+    )
     result = wh.query(
-        f"SELECT _mds_run_id, id, name, updated_at, _mds_deleted_at FROM {table(schema, STREAM)} "
+        f"SELECT {copy}, id, name, updated_at, _mds_deleted_at FROM {table(schema, STREAM)} "
         "WHERE _mds_region = ?",
         [region],
     )
-    tagged = mode == "full_refresh_append"
+    tagged = mode in ("full_refresh_append", HISTORY)
     rows = [
         (run if tagged else "", key, name, cursor, _micros(deleted))
         for run, key, name, cursor, deleted in (tuple(r.values()) for r in result.to_pylist())
     ]
     return sorted(rows, key=repr)
+
+
+def check_history(wh: Warehouse, region: str, deletes: str, messages: Sequence[Message]) -> None:
+    """A history table's times hold together, and its view of current versions holds the rows
+    an ``incremental_deduped`` table of the same ``messages`` would.
+
+    Per key: at most one version is current, the one without an end; every version ends no
+    earlier than it starts, and none overlaps the next (so "as of" any time finds one).
+    """
+    result = wh.query(
+        f"SELECT id, _mds_valid_from, _mds_valid_to, _mds_is_current FROM {table(SCHEMA, STREAM)} "
+        "WHERE _mds_region = ? ORDER BY id, _mds_valid_from, _mds_valid_to NULLS LAST",
+        [region],
+    )
+    versions: dict[int, list[tuple]] = {}
+    for key, start, end, current in (tuple(r.values()) for r in result.to_pylist()):
+        versions.setdefault(key, []).append((start, end, current))
+    for key, kept in versions.items():
+        assert sum(current for _, _, current in kept) <= 1, f"key {key}: two current versions"
+        for start, end, current in kept:
+            assert (end is None) == current, f"key {key}: {start}-{end} current={current}"
+            assert end is None or start <= end, f"key {key} ends before it starts"
+        for (_, end, _), (start, _, _) in itertools.pairwise(kept):
+            assert end is not None and end <= start, f"key {key}: versions overlap"
+    view = wh.query(
+        f"SELECT '', id, name, updated_at, _mds_deleted_at "
+        f"FROM {table(SCHEMA, STREAM + '_current')} "
+        "WHERE _mds_region = ?",
+        [region],
+    )
+    current = sorted(
+        ((*r[:4], _micros(r[4])) for r in (tuple(r.values()) for r in view.to_pylist())),
+        key=repr,
+    )
+    assert current == expected_rows("incremental_deduped", deletes, [("", messages)])
 
 
 def elsewhere(wh: Warehouse, region: str) -> tuple[list[tuple], list[tuple]]:
@@ -280,6 +327,29 @@ def _deduped(messages: Sequence[Message], deletes: str) -> list[Row]:
     return [("", key, *row) for key, row in rows.items()]
 
 
+def _history(messages: Sequence[Message], deletes: str) -> list[Row]:
+    versions: dict[int, list[list]] = {}
+    live: dict[int, bool] = {}
+    """Keys not absent: live (True) or soft-deleted (False)."""
+    for kind, key, name, value in events(messages):
+        kept = versions.setdefault(key, [])
+        if kind == "record":
+            if not (live.get(key) and kept[-1][:2] == [name, value]):
+                kept.append([name, value, None])
+                live[key] = True
+        elif deletes != "none" and live.get(key):
+            if deletes == "hard":
+                del live[key]
+            else:
+                kept.append([*kept[-1][:2], value])
+                live[key] = False
+    return [
+        ("current" if key in live and i == len(kept) - 1 else "", key, *version)
+        for key, kept in versions.items()
+        for i, version in enumerate(kept)
+    ]
+
+
 def _appended(messages: Sequence[Message], deletes: str) -> list[Row]:
     rows: list[list] = []
     for kind, key, name, value in events(messages):
@@ -305,6 +375,8 @@ def expected_rows(
     """
     if mode == "incremental_deduped":
         rows = _deduped([m for _, messages in runs for m in messages], deletes)
+    elif mode == HISTORY:
+        rows = _history([m for _, messages in runs for m in messages], deletes)
     elif mode == "incremental_append":
         rows = _appended([m for _, messages in runs for m in messages], deletes)
     else:

@@ -33,6 +33,7 @@ from stack.load import EVERY_CHECKPOINT
 from stack.warehouse.base import Warehouse
 from tests import crash_worker
 from tests.contract import (
+    HISTORY,
     POLICIES,
     SCALE,
     Adapter,
@@ -128,6 +129,7 @@ def probe_steps(wh: Warehouse, region: str, per_run: int, **options) -> list[str
 WRITE_PATHS = [
     # (mode, deletes, rounds each run reads): every write path, every step of it
     ("incremental_deduped", "soft", 1),  # staged: soft-delete UPDATE, MERGE
+    (HISTORY, "soft", 1),  # staged: versions computed, current ones ended, new ones inserted
     ("incremental_append", "none", 2),  # direct: appends inside a transaction, then the next
     ("full_refresh_overwrite", "none", 1),  # direct: clear the region, append, at the end
 ]
@@ -242,6 +244,8 @@ SourceCase = tuple[str, str]
 SOURCE_CASES = [
     ("incremental_deduped", "hard"),
     ("incremental_deduped", "soft"),
+    (HISTORY, "hard"),
+    (HISTORY, "soft"),
     ("incremental_append", "hard"),
     ("incremental_append", "soft"),
     ("incremental_append", "none"),
@@ -265,7 +269,9 @@ def test_a_source_that_dies_anywhere_then_a_rerun_gives_the_model_table(
     """
     (mode, deletes), said = case, script.until(1)
     fail_at = data.draw(st.integers(0, len(said) - 1), label="fail at")
-    region, options = regions(), dict(mode=mode, deletes=deletes, policy=POLICIES[policy])
+    schema = "history" if mode == HISTORY else "raw"  # its table has columns of its own
+    region = regions()
+    options = dict(mode=mode, deletes=deletes, policy=POLICIES[policy], schema=schema)
     with pytest.raises(RuntimeError, match="source died"):
         sync(warehouse, ScriptedSource(said, fail_at), region=region, run_id="dies", **options)
     committed = position(warehouse, region)
@@ -273,11 +279,11 @@ def test_a_source_that_dies_anywhere_then_a_rerun_gives_the_model_table(
     if POLICIES[policy] == EVERY_CHECKPOINT and mode.startswith("incremental"):
         assert committed == checkpoints[-1]
     assert committed in checkpoints
-    assert table_rows(warehouse, region, mode) == committed_rows(
+    assert table_rows(warehouse, region, mode, schema) == committed_rows(
         warehouse, region, mode, deletes, said
     )
     rerun = sync(warehouse, ScriptedSource(said), region=region, run_id="rerun", **options)
-    assert table_rows(warehouse, region, mode) == expected_rows(mode, deletes, [("", said)])
+    assert table_rows(warehouse, region, mode, schema) == expected_rows(mode, deletes, [("", said)])
     assert stored_state(warehouse, region) == {"position": len(said)}
     assert rerun.rows_read == records_read(
         said[committed:] if mode != "full_refresh_overwrite" else said
@@ -368,24 +374,26 @@ def test_sync_processes_killed_at_random_moments_then_a_rerun_land_the_source_ex
         assert worker.stdout.readline() == "ready\n", worker.communicate()[1]
         kills.append(kill_at_random(worker, rng))
         with adapter.open(warehouse_location) as wh:
-            for region, mode, deletes in crash_worker.STREAMS:
-                assert table_rows(wh, region, mode) == committed_rows(
+            for region, mode, deletes, schema in crash_worker.STREAMS:
+                assert table_rows(wh, region, mode, schema) == committed_rows(
                     wh, region, mode, deletes, script
                 ), f"life {life} killed {kills[-1]}: {region} does not match its state"
     assert any(kills), "every worker had ended before its kill"
 
     with adapter.open(warehouse_location) as wh:
-        for region, mode, deletes in crash_worker.STREAMS:
+        for region, mode, deletes, schema in crash_worker.STREAMS:
             sync(
                 wh,
                 ScriptedSource(script),
                 mode=mode,
                 deletes=deletes,
                 region=region,
+                schema=schema,
                 run_id="rerun",
                 policy=EVERY_CHECKPOINT,
             )
-            assert table_rows(wh, region, mode) == expected_rows(mode, deletes, [("", script)])
+            expected = expected_rows(mode, deletes, [("", script)])
+            assert table_rows(wh, region, mode, schema) == expected
             assert stored_state(wh, region) == {"position": len(script)}
             last = run_ledger(wh, region)[-1]
             assert (last["run_id"], last["status"]) == ("rerun", "succeeded")

@@ -17,8 +17,10 @@ from hypothesis import strategies as st
 from stack.load import CommitPolicy
 from tests import scripted
 from tests.contract import (
+    HISTORY,
     POLICIES,
     Row,
+    check_history,
     elsewhere,
     examples,
     expected_rows,
@@ -42,6 +44,9 @@ CASES = [
     ("full_refresh_overwrite", "none"),
     ("full_refresh_overwrite", "hard"),
     ("full_refresh_append", "none"),
+    (HISTORY, "hard"),
+    (HISTORY, "soft"),
+    (HISTORY, "none"),
 ]
 
 _EVERY_KIND = (
@@ -109,7 +114,11 @@ def test_every_run_leaves_the_table_the_model_says(
         assert stored_state(warehouse, region) == {"position": position}
         assert entry.rows_read == records_read(read)
         # The ledger's counts add up to what changed in the table.
-        if mode == "full_refresh_overwrite":
+        if mode == HISTORY:
+            check_history(warehouse, region, deletes, said)
+            versions = entry.inserted + entry.updated + (entry.deleted if deletes == "soft" else 0)
+            assert len(after) - len(before) == versions
+        elif mode == "full_refresh_overwrite":
             assert entry.inserted == len(after)
         elif deletes != "soft":
             assert len(after) - len(before) == entry.inserted - entry.deleted
