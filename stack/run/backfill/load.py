@@ -140,7 +140,7 @@ def partition_column(config: StackConfig, plan: StreamPlan) -> str:
             hint=f'add `backfill: {{partition_by: {{"{name}": <date column>}}}}`',
         )
     changes = column == plan.stream.cursor and column not in plan.stream.spec.immutable
-    if plan.mode == "incremental_deduped" and changes:
+    if plan.mode.startswith("incremental_deduped") and changes:
         raise ConfigError(
             f"stream {name} is deduped and would be cut into partitions on its cursor "
             f"{column!r}, which changes: a record updated after the window would be deleted "

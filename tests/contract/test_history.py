@@ -1,0 +1,166 @@
+"""``incremental_deduped_history`` beyond the model: change times, full reads, new columns.
+
+The model-based test (``test_engine_model``) checks which versions a history table holds;
+these check the times they are valid, and the ways a history table is written besides
+records and tombstones: a full refresh, snapshot delete detection, schema evolution, and
+records older than the current version.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pyarrow as pa
+import pytest
+
+from connectors.base import Batch
+from stack.errors import SchemaError
+from stack.load.staged import Replacement
+from stack.sql import table
+from stack.warehouse.base import Warehouse
+from tests.contract import HISTORY, POLICIES, SCHEMA, STREAM, check_history, sync
+from tests.scripted import SCHEMA as ITEMS
+from tests.scripted import ScriptedSource, checkpoint, rows
+
+T0 = datetime(2026, 12, 1, 9, 0)
+
+
+def changes(*records: tuple[int, str, int], at: list[datetime]) -> Batch:
+    """Records with the times the source changed them (a CDC source's commit times)."""
+    return Batch(rows(*records).stream, rows(*records).data, pa.array(at, pa.timestamp("us")))
+
+
+def versions(wh: Warehouse, region: str, *columns: str) -> list[tuple]:
+    """The region's versions, by key and start: (id, name, current, *columns)."""
+    extra = "".join(f", {c}" for c in columns)
+    result = wh.query(
+        f"SELECT id, name, _mds_is_current{extra} FROM {table(SCHEMA, STREAM)} "
+        "WHERE _mds_region = ? ORDER BY id, _mds_valid_from, _mds_valid_to NULLS LAST",
+        [region],
+    )
+    return [tuple(r.values()) for r in result.to_pylist()]
+
+
+def run(wh: Warehouse, region: str, source: ScriptedSource, run_id: str, **options) -> None:
+    options.setdefault("deletes", "hard")
+    sync(
+        wh,
+        source,
+        mode=HISTORY,
+        region=region,
+        run_id=run_id,
+        policy=POLICIES["every checkpoint"],
+        **options,
+    )
+
+
+def test_a_key_changed_three_times_in_one_batch_is_three_versions_valid_from_each_change(
+    warehouse, regions
+):
+    region = regions()
+    at = [T0, T0 + timedelta(seconds=1), T0 + timedelta(seconds=5)]
+    said = [changes((1, "a", 1), (1, "b", 2), (1, "c", 3), (2, "x", 1), at=[*at, T0]), checkpoint()]
+    run(warehouse, region, ScriptedSource(said), "r1")
+    assert versions(warehouse, region, "_mds_valid_from", "_mds_valid_to") == [
+        (1, "a", False, at[0], at[1]),
+        (1, "b", False, at[1], at[2]),
+        (1, "c", True, at[2], None),
+        (2, "x", True, T0, None),
+    ]
+    # The next change of key 1 ends its current version at its own time.
+    later = [*said, changes((1, "d", 4), at=[T0 + timedelta(hours=1)]), checkpoint()]
+    run(warehouse, region, ScriptedSource(later), "r2")
+    assert versions(warehouse, region, "_mds_valid_to")[2:4] == [
+        (1, "c", False, T0 + timedelta(hours=1)),
+        (1, "d", True, None),
+    ]
+    check_history(warehouse, region, "hard", later)
+
+
+def test_a_time_before_the_current_version_is_taken_as_its_start(warehouse, regions):
+    """Versions never end before they start, whatever clocks the source's times came from."""
+    region = regions()
+    said = [changes((1, "a", 1), at=[T0]), checkpoint()]
+    run(warehouse, region, ScriptedSource(said), "r1")
+    said += [changes((1, "b", 2), at=[T0 - timedelta(days=1)]), checkpoint()]
+    run(warehouse, region, ScriptedSource(said), "r2")
+    assert versions(warehouse, region, "_mds_valid_from", "_mds_valid_to") == [
+        (1, "a", False, T0, T0),
+        (1, "b", True, T0, None),
+    ]
+
+
+@pytest.mark.parametrize("deletes", ["hard", "soft"])
+def test_a_full_refresh_keeps_the_history_and_ends_what_the_source_no_longer_has(
+    warehouse, regions, deletes: str
+):
+    region = regions()
+    first = [rows((1, "a", 1), (2, "b", 1), (3, "c", 1)), checkpoint()]
+    run(warehouse, region, ScriptedSource(first), "r1", deletes=deletes)
+    now = [rows((1, "a", 1), (2, "b2", 2)), checkpoint()]
+    run(warehouse, region, ScriptedSource(now), "r2", deletes=deletes, replace=Replacement())
+    ended = [(3, "c", False)] + ([(3, "c", True)] if deletes == "soft" else [])
+    assert versions(warehouse, region) == [
+        (1, "a", True),
+        (2, "b", False),
+        (2, "b2", True),
+        *ended,
+    ]
+
+
+@pytest.mark.parametrize("deletes", ["hard", "soft"])
+def test_snapshot_delete_detection_ends_the_versions_of_keys_that_vanished(
+    warehouse, regions, deletes: str
+):
+    region = regions()
+    said = [rows((1, "a", 1), (2, "b", 1)), checkpoint()]
+    run(warehouse, region, ScriptedSource(said), "r1", deletes=deletes)
+    source = ScriptedSource(said, snapshot=[rows((1, "a", 1)), checkpoint()])
+    run(warehouse, region, source, "r2", deletes=deletes, delete_detection="snapshot")
+    soft = deletes == "soft"
+    assert versions(warehouse, region, "_mds_deleted_at IS NOT NULL") == [
+        (1, "a", True, False),
+        (2, "b", False, False),
+        *([(2, "b", True, True)] if soft else []),
+    ]
+    view = warehouse.query(f"SELECT id FROM {table(SCHEMA, STREAM + '_current')}")
+    assert sorted(view.column(0).to_pylist()) == ([1, 2] if soft else [1])
+    # Run again: nothing more vanished, nothing changes.
+    run(warehouse, region, source, "r3", deletes=deletes, delete_detection="snapshot")
+    assert len(versions(warehouse, region)) == (3 if soft else 2)
+
+
+def test_a_new_column_reaches_the_history_and_its_current_view(warehouse, regions):
+    region = regions()
+    said = [rows((1, "a", 1)), checkpoint()]
+    run(warehouse, region, ScriptedSource(said), "r1")
+    wider = ITEMS.append(pa.field("colour", pa.string()))
+    data = pa.record_batch([[1], ["a"], [2], ["red"]], schema=wider)
+    said += [Batch("items", data), checkpoint()]
+    run(warehouse, region, ScriptedSource(said), "r2")
+    assert versions(warehouse, region, "colour") == [(1, "a", False, None), (1, "a", True, "red")]
+    view = warehouse.query(f"SELECT id, colour FROM {table(SCHEMA, STREAM + '_current')}")
+    assert view.to_pylist() == [{"id": 1, "colour": "red"}]
+
+
+@pytest.mark.parametrize("on_bad_record", ["fail", "quarantine"])
+def test_a_record_older_than_the_current_version_is_never_a_version(
+    warehouse, regions, on_bad_record: str
+):
+    region = regions()
+    said = [rows((1, "b", 5)), checkpoint()]
+    run(warehouse, region, ScriptedSource(said), "r1")
+    said += [rows((1, "a", 3), (2, "x", 1)), checkpoint()]
+    if on_bad_record == "fail":
+        with pytest.raises(SchemaError, match="older than the row already loaded"):
+            run(warehouse, region, ScriptedSource(said), "r2", on_bad_record=on_bad_record)
+        assert versions(warehouse, region) == [(1, "b", True)]
+        return
+    run(warehouse, region, ScriptedSource(said), "r2", on_bad_record=on_bad_record)
+    assert versions(warehouse, region) == [(1, "b", True), (2, "x", True)]
+    quarantined = warehouse.query(
+        f"SELECT count(*) FROM {table(warehouse.meta_schema, '_mds_quarantine')} "
+        "WHERE region = ? AND stream = ?",
+        [region, STREAM],
+    )
+    assert quarantined.column(0)[0].as_py() == 1
