@@ -147,27 +147,33 @@ def versions_sql(
     )
     others = [alias[c] for c in columns if c not in keys]
     # A tombstone takes the values of the last record or current version before it: the
-    # events since that one form a group.
-    group = f"PARTITION BY {key}, _grp ORDER BY {order}"
-    filled = ", ".join(
-        [
-            *(alias[k] for k in keys),
-            *(f"first_value({c}) OVER ({group}) AS {c}" for c in others),
-        ]
-    )
-    deleted = _DELETED if soft else _ABSENT
+    # events since that one form a group. Without tombstones each event is its own.
     state = (
         f"CASE WHEN _kind IN ({_CURRENT}, {_RECORD}) THEN {_LIVE} "
-        f"WHEN _kind = {_CURRENT_DELETED} THEN {_DELETED} "
-        f"WHEN _grp > 0 THEN {deleted} ELSE {_ABSENT} END"
+        f"WHEN _kind = {_CURRENT_DELETED} THEN {_DELETED}"
     )
+    if deletes:
+        deleted = _DELETED if soft else _ABSENT
+        state += f" WHEN _grp > 0 THEN {deleted} ELSE {_ABSENT} END"
+        group = f"PARTITION BY {key}, _grp ORDER BY {order}"
+        values = ", ".join(
+            [
+                *(alias[k] for k in keys),
+                *(f"first_value({c}) OVER ({group}) AS {c}" for c in others),
+            ]
+        )
+        grouped = (
+            f"g AS (SELECT *, count(CASE WHEN _kind <> {_DELETE} THEN 1 END) OVER ({running}) "
+            f"AS _grp FROM e), "
+            f"f AS (SELECT {values}, _d, _seq, _pos, _oc, _at, _kind, {state} AS _state FROM g), "
+        )
+    else:
+        grouped = f"f AS (SELECT *, {state} END AS _state FROM e), "
     differs = " OR ".join(f"lag({c}) OVER ({window}) IS DISTINCT FROM {c}" for c in others)
     changed = f"_state <> _prev OR (_state <> {_ABSENT} AND _differs)"
     return (
         f"WITH e AS ({' UNION ALL '.join(events)}), "
-        f"g AS (SELECT *, count(CASE WHEN _kind <> {_DELETE} THEN 1 END) OVER ({running}) "
-        f"AS _grp FROM e), "
-        f"f AS (SELECT {filled}, _d, _seq, _pos, _oc, _at, _kind, {state} AS _state FROM g), "
+        f"{grouped}"
         f"m AS (SELECT *, coalesce(lag(_state) OVER ({window}), {_ABSENT}) AS _prev, "
         f"{differs or 'FALSE'} AS _differs FROM f), "
         f"kept AS (SELECT * FROM m WHERE _kind IN ({_CURRENT}, {_CURRENT_DELETED}) "
