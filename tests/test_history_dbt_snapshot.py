@@ -19,7 +19,6 @@ the history at its sync's load time (when delete detection ran), dbt at its own 
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,9 +29,9 @@ import pytest
 import yaml
 
 from stack.transform.dbt import run_dbt
-from stack.warehouse.duckdb import DuckDBWarehouse
+from stack.warehouse.duckdb import ALIAS, DuckDBWarehouse
 from tests.cdc_stack import mdstack
-from tests.servers.pg_server import connect_kwargs, schema_of_its_own
+from tests.servers.pg_server import schema_of_its_own
 
 pytestmark = pytest.mark.slow
 
@@ -56,12 +55,14 @@ DAYS = [
         "INSERT INTO {t} VALUES (6, 'six', 60, '2024-01-02 12:00'),"
         " (7, 'seven', 70, '2024-01-02 12:05')",
     ],
-    # day 3: other updates (one key a second time), one hard delete
+    # day 3: other updates (one key a second time, one only touched: updated_at bumped, the
+    # values as they were), one hard delete
     [
         "UPDATE {t} SET name = 'three v2', amount = 31, updated_at = '2024-01-03 07:00'"
         " WHERE id = 3",
         "UPDATE {t} SET amount = 11, updated_at = '2024-01-03 08:00' WHERE id = 1",
         "UPDATE {t} SET name = 'six v2', updated_at = '2024-01-03 09:45' WHERE id = 6",
+        "UPDATE {t} SET updated_at = '2024-01-03 10:00' WHERE id = 5",
         f"DELETE FROM {{t}} WHERE id = {DELETED}",
     ],
 ]
@@ -69,7 +70,7 @@ DAYS = [
 VERSIONS_PER_DAY = [
     {1: 1, 2: 1, 3: 1, 4: 1, 5: 1},
     {1: 2, 2: 2, 3: 1, 4: 1, 5: 1, 6: 1, 7: 1},
-    {1: 3, 2: 2, 3: 2, 4: 1, 5: 1, 6: 2, 7: 1},
+    {1: 3, 2: 2, 3: 2, 4: 1, 5: 2, 6: 2, 7: 1},
 ]
 
 DBT_PROJECT = """\
@@ -130,7 +131,7 @@ def write_stack(folder: Path, dsn: dict[str, Any], schema: str) -> Path:
 
 
 def write_dbt_project(folder: Path) -> Path:
-    """A dbt project with one snapshot of the deduped table (in ``lake``, schema ``main``)."""
+    """A dbt project with one snapshot of the deduped table (into the lake, schema ``main``)."""
     project = folder / "dbt"
     (project / "snapshots").mkdir(parents=True)
     (project / "models").mkdir()
@@ -138,7 +139,12 @@ def write_dbt_project(folder: Path) -> Path:
     sources = {
         "version": 2,
         "sources": [
-            {"name": "deduped", "database": "lake", "schema": DEDUPED, "tables": [{"name": "items"}]}
+            {
+                "name": "deduped",
+                "database": ALIAS,  # the lake, as Warehouse.dbt_output() attaches it
+                "schema": DEDUPED,
+                "tables": [{"name": "items"}],
+            }
         ],
     }
     (project / "models" / "sources.yml").write_text(yaml.safe_dump(sources))
@@ -230,7 +236,7 @@ def test_history_versions_equal_a_dbt_snapshot_of_the_deduped_stream(
     hist_end, snap_end = hist[DELETED][-1][-1], snap[DELETED][-1][-1]
     assert started <= hist_end <= synced
     assert snap_end is not None and snap_end > snap[DELETED][-1][-2]
-    is_current = query(tmp_path, f"SELECT bool_or(_mds_is_current) FROM {HISTORY}.items")
-    assert is_current == [(True,)]
+    flags = f"SELECT count(*) FROM {HISTORY}.items WHERE _mds_is_current <> (_mds_valid_to IS NULL)"
+    assert query(tmp_path, flags) == [(0,)]  # current: the versions not ended
     gone = query(tmp_path, f"SELECT _mds_is_current FROM {HISTORY}.items WHERE id = {DELETED}")
     assert gone == [(False,), (False,)]

@@ -27,7 +27,7 @@ __all__ = [
 SchemaPolicy = Literal["evolve", "freeze", "discard"]
 DeleteMode = Literal["hard", "soft", "none"]
 BadRecordPolicy = Literal["fail", "quarantine"]
-SyncSetting = SyncMode | Literal["incremental_deduped_history"]
+SyncSetting = Literal[SyncMode, "incremental_deduped_history"]
 """A stream's ``sync:``: a source's sync mode, or ``incremental_deduped_history`` (every
 version of every row kept, read as ``incremental_deduped``: :mod:`stack.load.history`)."""
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"

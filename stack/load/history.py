@@ -60,8 +60,9 @@ COLUMNS = pa.schema(
 CURRENT_SUFFIX = "_current"
 
 # Events, in the staging table of versions: the key's current version in the table (its
-# state live or deleted), a staged record, a staged tombstone.
-_CURRENT, _RECORD, _DELETE, _CURRENT_DELETED = 0, 1, 2, 3
+# state live or deleted), a staged record, a staged tombstone, and for a key whose versions
+# all ended (a hard delete) the end of its last one: versions start no earlier.
+_CURRENT, _RECORD, _DELETE, _CURRENT_DELETED, _ENDED = 0, 1, 2, 3, 4
 _LIVE, _DELETED, _ABSENT = "'L'", "'D'", "'A'"
 
 
@@ -110,7 +111,7 @@ def versions_sql(
     Columns are named ``_c0``, ``_c1``... after ``columns`` (no name of the stream's can
     collide with the query's own), then ``_d`` (a tombstone's time), ``_kind`` (the event),
     ``_state`` and ``_prev`` (the key's state after and before it), ``_from`` and ``_to``.
-    Parameters: load time (with ``rows``), region.
+    Parameters: load time (with ``rows``), region, region.
     """
     alias = {c: f"_c{i}" for i, c in enumerate(columns)}
     key = ", ".join(alias[k] for k in keys)
@@ -145,12 +146,22 @@ def versions_sql(
         f"WHERE t.{ident(REGION)} = ? AND t.{ident(IS_CURRENT)} "
         f"AND EXISTS (SELECT 1 FROM ({touched}) AS k WHERE {match})"
     )
+    nulls = ", ".join(
+        f"t.{ident(c)} AS {alias[c]}" if c in keys else f"NULL AS {alias[c]}" for c in columns
+    )
+    events.append(
+        f"SELECT {nulls}, NULL AS _d, -1 AS _seq, 0 AS _pos, NULL AS _oc, "
+        f"max(t.{ident(VALID_TO)}) AS _at, {_ENDED} AS _kind FROM {target} AS t "
+        f"WHERE t.{ident(REGION)} = ? AND EXISTS (SELECT 1 FROM ({touched}) AS k WHERE {match}) "
+        f"GROUP BY {_names(keys, 't.')} "
+        f"HAVING max(CASE WHEN t.{ident(IS_CURRENT)} THEN 1 ELSE 0 END) = 0"
+    )
     others = [alias[c] for c in columns if c not in keys]
     # A tombstone takes the values of the last record or current version before it: the
     # events since that one form a group. Without tombstones each event is its own.
     state = (
         f"CASE WHEN _kind IN ({_CURRENT}, {_RECORD}) THEN {_LIVE} "
-        f"WHEN _kind = {_CURRENT_DELETED} THEN {_DELETED}"
+        f"WHEN _kind = {_CURRENT_DELETED} THEN {_DELETED} WHEN _kind = {_ENDED} THEN {_ABSENT}"
     )
     if deletes:
         deleted = _DELETED if soft else _ABSENT
@@ -163,7 +174,8 @@ def versions_sql(
             ]
         )
         grouped = (
-            f"g AS (SELECT *, count(CASE WHEN _kind <> {_DELETE} THEN 1 END) OVER ({running}) "
+            f"g AS (SELECT *, count(CASE WHEN _kind NOT IN ({_DELETE}, {_ENDED}) THEN 1 END) "
+            f"OVER ({running}) "
             f"AS _grp FROM e), "
             f"f AS (SELECT {values}, _d, _seq, _pos, _oc, _at, _kind, {state} AS _state FROM g), "
         )
@@ -176,7 +188,7 @@ def versions_sql(
         f"{grouped}"
         f"m AS (SELECT *, coalesce(lag(_state) OVER ({window}), {_ABSENT}) AS _prev, "
         f"{differs or 'FALSE'} AS _differs FROM f), "
-        f"kept AS (SELECT * FROM m WHERE _kind IN ({_CURRENT}, {_CURRENT_DELETED}) "
+        f"kept AS (SELECT * FROM m WHERE _kind IN ({_CURRENT}, {_CURRENT_DELETED}, {_ENDED}) "
         f"OR {changed}), "
         f"timed AS (SELECT *, max(_at) OVER ({running}) AS _from FROM kept), "
         f"v AS (SELECT *, lead(_from) OVER ({window}) AS _to FROM timed) "
@@ -298,7 +310,7 @@ def stage_versions(
         time=time,
         soft=plan.soft,
     )
-    params = [ctx.loaded_at, ctx.region] if rows else [ctx.region]
+    params = [*([ctx.loaded_at] if rows else []), ctx.region, ctx.region]
     wh.execute(f"CREATE OR REPLACE TEMP TABLE {ident(name)} AS {select}", params)
     counts = wh.query(counts_sql(wh.stage_ref(name))).to_pylist()[0].values()
     inserted, updated, deleted = (int(n) for n in counts)

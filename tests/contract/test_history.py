@@ -20,7 +20,7 @@ from stack.sql import table
 from stack.warehouse.base import Warehouse
 from tests.contract import HISTORY, POLICIES, SCHEMA, STREAM, check_history, sync
 from tests.scripted import SCHEMA as ITEMS
-from tests.scripted import ScriptedSource, checkpoint, rows
+from tests.scripted import ScriptedSource, checkpoint, deletes, rows
 
 T0 = datetime(2026, 12, 1, 9, 0)
 
@@ -164,3 +164,23 @@ def test_a_record_older_than_the_current_version_is_never_a_version(
         [region, STREAM],
     )
     assert quarantined.column(0)[0].as_py() == 1
+
+
+def test_a_key_back_after_a_hard_delete_starts_no_earlier_than_its_end(warehouse, regions):
+    """Its new version never overlaps the one the delete ended, whatever the clocks."""
+    region = regions()
+    gone = datetime(2100, 1, 1)
+    said = [rows((1, "a", 1)), checkpoint()]
+    run(warehouse, region, ScriptedSource(said), "r1")
+    said += [
+        deletes(1, at=(gone - datetime(1970, 1, 1)) // timedelta(microseconds=1)),
+        checkpoint(),
+    ]
+    run(warehouse, region, ScriptedSource(said), "r2")
+    said += [rows((1, "b", 2)), checkpoint()]
+    run(warehouse, region, ScriptedSource(said), "r3")
+    assert versions(warehouse, region, "_mds_valid_to", "_mds_valid_from")[1:] == [
+        (1, "b", True, None, gone)
+    ]
+    assert versions(warehouse, region, "_mds_valid_to")[0] == (1, "a", False, gone)
+    check_history(warehouse, region, "hard", said)
