@@ -37,7 +37,6 @@ from stack import sql
 from stack.load.ledger import RunEntry
 from stack.load.plan import RunContext, StreamPlan
 from stack.load.staged import LoadContext, StagedLoad, check_stale
-from stack.load.staging import Stage
 from stack.sql import (
     CHANGED_AT,
     DELETED_AT,
@@ -321,8 +320,7 @@ class HistoryLoad(StagedLoad):
     """Stage records and tombstones; each commit writes them as versions (module docstring)."""
 
     def __init__(self, lc: LoadContext, temporal_cursor: bool) -> None:
-        super().__init__(lc)
-        self.records = Stage(lc.wh, f"_mds_stage_{lc.plan.name}", positions=True)
+        super().__init__(lc, positions=True)  # a key's versions in a batch keep their order
         self.temporal_cursor = temporal_cursor
         """The cursor is a date or time: a record's version is valid from its cursor."""
 

@@ -10,6 +10,7 @@ import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 from connectors.base import Catalog, ConfiguredStream, StreamSpec, SyncMode
 from stack import sql
@@ -108,7 +109,7 @@ class StreamPlan:
         return f"{self.source}.{self.stream.name}"
 
 
-HISTORY = "incremental_deduped_history"
+HISTORY: Final = "incremental_deduped_history"
 
 
 def _modes(spec: StreamSpec) -> tuple[str, ...]:
@@ -131,10 +132,9 @@ def plan_stream(
     where = f"sources.{source_name}.streams.{stream_name}"
     keys = tuple(wanted.primary_key or spec.primary_key)
     cursor = wanted.cursor or spec.cursor
-    history = wanted.sync == "incremental_deduped_history"
-    read: SyncMode = (
-        "incremental_deduped" if wanted.sync == "incremental_deduped_history" else wanted.sync
-    )
+    history = wanted.sync == HISTORY
+    # A history stream is read as a deduped one (the source keeps every change: history).
+    read: SyncMode = "incremental_deduped" if wanted.sync == HISTORY else wanted.sync
     problems = {
         "sync": (
             read not in spec.sync_modes or (history and spec.loaded_externally),

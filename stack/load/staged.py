@@ -142,10 +142,12 @@ class StagedLoad:
     must not commit half of it).
     """
 
-    def __init__(self, lc: LoadContext, region_filled: bool | None = None) -> None:
+    def __init__(
+        self, lc: LoadContext, region_filled: bool | None = None, *, positions: bool = False
+    ) -> None:
         self.lc = lc
         name = lc.plan.name
-        self.records = Stage(lc.wh, f"_mds_stage_{name}")
+        self.records = Stage(lc.wh, f"_mds_stage_{name}", positions=positions)
         self.deletes = Stage(lc.wh, f"_mds_deletes_{name}")
         self.bad = Stage(lc.wh, f"_mds_bad_{name}")
         self.state: State | None = None
