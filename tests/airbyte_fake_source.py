@@ -28,7 +28,8 @@ writes them), ``undeclared`` (``{field: value}`` every ``items`` record carries 
 ``discover`` never declares), ``upstream`` (the path of a JSON file read by each command, the
 source's data as it is now, which may change while the config does not: ``count`` overrides
 the config's, ``columns`` ``{name: JSON Schema}`` are columns ``items`` gained, declared by
-``discover`` and in every record, ``"<name> <id>"``).
+``discover`` and in every record, ``"<name> <id>"``), ``cdc_updated_at`` (a time: ``items``
+declares ``_ab_cdc_updated_at``, as CDC sources do, and every record and delete carries it).
 """
 
 from __future__ import annotations
@@ -135,6 +136,8 @@ def item(i: int, config: dict, deleted: bool = False) -> dict:
         data |= {"price": "n/a"}
     if deleted:
         data = {"id": i, "_ab_cdc_deleted_at": "2026-02-01T00:00:00Z"}
+    if "cdc_updated_at" in config:
+        data["_ab_cdc_updated_at"] = config["cdc_updated_at"]
     return data
 
 
@@ -234,6 +237,9 @@ def main(argv: list[str]) -> int:
     elif verb == "discover":
         items = json.loads(json.dumps(ITEMS))
         items["json_schema"]["properties"] |= config.get("columns", {})
+        if "cdc_updated_at" in config:
+            stamp = {"type": ["null", "string"], "format": "date-time"}
+            items["json_schema"]["properties"]["_ab_cdc_updated_at"] = stamp
         streams = [items, EVENTS, BLOBS]
         if config.get("wild"):
             schema = config["wild"]["schema"]

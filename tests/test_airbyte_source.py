@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,30 @@ def test_cdc_deleted_records_become_deletes_in_stream_order(
     else:
         marked = rows(warehouse, columns="id, _mds_deleted_at IS NOT NULL")
         assert marked == [(1, False), (2, True), (3, False), (4, False), (5, True), (6, False)]
+
+
+def test_cdc_change_times_start_the_versions_of_a_history_stream(warehouse, tmp_path: Path):
+    """``_ab_cdc_updated_at`` is when each record changed: a history stream's versions start
+    then, not when they were loaded; every change of a key is a version."""
+    changed = "2026-03-01T10:00:00Z"
+    source = fake(
+        count=3,
+        state_every=100,
+        deleted=[2],
+        revived=[2],
+        cdc_updated_at=changed,
+    )
+    streams = {"items": {"sync": "incremental_deduped_history", "deletes": "hard"}}
+    sync(warehouse, tmp_path, source, streams, "r1")
+    versions = rows(warehouse, columns="id, _mds_valid_from, _mds_is_current")
+    start = datetime(2026, 3, 1, 10, 0)
+    assert sorted(versions, key=lambda v: (v[0], v[2])) == [
+        (1, start, True),
+        (2, start, False),
+        (2, start, True),
+        (3, start, True),
+    ]
+    assert rows(warehouse, table="items_current") == [(1,), (2,), (3,)]
 
 
 # -- errors, logs, types ----------------------------------------------------------------------

@@ -22,6 +22,7 @@ import pyarrow.types as pat
 
 JSON_SCHEMA_DRAFT = "http://json-schema.org/draft-07/schema#"
 CDC_DELETED_AT = "_ab_cdc_deleted_at"
+CDC_UPDATED_AT = "_ab_cdc_updated_at"
 """The column Airbyte's CDC sources set on a record that was deleted (the record carries
 the key and this time)."""
 TIMESTAMP_TZ = pa.timestamp("us", "UTC")

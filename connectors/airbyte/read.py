@@ -15,6 +15,8 @@ by :class:`connectors.airbyte.records.Records`. Then:
   exactly the list a ``--state`` file holds;
 * records with ``_ab_cdc_deleted_at`` set (CDC sources) become
   :class:`~connectors.base.Deletes` of their primary key, in stream order with the rows;
+  a CDC source's ``_ab_cdc_updated_at`` goes with its rows as their change times
+  (:attr:`~connectors.base.Batch.changed_at`: a history stream's versions start then);
 * **LOG** goes to logging at its level; a **TRACE** of type ERROR raises a ConnectorError
   (retryable for ``transient_error``) after nothing more is yielded; **CONTROL** messages
   (the connector asking to change its stored config) are logged and ignored.
@@ -35,7 +37,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from connectors.airbyte.json_schema import CDC_DELETED_AT
+from connectors.airbyte.json_schema import CDC_DELETED_AT, CDC_UPDATED_AT
 from connectors.airbyte.process import Scrubber, log_message, parse_line, raise_for_trace
 from connectors.airbyte.records import Records
 from connectors.base import SOURCE_DELETED_AT, Batch, Checkpoint, Deletes, Message, State
@@ -179,7 +181,22 @@ class _Blocks:
         if self.keys is not None:
             yield from _split_deletes(self.stream, batch, self.keys)
         elif batch.num_rows:
-            yield Batch(self.stream, batch)
+            yield _rows(self.stream, batch)
+
+
+def _rows(name: str, batch: pa.RecordBatch) -> Batch:
+    """A batch of records, with their CDC change times (``_ab_cdc_updated_at``) where the
+    source sends them: a history stream's versions are valid from them."""
+    if CDC_UPDATED_AT not in batch.schema.names:
+        return Batch(name, batch)
+    return Batch(name, batch, _utc(batch.column(CDC_UPDATED_AT)))
+
+
+def _utc(times: pa.Array) -> pa.Array:
+    """A CDC time column (a timestamp, or ISO 8601 text) as naive UTC ``timestamp[us]``."""
+    if pa.types.is_timestamp(times.type):
+        return times.cast(pa.timestamp("us"))  # UTC wall time, as every source's times
+    return times.cast(pa.string()).cast(pa.timestamp("us", "UTC")).cast(pa.timestamp("us"))
 
 
 def _split_deletes(name: str, batch: pa.RecordBatch, keys: tuple[str, ...]) -> Iterator[Message]:
@@ -192,12 +209,8 @@ def _split_deletes(name: str, batch: pa.RecordBatch, keys: tuple[str, ...]) -> I
             continue
         part = batch.slice(start, end - start)
         if not deleted[start]:
-            yield Batch(name, part)
+            yield _rows(name, part)
             continue
-        at = part.column(CDC_DELETED_AT)
-        if pa.types.is_timestamp(at.type):
-            at = at.cast(pa.timestamp("us"))  # UTC wall time, as every source's deletes
-        else:
-            at = at.cast(pa.string()).cast(pa.timestamp("us", "UTC")).cast(pa.timestamp("us"))
+        at = _utc(part.column(CDC_DELETED_AT))
         columns = [part.column(k) for k in keys]
         yield Deletes(name, pa.RecordBatch.from_arrays([*columns, at], [*keys, SOURCE_DELETED_AT]))
