@@ -258,6 +258,23 @@ def gone_sql(target: str, rows: str | None, keys: Sequence[str], window: str) ->
     )
 
 
+def adopt(wh: Warehouse, plan: StreamPlan, temporal_cursor: bool, add_columns: bool) -> None:
+    """Make the table a history table: each row its key's current version (a table loaded
+    until now without history keeps its rows), valid from its cursor (a date or time) or
+    else its load time. Rows already versions are left as they are."""
+    if add_columns:
+        wh.add_columns(plan.schema, plan.name, COLUMNS)
+    cursor = plan.stream.cursor
+    start = ident(LOADED_AT)
+    if cursor and temporal_cursor:
+        start = f"coalesce(CAST({ident(cursor)} AS TIMESTAMP), {start})"
+    with wh.transaction():
+        wh.execute(
+            f"UPDATE {plan.target} SET {ident(VALID_FROM)} = {start}, "
+            f"{ident(IS_CURRENT)} = TRUE WHERE {ident(IS_CURRENT)} IS NULL"
+        )
+
+
 def data_columns(wh: Warehouse, plan: StreamPlan) -> list[str]:
     """The stream's columns in its history table (all but mdstack's own)."""
     found = wh.columns(plan.schema, plan.name) or {}

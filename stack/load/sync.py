@@ -41,7 +41,7 @@ from connectors.base import (
     State,
 )
 from stack import sql
-from stack.errors import SchemaError, WriteConflict
+from stack.errors import ConfigError, SchemaError, WriteConflict
 from stack.load import history, ledger
 from stack.load.external import sync_external
 from stack.load.names import ColumnNames, column_plan, load_names
@@ -321,18 +321,12 @@ def _direct(plan: StreamPlan, capabilities: Capabilities) -> bool:
     return appends and not plan.propagates_deletes
 
 
-def _temporal(kind: pa.DataType) -> bool:
-    return pa.types.is_timestamp(kind) or pa.types.is_date(kind)
-
-
 def _load(lc: LoadContext, table_existed: bool, schema: StreamSchema) -> Load:
     """How the run writes: straight into the table where nothing needs merging (appends,
     overwrites; a deduped stream's first load of an empty region), else staged."""
     wh, plan = lc.wh, lc.plan
     if plan.history:
-        cursor = plan.stream.cursor
-        kind = schema.current.field(cursor).type if cursor in schema.current.names else None
-        return history.HistoryLoad(lc, kind is not None and _temporal(kind))
+        return history.HistoryLoad(lc, _temporal_cursor(plan, schema.current))
     if _direct(plan, wh.capabilities):
         return DirectLoad(lc)
     if lc.replace is None and first_load_direct(plan, wh.capabilities):
@@ -354,13 +348,38 @@ def _destination(wh: Warehouse, plan: StreamPlan, exists: bool) -> StreamSchema:
         except WriteConflict:  # another region's first run created it a moment before
             if wh.columns(plan.schema, plan.name) is None:
                 raise
-        if plan.history:
-            _current_view(wh, plan, declared.names)
     current = wh.query(f"SELECT * FROM {plan.target} LIMIT 0").schema
     engine_columns = (*sql.META_COLUMNS, *sql.HISTORY_COLUMNS)
     data = pa.schema([f for f in current if f.name not in engine_columns])
+    kept = sql.IS_CURRENT in current.names
+    if plan.history and not (kept and _has_view(wh, plan)):
+        # A new table, one loaded until now without history, or one whose start was cut
+        # short: its rows become their keys' current versions, then the view marks it done.
+        history.adopt(wh, plan, _temporal_cursor(plan, current), add_columns=not kept)
+        _current_view(wh, plan, data.names)
+    elif kept and not plan.history:
+        raise ConfigError(
+            f"{plan.target} keeps every version of its rows (incremental_deduped_history): "
+            f"loading it as {plan.mode} would mix versions with rows",
+            key=f"sources.{plan.source}.streams.{plan.name}.sync",
+            hint="keep `sync: incremental_deduped_history` (read current rows from "
+            f"{history.current_view(plan.name)}), or load into another schema",
+        )
     required = [*plan.keys, *((plan.stream.cursor,) if plan.stream.cursor else ())]
     return StreamSchema(data, plan.schema_policy, plan.columns, required)
+
+
+def _has_view(wh: Warehouse, plan: StreamPlan) -> bool:
+    return wh.columns(plan.schema, history.current_view(plan.name)) is not None
+
+
+def _temporal_cursor(plan: StreamPlan, columns: pa.Schema) -> bool:
+    """Whether the stream's cursor is a date or a time (a version is valid from it)."""
+    cursor = plan.stream.cursor
+    if cursor is None or cursor not in columns.names:
+        return False
+    kind = columns.field(cursor).type
+    return pa.types.is_timestamp(kind) or pa.types.is_date(kind)
 
 
 def _current_view(wh: Warehouse, plan: StreamPlan, columns: list[str]) -> None:

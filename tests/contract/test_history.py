@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from connectors.base import Batch
-from stack.errors import SchemaError
+from stack.errors import ConfigError, SchemaError
 from stack.load.staged import Replacement
 from stack.sql import table
 from stack.warehouse.base import Warehouse
@@ -184,3 +184,19 @@ def test_a_key_back_after_a_hard_delete_starts_no_earlier_than_its_end(warehouse
     ]
     assert versions(warehouse, region, "_mds_valid_to")[0] == (1, "a", False, gone)
     check_history(warehouse, region, "hard", said)
+
+
+def test_a_deduped_table_turned_history_keeps_its_rows_as_current_versions(warehouse, regions):
+    region, said = regions(), [rows((1, "a", 1), (2, "b", 1)), checkpoint()]
+    policy = POLICIES["every checkpoint"]
+    options = dict(deletes="hard", region=region, policy=policy)
+    sync(warehouse, ScriptedSource(said), mode="incremental_deduped", run_id="r1", **options)
+    said += [rows((1, "a2", 2)), checkpoint()]
+    run(warehouse, region, ScriptedSource(said), "r2")
+    assert versions(warehouse, region) == [(1, "a", False), (1, "a2", True), (2, "b", True)]
+    check_history(warehouse, region, "hard", said)
+    # Back to incremental_deduped would merge into every version of a key: refused.
+    with pytest.raises(ConfigError, match="keeps every version") as refused:
+        sync(warehouse, ScriptedSource(said), mode="incremental_deduped", run_id="r3", **options)
+    assert refused.value.key == "sources.src.streams.items.sync"
+    assert "items_current" in (refused.value.hint or "")
