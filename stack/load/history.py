@@ -59,8 +59,9 @@ COLUMNS = pa.schema(
 CURRENT_SUFFIX = "_current"
 
 # Events, in the staging table of versions: the key's current version in the table (its
-# state live or deleted), a staged record, a staged tombstone, and for a key whose versions
-# all ended (a hard delete) the end of its last one: versions start no earlier.
+# state live or deleted), a staged record, a staged tombstone, and the end of the key's
+# last ended version: versions start no earlier (it matters after a hard delete; a current
+# version starts no earlier than it anyway).
 _CURRENT, _RECORD, _DELETE, _CURRENT_DELETED, _ENDED = 0, 1, 2, 3, 4
 _LIVE, _DELETED, _ABSENT = "'L'", "'D'", "'A'"
 
@@ -151,9 +152,9 @@ def versions_sql(
     events.append(
         f"SELECT {nulls}, NULL AS _d, -1 AS _seq, 0 AS _pos, NULL AS _oc, "
         f"max(t.{ident(VALID_TO)}) AS _at, {_ENDED} AS _kind FROM {target} AS t "
-        f"WHERE t.{ident(REGION)} = ? AND EXISTS (SELECT 1 FROM ({touched}) AS k WHERE {match}) "
-        f"GROUP BY {_names(keys, 't.')} "
-        f"HAVING max(CASE WHEN t.{ident(IS_CURRENT)} THEN 1 ELSE 0 END) = 0"
+        f"WHERE t.{ident(REGION)} = ? AND NOT t.{ident(IS_CURRENT)} "
+        f"AND EXISTS (SELECT 1 FROM ({touched}) AS k WHERE {match}) "
+        f"GROUP BY {_names(keys, 't.')}"
     )
     others = [alias[c] for c in columns if c not in keys]
     # A tombstone takes the values of the last record or current version before it: the
@@ -194,6 +195,22 @@ def versions_sql(
         f"SELECT {', '.join(alias[c] for c in columns)}, _d, _kind, _state, _prev, _from, _to "
         f"FROM v WHERE _kind IN ({_RECORD}, {_DELETE}) OR _to IS NOT NULL"
     )
+
+
+def first_versions_sql(target: str, rows: str, columns: Sequence[str], time: str) -> str:
+    """INSERT of the region's first records, when no key comes twice: each is its key's
+    one version, current. Parameters: region, run id, load time, then ``time``'s."""
+    names = [*columns, REGION, RUN_ID, LOADED_AT, DELETED_AT, VALID_FROM, VALID_TO, IS_CURRENT]
+    return (
+        f"INSERT INTO {target} ({_names(names)}) SELECT {_names(columns, 's.')}, ?::VARCHAR, "
+        f"?::VARCHAR, ?::TIMESTAMP, NULL::TIMESTAMP, {time}, NULL::TIMESTAMP, TRUE "
+        f"FROM {rows} AS s"
+    )
+
+
+def repeats_sql(rows: str, keys: Sequence[str]) -> str:
+    """A row if some key comes twice in the staged records, else none."""
+    return f"SELECT 1 FROM {rows} GROUP BY {_names(keys)} HAVING count(*) > 1 LIMIT 1"
 
 
 def close_sql(target: str, versions: str, keys: Sequence[str], columns: Sequence[str]) -> str:
@@ -371,8 +388,23 @@ class HistoryLoad(StagedLoad):
         staged = self.records.columns
         columns = [c for c in staged if c != CHANGED_AT] if rows else data_columns(wh, plan)
         time = row_time(staged, cursor, self.temporal_cursor)
+        if rows and not deletes and self._first(rows):
+            return partial(self._insert_first, rows, columns, time), made
         versions = stage_versions(wh, plan, ctx, columns, rows, deletes, time)
         return partial(versions.write, wh, plan, ctx, entry), [*made, versions.table]
+
+    def _first(self, rows: str) -> bool:
+        """The region's first records, no key twice: each one version, nothing to order."""
+        wh, plan = self.lc.wh, self.lc.plan
+        if self._filled(wh, plan.target, self.lc.ctx.region):
+            return False
+        return not wh.query(repeats_sql(rows, plan.keys)).num_rows
+
+    def _insert_first(self, rows: str, columns: list[str], time: str) -> None:
+        wh, plan, ctx = self.lc.wh, self.lc.plan, self.lc.ctx
+        params = [ctx.region, ctx.run_id, ctx.loaded_at, ctx.loaded_at]
+        wh.execute(first_versions_sql(plan.target, rows, columns, time), params)
+        self.lc.entry.inserted += self.records.rows
 
 
 def detect_deletes(
