@@ -1,7 +1,7 @@
 """``python -m bench``: run the scenarios, print the markdown, write ``bench/results/<date>.md``.
 
-Options: ``--scenario NAME`` (repeatable; a name or its number 1-9; default
-all), ``--runs N`` (rounds, default 3), ``--rows N`` (table size of scenarios 1-2,
+Options: ``--scenario NAME`` (repeatable; a name or its number 1-10; default
+all), ``--runs N`` (rounds, default 3), ``--rows N`` (table size of scenarios 1-2 and 10,
 and the cap of scenario 7's sizes), ``--quick`` (a small smoke run for CI: one round,
 small tables, no peers, nothing written unless ``--out``), ``--out PATH``,
 ``--no-peers``, ``--no-profile``, ``--keep`` (leave the scratch folder).
@@ -32,10 +32,12 @@ from bench.scenarios import run as run_scenario
 def _args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--scenario", action="append", help=f"one of {', '.join(SCENARIOS)} or 1-9; repeatable"
+        "--scenario",
+        action="append",
+        help=f"one of {', '.join(SCENARIOS)} or 1-{len(SCENARIOS)}; repeatable",
     )
     parser.add_argument("--runs", type=int, help="rounds per scenario (default 3; --quick: 1)")
-    parser.add_argument("--rows", type=int, help="rows of scenarios 1-2; caps scenario 7")
+    parser.add_argument("--rows", type=int, help="rows of scenarios 1-2 and 10; caps scenario 7")
     parser.add_argument("--quick", action="store_true", help="small smoke run (< 60 s)")
     parser.add_argument("--out", type=Path, help="markdown file (default bench/results/<date>.md)")
     parser.add_argument("--no-peers", action="store_true", help="skip dlt")

@@ -103,8 +103,15 @@ def dlt(
     cursor: str | None = None,
     name: str | None = None,
     before: Callable[[], None] | None = None,
+    strategy: str | None = None,
+    merge_key: str | None = None,
+    loader_file_format: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Tool:
-    """dlt's ``sql_table``; its DuckDB file and pipelines folder live in ``folder``."""
+    """dlt's ``sql_table``; its DuckDB file and pipelines folder live in ``folder``.
+
+    ``strategy`` (``scd2``), ``merge_key`` and ``loader_file_format`` go to the worker;
+    ``env`` adds dlt settings (``NORMALIZE__...``) to :data:`DLT_ENV`."""
     python = peers.ensure(peers.DLT, ctx.log)
     url = ctx.pg.url.replace("postgresql://", "postgresql+psycopg2://")
     argv = [str(python), ctx.worker("dlt_sql.py"), "--url", url, "--schema", schema]
@@ -112,10 +119,14 @@ def dlt(
     argv += ["--destination", str(folder / "dlt.duckdb")]
     argv += ["--pipelines-dir", str(folder / "pipelines")]
     argv += ["--cursor", cursor] if cursor else []
+    argv += ["--strategy", strategy] if strategy else []
+    argv += ["--merge-key", merge_key] if merge_key else []
+    argv += ["--loader-file-format", loader_file_format] if loader_file_format else []
     folder.mkdir(parents=True, exist_ok=True)
+    settings = DLT_ENV | (env or {})
     return Tool(
         name or f"dlt {backend}",
-        lambda: (argv, DLT_ENV, folder),
+        lambda: (argv, settings, folder),
         before=before or reset(folder / "dlt.duckdb", folder / "pipelines"),
     )
 

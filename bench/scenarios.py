@@ -27,10 +27,11 @@ SCENARIOS: dict[str, str] = {
     "scaling": "bench.scaling",
     "cdc": "bench.cdc",
     "lake": "bench.lake",
+    "history": "bench.history",
 }
-"""Scenario name -> module; numbered 1-9 in this order."""
+"""Scenario name -> module; numbered 1-10 in this order."""
 
-QUICK = ("full_load", "incremental", "orchestration")
+QUICK = ("full_load", "incremental", "orchestration", "history")
 """What ``--quick`` runs: the mdstack rows of these, on small tables, once (scaling would
 only repeat the full load; the others would only say they are skipped)."""
 
@@ -67,7 +68,7 @@ class Context:
 
 
 def resolve(name: str) -> str:
-    """A scenario by name or by its number (``1``..``9``)."""
+    """A scenario by name or by its number (``1``..``10``)."""
     names = list(SCENARIOS)
     if name.isdigit() and 1 <= int(name) <= len(names):
         return names[int(name) - 1]
