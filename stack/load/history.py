@@ -137,14 +137,13 @@ def versions_sql(
             f"{gone} AS _at, {_DELETE} AS _kind FROM {deletes} AS d"
         )
     touched = " UNION ALL ".join(f"SELECT {_names(keys)} FROM {r}" for r in (rows, deletes) if r)
-    match = " AND ".join(f"k.{ident(c)} = t.{ident(c)}" for c in keys)
     values = ", ".join(f"t.{ident(c)} AS {alias[c]}" for c in columns)
     events.append(
         f"SELECT {values}, t.{ident(DELETED_AT)} AS _d, -1 AS _seq, 0 AS _pos, {oc('t')} AS _oc, "
         f"t.{ident(VALID_FROM)} AS _at, CASE WHEN t.{ident(DELETED_AT)} IS NULL "
         f"THEN {_CURRENT} ELSE {_CURRENT_DELETED} END AS _kind FROM {target} AS t "
         f"WHERE t.{ident(REGION)} = ? AND t.{ident(IS_CURRENT)} "
-        f"AND EXISTS (SELECT 1 FROM ({touched}) AS k WHERE {match})"
+        f"AND ({_names(keys, 't.')}) IN ({touched})"
     )
     nulls = ", ".join(
         f"t.{ident(c)} AS {alias[c]}" if c in keys else f"NULL AS {alias[c]}" for c in columns
@@ -153,7 +152,7 @@ def versions_sql(
         f"SELECT {nulls}, NULL AS _d, -1 AS _seq, 0 AS _pos, NULL AS _oc, "
         f"max(t.{ident(VALID_TO)}) AS _at, {_ENDED} AS _kind FROM {target} AS t "
         f"WHERE t.{ident(REGION)} = ? AND NOT t.{ident(IS_CURRENT)} "
-        f"AND EXISTS (SELECT 1 FROM ({touched}) AS k WHERE {match}) "
+        f"AND ({_names(keys, 't.')}) IN ({touched}) "
         f"GROUP BY {_names(keys, 't.')}"
     )
     others = [alias[c] for c in columns if c not in keys]
