@@ -322,20 +322,51 @@ def check(config: ConfigOpt = None, target: TargetOpt = None, region: RegionOpt 
         raise typer.Exit(1)
 
 
-def clone(env: EnvArg, config: ConfigOpt = None, target: TargetOpt = None) -> None:
+def clone(
+    env: EnvArg,
+    config: ConfigOpt = None,
+    target: TargetOpt = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            "--as-of",
+            metavar="RUN_ID",
+            help="Clone the warehouse as run RUN_ID left it (the id in its summary's title), "
+            "still zero-copy and writable: DuckDB targets whose catalog is a DuckDB file, "
+            "while DuckLake keeps that version.",
+        ),
+    ] = None,
+) -> None:
     """Zero-copy clone of the whole warehouse as environment ENV (replacing it).
 
     Use it with `--target <target>@ENV` on any command; writes to the clone never
-    show in the original, and the other way round.
+    show in the original, and the other way round. With --as-of RUN_ID the clone holds
+    the warehouse as that run left it (tables made later absent, tables dropped later
+    back): to inspect or repair it, then `mdstack publish ENV` to restore it.
     """
     with warehouse(config, target) as (cfg, unopened):
-        made = unopened.clone_into(env)
+        version = _clone_version(cfg.name, unopened, as_of) if as_of is not None else None
+        made = unopened.clone_into(env, as_of=version)
     # A DuckDB clone is a folder worth showing; a Snowflake clone is a database, no path.
     folder = getattr(made, "path", None)
+    what = f" as run {as_of} left it (version {version})" if as_of is not None else ""
     out.print(
-        f"cloned into environment [bold]{env}[/]{f' ({folder})' if folder else ''}; use "
+        f"cloned into environment [bold]{env}[/]{what}{f' ({folder})' if folder else ''}; use "
         f"--target {(target or cfg.target).partition('@')[0]}@{env}"
     )
+
+
+def _clone_version(pipeline: str, current: Warehouse, run_id: str) -> int:
+    """The version run ``run_id`` left the warehouse at, found as ``sql --as-of`` finds it."""
+    with current as wh:
+        if wh.current_snapshot() is None:
+            raise MdstackError(
+                "this warehouse keeps no versions: clone --as-of works on DuckDB targets",
+                hint="`mdstack clone ENV` clones it as it is now; on Snowflake, `CREATE "
+                "DATABASE <env> CLONE <database> AT(TIMESTAMP => ...)` clones it as it was at "
+                "a time (the run ledger does not record Snowflake times yet)",
+            )
+        return _run_snapshot(wh, pipeline, run_id)
 
 
 def publish(env: EnvArg, config: ConfigOpt = None, target: TargetOpt = None) -> None:

@@ -20,6 +20,9 @@ other process), and a WAL that a dead process left is folded into its catalog
 first (copying the file alone would drop those commits; renaming a catalog over
 one with a WAL would replay it onto the wrong file). One publish into a warehouse
 runs at a time (a file lock in ``W/.locks``).
+
+A clone **as of a version** rolls its catalog copy back to that version
+(:mod:`stack.warehouse._ducklake_rollback`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import TypeVar
 import duckdb
 
 from stack.errors import WarehouseBusy, WarehouseError
+from stack.warehouse._ducklake_rollback import roll_back
 
 CATALOG_FILE = "catalog.ducklake"
 DATA_DIR = "data"
@@ -90,24 +94,44 @@ def environment_path(warehouse: Path, name: str) -> Path:
     return warehouse.parent / f"{warehouse.name}.{name}"
 
 
-def clone_lake(source: Path, target: Path, busy_timeout: float = BUSY_WAIT_SECONDS) -> None:
+def clone_lake(
+    source: Path, target: Path, busy_timeout: float = BUSY_WAIT_SECONDS, as_of: int | None = None
+) -> None:
     """Make ``target`` a zero-copy clone of the lake at ``source`` (replacing it).
 
-    ``source`` is held for the copy: its base snapshot is the one copied.
+    ``source`` is held for the copy: its base snapshot is the one copied. With ``as_of``,
+    the clone holds the lake as it was at that version (:func:`roll_back`): it is made in
+    a folder of its own and replaces ``target`` only once rolled back, so a version that
+    cannot be cloned leaves ``target`` as it was.
+
+    Raises:
+        NotKept: ``as_of`` is a version the lake no longer keeps.
+        WarehouseError: the lake cannot be cloned (as of that version).
     """
     if not (source / CATALOG_FILE).exists():
         raise WarehouseError(
             f"nothing to clone: {source} has no catalog",
             hint="run a sync first, or check the target's path",
         )
-    drop_lake(target)
-    (target / DATA_DIR).mkdir(parents=True)
-    with _held(source / CATALOG_FILE, busy_timeout) as held:
-        base = _snapshot(held)
-        shutil.copy2(source / CATALOG_FILE, target / CATALOG_FILE)
-        _link_tree(source / DATA_DIR, target / DATA_DIR)
-    set_data_path(target / CATALOG_FILE, target / DATA_DIR)
-    (target / BASE_MARK).write_text(str(base))
+    made = target if as_of is None else target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
+    drop_lake(made)
+    try:
+        (made / DATA_DIR).mkdir(parents=True)
+        with _held(source / CATALOG_FILE, busy_timeout) as held:
+            base = _snapshot(held)
+            shutil.copy2(source / CATALOG_FILE, made / CATALOG_FILE)
+            _link_tree(source / DATA_DIR, made / DATA_DIR)
+        if as_of is not None:
+            roll_back(made / CATALOG_FILE, made / DATA_DIR, as_of)
+        set_data_path(made / CATALOG_FILE, target / DATA_DIR)
+        (made / BASE_MARK).write_text(str(base))
+    except BaseException:
+        if made != target:
+            drop_lake(made)
+        raise
+    if made != target:
+        drop_lake(target)
+        os.rename(made, target)
 
 
 def publish_lake(audit: Path, published: Path, busy_timeout: float = BUSY_WAIT_SECONDS) -> None:

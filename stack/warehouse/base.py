@@ -167,10 +167,14 @@ class Warehouse(Protocol):
         """The (unopened) environment ``name`` of this target: a clone's home."""
         ...
 
-    def clone_into(self, name: str) -> Warehouse:
+    def clone_into(self, name: str, as_of: int | None = None) -> Warehouse:
         """Zero-copy clone of this whole warehouse as environment ``name`` (replacing it).
 
         Call with the warehouse closed. Writes to either side never show in the other.
+        ``as_of``: a version :meth:`current_snapshot` gave (the run ledger records each
+        run's): the clone holds the warehouse as it was then, and is writable. Raises
+        ``WarehouseError`` where that cannot be done exactly (a version no longer kept, a
+        warehouse that keeps none), leaving environment ``name`` as it was.
         """
         ...
 

@@ -55,6 +55,7 @@ from stack.warehouse._ducklake_envs import (
     wait_while_locked,
 )
 from stack.warehouse._ducklake_pg import PASSWORD_ENV, RETRIES, PostgresCatalogLink
+from stack.warehouse._ducklake_rollback import NotKept
 from stack.warehouse.base import BiFileWritten, Capabilities, Expired, TableDiff
 
 EXTENSION_DIR = ".extensions"
@@ -520,10 +521,23 @@ class DuckDBWarehouse:
             storage=self.storage if catalog else None,
         )
 
-    def clone_into(self, name: str) -> DuckDBWarehouse:
+    def clone_into(self, name: str, as_of: int | None = None) -> DuckDBWarehouse:
+        """A zero-copy clone; ``as_of``: of the lake as it was at that DuckLake snapshot, its
+        catalog copy rolled back (:func:`~stack.warehouse._ducklake_rollback.roll_back`)."""
         if self.pg is None:
-            clone_lake(self.path, environment_path(self.path, name), self.busy_timeout)
+            target = environment_path(self.path, name)
+            try:
+                clone_lake(self.path, target, self.busy_timeout, as_of=as_of)
+            except NotKept as gone:
+                raise _not_kept(gone.version) from None
             return self.environment(name)
+        if as_of is not None:
+            raise WarehouseError(
+                "clone --as-of works on a lake whose catalog is a DuckDB file for now",
+                hint="an environment of a PostgreSQL catalog publishes what it changed since "
+                "its clone, and a rolled-back clone changed nothing: publishing it would not "
+                "bring the version back; read the version with `mdstack sql --as-of RUN_ID`",
+            )
         env = self.environment(name)
         assert env.pg is not None
         env.delete_own_files()  # a clone replaces the environment: its files go first

@@ -472,7 +472,14 @@ class SnowflakeWarehouse:
         database = sfsql.environment_database(self.target.database, name)
         return self._twin(self.target.model_copy(update={"database": database}))
 
-    def clone_into(self, name: str) -> SnowflakeWarehouse:
+    def clone_into(self, name: str, as_of: int | None = None) -> SnowflakeWarehouse:
+        if as_of is not None:
+            raise WarehouseError(
+                "clone --as-of works on DuckDB targets (DuckLake versions) for now",
+                hint="Snowflake's `CREATE DATABASE <env> CLONE <database> AT(TIMESTAMP => ...)` "
+                "clones it as it was at a time within its time travel; mdstack's run ledger "
+                "does not record Snowflake times yet",
+            )
         clone = self.environment(name)
         with self:
             self._run(sfsql.clone_database_sql(self.target.database, clone.target.database))
