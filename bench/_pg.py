@@ -24,7 +24,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-_ROWS_SQL = """
+ROWS_SQL = """
 INSERT INTO {table}
 SELECT g,
        (g * 7919) %% 100000,
@@ -35,9 +35,12 @@ SELECT g,
        CASE WHEN g %% 50 = 0 THEN NULL ELSE (g %% 1000) / 7.0 END,
        g %% 3 = 0,
        DATE '2020-01-01' + (g %% 2000)::int,
-       TIMESTAMP '2024-01-01' + g * INTERVAL '1 second'
+       {updated_at}
 FROM generate_series(%s::bigint, %s::bigint) AS g
 """
+"""Rows ``g`` of the bench's table, from the two last parameters; ``updated_at`` is an
+expression of ``g`` (and of parameters before those)."""
+_CREATED_AT = sql.SQL("TIMESTAMP '2024-01-01' + g * INTERVAL '1 second'")
 _COLUMNS = """(
     id bigint {key},
     account_id integer NOT NULL,
@@ -139,7 +142,8 @@ def create_table(
         conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} " + columns).format(name))
         for start in range(1, rows + 1, _CHUNK):
             stop = min(start + _CHUNK - 1, rows)
-            conn.execute(sql.SQL(_ROWS_SQL).format(table=name), (start, stop))
+            rows_sql = sql.SQL(ROWS_SQL).format(table=name, updated_at=_CREATED_AT)
+            conn.execute(rows_sql, (start, stop))
         if cursor_index:
             index = sql.Identifier(f"{table}_updated_at")
             conn.execute(sql.SQL("CREATE INDEX {} ON {} (updated_at)").format(index, name))

@@ -83,21 +83,10 @@ _UPDATE = (
     "UPDATE {} SET updated_at = TIMESTAMP '2030-01-01' + %s * INTERVAL '1 day'"
     " + id * INTERVAL '1 microsecond', amount = amount + 1 WHERE id %% {} = %s"
 )
-_INSERT = """
-INSERT INTO {}
-SELECT g,
-       (g * 7919) %% 100000,
-       'customer ' || g,
-       'user' || g || '@example.com',
-       (ARRAY['new', 'active', 'paused', 'closed'])[1 + g %% 4],
-       ((g * 37) %% 1000000) / 100.0,
-       CASE WHEN g %% 50 = 0 THEN NULL ELSE (g %% 1000) / 7.0 END,
-       g %% 3 = 0,
-       DATE '2020-01-01' + (g %% 2000)::int,
-       TIMESTAMP '2030-01-01' + %s * INTERVAL '1 day' + INTERVAL '12 hours'
-           + g * INTERVAL '1 microsecond'
-FROM generate_series(%s::bigint, %s::bigint) AS g
-"""
+_INSERTED_AT = (
+    "TIMESTAMP '2030-01-01' + %s * INTERVAL '1 day' + INTERVAL '12 hours'"
+    " + g * INTERVAL '1 microsecond'"
+)
 
 
 @dataclass
@@ -316,7 +305,8 @@ def _change(pg: _pg.PgServer, number: int, rows: int, first_id: int) -> tuple[in
     with pg.connect() as conn:
         updated = conn.execute(update, (number, (number * 7) % UPDATE_EVERY)).rowcount
         inserted = conn.execute(
-            sql.SQL(_INSERT).format(name), (number, first_id, first_id + inserts - 1)
+            sql.SQL(_pg.ROWS_SQL).format(table=name, updated_at=sql.SQL(_INSERTED_AT)),
+            (number, first_id, first_id + inserts - 1),
         ).rowcount
         conn.execute(sql.SQL("VACUUM ANALYZE {}").format(name))
     return updated, inserted

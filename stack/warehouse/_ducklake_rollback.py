@@ -26,38 +26,6 @@ from stack.sql import ident, literal
 
 FORMAT = "1.0"
 """The DuckLake catalog version :func:`roll_back` knows table by table."""
-_TABLES = frozenset(
-    {
-        "ducklake_metadata",
-        "ducklake_snapshot",
-        "ducklake_snapshot_changes",
-        "ducklake_schema",
-        "ducklake_table",
-        "ducklake_view",
-        "ducklake_tag",
-        "ducklake_column_tag",
-        "ducklake_column",
-        "ducklake_data_file",
-        "ducklake_delete_file",
-        "ducklake_file_column_stats",
-        "ducklake_file_variant_stats",
-        "ducklake_file_partition_value",
-        "ducklake_table_stats",
-        "ducklake_table_column_stats",
-        "ducklake_partition_info",
-        "ducklake_partition_column",
-        "ducklake_sort_info",
-        "ducklake_sort_expression",
-        "ducklake_macro",
-        "ducklake_macro_impl",
-        "ducklake_macro_parameters",
-        "ducklake_files_scheduled_for_deletion",
-        "ducklake_inlined_data_tables",
-        "ducklake_column_mapping",
-        "ducklake_name_mapping",
-        "ducklake_schema_versions",
-    }
-)
 _VERSIONED = (
     "ducklake_schema",
     "ducklake_table",
@@ -82,6 +50,24 @@ _CHILDREN = (
     ("ducklake_macro_parameters", "macro_id", "ducklake_macro"),
 )
 """Rows that belong to a row of a versioned table: they go with it."""
+_TABLES = frozenset(
+    {
+        *_VERSIONED,
+        *(child for child, _, _ in _CHILDREN),
+        "ducklake_metadata",
+        "ducklake_snapshot",
+        "ducklake_snapshot_changes",
+        "ducklake_table_stats",
+        "ducklake_table_column_stats",
+        "ducklake_files_scheduled_for_deletion",
+        "ducklake_inlined_data_tables",
+        "ducklake_column_mapping",
+        "ducklake_name_mapping",
+        "ducklake_schema_versions",
+    }
+)
+"""Every table of a DuckLake 1.0 catalog but the inlined ones: a catalog with any other is
+not rolled back (its meaning is unknown here)."""
 _INLINED_DATA = re.compile(r"ducklake_inlined_data_(\d+)_(\d+)")
 _INLINED_DELETE = re.compile(r"ducklake_inlined_delete_(\d+)")
 _CHANGE = re.compile(r"\w+:(\d+)")
