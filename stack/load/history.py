@@ -56,7 +56,6 @@ COLUMNS = pa.schema(
     [(VALID_FROM, pa.timestamp("us")), (VALID_TO, pa.timestamp("us")), (IS_CURRENT, pa.bool_())]
 )
 """The columns a history table has besides the stream's and the metadata every table has."""
-CURRENT_SUFFIX = "_current"
 
 # Events, in the staging table of versions: the key's current version in the table (its
 # state live or deleted), a staged record, a staged tombstone, and the end of the key's
@@ -70,18 +69,13 @@ def _names(columns: Sequence[str], prefix: str = "") -> str:
     return ", ".join(f"{prefix}{ident(c)}" for c in columns)
 
 
-def current_view(table: str) -> str:
-    """The name of ``table``'s view of current versions."""
-    return table + CURRENT_SUFFIX
-
-
-def current_view_sql(schema: str, table: str, columns: Sequence[str]) -> str:
+def current_view_sql(plan: StreamPlan, columns: Sequence[str]) -> str:
     """``CREATE OR REPLACE VIEW`` of the current versions: the stream's and the metadata
     columns, ``_mds_valid_from`` too (since when the row is as it is)."""
     names = ", ".join(ident(c) for c in (*columns, *sql.META_COLUMNS, VALID_FROM))
     return (
-        f"CREATE OR REPLACE VIEW {sql.table(schema, current_view(table))} AS "
-        f"SELECT {names} FROM {sql.table(schema, table)} WHERE {ident(IS_CURRENT)}"
+        f"CREATE OR REPLACE VIEW {sql.table(plan.schema, plan.current_view)} AS "
+        f"SELECT {names} FROM {plan.target} WHERE {ident(IS_CURRENT)}"
     )
 
 

@@ -92,6 +92,11 @@ class StreamPlan:
         return self.stream.history
 
     @property
+    def current_view(self) -> str:
+        """The view of a history table's current versions: ``<table>_current``."""
+        return current_view(self.stream.name)
+
+    @property
     def keys(self) -> tuple[str, ...]:
         return self.stream.primary_key
 
@@ -110,6 +115,11 @@ class StreamPlan:
 
 
 HISTORY: Final = "incremental_deduped_history"
+
+
+def current_view(table: str) -> str:
+    """The name of the view of history table ``table``'s current versions."""
+    return f"{table}_current"
 
 
 def _modes(spec: StreamSpec) -> tuple[str, ...]:
@@ -167,6 +177,14 @@ def plan_stream(
     for key, (failed, message, hint) in problems.items():
         if failed:
             raise ConfigError(message, key=f"{where}.{key}", hint=hint)
+    view = current_view(stream_name)
+    if history and view in source_cfg.streams:
+        raise ConfigError(
+            f"the view of its current versions, {source_cfg.schema_}.{view}, would take the "
+            f"name of stream {view}",
+            key=f"{where}.sync",
+            hint="load one of the two streams into another schema (a source of its own)",
+        )
     columns = wanted.columns and tuple(
         dict.fromkeys((*keys, *((cursor,) if cursor else ()), *wanted.columns))
     )

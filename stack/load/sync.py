@@ -363,14 +363,14 @@ def _destination(wh: Warehouse, plan: StreamPlan, exists: bool) -> StreamSchema:
             f"loading it as {plan.mode} would mix versions with rows",
             key=f"sources.{plan.source}.streams.{plan.name}.sync",
             hint="keep `sync: incremental_deduped_history` (read current rows from "
-            f"{history.current_view(plan.name)}), or load into another schema",
+            f"{plan.current_view}), or load into another schema",
         )
     required = [*plan.keys, *((plan.stream.cursor,) if plan.stream.cursor else ())]
     return StreamSchema(data, plan.schema_policy, plan.columns, required)
 
 
 def _has_view(wh: Warehouse, plan: StreamPlan) -> bool:
-    return wh.columns(plan.schema, history.current_view(plan.name)) is not None
+    return wh.columns(plan.schema, plan.current_view) is not None
 
 
 def _temporal_cursor(plan: StreamPlan, columns: pa.Schema) -> bool:
@@ -385,7 +385,7 @@ def _temporal_cursor(plan: StreamPlan, columns: pa.Schema) -> bool:
 def _current_view(wh: Warehouse, plan: StreamPlan, columns: list[str]) -> None:
     """(Re)create a history table's view of current versions, with the table's columns."""
     with suppress(WriteConflict):  # another region's run made the same view a moment before
-        wh.execute(history.current_view_sql(plan.schema, plan.name, columns))
+        wh.execute(history.current_view_sql(plan, columns))
 
 
 def _existing_columns(

@@ -8,13 +8,16 @@ records older than the current version.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta
 
 import pyarrow as pa
 import pytest
 
-from connectors.base import Batch
+from connectors.base import Batch, Catalog
+from stack.config import SourceConfig
 from stack.errors import ConfigError, SchemaError
+from stack.load import plan_stream
 from stack.load.staged import Replacement
 from stack.sql import table
 from stack.warehouse.base import Warehouse
@@ -200,3 +203,13 @@ def test_a_deduped_table_turned_history_keeps_its_rows_as_current_versions(wareh
         sync(warehouse, ScriptedSource(said), mode="incremental_deduped", run_id="r3", **options)
     assert refused.value.key == "sources.src.streams.items.sync"
     assert "items_current" in (refused.value.hint or "")
+
+
+def test_a_history_stream_whose_view_would_take_another_streams_name_is_refused():
+    spec = ScriptedSource([]).discover().stream("items")
+    catalog = Catalog((spec, dataclasses.replace(spec, name="items_current")))
+    streams = {"items": {"sync": HISTORY}, "items_current": {"sync": "incremental_deduped"}}
+    config = SourceConfig.model_validate({"connector": "x", "schema": "raw", "streams": streams})
+    with pytest.raises(ConfigError, match=r"raw\.items_current, would take the name") as refused:
+        plan_stream("src", config, catalog, "items")
+    assert refused.value.key == "sources.src.streams.items.sync"
