@@ -80,6 +80,17 @@ def test_each_run_reads_back_as_it_left_the_warehouse_and_diff_says_what_it_chan
     for run_id, (marts, raw) in seen.items():
         assert read_as_of(path, MARTS, run_id) == marts, run_id
         assert read_as_of(path, RAW, run_id) == raw, run_id
+    # By time: each run's marts as of the moment its version was recorded (UTC, naive).
+    recorded = rows_of_dicts(
+        lake,
+        "SELECT run_id, max(recorded_at) AS at FROM _mds_run_snapshots GROUP BY run_id",
+    )
+    times = {r["run_id"]: r["at"] for r in recorded}
+    for run_id, (marts, _) in seen.items():
+        assert read_as_of(path, MARTS, times[run_id].isoformat()) == marts, run_id
+    before_all = mdstack_sql(path, MARTS, "--as-of", "2001-01-01T00:00")
+    assert before_all.returncode == 1
+    assert "keeps no version from 2001-01-01T00:00 or before" in before_all.stderr
     [failed] = [
         r["run_id"]
         for r in rows_of_dicts(lake, "SELECT DISTINCT run_id FROM _mds_run_snapshots")

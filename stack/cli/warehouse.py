@@ -9,7 +9,7 @@ import dataclasses
 import json
 import sys
 import webbrowser
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -105,9 +105,10 @@ def sql_command(
         str | None,
         typer.Option(
             "--as-of",
-            metavar="RUN_ID",
-            help="Read the warehouse as run RUN_ID left it (the id in its summary's title; "
-            "DuckDB targets, while DuckLake keeps that snapshot).",
+            metavar="RUN_ID|TIME",
+            help="Read the warehouse as run RUN_ID left it (the id in its summary's title), "
+            "or as it was at TIME (ISO 8601, UTC unless it says: 2026-12-01T09:00); DuckDB "
+            "targets, while DuckLake keeps that version.",
         ),
     ] = None,
 ) -> None:
@@ -139,6 +140,11 @@ def _as_of_run(pipeline: str, current: Warehouse, run_id: str) -> Warehouse:
 
 
 def _run_snapshot(wh: Warehouse, pipeline: str, run_id: str) -> int:
+    """The version run ``run_id`` left the warehouse at; or, given a time (ISO 8601, naive
+    meaning UTC: ``2026-12-01T09:00``), the version the warehouse was at then."""
+    moment = _moment(run_id)
+    if moment is not None:
+        return _version_at(wh, moment, run_id)
     snapshot = ledger.run_snapshot(wh, pipeline, run_id)
     if snapshot is None:
         raise MdstackError(
@@ -148,6 +154,27 @@ def _run_snapshot(wh: Warehouse, pipeline: str, run_id: str) -> int:
             "ran (on DuckDB targets)",
         )
     return snapshot
+
+
+def _moment(text: str) -> datetime | None:
+    """``text`` as a time, if it is one (run ids are hexadecimal: no ``-`` nor ``:``)."""
+    if not any(mark in text for mark in "-:"):
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def _version_at(wh: Warehouse, moment: datetime, text: str) -> int:
+    found = wh.snapshot_at(moment)
+    if found is None:
+        raise MdstackError(
+            f"this warehouse keeps no version from {text} or before",
+            hint="give a later time, or a run id; DuckDB targets keep versions back to their "
+            "`retention:` (`mdstack expire`); Snowflake's time travel is not used yet",
+        )
+    return found
 
 
 def expire(
@@ -195,11 +222,15 @@ def _schema_table(text: str) -> tuple[str, str]:
 
 
 def diff_command(
-    run_a: Annotated[str, typer.Argument(metavar="RUN_A", help="The run to compare from.")],
+    run_a: Annotated[
+        str,
+        typer.Argument(metavar="RUN_A", help="The run (or ISO 8601 time) to compare from."),
+    ],
     run_b: Annotated[
         str | None,
         typer.Argument(
-            metavar="[RUN_B]", help="The run to compare to (default: the warehouse now)."
+            metavar="[RUN_B]",
+            help="The run (or time) to compare to (default: the warehouse now).",
         ),
     ] = None,
     config: ConfigOpt = None,
@@ -330,8 +361,9 @@ def clone(
         str | None,
         typer.Option(
             "--as-of",
-            metavar="RUN_ID",
+            metavar="RUN_ID|TIME",
             help="Clone the warehouse as run RUN_ID left it (the id in its summary's title), "
+            "or as it was at TIME (ISO 8601, UTC unless it says), "
             "still zero-copy and writable: DuckDB targets whose catalog is a DuckDB file, "
             "while DuckLake keeps that version.",
         ),
@@ -349,7 +381,10 @@ def clone(
         made = unopened.clone_into(env, as_of=version)
     # A DuckDB clone is a folder worth showing; a Snowflake clone is a database, no path.
     folder = getattr(made, "path", None)
-    what = f" as run {as_of} left it (version {version})" if as_of is not None else ""
+    what = ""
+    if as_of is not None:
+        when = f"as it was at {as_of}" if _moment(as_of) else f"as run {as_of} left it"
+        what = f" {when} (version {version})"
     out.print(
         f"cloned into environment [bold]{env}[/]{what}{f' ({folder})' if folder else ''}; use "
         f"--target {(target or cfg.target).partition('@')[0]}@{env}"

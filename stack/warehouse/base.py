@@ -198,6 +198,11 @@ class Warehouse(Protocol):
         where it keeps none (Snowflake's time travel is by time, not yet used)."""
         ...
 
+    def snapshot_at(self, when: datetime) -> int | None:
+        """The version the (open) warehouse was at, at ``when`` (aware, or naive UTC): its
+        last commit by then; None where it keeps no versions or had none yet."""
+        ...
+
     def as_of(self, snapshot: int) -> Warehouse:
         """A read-only handle on the warehouse as it was at ``snapshot`` (unopened)."""
         ...

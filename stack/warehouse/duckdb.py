@@ -584,6 +584,15 @@ class DuckDBWarehouse:
         """The lake's current DuckLake snapshot (every commit makes one); on an open handle."""
         return int(self.query(f"FROM {ALIAS}.current_snapshot()").to_pylist()[0]["id"])
 
+    def snapshot_at(self, when: datetime) -> int | None:
+        """The last DuckLake snapshot committed by ``when``, among those the lake keeps."""
+        moment = when if when.tzinfo else when.replace(tzinfo=UTC)
+        found = self.query(
+            f"SELECT max(snapshot_id) AS id FROM {ALIAS}.snapshots() WHERE snapshot_time <= ?",
+            [moment],
+        ).to_pylist()[0]["id"]
+        return None if found is None else int(found)
+
     def as_of(self, snapshot: int) -> DuckDBWarehouse:
         """The lake at ``snapshot``: its catalog attached with ``SNAPSHOT_VERSION``, read-only.
         Old snapshots stay readable until their files are cleaned up."""

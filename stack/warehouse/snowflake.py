@@ -504,6 +504,10 @@ class SnowflakeWarehouse:
         """None: runs are not mapped to Snowflake's time travel yet."""
         return None
 
+    def snapshot_at(self, when: datetime) -> None:
+        """None: Snowflake's time travel (``AT(TIMESTAMP => ...)``) is not used yet."""
+        return None
+
     def diff(
         self, before: int, after: int, tables: Sequence[tuple[str, str]] | None = None
     ) -> list[TableDiff]:
