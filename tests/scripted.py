@@ -41,7 +41,7 @@ def rows(*records: tuple[int, str, int]) -> Batch:
     return Batch("items", data)
 
 
-def deletes(*keys: int, at: int = 0) -> Deletes:
+def deletes(*keys: int, at: int | None = 0) -> Deletes:
     return Deletes(
         "items",
         pa.record_batch(

@@ -22,9 +22,10 @@ import pyarrow.types as pat
 
 JSON_SCHEMA_DRAFT = "http://json-schema.org/draft-07/schema#"
 CDC_DELETED_AT = "_ab_cdc_deleted_at"
-CDC_UPDATED_AT = "_ab_cdc_updated_at"
 """The column Airbyte's CDC sources set on a record that was deleted (the record carries
 the key and this time)."""
+CDC_UPDATED_AT = "_ab_cdc_updated_at"
+"""The column Airbyte's CDC sources set to when each record changed (its commit time)."""
 TIMESTAMP_TZ = pa.timestamp("us", "UTC")
 TIMESTAMP = pa.timestamp("us")
 _SCALARS = {"integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_()}

@@ -29,11 +29,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import pyarrow as pa
 
 from connectors.base import SOURCE_DELETED_AT
 from stack import sql
+from stack.errors import ConfigError
 from stack.load.ledger import RunEntry
 from stack.load.plan import RunContext, StreamPlan
 from stack.load.staged import LoadContext, StagedLoad, check_stale
@@ -69,21 +71,40 @@ def _names(columns: Sequence[str], prefix: str = "") -> str:
     return ", ".join(f"{prefix}{ident(c)}" for c in columns)
 
 
+def view_columns(columns: Sequence[str]) -> list[str]:
+    """The columns of the view of current versions: the stream's and the metadata columns,
+    ``_mds_valid_from`` too (since when the row is as it is)."""
+    return [*columns, *sql.META_COLUMNS, VALID_FROM]
+
+
 def current_view_sql(plan: StreamPlan, columns: Sequence[str]) -> str:
-    """``CREATE OR REPLACE VIEW`` of the current versions: the stream's and the metadata
-    columns, ``_mds_valid_from`` too (since when the row is as it is)."""
-    names = ", ".join(ident(c) for c in (*columns, *sql.META_COLUMNS, VALID_FROM))
+    """``CREATE OR REPLACE VIEW`` of the current versions (:func:`view_columns`)."""
+    names = _names(view_columns(columns))
     return (
         f"CREATE OR REPLACE VIEW {sql.table(plan.schema, plan.current_view)} AS "
         f"SELECT {names} FROM {plan.target} WHERE {ident(IS_CURRENT)}"
     )
 
 
-def row_time(columns: Sequence[str], cursor: str | None, temporal_cursor: bool) -> str:
+CursorTime = Literal["naive", "zoned"] | None
+"""What a stream's cursor says of time: a date or naive UTC time, a time with its zone, or
+nothing (not a date or time)."""
+
+
+def cursor_start(cursor: str, kind: CursorTime, alias: str = "s") -> str | None:
+    """The cursor as a naive UTC time (a zoned one converted, whatever the session's zone)."""
+    column = f"{alias}.{ident(cursor)}" if alias else ident(cursor)
+    if kind == "zoned":
+        return f"CAST({column} AT TIME ZONE 'UTC' AS TIMESTAMP)"
+    return f"CAST({column} AS TIMESTAMP)" if kind == "naive" else None
+
+
+def row_time(columns: Sequence[str], cursor: str | None, kind: CursorTime) -> str:
     """When a staged record (alias ``s``) became valid; the last parameter: load time."""
     times = [f"s.{ident(CHANGED_AT)}"] if CHANGED_AT in columns else []
-    if cursor and temporal_cursor:
-        times.append(f"CAST(s.{ident(cursor)} AS TIMESTAMP)")
+    start = cursor_start(cursor, kind) if cursor else None
+    if start:
+        times.append(start)
     return f"coalesce({', '.join([*times, '?::TIMESTAMP'])})"
 
 
@@ -95,7 +116,7 @@ def versions_sql(
     deletes: str | None,
     *,
     cursor: str | None,
-    time: str,
+    time: str | None,
     soft: bool,
 ) -> str:
     """SELECT of the versions a commit writes and the current versions it ends.
@@ -105,7 +126,8 @@ def versions_sql(
     Columns are named ``_c0``, ``_c1``... after ``columns`` (no name of the stream's can
     collide with the query's own), then ``_d`` (a tombstone's time), ``_kind`` (the event),
     ``_state`` and ``_prev`` (the key's state after and before it), ``_from`` and ``_to``.
-    Parameters: load time (with ``rows``), region, region.
+    Parameters: load time (with ``rows``), load time twice (with ``deletes``: for a tombstone
+    without a time), region, region.
     """
     alias = {c: f"_c{i}" for i, c in enumerate(columns)}
     key = ", ".join(alias[k] for k in keys)
@@ -115,6 +137,7 @@ def versions_sql(
     oc = (lambda a: f"{a}.{ident(cursor)}") if cursor else (lambda a: "NULL")
     events = []
     if rows:
+        assert time is not None, "records need the time they became valid"
         values = ", ".join(f"s.{ident(c)} AS {alias[c]}" for c in columns)
         events.append(
             f"SELECT {values}, NULL::TIMESTAMP AS _d, s.{ident(SEQ)} AS _seq, "
@@ -125,7 +148,7 @@ def versions_sql(
         values = ", ".join(
             f"d.{ident(c)} AS {alias[c]}" if c in keys else f"NULL AS {alias[c]}" for c in columns
         )
-        gone = f"d.{ident(SOURCE_DELETED_AT)}"
+        gone = f"coalesce(d.{ident(SOURCE_DELETED_AT)}, ?::TIMESTAMP)"
         events.append(
             f"SELECT {values}, {gone} AS _d, d.{ident(SEQ)} AS _seq, 0 AS _pos, NULL AS _oc, "
             f"{gone} AS _at, {_DELETE} AS _kind FROM {deletes} AS d"
@@ -143,7 +166,7 @@ def versions_sql(
         f"t.{ident(c)} AS {alias[c]}" if c in keys else f"NULL AS {alias[c]}" for c in columns
     )
     events.append(
-        f"SELECT {nulls}, NULL AS _d, -1 AS _seq, 0 AS _pos, NULL AS _oc, "
+        f"SELECT {nulls}, NULL AS _d, -2 AS _seq, 0 AS _pos, NULL AS _oc, "
         f"max(t.{ident(VALID_TO)}) AS _at, {_ENDED} AS _kind FROM {target} AS t "
         f"WHERE t.{ident(REGION)} = ? AND NOT t.{ident(IS_CURRENT)} "
         f"AND ({_names(keys, 't.')}) IN ({touched}) "
@@ -243,13 +266,15 @@ def counts_sql(versions: str) -> str:
     )
 
 
-def stale_sql(target: str, rows: str, keys: Sequence[str], cursor: str) -> str:
+def stale_sql(target: str, keys: Sequence[str], cursor: str, replaced: str = "FALSE") -> str:
     """WHERE clause (on staged records ``s``) of records older than their key's current
-    version. Parameters: region."""
+    version, but for versions the commit replaces (``replaced``, a condition on ``t``: a
+    backfill's window). Parameters: region, then ``replaced``'s."""
     match = " AND ".join(f"t.{ident(k)} = s.{ident(k)}" for k in keys)
     return (
         f"EXISTS (SELECT 1 FROM {target} AS t WHERE t.{ident(REGION)} = ? "
-        f"AND t.{ident(IS_CURRENT)} AND {match} AND t.{ident(cursor)} > s.{ident(cursor)})"
+        f"AND t.{ident(IS_CURRENT)} AND {match} AND t.{ident(cursor)} > s.{ident(cursor)} "
+        f"AND NOT ({replaced}))"
     )
 
 
@@ -268,16 +293,31 @@ def gone_sql(target: str, rows: str | None, keys: Sequence[str], window: str) ->
     )
 
 
-def adopt(wh: Warehouse, plan: StreamPlan, temporal_cursor: bool, add_columns: bool) -> None:
+def adopt(wh: Warehouse, plan: StreamPlan, kind: CursorTime, add_columns: bool) -> None:
     """Make the table a history table: each row its key's current version (a table loaded
     until now without history keeps its rows), valid from its cursor (a date or time) or
-    else its load time. Rows already versions are left as they are."""
+    else its load time. Rows already versions are left as they are.
+
+    Raises:
+        ConfigError: the table holds several rows of a key (appended): which one would be
+            current is not known.
+    """
     if add_columns:
+        twice = f"SELECT 1 FROM {plan.target} GROUP BY {_names([REGION, *plan.keys])} "
+        if wh.query(twice + "HAVING count(*) > 1 LIMIT 1").num_rows:
+            raise ConfigError(
+                f"{plan.target} holds several rows of one key: it cannot start a history "
+                "with one current version per key",
+                key=f"sources.{plan.source}.streams.{plan.name}.sync",
+                hint="load the history into another schema (a source of its own), or keep "
+                "this stream's mode",
+            )
         wh.add_columns(plan.schema, plan.name, COLUMNS)
     cursor = plan.stream.cursor
     start = ident(LOADED_AT)
-    if cursor and temporal_cursor:
-        start = f"coalesce(CAST({ident(cursor)} AS TIMESTAMP), {start})"
+    from_cursor = cursor_start(cursor, kind, alias="") if cursor else None
+    if from_cursor:
+        start = f"coalesce({from_cursor}, {start})"
     with wh.transaction():
         wh.execute(
             f"UPDATE {plan.target} SET {ident(VALID_FROM)} = {start}, "
@@ -321,10 +361,10 @@ def stage_versions(
     columns: list[str],
     rows: str | None,
     deletes: str | None,
-    time: str = "",
+    time: str | None = None,
 ) -> Versions:
-    """Compute the versions ``rows`` (valid from ``time``) and ``deletes`` make, outside the
-    transaction that writes them."""
+    """Compute the versions ``rows`` (valid from ``time``: :func:`row_time`) and ``deletes``
+    make, outside the transaction that writes them."""
     name = f"_mds_versions_{plan.name}"
     select = versions_sql(
         plan.target,
@@ -336,7 +376,8 @@ def stage_versions(
         time=time,
         soft=plan.soft,
     )
-    params = [*([ctx.loaded_at] if rows else []), ctx.region, ctx.region]
+    times = [ctx.loaded_at] * ((1 if rows else 0) + (2 if deletes else 0))
+    params = [*times, ctx.region, ctx.region]
     wh.execute(f"CREATE OR REPLACE TEMP TABLE {ident(name)} AS {select}", params)
     counts = wh.query(counts_sql(wh.stage_ref(name))).to_pylist()[0].values()
     inserted, updated, deleted = (int(n) for n in counts)
@@ -346,10 +387,10 @@ def stage_versions(
 class HistoryLoad(StagedLoad):
     """Stage records and tombstones; each commit writes them as versions (module docstring)."""
 
-    def __init__(self, lc: LoadContext, temporal_cursor: bool) -> None:
+    def __init__(self, lc: LoadContext, cursor_time: CursorTime) -> None:
         super().__init__(lc, positions=True)  # a key's versions in a batch keep their order
-        self.temporal_cursor = temporal_cursor
-        """The cursor is a date or time: a record's version is valid from its cursor."""
+        self.cursor_time = cursor_time
+        """Whether, and how, a record's version is valid from its cursor."""
 
     def migrate(self, schema: pa.Schema) -> None:
         if CHANGED_AT in self.records.columns:  # the source's change times stay staged
@@ -361,15 +402,16 @@ class HistoryLoad(StagedLoad):
         replace = self.lc.replace
         rows, deletes = self.records.ref, self.deletes.ref
         cursor, made = plan.stream.cursor, []
-        if rows and cursor and self._filled(wh, plan.target, ctx.region):
-            where = stale_sql(plan.target, rows, plan.keys, cursor)
-            check_stale(wh, plan, self, rows, where, [ctx.region])
-        if replace is not None:  # what the read no longer has is deleted, not cleared
+        whole = replace is not None and replace.whole  # a full read: the source's truth now
+        if rows and cursor and not whole and self._filled(wh, plan.target, ctx.region):
+            replaced, params = ("FALSE", []) if replace is None else replace.window()
+            where = stale_sql(plan.target, plan.keys, cursor, replaced)
+            check_stale(wh, plan, self, rows, where, [ctx.region, *params])
+        if replace is not None:
+            # What the read no longer has is deleted, not cleared; its tombstones replay
+            # history the rows outside a backfill's window already hold (as in every mode).
             window, params = replace.window()
             select = gone_sql(plan.target, rows, plan.keys, window)
-            if deletes:
-                names = _names([*plan.keys, SOURCE_DELETED_AT, SEQ])
-                select += f" UNION ALL SELECT {names} FROM {deletes}"
             gone = f"_mds_gone_{plan.name}"
             wh.execute(
                 f"CREATE OR REPLACE TEMP TABLE {ident(gone)} AS {select}",
@@ -380,7 +422,7 @@ class HistoryLoad(StagedLoad):
             return lambda: None, made
         staged = self.records.columns
         columns = [c for c in staged if c != CHANGED_AT] if rows else data_columns(wh, plan)
-        time = row_time(staged, cursor, self.temporal_cursor)
+        time = row_time(staged, cursor, self.cursor_time)
         if rows and not deletes and self._first(rows):
             return partial(self._insert_first, rows, columns, time), made
         versions = stage_versions(wh, plan, ctx, columns, rows, deletes, time)

@@ -147,7 +147,7 @@ def plan_stream(
     read: SyncMode = "incremental_deduped" if wanted.sync == HISTORY else wanted.sync
     problems = {
         "sync": (
-            read not in spec.sync_modes or (history and spec.loaded_externally),
+            wanted.sync not in _modes(spec),
             f"sync mode {wanted.sync!r} is not supported by this stream",
             f"use one of: {', '.join(_modes(spec))}",
         ),

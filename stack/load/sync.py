@@ -75,6 +75,7 @@ _META_SCHEMA = pa.schema(
     ]
 )
 NULL_KEY = "null primary key"
+_CHANGED = pa.timestamp("us")
 
 
 def sync_stream(
@@ -326,7 +327,7 @@ def _load(lc: LoadContext, table_existed: bool, schema: StreamSchema) -> Load:
     overwrites; a deduped stream's first load of an empty region), else staged."""
     wh, plan = lc.wh, lc.plan
     if plan.history:
-        return history.HistoryLoad(lc, _temporal_cursor(plan, schema.current))
+        return history.HistoryLoad(lc, _cursor_time(plan, schema.current))
     if _direct(plan, wh.capabilities):
         return DirectLoad(lc)
     if lc.replace is None and first_load_direct(plan, wh.capabilities):
@@ -352,10 +353,11 @@ def _destination(wh: Warehouse, plan: StreamPlan, exists: bool) -> StreamSchema:
     engine_columns = (*sql.META_COLUMNS, *sql.HISTORY_COLUMNS)
     data = pa.schema([f for f in current if f.name not in engine_columns])
     kept = sql.IS_CURRENT in current.names
-    if plan.history and not (kept and _has_view(wh, plan)):
-        # A new table, one loaded until now without history, or one whose start was cut
-        # short: its rows become their keys' current versions, then the view marks it done.
-        history.adopt(wh, plan, _temporal_cursor(plan, current), add_columns=not kept)
+    if plan.history and not (kept and _view_is_current(wh, plan, data.names)):
+        # A new table, one loaded until now without history, or one whose start (or a new
+        # column's view) was cut short: its rows become their keys' current versions, then
+        # the view, with every column, marks it done.
+        history.adopt(wh, plan, _cursor_time(plan, current), add_columns=not kept)
         _current_view(wh, plan, data.names)
     elif kept and not plan.history:
         raise ConfigError(
@@ -369,17 +371,21 @@ def _destination(wh: Warehouse, plan: StreamPlan, exists: bool) -> StreamSchema:
     return StreamSchema(data, plan.schema_policy, plan.columns, required)
 
 
-def _has_view(wh: Warehouse, plan: StreamPlan) -> bool:
-    return wh.columns(plan.schema, plan.current_view) is not None
+def _view_is_current(wh: Warehouse, plan: StreamPlan, columns: list[str]) -> bool:
+    """Whether the view of current versions exists, with every column of the table."""
+    found = wh.columns(plan.schema, plan.current_view)
+    return found is not None and set(found) == set(history.view_columns(columns))
 
 
-def _temporal_cursor(plan: StreamPlan, columns: pa.Schema) -> bool:
+def _cursor_time(plan: StreamPlan, columns: pa.Schema) -> history.CursorTime:
     """Whether the stream's cursor is a date or a time (a version is valid from it)."""
     cursor = plan.stream.cursor
     if cursor is None or cursor not in columns.names:
-        return False
+        return None
     kind = columns.field(cursor).type
-    return pa.types.is_timestamp(kind) or pa.types.is_date(kind)
+    if pa.types.is_timestamp(kind):
+        return "zoned" if kind.tz else "naive"
+    return "naive" if pa.types.is_date(kind) else None
 
 
 def _current_view(wh: Warehouse, plan: StreamPlan, columns: list[str]) -> None:
@@ -423,10 +429,11 @@ def _add_batch(
     if batch.num_rows == 0:
         return
     _check_keys(plan, batch)
-    if changed_at is not None:  # a column for now, so rows quarantined take theirs along
-        batch = batch.append_column(sql.CHANGED_AT, changed_at.cast(pa.timestamp("us")))
+    if plan.history:  # every staged batch has the column (nulls: no time from the source)
+        times = pa.nulls(batch.num_rows, _CHANGED) if changed_at is None else changed_at
+        batch = batch.append_column(sql.CHANGED_AT, times.cast(_CHANGED))
     batch = _quarantine_null_keys(plan, load, batch)
-    if changed_at is not None:
+    if plan.history:
         changed_at = batch.column(sql.CHANGED_AT)
         batch = batch.drop_columns([sql.CHANGED_AT])
     before = schema.current
@@ -492,7 +499,10 @@ def _quarantine_null_keys(plan: StreamPlan, load: Load, batch: pa.RecordBatch) -
             hint="fix the source data, choose another primary key, or set "
             "`on_bad_record: quarantine` to keep such records in _mds_quarantine",
         )
-    load.add_bad(ledger.bad_records(pa.Table.from_batches([batch.filter(bad)]), NULL_KEY))
+    records = pa.Table.from_batches([batch.filter(bad)])
+    if sql.CHANGED_AT in records.schema.names:  # the record as the source sent it
+        records = records.drop_columns([sql.CHANGED_AT])
+    load.add_bad(ledger.bad_records(records, NULL_KEY))
     return batch.filter(pc.invert(bad))
 
 

@@ -18,7 +18,7 @@ from stack.config import StackConfig, load_config, render
 from stack.errors import ConfigError
 from stack.load import sync_stream
 from stack.load.ledger import RunEntry
-from stack.load.plan import RunContext, StreamPlan, plan_stream, utcnow
+from stack.load.plan import HISTORY, RunContext, StreamPlan, plan_stream, utcnow
 from stack.load.staged import Replacement
 from stack.redact import redact
 from stack.run.backfill.ledger import (
@@ -140,7 +140,7 @@ def partition_column(config: StackConfig, plan: StreamPlan) -> str:
             hint=f'add `backfill: {{partition_by: {{"{name}": <date column>}}}}`',
         )
     changes = column == plan.stream.cursor and column not in plan.stream.spec.immutable
-    if plan.mode.startswith("incremental_deduped") and changes:
+    if plan.mode in ("incremental_deduped", HISTORY) and changes:
         raise ConfigError(
             f"stream {name} is deduped and would be cut into partitions on its cursor "
             f"{column!r}, which changes: a record updated after the window would be deleted "
