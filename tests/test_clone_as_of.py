@@ -352,7 +352,10 @@ def test_publishing_a_clone_as_of_a_run_restores_the_lake_to_it(tmp_path):
     small = small_history(tmp_path)
     stale = small.lake.clone_into("stale")  # an environment taken before the restore
     at_s1 = contents(small.lake.as_of(small.versions["s1"]))
+    left = small.lake.path.with_name(f".{small.lake.path.name}.restore.0badc0de")
+    (left / "data").mkdir(parents=True)  # what a clone killed midway left
     small.lake.clone_into("restore", as_of=small.versions["s1"])
+    assert not left.exists()
     small.lake.publish("restore")
     assert contents(small.lake) == at_s1
     assert contents(small.lake.as_of(small.versions["s1"])) == at_s1  # its history stays

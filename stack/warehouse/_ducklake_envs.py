@@ -113,6 +113,9 @@ def clone_lake(
             f"nothing to clone: {source} has no catalog",
             hint="run a sync first, or check the target's path",
         )
+    if as_of is not None:  # what a killed clone of this environment left half made
+        for left in target.parent.glob(f".{target.name}.*"):
+            drop_lake(left)
     made = target if as_of is None else target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
     drop_lake(made)
     try:
