@@ -76,16 +76,17 @@ def has_duplicate_keys(target: str, keys: Sequence[str]) -> str:
     )
 
 
-def delete_superseded(target: str, keys: Sequence[str], cursor: str | None) -> str:
+def delete_superseded(target: str, keys: Sequence[str], cursor: str) -> str:
     """DELETE every row of the region but the latest per key: the highest cursor (a NULL
     cursor loses, as in :func:`prepare_rows`). Of rows with the same key and cursor one is
     kept, the last written where ``rowid`` follows write order (DuckDB's parallel writes do
     not promise it: like rows of one batch in :func:`prepare_rows`, such ties have no
-    defined order). Parameters: region."""
-    by = f"{ident(cursor)} DESC NULLS LAST, rowid DESC" if cursor else "rowid DESC"
+    defined order). The rows deleted are the region's by their own column too, not only by
+    ``rowid``. Parameters: region, region."""
+    by = f"{ident(cursor)} DESC NULLS LAST, rowid DESC"
     return (
-        f"DELETE FROM {target} WHERE rowid IN (SELECT rowid FROM {target} "
-        f"WHERE {ident(REGION)} = ? "
+        f"DELETE FROM {target} WHERE {ident(REGION)} = ? AND rowid IN (SELECT rowid "
+        f"FROM {target} WHERE {ident(REGION)} = ? "
         f"QUALIFY row_number() OVER (PARTITION BY {_cols(keys)} ORDER BY {by}) > 1)"
     )
 

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from typing import Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from connectors.base import SOURCE_DELETED_AT
 from stack import sql
@@ -387,8 +389,11 @@ def stage_versions(
 class HistoryLoad(StagedLoad):
     """Stage records and tombstones; each commit writes them as versions (module docstring)."""
 
-    def __init__(self, lc: LoadContext, cursor_time: CursorTime) -> None:
-        super().__init__(lc, positions=True)  # a key's versions in a batch keep their order
+    def __init__(
+        self, lc: LoadContext, cursor_time: CursorTime, region_filled: bool | None = None
+    ) -> None:
+        # Rows are numbered: a key's versions in one batch keep their order.
+        super().__init__(lc, region_filled, positions=True)
         self.cursor_time = cursor_time
         """Whether, and how, a record's version is valid from its cursor."""
 
@@ -440,6 +445,104 @@ class HistoryLoad(StagedLoad):
         params = [ctx.region, ctx.run_id, ctx.loaded_at, ctx.loaded_at]
         wh.execute(first_versions_sql(plan.target, rows, columns, time), params)
         self.lc.entry.inserted += self.records.rows
+
+
+_TIME = pa.timestamp("us")
+
+
+@dataclass(frozen=True)
+class FirstLoad:
+    """A history stream's first load of an empty region, streamed straight into its table as
+    a deduped stream's is (:func:`~stack.load.streaming.first_load_direct`): each record goes
+    in as a current version, valid from its time; at the commit, the rows of a key that came
+    more than once are made into its versions, in order (the cursor, then the order they
+    were written in), a row equal to the one before it dropped."""
+
+    plan: StreamPlan
+    cursor_time: CursorTime
+    loaded_at: datetime
+
+    def add_columns(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """``batch`` with its versions' columns; its change times (if any) taken out."""
+        rows, starts = batch.num_rows, []
+        if CHANGED_AT in batch.schema.names:
+            starts.append(batch.column(CHANGED_AT))
+            batch = batch.drop_columns([CHANGED_AT])
+        cursor = self.plan.stream.cursor
+        if cursor and self.cursor_time:
+            starts.append(batch.column(cursor).cast(_TIME))  # a zoned time: its UTC instant
+        start = pc.coalesce(*starts, pa.scalar(self.loaded_at, _TIME))
+        current = pa.repeat(pa.scalar(True), rows)
+        return pa.RecordBatch.from_arrays(
+            [*batch.columns, start, pa.nulls(rows, _TIME), current],
+            names=[*batch.schema.names, VALID_FROM, VALID_TO, IS_CURRENT],
+        )
+
+    def settle(self, wh: Warehouse, region: str, entry: RunEntry) -> None:
+        """Make the rows of keys written more than once into versions; call in the load's
+        transaction. Those rows are read into a staging table as versions, then replaced by
+        them (no row is updated by its ``rowid``: DuckLake may give an updated row of an
+        open transaction another one at the commit)."""
+        plan = self.plan
+        if not wh.query(sql.has_duplicate_keys(plan.target, plan.keys), [region]).num_rows:
+            return
+        found = list(wh.columns(plan.schema, plan.name) or {})
+        others = [
+            c for c in found if c not in (*plan.keys, *sql.META_COLUMNS, *sql.HISTORY_COLUMNS)
+        ]
+        name, cursor = f"_mds_first_{plan.name}", plan.stream.cursor
+        assert cursor is not None, "first_load_direct() needs a cursor"
+        select = _first_versions_sql(plan.target, plan.keys, cursor, others, found)
+        wh.execute(f"CREATE OR REPLACE TEMP TABLE {ident(name)} AS {select}", [region, region])
+        try:
+            ref, keys = wh.stage_ref(name), _names(plan.keys)
+            wh.execute(
+                f"DELETE FROM {plan.target} WHERE {ident(REGION)} = ? "
+                f"AND ({keys}) IN (SELECT {keys} FROM {ref})",
+                [region],
+            )
+            wh.execute(
+                f"INSERT INTO {plan.target} ({_names(found)}) SELECT {_names(found)} FROM {ref}"
+            )
+        finally:
+            wh.drop_stage(name)
+        rows = f"SELECT {_names(plan.keys)} FROM {plan.target} WHERE {ident(REGION)} = ?"
+        counted = wh.query(
+            f"SELECT (SELECT count(*) FROM ({rows})) AS n, "
+            f"(SELECT count(*) FROM (SELECT DISTINCT * FROM ({rows}))) AS k",
+            [region, region],
+        ).to_pylist()[0]
+        entry.inserted, entry.updated = counted["k"], counted["n"] - counted["k"]
+
+
+def _first_versions_sql(
+    target: str, keys: Sequence[str], cursor: str, others: list[str], columns: list[str]
+) -> str:
+    """SELECT of the versions the region's rows of keys written more than once make: in the
+    order of the cursor, then of writing (``rowid``, read once, as ``_mds_pos``); a row
+    equal to the one before it dropped; each valid until the next starts, never before it
+    started itself. Parameters: region, region."""
+    window = f"PARTITION BY {_names(keys)} ORDER BY {ident(cursor)} NULLS FIRST, {ident(POS)}"
+    running = f"{window} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
+    differs = " OR ".join(
+        f"lag({ident(c)}) OVER ({window}) IS DISTINCT FROM {ident(c)}" for c in others
+    )
+    twice = (
+        f"SELECT {_names(keys)} FROM {target} WHERE {ident(REGION)} = ? "
+        f"GROUP BY {_names(keys)} HAVING count(*) > 1"
+    )
+    numbered = (
+        f"SELECT *, rowid AS {ident(POS)} FROM {target} WHERE {ident(REGION)} = ? "
+        f"AND ({_names(keys)}) IN ({twice})"
+    )
+    first = f"row_number() OVER ({window}) = 1"
+    changed = f"SELECT * FROM ({numbered}) QUALIFY {first} OR {differs or 'FALSE'}"
+    start = f"max({ident(VALID_FROM)}) OVER ({running})"
+    started = f"SELECT * REPLACE ({start} AS {ident(VALID_FROM)}) FROM ({changed})"
+    end = f"lead({ident(VALID_FROM)}) OVER ({window})"
+    values = {VALID_TO: end, IS_CURRENT: f"{end} IS NULL"}
+    chosen = ", ".join(f"{values.get(c, ident(c))} AS {ident(c)}" for c in columns)
+    return f"SELECT {chosen} FROM ({started})"
 
 
 def detect_deletes(

@@ -26,7 +26,8 @@ from stack import sql
 from stack.errors import SchemaError
 from stack.load import ledger
 from stack.load.feed import Feed
-from stack.load.plan import StreamPlan, utcnow
+from stack.load.history import FirstLoad
+from stack.load.plan import HISTORY, StreamPlan, utcnow
 from stack.load.staged import LoadContext
 from stack.load.staging import BUFFER_ROWS
 from stack.warehouse.base import Capabilities
@@ -36,12 +37,18 @@ class DirectLoad:
     """Append records to the destination in an open transaction; commit with the state."""
 
     def __init__(
-        self, lc: LoadContext, max_rows: int = BUFFER_ROWS, *, dedupe: bool = False
+        self,
+        lc: LoadContext,
+        max_rows: int = BUFFER_ROWS,
+        *,
+        dedupe: bool = False,
+        versions: FirstLoad | None = None,
     ) -> None:
         self.lc = lc
-        self.dedupe = dedupe
+        self.dedupe = dedupe or versions is not None
         """Keep one row per key at commit (a deduped stream's first load of an empty region:
-        see :func:`first_load_direct`)."""
+        see :func:`first_load_direct`), or its versions (``versions``: a history stream's)."""
+        self.versions = versions
         self.max_rows = max_rows
         self.state: State | None = None
         self._pending = 0
@@ -61,6 +68,8 @@ class DirectLoad:
         return self._pending
 
     def add(self, batch: pa.RecordBatch) -> None:
+        if self.versions is not None:
+            batch = self.versions.add_columns(batch)
         self._pending += batch.num_rows
         if self.lc.wh.capabilities.stream_append:
             self._stream(batch)
@@ -105,7 +114,9 @@ class DirectLoad:
             }
             wh.append(wh.meta_schema, ledger.QUARANTINE_TABLE, _Constants(meta).add(bad))
             entry.quarantined += bad.num_rows
-        if self.dedupe:
+        if self.versions is not None:
+            self.versions.settle(wh, ctx.region, entry)
+        elif self.dedupe:
             self._keep_latest_per_key()
         self.lc.end_checkpoint(self.state, now)
         self._tx = None
@@ -118,7 +129,10 @@ class DirectLoad:
         wh, plan, region, entry = self.lc.wh, self.lc.plan, self.lc.ctx.region, self.lc.entry
         if not wh.query(sql.has_duplicate_keys(plan.target, plan.keys), [region]).num_rows:
             return
-        wh.execute(sql.delete_superseded(plan.target, plan.keys, plan.stream.cursor), [region])
+        assert plan.stream.cursor is not None, "first_load_direct() needs a cursor"
+        wh.execute(
+            sql.delete_superseded(plan.target, plan.keys, plan.stream.cursor), [region, region]
+        )
         left = wh.query(
             f"SELECT count(*) FROM {plan.target} WHERE {sql.ident(sql.REGION)} = ?", [region]
         )
@@ -196,14 +210,18 @@ class _Constants:
 
 
 def first_load_direct(plan: StreamPlan, capabilities: Capabilities) -> bool:
-    """Whether a deduped stream's load may stream straight into its table when the region
-    holds no rows yet (the caller checks that): nothing to merge with, so rows need no
-    staging; rows of a key a later cursor supersedes are deleted at the commit, by row id.
-    Not for streams with deletes (a tombstone must meet the row it follows), nor where a
-    direct load is refused anyway (DDL that commits, several processes writing)."""
+    """Whether a deduped (or history) stream's load may stream straight into its table when
+    the region holds no rows yet (the caller checks that): nothing to merge with, so rows
+    need no staging; rows of a key a later cursor supersedes are deleted (made versions) at
+    the commit, by row id.
+    Not for streams with deletes (a tombstone must meet the row it follows), nor without a
+    cursor (the order rows were written in, which would then decide, is not kept by
+    DuckDB's parallel writes), nor where a direct load is refused anyway (DDL that commits,
+    several processes writing)."""
     return (
-        plan.mode == "incremental_deduped"
+        plan.mode in ("incremental_deduped", HISTORY)
         and bool(plan.keys)
+        and plan.stream.cursor is not None
         and not plan.propagates_deletes
         and capabilities.row_ids
         and capabilities.streams_into_tables

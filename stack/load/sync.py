@@ -236,7 +236,9 @@ class StreamRun:
         state = self.load.state
         self.load.commit()
         if isinstance(self.load, DirectLoad) and self.load.dedupe:
-            self.load = StagedLoad(self.lc)  # the region holds rows now: later commits merge
+            # The region holds rows now: later commits merge.
+            versions = self.load.versions
+            self.load = _merging(self.lc, versions.cursor_time if versions else None)
         self.committed = state if state is not None else self.committed
 
     def finish(self, source: Source) -> None:
@@ -326,15 +328,26 @@ def _load(lc: LoadContext, table_existed: bool, schema: StreamSchema) -> Load:
     """How the run writes: straight into the table where nothing needs merging (appends,
     overwrites; a deduped stream's first load of an empty region), else staged."""
     wh, plan = lc.wh, lc.plan
-    if plan.history:
-        return history.HistoryLoad(lc, _cursor_time(plan, schema.current))
+    cursor_time = _cursor_time(plan, schema.current)
     if _direct(plan, wh.capabilities):
         return DirectLoad(lc)
     if lc.replace is None and first_load_direct(plan, wh.capabilities):
         if not (table_existed and region_has_rows(wh, plan.target, lc.ctx.region)):
+            if plan.history:
+                first = history.FirstLoad(plan, cursor_time, lc.ctx.loaded_at)
+                return DirectLoad(lc, versions=first)
             return DirectLoad(lc, dedupe=True)
-        return StagedLoad(lc, region_filled=True)
-    return StagedLoad(lc)
+        return _merging(lc, cursor_time, region_filled=True)
+    return _merging(lc, cursor_time)
+
+
+def _merging(
+    lc: LoadContext, cursor_time: history.CursorTime, region_filled: bool | None = None
+) -> Load:
+    """The staged load of a stream whose rows meet those already loaded."""
+    if lc.plan.history:
+        return history.HistoryLoad(lc, cursor_time, region_filled)
+    return StagedLoad(lc, region_filled)
 
 
 def _destination(wh: Warehouse, plan: StreamPlan, exists: bool) -> StreamSchema:

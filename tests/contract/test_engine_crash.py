@@ -184,15 +184,19 @@ def test_a_fault_at_any_step_leaves_state_matching_data_and_a_rerun_exact(
     assert run_ledger(warehouse, region)[-1]["status"] == "succeeded"
 
 
-def test_a_fault_at_any_step_of_a_first_load_leaves_state_matching_data(warehouse, regions):
-    """A region's first load of a deduped stream without deletes (on DuckDB: straight into
-    the table, duplicates dropped at the commit): one fault at each of its steps, each in a
-    fresh region of a table another region fills; every region then holds what its stored
-    state covers, and a rerun lands the model's table."""
+@pytest.mark.parametrize("mode", ["incremental_deduped", HISTORY])
+def test_a_fault_at_any_step_of_a_first_load_leaves_state_matching_data(
+    warehouse, regions, mode: str
+):
+    """A region's first load of a deduped (or history) stream without deletes (on DuckDB:
+    straight into the table, duplicates dropped, or made versions, at the commit): one
+    fault at each of its steps, each in a fresh region of a table another region fills;
+    every region then holds what its stored state covers, and a rerun lands the model's
+    table."""
     caps = warehouse.capabilities
     if caps.concurrent_writers or not caps.transactional_ddl:
         pytest.skip("every load is staged here: the staged path is the other fault test's")
-    options = dict(mode="incremental_deduped", deletes="none", policy=EVERY_CHECKPOINT)
+    options = dict(mode=mode, deletes="none", policy=EVERY_CHECKPOINT)
     script = change_rounds(random.Random(3), 1, 3)[0]
     sync(warehouse, ScriptedSource(script), region=regions(), run_id="other", **options)
     clean = FaultyWarehouse(warehouse)
@@ -202,17 +206,17 @@ def test_a_fault_at_any_step_of_a_first_load_leaves_state_matching_data(warehous
         faulty = FaultyWarehouse(warehouse, fail_at=fault)
         with pytest.raises(WarehouseError, match="injected fault"):
             sync(faulty, ScriptedSource(script), region=region, run_id=f"fault-{fault}", **options)
-        assert table_rows(warehouse, region, "incremental_deduped") == committed_rows(
-            warehouse, region, "incremental_deduped", "none", script
+        assert table_rows(warehouse, region, mode) == committed_rows(
+            warehouse, region, mode, "none", script
         ), f"after a fault at step {fault}: {step}"
         if position(warehouse, region):  # it committed: the next fault needs an empty region
             used.append(region)
             region = regions()
     for again in [*used, region]:
         sync(warehouse, ScriptedSource(script), region=again, run_id="rerun", **options)
-        assert table_rows(warehouse, again, "incremental_deduped") == expected_rows(
-            "incremental_deduped", "none", [("", script)]
-        ), f"a rerun in {again}"
+        assert table_rows(warehouse, again, mode) == expected_rows(mode, "none", [("", script)]), (
+            f"a rerun in {again}"
+        )
 
 
 def test_a_run_that_fails_before_reading_is_recorded_as_failed(warehouse, regions):

@@ -302,3 +302,32 @@ def test_a_zoned_cursor_starts_versions_at_its_utc_time_whatever_the_sessions_zo
     data = pa.record_batch([[1], ["a"], pa.array([noon], ZONED.field("updated_at").type)], ZONED)
     run(warehouse, region, ZonedCursor([Batch("items", data), checkpoint()]), "r1")
     assert versions(warehouse, region, "_mds_valid_from") == [(1, "a", True, noon)]
+
+
+@pytest.mark.parametrize("mode", ["incremental_deduped", HISTORY])
+def test_without_a_cursor_the_last_record_of_a_key_wins_on_every_thread_count(tmp_path, mode: str):
+    """Without a cursor only the order batches came in decides (a key comes once a batch:
+    inside one, only a cursor orders): a first load keeps it with DuckDB writing on
+    several threads too."""
+    with DuckDBWarehouse(tmp_path / "wh", threads=4) as wh:
+        for example in range(12):
+            said = [
+                rows(*((k, f"v{n}-{k}", 0) for k in range(1 + (n * 7 + example) % 3)))
+                for n in range(2 + example % 9)
+            ]
+            last = {k: name for batch in said for k, name, _ in _records(batch)}
+            region = f"r{example}"
+            policy = POLICIES["coalesced"]
+            options = dict(deletes="none", region=region, run_id=region, policy=policy)
+            sync(wh, WithoutCursor([*said, checkpoint()]), mode=mode, **options)
+            current = " AND _mds_is_current" if mode == HISTORY else ""
+            got = wh.query(
+                f"SELECT id, name FROM {table(SCHEMA, STREAM)} WHERE _mds_region = ?{current}",
+                [region],
+            ).to_pylist()
+            assert {r["id"]: r["name"] for r in got} == last, f"example {example}"
+
+
+def _records(batch: Batch) -> list[tuple]:
+    data = batch.data.to_pydict()
+    return list(zip(data["id"], data["name"], data["updated_at"], strict=True))
