@@ -73,6 +73,12 @@ def _names(columns: Sequence[str], prefix: str = "") -> str:
     return ", ".join(f"{prefix}{ident(c)}" for c in columns)
 
 
+def _differs(columns: Sequence[str], window: str) -> str:
+    """Whether a row's ``columns`` (SQL expressions) differ from the row before it."""
+    found = [f"lag({c}) OVER ({window}) IS DISTINCT FROM {c}" for c in columns]
+    return " OR ".join(found) or "FALSE"
+
+
 def view_columns(columns: Sequence[str]) -> list[str]:
     """The columns of the view of current versions: the stream's and the metadata columns,
     ``_mds_valid_from`` too (since when the row is as it is)."""
@@ -199,13 +205,12 @@ def versions_sql(
         )
     else:
         grouped = f"f AS (SELECT *, {state} END AS _state FROM e), "
-    differs = " OR ".join(f"lag({c}) OVER ({window}) IS DISTINCT FROM {c}" for c in others)
     changed = f"_state <> _prev OR (_state <> {_ABSENT} AND _differs)"
     return (
         f"WITH e AS ({' UNION ALL '.join(events)}), "
         f"{grouped}"
         f"m AS (SELECT *, coalesce(lag(_state) OVER ({window}), {_ABSENT}) AS _prev, "
-        f"{differs or 'FALSE'} AS _differs FROM f), "
+        f"{_differs(others, window)} AS _differs FROM f), "
         f"kept AS (SELECT * FROM m WHERE _kind IN ({_CURRENT}, {_CURRENT_DELETED}, {_ENDED}) "
         f"OR {changed}), "
         f"timed AS (SELECT *, max(_at) OVER ({running}) AS _from FROM kept), "
@@ -524,9 +529,6 @@ def _first_versions_sql(
     started itself. Parameters: region, region."""
     window = f"PARTITION BY {_names(keys)} ORDER BY {ident(cursor)} NULLS FIRST, {ident(POS)}"
     running = f"{window} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
-    differs = " OR ".join(
-        f"lag({ident(c)}) OVER ({window}) IS DISTINCT FROM {ident(c)}" for c in others
-    )
     twice = (
         f"SELECT {_names(keys)} FROM {target} WHERE {ident(REGION)} = ? "
         f"GROUP BY {_names(keys)} HAVING count(*) > 1"
@@ -536,7 +538,8 @@ def _first_versions_sql(
         f"AND ({_names(keys)}) IN ({twice})"
     )
     first = f"row_number() OVER ({window}) = 1"
-    changed = f"SELECT * FROM ({numbered}) QUALIFY {first} OR {differs or 'FALSE'}"
+    differs = _differs([ident(c) for c in others], window)
+    changed = f"SELECT * FROM ({numbered}) QUALIFY {first} OR {differs}"
     start = f"max({ident(VALID_FROM)}) OVER ({running})"
     started = f"SELECT * REPLACE ({start} AS {ident(VALID_FROM)}) FROM ({changed})"
     end = f"lead({ident(VALID_FROM)}) OVER ({window})"
