@@ -56,9 +56,9 @@ from stack.sql import (
 )
 from stack.warehouse.base import Warehouse
 
-COLUMNS = pa.schema(
-    [(VALID_FROM, pa.timestamp("us")), (VALID_TO, pa.timestamp("us")), (IS_CURRENT, pa.bool_())]
-)
+TIME = pa.timestamp("us")
+"""The type of every time a history table keeps (naive UTC, as every ``_mds_*`` time)."""
+COLUMNS = pa.schema([(VALID_FROM, TIME), (VALID_TO, TIME), (IS_CURRENT, pa.bool_())])
 """The columns a history table has besides the stream's and the metadata every table has."""
 
 # Events, in the staging table of versions: the key's current version in the table (its
@@ -452,9 +452,6 @@ class HistoryLoad(StagedLoad):
         self.lc.entry.inserted += self.records.rows
 
 
-_TIME = pa.timestamp("us")
-
-
 @dataclass(frozen=True)
 class FirstLoad:
     """A history stream's first load of an empty region, streamed straight into its table as
@@ -475,11 +472,11 @@ class FirstLoad:
             batch = batch.drop_columns([CHANGED_AT])
         cursor = self.plan.stream.cursor
         if cursor and self.cursor_time:
-            starts.append(batch.column(cursor).cast(_TIME))  # a zoned time: its UTC instant
-        start = pc.coalesce(*starts, pa.scalar(self.loaded_at, _TIME))
+            starts.append(batch.column(cursor).cast(TIME))  # a zoned time: its UTC instant
+        start = pc.coalesce(*starts, pa.scalar(self.loaded_at, TIME))
         current = pa.repeat(pa.scalar(True), rows)
         return pa.RecordBatch.from_arrays(
-            [*batch.columns, start, pa.nulls(rows, _TIME), current],
+            [*batch.columns, start, pa.nulls(rows, TIME), current],
             names=[*batch.schema.names, VALID_FROM, VALID_TO, IS_CURRENT],
         )
 

@@ -75,7 +75,6 @@ _META_SCHEMA = pa.schema(
     ]
 )
 NULL_KEY = "null primary key"
-_CHANGED = pa.timestamp("us")
 
 
 def sync_stream(
@@ -443,8 +442,8 @@ def _add_batch(
         return
     _check_keys(plan, batch)
     if plan.history:  # every staged batch has the column (nulls: no time from the source)
-        times = pa.nulls(batch.num_rows, _CHANGED) if changed_at is None else changed_at
-        batch = batch.append_column(sql.CHANGED_AT, times.cast(_CHANGED))
+        times = pa.nulls(batch.num_rows, history.TIME) if changed_at is None else changed_at
+        batch = batch.append_column(sql.CHANGED_AT, times.cast(history.TIME))
     batch = _quarantine_null_keys(plan, load, batch)
     if plan.history:
         changed_at = batch.column(sql.CHANGED_AT)

@@ -51,12 +51,21 @@ def run(wh: Warehouse, region: str, source: ScriptedSource, run_id: str, **optio
     sync(wh, source, mode=HISTORY, region=region, run_id=run_id, **options)
 
 
-class WithoutCursor(ScriptedSource):
-    """The scripted source with no cursor (as a CDC stream has none)."""
+class Declared(ScriptedSource):
+    """The scripted source, its stream declared otherwise (``changes``: fields of its spec)."""
+
+    def __init__(self, script: list, **changes: object) -> None:
+        super().__init__(script)
+        self.changes = changes
 
     def discover(self) -> Catalog:
         spec = super().discover().stream("items")
-        return Catalog((dataclasses.replace(spec, cursor=None),))
+        return Catalog((dataclasses.replace(spec, **self.changes),))
+
+
+def without_cursor(script: list) -> Declared:
+    """The scripted source with no cursor (as a CDC stream has none)."""
+    return Declared(script, cursor=None)
 
 
 def test_a_key_changed_three_times_in_one_batch_is_three_versions_valid_from_each_change(
@@ -233,7 +242,7 @@ def test_without_a_cursor_a_key_changed_in_three_syncs_then_read_again_is_three_
     region, said = regions(), []
     for name in ("a", "b", "c", "c"):  # the last: the same record read again
         said += [rows((1, name, 1)), checkpoint()]
-        run(warehouse, region, WithoutCursor(list(said)), f"r{len(said)}")
+        run(warehouse, region, without_cursor(list(said)), f"r{len(said)}")
     assert versions(warehouse, region) == [(1, "a", False), (1, "b", False), (1, "c", True)]
     check_history(warehouse, region, "hard", said)
 
@@ -285,14 +294,6 @@ ZONED = pa.schema(
 )
 
 
-class ZonedCursor(ScriptedSource):
-    """The scripted source with a cursor that carries its time zone (``timestamptz``)."""
-
-    def discover(self) -> Catalog:
-        spec = super().discover().stream("items")
-        return Catalog((dataclasses.replace(spec, schema=ZONED),))
-
-
 def test_a_zoned_cursor_starts_versions_at_its_utc_time_whatever_the_sessions_zone(
     warehouse, regions
 ):
@@ -300,7 +301,7 @@ def test_a_zoned_cursor_starts_versions_at_its_utc_time_whatever_the_sessions_zo
         warehouse.execute("SET TimeZone = 'America/New_York'")
     region, noon = regions(), datetime(2026, 12, 1, 12, 0)
     data = pa.record_batch([[1], ["a"], pa.array([noon], ZONED.field("updated_at").type)], ZONED)
-    run(warehouse, region, ZonedCursor([Batch("items", data), checkpoint()]), "r1")
+    run(warehouse, region, Declared([Batch("items", data), checkpoint()], schema=ZONED), "r1")
     assert versions(warehouse, region, "_mds_valid_from") == [(1, "a", True, noon)]
 
 
@@ -319,7 +320,7 @@ def test_without_a_cursor_the_last_record_of_a_key_wins_on_every_thread_count(tm
             region = f"r{example}"
             policy = POLICIES["coalesced"]
             options = dict(deletes="none", region=region, run_id=region, policy=policy)
-            sync(wh, WithoutCursor([*said, checkpoint()]), mode=mode, **options)
+            sync(wh, without_cursor([*said, checkpoint()]), mode=mode, **options)
             current = " AND _mds_is_current" if mode == HISTORY else ""
             got = wh.query(
                 f"SELECT id, name FROM {table(SCHEMA, STREAM)} WHERE _mds_region = ?{current}",
