@@ -665,10 +665,17 @@ class Account:
                 self.content[AUDIT_DB],
                 self.content[PUBLISHED],
             )
+        database = sql.split('FROM "', 1)[-1].split('"', 1)[0]
+        restore_base = sfsql.RESTORE_BASE in sql
+        if restore_base and sql.startswith("DROP TABLE"):
+            del self.content[sql.split('"', 2)[1]]["base"]
+            return []
         if "information_schema.tables" in sql:
-            return [{"table_name": "_mds_runs"}]
+            found = not restore_base or "base" in self.content[database]
+            return [{"table_name": sfsql.RESTORE_BASE if restore_base else "_mds_runs"}] * found
+        if restore_base:  # what a clone of an older version kept of the published ledger
+            return [{"ledger_table": "_mds_runs", "hash": self.content[database]["base"]}]
         if "HASH_AGG" in sql:
-            database = sql.split('FROM "', 1)[1].split('"', 1)[0]
             return [{"hash": hash(self.content[database]["ledger"])}]
         return []
 
@@ -705,6 +712,42 @@ def test_a_snowflake_publish_never_swaps_a_write_out_of_the_published_database(m
         if refused:
             assert "changed while" in str(refused)
             assert account.content[AUDIT_DB]["marts"] == "audited"  # kept for the rerun
+
+
+def test_publishing_a_snowflake_clone_of_an_older_version_restores_it(monkeypatch):
+    """`clone ENV --as-of` then `publish ENV`: the clone's ledger is the old one, so the
+    check is against the published ledger the clone kept when it was made. A run that
+    commits before any statement of the publish stays published (or the restore went
+    first); the kept ledger never reaches the published database."""
+
+    def restoring(writes: tuple[int, ...]) -> Account:
+        account = Account(writes)
+        account.content[AUDIT_DB] = {
+            "ledger": ("run-0",),
+            "marts": "restored",
+            "base": hash(account.content[PUBLISHED]["ledger"]),
+        }
+        return account
+
+    clean = restoring(())
+    assert publish_on(clean, monkeypatch) is None
+    assert clean.content[PUBLISHED] == {"ledger": ("run-0",), "marts": "restored"}
+    for moment in range(len(clean.stub.sql())):
+        account = restoring((moment,))
+        refused = publish_on(account, monkeypatch)
+        published = account.content[PUBLISHED]
+        if refused:
+            assert f"late-{moment}" in published["ledger"], (moment, refused)
+            assert "changed while" in str(refused) and published["marts"] == "old"
+        else:  # the write came after the restore: it is in the restored ledger
+            assert published["marts"] == "restored", moment
+            assert f"late-{moment}" in published["ledger"], moment
+        assert "base" not in published, moment
+    stale = restoring(())
+    stale.content[PUBLISHED]["ledger"] += ("run-2",)  # a run after the clone was made
+    refused = publish_on(stale, monkeypatch)
+    assert refused is not None and "clone it again" in (refused.hint or "")
+    assert stale.content[PUBLISHED]["marts"] == "old"
 
 
 def test_a_write_during_the_undo_of_a_snowflake_swap_is_reported_not_dropped(monkeypatch):

@@ -30,11 +30,9 @@ from stack.config.targets import PostgresCatalog
 from stack.errors import WarehouseError
 from stack.load import EVERY_CHECKPOINT, RunContext, ledger, plan_stream, sync_stream, utcnow
 from stack.warehouse.duckdb import DuckDBWarehouse
-from stack.warehouse.snowflake import SnowflakeWarehouse
 from tests.conftest import ROOT
 from tests.scripted import ScriptedSource, checkpoint, deletes, rows
 from tests.servers.pg_server import connect_kwargs
-from tests.snowflake_fixtures import fakesnow_target
 
 PIPELINE, REGION = "shop", "eu"
 """The demo config's name (the CLI test reads the ledger through it) and a region."""
@@ -415,16 +413,6 @@ def test_a_lake_with_a_postgresql_catalog_is_refused(tmp_path, pg_logical):
             "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (env.pg.schema,)
         ).fetchone()
     assert found == (0,)
-
-
-def test_snowflake_says_what_would_clone_it_as_of_a_time():
-    warehouse = SnowflakeWarehouse(fakesnow_target("shop"))
-    with pytest.raises(WarehouseError, match="DuckDB targets") as refused:
-        warehouse.clone_into("dev", as_of=3)
-    hint = refused.value.hint or ""
-    assert (
-        "CLONE" in hint and "AT(TIMESTAMP =>" in hint and "does not record Snowflake times" in hint
-    )
 
 
 def test_statistics_are_the_version_s_not_the_lake_s_latest(tmp_path):

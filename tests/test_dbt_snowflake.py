@@ -33,6 +33,7 @@ from stack.cli import app
 from stack.config import load_config
 from stack.errors import TransformError
 from stack.run import pipeline
+from stack.warehouse import _snowflake_time_travel as travel
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.conftest import ROOT
 from tests.snowflake_fixtures import fakesnow_server, open_fakesnow, stop_fakesnow_server
@@ -246,6 +247,28 @@ def test_dbt_node_results_are_in_the_snowflake_ledger(snowflake_run):
     fresh = rows.filter(pl.col("command") == "source freshness")
     assert sorted(fresh["name"].to_list()) == ["customers", "order_items", "orders", "products"]
     assert set(fresh["status"].to_list()) == {"pass"}
+
+
+def test_each_snowflake_run_records_its_time_and_as_of_reads_at_it(
+    snowflake_run, snowflake_config_path
+):
+    """A run records Snowflake's clock after its publish; `sql --as-of RUN` sends the query
+    at that time (fakesnow has no time travel: it refuses the AT clause, and the error
+    shows the statement). `diff` is DuckDB's alone, so no summary offers it."""
+    rows = sf_query("SELECT run_id, snapshot FROM MDSTACK._mds_run_snapshots ORDER BY snapshot")
+    assert rows["run_id"].to_list() == ["sf-run-1", "sf-run-2"]
+    assert [run.dbt.previous_run for run in snowflake_run["runs"]] == [None, None]
+    stamp = travel.at(rows["snapshot"][0]).expression.sql("snowflake")
+    options = ["--target", "snowflake", "-c", str(snowflake_config_path)]
+    query = ["sql", "SELECT count(*) AS n FROM _mds_runs", "--as-of", "sf-run-1"]
+    said = CliRunner().invoke(app, [*query, *options], env={"COLUMNS": "250"})
+    assert said.exit_code != 0
+    text = " ".join(said.output.split())
+    assert f'FROM "_mds_runs" AT (TIMESTAMP => {stamp})' in text, text
+    assert "does not support time travel" in text
+    diff = CliRunner().invoke(app, ["diff", "sf-run-1", *options], env={"COLUMNS": "250"})
+    assert diff.exit_code != 0 and "works on DuckDB targets" in diff.output
+    assert "--as-of sf-run-1" in " ".join(diff.output.split())
 
 
 def test_snowflake_password_is_in_no_dbt_log_artifact_or_output(snowflake_run):

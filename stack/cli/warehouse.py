@@ -107,8 +107,8 @@ def sql_command(
             "--as-of",
             metavar="RUN_ID|TIME",
             help="Read the warehouse as run RUN_ID left it (the id in its summary's title), "
-            "or as it was at TIME (ISO 8601, UTC unless it says: 2026-12-01T09:00); DuckDB "
-            "targets, while DuckLake keeps that version.",
+            "or as it was at TIME (ISO 8601, UTC unless it says: 2026-12-01T09:00), while it "
+            "keeps that version (DuckDB: `retention:`; Snowflake: its time travel).",
         ),
     ] = None,
 ) -> None:
@@ -134,9 +134,13 @@ def sql_command(
 
 def _as_of_run(pipeline: str, current: Warehouse, run_id: str) -> Warehouse:
     """The warehouse as run ``run_id`` left it (the version its ledger recorded)."""
+    return current.as_of(_version_of(pipeline, current, run_id))
+
+
+def _version_of(pipeline: str, current: Warehouse, run_id: str) -> int:
+    """The version run ``run_id`` (or a time) left the (unopened) warehouse at."""
     with current as wh:
-        snapshot = _run_snapshot(wh, pipeline, run_id)
-    return current.as_of(snapshot)
+        return _run_snapshot(wh, pipeline, run_id)
 
 
 def _run_snapshot(wh: Warehouse, pipeline: str, run_id: str) -> int:
@@ -150,8 +154,7 @@ def _run_snapshot(wh: Warehouse, pipeline: str, run_id: str) -> int:
         raise MdstackError(
             f"run {run_id!r} of {pipeline!r} recorded no version of this warehouse",
             hint="take the id from a run's summary (`run <id> · region <r>`) or "
-            "`mdstack sql 'SELECT * FROM _mds_run_snapshots'`; a run records one when dbt "
-            "ran (on DuckDB targets)",
+            "`mdstack sql 'SELECT * FROM _mds_run_snapshots'`; a run records one when dbt ran",
         )
     return snapshot
 
@@ -172,7 +175,7 @@ def _version_at(wh: Warehouse, moment: datetime, text: str) -> int:
         raise MdstackError(
             f"this warehouse keeps no version from {text} or before",
             hint="give a later time, or a run id; DuckDB targets keep versions back to their "
-            "`retention:` (`mdstack expire`); Snowflake's time travel is not used yet",
+            "`retention:` (`mdstack expire`)",
         )
     return found
 
@@ -246,10 +249,14 @@ def diff_command(
     """What changed between two runs (or since one): rows added, changed (with the columns
     that changed) and deleted, per table and region, from DuckLake's change feed."""
     with warehouse(config, target) as (cfg, unopened), unopened as wh:
+        if not wh.capabilities.diff:
+            raise MdstackError(
+                "mdstack diff works on DuckDB targets (DuckLake's change feed)",
+                hint=f"compare `mdstack sql '<query>' --as-of {run_a}` with the same query "
+                f"--as-of {run_b or 'a later run'}: Snowflake's time travel reads both",
+            )
         before = _run_snapshot(wh, cfg.name, run_a)
         after = _run_snapshot(wh, cfg.name, run_b) if run_b else wh.current_snapshot()
-        if after is None:
-            raise MdstackError("this warehouse keeps no versions: diff works on DuckDB targets")
         found = wh.diff(before, after, [_schema_table(t) for t in tables] if tables else None)
     if fmt == "json":
         out.print_json(json.dumps([dataclasses.asdict(d) for d in found]))
@@ -364,8 +371,8 @@ def clone(
             metavar="RUN_ID|TIME",
             help="Clone the warehouse as run RUN_ID left it (the id in its summary's title), "
             "or as it was at TIME (ISO 8601, UTC unless it says), "
-            "still zero-copy and writable: DuckDB targets whose catalog is a DuckDB file, "
-            "while DuckLake keeps that version.",
+            "still zero-copy and writable, while the warehouse keeps that version: DuckDB "
+            "targets whose catalog is a DuckDB file, and Snowflake (its time travel).",
         ),
     ] = None,
 ) -> None:
@@ -377,7 +384,7 @@ def clone(
     back): to inspect or repair it, then `mdstack publish ENV` to restore it.
     """
     with warehouse(config, target) as (cfg, unopened):
-        version = _clone_version(cfg.name, unopened, as_of) if as_of is not None else None
+        version = _version_of(cfg.name, unopened, as_of) if as_of is not None else None
         made = unopened.clone_into(env, as_of=version)
     # A DuckDB clone is a folder worth showing; a Snowflake clone is a database, no path.
     folder = getattr(made, "path", None)
@@ -389,19 +396,6 @@ def clone(
         f"cloned into environment [bold]{env}[/]{what}{f' ({folder})' if folder else ''}; use "
         f"--target {(target or cfg.target).partition('@')[0]}@{env}"
     )
-
-
-def _clone_version(pipeline: str, current: Warehouse, run_id: str) -> int:
-    """The version run ``run_id`` left the warehouse at, found as ``sql --as-of`` finds it."""
-    with current as wh:
-        if wh.current_snapshot() is None:
-            raise MdstackError(
-                "this warehouse keeps no versions: clone --as-of works on DuckDB targets",
-                hint="`mdstack clone ENV` clones it as it is now; on Snowflake, `CREATE "
-                "DATABASE <env> CLONE <database> AT(TIMESTAMP => ...)` clones it as it was at "
-                "a time (the run ledger does not record Snowflake times yet)",
-            )
-        return _run_snapshot(wh, pipeline, run_id)
 
 
 def publish(env: EnvArg, config: ConfigOpt = None, target: TargetOpt = None) -> None:

@@ -318,7 +318,7 @@ def transform_changes(
                     wh, (run_id, config.name, region), done.command, done.nodes, utcnow()
                 )
             previous = ledger.record_snapshot(wh, (run_id, config.name, region), utcnow())
-    return replace(result, previous_run=previous)
+    return replace(result, previous_run=previous if published.capabilities.diff else None)
 
 
 DBT_BUILD_LOCK = "dbt-build"

@@ -90,7 +90,15 @@ def translate(what: str) -> Iterator[None]:
         network = isinstance(exc, sf_errors.OperationalError) and not tls
         if refused:
             raise WarehouseError(message, hint="check the target's user and credentials") from exc
+        if "time travel data is not available" in message.lower():
+            raise WarehouseError(message, hint=_PAST_RETENTION) from exc
         raise WarehouseError(message, retryable=network) from exc
+
+
+_PAST_RETENTION = (
+    "that time is past the table's time travel retention (DATA_RETENTION_TIME_IN_DAYS: 1 day "
+    "unless set, up to 90 on Enterprise): pick a later run or time, or raise the retention"
+)
 
 
 def _message(exc: sf_errors.Error, what: str) -> str:

@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from stack.errors import WarehouseError
+from stack.sql import ident
 from stack.warehouse import _snowflake_sql as sfsql
 
-__all__ = ["Run", "fingerprint", "publish_database"]
+__all__ = ["Run", "fingerprint", "publish_database", "record_base"]
 
 Run = Callable[[str, Sequence[Any] | None], Any]
 """Sends one Snowflake statement with its parameters and returns the cursor."""
@@ -29,10 +30,11 @@ def publish_database(run: Run, published: str, name: str, meta_schema: str) -> N
     clone: the swap would move its rows into the environment, which the pipeline
     then drops. Snowflake has no snapshot id, so "changed" is read from the ledger
     tables every write of mdstack changes (:data:`_snowflake_sql.LEDGER_TABLES`):
-    the published ones must still hash as the environment's copies. A write that
-    lands between that check and the swap shows in the environment right after it:
-    the swap is then undone (a second swap) and the publish refused. Writes made
-    outside mdstack are not seen.
+    the published ones must still hash as the environment's copies, or, for a clone
+    of an older version (a restore), as they did when it was made (:func:`record_base`).
+    A write that lands between that check and the swap shows in the environment right
+    after it: the swap is then undone (a second swap) and the publish refused. Writes
+    made outside mdstack are not seen.
 
     Args:
         run: the session's statement runner.
@@ -45,22 +47,31 @@ def publish_database(run: Run, published: str, name: str, meta_schema: str) -> N
     """
     database = sfsql.environment_database(published, name)
     base = fingerprint(run, published, meta_schema)
-    if base != fingerprint(run, database, meta_schema):
+    restoring = _stored_base(run, database, meta_schema)
+    own = fingerprint(run, database, meta_schema)
+    again = (
+        "rerun: the next run audits on top of the newer data"
+        if restoring is None
+        else f"clone it again (`mdstack clone {name} --as-of ...`): a run wrote since"
+    )
+    if base != (own if restoring is None else restoring):
         raise WarehouseError(
             f"the published warehouse changed while {name} was being audited "
             "(a run wrote to it after the clone)",
-            hint="rerun: the next run audits on top of the newer data",
+            hint=again,
         )
+    if restoring is not None:  # published, the restored content is the warehouse's own
+        run(f"DROP TABLE {_base_ref(database, meta_schema)}", None)
     swap = sfsql.swap_databases_sql(published, database)
     run(swap, None)
     if fingerprint(run, database, meta_schema) == base:
         return
     run(swap, None)  # the write is in the old content: make that the published again
-    if fingerprint(run, database, meta_schema) == base:
+    if fingerprint(run, database, meta_schema) == own:
         raise WarehouseError(
             f"the published warehouse changed while {name} was being published; "
             "the swap was undone",
-            hint="rerun: the next run audits on top of the newer data",
+            hint=again,
         )
     raise WarehouseError(
         f"runs wrote to {published} while {name} was being published and while the "
@@ -78,3 +89,26 @@ def fingerprint(run: Run, database: str, meta_schema: str) -> list[tuple[str, ob
         return []
     hashes = run(sfsql.fingerprint_sql(database, meta_schema, names), None).fetchone()
     return list(zip(names, hashes, strict=True))
+
+
+def record_base(run: Run, published: str, clone: str, meta_schema: str) -> None:
+    """Keep in ``clone`` (made of an older version) the ledger fingerprint ``published``
+    has now: its ledger is the old one, so publishing it checks the published
+    database against this instead of against the clone's own."""
+    base = fingerprint(run, published, meta_schema)
+    for statement in sfsql.restore_base_sql(clone, meta_schema):
+        run(statement, None)
+    for table_name, hashed in base:
+        run(f"INSERT INTO {_base_ref(clone, meta_schema)} VALUES (?, ?)", [table_name, hashed])
+
+
+def _stored_base(run: Run, database: str, meta_schema: str) -> list[tuple[str, object]] | None:
+    """What :func:`record_base` kept in ``database``; None where it kept nothing."""
+    if not run(sfsql.restore_base_exists_sql(database), [meta_schema]).fetchall():
+        return None
+    rows = run(f"SELECT * FROM {_base_ref(database, meta_schema)} ORDER BY 1", None).fetchall()
+    return [(str(name), hashed) for name, hashed in rows]
+
+
+def _base_ref(database: str, meta_schema: str) -> str:
+    return f"{ident(database)}.{ident(meta_schema)}.{ident(sfsql.RESTORE_BASE)}"

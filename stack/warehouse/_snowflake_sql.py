@@ -59,6 +59,18 @@ def render(sql: str) -> Rendered:
     Raises:
         WarehouseError: the statement cannot be parsed (names the statement).
     """
+    tree = parse(sql)
+    parts = _merge_parts(tree) if isinstance(tree, exp.Merge) else ()
+    return Rendered(sf(tree), isinstance(tree, _DDL), parts)
+
+
+def parse(sql: str) -> exp.Expr:
+    """One DuckDB-dialect statement as a tree, each unquoted name folded to lower case
+    as DuckDB resolves it (:func:`render` sends it quoted).
+
+    Raises:
+        WarehouseError: the statement cannot be parsed (names the statement).
+    """
     try:
         tree = sqlglot.parse_one(_split_placeholder_casts(sql), read="duckdb")
     except sqlglot.errors.ParseError as exc:
@@ -68,11 +80,11 @@ def render(sql: str) -> Rendered:
     for name in tree.find_all(exp.Identifier):  # DuckDB folds unquoted names to lower case
         if not name.quoted:
             name.set("this", name.this.lower())
-    parts = _merge_parts(tree) if isinstance(tree, exp.Merge) else ()
-    return Rendered(_sf(tree), isinstance(tree, _DDL), parts)
+    return tree
 
 
-def _sf(node: exp.Expr) -> str:
+def sf(node: exp.Expr) -> str:
+    """``node`` as Snowflake SQL, every name quoted."""
     return node.sql("snowflake", identify=True)
 
 
@@ -109,19 +121,17 @@ def _merge_parts(merge: exp.Merge) -> tuple[str, ...]:
         return ()
     target, source, on = merge.this, merge.args["using"], merge.args["on"]
     where = exp.and_(on, update.args["condition"]) if update.args.get("condition") else on
-    sets = ", ".join(_sf(e) for e in update.args["then"].expressions)
-    first = f"UPDATE {_sf(target)} SET {sets} FROM {_sf(source)} WHERE {_sf(where)}"
+    sets = ", ".join(sf(e) for e in update.args["then"].expressions)
+    first = f"UPDATE {sf(target)} SET {sets} FROM {sf(source)} WHERE {sf(where)}"
     then = insert.args["then"]
-    columns = ", ".join(_sf(c) for c in then.this.expressions)
-    values = ", ".join(_sf(v) for v in then.expression.expressions)
-    absent = f"NOT EXISTS (SELECT 1 FROM {_sf(target)} WHERE {_sf(on)})"
+    columns = ", ".join(sf(c) for c in then.this.expressions)
+    values = ", ".join(sf(v) for v in then.expression.expressions)
+    absent = f"NOT EXISTS (SELECT 1 FROM {sf(target)} WHERE {sf(on)})"
     if insert.args.get("condition"):
-        absent += f" AND {_sf(insert.args['condition'])}"
+        absent += f" AND {sf(insert.args['condition'])}"
     bare = target.copy()
     bare.set("alias", None)
-    second = (
-        f"INSERT INTO {_sf(bare)} ({columns}) SELECT {values} FROM {_sf(source)} WHERE {absent}"
-    )
+    second = f"INSERT INTO {sf(bare)} ({columns}) SELECT {values} FROM {sf(source)} WHERE {absent}"
     return first, second
 
 
@@ -338,6 +348,29 @@ def fingerprint_sql(database: str, meta_schema: str, tables: Sequence[str]) -> s
         for name in tables
     )
     return f"SELECT {hashes}"
+
+
+RESTORE_BASE = "_mds_restore_base"
+"""In a clone of an older version: the published database's ledger fingerprint when the
+clone was made (``stack.warehouse._snowflake_envs.record_base``)."""
+
+
+def restore_base_sql(database: str, meta_schema: str) -> list[str]:
+    """Make ``database``'s (empty) :data:`RESTORE_BASE` table, its schema if needed."""
+    schema = f"{ident(database)}.{ident(meta_schema)}"
+    return [
+        f"CREATE SCHEMA IF NOT EXISTS {schema}",
+        f"CREATE OR REPLACE TABLE {schema}.{ident(RESTORE_BASE)} "
+        '("ledger_table" VARCHAR, "hash" NUMBER(38, 0))',
+    ]
+
+
+def restore_base_exists_sql(database: str) -> str:
+    """Whether ``database`` holds a :data:`RESTORE_BASE` (parameter: the meta schema)."""
+    return (
+        f"SELECT table_name FROM {ident(database)}.information_schema.tables "
+        f"WHERE table_schema = ? AND table_name = '{RESTORE_BASE}'"
+    )
 
 
 def swap_databases_sql(published: str, audited: str) -> str:

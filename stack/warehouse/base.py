@@ -35,6 +35,7 @@ class Capabilities:
             committing it, so several tables can be created in one commit.
         row_ids: every row, uncommitted ones included, has a unique ``rowid`` a
             statement can name (to delete one of two rows that are otherwise alike).
+        diff: :meth:`Warehouse.diff` says what changed between two versions.
     """
 
     dialect: str
@@ -45,6 +46,7 @@ class Capabilities:
     stream_append: bool = False
     transactional_ddl: bool = False
     row_ids: bool = False
+    diff: bool = False
 
     @property
     def streams_into_tables(self) -> bool:
@@ -193,14 +195,14 @@ class Warehouse(Protocol):
         """Remove environment ``name`` (never touches this warehouse's data)."""
         ...
 
-    def current_snapshot(self) -> int | None:
-        """The version the (open) warehouse is at now, to open it :meth:`as_of` later; None
-        where it keeps none (Snowflake's time travel is by time, not yet used)."""
+    def current_snapshot(self) -> int:
+        """The version the (open) warehouse is at now, to open it :meth:`as_of` later
+        (DuckLake: its snapshot id; Snowflake: its clock, in milliseconds)."""
         ...
 
     def snapshot_at(self, when: datetime) -> int | None:
         """The version the (open) warehouse was at, at ``when`` (aware, or naive UTC): its
-        last commit by then; None where it keeps no versions or had none yet."""
+        last commit by then; None where it had none yet."""
         ...
 
     def as_of(self, snapshot: int) -> Warehouse:

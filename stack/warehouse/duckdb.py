@@ -117,6 +117,7 @@ class DuckDBWarehouse:
         stream_append=True,
         transactional_ddl=True,
         row_ids=True,
+        diff=True,
     )
     meta_schema = "main"
 
@@ -580,7 +581,7 @@ class DuckDBWarehouse:
         log.info("BI file %s: %d tables, %d rows", written.path, written.tables, written.rows)
         return written
 
-    def current_snapshot(self) -> int | None:
+    def current_snapshot(self) -> int:
         """The lake's current DuckLake snapshot (every commit makes one); on an open handle."""
         return int(self.query(f"FROM {ALIAS}.current_snapshot()").to_pylist()[0]["id"])
 

@@ -89,6 +89,7 @@ from stack.errors import SyncConflict, WarehouseError
 from stack.redact import register_secret
 from stack.sql import ident, table
 from stack.warehouse import _snowflake_sql as sfsql
+from stack.warehouse import _snowflake_time_travel as travel
 from stack.warehouse import _snowflake_types as sftypes
 from stack.warehouse._snowflake_connect import (
     DBT_ENV,
@@ -101,7 +102,7 @@ from stack.warehouse._snowflake_connect import (
     private_key_der,
 )
 from stack.warehouse._snowflake_driver import fetch, rows_loaded, translate
-from stack.warehouse._snowflake_envs import publish_database
+from stack.warehouse._snowflake_envs import publish_database, record_base
 from stack.warehouse.base import Capabilities, Expired, TableDiff
 
 __all__ = ["DBT_ENV", "SnowflakeWarehouse", "connect_kwargs", "private_key_der"]
@@ -123,6 +124,8 @@ class SnowflakeWarehouse:
             (``host``/``port``/``protocol`` of a test server, ``login_timeout``...).
         fakesnow: enable the workarounds for fakesnow listed in the module docstring.
         lock_ttl: seconds a lock's lease lasts without renewal.
+        snapshot: read the warehouse as it was at this version (:meth:`current_snapshot`):
+            queries read through time travel, nothing can be written.
     """
 
     capabilities = Capabilities(
@@ -141,6 +144,7 @@ class SnowflakeWarehouse:
         connect_args: Mapping[str, Any] | None = None,
         fakesnow: bool = False,
         lock_ttl: float = _LOCK_TTL,
+        snapshot: int | None = None,
     ) -> None:
         self.target = target
         self.meta_schema: str = target.schema_
@@ -148,6 +152,7 @@ class SnowflakeWarehouse:
         self.connect_args = {**endpoint(target), **(connect_args or {})}
         self.fakesnow = fakesnow or target.fakesnow
         self.lock_ttl = lock_ttl
+        self.snapshot = snapshot
         for value in dbt_env_fields(target).values():
             register_secret(value)
         self._con: Any = None
@@ -198,6 +203,11 @@ class SnowflakeWarehouse:
 
     # -- statements ---------------------------------------------------------------------------
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
+        if self.snapshot is not None:
+            raise WarehouseError(
+                "this handle reads the warehouse as it was (--as-of): it cannot write",
+                hint="to change an old version, `mdstack clone ENV --as-of ...` and write to ENV",
+            )
         rendered = sfsql.render(sql)
         if rendered.ddl and self._in_transaction:
             self._ddl_in_transaction(rendered.sql, params)
@@ -208,9 +218,12 @@ class SnowflakeWarehouse:
             self._run(rendered.sql, params)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
-        rendered = sfsql.render(sql)
-        cursor = self._run(rendered.sql, params)
-        with translate(rendered.sql):
+        if self.snapshot is None:
+            text = sfsql.render(sql).sql
+        else:
+            text = travel.as_of_query(sfsql.parse(sql), self.snapshot)
+        cursor = self._run(text, params)
+        with translate(text):
             return fetch(cursor)
 
     def _run(self, sql: str, params: Sequence[Any] | None = None) -> Any:
@@ -366,7 +379,7 @@ class SnowflakeWarehouse:
         with self._twin(self.target) as twin:
             yield twin
 
-    def _twin(self, target: SnowflakeTarget) -> SnowflakeWarehouse:
+    def _twin(self, target: SnowflakeTarget, snapshot: int | None = None) -> SnowflakeWarehouse:
         """An unopened session like this one (its tag, endpoint, workarounds) on ``target``."""
         return SnowflakeWarehouse(
             target,
@@ -374,6 +387,7 @@ class SnowflakeWarehouse:
             connect_args=self.connect_args,
             fakesnow=self.fakesnow,
             lock_ttl=self.lock_ttl,
+            snapshot=snapshot,
         )
 
     @contextmanager
@@ -473,16 +487,18 @@ class SnowflakeWarehouse:
         return self._twin(self.target.model_copy(update={"database": database}))
 
     def clone_into(self, name: str, as_of: int | None = None) -> SnowflakeWarehouse:
-        if as_of is not None:
-            raise WarehouseError(
-                "clone --as-of works on DuckDB targets (DuckLake versions) for now",
-                hint="Snowflake's `CREATE DATABASE <env> CLONE <database> AT(TIMESTAMP => ...)` "
-                "clones it as it was at a time within its time travel; mdstack's run ledger "
-                "does not record Snowflake times yet",
-            )
+        """``CLONE`` of the database, as it is or, through time travel, as it was at
+        ``as_of``; such a clone keeps what the published database's ledger held when it
+        was made, so that publishing it restores the old content unless a run wrote
+        since (:func:`stack.warehouse._snowflake_envs.publish_database`)."""
         clone = self.environment(name)
+        source, made = self.target.database, clone.target.database
         with self:
-            self._run(sfsql.clone_database_sql(self.target.database, clone.target.database))
+            if as_of is None:
+                self._run(sfsql.clone_database_sql(source, made))
+            else:
+                self._run(travel.clone_sql(source, made, as_of))
+                record_base(self._run, source, made, self.meta_schema)
         return clone
 
     def publish(self, name: str) -> None:
@@ -500,13 +516,14 @@ class SnowflakeWarehouse:
         """None: BI tools read Snowflake directly."""
         return None
 
-    def current_snapshot(self) -> None:
-        """None: runs are not mapped to Snowflake's time travel yet."""
-        return None
+    def current_snapshot(self) -> int:
+        """Snowflake's clock now, in milliseconds: time travel reads the warehouse as it
+        was then (:mod:`stack.warehouse._snowflake_time_travel`)."""
+        return int(self._run(travel.NOW_SQL).fetchone()[0])
 
-    def snapshot_at(self, when: datetime) -> None:
-        """None: Snowflake's time travel (``AT(TIMESTAMP => ...)``) is not used yet."""
-        return None
+    def snapshot_at(self, when: datetime) -> int:
+        """``when`` itself (not later than now): time travel reads any moment it keeps."""
+        return min(travel.millis(when), self.current_snapshot())
 
     def diff(
         self, before: int, after: int, tables: Sequence[tuple[str, str]] | None = None
@@ -520,10 +537,8 @@ class SnowflakeWarehouse:
         )
 
     def as_of(self, snapshot: int) -> SnowflakeWarehouse:
-        raise WarehouseError(
-            "--as-of works on DuckDB targets (DuckLake snapshots) for now",
-            hint="on Snowflake, query with AT(TIMESTAMP => ...) within its time-travel retention",
-        )
+        """A read-only session whose queries read every table ``AT`` ``snapshot``."""
+        return self._twin(self.target, snapshot)
 
     # -- dbt ----------------------------------------------------------------------------------
     def dbt_output(self) -> dict[str, Any]:

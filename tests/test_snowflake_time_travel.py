@@ -1,0 +1,198 @@
+"""Snowflake's time travel as mdstack's versions: a run records Snowflake's clock, and
+``sql --as-of`` / ``clone --as-of`` read the warehouse at that time.
+
+fakesnow has no time travel (``AT`` fails there: "Catalog type does not support time
+travel"), so what runs on fakesnow is what it can run (the clock, the ledger, what a
+version's time literal means) and the statements real Snowflake gets are checked
+exactly on a stub connection. With ``MDSTACK_SNOWFLAKE_*`` set, the last tests run the
+round trip on real Snowflake.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlglot
+from snowflake.connector import errors as sf_errors
+from sqlglot import exp
+
+from stack.errors import WarehouseError
+from stack.load import ledger
+from stack.sql import table
+from stack.warehouse import _snowflake_sql as sfsql
+from stack.warehouse import _snowflake_time_travel as travel
+from stack.warehouse import snowflake as adapter
+from tests.snowflake_fixtures import (
+    StubConnection,
+    open_fakesnow,
+    real_snowflake,
+    real_unavailable,
+    stub_warehouse,
+)
+
+VERSION = 1796644189632  # 2026-12-07T11:49:49.632Z
+STAMP = "CAST('2026-12-07T11:49:49.632+00:00' AS TIMESTAMPTZ)"
+
+
+def test_every_table_and_view_a_query_reads_is_read_at_the_version():
+    query = """
+        WITH recent AS (SELECT id FROM raw.orders WHERE day > '2026-12-01')
+        SELECT c.id, (SELECT count(*) FROM marts.daily d WHERE d.id = c.id) AS n
+        FROM raw.customers_current c JOIN recent USING (id)
+        WHERE c.id IN (SELECT id FROM "Raw"."Refunds")
+        UNION ALL SELECT id, 0 FROM orders
+        UNION ALL SELECT 1, count(*) FROM information_schema.tables
+    """
+    tree = sqlglot.parse_one(travel.as_of_query(sfsql.parse(query), VERSION), read="snowflake")
+    when = {".".join(p.name for p in t.parts): t.args.get("when") for t in tree.find_all(exp.Table)}
+    read = {
+        name: (w and f"{w.this} {w.args['kind']} {w.expression.this}") for name, w in when.items()
+    }
+    at = "AT TIMESTAMP '2026-12-07T11:49:49.632+00:00'"
+    assert read == {
+        "raw.orders": at,
+        "marts.daily": at,
+        "raw.customers_current": at,  # a view: Snowflake reads its tables as they were
+        "recent": None,  # the query's own CTE
+        "Raw.Refunds": at,
+        "orders": at,  # unqualified: the session's schema
+        "information_schema.tables": None,  # the catalog has no past
+    }
+
+
+def test_only_a_query_runs_as_of_a_version():
+    for statement in (
+        "DELETE FROM raw.t",
+        "INSERT INTO raw.t VALUES (1)",
+        "CREATE TABLE x (a INT)",
+    ):
+        with pytest.raises(WarehouseError, match="only a query") as refused:
+            travel.as_of_query(sfsql.parse(statement), VERSION)
+        assert "clone ENV --as-of" in (refused.value.hint or "")
+
+
+def test_a_versions_time_literal_is_the_version_in_any_session_time_zone():
+    """The time travel gets carries its offset (a session's TIMEZONE cannot move it)."""
+    stamp = travel.at(VERSION).expression.sql("snowflake")
+    assert stamp == STAMP
+    with open_fakesnow() as wh:
+        [row] = wh.query(f"SELECT DATE_PART(EPOCH_MILLISECOND, {stamp}) AS ms").to_pylist()
+    assert row["ms"] == VERSION
+    assert travel.millis(datetime(2026, 12, 7, 11, 49, 49, 632000)) == VERSION  # naive: UTC
+    zoned = datetime(2026, 12, 7, 12, 49, 49, 632000, tzinfo=UTC) - timedelta(hours=1)
+    assert travel.millis(zoned) == VERSION
+
+
+def test_a_run_records_snowflakes_clock_as_the_version_it_left():
+    with open_fakesnow() as wh:
+        first_before = int(time.time() * 1000)
+        assert ledger.record_snapshot(wh, ("r1", "shop", "eu"), datetime.now(UTC)) is None
+        time.sleep(0.01)
+        previous = ledger.record_snapshot(wh, ("r2", "shop", "eu"), datetime.now(UTC))
+        after = int(time.time() * 1000)
+        first, second = (ledger.run_snapshot(wh, "shop", run) for run in ("r1", "r2"))
+        rows = wh.query(f"SELECT * FROM {table(wh.meta_schema, ledger.SNAPSHOTS_TABLE)}")
+    assert previous == "r1"
+    assert first is not None and second is not None
+    assert first_before - 5000 <= first < second <= after + 5000  # fakesnow's clock is ours
+    assert rows.num_rows == 2
+
+
+def test_reading_as_of_a_version_sends_each_query_at_its_time_and_writes_nothing():
+    wh, _ = stub_warehouse()
+    reader, stub = wh.as_of(VERSION), StubConnection()
+    reader._con = stub
+    reader.query("SELECT id, name FROM raw.items WHERE id > ?", [3])
+    assert stub.statements == [
+        (
+            f'SELECT "id", "name" FROM "raw"."items" AT (TIMESTAMP => {STAMP}) WHERE "id" > ?',
+            [3],
+        )
+    ]
+    with pytest.raises(WarehouseError, match="cannot write"):
+        reader.execute("DELETE FROM raw.items")
+    assert len(stub.statements) == 1
+
+
+def test_a_time_is_its_own_version_up_to_now():
+    now = VERSION + 60_000
+    wh, stub = stub_warehouse(lambda sql, params: [{"ms": now}] if "EPOCH" in sql else [])
+    assert wh.current_snapshot() == now
+    assert wh.snapshot_at(datetime(2026, 12, 7, 11, 49, 49, 632000)) == VERSION
+    assert wh.snapshot_at(datetime(2027, 1, 1, tzinfo=UTC)) == now  # the future: now
+    assert stub.sql() == [travel.NOW_SQL] * 3
+
+
+def test_a_clone_as_of_a_version_keeps_the_published_ledger_it_replaces(monkeypatch):
+    def answer(sql: str, params: list | None) -> list[dict]:
+        if "information_schema.tables" in sql:
+            return [{"table_name": "_mds_runs"}, {"table_name": "_mds_state"}]
+        if "HASH_AGG" in sql:
+            return [{"runs": 11, "state": -22}]
+        return []
+
+    wh, stub = stub_warehouse(answer)
+    monkeypatch.setattr(adapter.snowflake.connector, "connect", lambda **kwargs: stub)
+    clone = wh.clone_into("restore", as_of=VERSION)
+    assert clone.target.database == "DB_restore"
+    base = '"DB_restore"."MDSTACK"."_mds_restore_base"'
+    assert (
+        f'CREATE OR REPLACE DATABASE "DB_restore" CLONE "DB" AT (TIMESTAMP => {STAMP})'
+    ) in stub.sql()
+    assert stub.statements[-4:] == [
+        ('CREATE SCHEMA IF NOT EXISTS "DB_restore"."MDSTACK"', None),
+        (f'CREATE OR REPLACE TABLE {base} ("ledger_table" VARCHAR, "hash" NUMBER(38, 0))', None),
+        (f"INSERT INTO {base} VALUES (?, ?)", ["_mds_runs", 11]),
+        (f"INSERT INTO {base} VALUES (?, ?)", ["_mds_state", -22]),
+    ]
+    assert all('"DB"' in s for s, _ in stub.statements if "HASH_AGG" in s)  # the published's
+
+
+def test_a_time_past_the_retention_says_which_setting_keeps_it():
+    def answer(sql: str, params: list | None) -> list[dict]:
+        raise sf_errors.ProgrammingError(
+            msg="Time travel data is not available for table ITEMS. The requested time is "
+            "either beyond the allowed time travel period or before the object creation time.",
+            errno=707,
+            sqlstate="02000",
+        )
+
+    wh, _ = stub_warehouse()
+    reader = wh.as_of(VERSION)
+    reader._con = StubConnection(answer)
+    with pytest.raises(WarehouseError, match="not available") as refused:
+        reader.query("SELECT * FROM raw.items")
+    assert "DATA_RETENTION_TIME_IN_DAYS" in (refused.value.hint or "")
+
+
+# -- real Snowflake ---------------------------------------------------------------------------
+@pytest.fixture
+def real_wh():
+    if reason := real_unavailable():
+        pytest.skip(reason)
+    with real_snowflake() as wh:
+        yield wh
+
+
+def test_real_snowflake_reads_and_clones_the_warehouse_as_a_version_left_it(real_wh):
+    wh, name = real_wh, f"tt_{uuid.uuid4().hex[:8]}"
+    ref = table(wh.meta_schema, name)
+    wh.execute(f"CREATE TABLE {ref} (id BIGINT)")
+    wh.execute(f"INSERT INTO {ref} VALUES (1)")
+    time.sleep(1)
+    version = wh.current_snapshot()
+    time.sleep(1)
+    wh.execute(f"INSERT INTO {ref} VALUES (2)")
+    query = f"SELECT id FROM {ref} ORDER BY id"
+    with wh.as_of(version) as old:
+        assert old.query(query).to_pylist() == [{"id": 1}]
+    assert wh.query(query).to_pylist() == [{"id": 1}, {"id": 2}]
+    env = f"tt{uuid.uuid4().hex[:6]}"
+    try:
+        with wh.clone_into(env, as_of=version) as clone:
+            assert clone.query(query).to_pylist() == [{"id": 1}]
+    finally:
+        wh.drop_environment(env)
