@@ -44,6 +44,11 @@ _CHANGE = re.compile(r'(\w+):((?:"(?:[^"]|"")*"\.)?"(?:[^"]|"")*"|\d+)')
 _NAME = re.compile(r'"((?:[^"]|"")*)"')
 
 
+def clone_lock(schema: str) -> str:
+    """The name of the PostgreSQL advisory lock a clone of the lake in ``schema`` shares."""
+    return f"mdstack clone of {schema}"
+
+
 def env_schema(schema: str, name: str) -> str:
     """The PostgreSQL schema of environment ``name`` of the lake in ``schema``."""
     return f"{schema}__{re.sub(r'[^a-z0-9_]', '_', name.lower())}"[:63]
@@ -61,14 +66,22 @@ class Change:
 
 
 def clone(conninfo: str, schema: str, env: str) -> int:
-    """Copy the catalog in ``schema`` into ``env`` (replacing it); returns its snapshot."""
-    with psycopg.connect(conninfo) as conn:
+    """Copy the catalog in ``schema`` into ``env`` (replacing it); returns its snapshot.
+
+    Not while ``mdstack expire`` decides which files environments still read
+    (:func:`stack.warehouse._ducklake_pg_expire.clones_paused`): a copy of the catalog
+    from before an expire, made after that decision, would name files it then deletes.
+    """
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock_shared(hashtext(%s))", (clone_lock(schema),))
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         with conn.transaction():
             tables = [
                 r[0]
                 for r in conn.execute(
-                    "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", (schema,)
+                    "SELECT tablename FROM pg_tables WHERE schemaname = %s "
+                    "AND tablename LIKE 'ducklake\\_%%' ORDER BY 1",
+                    (schema,),
                 ).fetchall()
             ]
             if "ducklake_snapshot" not in tables:
@@ -96,6 +109,25 @@ def clone(conninfo: str, schema: str, env: str) -> int:
                 )
             )
     return base
+
+
+def environments(conn: psycopg.Connection, schema: str) -> list[str]:
+    """The schemas of the environments cloned from the lake in ``schema``."""
+    rows = conn.execute(
+        "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, %s) "
+        "AND starts_with(obj_description(oid, 'pg_namespace'), %s) ORDER BY 1",
+        (env_schema(schema, ""), _COMMENT),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def is_environment(conn: psycopg.Connection, schema: str) -> bool:
+    """Whether the catalog in ``schema`` is an environment's (a clone's)."""
+    try:
+        base_snapshot(conn, schema)
+    except WarehouseError:
+        return False
+    return True
 
 
 def base_snapshot(conn: psycopg.Connection, env: str) -> int:
@@ -162,34 +194,43 @@ def schedule_own_files(conninfo: str, env: str) -> int:
             base = base_snapshot(conn, env)
         except WarehouseError:
             return 0
-        ref = partial(sql.Identifier, env)
-        scheduled = ref("ducklake_files_scheduled_for_deletion")
+        scheduled = sql.Identifier(env, "ducklake_files_scheduled_for_deletion")
         conn.execute(sql.SQL("DELETE FROM {}").format(scheduled))
         cursor = conn.execute(
             sql.SQL(
-                "INSERT INTO {scheduled} (data_file_id, path, path_is_relative, schedule_start)"
-                " SELECT DISTINCT f.id, CASE"
-                "  WHEN NOT f.path_is_relative THEN f.path"
-                "  WHEN NOT t.path_is_relative THEN t.path || f.path"
-                "  WHEN NOT s.path_is_relative THEN s.path || t.path || f.path"
-                "  ELSE m.value || s.path || t.path || f.path END, false, now() - interval '1 day'"
-                " FROM (SELECT data_file_id AS id, table_id, path, path_is_relative FROM {data}"
-                "  WHERE begin_snapshot > %(base)s UNION ALL"
-                "  SELECT delete_file_id, table_id, path, path_is_relative FROM {deletes}"
-                "  WHERE begin_snapshot > %(base)s) AS f"
-                " JOIN {tables} AS t USING (table_id) JOIN {schemas} AS s USING (schema_id)"
-                " JOIN {meta} AS m ON m.key = 'data_path' AND m.scope IS NULL"
-            ).format(
-                scheduled=scheduled,
-                data=ref("ducklake_data_file"),
-                deletes=ref("ducklake_delete_file"),
-                tables=ref("ducklake_table"),
-                schemas=ref("ducklake_schema"),
-                meta=ref("ducklake_metadata"),
-            ),
-            {"base": base},
+                "INSERT INTO {} (data_file_id, path, path_is_relative, schedule_start)"
+                " SELECT DISTINCT id, path, false, now() - interval '1 day' FROM ({}) AS f"
+            ).format(scheduled, files_sql(env, after=base))
         )
         return cursor.rowcount
+
+
+def files_sql(catalog: str, after: int | None = None) -> sql.Composed:
+    """``(id, path)`` of every data and delete file the catalog in schema ``catalog``
+    names (only those written after snapshot ``after``, if given), each path whole:
+    DuckLake stores it relative to its table's, its schema's and the data path."""
+    ref = partial(sql.Identifier, catalog)
+    since: sql.Composable = sql.SQL("")
+    if after is not None:
+        since = sql.SQL(" WHERE begin_snapshot > {}").format(sql.Literal(after))
+    return sql.SQL(
+        "SELECT f.id, CASE"
+        "  WHEN NOT f.path_is_relative THEN f.path"
+        "  WHEN NOT t.path_is_relative THEN t.path || f.path"
+        "  WHEN NOT s.path_is_relative THEN s.path || t.path || f.path"
+        "  ELSE m.value || s.path || t.path || f.path END AS path"
+        " FROM (SELECT data_file_id AS id, table_id, path, path_is_relative FROM {data}{since}"
+        "  UNION ALL SELECT delete_file_id, table_id, path, path_is_relative FROM {deletes}{since}"
+        " ) AS f JOIN {tables} AS t USING (table_id) JOIN {schemas} AS s USING (schema_id)"
+        " JOIN {meta} AS m ON m.key = 'data_path' AND m.scope IS NULL"
+    ).format(
+        data=ref("ducklake_data_file"),
+        deletes=ref("ducklake_delete_file"),
+        tables=ref("ducklake_table"),
+        schemas=ref("ducklake_schema"),
+        meta=ref("ducklake_metadata"),
+        since=since,
+    )
 
 
 def drop(conninfo: str, env: str) -> None:

@@ -39,6 +39,7 @@ from stack.config.targets import BiFile, ObjectStorage, PostgresCatalog
 from stack.errors import SyncConflict, WarehouseBusy, WarehouseError, WriteConflict
 from stack.sql import ident, literal, table
 from stack.warehouse import _ducklake_pg_envs as pg_envs
+from stack.warehouse import _ducklake_pg_expire as pg_expire
 from stack.warehouse import _ducklake_s3 as s3
 from stack.warehouse._bi_file import write_bi_file
 from stack.warehouse._ducklake_diff import diff as lake_diff
@@ -638,20 +639,18 @@ class DuckDBWarehouse:
     def expire(self, older_than: datetime, dry_run: bool = False) -> Expired:
         """DuckLake's ``ducklake_expire_snapshots``, then its cleanup of the files no kept
         snapshot uses. An environment of a DuckDB-file catalog holds hard links to the
-        files it was cloned with, so deleting the lake's links never breaks it."""
-        if self.pg is not None:
-            raise WarehouseError(
-                "mdstack expire works on a DuckDB-file catalog for now",
-                hint="on a PostgreSQL catalog the environments' schemas read the lake's own "
-                "files: expiring could delete what a running clone reads",
-            )
+        files it was cloned with, so deleting the lake's links never breaks it; on a
+        PostgreSQL catalog the files an environment reads are set aside before the
+        cleanup (:mod:`stack.warehouse._ducklake_pg_expire`)."""
         utc = older_than if older_than.tzinfo else older_than.replace(tzinfo=UTC)
         when = f"TIMESTAMPTZ {literal(utc.isoformat())}"
-        with self:
+        with self, self._environments_kept(dry_run):
             gone = self.con.execute(
                 f"CALL ducklake_expire_snapshots({literal(ALIAS)}, older_than => {when}, "
                 f"dry_run => {str(dry_run).lower()})"
             ).fetchall()
+            if self.pg is not None and not dry_run:
+                pg_expire.keep_environments_files(self.pg.conninfo(password=True), self.pg.schema)
             files = self.con.execute(
                 f"CALL ducklake_cleanup_old_files({literal(ALIAS)}, cleanup_all => true, "
                 f"dry_run => {str(dry_run).lower()})"
@@ -665,6 +664,27 @@ class DuckDBWarehouse:
                 if row[0] not in gone_ids
             ]
         return Expired(len(gone), len(files), kept[0][1] if kept else None)
+
+    @contextmanager
+    def _environments_kept(self, dry_run: bool) -> Iterator[None]:
+        """On a PostgreSQL catalog: no expire of an environment (its catalog names the
+        lake's files: expiring it would delete them), and no clone during the block."""
+        if self.pg is None:
+            yield
+            return
+        conninfo = self.pg.conninfo(password=True)
+        with psycopg.connect(conninfo) as conn:
+            if pg_envs.is_environment(conn, self.pg.schema):
+                raise WarehouseError(
+                    "an environment of a lake whose catalog is in PostgreSQL reads the lake's "
+                    "files: expiring it would delete them",
+                    hint="expire the lake itself; drop the environment when done with it",
+                )
+        if dry_run:
+            yield
+            return
+        with pg_expire.clones_paused(conninfo, self.pg.schema):
+            yield
 
     def drop_environment(self, name: str) -> None:
         if self.pg is not None:
