@@ -668,7 +668,7 @@ class Account:
         database = sql.split('FROM "', 1)[-1].split('"', 1)[0]
         restore_base = sfsql.RESTORE_BASE in sql
         if restore_base and sql.startswith("DROP TABLE"):
-            del self.content[sql.split('"', 2)[1]]["base"]
+            self.content[sql.split('"', 2)[1]].pop("base", None)
             return []
         if "information_schema.tables" in sql:
             found = not restore_base or "base" in self.content[database]

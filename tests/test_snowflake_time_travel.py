@@ -63,6 +63,41 @@ def test_every_table_and_view_a_query_reads_is_read_at_the_version():
     }
 
 
+@pytest.mark.parametrize(
+    ("query", "sent"),
+    [
+        (  # a CTE of an inner scope named like a table of the outer one
+            "SELECT * FROM (WITH orders AS (SELECT 1 AS id) SELECT * FROM orders) x, orders",
+            'SELECT * FROM (WITH "orders" AS (SELECT 1 AS "id") SELECT * FROM "orders") AS "x", '
+            '"orders" AT',
+        ),
+        (  # a CTE reading the table it shadows
+            "WITH orders AS (SELECT * FROM orders) SELECT * FROM orders",
+            'WITH "orders" AS (SELECT * FROM "orders" AT) SELECT * FROM "orders"',
+        ),
+        (
+            "SELECT * FROM raw.t WHERE EXISTS (SELECT 1 FROM raw.u WHERE u.id = t.id)",
+            'SELECT * FROM "raw"."t" AT WHERE EXISTS(SELECT 1 FROM "raw"."u" AT WHERE "u"."id" = '
+            '"t"."id")',
+        ),
+        (
+            "WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 3) "
+            "SELECT * FROM r, raw.z",
+            'WITH RECURSIVE "r" AS (SELECT 1 AS "n" UNION ALL SELECT "n" + 1 FROM "r" '
+            'WHERE "n" < 3) SELECT * FROM "r", "raw"."z" AT',
+        ),
+        (
+            "SELECT * FROM raw.t a JOIN raw.t b USING (id), range(3) n",
+            'SELECT * FROM "raw"."t" AT AS "a" JOIN "raw"."t" AT AS "b" USING ("id"), '
+            'ARRAY_GENERATE_RANGE(0, 3) AS "n"',
+        ),
+    ],
+)
+def test_a_query_reads_each_table_of_each_scope_at_the_version(query, sent):
+    at = f"AT (TIMESTAMP => {STAMP})"
+    assert travel.as_of_query(sfsql.parse(query), VERSION) == sent.replace(" AT", f" {at}")
+
+
 def test_only_a_query_runs_as_of_a_version():
     for statement in (
         "DELETE FROM raw.t",
@@ -139,16 +174,20 @@ def test_a_clone_as_of_a_version_keeps_the_published_ledger_it_replaces(monkeypa
     clone = wh.clone_into("restore", as_of=VERSION)
     assert clone.target.database == "DB_restore"
     base = '"DB_restore"."MDSTACK"."_mds_restore_base"'
-    assert (
+    hashed = [s for s, _ in stub.statements if "HASH_AGG" in s]
+    assert hashed and all('"DB"' in s for s in hashed)  # the published database's
+    made = stub.sql().index(
         f'CREATE OR REPLACE DATABASE "DB_restore" CLONE "DB" AT (TIMESTAMP => {STAMP})'
-    ) in stub.sql()
-    assert stub.statements[-4:] == [
+    )
+    assert made > stub.sql().index(hashed[-1])  # hashed before: a write in between counts
+    assert stub.statements[made + 1 :] == [
         ('CREATE SCHEMA IF NOT EXISTS "DB_restore"."MDSTACK"', None),
         (f'CREATE OR REPLACE TABLE {base} ("ledger_table" VARCHAR, "hash" NUMBER(38, 0))', None),
         (f"INSERT INTO {base} VALUES (?, ?)", ["_mds_runs", 11]),
         (f"INSERT INTO {base} VALUES (?, ?)", ["_mds_state", -22]),
+        (sfsql.table_exists_sql("DB_restore", "_mds_locks"), ["MDSTACK"]),
+        ('DELETE FROM "DB_restore"."MDSTACK"."_mds_locks"', None),  # the version's locks
     ]
-    assert all('"DB"' in s for s, _ in stub.statements if "HASH_AGG" in s)  # the published's
 
 
 def test_a_time_past_the_retention_says_which_setting_keeps_it():

@@ -75,9 +75,7 @@ class PostgresCatalogLink:
     @contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """Hold advisory lock ``name`` of this lake for the block; SyncConflict if taken."""
-        key = int.from_bytes(
-            hashlib.sha256(f"{self.schema}/{name}".encode()).digest()[:8], "big", signed=True
-        )
+        key = lock_key(self.schema, name)
         try:
             conn = psycopg.connect(self.conninfo(password=True), autocommit=True)
         except psycopg.OperationalError as exc:
@@ -98,3 +96,10 @@ class PostgresCatalogLink:
                 yield
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def lock_key(schema: str, name: str) -> int:
+    """The advisory lock key of lock ``name`` of the lake whose catalog is in ``schema``."""
+    return int.from_bytes(
+        hashlib.sha256(f"{schema}/{name}".encode()).digest()[:8], "big", signed=True
+    )

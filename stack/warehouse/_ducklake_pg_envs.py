@@ -32,6 +32,7 @@ from psycopg import sql
 
 from stack.errors import WarehouseError
 from stack.sql import ident, table
+from stack.warehouse._ducklake_pg import lock_key
 from stack.warehouse.base import Warehouse
 
 _COMMENT = "mdstack clone at snapshot "
@@ -44,9 +45,9 @@ _CHANGE = re.compile(r'(\w+):((?:"(?:[^"]|"")*"\.)?"(?:[^"]|"")*"|\d+)')
 _NAME = re.compile(r'"((?:[^"]|"")*)"')
 
 
-def clone_lock(schema: str) -> str:
-    """The name of the PostgreSQL advisory lock a clone of the lake in ``schema`` shares."""
-    return f"mdstack clone of {schema}"
+CLONE_LOCK = "clone"
+"""The advisory lock clones of a lake share, and ``expire`` takes alone
+(:func:`stack.warehouse._ducklake_pg.lock_key`)."""
 
 
 def env_schema(schema: str, name: str) -> str:
@@ -73,7 +74,7 @@ def clone(conninfo: str, schema: str, env: str) -> int:
     from before an expire, made after that decision, would name files it then deletes.
     """
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock_shared(hashtext(%s))", (clone_lock(schema),))
+        conn.execute("SELECT pg_advisory_lock_shared(%s)", (lock_key(schema, CLONE_LOCK),))
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         with conn.transaction():
             tables = [
@@ -169,6 +170,19 @@ def changes(conn: psycopg.Connection, env: str, base: int) -> list[Change]:
     alive = _alive(conn, env)
     gone: tuple[str | None, str | None] = (None, None)
     return [Change(s, n, *alive.get((s, n), gone)) for s, n in touched]
+
+
+def keeps_changes_after(conn: psycopg.Connection, schema: str, base: int) -> bool:
+    """Whether the lake in ``schema`` still records every snapshot after ``base``: an
+    expire of one of them deletes its record of what it changed, which a publish reads."""
+    row = conn.execute(
+        sql.SQL("SELECT count(*), max(snapshot_id) FROM {} WHERE snapshot_id > %s").format(
+            sql.Identifier(schema, "ducklake_snapshot")
+        ),
+        (base,),
+    ).fetchone()
+    count, latest = row if row else (0, None)
+    return latest is None or count == latest - base
 
 
 def changed_after(

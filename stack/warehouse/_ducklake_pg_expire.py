@@ -22,7 +22,9 @@ from contextlib import contextmanager
 import psycopg
 from psycopg import sql
 
-from stack.warehouse._ducklake_pg_envs import clone_lock, environments, files_sql
+from stack.errors import WarehouseError
+from stack.warehouse._ducklake_pg import lock_key
+from stack.warehouse._ducklake_pg_envs import CLONE_LOCK, environments, files_sql
 
 KEPT = "mdstack_files_kept_for_environments"
 """Files the lake no longer needs that an environment still reads: DuckLake's own
@@ -34,37 +36,52 @@ _SCHEDULED = "ducklake_files_scheduled_for_deletion"
 def clones_paused(conninfo: str, schema: str) -> Iterator[None]:
     """No clone of the lake in ``schema`` starts or runs during the block."""
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (clone_lock(schema),))
+        conn.execute("SELECT pg_advisory_lock(%s)", (lock_key(schema, CLONE_LOCK),))
         yield
 
 
-def keep_environments_files(conninfo: str, schema: str) -> int:
+def keep_environments_files(conninfo: str, schema: str) -> None:
     """Set aside the scheduled files an environment names; put back the ones set aside
-    before that none names now. Returns how many are set aside."""
+    before that none names now.
+
+    Raises:
+        WarehouseError: an environment's catalog names a file whose path cannot be told
+            (nothing is deleted then: the cleanup does not run).
+    """
     ref = sql.Identifier
+    columns = sql.SQL("data_file_id, path, path_is_relative, schedule_start")
     with psycopg.connect(conninfo) as conn, conn.transaction():
         scheduled, kept = ref(schema, _SCHEDULED), ref(schema, KEPT)
         conn.execute(
-            sql.SQL("CREATE TABLE IF NOT EXISTS {} (LIKE {} INCLUDING ALL)").format(kept, scheduled)
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} (data_file_id BIGINT, path TEXT, "
+                "path_is_relative BOOLEAN, schedule_start TIMESTAMPTZ)"
+            ).format(kept)
         )
-        named: list[sql.Composable] = [
-            sql.SQL("SELECT path FROM ({}) AS f").format(files_sql(env))
-            for env in environments(conn, schema)
-        ]
-        read = sql.SQL(" UNION ").join(named or [sql.SQL("SELECT NULL::text WHERE false")])
+        conn.execute("CREATE TEMPORARY TABLE named (path TEXT) ON COMMIT DROP")
+        for env in environments(conn, schema):
+            conn.execute(
+                sql.SQL("INSERT INTO named SELECT path FROM ({}) AS f").format(files_sql(env))
+            )
+        row = conn.execute("SELECT count(*) FROM named WHERE path IS NULL").fetchone()
+        if row and row[0]:
+            raise WarehouseError(
+                "an environment's catalog names a file without a whole path: which files "
+                "environments read cannot be told, so none is deleted",
+                hint="drop the environments (mdstack drop-env) or report the catalog's rows",
+            )
         whole = sql.SQL(
-            "CASE WHEN path_is_relative THEN (SELECT value FROM {} WHERE key = 'data_path' "
-            "AND scope IS NULL) || path ELSE path END"
+            "CASE WHEN s.path_is_relative THEN (SELECT value FROM {} WHERE key = 'data_path' "
+            "AND scope IS NULL) || s.path ELSE s.path END"
         ).format(ref(schema, "ducklake_metadata"))
         move = (
-            "WITH moved AS (DELETE FROM {source} WHERE {whole} {test} IN ({read}) RETURNING *) "
-            "INSERT INTO {target} SELECT * FROM moved"
+            "WITH moved AS (DELETE FROM {source} AS s WHERE {test} EXISTS "
+            "(SELECT 1 FROM named WHERE named.path = {whole}) RETURNING {columns}) "
+            "INSERT INTO {target} ({columns}) SELECT {columns} FROM moved"
         )
         for source, target, test in ((kept, scheduled, "NOT"), (scheduled, kept, "")):
             conn.execute(
                 sql.SQL(move).format(
-                    source=source, target=target, whole=whole, test=sql.SQL(test), read=read
+                    source=source, target=target, test=sql.SQL(test), whole=whole, columns=columns
                 )
             )
-        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(kept)).fetchone()
-    return int(row[0]) if row else 0

@@ -17,7 +17,7 @@ from stack.errors import WarehouseError
 from stack.sql import ident
 from stack.warehouse import _snowflake_sql as sfsql
 
-__all__ = ["Run", "fingerprint", "publish_database", "record_base"]
+__all__ = ["Fingerprint", "Run", "fingerprint", "forget_base", "publish_database", "record_base"]
 
 Run = Callable[[str, Sequence[Any] | None], Any]
 """Sends one Snowflake statement with its parameters and returns the cursor."""
@@ -60,11 +60,10 @@ def publish_database(run: Run, published: str, name: str, meta_schema: str) -> N
             "(a run wrote to it after the clone)",
             hint=again,
         )
-    if restoring is not None:  # published, the restored content is the warehouse's own
-        run(f"DROP TABLE {_base_ref(database, meta_schema)}", None)
     swap = sfsql.swap_databases_sql(published, database)
     run(swap, None)
     if fingerprint(run, database, meta_schema) == base:
+        forget_base(run, published, meta_schema)  # restored: the warehouse's own content now
         return
     run(swap, None)  # the write is in the old content: make that the published again
     if fingerprint(run, database, meta_schema) == own:
@@ -81,7 +80,11 @@ def publish_database(run: Run, published: str, name: str, meta_schema: str) -> N
     )
 
 
-def fingerprint(run: Run, database: str, meta_schema: str) -> list[tuple[str, object]]:
+Fingerprint = list[tuple[str, object]]
+"""Each ledger table a database holds and a hash of its content."""
+
+
+def fingerprint(run: Run, database: str, meta_schema: str) -> Fingerprint:
     """The ledger tables ``database`` holds and a hash of each one's content."""
     tables = run(sfsql.ledger_tables_sql(database), [meta_schema]).fetchall()
     names = [row[0] for row in tables]
@@ -91,20 +94,28 @@ def fingerprint(run: Run, database: str, meta_schema: str) -> list[tuple[str, ob
     return list(zip(names, hashes, strict=True))
 
 
-def record_base(run: Run, published: str, clone: str, meta_schema: str) -> None:
-    """Keep in ``clone`` (made of an older version) the ledger fingerprint ``published``
-    has now: its ledger is the old one, so publishing it checks the published
-    database against this instead of against the clone's own."""
-    base = fingerprint(run, published, meta_schema)
+def record_base(run: Run, clone: str, meta_schema: str, base: Fingerprint) -> None:
+    """Keep in ``clone`` (made of an older version) ``base``, the ledger fingerprint the
+    published database had just before: the clone's ledger is the old one, so publishing
+    it checks the published database against this instead of against the clone's own.
+    The lock rows the clone holds are its version's, long let go: they go."""
     for statement in sfsql.restore_base_sql(clone, meta_schema):
         run(statement, None)
     for table_name, hashed in base:
         run(f"INSERT INTO {_base_ref(clone, meta_schema)} VALUES (?, ?)", [table_name, hashed])
+    if run(sfsql.table_exists_sql(clone, sfsql.LOCKS_TABLE), [meta_schema]).fetchall():
+        run(f"DELETE FROM {ident(clone)}.{ident(meta_schema)}.{ident(sfsql.LOCKS_TABLE)}", None)
 
 
-def _stored_base(run: Run, database: str, meta_schema: str) -> list[tuple[str, object]] | None:
+def forget_base(run: Run, database: str, meta_schema: str) -> None:
+    """Drop what :func:`record_base` kept in ``database``: a plain clone of a database that
+    holds one (a restore published, or cut short after the swap) is no restore."""
+    run(f"DROP TABLE IF EXISTS {_base_ref(database, meta_schema)}", None)
+
+
+def _stored_base(run: Run, database: str, meta_schema: str) -> Fingerprint | None:
     """What :func:`record_base` kept in ``database``; None where it kept nothing."""
-    if not run(sfsql.restore_base_exists_sql(database), [meta_schema]).fetchall():
+    if not run(sfsql.table_exists_sql(database, sfsql.RESTORE_BASE), [meta_schema]).fetchall():
         return None
     rows = run(f"SELECT * FROM {_base_ref(database, meta_schema)} ORDER BY 1", None).fetchall()
     return [(str(name), hashed) for name, hashed in rows]

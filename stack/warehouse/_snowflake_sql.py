@@ -365,11 +365,11 @@ def restore_base_sql(database: str, meta_schema: str) -> list[str]:
     ]
 
 
-def restore_base_exists_sql(database: str) -> str:
-    """Whether ``database`` holds a :data:`RESTORE_BASE` (parameter: the meta schema)."""
+def table_exists_sql(database: str, name: str) -> str:
+    """Whether ``database`` holds table ``name`` (parameter: its schema)."""
     return (
         f"SELECT table_name FROM {ident(database)}.information_schema.tables "
-        f"WHERE table_schema = ? AND table_name = '{RESTORE_BASE}'"
+        f"WHERE table_schema = ? AND table_name = '{name}'"
     )
 
 

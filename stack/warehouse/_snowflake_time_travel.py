@@ -19,9 +19,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlglot import exp
+from sqlglot.optimizer.scope import Scope, traverse_scope
 
 from stack.errors import WarehouseError
 from stack.sql import ident
+from stack.warehouse import _snowflake_sql as sfsql
 
 NOW_SQL = "SELECT DATE_PART(EPOCH_MILLISECOND, CURRENT_TIMESTAMP()) AS ms"
 """Snowflake's clock, as the version a run left the warehouse at."""
@@ -53,12 +55,20 @@ def as_of_query(tree: exp.Expr, version: int) -> str:
             "--as-of reads the warehouse as it was: only a query (SELECT) can run there",
             hint="to change an old version, `mdstack clone ENV --as-of ...` and write to ENV",
         )
-    ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
-    for t in tree.find_all(exp.Table):
-        named = isinstance(t.this, exp.Identifier)  # not a table function
-        if named and not (not t.db and t.name in ctes) and t.db.upper() != "INFORMATION_SCHEMA":
+    for scope in traverse_scope(tree):
+        for t in scope.tables:
+            source = scope.sources.get(t.alias_or_name)
+            if isinstance(source, Scope) or not isinstance(t.this, exp.Identifier):
+                continue  # the query's own CTE; a table function
+            if t.db.upper() == "INFORMATION_SCHEMA":
+                continue  # the catalog, which has no past
+            if source is not t:
+                raise WarehouseError(
+                    f"cannot tell what {t.sql('snowflake')} reads, to read it as it was",
+                    hint="name tables directly (schema.table) in an --as-of query",
+                )
             t.set("when", at(version))
-    return tree.sql("snowflake", identify=True)
+    return sfsql.sf(tree)
 
 
 def clone_sql(source: str, clone: str, version: int) -> str:

@@ -91,6 +91,10 @@ class Expired:
     files: int
     oldest_kept: datetime | None
     """When the oldest snapshot still kept was taken: ``--as-of`` reaches back to it."""
+    environments: tuple[str, ...] = ()
+    """Environments whose catalog holds back older versions and their files (a lake whose
+    catalog is in PostgreSQL: they read its files, and a publish checks the versions
+    after the clone); dropping them lets the next expire remove those."""
 
 
 class Warehouse(Protocol):

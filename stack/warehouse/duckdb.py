@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -554,6 +554,12 @@ class DuckDBWarehouse:
         assert env.pg is not None
         with psycopg.connect(self.pg.conninfo(password=True)) as conn:
             base = pg_envs.base_snapshot(conn, env.pg.schema)
+            if not pg_envs.keeps_changes_after(conn, self.pg.schema, base):
+                raise WarehouseError(
+                    f"the published lake no longer keeps the versions made after {name}'s "
+                    "clone (they were expired): what they changed cannot be checked",
+                    hint=f"clone {name} again and redo its changes",
+                )
             changed = pg_envs.changes(conn, env.pg.schema, base)
             replaced = pg_envs.changed_after(conn, self.pg.schema, base, changed, self.meta_schema)
         if replaced:
@@ -639,52 +645,78 @@ class DuckDBWarehouse:
     def expire(self, older_than: datetime, dry_run: bool = False) -> Expired:
         """DuckLake's ``ducklake_expire_snapshots``, then its cleanup of the files no kept
         snapshot uses. An environment of a DuckDB-file catalog holds hard links to the
-        files it was cloned with, so deleting the lake's links never breaks it; on a
-        PostgreSQL catalog the files an environment reads are set aside before the
-        cleanup (:mod:`stack.warehouse._ducklake_pg_expire`)."""
+        files it was cloned with, so deleting the lake's links never breaks it. On a
+        PostgreSQL catalog the versions after the oldest environment's clone are kept (its
+        publish reads what they changed) and the files an environment names are set aside
+        before the cleanup (:mod:`stack.warehouse._ducklake_pg_expire`)."""
         utc = older_than if older_than.tzinfo else older_than.replace(tzinfo=UTC)
-        when = f"TIMESTAMPTZ {literal(utc.isoformat())}"
-        with self, self._environments_kept(dry_run):
-            gone = self.con.execute(
-                f"CALL ducklake_expire_snapshots({literal(ALIAS)}, older_than => {when}, "
-                f"dry_run => {str(dry_run).lower()})"
-            ).fetchall()
-            if self.pg is not None and not dry_run:
-                pg_expire.keep_environments_files(self.pg.conninfo(password=True), self.pg.schema)
+        with self:
+            with self._environments_kept(dry_run) as clones:
+                gone = self._expire_snapshots(utc, min(clones.values(), default=None), dry_run)
+                if self.pg is not None and not dry_run:
+                    conninfo = self.pg.conninfo(password=True)
+                    pg_expire.keep_environments_files(conninfo, self.pg.schema)
             files = self.con.execute(
                 f"CALL ducklake_cleanup_old_files({literal(ALIAS)}, cleanup_all => true, "
                 f"dry_run => {str(dry_run).lower()})"
             ).fetchall()
             gone_ids = {row[0] for row in gone}
             kept = [
-                (row[0], row[1])
+                row[1]
                 for row in self.con.execute(
                     f"SELECT snapshot_id, snapshot_time FROM {ALIAS}.snapshots() ORDER BY 1"
                 ).fetchall()
                 if row[0] not in gone_ids
             ]
-        return Expired(len(gone), len(files), kept[0][1] if kept else None)
+        return Expired(len(gone), len(files), kept[0] if kept else None, tuple(sorted(clones)))
+
+    def _expire_snapshots(self, older_than: datetime, up_to: int | None, dry_run: bool) -> list:
+        """Expire the snapshots older than ``older_than`` (and not after ``up_to``, if
+        given; never the current one); DuckLake's rows, one per snapshot expired."""
+        which = f"older_than => TIMESTAMPTZ {literal(older_than.isoformat())}"
+        if up_to is not None:
+            ids = [
+                row[0]
+                for row in self.con.execute(
+                    f"SELECT snapshot_id FROM {ALIAS}.snapshots() WHERE snapshot_time < ? "
+                    f"AND snapshot_id <= ? AND snapshot_id < (SELECT max(snapshot_id) FROM "
+                    f"{ALIAS}.snapshots()) ORDER BY 1",
+                    [older_than, up_to],
+                ).fetchall()
+            ]
+            if not ids:
+                return []
+            which = f"versions => [{', '.join(map(str, ids))}]::UBIGINT[]"
+        return self.con.execute(
+            f"CALL ducklake_expire_snapshots({literal(ALIAS)}, {which}, "
+            f"dry_run => {str(dry_run).lower()})"
+        ).fetchall()
 
     @contextmanager
-    def _environments_kept(self, dry_run: bool) -> Iterator[None]:
+    def _environments_kept(self, dry_run: bool) -> Iterator[dict[str, int]]:
         """On a PostgreSQL catalog: no expire of an environment (its catalog names the
-        lake's files: expiring it would delete them), and no clone during the block."""
+        lake's files: expiring it would delete them), and no clone during the block.
+        Yields each environment's name and the snapshot it was cloned at."""
         if self.pg is None:
-            yield
+            yield {}
             return
         conninfo = self.pg.conninfo(password=True)
-        with psycopg.connect(conninfo) as conn:
-            if pg_envs.is_environment(conn, self.pg.schema):
-                raise WarehouseError(
-                    "an environment of a lake whose catalog is in PostgreSQL reads the lake's "
-                    "files: expiring it would delete them",
-                    hint="expire the lake itself; drop the environment when done with it",
-                )
-        if dry_run:
-            yield
-            return
-        with pg_expire.clones_paused(conninfo, self.pg.schema):
-            yield
+        with ExitStack() as held:
+            if not dry_run:
+                held.enter_context(pg_expire.clones_paused(conninfo, self.pg.schema))
+            with psycopg.connect(conninfo) as conn:
+                if pg_envs.is_environment(conn, self.pg.schema):
+                    raise WarehouseError(
+                        "an environment of a lake whose catalog is in PostgreSQL reads the "
+                        "lake's files: expiring it would delete them",
+                        hint="expire the lake itself; drop the environment when done with it",
+                    )
+                prefix = pg_envs.env_schema(self.pg.schema, "")
+                clones = {
+                    env.removeprefix(prefix): pg_envs.base_snapshot(conn, env)
+                    for env in pg_envs.environments(conn, self.pg.schema)
+                }
+            yield clones
 
     def drop_environment(self, name: str) -> None:
         if self.pg is not None:

@@ -102,7 +102,12 @@ from stack.warehouse._snowflake_connect import (
     private_key_der,
 )
 from stack.warehouse._snowflake_driver import fetch, rows_loaded, translate
-from stack.warehouse._snowflake_envs import publish_database, record_base
+from stack.warehouse._snowflake_envs import (
+    fingerprint,
+    forget_base,
+    publish_database,
+    record_base,
+)
 from stack.warehouse.base import Capabilities, Expired, TableDiff
 
 __all__ = ["DBT_ENV", "SnowflakeWarehouse", "connect_kwargs", "private_key_der"]
@@ -496,9 +501,11 @@ class SnowflakeWarehouse:
         with self:
             if as_of is None:
                 self._run(sfsql.clone_database_sql(source, made))
+                forget_base(self._run, made, self.meta_schema)
             else:
+                base = fingerprint(self._run, source, self.meta_schema)
                 self._run(travel.clone_sql(source, made, as_of))
-                record_base(self._run, source, made, self.meta_schema)
+                record_base(self._run, made, self.meta_schema, base)
         return clone
 
     def publish(self, name: str) -> None:
