@@ -13,7 +13,9 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import pyarrow as pa
 import pytest
 import sqlglot
 from snowflake.connector import errors as sf_errors
@@ -24,7 +26,9 @@ from stack.load import ledger
 from stack.sql import table
 from stack.warehouse import _snowflake_sql as sfsql
 from stack.warehouse import _snowflake_time_travel as travel
+from stack.warehouse import _snowflake_versions as versions
 from stack.warehouse import snowflake as adapter
+from stack.warehouse.snowflake import SnowflakeWarehouse
 from tests.snowflake_fixtures import (
     StubConnection,
     open_fakesnow,
@@ -207,6 +211,110 @@ def test_a_time_past_the_retention_says_which_setting_keeps_it():
     assert "DATA_RETENTION_TIME_IN_DAYS" in (refused.value.hint or "")
 
 
+# -- kept versions (retention:) -----------------------------------------------------------------
+DBT_VIEW = (
+    "create or replace view {db}.STAGING.STG_ORDERS\n  \n   as (\n    select o.id from "
+    "{db}.RAW_SHOP.ORDERS o join OTHER_DB.X.Y y on o.id = y.id\n  );"
+)
+"""A view as dbt-snowflake makes it: every name with its database."""
+
+
+def account(kept: list[int]) -> Any:
+    """Answers like a Snowflake account holding database DB and its kept versions, each
+    with one dbt view (a clone copies its source's; CREATE OR REPLACE VIEW makes one
+    anew), and the ledger tables."""
+    views = {"DB": DBT_VIEW.format(db="DB")}
+    views.update({f"DB$v{v}": DBT_VIEW.format(db=f'"DB$v{v}"') for v in kept})
+
+    def answer(sql: str, params: list | None) -> list[dict]:
+        if " CLONE " in sql:
+            made, source = sql.split('"')[1], sql.split('"')[3]
+            views[made] = views[source]
+        if sql.startswith("CREATE OR REPLACE VIEW"):
+            views[sql.split('"')[1]] = sql
+        if "information_schema.databases" in sql:
+            return [{"database_name": f"DB$v{v}"} for v in kept]
+        if "information_schema.views" in sql:
+            text = views[sql.split('FROM "')[1].split('"')[0]]
+            return [{"s": "STAGING", "n": "STG_ORDERS", "text": text}]
+        if "information_schema.tables" in sql:
+            return [{"table_name": "_mds_runs"}]
+        if "HASH_AGG" in sql:
+            return [{"runs": 11}]
+        return []
+
+    return answer
+
+
+def test_with_retention_a_run_keeps_its_version_as_a_clone_whose_views_read_it():
+    wh, stub = stub_warehouse(account([]), retention="7d")
+    wh.keep_version(VERSION)
+    assert stub.sql() == [
+        f'CREATE DATABASE IF NOT EXISTS "DB$v{VERSION}" CLONE "DB"',
+        stub.sql()[1],  # its views
+        f'CREATE OR REPLACE VIEW "DB$v{VERSION}"."STAGING".STG_ORDERS AS (SELECT o.id FROM '
+        f'"DB$v{VERSION}".RAW_SHOP.ORDERS AS o JOIN OTHER_DB.X.Y AS y ON o.id = y.id)',
+    ]
+    assert "information_schema.views" in stub.sql()[1]
+    plain, sent = stub_warehouse(account([]))
+    plain.keep_version(VERSION)  # no retention: time travel alone
+    assert sent.sql() == []
+
+
+def test_a_run_records_and_keeps_the_same_version(caplog):
+    with open_fakesnow(target={"retention": "7d"}) as wh:
+        ledger.record_snapshot(wh, ("r1", "shop", "eu"), datetime.now(UTC))
+        version = ledger.run_snapshot(wh, "shop", "r1")
+    assert f"version {version} is not kept" in caplog.text  # fakesnow cannot clone databases
+
+
+def test_a_kept_version_is_read_in_its_database_and_nothing_is_written(monkeypatch):
+    wh, stub = stub_warehouse(account([VERSION - 1, VERSION]))
+    monkeypatch.setattr(adapter.snowflake.connector, "connect", lambda **kwargs: stub)
+    with wh.as_of(VERSION) as reader:
+        reader.query("SELECT id FROM raw.items")
+        for write in (
+            lambda: reader.execute("DELETE FROM raw.items"),
+            lambda: reader.create_table("raw", "t", pa.schema([("a", pa.int64())])),
+        ):
+            with pytest.raises(WarehouseError, match="cannot write"):
+                write()
+    sent = [s for s in stub.sql() if not s.startswith("SELECT database_name")]
+    assert sent == [
+        f'USE DATABASE "DB$v{VERSION}"',
+        'USE SCHEMA "MDSTACK"',
+        'SELECT "id" FROM "raw"."items"',  # the kept database: no time travel
+    ]
+
+
+def test_a_clone_of_a_kept_version_clones_it_and_its_views_read_the_published_name(monkeypatch):
+    wh, stub = stub_warehouse(account([VERSION]))
+    monkeypatch.setattr(adapter.snowflake.connector, "connect", lambda **kwargs: stub)
+    wh.clone_into("restore", as_of=VERSION)
+    made = stub.sql().index(f'CREATE OR REPLACE DATABASE "DB_restore" CLONE "DB$v{VERSION}"')
+    assert stub.sql()[made + 2] == (
+        'CREATE OR REPLACE VIEW "DB_restore"."STAGING".STG_ORDERS AS (SELECT o.id FROM '
+        '"DB".RAW_SHOP.ORDERS AS o JOIN OTHER_DB.X.Y AS y ON o.id = y.id)'
+    )  # as the published database's own views read: it is published by a swap
+    assert not [s for s in stub.sql() if "AT (TIMESTAMP" in s]
+
+
+def test_expire_drops_the_kept_versions_older_than_the_retention(monkeypatch):
+    day = 86_400_000
+    kept = [VERSION - 3 * day, VERSION - 2 * day, VERSION]
+    wh, stub = stub_warehouse(account(kept), retention="36h")
+    monkeypatch.setattr(adapter.snowflake.connector, "connect", lambda **kwargs: stub)
+    cutoff = datetime.fromtimestamp((VERSION - day) / 1000, UTC)
+    dry = wh.expire(cutoff, dry_run=True)
+    assert (dry.snapshots, [s for s in stub.sql() if "DROP" in s]) == (2, [])
+    done = wh.expire(cutoff)
+    assert [s for s in stub.sql() if "DROP" in s] == [
+        f'DROP DATABASE IF EXISTS "DB$v{VERSION - 3 * day}"',
+        f'DROP DATABASE IF EXISTS "DB$v{VERSION - 2 * day}"',
+    ]
+    assert done.snapshots == 2 and done.oldest_kept == datetime.fromtimestamp(VERSION / 1000, UTC)
+
+
 # -- real Snowflake ---------------------------------------------------------------------------
 @pytest.fixture
 def real_wh():
@@ -229,9 +337,25 @@ def test_real_snowflake_reads_and_clones_the_warehouse_as_a_version_left_it(real
     with wh.as_of(version) as old:
         assert old.query(query).to_pylist() == [{"id": 1}]
     assert wh.query(query).to_pylist() == [{"id": 1}, {"id": 2}]
-    env = f"tt{uuid.uuid4().hex[:6]}"
+    env, unopened = f"tt{uuid.uuid4().hex[:6]}", SnowflakeWarehouse(wh.target)
     try:
-        with wh.clone_into(env, as_of=version) as clone:
+        with unopened.clone_into(env, as_of=version) as clone:
             assert clone.query(query).to_pylist() == [{"id": 1}]
     finally:
-        wh.drop_environment(env)
+        unopened.drop_environment(env)
+
+
+def test_real_snowflake_reads_a_kept_version_after_its_tables_were_made_anew(real_wh):
+    """What time travel cannot: the table replaced after the version (as dbt does)."""
+    wh, name = real_wh, f"tt_{uuid.uuid4().hex[:8]}"
+    wh.target = wh.target.model_copy(update={"retention": "1d"})
+    ref = table(wh.meta_schema, name)
+    wh.execute(f"CREATE TABLE {ref} AS SELECT 1 AS id")
+    version = wh.current_snapshot()
+    wh.keep_version(version)
+    try:
+        wh.execute(f"CREATE OR REPLACE TABLE {ref} AS SELECT 2 AS id")
+        with wh.as_of(version) as old:
+            assert old.query(f"SELECT id FROM {ref}").to_pylist() == [{"id": 1}]
+    finally:
+        versions.drop(wh._run, wh.target.database, version)

@@ -108,7 +108,7 @@ def sql_command(
             metavar="RUN_ID|TIME",
             help="Read the warehouse as run RUN_ID left it (the id in its summary's title), "
             "or as it was at TIME (ISO 8601, UTC unless it says: 2026-12-01T09:00), while it "
-            "keeps that version (DuckDB: `retention:`; Snowflake: its time travel).",
+            "keeps that version (`retention:`; Snowflake: or its time travel).",
         ),
     ] = None,
 ) -> None:
@@ -215,6 +215,11 @@ def expire(
         f"{verb} {expired.snapshots} version(s) and {expired.files} file(s); "
         f"the oldest version kept is from {oldest}"
     )
+    if expired.environments:
+        out.print(
+            f"kept for environment(s) {', '.join(expired.environments)}: the versions after "
+            "their clone and the files they read (`mdstack drop-env ENV` when done with one)"
+        )
 
 
 def _schema_table(text: str) -> tuple[str, str]:

@@ -177,6 +177,12 @@ class SnowflakeTarget(_Model):
     """Connect here instead of ``<account>.snowflakecomputing.com`` (a proxy, or fakesnow)."""
     port: int | None = None
     protocol: Literal["https", "http"] | None = None
+    retention: Duration | None = None
+    """Keep each run's version this long as a zero-copy clone of the database, for
+    ``--as-of`` and ``clone --as-of`` of runs time travel cannot reach (dbt replaces its
+    table models on every run; a publish by ``SWAP WITH`` makes every table anew);
+    ``mdstack expire`` drops older ones (``7d``). None: runs are read through time
+    travel alone."""
     fakesnow: bool = False
     """The target is a fakesnow server (local development): turns on the adapter's
     workarounds for what fakesnow cannot run (README, "The warehouse: Snowflake")."""

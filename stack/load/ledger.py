@@ -580,12 +580,13 @@ _SNAPSHOTS_SCHEMA = pa.schema(
 
 def record_snapshot(wh: Warehouse, key: tuple[str, str, str], now: datetime) -> str | None:
     """Write the version the (open) warehouse is at as the one run ``key`` left
-    (``(run_id, pipeline, region)``).
+    (``(run_id, pipeline, region)``), kept where the warehouse keeps versions on request.
 
     The row itself is a commit after that version: reading the warehouse as of the run
     shows everything but this row. Returns the region's run recorded before it, if any.
     """
     snapshot = wh.current_snapshot()
+    wh.keep_version(snapshot)
     ensure_tables(wh)
     run_id, pipeline, region = key
     ref = table(wh.meta_schema, SNAPSHOTS_TABLE)

@@ -96,8 +96,10 @@ def translate(what: str) -> Iterator[None]:
 
 
 _PAST_RETENTION = (
-    "that time is past the table's time travel retention (DATA_RETENTION_TIME_IN_DAYS: 1 day "
-    "unless set, up to 90 on Enterprise): pick a later run or time, or raise the retention"
+    "time travel reads a table back to when it was made (dbt replaces its table models on "
+    "every run; a publish by SWAP makes every table anew) and within its retention "
+    "(DATA_RETENTION_TIME_IN_DAYS, 1 day unless set): set `retention:` on the target to keep "
+    "each run's version as a clone, or pick a later run or time"
 )
 
 

@@ -9,9 +9,11 @@ ledger records as that run's version. Two commands read it:
   a table's columns are today's, as time travel has them).
 * ``mdstack clone --as-of``: ``CREATE DATABASE ... CLONE ... AT(TIMESTAMP => ...)``.
 
-A time past a table's retention (``DATA_RETENTION_TIME_IN_DAYS``, one day unless set)
-fails with Snowflake's "Time travel data is not available" (its hint in
-:func:`stack.warehouse._snowflake_driver.translate`).
+Time travel reads a table back to when that table was made, within its retention
+(``DATA_RETENTION_TIME_IN_DAYS``: one day unless set; dbt's transient tables: one day at
+most); further back Snowflake answers "Time travel data is not available" (its hint in
+:func:`stack.warehouse._snowflake_driver.translate`). A run's version kept as a clone
+(:mod:`stack.warehouse._snowflake_versions`) is read there instead.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from stack.errors import WarehouseError
 from stack.sql import ident
 from stack.warehouse import _snowflake_sql as sfsql
 
-NOW_SQL = "SELECT DATE_PART(EPOCH_MILLISECOND, CURRENT_TIMESTAMP()) AS ms"
-"""Snowflake's clock, as the version a run left the warehouse at."""
+NOW_SQL = "SELECT DATE_PART(EPOCH_MILLISECOND, CURRENT_TIMESTAMP()) + 1 AS ms"
+"""Snowflake's clock, as the version a run left the warehouse at: read after the run's
+last commit, and a millisecond on, so that cutting it to milliseconds never puts it
+before that commit."""
 
 
 def millis(when: datetime) -> int:

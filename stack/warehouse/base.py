@@ -204,6 +204,11 @@ class Warehouse(Protocol):
         (DuckLake: its snapshot id; Snowflake: its clock, in milliseconds)."""
         ...
 
+    def keep_version(self, version: int) -> None:
+        """Keep the (open) warehouse as it is now as ``version`` where it keeps versions
+        only on request (Snowflake with ``retention:``); a run's record calls it."""
+        ...
+
     def snapshot_at(self, when: datetime) -> int | None:
         """The version the (open) warehouse was at, at ``when`` (aware, or naive UTC): its
         last commit by then; None where it had none yet."""

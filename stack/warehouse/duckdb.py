@@ -592,6 +592,10 @@ class DuckDBWarehouse:
         """The lake's current DuckLake snapshot (every commit makes one); on an open handle."""
         return int(self.query(f"FROM {ALIAS}.current_snapshot()").to_pylist()[0]["id"])
 
+    def keep_version(self, version: int) -> None:
+        """Nothing: DuckLake keeps every snapshot until ``expire``."""
+        return None
+
     def snapshot_at(self, when: datetime) -> int | None:
         """The last DuckLake snapshot committed by ``when``, among those the lake keeps."""
         moment = when if when.tzinfo else when.replace(tzinfo=UTC)

@@ -75,7 +75,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,7 @@ from stack.sql import ident, table
 from stack.warehouse import _snowflake_sql as sfsql
 from stack.warehouse import _snowflake_time_travel as travel
 from stack.warehouse import _snowflake_types as sftypes
+from stack.warehouse import _snowflake_versions as versions
 from stack.warehouse._snowflake_connect import (
     DBT_ENV,
     connect_kwargs,
@@ -115,6 +116,8 @@ __all__ = ["DBT_ENV", "SnowflakeWarehouse", "connect_kwargs", "private_key_der"]
 log = logging.getLogger(__name__)
 
 _LOCK_TTL = 3600.0
+_READS = frozenset({"SELECT", "WITH", "USE", "SHOW", "DESCRIBE"})
+"""What a handle on a version (:meth:`SnowflakeWarehouse.as_of`) may send."""
 
 
 class SnowflakeWarehouse:
@@ -158,6 +161,7 @@ class SnowflakeWarehouse:
         self.fakesnow = fakesnow or target.fakesnow
         self.lock_ttl = lock_ttl
         self.snapshot = snapshot
+        self._kept = False
         for value in dbt_env_fields(target).values():
             register_secret(value)
         self._con: Any = None
@@ -174,8 +178,11 @@ class SnowflakeWarehouse:
         with translate(f"connecting to Snowflake account {self.target.account}"):
             self._con = snowflake.connector.connect(**kwargs)
         try:
-            self._use_meta_schema()
-            self._run(sfsql.create_load_stage_sql(self.meta_schema))
+            if self.snapshot is None:
+                self._use_meta_schema()
+                self._run(sfsql.create_load_stage_sql(self.meta_schema))
+            else:
+                self._read_version(self.snapshot)
         except BaseException:
             self.__exit__()
             raise
@@ -197,6 +204,15 @@ class SnowflakeWarehouse:
             )
         return self._con
 
+    def _read_version(self, version: int) -> None:
+        """Read the version's kept database if there is one, else through time travel."""
+        database = self.target.database
+        self._kept = version in versions.kept_versions(self._run, database)
+        if self._kept:
+            self._run(f"USE DATABASE {ident(versions.kept_database(database, version))}")
+        with contextlib.suppress(WarehouseError):  # no meta schema: names are qualified
+            self._run(f"USE SCHEMA {ident(self.meta_schema)}")
+
     def _use_meta_schema(self) -> None:
         """Make the meta schema current (temporary objects live there), creating it if needed."""
         use = f"USE SCHEMA {ident(self.meta_schema)}"
@@ -208,11 +224,6 @@ class SnowflakeWarehouse:
 
     # -- statements ---------------------------------------------------------------------------
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> None:
-        if self.snapshot is not None:
-            raise WarehouseError(
-                "this handle reads the warehouse as it was (--as-of): it cannot write",
-                hint="to change an old version, `mdstack clone ENV --as-of ...` and write to ENV",
-            )
         rendered = sfsql.render(sql)
         if rendered.ddl and self._in_transaction:
             self._ddl_in_transaction(rendered.sql, params)
@@ -223,7 +234,7 @@ class SnowflakeWarehouse:
             self._run(rendered.sql, params)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
-        if self.snapshot is None:
+        if self.snapshot is None or self._kept:
             text = sfsql.render(sql).sql
         else:
             text = travel.as_of_query(sfsql.parse(sql), self.snapshot)
@@ -232,7 +243,13 @@ class SnowflakeWarehouse:
             return fetch(cursor)
 
     def _run(self, sql: str, params: Sequence[Any] | None = None) -> Any:
-        """Send one Snowflake statement; return its cursor."""
+        """Send one Snowflake statement; return its cursor. A handle on a version
+        (:meth:`as_of`) sends only queries."""
+        if self.snapshot is not None and sql.split(None, 1)[0].upper() not in _READS:
+            raise WarehouseError(
+                "this handle reads the warehouse as it was (--as-of): it cannot write",
+                hint="to change an old version, `mdstack clone ENV --as-of ...` and write to ENV",
+            )
         self._renew_leases()
         cursor = self.con.cursor()
         with translate(sql):
@@ -502,10 +519,15 @@ class SnowflakeWarehouse:
             if as_of is None:
                 self._run(sfsql.clone_database_sql(source, made))
                 forget_base(self._run, made, self.meta_schema)
+                return clone
+            base = fingerprint(self._run, source, self.meta_schema)
+            if as_of in versions.kept_versions(self._run, source):
+                kept = versions.kept_database(source, as_of)
+                self._run(sfsql.clone_database_sql(kept, made))
+                versions.repoint_views(self._run, made, kept, source)  # as published views do
             else:
-                base = fingerprint(self._run, source, self.meta_schema)
                 self._run(travel.clone_sql(source, made, as_of))
-                record_base(self._run, made, self.meta_schema, base)
+            record_base(self._run, made, self.meta_schema, base)
         return clone
 
     def publish(self, name: str) -> None:
@@ -528,6 +550,17 @@ class SnowflakeWarehouse:
         was then (:mod:`stack.warehouse._snowflake_time_travel`)."""
         return int(self._run(travel.NOW_SQL).fetchone()[0])
 
+    def keep_version(self, version: int) -> None:
+        """With ``retention:``, a zero-copy clone of the database as ``version``
+        (:mod:`stack.warehouse._snowflake_versions`); fakesnow's clone of a database is
+        empty, so none is made there."""
+        if self.target.retention is None:
+            return
+        if self.fakesnow:
+            log.warning("fakesnow cannot clone a database: version %d is not kept", version)
+            return
+        versions.keep(self._run, self.target.database, version)
+
     def snapshot_at(self, when: datetime) -> int:
         """``when`` itself (not later than now): time travel reads any moment it keeps."""
         return min(travel.millis(when), self.current_snapshot())
@@ -538,10 +571,18 @@ class SnowflakeWarehouse:
         raise WarehouseError("mdstack diff works on DuckDB targets (DuckLake snapshots) for now")
 
     def expire(self, older_than: datetime, dry_run: bool = False) -> Expired:
-        raise WarehouseError(
-            "Snowflake keeps its own time travel",
-            hint="set DATA_RETENTION_TIME_IN_DAYS on the database instead of `retention:`",
-        )
+        """Drop the kept versions (``retention:``) older than ``older_than``; time travel
+        keeps what ``DATA_RETENTION_TIME_IN_DAYS`` says, whatever this does."""
+        cutoff = travel.millis(older_than)
+        with self:
+            kept = versions.kept_versions(self._run, self.target.database)
+            gone = [version for version in kept if version < cutoff]
+            if not dry_run:
+                for version in gone:
+                    versions.drop(self._run, self.target.database, version)
+        left = [version for version in kept if version >= cutoff]
+        oldest = datetime.fromtimestamp(left[0] / 1000, UTC) if left else None
+        return Expired(len(gone), 0, oldest)
 
     def as_of(self, snapshot: int) -> SnowflakeWarehouse:
         """A read-only session whose queries read every table ``AT`` ``snapshot``."""
