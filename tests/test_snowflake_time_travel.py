@@ -73,33 +73,39 @@ def test_every_table_and_view_a_query_reads_is_read_at_the_version():
         (  # a CTE of an inner scope named like a table of the outer one
             "SELECT * FROM (WITH orders AS (SELECT 1 AS id) SELECT * FROM orders) x, orders",
             'SELECT * FROM (WITH "orders" AS (SELECT 1 AS "id") SELECT * FROM "orders") AS "x", '
-            '"orders" AT',
+            '"orders" @',
         ),
         (  # a CTE reading the table it shadows
             "WITH orders AS (SELECT * FROM orders) SELECT * FROM orders",
-            'WITH "orders" AS (SELECT * FROM "orders" AT) SELECT * FROM "orders"',
+            'WITH "orders" AS (SELECT * FROM "orders" @) SELECT * FROM "orders"',
         ),
         (
             "SELECT * FROM raw.t WHERE EXISTS (SELECT 1 FROM raw.u WHERE u.id = t.id)",
-            'SELECT * FROM "raw"."t" AT WHERE EXISTS(SELECT 1 FROM "raw"."u" AT WHERE "u"."id" = '
+            'SELECT * FROM "raw"."t" @ WHERE EXISTS(SELECT 1 FROM "raw"."u" @ WHERE "u"."id" = '
             '"t"."id")',
         ),
         (
             "WITH RECURSIVE r AS (SELECT 1 AS n UNION ALL SELECT n + 1 FROM r WHERE n < 3) "
             "SELECT * FROM r, raw.z",
             'WITH RECURSIVE "r" AS (SELECT 1 AS "n" UNION ALL SELECT "n" + 1 FROM "r" '
-            'WHERE "n" < 3) SELECT * FROM "r", "raw"."z" AT',
+            'WHERE "n" < 3) SELECT * FROM "r", "raw"."z" @',
+        ),
+        (  # the query's own time travel; the account's usage views, which have no past
+            "SELECT * FROM raw.t AT (OFFSET => -60) JOIN snowflake.account_usage.query_history q "
+            "ON true",
+            'SELECT * FROM "raw"."t" AT (OFFSET => -60) JOIN "snowflake"."account_usage".'
+            '"query_history" AS "q" ON TRUE',
         ),
         (
             "SELECT * FROM raw.t a JOIN raw.t b USING (id), range(3) n",
-            'SELECT * FROM "raw"."t" AT AS "a" JOIN "raw"."t" AT AS "b" USING ("id"), '
+            'SELECT * FROM "raw"."t" @ AS "a" JOIN "raw"."t" @ AS "b" USING ("id"), '
             'ARRAY_GENERATE_RANGE(0, 3) AS "n"',
         ),
     ],
 )
 def test_a_query_reads_each_table_of_each_scope_at_the_version(query, sent):
     at = f"AT (TIMESTAMP => {STAMP})"
-    assert travel.as_of_query(sfsql.parse(query), VERSION) == sent.replace(" AT", f" {at}")
+    assert travel.as_of_query(sfsql.parse(query), VERSION) == sent.replace(" @", f" {at}")
 
 
 def test_only_a_query_runs_as_of_a_version():
@@ -113,8 +119,9 @@ def test_only_a_query_runs_as_of_a_version():
         assert "clone ENV --as-of" in (refused.value.hint or "")
 
 
-def test_a_versions_time_literal_is_the_version_in_any_session_time_zone():
-    """The time travel gets carries its offset (a session's TIMEZONE cannot move it)."""
+def test_a_versions_time_literal_carries_its_offset():
+    """The time travel gets is the version, its offset written out (so a session's
+    TIMEZONE, which fakesnow cannot set, has nothing to move)."""
     stamp = travel.at(VERSION).expression.sql("snowflake")
     assert stamp == STAMP
     with open_fakesnow() as wh:

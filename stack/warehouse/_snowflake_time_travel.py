@@ -24,7 +24,6 @@ from sqlglot import exp
 from sqlglot.optimizer.scope import Scope, traverse_scope
 
 from stack.errors import WarehouseError
-from stack.sql import ident
 from stack.warehouse import _snowflake_sql as sfsql
 
 NOW_SQL = "SELECT DATE_PART(EPOCH_MILLISECOND, CURRENT_TIMESTAMP()) + 1 AS ms"
@@ -64,8 +63,10 @@ def as_of_query(tree: exp.Expr, version: int) -> str:
             source = scope.sources.get(t.alias_or_name)
             if isinstance(source, Scope) or not isinstance(t.this, exp.Identifier):
                 continue  # the query's own CTE; a table function
-            if t.db.upper() == "INFORMATION_SCHEMA":
-                continue  # the catalog, which has no past
+            if t.db.upper() == "INFORMATION_SCHEMA" or t.catalog.upper() == "SNOWFLAKE":
+                continue  # the catalog and the account's usage views, which have no past
+            if t.args.get("when"):
+                continue  # the query's own AT or BEFORE
             if source is not t:
                 raise WarehouseError(
                     f"cannot tell what {t.sql('snowflake')} reads, to read it as it was",
@@ -77,5 +78,4 @@ def as_of_query(tree: exp.Expr, version: int) -> str:
 
 def clone_sql(source: str, clone: str, version: int) -> str:
     """A zero-copy clone of database ``source`` as it was at ``version``, replacing ``clone``."""
-    stamp = at(version).sql("snowflake")
-    return f"CREATE OR REPLACE DATABASE {ident(clone)} CLONE {ident(source)} {stamp}"
+    return f"{sfsql.clone_database_sql(source, clone)} {at(version).sql('snowflake')}"

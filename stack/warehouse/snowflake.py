@@ -17,6 +17,8 @@ The adapter's other modules, each pure of the session it serves:
 * ``_snowflake_connect.py``: the connector's login arguments and dbt's profile.
 * ``_snowflake_driver.py``: the connector's errors translated, results read as Arrow.
 * ``_snowflake_envs.py``: publishing an environment (SWAP WITH, checked before and after).
+* ``_snowflake_time_travel.py``: a version's time: queries and clones ``AT`` it.
+* ``_snowflake_versions.py``: kept versions (``retention:``): a clone per run.
 
 Session layout
     The session's current schema is the target's ``schema`` (the meta schema,
@@ -568,7 +570,9 @@ class SnowflakeWarehouse:
     def diff(
         self, before: int, after: int, tables: Sequence[tuple[str, str]] | None = None
     ) -> list[TableDiff]:
-        raise WarehouseError("mdstack diff works on DuckDB targets (DuckLake snapshots) for now")
+        """Refused: what changed between two versions is read from DuckLake's change feed,
+        which Snowflake has no equal of across tables made anew (``capabilities.diff``)."""
+        raise WarehouseError("mdstack diff works on DuckDB targets (DuckLake's change feed)")
 
     def expire(self, older_than: datetime, dry_run: bool = False) -> Expired:
         """Drop the kept versions (``retention:``) older than ``older_than``; time travel
