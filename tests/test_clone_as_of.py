@@ -26,11 +26,11 @@ from typer.testing import CliRunner
 from connectors.base import Batch, Message
 from stack.cli import app
 from stack.config import SourceConfig
-from stack.config.targets import PostgresCatalog
 from stack.errors import WarehouseError
 from stack.load import EVERY_CHECKPOINT, RunContext, ledger, plan_stream, sync_stream, utcnow
 from stack.warehouse.duckdb import DuckDBWarehouse
 from tests.conftest import ROOT
+from tests.contract import pg_catalog
 from tests.scripted import ScriptedSource, checkpoint, deletes, rows
 from tests.servers.pg_server import connect_kwargs
 
@@ -387,16 +387,7 @@ def test_a_version_whose_rows_maintenance_mixed_with_later_ones_is_refused(tmp_p
 
 
 def test_a_lake_with_a_postgresql_catalog_is_refused(tmp_path, pg_logical):
-    catalog = PostgresCatalog.model_validate(
-        {
-            "type": "postgres",
-            "host": "127.0.0.1",
-            "port": pg_logical.dsn["port"],
-            "database": "postgres",
-            "user": "postgres",
-            "schema": "lake_as_of",
-        }
-    )
+    catalog = pg_catalog(tmp_path / "warehouse", pg_logical.dsn["port"])
     lake = DuckDBWarehouse(tmp_path / "warehouse", threads=1, catalog=catalog)
     with lake:
         lake.execute("CREATE TABLE t AS SELECT 1 AS x")

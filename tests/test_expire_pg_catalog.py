@@ -12,36 +12,25 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from stack.config.targets import PostgresCatalog
 from stack.errors import WarehouseError
 from stack.load import utcnow
 from stack.warehouse import _ducklake_pg_envs as pg_envs
 from stack.warehouse import _ducklake_pg_expire as pg_expire
 from stack.warehouse._ducklake_pg import lock_key
 from stack.warehouse.duckdb import DuckDBWarehouse
+from tests.contract import pg_catalog
 from tests.servers.pg_server import PgCluster, connect_kwargs
 
 ORDERS = "SELECT count(*) AS n, sum(id) AS total FROM s.orders"
 
 
 def lake_on(cluster: PgCluster, path: Path) -> DuckDBWarehouse:
-    catalog = PostgresCatalog.model_validate(
-        {
-            "type": "postgres",
-            "host": "127.0.0.1",
-            "port": cluster.dsn["port"],
-            "database": "postgres",
-            "user": "postgres",
-            "schema": f"lake_{uuid.uuid4().hex[:8]}",
-        }
-    )
-    return DuckDBWarehouse(path, threads=1, catalog=catalog)
+    return DuckDBWarehouse(path, threads=1, catalog=pg_catalog(path, cluster.dsn["port"]))
 
 
 def read(wh: DuckDBWarehouse) -> dict:
