@@ -23,7 +23,7 @@ from sqlglot import exp
 
 from stack.errors import WarehouseError
 from stack.load import ledger
-from stack.sql import table
+from stack.sql import ident, table
 from stack.warehouse import _snowflake_sql as sfsql
 from stack.warehouse import _snowflake_time_travel as travel
 from stack.warehouse import _snowflake_versions as versions
@@ -261,6 +261,8 @@ def test_with_retention_a_run_keeps_its_version_as_a_clone_whose_views_read_it()
         stub.sql()[1],  # its views
         f'CREATE OR REPLACE VIEW "DB$v{VERSION}"."STAGING".STG_ORDERS AS (SELECT o.id FROM '
         f'"DB$v{VERSION}".RAW_SHOP.ORDERS AS o JOIN OTHER_DB.X.Y AS y ON o.id = y.id)',
+        'USE DATABASE "DB"',  # Snowflake makes a database it creates the current one
+        'USE SCHEMA "MDSTACK"',
     ]
     assert "information_schema.views" in stub.sql()[1]
     plain, sent = stub_warehouse(account([]))
@@ -320,6 +322,69 @@ def test_expire_drops_the_kept_versions_older_than_the_retention(monkeypatch):
         f'DROP DATABASE IF EXISTS "DB$v{VERSION - 2 * day}"',
     ]
     assert done.snapshots == 2 and done.oldest_kept == datetime.fromtimestamp(VERSION / 1000, UTC)
+
+
+# -- kept versions on fakesnow: read, compared ------------------------------------------------
+def keep_by_hand(wh: SnowflakeWarehouse, version: int) -> None:
+    """What ``CREATE DATABASE ... CLONE`` does on Snowflake and fakesnow cannot (its clone
+    of a database is empty): the kept database, copied table by table."""
+    database = wh.target.database
+    kept = ident(versions.kept_database(database, version))
+    wh._run(f"CREATE DATABASE {kept}")
+    tables = wh._run(
+        f"SELECT table_schema, table_name FROM {ident(database)}.information_schema.tables "
+        "WHERE table_type = 'BASE TABLE' AND table_schema <> 'INFORMATION_SCHEMA'"
+    ).fetchall()
+    for schema, name in tables:
+        wh._run(f"CREATE SCHEMA IF NOT EXISTS {kept}.{ident(schema)}")
+        wh._run(
+            f"CREATE TABLE {kept}.{ident(schema)}.{ident(name)} AS "
+            f"SELECT * FROM {ident(database)}.{ident(schema)}.{ident(name)}"
+        )
+    wh._run(f"USE DATABASE {ident(database)}")  # as keep_version does: CREATE DATABASE moved it
+    wh._run(f"USE SCHEMA {ident(wh.meta_schema)}")
+
+
+def test_kept_versions_are_read_and_compared_where_they_are_kept():
+    first, second = 1_000, 2_000
+    unopened = open_fakesnow(target={"retention": "7d"})
+    assert unopened.capabilities.diff
+    with unopened as wh:
+        wh.execute("CREATE SCHEMA raw")
+        wh.execute(
+            "CREATE TABLE raw.orders (id BIGINT, amount DOUBLE, _mds_region VARCHAR, "
+            "_mds_run_id VARCHAR)"
+        )
+        wh.execute(
+            "INSERT INTO raw.orders VALUES (1, 10, 'eu', 'r1'), (2, 20, 'eu', 'r1'), "
+            "(3, 30, 'us', 'r1'), (4, 40, 'us', 'r1')"
+        )
+        keep_by_hand(wh, first)
+        wh.execute("UPDATE raw.orders SET amount = 11 WHERE id = 1")  # changed
+        wh.execute("UPDATE raw.orders SET _mds_run_id = 'r2' WHERE id = 2")  # bookkeeping only
+        wh.execute("DELETE FROM raw.orders WHERE id = 3")
+        wh.execute("INSERT INTO raw.orders VALUES (5, 50, 'eu', 'r2'), (6, 60, 'eu', 'r2')")
+        wh.execute("CREATE SCHEMA marts")
+        wh.execute("CREATE TABLE marts.daily AS SELECT 'eu' AS region, 2 AS orders")
+        keep_by_hand(wh, second)
+        wh.execute("INSERT INTO raw.orders VALUES (7, 70, 'us', 'r3')")
+        between = {(d.table, d.region): (d.added, d.deleted) for d in wh.diff(first, second)}
+        since = {(d.table, d.region): (d.added, d.deleted) for d in wh.diff(second, 10**15)}
+        with pytest.raises(WarehouseError, match=r"version 1500 of .* is not kept") as refused:
+            wh.diff(1_500, second)
+    assert between == {
+        ("raw.orders", "eu"): (3, 1),  # id 1 as it is now, 5 and 6; id 1 as it was
+        ("raw.orders", "us"): (0, 1),
+        ("marts.daily", "eu"): (1, 0),  # made in between: every row is new
+    }
+    assert since == {("raw.orders", "us"): (1, 0)}  # a version after every kept one: now
+    assert "retention:" in (refused.value.hint or "")
+    with unopened.as_of(first) as old:
+        assert old.query("SELECT count(*) AS n, sum(amount) AS s FROM raw.orders").to_pylist() == [
+            {"n": 4, "s": 100}
+        ]
+        with pytest.raises(WarehouseError, match=r"does not exist|not found"):
+            old.query("SELECT * FROM marts.daily")  # made after the version
 
 
 # -- real Snowflake ---------------------------------------------------------------------------

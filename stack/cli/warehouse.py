@@ -256,9 +256,10 @@ def diff_command(
     with warehouse(config, target) as (cfg, unopened), unopened as wh:
         if not wh.capabilities.diff:
             raise MdstackError(
-                "mdstack diff works on DuckDB targets (DuckLake's change feed)",
-                hint=f"compare `mdstack sql '<query>' --as-of {run_a}` with the same query "
-                f"--as-of {run_b or 'a later run'}: Snowflake's time travel reads both",
+                "mdstack diff needs the versions kept: DuckDB targets keep them, Snowflake "
+                "targets with `retention:`",
+                hint=f"set `retention:` on the target, or compare `mdstack sql '<query>' "
+                f"--as-of {run_a}` with the same query --as-of {run_b or 'a later run'}",
             )
         before = _run_snapshot(wh, cfg.name, run_a)
         after = _run_snapshot(wh, cfg.name, run_b) if run_b else wh.current_snapshot()

@@ -23,12 +23,9 @@ from dataclasses import dataclass
 import duckdb
 
 from stack.sql import ident, literal
-from stack.warehouse.base import TableDiff
+from stack.warehouse.base import BOOKKEEPING, REGIONS, TableDiff
 
-REGIONS = ("_mds_region", "region")
-"""The column that names a row's region: the loaded tables', else a model's own."""
 DELETED = "_mds_deleted_at"
-BOOKKEEPING = ("_mds_run_id", "_mds_loaded_at")
 
 
 @dataclass(frozen=True)

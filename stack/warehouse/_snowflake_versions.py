@@ -26,6 +26,7 @@ import sqlglot
 from sqlglot import exp
 
 from stack.sql import ident
+from stack.warehouse.base import BOOKKEEPING, REGIONS, TableDiff
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,9 @@ def kept_versions(run: Run, database: str) -> list[int]:
 
 
 def keep(run: Run, database: str, version: int) -> None:
-    """Keep ``database`` as it is now as ``version`` (a clone; kept already: nothing)."""
+    """Keep ``database`` as it is now as ``version`` (a clone; kept already: nothing).
+    Snowflake makes a database it creates the session's current one: the caller moves
+    back."""
     kept = kept_database(database, version)
     run(f"CREATE DATABASE IF NOT EXISTS {ident(kept)} CLONE {ident(database)}", None)
     repoint_views(run, kept, database, kept)
@@ -101,3 +104,77 @@ def _names(catalog: exp.Identifier | None, database: str) -> bool:
     if not isinstance(catalog, exp.Identifier):
         return False
     return catalog.this == database if catalog.quoted else catalog.this.upper() == database
+
+
+def diff(
+    run: Run, before: str, after: str, meta_schema: str, tables: Sequence[tuple[str, str]] | None
+) -> list[TableDiff]:
+    """Per ``(schema, table)`` of database ``after`` (default: every table but mdstack's
+    own and dbt's leftovers) and region: rows added and deleted since database
+    ``before``. Each table is compared whole, rows counted by their hash on either side
+    (a changed row is one deleted and one added); the columns both sides have count,
+    but for the bookkeeping ones."""
+    old, new = _columns(run, before), _columns(run, after)
+    if tables is None:
+        tables = sorted(
+            key
+            for key in new
+            if not (key[0] == meta_schema and key[1].startswith("_mds_")) and "__dbt_" not in key[1]
+        )
+    found: list[TableDiff] = []
+    for schema, name in tables:
+        columns = new.get((schema, name))
+        if columns is None:
+            continue
+        region = next((c for c in REGIONS if c in columns), None)
+        by = ident(region) if region else "''"
+        ref = f"{ident(after)}.{ident(schema)}.{ident(name)}"
+        if (schema, name) not in old:
+            sql = f"SELECT {by} AS region, COUNT(*) AS added, 0 AS deleted FROM {ref} GROUP BY 1"
+        else:
+            shared = [c for c in columns if c in old[(schema, name)] and c not in BOOKKEEPING]
+            was = f"{ident(before)}.{ident(schema)}.{ident(name)}"
+            sql = _compare_sql(was, ref, shared, by)
+        for region_value, added, deleted in run(sql, None).fetchall():
+            if added or deleted:
+                label = f"{schema}.{name}"
+                found.append(
+                    TableDiff(label, region_value or "", int(added), 0, int(deleted), (), True)
+                )
+    return sorted(found, key=lambda d: (d.table, d.region))
+
+
+def _columns(run: Run, database: str) -> dict[tuple[str, str], list[str]]:
+    """Each base table of ``database`` and its columns, in order."""
+    rows = run(
+        "SELECT c.table_schema, c.table_name, c.column_name FROM "
+        f"{ident(database)}.information_schema.columns c JOIN "
+        f"{ident(database)}.information_schema.tables t ON t.table_schema = c.table_schema "
+        "AND t.table_name = c.table_name WHERE t.table_type = 'BASE TABLE' "
+        "AND c.table_schema <> 'INFORMATION_SCHEMA' ORDER BY 1, 2, c.ordinal_position",
+        None,
+    ).fetchall()
+    found: dict[tuple[str, str], list[str]] = {}
+    for schema, name, column in rows:
+        found.setdefault((str(schema), str(name)), []).append(str(column))
+    return found
+
+
+def _compare_sql(old: str, new: str, columns: Sequence[str], region: str) -> str:
+    """Rows added and deleted per region from ``old`` to ``new``: ``(region, added,
+    deleted)``, each distinct row counted by its hash on both sides."""
+    names = ", ".join(ident(c) for c in columns)
+
+    def counted(relation: str) -> str:
+        return (
+            f"SELECT {region} AS r, HASH({names}) AS h, COUNT(*) AS n FROM {relation} GROUP BY 1, 2"
+        )
+
+    return (
+        f"WITH o AS ({counted(old)}), w AS ({counted(new)}) "
+        "SELECT COALESCE(w.r, o.r) AS region, "
+        "SUM(GREATEST(COALESCE(w.n, 0) - COALESCE(o.n, 0), 0)) AS added, "
+        "SUM(GREATEST(COALESCE(o.n, 0) - COALESCE(w.n, 0), 0)) AS deleted "
+        "FROM o FULL OUTER JOIN w ON o.r IS NOT DISTINCT FROM w.r AND o.h = w.h "
+        "GROUP BY 1 ORDER BY 1"
+    )

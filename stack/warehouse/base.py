@@ -66,6 +66,13 @@ class BiFileWritten:
     rows: int
 
 
+REGIONS = ("_mds_region", "region")
+"""The column that names a row's region, for :meth:`Warehouse.diff`: the loaded tables',
+else a model's own."""
+BOOKKEEPING = ("_mds_run_id", "_mds_loaded_at")
+"""Columns :meth:`Warehouse.diff` does not compare: every load rewrites them."""
+
+
 @dataclass
 class TableDiff:
     """What changed in one table and region between two versions of the warehouse."""
@@ -79,8 +86,8 @@ class TableDiff:
     columns: tuple[str, ...] = ()
     """The columns whose values changed in the changed rows."""
     rebuilt: bool = False
-    """The table was created anew in between (a dbt table model): compared whole, so a
-    changed row counts as one deleted and one added."""
+    """Compared whole, so a changed row counts as one deleted and one added: the table
+    was created anew in between (a dbt table model), or the warehouse is Snowflake."""
 
 
 @dataclass(frozen=True)

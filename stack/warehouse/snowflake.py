@@ -69,6 +69,7 @@ fakesnow (``fakesnow: true`` on the target, or ``fakesnow=True``: tests, local d
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -164,6 +165,8 @@ class SnowflakeWarehouse:
         self.lock_ttl = lock_ttl
         self.snapshot = snapshot
         self._kept = False
+        if target.retention is not None:  # what changed between two kept versions
+            self.capabilities = dataclasses.replace(self.capabilities, diff=True)
         for value in dbt_env_fields(target).values():
             register_secret(value)
         self._con: Any = None
@@ -562,6 +565,8 @@ class SnowflakeWarehouse:
             log.warning("fakesnow cannot clone a database: version %d is not kept", version)
             return
         versions.keep(self._run, self.target.database, version)
+        self._run(f"USE DATABASE {ident(self.target.database)}")  # CREATE DATABASE moved it
+        self._use_meta_schema()
 
     def snapshot_at(self, when: datetime) -> int:
         """``when`` itself (not later than now): time travel reads any moment it keeps."""
@@ -570,9 +575,22 @@ class SnowflakeWarehouse:
     def diff(
         self, before: int, after: int, tables: Sequence[tuple[str, str]] | None = None
     ) -> list[TableDiff]:
-        """Refused: what changed between two versions is read from DuckLake's change feed,
-        which Snowflake has no equal of across tables made anew (``capabilities.diff``)."""
-        raise WarehouseError("mdstack diff works on DuckDB targets (DuckLake's change feed)")
+        """Between two kept versions (``retention:``), or a kept one and the live database
+        (a version later than every kept one: now), each table compared whole
+        (:func:`stack.warehouse._snowflake_versions.diff`)."""
+        database = self.target.database
+        kept = versions.kept_versions(self._run, database)
+        if before not in kept or (after not in kept and after < max(kept)):
+            missing = before if before not in kept else after
+            raise WarehouseError(
+                f"version {missing} of {database} is not kept: mdstack diff on Snowflake "
+                "compares kept versions",
+                hint="set `retention:` on the target: each run then keeps its version"
+                + ("" if kept else " (none is kept yet)"),
+            )
+        later = versions.kept_database(database, after) if after in kept else database
+        earlier = versions.kept_database(database, before)
+        return versions.diff(self._run, earlier, later, self.meta_schema, tables)
 
     def expire(self, older_than: datetime, dry_run: bool = False) -> Expired:
         """Drop the kept versions (``retention:``) older than ``older_than``; time travel
