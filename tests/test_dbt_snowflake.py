@@ -220,6 +220,18 @@ def test_pipeline_runs_end_to_end_on_snowflake(snowflake_run):
     assert left["table_name"].str.to_lowercase().to_list() == ["customers_snapshot"]
 
 
+def test_snowflake_views_name_their_tables_without_the_database(snowflake_run):
+    """dbt's views read their neighbours in whatever database holds them: an audit
+    environment published by SWAP WITH, a kept version, a clone."""
+    built = snowflake_run["files"]["target"] / "run" / "mdstack" / "models" / "staging"
+    views = sorted(built.glob("*.sql"))
+    assert views
+    for view in views:
+        _, _, query = view.read_text().partition(" as (")
+        assert "from staging." in query.lower() or "from raw" in query.lower(), view.name
+        assert DATABASE.lower() not in query.lower(), (view.name, query)
+
+
 def test_snowflake_marts_hold_the_same_numbers_as_duckdb(snowflake_run, duckdb_run, folder):
     assert duckdb_run.ok, duckdb_run.failure()
     assert_frames_close(sf_query(DAILY), duck_query(folder, DAILY))

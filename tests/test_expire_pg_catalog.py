@@ -112,11 +112,11 @@ def test_a_clone_waits_while_expire_decides_what_to_keep(tmp_path, pg_logical, m
     cloning = threading.Thread(target=lambda: done.append(lake.clone_into("dev")))
     decide, waited = pg_expire.keep_environments_files, []
 
-    def deciding(conninfo: str, schema: str) -> None:
+    def deciding(conninfo: str, schema: str) -> set[str]:
         cloning.start()
         waited.append(waiting_for_the_lock(pg_logical, lock_key(schema, pg_envs.CLONE_LOCK)))
         waited.append(not done)
-        decide(conninfo, schema)
+        return decide(conninfo, schema)
 
     monkeypatch.setattr(pg_expire, "keep_environments_files", deciding)
     lake.expire(utcnow())
@@ -157,6 +157,7 @@ def test_expire_keeps_the_versions_a_clone_s_publish_checks(tmp_path, pg_logical
         dev.execute("CREATE OR REPLACE TABLE m.x AS SELECT 3 AS v")
     expired = lake.expire(utcnow())
     assert expired.snapshots > 0  # the versions up to the clone's
+    assert expired.environments == ("dev",)  # the ones after it: dev holds them back
     with pytest.raises(WarehouseError, match=r"changed m\.x"):
         lake.publish("dev")
     with lake:  # DuckLake's own expire, by hand, takes the versions the check reads

@@ -219,31 +219,16 @@ def test_a_time_past_the_retention_says_which_setting_keeps_it():
 
 
 # -- kept versions (retention:) -----------------------------------------------------------------
-DBT_VIEW = (
-    "create or replace view {db}.STAGING.STG_ORDERS\n  \n   as (\n    select o.id from "
-    "{db}.RAW_SHOP.ORDERS o join OTHER_DB.X.Y y on o.id = y.id\n  );"
-)
-"""A view as dbt-snowflake makes it: every name with its database."""
-
-
-def account(kept: list[int]) -> Any:
-    """Answers like a Snowflake account holding database DB and its kept versions, each
-    with one dbt view (a clone copies its source's; CREATE OR REPLACE VIEW makes one
-    anew), and the ledger tables."""
-    views = {"DB": DBT_VIEW.format(db="DB")}
-    views.update({f"DB$v{v}": DBT_VIEW.format(db=f'"DB$v{v}"') for v in kept})
+def account(kept: list[int], refuses: str = "") -> Any:
+    """Answers like a Snowflake account holding database DB, its kept versions and the
+    ledger tables; a statement containing ``refuses`` fails as Snowflake would."""
 
     def answer(sql: str, params: list | None) -> list[dict]:
-        if " CLONE " in sql:
-            made, source = sql.split('"')[1], sql.split('"')[3]
-            views[made] = views[source]
-        if sql.startswith("CREATE OR REPLACE VIEW"):
-            views[sql.split('"')[1]] = sql
+        if refuses and refuses in sql:
+            raise sf_errors.ProgrammingError(msg="refused", errno=2003, sqlstate="42501")
         if "information_schema.databases" in sql:
-            return [{"database_name": f"DB$v{v}"} for v in kept]
-        if "information_schema.views" in sql:
-            text = views[sql.split('FROM "')[1].split('"')[0]]
-            return [{"s": "STAGING", "n": "STG_ORDERS", "text": text}]
+            assert params == ["DB$V"], params  # only this database's versions
+            return [{"database_name": f"DB$V{v}"} for v in kept]
         if "information_schema.tables" in sql:
             return [{"table_name": "_mds_runs"}]
         if "HASH_AGG" in sql:
@@ -253,21 +238,29 @@ def account(kept: list[int]) -> Any:
     return answer
 
 
-def test_with_retention_a_run_keeps_its_version_as_a_clone_whose_views_read_it():
+def test_with_retention_a_run_keeps_its_version_as_a_clone_at_that_time():
     wh, stub = stub_warehouse(account([]), retention="7d")
     wh.keep_version(VERSION)
+    kept = f'"DB$V{VERSION}"'
     assert stub.sql() == [
-        f'CREATE DATABASE IF NOT EXISTS "DB$v{VERSION}" CLONE "DB"',
-        stub.sql()[1],  # its views
-        f'CREATE OR REPLACE VIEW "DB$v{VERSION}"."STAGING".STG_ORDERS AS (SELECT o.id FROM '
-        f'"DB$v{VERSION}".RAW_SHOP.ORDERS AS o JOIN OTHER_DB.X.Y AS y ON o.id = y.id)',
+        f'CREATE DATABASE IF NOT EXISTS {kept} CLONE "DB" AT (TIMESTAMP => {STAMP})',
+        f"ALTER DATABASE {kept} SET DATA_RETENTION_TIME_IN_DAYS = 0",  # one moment already
         'USE DATABASE "DB"',  # Snowflake makes a database it creates the current one
         'USE SCHEMA "MDSTACK"',
     ]
-    assert "information_schema.views" in stub.sql()[1]
     plain, sent = stub_warehouse(account([]))
     plain.keep_version(VERSION)  # no retention: time travel alone
     assert sent.sql() == []
+
+
+def test_a_version_that_cannot_be_kept_leaves_the_run_on_the_published_database(caplog):
+    wh, stub = stub_warehouse(account([], refuses=" AT (TIMESTAMP"), retention="7d")
+    wh.keep_version(VERSION)  # no time travel on the database: kept as it is now
+    assert stub.sql()[1] == f'CREATE DATABASE IF NOT EXISTS "DB$V{VERSION}" CLONE "DB"'
+    denied, sent = stub_warehouse(account([], refuses="CREATE DATABASE"), retention="7d")
+    denied.keep_version(VERSION)  # no privilege to create databases: a warning, not a failure
+    assert f"version {VERSION} is not kept" in caplog.text
+    assert sent.sql()[-2:] == ['USE DATABASE "DB"', 'USE SCHEMA "MDSTACK"']
 
 
 def test_a_run_records_and_keeps_the_same_version(caplog):
@@ -282,6 +275,9 @@ def test_a_kept_version_is_read_in_its_database_and_nothing_is_written(monkeypat
     monkeypatch.setattr(adapter.snowflake.connector, "connect", lambda **kwargs: stub)
     with wh.as_of(VERSION) as reader:
         reader.query("SELECT id FROM raw.items")
+        reader.query('SELECT id FROM "DB".raw.items JOIN "OTHER".raw.x USING (id)')
+        with pytest.raises(WarehouseError, match="only a query"):
+            reader.query("DELETE FROM raw.items")
         for write in (
             lambda: reader.execute("DELETE FROM raw.items"),
             lambda: reader.create_table("raw", "t", pa.schema([("a", pa.int64())])),
@@ -290,22 +286,20 @@ def test_a_kept_version_is_read_in_its_database_and_nothing_is_written(monkeypat
                 write()
     sent = [s for s in stub.sql() if not s.startswith("SELECT database_name")]
     assert sent == [
-        f'USE DATABASE "DB$v{VERSION}"',
+        f'USE DATABASE "DB$V{VERSION}"',
         'USE SCHEMA "MDSTACK"',
         'SELECT "id" FROM "raw"."items"',  # the kept database: no time travel
+        f'SELECT "id" FROM "DB$V{VERSION}"."raw"."items" JOIN "OTHER"."raw"."x" USING ("id")',
     ]
 
 
-def test_a_clone_of_a_kept_version_clones_it_and_its_views_read_the_published_name(monkeypatch):
+def test_a_clone_of_a_kept_version_clones_that_database(monkeypatch):
     wh, stub = stub_warehouse(account([VERSION]))
     monkeypatch.setattr(adapter.snowflake.connector, "connect", lambda **kwargs: stub)
     wh.clone_into("restore", as_of=VERSION)
-    made = stub.sql().index(f'CREATE OR REPLACE DATABASE "DB_restore" CLONE "DB$v{VERSION}"')
-    assert stub.sql()[made + 2] == (
-        'CREATE OR REPLACE VIEW "DB_restore"."STAGING".STG_ORDERS AS (SELECT o.id FROM '
-        '"DB".RAW_SHOP.ORDERS AS o JOIN OTHER_DB.X.Y AS y ON o.id = y.id)'
-    )  # as the published database's own views read: it is published by a swap
+    assert f'CREATE OR REPLACE DATABASE "DB_restore" CLONE "DB$V{VERSION}"' in stub.sql()
     assert not [s for s in stub.sql() if "AT (TIMESTAMP" in s]
+    assert 'INSERT INTO "DB_restore"."MDSTACK"."_mds_restore_base" VALUES (?, ?)' in stub.sql()
 
 
 def test_expire_drops_the_kept_versions_older_than_the_retention(monkeypatch):
@@ -318,8 +312,8 @@ def test_expire_drops_the_kept_versions_older_than_the_retention(monkeypatch):
     assert (dry.snapshots, [s for s in stub.sql() if "DROP" in s]) == (2, [])
     done = wh.expire(cutoff)
     assert [s for s in stub.sql() if "DROP" in s] == [
-        f'DROP DATABASE IF EXISTS "DB$v{VERSION - 3 * day}"',
-        f'DROP DATABASE IF EXISTS "DB$v{VERSION - 2 * day}"',
+        f'DROP DATABASE IF EXISTS "DB$V{VERSION - 3 * day}"',
+        f'DROP DATABASE IF EXISTS "DB$V{VERSION - 2 * day}"',
     ]
     assert done.snapshots == 2 and done.oldest_kept == datetime.fromtimestamp(VERSION / 1000, UTC)
 
@@ -369,15 +363,17 @@ def test_kept_versions_are_read_and_compared_where_they_are_kept():
         keep_by_hand(wh, second)
         wh.execute("INSERT INTO raw.orders VALUES (7, 70, 'us', 'r3')")
         between = {(d.table, d.region): (d.added, d.deleted) for d in wh.diff(first, second)}
-        since = {(d.table, d.region): (d.added, d.deleted) for d in wh.diff(second, 10**15)}
+        since = {(d.table, d.region): (d.added, d.deleted) for d in wh.diff(second, None)}
         with pytest.raises(WarehouseError, match=r"version 1500 of .* is not kept") as refused:
             wh.diff(1_500, second)
+        with pytest.raises(WarehouseError, match="version 2500 of"):
+            wh.diff(first, 2_500)  # a later run whose version was not kept is not now
     assert between == {
         ("raw.orders", "eu"): (3, 1),  # id 1 as it is now, 5 and 6; id 1 as it was
         ("raw.orders", "us"): (0, 1),
         ("marts.daily", "eu"): (1, 0),  # made in between: every row is new
     }
-    assert since == {("raw.orders", "us"): (1, 0)}  # a version after every kept one: now
+    assert since == {("raw.orders", "us"): (1, 0)}  # the kept version and now
     assert "retention:" in (refused.value.hint or "")
     with unopened.as_of(first) as old:
         assert old.query("SELECT count(*) AS n, sum(amount) AS s FROM raw.orders").to_pylist() == [

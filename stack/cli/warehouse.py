@@ -262,7 +262,7 @@ def diff_command(
                 f"--as-of {run_a}` with the same query --as-of {run_b or 'a later run'}",
             )
         before = _run_snapshot(wh, cfg.name, run_a)
-        after = _run_snapshot(wh, cfg.name, run_b) if run_b else wh.current_snapshot()
+        after = _run_snapshot(wh, cfg.name, run_b) if run_b else None
         found = wh.diff(before, after, [_schema_table(t) for t in tables] if tables else None)
     if fmt == "json":
         out.print_json(json.dumps([dataclasses.asdict(d) for d in found]))

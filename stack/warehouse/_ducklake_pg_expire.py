@@ -40,9 +40,10 @@ def clones_paused(conninfo: str, schema: str) -> Iterator[None]:
         yield
 
 
-def keep_environments_files(conninfo: str, schema: str) -> None:
+def keep_environments_files(conninfo: str, schema: str) -> set[str]:
     """Set aside the scheduled files an environment names; put back the ones set aside
-    before that none names now.
+    before that none names now. Returns the schemas of the environments whose files are
+    set aside.
 
     Raises:
         WarehouseError: an environment's catalog names a file whose path cannot be told
@@ -58,10 +59,12 @@ def keep_environments_files(conninfo: str, schema: str) -> None:
                 "path_is_relative BOOLEAN, schedule_start TIMESTAMPTZ)"
             ).format(kept)
         )
-        conn.execute("CREATE TEMPORARY TABLE named (path TEXT) ON COMMIT DROP")
+        conn.execute("CREATE TEMPORARY TABLE named (env TEXT, path TEXT) ON COMMIT DROP")
         for env in environments(conn, schema):
             conn.execute(
-                sql.SQL("INSERT INTO named SELECT path FROM ({}) AS f").format(files_sql(env))
+                sql.SQL("INSERT INTO named SELECT {}, path FROM ({}) AS f").format(
+                    sql.Literal(env), files_sql(env)
+                )
             )
         row = conn.execute("SELECT count(*) FROM named WHERE path IS NULL").fetchone()
         if row and row[0]:
@@ -85,3 +88,9 @@ def keep_environments_files(conninfo: str, schema: str) -> None:
                     source=source, target=target, test=sql.SQL(test), whole=whole, columns=columns
                 )
             )
+        rows = conn.execute(
+            sql.SQL("SELECT DISTINCT env FROM named JOIN {} AS s ON named.path = {}").format(
+                kept, whole
+            )
+        ).fetchall()
+    return {row[0] for row in rows}

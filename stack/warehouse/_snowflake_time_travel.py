@@ -53,11 +53,7 @@ def as_of_query(tree: exp.Expr, version: int) -> str:
     Raises:
         WarehouseError: ``tree`` is not a query.
     """
-    if not isinstance(tree, exp.Query):
-        raise WarehouseError(
-            "--as-of reads the warehouse as it was: only a query (SELECT) can run there",
-            hint="to change an old version, `mdstack clone ENV --as-of ...` and write to ENV",
-        )
+    _only_a_query(tree)
     for scope in traverse_scope(tree):
         for t in scope.tables:
             source = scope.sources.get(t.alias_or_name)
@@ -76,6 +72,33 @@ def as_of_query(tree: exp.Expr, version: int) -> str:
     return sfsql.sf(tree)
 
 
+def in_database(tree: exp.Expr, database: str, kept: str) -> str:
+    """The query ``tree`` reading database ``kept`` where it names ``database`` (a name
+    without its database already reads the session's: the kept one).
+
+    Raises:
+        WarehouseError: ``tree`` is not a query.
+    """
+    _only_a_query(tree)
+    for t in tree.find_all(exp.Table):
+        if t.catalog == database:
+            t.set("catalog", exp.to_identifier(kept, quoted=True))
+    return sfsql.sf(tree)
+
+
+def at_sql(version: int) -> str:
+    """``AT(TIMESTAMP => ...)`` of ``version``, as text."""
+    return at(version).sql("snowflake")
+
+
+def _only_a_query(tree: exp.Expr) -> None:
+    if not isinstance(tree, exp.Query):
+        raise WarehouseError(
+            "--as-of reads the warehouse as it was: only a query (SELECT) can run there",
+            hint="to change an old version, `mdstack clone ENV --as-of ...` and write to ENV",
+        )
+
+
 def clone_sql(source: str, clone: str, version: int) -> str:
     """A zero-copy clone of database ``source`` as it was at ``version``, replacing ``clone``."""
-    return f"{sfsql.clone_database_sql(source, clone)} {at(version).sql('snowflake')}"
+    return f"{sfsql.clone_database_sql(source, clone)} {at_sql(version)}"

@@ -4,16 +4,15 @@ Time travel reads a table only back to when that table was made, and on a wareho
 mdstack runs, tables are made anew all the time: dbt replaces its table models on every
 run, and a publish by ``SWAP WITH`` makes the published database a clone whose tables
 start their history at the swap. With ``retention:`` on the target, each run therefore
-also keeps the warehouse as it left it: ``CREATE DATABASE <database>$v<version> CLONE
-<database>``, named by the run's version (Snowflake's clock, in milliseconds; ``$``
-never appears in an environment's name). ``--as-of`` and ``clone --as-of`` of that run
+also keeps the warehouse as it left it: ``CREATE DATABASE <database>$V<version> CLONE
+<database> AT(...)``, named by the run's version (Snowflake's clock, in milliseconds;
+``$`` never appears in an environment's name), with no time travel of its own (it is one
+moment already). ``--as-of`` and ``clone --as-of`` of that run
 read the kept database; ``mdstack expire`` drops the ones older than the retention.
 
-A clone keeps each view's text, and dbt writes views naming their tables with the
-database (``ANALYTICS.staging.orders``): such a view would read the live database from
-a kept version. :func:`repoint_views` rewrites, in the clone, every view that names the
-database it was cloned from to name the clone (or, for an environment made of a kept
-version, to name the published database back, as the environments' views do).
+A clone keeps each view's text: a view that names its tables with the database
+(``ANALYTICS.staging.orders``) reads the live database from any clone. dbt's views do not
+(``dbt_project/macros/relation_in_its_database.sql``); views made by hand should not.
 """
 
 from __future__ import annotations
@@ -22,17 +21,16 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import sqlglot
-from sqlglot import exp
-
+from stack.errors import WarehouseError
 from stack.sql import ident
+from stack.warehouse import _snowflake_time_travel as travel
 from stack.warehouse.base import BOOKKEEPING, REGIONS, TableDiff
 
 log = logging.getLogger(__name__)
 
 Run = Callable[[str, Sequence[Any] | None], Any]
 """Sends one Snowflake statement with its parameters and returns the cursor."""
-MARK = "$v"
+MARK = "$V"
 """Between the database's name and the version, in a kept version's name."""
 
 
@@ -53,57 +51,22 @@ def kept_versions(run: Run, database: str) -> list[int]:
 
 
 def keep(run: Run, database: str, version: int) -> None:
-    """Keep ``database`` as it is now as ``version`` (a clone; kept already: nothing).
-    Snowflake makes a database it creates the session's current one: the caller moves
-    back."""
-    kept = kept_database(database, version)
-    run(f"CREATE DATABASE IF NOT EXISTS {ident(kept)} CLONE {ident(database)}", None)
-    repoint_views(run, kept, database, kept)
+    """Keep ``database`` as it was at ``version`` (kept already: nothing): cloned through
+    time travel, so that another region's commit after the version is not the run's (as
+    it is now where time travel is off). Snowflake makes a database it creates the
+    session's current one: the caller moves back."""
+    kept = ident(kept_database(database, version))
+    clone = f"CREATE DATABASE IF NOT EXISTS {kept} CLONE {ident(database)}"
+    try:
+        run(f"{clone} {travel.at_sql(version)}", None)
+    except WarehouseError as exc:
+        log.warning("keeping version %d as it is now, not through time travel: %s", version, exc)
+        run(clone, None)
+    run(f"ALTER DATABASE {kept} SET DATA_RETENTION_TIME_IN_DAYS = 0", None)
 
 
 def drop(run: Run, database: str, version: int) -> None:
     run(f"DROP DATABASE IF EXISTS {ident(kept_database(database, version))}", None)
-
-
-def repoint_views(run: Run, database: str, old: str, new: str) -> int:
-    """Make each view of ``database`` that names database ``old`` name ``new`` instead;
-    returns how many were made again. A view whose text cannot be read is left as it is
-    (with a warning: it reads ``old``)."""
-    rows = run(
-        "SELECT table_schema, table_name, view_definition FROM "
-        f"{ident(database)}.information_schema.views WHERE table_schema <> 'INFORMATION_SCHEMA'",
-        None,
-    ).fetchall()
-    made = 0
-    for schema, name, text in rows:
-        try:
-            statement = sqlglot.parse_one(text or "", read="snowflake")
-        except sqlglot.errors.ParseError:
-            statement = None
-        if not isinstance(statement, exp.Create):
-            log.warning(
-                "view %s.%s.%s may read %s: its text cannot be read", database, schema, name, old
-            )
-            continue
-        view = statement.find(exp.Table)
-        named = [t for t in statement.find_all(exp.Table) if _names(t.args.get("catalog"), old)]
-        if view is None or not [t for t in named if t is not view]:
-            continue
-        for t in named:
-            t.set("catalog", exp.to_identifier(new, quoted=True))
-        view.set("catalog", exp.to_identifier(database, quoted=True))  # never another's view
-        view.set("db", exp.to_identifier(schema, quoted=True))
-        statement.set("replace", True)
-        run(statement.sql("snowflake"), None)
-        made += 1
-    return made
-
-
-def _names(catalog: exp.Identifier | None, database: str) -> bool:
-    """Whether ``catalog`` names ``database`` (Snowflake folds an unquoted name to upper case)."""
-    if not isinstance(catalog, exp.Identifier):
-        return False
-    return catalog.this == database if catalog.quoted else catalog.this.upper() == database
 
 
 def diff(

@@ -226,11 +226,11 @@ class Warehouse(Protocol):
         ...
 
     def diff(
-        self, before: int, after: int, tables: Sequence[tuple[str, str]] | None = None
+        self, before: int, after: int | None, tables: Sequence[tuple[str, str]] | None = None
     ) -> list[TableDiff]:
         """Rows added, changed and deleted from version ``before`` to ``after`` (the open
-        warehouse's :meth:`current_snapshot` values), per table and region; ``tables``
-        None: every table but mdstack's own."""
+        warehouse's :meth:`current_snapshot` values; None: now), per table and region;
+        ``tables`` None: every table but mdstack's own."""
         ...
 
     def expire(self, older_than: datetime, dry_run: bool = False) -> Expired:

@@ -620,10 +620,12 @@ class DuckDBWarehouse:
         )
 
     def diff(
-        self, before: int, after: int, tables: Sequence[tuple[str, str]] | None = None
+        self, before: int, after: int | None, tables: Sequence[tuple[str, str]] | None = None
     ) -> list[TableDiff]:
         """From DuckLake's change feed where a table lived through both snapshots
         (:mod:`stack.warehouse._ducklake_diff`)."""
+        if after is None:
+            after = self.current_snapshot()
         if tables is None:
             tables = [
                 (schema, name)
@@ -654,25 +656,32 @@ class DuckDBWarehouse:
         publish reads what they changed) and the files an environment names are set aside
         before the cleanup (:mod:`stack.warehouse._ducklake_pg_expire`)."""
         utc = older_than if older_than.tzinfo else older_than.replace(tzinfo=UTC)
+        reading: set[str] = set()  # environments whose files are set aside
         with self:
             with self._environments_kept(dry_run) as clones:
                 gone = self._expire_snapshots(utc, min(clones.values(), default=None), dry_run)
                 if self.pg is not None and not dry_run:
                     conninfo = self.pg.conninfo(password=True)
-                    pg_expire.keep_environments_files(conninfo, self.pg.schema)
+                    prefix = pg_envs.env_schema(self.pg.schema, "")
+                    reading = {
+                        env.removeprefix(prefix)
+                        for env in pg_expire.keep_environments_files(conninfo, self.pg.schema)
+                    }
             files = self.con.execute(
                 f"CALL ducklake_cleanup_old_files({literal(ALIAS)}, cleanup_all => true, "
                 f"dry_run => {str(dry_run).lower()})"
             ).fetchall()
             gone_ids = {row[0] for row in gone}
             kept = [
-                row[1]
+                (row[0], row[1])
                 for row in self.con.execute(
                     f"SELECT snapshot_id, snapshot_time FROM {ALIAS}.snapshots() ORDER BY 1"
                 ).fetchall()
                 if row[0] not in gone_ids
             ]
-        return Expired(len(gone), len(files), kept[0] if kept else None, tuple(sorted(clones)))
+        old = [version for version, taken in kept[:-1] if taken < utc]  # held back, not current
+        held = {name for name, base in clones.items() if old and base < old[-1]} | reading
+        return Expired(len(gone), len(files), kept[0][1] if kept else None, tuple(sorted(held)))
 
     def _expire_snapshots(self, older_than: datetime, up_to: int | None, dry_run: bool) -> list:
         """Expire the snapshots older than ``older_than`` (and not after ``up_to``, if

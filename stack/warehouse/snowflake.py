@@ -239,8 +239,11 @@ class SnowflakeWarehouse:
             self._run(rendered.sql, params)
 
     def query(self, sql: str, params: Sequence[Any] | None = None) -> pa.Table:
-        if self.snapshot is None or self._kept:
+        if self.snapshot is None:
             text = sfsql.render(sql).sql
+        elif self._kept:
+            kept = versions.kept_database(self.target.database, self.snapshot)
+            text = travel.in_database(sfsql.parse(sql), self.target.database, kept)
         else:
             text = travel.as_of_query(sfsql.parse(sql), self.snapshot)
         cursor = self._run(text, params)
@@ -403,7 +406,7 @@ class SnowflakeWarehouse:
     def cursor(self) -> Iterator[SnowflakeWarehouse]:
         """A session of its own for another thread (a session runs one statement at a time,
         and owns its transaction and temporary tables)."""
-        with self._twin(self.target) as twin:
+        with self._twin(self.target, self.snapshot) as twin:
             yield twin
 
     def _twin(self, target: SnowflakeTarget, snapshot: int | None = None) -> SnowflakeWarehouse:
@@ -510,8 +513,8 @@ class SnowflakeWarehouse:
 
     # -- environments (CLONE and SWAP WITH) ----------------------------------------------------
     def environment(self, name: str) -> SnowflakeWarehouse:
-        database = sfsql.environment_database(self.target.database, name)
-        return self._twin(self.target.model_copy(update={"database": database}))
+        database = sfsql.environment_database(self.target.database, name)  # keeps no versions
+        return self._twin(self.target.model_copy(update={"database": database, "retention": None}))
 
     def clone_into(self, name: str, as_of: int | None = None) -> SnowflakeWarehouse:
         """``CLONE`` of the database, as it is or, through time travel, as it was at
@@ -529,7 +532,6 @@ class SnowflakeWarehouse:
             if as_of in versions.kept_versions(self._run, source):
                 kept = versions.kept_database(source, as_of)
                 self._run(sfsql.clone_database_sql(kept, made))
-                versions.repoint_views(self._run, made, kept, source)  # as published views do
             else:
                 self._run(travel.clone_sql(source, made, as_of))
             record_base(self._run, made, self.meta_schema, base)
@@ -564,31 +566,37 @@ class SnowflakeWarehouse:
         if self.fakesnow:
             log.warning("fakesnow cannot clone a database: version %d is not kept", version)
             return
-        versions.keep(self._run, self.target.database, version)
-        self._run(f"USE DATABASE {ident(self.target.database)}")  # CREATE DATABASE moved it
-        self._use_meta_schema()
+        try:
+            versions.keep(self._run, self.target.database, version)
+        except WarehouseError as exc:  # the run published: its record goes on, time travel
+            log.warning(
+                "version %d is not kept (--as-of reads it through time travel): %s", version, exc
+            )
+        finally:
+            self._run(f"USE DATABASE {ident(self.target.database)}")  # CREATE DATABASE moved it
+            self._use_meta_schema()
 
     def snapshot_at(self, when: datetime) -> int:
         """``when`` itself (not later than now): time travel reads any moment it keeps."""
         return min(travel.millis(when), self.current_snapshot())
 
     def diff(
-        self, before: int, after: int, tables: Sequence[tuple[str, str]] | None = None
+        self, before: int, after: int | None, tables: Sequence[tuple[str, str]] | None = None
     ) -> list[TableDiff]:
-        """Between two kept versions (``retention:``), or a kept one and the live database
-        (a version later than every kept one: now), each table compared whole
+        """Between two kept versions (``retention:``), or a kept one and now (the live
+        database), each table compared whole
         (:func:`stack.warehouse._snowflake_versions.diff`)."""
         database = self.target.database
         kept = versions.kept_versions(self._run, database)
-        if before not in kept or (after not in kept and after < max(kept)):
-            missing = before if before not in kept else after
+        missing = next((v for v in (before, after) if v is not None and v not in kept), None)
+        if missing is not None:
             raise WarehouseError(
                 f"version {missing} of {database} is not kept: mdstack diff on Snowflake "
                 "compares kept versions",
                 hint="set `retention:` on the target: each run then keeps its version"
                 + ("" if kept else " (none is kept yet)"),
             )
-        later = versions.kept_database(database, after) if after in kept else database
+        later = database if after is None else versions.kept_database(database, after)
         earlier = versions.kept_database(database, before)
         return versions.diff(self._run, earlier, later, self.meta_schema, tables)
 
