@@ -228,7 +228,7 @@ def test_snowflake_views_name_their_tables_without_the_database(snowflake_run):
     assert views
     for view in views:
         _, _, query = view.read_text().partition(" as (")
-        assert "from staging." in query.lower() or "from raw" in query.lower(), view.name
+        assert "raw_shop" in query.lower(), view.name  # its source, named in the query
         assert DATABASE.lower() not in query.lower(), (view.name, query)
 
 
@@ -266,7 +266,8 @@ def test_each_snowflake_run_records_its_time_and_as_of_reads_at_it(
 ):
     """A run records Snowflake's clock after its publish; `sql --as-of RUN` sends the query
     at that time (fakesnow has no time travel: it refuses the AT clause, and the error
-    shows the statement). `diff` is DuckDB's alone, so no summary offers it."""
+    shows the statement). Without kept versions `diff` cannot compare two runs, so no
+    summary offers it."""
     rows = sf_query("SELECT run_id, snapshot FROM MDSTACK._mds_run_snapshots ORDER BY snapshot")
     assert rows["run_id"].to_list() == ["sf-run-1", "sf-run-2"]
     assert [run.dbt.previous_run for run in snowflake_run["runs"]] == [None, None]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -112,7 +113,7 @@ def test_a_clone_waits_while_expire_decides_what_to_keep(tmp_path, pg_logical, m
     cloning = threading.Thread(target=lambda: done.append(lake.clone_into("dev")))
     decide, waited = pg_expire.keep_environments_files, []
 
-    def deciding(conninfo: str, schema: str) -> set[str]:
+    def deciding(conninfo: str, schema: str) -> tuple[set[str], datetime]:
         cloning.start()
         waited.append(waiting_for_the_lock(pg_logical, lock_key(schema, pg_envs.CLONE_LOCK)))
         waited.append(not done)

@@ -244,13 +244,30 @@ def test_with_retention_a_run_keeps_its_version_as_a_clone_at_that_time():
     kept = f'"DB$V{VERSION}"'
     assert stub.sql() == [
         f'CREATE DATABASE IF NOT EXISTS {kept} CLONE "DB" AT (TIMESTAMP => {STAMP})',
-        f"ALTER DATABASE {kept} SET DATA_RETENTION_TIME_IN_DAYS = 0",  # one moment already
         'USE DATABASE "DB"',  # Snowflake makes a database it creates the current one
         'USE SCHEMA "MDSTACK"',
     ]
+    assert wh.capabilities.diff  # between kept versions
     plain, sent = stub_warehouse(account([]))
     plain.keep_version(VERSION)  # no retention: time travel alone
-    assert sent.sql() == []
+    assert sent.sql() == [] and not plain.capabilities.diff
+
+
+def test_with_retention_a_time_reads_the_last_version_kept_by_then():
+    hour = 3_600_000
+    kept = [VERSION - 2 * hour, VERSION]
+    now = {"ms": VERSION + hour}
+
+    def answer(sql: str, params: list | None) -> list[dict]:
+        return [now] if "EPOCH" in sql else account(kept)(sql, params)
+
+    wh, _ = stub_warehouse(answer, retention="7d")
+    moment = datetime.fromtimestamp((VERSION - hour) / 1000, UTC)
+    assert wh.snapshot_at(moment) == VERSION - 2 * hour
+    assert wh.snapshot_at(datetime.fromtimestamp(VERSION / 1000, UTC)) == VERSION
+    assert wh.snapshot_at(datetime(2020, 1, 1)) is None  # before any kept version
+    plain, _ = stub_warehouse(answer)
+    assert plain.snapshot_at(moment) == VERSION - hour  # time travel: the moment itself
 
 
 def test_a_version_that_cannot_be_kept_leaves_the_run_on_the_published_database(caplog):
@@ -263,7 +280,7 @@ def test_a_version_that_cannot_be_kept_leaves_the_run_on_the_published_database(
     assert sent.sql()[-2:] == ['USE DATABASE "DB"', 'USE SCHEMA "MDSTACK"']
 
 
-def test_a_run_records_and_keeps_the_same_version(caplog):
+def test_a_runs_record_asks_to_keep_the_version_it_records(caplog):
     with open_fakesnow(target={"retention": "7d"}) as wh:
         ledger.record_snapshot(wh, ("r1", "shop", "eu"), datetime.now(UTC))
         version = ledger.run_snapshot(wh, "shop", "r1")
@@ -316,6 +333,8 @@ def test_expire_drops_the_kept_versions_older_than_the_retention(monkeypatch):
         f'DROP DATABASE IF EXISTS "DB$V{VERSION - 2 * day}"',
     ]
     assert done.snapshots == 2 and done.oldest_kept == datetime.fromtimestamp(VERSION / 1000, UTC)
+    later = wh.expire(datetime(2100, 1, 1, tzinfo=UTC), dry_run=True)
+    assert later.snapshots == 2  # every version is older, but the newest stays
 
 
 # -- kept versions on fakesnow: read, compared ------------------------------------------------
@@ -342,7 +361,7 @@ def keep_by_hand(wh: SnowflakeWarehouse, version: int) -> None:
 def test_kept_versions_are_read_and_compared_where_they_are_kept():
     first, second = 1_000, 2_000
     unopened = open_fakesnow(target={"retention": "7d"})
-    assert unopened.capabilities.diff
+    assert not unopened.capabilities.diff  # fakesnow keeps no versions: summaries offer none
     with unopened as wh:
         wh.execute("CREATE SCHEMA raw")
         wh.execute(
@@ -358,9 +377,14 @@ def test_kept_versions_are_read_and_compared_where_they_are_kept():
         wh.execute("UPDATE raw.orders SET _mds_run_id = 'r2' WHERE id = 2")  # bookkeeping only
         wh.execute("DELETE FROM raw.orders WHERE id = 3")
         wh.execute("INSERT INTO raw.orders VALUES (5, 50, 'eu', 'r2'), (6, 60, 'eu', 'r2')")
-        wh.execute("CREATE SCHEMA marts")
-        wh.execute("CREATE TABLE marts.daily AS SELECT 'eu' AS region, 2 AS orders")
+        wh.execute("CREATE SCHEMA marts")  # as dbt makes it: unquoted names, upper case
+        wh.execute(
+            'CREATE TABLE marts.daily AS SELECT region AS "REGION", 2 AS "ORDERS", '
+            "CURRENT_TIMESTAMP AS \"_MDS_LOADED_AT\" FROM (VALUES ('eu'), ('us')) v(region)"
+        )
         keep_by_hand(wh, second)
+        wh.execute('UPDATE marts.daily SET "_MDS_LOADED_AT" = CURRENT_TIMESTAMP')  # bookkeeping
+        wh.execute('UPDATE marts.daily SET "ORDERS" = 3 WHERE "REGION" = \'us\'')
         wh.execute("INSERT INTO raw.orders VALUES (7, 70, 'us', 'r3')")
         between = {(d.table, d.region): (d.added, d.deleted) for d in wh.diff(first, second)}
         since = {(d.table, d.region): (d.added, d.deleted) for d in wh.diff(second, None)}
@@ -372,8 +396,12 @@ def test_kept_versions_are_read_and_compared_where_they_are_kept():
         ("raw.orders", "eu"): (3, 1),  # id 1 as it is now, 5 and 6; id 1 as it was
         ("raw.orders", "us"): (0, 1),
         ("marts.daily", "eu"): (1, 0),  # made in between: every row is new
+        ("marts.daily", "us"): (1, 0),
     }
-    assert since == {("raw.orders", "us"): (1, 0)}  # the kept version and now
+    assert since == {  # the kept version and now
+        ("raw.orders", "us"): (1, 0),
+        ("marts.daily", "us"): (1, 1),  # changed: one row gone, one new
+    }
     assert "retention:" in (refused.value.hint or "")
     with unopened.as_of(first) as old:
         assert old.query("SELECT count(*) AS n, sum(amount) AS s FROM raw.orders").to_pylist() == [

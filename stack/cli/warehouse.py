@@ -252,7 +252,8 @@ def diff_command(
     ] = "table",
 ) -> None:
     """What changed between two runs (or since one): rows added, changed (with the columns
-    that changed) and deleted, per table and region, from DuckLake's change feed."""
+    that changed) and deleted, per table and region, from DuckLake's change feed (on
+    Snowflake with `retention:`, between kept versions, each table compared whole)."""
     with warehouse(config, target) as (cfg, unopened), unopened as wh:
         if not wh.capabilities.diff:
             raise MdstackError(
@@ -378,7 +379,8 @@ def clone(
             help="Clone the warehouse as run RUN_ID left it (the id in its summary's title), "
             "or as it was at TIME (ISO 8601, UTC unless it says), "
             "still zero-copy and writable, while the warehouse keeps that version: DuckDB "
-            "targets whose catalog is a DuckDB file, and Snowflake (its time travel).",
+            "targets whose catalog is a DuckDB file, and Snowflake (a kept version, else "
+            "time travel).",
         ),
     ] = None,
 ) -> None:

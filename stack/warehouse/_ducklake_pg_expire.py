@@ -7,17 +7,18 @@ cloned before they were replaced). Between DuckLake's expire and its cleanup, th
 scheduled that any environment's catalog names are moved aside, into
 :data:`KEPT` in the lake's catalog schema, in one transaction: the cleanup never sees
 them. Each expire first moves back those no environment names any more (it was dropped,
-or published over), so they go then.
+or cloned again), so they go then.
 
-Clones wait while the files to keep are decided (:func:`clones_paused`): a clone that
-copied the catalog before the expire and committed after the decision would name
-files the cleanup deletes.
+Clones wait while the files to keep are decided and the cleanup runs
+(:func:`clones_paused`): a clone that copied the catalog before the expire and
+committed after the decision would name files the cleanup deletes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 
 import psycopg
 from psycopg import sql
@@ -40,10 +41,11 @@ def clones_paused(conninfo: str, schema: str) -> Iterator[None]:
         yield
 
 
-def keep_environments_files(conninfo: str, schema: str) -> set[str]:
+def keep_environments_files(conninfo: str, schema: str) -> tuple[set[str], datetime]:
     """Set aside the scheduled files an environment names; put back the ones set aside
     before that none names now. Returns the schemas of the environments whose files are
-    set aside.
+    set aside, and when this was decided: files scheduled later (DuckLake maintenance run
+    by hand meanwhile) were not looked at, and must wait for the next expire.
 
     Raises:
         WarehouseError: an environment's catalog names a file whose path cannot be told
@@ -93,4 +95,6 @@ def keep_environments_files(conninfo: str, schema: str) -> set[str]:
                 kept, whole
             )
         ).fetchall()
-    return {row[0] for row in rows}
+        decided = conn.execute("SELECT now()").fetchone()
+    assert decided is not None
+    return {row[0] for row in rows}, decided[0]

@@ -98,8 +98,8 @@ def translate(what: str) -> Iterator[None]:
 _PAST_RETENTION = (
     "time travel reads a table back to when it was made (dbt replaces its table models on "
     "every run; a publish by SWAP makes every table anew) and within its retention "
-    "(DATA_RETENTION_TIME_IN_DAYS, 1 day unless set): set `retention:` on the target to keep "
-    "each run's version as a clone, or pick a later run or time"
+    "(DATA_RETENTION_TIME_IN_DAYS, 1 day unless set): pick a later run or time, or one "
+    "whose version is kept (`retention:` on the target keeps each run's as a clone)"
 )
 
 

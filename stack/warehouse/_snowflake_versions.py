@@ -6,9 +6,11 @@ run, and a publish by ``SWAP WITH`` makes the published database a clone whose t
 start their history at the swap. With ``retention:`` on the target, each run therefore
 also keeps the warehouse as it left it: ``CREATE DATABASE <database>$V<version> CLONE
 <database> AT(...)``, named by the run's version (Snowflake's clock, in milliseconds;
-``$`` never appears in an environment's name), with no time travel of its own (it is one
-moment already). ``--as-of`` and ``clone --as-of`` of that run
-read the kept database; ``mdstack expire`` drops the ones older than the retention.
+``$`` never appears in an environment's name). It keeps the database's parameters (its
+time travel retention among them): a restore made of it publishes them unchanged.
+``--as-of``, ``clone --as-of`` and ``diff`` of that run read the kept database; a time
+reads the last version kept by then; ``mdstack expire`` drops the ones older than the
+retention, never the newest.
 
 A clone keeps each view's text: a view that names its tables with the database
 (``ANALYTICS.staging.orders``) reads the live database from any clone. dbt's views do not
@@ -18,18 +20,16 @@ A clone keeps each view's text: a view that names its tables with the database
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from stack.errors import WarehouseError
 from stack.sql import ident
 from stack.warehouse import _snowflake_time_travel as travel
+from stack.warehouse._snowflake_envs import Run
 from stack.warehouse.base import BOOKKEEPING, REGIONS, TableDiff
 
 log = logging.getLogger(__name__)
 
-Run = Callable[[str, Sequence[Any] | None], Any]
-"""Sends one Snowflake statement with its parameters and returns the cursor."""
 MARK = "$V"
 """Between the database's name and the version, in a kept version's name."""
 
@@ -62,7 +62,6 @@ def keep(run: Run, database: str, version: int) -> None:
     except WarehouseError as exc:
         log.warning("keeping version %d as it is now, not through time travel: %s", version, exc)
         run(clone, None)
-    run(f"ALTER DATABASE {kept} SET DATA_RETENTION_TIME_IN_DAYS = 0", None)
 
 
 def drop(run: Run, database: str, version: int) -> None:
@@ -89,13 +88,15 @@ def diff(
         columns = new.get((schema, name))
         if columns is None:
             continue
-        region = next((c for c in REGIONS if c in columns), None)
+        region = next((c for c in columns if c.lower() in REGIONS), None)
         by = ident(region) if region else "''"
         ref = f"{ident(after)}.{ident(schema)}.{ident(name)}"
         if (schema, name) not in old:
             sql = f"SELECT {by} AS region, COUNT(*) AS added, 0 AS deleted FROM {ref} GROUP BY 1"
         else:
-            shared = [c for c in columns if c in old[(schema, name)] and c not in BOOKKEEPING]
+            shared = [
+                c for c in columns if c in old[(schema, name)] and c.lower() not in BOOKKEEPING
+            ]
             was = f"{ident(before)}.{ident(schema)}.{ident(name)}"
             sql = _compare_sql(was, ref, shared, by)
         for region_value, added, deleted in run(sql, None).fetchall():

@@ -657,20 +657,20 @@ class DuckDBWarehouse:
         before the cleanup (:mod:`stack.warehouse._ducklake_pg_expire`)."""
         utc = older_than if older_than.tzinfo else older_than.replace(tzinfo=UTC)
         reading: set[str] = set()  # environments whose files are set aside
+        which = "cleanup_all => true"
         with self:
             with self._environments_kept(dry_run) as clones:
                 gone = self._expire_snapshots(utc, min(clones.values(), default=None), dry_run)
                 if self.pg is not None and not dry_run:
                     conninfo = self.pg.conninfo(password=True)
                     prefix = pg_envs.env_schema(self.pg.schema, "")
-                    reading = {
-                        env.removeprefix(prefix)
-                        for env in pg_expire.keep_environments_files(conninfo, self.pg.schema)
-                    }
-            files = self.con.execute(
-                f"CALL ducklake_cleanup_old_files({literal(ALIAS)}, cleanup_all => true, "
-                f"dry_run => {str(dry_run).lower()})"
-            ).fetchall()
+                    schemas, decided = pg_expire.keep_environments_files(conninfo, self.pg.schema)
+                    reading = {env.removeprefix(prefix) for env in schemas}
+                    which = f"older_than => TIMESTAMPTZ {literal(decided.isoformat())}"
+                files = self.con.execute(  # clones still wait: what they read is decided
+                    f"CALL ducklake_cleanup_old_files({literal(ALIAS)}, {which}, "
+                    f"dry_run => {str(dry_run).lower()})"
+                ).fetchall()
             gone_ids = {row[0] for row in gone}
             kept = [
                 (row[0], row[1])

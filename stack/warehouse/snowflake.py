@@ -136,7 +136,8 @@ class SnowflakeWarehouse:
         fakesnow: enable the workarounds for fakesnow listed in the module docstring.
         lock_ttl: seconds a lock's lease lasts without renewal.
         snapshot: read the warehouse as it was at this version (:meth:`current_snapshot`):
-            queries read through time travel, nothing can be written.
+            in its kept database (``retention:``) if there is one, else through time
+            travel; nothing can be written.
     """
 
     capabilities = Capabilities(
@@ -164,8 +165,8 @@ class SnowflakeWarehouse:
         self.fakesnow = fakesnow or target.fakesnow
         self.lock_ttl = lock_ttl
         self.snapshot = snapshot
-        self._kept = False
-        if target.retention is not None:  # what changed between two kept versions
+        self._kept: str | None = None
+        if target.retention is not None and not self.fakesnow:  # between kept versions
             self.capabilities = dataclasses.replace(self.capabilities, diff=True)
         for value in dbt_env_fields(target).values():
             register_secret(value)
@@ -211,12 +212,18 @@ class SnowflakeWarehouse:
 
     def _read_version(self, version: int) -> None:
         """Read the version's kept database if there is one, else through time travel."""
-        database = self.target.database
-        self._kept = version in versions.kept_versions(self._run, database)
+        self._kept = self._kept_database(version)
         if self._kept:
-            self._run(f"USE DATABASE {ident(versions.kept_database(database, version))}")
+            self._run(f"USE DATABASE {ident(self._kept)}")
         with contextlib.suppress(WarehouseError):  # no meta schema: names are qualified
             self._run(f"USE SCHEMA {ident(self.meta_schema)}")
+
+    def _kept_database(self, version: int) -> str | None:
+        """The database that keeps ``version`` (``retention:``), if one does."""
+        database = self.target.database
+        if version not in versions.kept_versions(self._run, database):
+            return None
+        return versions.kept_database(database, version)
 
     def _use_meta_schema(self) -> None:
         """Make the meta schema current (temporary objects live there), creating it if needed."""
@@ -242,8 +249,7 @@ class SnowflakeWarehouse:
         if self.snapshot is None:
             text = sfsql.render(sql).sql
         elif self._kept:
-            kept = versions.kept_database(self.target.database, self.snapshot)
-            text = travel.in_database(sfsql.parse(sql), self.target.database, kept)
+            text = travel.in_database(sfsql.parse(sql), self.target.database, self._kept)
         else:
             text = travel.as_of_query(sfsql.parse(sql), self.snapshot)
         cursor = self._run(text, params)
@@ -517,10 +523,10 @@ class SnowflakeWarehouse:
         return self._twin(self.target.model_copy(update={"database": database, "retention": None}))
 
     def clone_into(self, name: str, as_of: int | None = None) -> SnowflakeWarehouse:
-        """``CLONE`` of the database, as it is or, through time travel, as it was at
-        ``as_of``; such a clone keeps what the published database's ledger held when it
-        was made, so that publishing it restores the old content unless a run wrote
-        since (:func:`stack.warehouse._snowflake_envs.publish_database`)."""
+        """``CLONE`` of the database as it is or as it was at ``as_of`` (its kept database,
+        else through time travel); such a clone keeps what the published database's
+        ledger held when it was made, so that publishing it restores the old content
+        unless a run wrote since (:func:`stack.warehouse._snowflake_envs.publish_database`)."""
         clone = self.environment(name)
         source, made = self.target.database, clone.target.database
         with self:
@@ -529,8 +535,7 @@ class SnowflakeWarehouse:
                 forget_base(self._run, made, self.meta_schema)
                 return clone
             base = fingerprint(self._run, source, self.meta_schema)
-            if as_of in versions.kept_versions(self._run, source):
-                kept = versions.kept_database(source, as_of)
+            if kept := self._kept_database(as_of):
                 self._run(sfsql.clone_database_sql(kept, made))
             else:
                 self._run(travel.clone_sql(source, made, as_of))
@@ -576,9 +581,16 @@ class SnowflakeWarehouse:
             self._run(f"USE DATABASE {ident(self.target.database)}")  # CREATE DATABASE moved it
             self._use_meta_schema()
 
-    def snapshot_at(self, when: datetime) -> int:
-        """``when`` itself (not later than now): time travel reads any moment it keeps."""
-        return min(travel.millis(when), self.current_snapshot())
+    def snapshot_at(self, when: datetime) -> int | None:
+        """With ``retention:``, the last version kept by ``when`` (None: none was); else
+        ``when`` itself, not later than now: time travel reads any moment it keeps."""
+        moment = min(travel.millis(when), self.current_snapshot())
+        if self.target.retention is None:
+            return moment
+        return max(
+            (v for v in versions.kept_versions(self._run, self.target.database) if v <= moment),
+            default=None,
+        )
 
     def diff(
         self, before: int, after: int | None, tables: Sequence[tuple[str, str]] | None = None
@@ -606,16 +618,16 @@ class SnowflakeWarehouse:
         cutoff = travel.millis(older_than)
         with self:
             kept = versions.kept_versions(self._run, self.target.database)
-            gone = [version for version in kept if version < cutoff]
+            gone = [version for version in kept[:-1] if version < cutoff]  # never the newest
             if not dry_run:
                 for version in gone:
                     versions.drop(self._run, self.target.database, version)
-        left = [version for version in kept if version >= cutoff]
+        left = [version for version in kept if version not in gone]
         oldest = datetime.fromtimestamp(left[0] / 1000, UTC) if left else None
         return Expired(len(gone), 0, oldest)
 
     def as_of(self, snapshot: int) -> SnowflakeWarehouse:
-        """A read-only session whose queries read every table ``AT`` ``snapshot``."""
+        """A read-only session on ``snapshot``: its kept database, or every table ``AT`` it."""
         return self._twin(self.target, snapshot)
 
     # -- dbt ----------------------------------------------------------------------------------
