@@ -24,8 +24,10 @@ from stack.config.references import PATTERN
 from stack.run import pipeline
 from stack.run.deployments import plan_deployments
 from stack.scaffold import SOURCE_KINDS, WAREHOUSE_KINDS
+from stack.scaffold.project import DBT_DIR
 from stack.secrets import Resolver, reveal
 from stack.warehouse.duckdb import DuckDBWarehouse
+from tests.conftest import ROOT
 from tests.servers.prefect_server import using_api
 
 ENV = {"POSTGRES_PASSWORD": "pg-pw-1", "API_TOKEN": "api-token-1", "SNOWFLAKE_PASSWORD": "sf-pw-1"}
@@ -42,6 +44,7 @@ TEMPLATES = {
     "dbt/staging.sql",
     "dbt/macros/generate_schema_name.sql",
     "dbt/macros/raw_columns.sql",
+    "dbt/macros/relation_in_its_database.sql",
     *(f"sources/{kind}.yml" for kind in SOURCE_KINDS),
     *(f"targets/{kind}.yml" for kind in WAREHOUSE_KINDS),
 }
@@ -90,6 +93,8 @@ def test_every_source_and_warehouse_makes_a_project_that_validates(
     folder = tmp_path / "my-pipeline"
     result = mdstack("init", folder, "--source", source, "--warehouse", warehouse)
     assert result.exit_code == 0, result.output
+    macro = "macros/relation_in_its_database.sql"  # a Snowflake view reads its own database
+    assert (folder / DBT_DIR / macro).read_text() == (ROOT / "dbt_project" / macro).read_text()
     for name, value in ENV.items():
         monkeypatch.setenv(name, value)
     cfg = check_config(folder / "stack.yml")

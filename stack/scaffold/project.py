@@ -86,6 +86,9 @@ def project(name: str, source: SourceKind, warehouse: WarehouseKind) -> Project:
         f"{DBT_DIR}/macros/generate_schema_name.sql": _template(
             "dbt/macros/generate_schema_name.sql"
         ),
+        f"{DBT_DIR}/macros/relation_in_its_database.sql": _template(
+            "dbt/macros/relation_in_its_database.sql"
+        ),
         ".gitignore": _template("gitignore"),
         "README.md": _readme(start, warehouse, env, values),
     }
